@@ -1,0 +1,131 @@
+"""The one step function. Measurement and profiling both wrap `Step.fn`; nothing else runs steps.
+
+Inputs and the optimizer are built here, before any timing, so the timed region is the step
+itself: no data generation, no host sync, no `.item()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hubbench.errors import ConfigError, UnavailableError
+
+MODES = ("fwd", "fwd_bwd", "train")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SLOWDOWN_ENV = "HUBBENCH_TEST_SLOWDOWN"
+
+
+@dataclass
+class Step:
+    fn: Callable[[], None]  # exactly one step; the timed region
+    tokens: int  # tokens processed per step (batch * seq)
+    mode: str
+    model: nn.Module  # the model as built (uncompiled), for params / backends
+    device: torch.device
+    sync: Callable[[], None]  # wait for the device; a no-op on CPU
+    batch: int
+    seq: int
+
+
+def resolve_device(name: str) -> torch.device:
+    """'cpu', 'cuda' or 'cuda:N'; a missing GPU is an UnavailableError (a skipped cell)."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UnavailableError(f"device {name!r} requested but CUDA is not available here")
+        return torch.device(name)
+    raise ConfigError(f"unknown device {name!r}; valid: cpu, cuda, cuda:N")
+
+
+def _slowdown_for(variant: str) -> float:
+    """Test-only: HUBBENCH_TEST_SLOWDOWN='hub-gpt=0.15' makes that variant's step 15% slower."""
+    spec = os.environ.get(SLOWDOWN_ENV, "")
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, frac = item.partition("=")
+        if name.strip() == variant:
+            return float(frac)
+    return 0.0
+
+
+def build_step(
+    model: nn.Module,
+    mode: str,
+    batch: int,
+    seq: int,
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    compile: bool = False,
+) -> Step:
+    """Move `model` to `device` and return its step for `mode` with inputs already built."""
+    if mode not in MODES:
+        raise ConfigError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    if batch < 1 or seq < 1:
+        raise ConfigError(f"batch and seq must be >= 1 (got batch={batch}, seq={seq})")
+    device = resolve_device(device) if isinstance(device, str) else device
+    model = model.to(device)
+    config = getattr(model, "config", None)
+    vocab = getattr(config, "vocab", 256)
+    dtype = DTYPES[getattr(config, "dtype", "fp32")]
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    idx = torch.randint(0, vocab, (batch, seq + 1), generator=gen).to(device)
+    inputs, targets = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
+
+    forward: Callable = torch.compile(model) if compile else model
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=dtype))
+        if dtype != torch.float32
+        else contextlib.nullcontext
+    )
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+    if mode == "fwd":
+        model.eval()
+
+        def core() -> None:
+            with torch.no_grad(), autocast():
+                forward(inputs)
+
+    else:
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if mode == "train" else None
+        loss_fn: Callable = torch.compile(model.loss) if compile else model.loss
+
+        def core() -> None:
+            model.zero_grad(set_to_none=True)
+            with autocast():
+                loss = loss_fn(inputs, targets)
+            loss.backward()
+            if optimizer is not None:
+                optimizer.step()
+
+    fn = core
+    slowdown = _slowdown_for(getattr(model, "variant", ""))
+    if slowdown > 0:
+
+        def fn() -> None:
+            start = time.perf_counter()
+            core()
+            sync()
+            until = time.perf_counter() + slowdown * (time.perf_counter() - start)
+            while time.perf_counter() < until:
+                pass
+
+    return Step(
+        fn=fn,
+        tokens=batch * seq,
+        mode=mode,
+        model=model,
+        device=device,
+        sync=sync,
+        batch=batch,
+        seq=seq,
+    )
