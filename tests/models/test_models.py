@@ -110,7 +110,9 @@ def test_inert_fields() -> None:
     assert {"attention", "sdpa_kernel"} <= models.inert_fields(models.make_config("hub-jamba"))
     assert "attention" not in models.inert_fields(models.make_config("hub-gpt", replace=0.25))
     assert "hubs" in models.inert_fields(models.make_config("hub-gpt", replace=0.0))
-    assert "sdpa_kernel" in models.inert_fields(models.make_config("transformer", attention="naive"))
+    assert "sdpa_kernel" in models.inert_fields(
+        models.make_config("transformer", attention="naive")
+    )
 
 
 @pytest.mark.parametrize(
