@@ -1,0 +1,267 @@
+"""HubRouter speed and memory on CPU: model ratio, layer scaling, projection floor.
+
+    .venv/bin/python benchmarks/hubrouter_scaling.py                 # everything (long: ~15 min)
+    .venv/bin/python benchmarks/hubrouter_scaling.py --part layer    # scaling + floor + memory
+    .venv/bin/python benchmarks/hubrouter_scaling.py --part model --model-seqs 8192 --repeats 3
+
+Three parts (d_model 256, 4 heads, batch 1; HubRouter M=8, k=64, C=64, r=1):
+
+- model: hub-gpt against transformer (causal SDPA), 4 layers, one training step each
+  (forward, backward, AdamW) from `hubbench.step.build_step`, so exactly the step the runner
+  times. The two models' steps are interleaved (the order flips every repeat) so drift on a
+  shared machine hits both; the ratio is of medians. Targets: >= 3x at 8192, >= 5x at 16384.
+- layer: one HubRouter layer, forward + backward (`y.sum().backward()`), over n = 1k..16k;
+  the log-log slope of median time against n (target <= 1.15). Next to it, at each n, the
+  "projection floor": a layer with exactly HubRouter's per-token linear maps (its fused input
+  GEMM of width 4d + 1 + hM and the output projection, gate included) and no token mixing.
+  The floor and HubRouter are interleaved; target: HubRouter <= 1.5x floor at n >= 4096.
+- memory: each n runs in its own child process. The child builds the layer and its input, runs
+  a warm-up step at a small n (so library initialisation is not counted), resets the kernel's
+  peak-RSS mark (writes "5" to /proc/self/clear_refs, which sets VmHWM to the current RSS),
+  runs one forward + backward at n and reports VmHWM minus the RSS before that step: the extra
+  resident memory a step needs. Where clear_refs is not writable it falls back to getrusage
+  ru_maxrss. The fitted exponent of that against n has target <= 1.1.
+
+Correctness first: before timing, the script runs `hubbench.causality.check_mixer` on a small
+HubRouter with the same options and refuses to report speed if it leaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+
+from hubbench.mixers.hubrouter import HubRouter
+
+D_MODEL, HEADS, LAYERS = 256, 4, 4
+HUB = {"hubs": 8, "topk": 64, "neighbours": 1, "chunk": 64}
+
+
+class ProjectionFloor(nn.Module):
+    """HubRouter's per-token linear maps with no token mixing: the cost any such layer pays."""
+
+    def __init__(self, d_model: int, n_heads: int, hubs: int) -> None:
+        super().__init__()
+        self.d, self.rest = d_model, 1 + n_heads * hubs  # token score + encode logits
+        self.in_proj = nn.Linear(d_model, 4 * d_model + 1 + n_heads * hubs)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.d
+        k, v, q, gate, _ = self.in_proj(x).split((d, d, d, d, self.rest), -1)
+        return self.out_proj(q + k + v) * torch.sigmoid(gate)
+
+
+def layer(kind: str, seed: int = 0, rope: bool = False) -> nn.Module:
+    torch.manual_seed(seed)
+    if kind == "floor":
+        return ProjectionFloor(D_MODEL, HEADS, HUB["hubs"])
+    return HubRouter(D_MODEL, HEADS, **HUB, rope=rope)
+
+
+def layer_step(module: nn.Module, x: torch.Tensor) -> None:
+    module.zero_grad(set_to_none=True)
+    x.grad = None
+    module(x).sum().backward()
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def fit_exponent(ns: list[int], values: list[float]) -> float:
+    """Least-squares slope of log(value) against log(n)."""
+    xs, ys = [math.log(n) for n in ns], [math.log(v) for v in values]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    return sum((a - mx) * (b - my) for a, b in zip(xs, ys, strict=True)) / sum(
+        (a - mx) ** 2 for a in xs
+    )
+
+
+def check_correctness() -> None:
+    from hubbench.causality import check_mixer
+
+    small = HubRouter(32, 4, hubs=4, topk=4, neighbours=1, chunk=8)
+    report = check_mixer(small, n=40, seeds=(0,))
+    print(f"causality (small HubRouter, same code path): {report.summary()}")
+    if not report.passed:
+        sys.exit("HubRouter leaks the future: refusing to report speed")
+
+
+def run_layers(seqs: list[int], repeats: int, rope: bool) -> dict:
+    hub, floor = layer("hub", rope=rope), layer("floor")
+    rows = []
+    for n in seqs:
+        x = torch.randn(1, n, D_MODEL, requires_grad=True)
+        for m in (hub, floor):
+            layer_step(m, x)  # warm-up
+        times: dict[str, list[float]] = {"hub": [], "floor": []}
+        for r in range(repeats):
+            order = [("hub", hub), ("floor", floor)]
+            for name, m in order if r % 2 == 0 else order[::-1]:
+                times[name].append(timed(lambda m=m, x=x: layer_step(m, x)))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row = {"n": n, "hub_s": med["hub"], "floor_s": med["floor"]}
+        row["hub_over_floor"] = med["hub"] / med["floor"]
+        rows.append(row)
+        print(
+            f"layer n={n:6d}  hubrouter {med['hub'] * 1e3:8.1f} ms   floor "
+            f"{med['floor'] * 1e3:8.1f} ms   ratio {row['hub_over_floor']:.2f}",
+            flush=True,
+        )
+    if len(rows) < 2:
+        return {"rows": rows}
+    exp = fit_exponent([r["n"] for r in rows], [r["hub_s"] for r in rows])
+    print(f"layer time exponent (fwd+bwd, n={seqs[0]}..{seqs[-1]}): {exp:.3f}  (target <= 1.15)")
+    return {"rows": rows, "time_exponent": exp}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+def memory_child(n: int, kind: str) -> None:
+    """Runs in a child process: print the extra peak RSS of one forward + backward at n."""
+    m = layer(kind)
+    layer_step(m, torch.randn(1, 2 * HUB["chunk"] + 3, D_MODEL, requires_grad=True))
+    x = torch.randn(1, n, D_MODEL, requires_grad=True)
+    m.zero_grad(set_to_none=True)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        method = "clear_refs/VmHWM"
+        before = _rss_bytes()
+        m(x).sum().backward()
+        peak = _hwm_bytes()
+    except OSError:
+        method = "ru_maxrss"
+        before = _rss_bytes()
+        m(x).sum().backward()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"n": n, "kind": kind, "extra_bytes": peak - before, "method": method}))
+
+
+def run_memory(seqs: list[int]) -> dict:
+    rows = []
+    for n in seqs:
+        out = subprocess.run(
+            [sys.executable, __file__, "--memory-child", str(n), "--kind", "hub"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        row = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(
+            f"memory n={n:6d}  extra peak RSS {row['extra_bytes'] / 2**20:8.1f} MiB "
+            f"({row['method']})",
+            flush=True,
+        )
+    if len(rows) < 2:
+        return {"rows": rows}
+    exp = fit_exponent([r["n"] for r in rows], [max(r["extra_bytes"], 1) for r in rows])
+    print(f"peak memory exponent: {exp:.3f}  (target <= 1.1)")
+    return {"rows": rows, "memory_exponent": exp}
+
+
+def run_models(seqs: list[int], repeats: int) -> dict:
+    from hubbench.models import build_model
+    from hubbench.step import build_step
+
+    rows = []
+    for n in seqs:
+        common = {"d_model": D_MODEL, "n_layers": LAYERS, "n_heads": HEADS}
+        steps = {
+            "hub-gpt": build_step(
+                build_model("hub-gpt", **common, hubs=8, topk=64, chunk=64), "train", 1, n
+            ),
+            "transformer": build_step(
+                build_model("transformer", **common, attention="sdpa"), "train", 1, n
+            ),
+        }
+        for s in steps.values():
+            s.fn()  # warm-up
+        times: dict[str, list[float]] = {k: [] for k in steps}
+        for r in range(repeats):
+            order = list(steps.items())
+            for name, s in order if r % 2 == 0 else order[::-1]:
+                times[name].append(timed(s.fn))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        tps = {k: n / v for k, v in med.items()}
+        ratio = tps["hub-gpt"] / tps["transformer"]
+        backends = steps["hub-gpt"].model.backends() | steps["transformer"].model.backends()
+        rows.append(
+            {
+                "n": n,
+                "median_s": med,
+                "tokens_per_s": tps,
+                "ratio": ratio,
+                "backends": backends,
+                "samples_s": times,
+            }
+        )
+        print(
+            f"model n={n:6d}  hub-gpt {tps['hub-gpt']:8.0f} tok/s ({med['hub-gpt']:.2f} s)   "
+            f"transformer {tps['transformer']:8.0f} tok/s ({med['transformer']:.2f} s)   "
+            f"ratio {ratio:.2f}x   backends {backends}",
+            flush=True,
+        )
+    return {"rows": rows}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--part", choices=("all", "layer", "memory", "model"), default="all")
+    p.add_argument("--seqs", default="1024,2048,4096,8192,16384")
+    p.add_argument("--model-seqs", default="8192,16384")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--model-repeats", type=int, default=3)
+    p.add_argument("--rope", action="store_true", help="layer part: council with rotary (hub-gpt)")
+    p.add_argument("--json", help="write all figures here")
+    p.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--kind", default="hub", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.kind)
+        return
+    seqs = [int(s) for s in args.seqs.split(",")]
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, d_model {D_MODEL}, "
+        f"heads {HEADS}, hub {HUB}"
+    )
+    check_correctness()
+    out: dict = {"threads": torch.get_num_threads(), "hub": HUB}
+    if args.part in ("all", "layer"):
+        out["layer"] = run_layers(seqs, args.repeats, args.rope)
+    if args.part in ("all", "layer", "memory"):
+        out["memory"] = run_memory(seqs)
+    if args.part in ("all", "model"):
+        out["model"] = run_models([int(s) for s in args.model_seqs.split(",")], args.model_repeats)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,351 @@
+"""HubRouter: agreement with a per-token loop reference, gradients, regulariser, config errors,
+edge cases (ragged n, k >= tokens, M = 1, dtypes) and causality, including the broken variants
+that must fail the perturbation check."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hubbench.causality import check_mixer
+from hubbench.errors import ConfigError
+from hubbench.mixers.hubrouter import (
+    HubRouter,
+    LeakyGlobalTopK,
+    expand_members,
+    ortho_loss,
+    prefix_combine,
+    prefix_combine_blocked,
+)
+from hubbench.mixers.rope import rotary
+
+
+def _make(seed: int = 0, **kw) -> HubRouter:
+    torch.manual_seed(seed)
+    args = {"d_model": 16, "n_heads": 2, "hubs": 4, "topk": 3, "neighbours": 1, "chunk": 8}
+    args.update(kw)
+    return HubRouter(**args).double()
+
+
+def reference(m: HubRouter, x: torch.Tensor) -> torch.Tensor:
+    """The spec written as plain loops over tokens (slow, obviously right), x (B, n, d)."""
+    B, n, d = x.shape
+    h, M, dh, C = m.n_heads, m.hubs, m.d_head, m.chunk if m.causal else n
+    sc = 1.0 / math.sqrt(dh)
+    q_hub = m.hub_query(m.hub_embed).view(M, h, dh)  # (M, h, d_h)
+    k_enc = m.enc_key(x).view(B, n, h, dh)
+    v_enc = m.enc_value(x).view(B, n, h, dh)
+    q_dec = m.dec_query(x).view(B, n, h, dh)
+    w = m.in_proj.weight
+    bias = m.in_proj.bias
+    ck, cv, cq, gate = (
+        x @ w[i * d : (i + 1) * d].t() + bias[i * d : (i + 1) * d] for i in range(4)
+    )
+    s_tok = x @ w[4 * d] + bias[4 * d]  # (B, n)
+    if m.rope:
+        pos = torch.arange(n)
+        cq = rotary(cq.view(B, n, h, dh).transpose(1, 2), pos).transpose(1, 2).reshape(B, n, d)
+        ck = rotary(ck.view(B, n, h, dh).transpose(1, 2), pos).transpose(1, 2).reshape(B, n, d)
+    out = torch.zeros(B, n, d, dtype=x.dtype)
+    for b in range(B):
+        states = {}
+        readout = torch.zeros(n, d, dtype=x.dtype)
+        s = torch.zeros(n, dtype=x.dtype)
+        for t in range(n):
+            start = (t // C) * C if m.causal else n  # hubs see tokens before `start`
+            if start not in states:
+                st = torch.zeros(h, M, dh, dtype=x.dtype)
+                for hh in range(h):
+                    for mm in range(M):
+                        logits = [m.init_logit[hh, mm]]
+                        vals = [m.init_state[hh, mm]]
+                        for j in range(start):
+                            logits.append(q_hub[mm, hh] @ k_enc[b, j, hh] * sc)
+                            vals.append(v_enc[b, j, hh])
+                        a = torch.softmax(torch.stack(logits), 0)
+                        st[hh, mm] = (a[:, None] * torch.stack(vals)).sum(0)
+                states[start] = st
+            st = states[start]
+            fp = torch.zeros(M, dtype=x.dtype)
+            for hh in range(h):
+                a = torch.softmax(st[hh] @ q_dec[b, t, hh] * sc, 0)  # (M,)
+                readout[t, hh * dh : (hh + 1) * dh] = a @ st[hh]
+                fp += a / h
+            s[t] = s_tok[b, t] + m.score_fp.weight[0] @ fp
+        for t in range(n):
+            start = (t // C) * C if m.causal else n
+            k = min(m.topk, start)
+            top = sorted(torch.topk(s[:start], k).indices.tolist()) if k else []
+            members = sorted({p + j for p in top for j in range(m.neighbours + 1) if p + j < start})
+            keys = list(members)
+            scale = [torch.sigmoid(s[p]) for p in members]
+            if m.causal:
+                keys += list(range(start, t + 1))
+                scale += [torch.tensor(1.0, dtype=x.dtype)] * (t + 1 - start)
+            council = torch.zeros(d, dtype=x.dtype)
+            for hh in range(h):
+                sl = slice(hh * dh, (hh + 1) * dh)
+                logits = torch.stack([cq[b, t, sl] @ ck[b, j, sl] * sc for j in keys])
+                a = torch.softmax(logits, 0)
+                council[sl] = sum(a[i] * cv[b, j, sl] * scale[i] for i, j in enumerate(keys))
+            out[b, t] = m.out_proj(readout[t] + council) * torch.sigmoid(gate[b, t])
+    return out
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},  # causal, r = 1, n not a multiple of C
+        {"causal": False},
+        {"neighbours": 0},
+        {"neighbours": 3, "topk": 2},
+        {"topk": 50},  # k above every count of available tokens
+        {"hubs": 1},
+        {"chunk": 1},
+        {"chunk": 64},  # one chunk: the local window is all there is
+        {"rope": True},
+        {"rope": True, "causal": False},
+    ],
+)
+def test_matches_loop_reference(kw: dict) -> None:
+    m = _make(**kw).eval()
+    x = torch.randn(2, 19, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), reference(m, x), rtol=1e-10, atol=1e-10)
+
+
+def test_shapes_backend_and_profiler_stages() -> None:
+    m = HubRouter(32, 4, hubs=4, topk=4, chunk=8)
+    x = torch.randn(3, 21, 32)
+    with torch.profiler.profile() as prof:
+        y = m(x)
+    assert y.shape == x.shape
+    assert m.last_backend == "hubrouter:causal"
+    names = {e.key for e in prof.key_averages()}
+    assert {"hub.encode", "hub.decode", "hub.select", "hub.council"} <= names
+    nc = HubRouter(32, 4, causal=False)
+    nc(x)
+    assert nc.last_backend == "hubrouter:bidirectional"
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_gradients_reach_every_parameter(causal: bool) -> None:
+    m = _make(causal=causal, ortho_weight=0.0)
+    x = torch.randn(2, 27, 16, dtype=torch.float64, requires_grad=True)
+    m(x).square().sum().backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().max() > 0, name
+    assert x.grad.abs().max() > 0
+
+
+def test_score_head_gets_gradient_through_member_values() -> None:
+    # with the fingerprint part removed, the token score column still learns from the council
+    m = _make()
+    x = torch.randn(1, 24, 16, dtype=torch.float64)
+    m(x).sum().backward()
+    assert m.in_proj.weight.grad[4 * 16].abs().max() > 0
+    assert m.score_fp.weight.grad.abs().max() > 0
+
+
+def test_ortho_regulariser() -> None:
+    m = HubRouter(16, 2, hubs=4, ortho_weight=0.5)  # hubs start orthonormal
+    assert m.ortho_loss().item() == pytest.approx(0.0, abs=1e-10)
+    m(torch.randn(1, 8, 16))
+    assert m.aux_loss is not None and m.aux_loss.item() == pytest.approx(0.0, abs=1e-10)
+    with torch.no_grad():
+        m.hub_embed[1] = m.hub_embed[0] + 0.1 * m.hub_embed[2]
+    assert m.ortho_loss().item() > 0.5
+    m(torch.randn(1, 8, 16))
+    assert m.aux_loss.item() == pytest.approx(0.5 * m.ortho_loss().item())
+    # scale of a row does not matter (rows are normalised), only directions
+    e = torch.eye(3, 5) * torch.tensor([[2.0], [0.3], [7.0]])
+    assert ortho_loss(e).item() == pytest.approx(0.0, abs=1e-12)
+    m.ortho_loss().backward()
+    assert m.hub_embed.grad.abs().max() > 0
+
+
+def test_no_aux_loss_when_weight_is_zero() -> None:
+    m = HubRouter(16, 2)
+    m(torch.randn(1, 8, 16))
+    assert m.aux_loss is None
+
+
+def test_deterministic_under_fixed_seed() -> None:
+    x = torch.randn(2, 40, 16, dtype=torch.float64)
+    a, b = _make(seed=3), _make(seed=3)
+    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+    assert not torch.allclose(a(x), _make(seed=4)(x))
+
+
+def test_routing_is_per_sequence() -> None:
+    # duplicating a sequence into a batch with very different neighbours changes nothing
+    m = _make().eval()
+    x = torch.randn(1, 30, 16, dtype=torch.float64)
+    other = 50 * torch.randn(3, 30, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(m(torch.cat((x, other)))[:1], m(x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("field", "kw"),
+    [
+        ("hubs", {"hubs": 0}),
+        ("topk", {"topk": 0}),
+        ("chunk", {"chunk": 0}),
+        ("neighbours", {"neighbours": -1}),
+        ("n_heads", {"n_heads": 3}),
+        ("ortho", {"ortho_weight": -1.0}),
+    ],
+)
+def test_bad_config_is_a_clear_error(field: str, kw: dict) -> None:
+    args = {"d_model": 16, "n_heads": 2}
+    args.update(kw)
+    with pytest.raises(ConfigError, match=field) as info:
+        HubRouter(**args)
+    assert "\n" not in str(info.value)
+
+
+def test_expand_members_dedupes_and_clips() -> None:
+    pos = torch.tensor([[[3, 4, 9]]])
+    valid = torch.tensor([[[True, True, True]]])
+    p, ok = expand_members(pos, valid, 1, torch.tensor([[[10]]]))
+    assert sorted(p[ok].tolist()) == [3, 4, 5, 9]  # 4 once; 10 clipped
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_cast_params(dtype: torch.dtype) -> None:
+    m = _make().to(dtype)
+    x = torch.randn(2, 21, 16, dtype=dtype, requires_grad=True)
+    y = m(x)
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    y.float().sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_bf16_autocast_close_to_fp32() -> None:
+    m = _make().float()
+    x = torch.randn(2, 21, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = m(x)
+    assert y.dtype == torch.bfloat16
+    ref = m(x)
+    assert (y.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+# --- causality -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"neighbours": 2, "topk": 5},
+        {"topk": 40},  # k >= available tokens
+        {"hubs": 1},
+        {"rope": True},
+    ],
+)
+def test_causal_hubrouter_passes_all_checks(kw: dict) -> None:
+    # n = 27: not a multiple of C = 8; times include C-1, C, C+1, 2C-1, 2C, 2C+1
+    report = check_mixer(_make(**kw), n=27, seeds=(0, 1))
+    assert report.passed, report.summary()
+    assert {7, 8, 9, 15, 16, 17} <= set(report.times)
+
+
+class _NeighboursClippedAtN(HubRouter):
+    """Broken on purpose: right neighbours clipped at n, not at the reading chunk's start."""
+
+    def _neighbour_limit(self, n, nc, C, s):  # type: ignore[override]
+        return torch.full((1, 1, 1), n)
+
+
+def _promote_last_of_chunk0(m: HubRouter) -> tuple[HubRouter, torch.Tensor]:
+    """Scores driven by feature 0 and x[:, C-1, 0] huge: position C-1 is always a member."""
+    with torch.no_grad():
+        m.in_proj.weight[4 * m.d_model].zero_()
+        m.in_proj.weight[4 * m.d_model, 0] = 1.0
+        m.score_fp.weight.zero_()
+    x = torch.randn(1, 20, m.d_model, dtype=torch.float64)
+    x[:, m.chunk - 1, 0] = 50.0
+    return m.eval(), x
+
+
+def _moves_output_at_C(m: HubRouter, x: torch.Tensor) -> float:
+    """Change inputs C+1.. (C+1 is the 2nd right neighbour of member C-1); output at C moved?"""
+    C = m.chunk
+    with torch.no_grad():
+        xp = x.clone()
+        xp[:, C + 1 :] = 10 * torch.randn_like(xp[:, C + 1 :])
+        return float((m(xp)[:, : C + 1] - m(x)[:, : C + 1]).abs().max())
+
+
+def test_right_neighbour_crossing_t_is_dropped() -> None:
+    m, x = _promote_last_of_chunk0(_make(neighbours=2, topk=1, chunk=8))
+    assert _moves_output_at_C(m, x) == 0.0
+    assert check_mixer(m, n=20, seeds=(0,), times=(7, 8, 9)).passed
+
+
+def test_neighbour_clipping_bug_is_caught() -> None:
+    torch.manual_seed(0)
+    bad = _NeighboursClippedAtN(16, 2, hubs=4, topk=1, neighbours=2, chunk=8).double()
+    bad, x = _promote_last_of_chunk0(bad)
+    assert _moves_output_at_C(bad, x) > 1e-6
+
+
+def test_non_causal_hubrouter_fails_perturbation() -> None:
+    report = check_mixer(_make(causal=False), n=24, seeds=(0,), checks=("perturbation",))
+    assert not report.passed
+    assert report["perturbation"].first_leak is not None
+    assert report["perturbation"].max_leak > 1e-3
+
+
+def test_global_topk_with_masked_council_fails_perturbation_but_not_jacobian() -> None:
+    torch.manual_seed(0)
+    leaky = LeakyGlobalTopK(16, 2, hubs=4, topk=3, neighbours=1, chunk=8).double()
+    report = check_mixer(leaky, n=32, seeds=(0, 1), checks=("jacobian", "perturbation"))
+    # the leak goes through WHICH tokens are selected: invisible to autograd, caught by values
+    assert report["jacobian"].passed
+    assert not report["perturbation"].passed
+    t, s = report["perturbation"].first_leak
+    assert s is not None and t < s
+
+
+def test_batch_independence_check_catches_batch_wide_topk() -> None:
+    class BatchWide(HubRouter):
+        def _select(self, s, n, nc, C):  # type: ignore[override]
+            shared = s.amax(0, keepdim=True).expand_as(s)  # routing depends on the whole batch
+            return super()._select(shared, n, nc, C)
+
+    torch.manual_seed(0)
+    bad = BatchWide(16, 2, hubs=4, topk=2, chunk=8).double()
+    report = check_mixer(bad, n=24, seeds=(0,), checks=("batch",))
+    assert not report.passed
+
+
+def test_analytic_flops_scale_linearly_and_match_a_hand_count() -> None:
+    m = HubRouter(256, 4, hubs=8, topk=64, neighbours=1, chunk=64)
+    f1, f2 = m.analytic_flops(4096), m.analytic_flops(8192)
+    assert f2 / f1 == pytest.approx(2.0, rel=1e-3)
+    d = 256
+    per_token_proj = 2 * d * (4 * d + 1 + 32) + 2 * d * d
+    per_token_council = 4 * (128 + 32.5) * d
+    assert f1 / 4096 == pytest.approx(per_token_proj + per_token_council, rel=0.1)
+
+
+@pytest.mark.parametrize("length", [1, 7, 16, 17, 50])
+def test_blocked_prefix_combine_matches_the_doubling_scan(length: int) -> None:
+    gen = torch.Generator().manual_seed(length)
+    m = 5 * torch.randn(2, length, 6, generator=gen, dtype=torch.float64)
+    l = torch.rand(2, length, 6, generator=gen, dtype=torch.float64)
+    o = torch.randn(2, length, 6, 3, generator=gen, dtype=torch.float64)
+    ma, la, oa = prefix_combine(m, l, o)
+    mb, lb, ob = prefix_combine_blocked(m, l, o, block=4)
+    torch.testing.assert_close(oa / la.unsqueeze(-1), ob / lb.unsqueeze(-1))
+    torch.testing.assert_close(la * ma.exp(), lb * mb.exp())
+    # and against the plain definition: entry c is the softmax-weighted mean over 0..c
+    c = length - 1
+    w = torch.softmax(m[:, : c + 1] + l[:, : c + 1].log(), dim=1)  # (2, c + 1, 6)
+    ref = (w.unsqueeze(-1) * o[:, : c + 1] / l[:, : c + 1].unsqueeze(-1)).sum(1)
+    torch.testing.assert_close(ob[:, c] / lb[:, c].unsqueeze(-1), ref)

@@ -1,0 +1,56 @@
+"""Every causal registry variant passes the three causality checks (plus batch independence) at
+tiny sizes; a deliberately non-causal attention, and hub variants with causal=false, fail them."""
+
+from __future__ import annotations
+
+import pytest
+
+from hubbench import models
+from hubbench.causality import check_model
+
+TINY = {"d_model": 16, "n_layers": 2, "n_heads": 2, "mlp_ratio": 2.0}
+HUB = {"hubs": 3, "topk": 3, "neighbours": 2, "chunk": 6}  # r=2 crosses chunk ends
+LEAK_CHECKS = ("jacobian", "perturbation", "prefix")
+
+
+def tiny(variant: str, **extra: object) -> models.LanguageModel:
+    fields = {k: v for k, v in {**TINY, **HUB}.items() if k in models.config_fields(variant)}
+    return models.build_model(variant, **{**fields, **extra})
+
+
+@pytest.mark.parametrize("variant", sorted(models.REGISTRY))
+def test_causal_variant_passes_all_checks(variant: str) -> None:
+    model = tiny(variant)
+    kinds = set(model.layer_kinds)
+    assert kinds & {"attention", "hubrouter"}, kinds  # the mixer under test is really there
+    report = check_model(model, n=20, seeds=(0, 1))
+    assert report.passed, f"{variant}: {report.summary()}"
+    assert {5, 6, 7, 11, 12, 13} <= set(report.times) or "chunk" not in models.config_fields(
+        variant
+    )
+
+
+def test_jamba_with_moe_is_causal() -> None:
+    report = check_model(tiny("hub-jamba", moe=True, n_experts=2), n=14, seeds=(0,))
+    assert report.passed, report.summary()
+
+
+def test_transformer_with_bidirectional_attention_fails() -> None:
+    model = tiny("transformer")
+    flipped = 0
+    for module in model.modules():
+        if type(module).__name__ == "Attention":
+            module.causal = False
+            flipped += 1
+    assert flipped == 2
+    report = check_model(model, n=12, seeds=(0,), checks=LEAK_CHECKS)
+    for name in LEAK_CHECKS:
+        assert not report[name].passed, name
+    assert report["perturbation"].first_leak == (0, 1)
+
+
+@pytest.mark.parametrize("variant", ["hub-gpt", "hub-jamba"])
+def test_non_causal_hub_variants_fail(variant: str) -> None:
+    report = check_model(tiny(variant, causal=False), n=16, seeds=(0,), checks=LEAK_CHECKS)
+    for name in LEAK_CHECKS:
+        assert not report[name].passed, f"{variant}: {name}"
