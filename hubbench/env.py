@@ -1,0 +1,182 @@
+"""The environment a row was measured in, and the calibrated matmul peak (`hubbench env`).
+
+Calibration times a large square matmul per dtype with measure.time_calls (the one timing
+loop) and stores the median rate in a JSON file, keyed by host, device name, thread count and
+torch version, so MFU on machines missing from flops.PEAK_TABLE (every CPU) has a denominator.
+File: $HUBBENCH_CACHE/calibration.json, else $XDG_CACHE_HOME/hubbench/calibration.json, else
+~/.cache/hubbench/calibration.json.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import hubbench
+
+CACHE_ENV = "HUBBENCH_CACHE"
+CALIBRATION_SIZES = {"cpu": 2048, "cuda": 8192}  # square matmul sides
+CALIBRATION_REPEATS = {"cpu": 5, "cuda": 20}
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def git_info() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the source tree hubbench runs from; (None, None) outside git."""
+    root = Path(hubbench.__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", "--no-optional-locks", "-C", str(root), *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return None, None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return commit.strip(), (bool(status.strip()) if status is not None else None)
+
+
+def host_env() -> dict[str, Any]:
+    """The parts of the environment that do not need torch (runner process)."""
+    commit, dirty = git_info()
+    return {
+        "hubbench_version": hubbench.__version__,
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "host": socket.gethostname(),
+        "cpu_model": cpu_model(),
+    }
+
+
+def torch_env() -> dict[str, Any]:
+    """Library versions and threads, as the worker that measures sees them."""
+    import torch
+
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return {
+        "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": None if cudnn is None else str(cudnn),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def device_name(device: Any) -> str:
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_model()
+
+
+# ----------------------------------------------------------------------------- calibration
+
+
+def cache_dir() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "hubbench"
+
+
+def calibration_path() -> Path:
+    return cache_dir() / "calibration.json"
+
+
+def calibration_key(device: Any) -> str:
+    import torch
+
+    return (
+        f"{socket.gethostname()}|{device_name(device)}|threads={torch.get_num_threads()}"
+        f"|torch={torch.__version__}"
+    )
+
+
+def load_calibration(device: Any) -> dict[str, Any]:
+    """dtype -> {flops_per_s, what, utc_time} for this host and device, or {}."""
+    try:
+        data = json.loads(calibration_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data.get(calibration_key(device), {})
+
+
+def calibrate(device: Any, dtypes: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Time a large matmul per dtype on `device`; save and return dtype -> entry."""
+    import torch
+
+    from hubbench.measure import summarize, time_calls
+    from hubbench.step import DTYPES
+
+    device = torch.device(device)
+    kind = device.type
+    dtypes = dtypes or (("fp32", "bf16", "fp16") if kind == "cuda" else ("fp32", "bf16"))
+    n = CALIBRATION_SIZES[kind]
+    out: dict[str, Any] = {}
+    for name in dtypes:
+        a = torch.randn(n, n, device=device).to(DTYPES[name])
+        b = torch.randn(n, n, device=device).to(DTYPES[name])
+        c = torch.empty(n, n, device=device, dtype=DTYPES[name])
+        torch.mm(a, b, out=c)  # warm-up: kernel selection, page faults
+        samples = time_calls(
+            lambda a=a, b=b, c=c: torch.mm(a, b, out=c),
+            device=device,
+            repeats=CALIBRATION_REPEATS[kind],
+        )
+        median = summarize(samples).median
+        out[name] = {
+            "flops_per_s": 2 * n**3 / median,
+            "what": f"median of {len(samples)} {n}x{n} {name} matmuls",
+            "utc_time": utc_now(),
+        }
+        del a, b, c
+    _save_calibration(calibration_key(device), out)
+    return out
+
+
+def _save_calibration(key: str, entry: dict[str, Any]) -> None:
+    from hubbench.errors import StoreError
+
+    path = calibration_path()
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError):
+        data = {}
+    data[key] = entry
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot write calibration file {path}: {exc.strerror} (set {CACHE_ENV})"
+        ) from exc

@@ -1,0 +1,296 @@
+"""The project's only timing code: warm-up, timed repeats, statistics, memory, FLOPs, MFU.
+
+Timing. Each sample is one call of the step, from launch to completion; steps never overlap.
+CPU: `time.perf_counter` around the call. CUDA: a pair of CUDA events around the call and a
+synchronisation after it, so a sample is device time between the events (CPU launch gaps
+included when the GPU waits for them). No clock is read inside the step; inputs and optimizer
+exist before timing (hubbench.step).
+
+Order for a cell: the first warm-up step runs under FlopCounterMode (so counting costs no extra
+step; with warmup = 0 one extra untimed step runs for it), the remaining warm-up steps run
+plain, the backends that ran are read, peak memory is reset, then `repeats` timed steps (more
+while their total is under `min_time_s`).
+
+Memory. CUDA: `max_memory_allocated` / `max_memory_reserved` over the timed steps (everything
+live: parameters, optimizer state, inputs, activations). CPU: the worker's peak resident set
+over the timed steps minus its resident set before the cell's model was built, i.e. what the
+cell added at its peak (parameters, optimizer state, activations; glibc arenas returned with
+malloc_trim before the baseline). Only anonymous pages count (RssAnon): file-backed pages such
+as the libtorch code a first step faults in are not the cell's memory. The peak is the kernel's
+VmHWM, reset through /proc/self/clear_refs (Linux >= 4.0) after warm-up, less the file-backed and
+shared pages; without the reset, a 2 ms sampling thread reads RssAnon.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_REPEATS = 10_000  # a ceiling for min_time_s on very fast steps
+
+
+@dataclass
+class Stats:
+    median: float
+    min: float
+    p10: float
+    p90: float
+    mean: float
+    std: float  # sample standard deviation (ddof 1); 0 for one sample
+    count: int
+
+
+@dataclass
+class Measurement:
+    samples: list[float]
+    stats: Stats
+    tokens: int
+    peak_mem_bytes: int | None
+    peak_mem_reserved_bytes: int | None
+    mem_kind: str | None
+    mem_baseline_bytes: int | None
+    flops_per_step: float | None
+    warmup_s: float  # wall time of the untimed steps (FLOP counting included)
+    backends: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.stats.median
+
+
+def summarize(samples: list[float]) -> Stats:
+    if not samples:
+        raise ValueError("no samples to summarise")
+    ordered = sorted(samples)
+    n = len(ordered)
+    mean = sum(ordered) / n
+    var = sum((x - mean) ** 2 for x in ordered) / (n - 1) if n > 1 else 0.0
+    return Stats(
+        median=_quantile(ordered, 0.5),
+        min=ordered[0],
+        p10=_quantile(ordered, 0.1),
+        p90=_quantile(ordered, 0.9),
+        mean=mean,
+        std=math.sqrt(var),
+        count=n,
+    )
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    pos = q * (len(ordered) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def time_calls(
+    fn: Callable[[], Any],
+    *,
+    device: Any = None,
+    repeats: int = 5,
+    min_time_s: float = 0.0,
+) -> list[float]:
+    """Seconds per call of `fn`: `repeats` calls, more while their sum is under `min_time_s`."""
+    cuda = device is not None and getattr(device, "type", str(device)).startswith("cuda")
+    samples: list[float] = []
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize(device)
+        while len(samples) < repeats or (sum(samples) < min_time_s and len(samples) < MAX_REPEATS):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / 1e3)
+        return samples
+    clock = time.perf_counter
+    while len(samples) < repeats or (sum(samples) < min_time_s and len(samples) < MAX_REPEATS):
+        t0 = clock()
+        fn()
+        samples.append(clock() - t0)
+    return samples
+
+
+def measure_step(
+    step: Any,
+    *,
+    warmup: int = 1,
+    repeats: int = 5,
+    min_time_s: float = 0.0,
+    count: bool = True,
+    mem_baseline: int | None = None,
+) -> Measurement:
+    """Warm up (counting FLOPs on the first step), then time `step.fn`; see the module doc."""
+    from hubbench.flops import count_flops
+
+    flops = None
+    start = time.perf_counter()
+    if count:
+        flops = count_flops(_synced(step))
+    for _ in range(max(warmup - 1, 0) if count else warmup):
+        step.fn()
+    step.sync()
+    warmup_s = time.perf_counter() - start
+    model = step.model
+    backends = dict(model.backends()) if hasattr(model, "backends") else {}
+
+    memory = _PeakMemory(step.device, mem_baseline)
+    with memory:
+        samples = time_calls(step.fn, device=step.device, repeats=repeats, min_time_s=min_time_s)
+    return Measurement(
+        samples=samples,
+        stats=summarize(samples),
+        tokens=step.tokens,
+        peak_mem_bytes=memory.peak,
+        peak_mem_reserved_bytes=memory.reserved,
+        mem_kind=memory.kind,
+        mem_baseline_bytes=memory.baseline,
+        flops_per_step=flops,
+        warmup_s=warmup_s,
+        backends=backends,
+    )
+
+
+def _synced(step: Any) -> Callable[[], None]:
+    def run() -> None:
+        step.fn()
+        step.sync()
+
+    return run
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _status_kb(*keys: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in keys:
+                    out[key] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def rss_bytes() -> int | None:
+    """This process's anonymous resident memory (heap, tensors, stacks), None off Linux.
+
+    File-backed pages are left out: the first step of a process faults in ~100 MB of libtorch
+    code, which is not memory the cell uses and would be charged to the first cell only.
+    """
+    return _status_kb("RssAnon").get("RssAnon")
+
+
+def trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc), so the next baseline is honest."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _hwm_anon_bytes() -> int | None:
+    """Peak resident set since the last reset, less the file-backed and shared pages now."""
+    kb = _status_kb("VmHWM", "RssFile", "RssShmem")
+    if "VmHWM" not in kb:
+        return None
+    return kb["VmHWM"] - kb.get("RssFile", 0) - kb.get("RssShmem", 0)
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+class _PeakMemory:
+    """Context manager: peak memory over its body (see the module docstring for meaning)."""
+
+    def __init__(self, device: Any, baseline: int | None) -> None:
+        self.device = device
+        self.baseline = baseline
+        self.peak: int | None = None
+        self.reserved: int | None = None
+        self.kind: str | None = None
+        self._sampler: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._sampled = 0
+        self._hwm = False
+
+    def __enter__(self) -> _PeakMemory:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.kind = "cuda_allocated"
+            self.baseline = None
+            return self
+        if self.baseline is None:
+            self.baseline = rss_bytes()
+        if self.baseline is None:
+            return self
+        self.kind = "cpu_rss"
+        self._hwm = _reset_hwm() and _hwm_anon_bytes() is not None
+        if not self._hwm:
+            self._sampler = threading.Thread(target=self._sample, daemon=True)
+            self._sampler.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self._sampled = max(self._sampled, rss_bytes() or 0)
+            self._stop.wait(0.002)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.kind == "cuda_allocated":
+            import torch
+
+            self.peak = int(torch.cuda.max_memory_allocated(self.device))
+            self.reserved = int(torch.cuda.max_memory_reserved(self.device))
+        elif self.kind == "cpu_rss":
+            if self._sampler is not None:
+                self._stop.set()
+                self._sampler.join()
+                top = self._sampled
+            else:
+                top = _hwm_anon_bytes() or 0
+            self.peak = max(top - (self.baseline or 0), 0)
+
+
+# ----------------------------------------------------------------------------- derived
+
+
+def derived(
+    m: Measurement, analytic: float | None, peak: float | None
+) -> dict[str, float | str | None]:
+    """tokens/s (median and spread), FLOPs per token, achieved FLOP/s and MFU."""
+    s = m.stats
+    basis = analytic if analytic else m.flops_per_step
+    achieved = basis / s.median if basis else None
+    return {
+        "tokens_per_s": m.tokens / s.median,
+        "tokens_per_s_p10": m.tokens / s.p90,
+        "tokens_per_s_p90": m.tokens / s.p10,
+        "flops_per_token": basis / m.tokens if basis else None,
+        "achieved_flops_per_s": achieved,
+        "mfu": achieved / peak if achieved and peak else None,
+        "mfu_basis": None if basis is None else ("analytic" if analytic else "counted"),
+    }

@@ -1,0 +1,693 @@
+"""Suites: TOML files parsed once into dataclasses, validated, and expanded into cells.
+
+A suite file (see suites/*.toml and the README's "Suites" section):
+
+    name = "throughput"                # optional; must equal the file stem when given
+    description = "..."
+    [measure]                          # how carefully each cell is measured
+    warmup = 1; repeats = 5; min_time_s = 0.0; timeout_s = 300
+    [defaults]                         # one value per field
+    device = "auto"; mode = "fwd_bwd"; d_model = 256
+    [sweep]                            # a list per field; cells iterate these in file order,
+    seq = [512, 1024]                  # the last axis fastest
+    variant = ["transformer", "hub-gpt"]
+    [defaults.cuda] / [sweep.cuda] / [measure.cuda]
+                                       # overlays for cells whose device is cuda (or cpu)
+    [[exclude]]                        # cells never run: every condition must match
+    attention = "naive"; seq = { gt = 4096 }; reason = "..."
+    [[gate.ratio]]                     # ratio rules read by `hubbench gate`
+
+A field is a run field (variant, mode, device, batch, seq, compile) or a model config field of
+some variant (hubbench.models.config_fields). Each cell keeps only the fields its variant has and
+that can change what it builds (models.inert_fields); the others are null in its row and do not
+multiply cells. CLI overrides (`--seq 1024`, `--set hubs=4,8`) replace a field's values after the
+device overlay. Every cell is validated with models.make_config before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hubbench.errors import ConfigError, SuiteError
+
+# Fields that describe the run rather than the model; the rest come from the model registry.
+RUN_FIELDS: dict[str, type] = {
+    "variant": str,
+    "mode": str,
+    "device": str,
+    "batch": int,
+    "seq": int,
+    "compile": bool,
+}
+RUN_DEFAULTS: dict[str, Any] = {
+    "mode": "fwd_bwd",
+    "device": "auto",
+    "batch": 1,
+    "compile": False,
+}
+MEASURE_FIELDS: dict[str, type] = {
+    "warmup": int,
+    "repeats": int,
+    "min_time_s": float,
+    "timeout_s": float,
+}
+DEVICE_KINDS = ("cpu", "cuda")
+TOP_KEYS = ("name", "description", "measure", "defaults", "sweep", "exclude", "gate")
+GATE_METRICS = (
+    "tokens_per_s",
+    "time_median_s",
+    "achieved_flops_per_s",
+    "mfu",
+    "peak_mem_bytes",
+    "peak_mem_reserved_bytes",
+)
+COMPARATORS = {
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+}
+SUITES_ENV = "HUBBENCH_SUITES"
+_TYPE_NAMES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+# ----------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class Measure:
+    warmup: int = 1  # untimed steps first; the first one also counts FLOPs
+    repeats: int = 5  # timed steps (at least)
+    min_time_s: float = 0.0  # keep timing until this much timed time has passed
+    timeout_s: float = 600.0  # per cell, model build included; then the cell is `timeout`
+
+
+@dataclass(frozen=True)
+class Axis:
+    """The values one field takes and where they were written (for error messages)."""
+
+    field: str
+    values: tuple[Any, ...]
+    origin: str  # e.g. "suites/hubs.toml: sweep.topk" or "--set topk"
+
+
+@dataclass(frozen=True)
+class ExcludeRule:
+    conditions: tuple[tuple[str, Any], ...]  # field -> value | list | {gt/ge/lt/le: number}
+    reason: str
+    origin: str
+
+    def matches(self, fields: Mapping[str, Any]) -> bool:
+        return all(_condition_holds(fields.get(k), cond) for k, cond in self.conditions)
+
+
+@dataclass(frozen=True)
+class GateRule:
+    name: str
+    metric: str
+    numerator: dict[str, Any]
+    denominator: dict[str, Any]
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass
+class Suite:
+    name: str
+    description: str
+    path: Path
+    axes: dict[str, Axis]  # [defaults] (one value) and [sweep] (a list), in file order
+    swept: tuple[str, ...]  # fields written under [sweep]
+    device_axes: dict[str, dict[str, Axis]]  # "cuda" -> overlay
+    measure: Measure
+    device_measure: dict[str, dict[str, Any]]
+    exclude: list[ExcludeRule] = field(default_factory=list)
+    gate: list[GateRule] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of a sweep. `config` is the full model config; inert / foreign fields are None."""
+
+    index: int
+    variant: str
+    mode: str
+    device: str
+    batch: int
+    seq: int
+    compile: bool
+    config: tuple[tuple[str, Any], ...]
+    warmup: int
+    repeats: int
+    min_time_s: float
+    timeout_s: float
+
+    @property
+    def model_fields(self) -> dict[str, Any]:
+        """What build_model receives: the config fields that apply to this variant."""
+        return {k: v for k, v in self.config if v is not None}
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what is measured (not how carefully: no warmup / repeats)."""
+        out = {k: getattr(self, k) for k in ("variant", "mode", "device", "batch", "seq")}
+        out["compile"] = self.compile
+        out.update(self.config)
+        return out
+
+    @property
+    def cell_id(self) -> str:
+        blob = json.dumps(self.identity, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    def label(self, fields: Iterable[str] = ()) -> str:
+        """'hub-gpt n=1024 attention=sdpa' style; `fields` adds swept fields when set."""
+        parts = [self.variant, f"n={self.seq}"]
+        conf = dict(self.config)
+        for name in fields:
+            if name in ("variant", "seq"):
+                continue
+            value = conf.get(name, getattr(self, name, None))
+            if value is not None:
+                parts.append(f"{name}={value}")
+        return " ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["config"] = dict(self.config)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Cell:
+        data = dict(data)
+        data["config"] = tuple(data["config"].items())
+        return cls(**data)
+
+
+@dataclass
+class Plan:
+    """The cells to run, in order, and what the suite's rules kept out."""
+
+    suite: Suite
+    cells: list[Cell]
+    excluded: list[tuple[dict[str, Any], str]]  # (fields, reason)
+    merged: int  # combinations that collapsed into an earlier cell (inert fields)
+    varying: tuple[str, ...]  # fields that differ between cells (for labels and tables)
+
+
+# ----------------------------------------------------------------------------- finding files
+
+
+def suite_dirs() -> list[Path]:
+    """Where suite names are looked up: $HUBBENCH_SUITES, ./suites, the source tree's suites/."""
+    dirs = []
+    if os.environ.get(SUITES_ENV):
+        dirs.append(Path(os.environ[SUITES_ENV]))
+    dirs.append(Path.cwd() / "suites")
+    dirs.append(Path(__file__).resolve().parent.parent / "suites")
+    seen: list[Path] = []
+    for d in dirs:
+        if d.is_dir() and d.resolve() not in [s.resolve() for s in seen]:
+            seen.append(d)
+    return seen
+
+
+def available_suites() -> dict[str, Path]:
+    """Suite name -> file, first directory wins."""
+    found: dict[str, Path] = {}
+    for d in suite_dirs():
+        for path in sorted(d.glob("*.toml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def find_suite(name_or_path: str | Path) -> Path:
+    text = str(name_or_path)
+    path = Path(text)
+    if text.endswith(".toml") or os.sep in text:
+        if not path.is_file():
+            raise SuiteError(f"suite file {text} does not exist")
+        return path
+    suites = available_suites()
+    if text not in suites:
+        where = ", ".join(str(d) for d in suite_dirs()) or "no suites/ directory found"
+        valid = ", ".join(sorted(suites)) or "none"
+        raise SuiteError(f"unknown suite {text!r}; available: {valid} (looked in {where})")
+    return suites[text]
+
+
+# ----------------------------------------------------------------------------- field types
+
+
+def _models():
+    from hubbench import models
+
+    return models
+
+
+def field_types(models: Any = None) -> dict[str, type | None]:
+    """Every field a suite may name, with its type (None: any scalar)."""
+    models = models or _models()
+    types: dict[str, type | None] = dict(RUN_FIELDS)
+    for spec in models.REGISTRY.values():
+        for f in dataclasses.fields(spec.config_cls):
+            types.setdefault(f.name, _TYPE_NAMES.get(str(f.type)))
+    return types
+
+
+def _check_type(value: Any, kind: type | None, where: str) -> Any:
+    """A TOML / CLI value checked against a field type; ints are accepted for floats."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is None:
+        ok = isinstance(value, (str, int, float, bool))
+    elif kind is float:
+        ok = number
+    elif kind is int:
+        ok = number and isinstance(value, int)
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        want = kind.__name__ if kind else "a scalar"
+        raise SuiteError(f"{where}: expected {want}, got {value!r} ({type(value).__name__})")
+    return float(value) if kind is float else value
+
+
+def parse_value(text: str, kind: type | None, where: str) -> Any:
+    """A CLI string -> typed value: '1024' -> 1024, 'true' -> True, '0.25' -> 0.25."""
+    text = text.strip()
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false"):
+                raise ValueError
+            return text.lower() == "true"
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        raise SuiteError(f"{where}: {text!r} is not a valid {kind.__name__}") from None
+    return text
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_suite(name_or_path: str | Path, models: Any = None) -> Suite:
+    """Read and validate one suite file (keys, types, rules); raise SuiteError naming the key."""
+    path = find_suite(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"{path}: invalid TOML: {exc}") from exc
+    except OSError as exc:
+        raise SuiteError(f"{path}: cannot read: {exc.strerror}") from exc
+    return parse_suite(data, path, models)
+
+
+def parse_suite(data: Mapping[str, Any], path: Path, models: Any = None) -> Suite:
+    types = field_types(models)
+    _unknown(data, TOP_KEYS, f"{path}: top-level key")
+    name = data.get("name", path.stem)
+    _check_type(name, str, f"{path}: name")
+    if name != path.stem:
+        raise SuiteError(f"{path}: name {name!r} must equal the file name {path.stem!r}")
+    description = _check_type(data.get("description", ""), str, f"{path}: description")
+
+    defaults = _table(data, "defaults", path)
+    sweep = _table(data, "sweep", path)
+    measure_table = _table(data, "measure", path)
+    axes = _axes(defaults, sweep, types, path, "")
+    device_axes: dict[str, dict[str, Axis]] = {}
+    device_measure: dict[str, dict[str, Any]] = {}
+    for kind in DEVICE_KINDS:
+        d = _table(defaults, kind, path, prefix="defaults.")
+        s = _table(sweep, kind, path, prefix="sweep.")
+        if d or s:
+            device_axes[kind] = _axes(d, s, types, path, f".{kind}")
+        m = _table(measure_table, kind, path, prefix="measure.")
+        if m:
+            device_measure[kind] = _measure_values(m, path, f"measure.{kind}")
+    measure = Measure(**_measure_values(measure_table, path, "measure"))
+
+    return Suite(
+        name=name,
+        description=description,
+        path=path,
+        axes=axes,
+        swept=tuple(k for k in sweep if k not in DEVICE_KINDS),
+        device_axes=device_axes,
+        measure=measure,
+        device_measure=device_measure,
+        exclude=_exclude_rules(data.get("exclude", []), types, path),
+        gate=_gate_rules(data.get("gate", {}), types, path),
+    )
+
+
+def _unknown(table: Mapping[str, Any], valid: Iterable[str], where: str) -> None:
+    valid = list(valid)
+    for key in table:
+        if key not in valid:
+            raise SuiteError(f"{where} {key!r} is unknown; valid: {', '.join(valid)}")
+
+
+def _table(data: Mapping[str, Any], key: str, path: Path, prefix: str = "") -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise SuiteError(f"{path}: {prefix}{key} must be a table, got {type(value).__name__}")
+    return value
+
+
+def _axes(
+    defaults: Mapping[str, Any],
+    sweep: Mapping[str, Any],
+    types: Mapping[str, type | None],
+    path: Path,
+    suffix: str,
+) -> dict[str, Axis]:
+    axes: dict[str, Axis] = {}
+    for section, table in (("defaults", defaults), ("sweep", sweep)):
+        for key, value in table.items():
+            if key in DEVICE_KINDS and isinstance(value, dict):
+                continue
+            where = f"{path}: {section}{suffix}.{key}"
+            if key not in types:
+                raise SuiteError(f"{where} is not a known field; valid: {', '.join(sorted(types))}")
+            if key in axes:
+                raise SuiteError(f"{where} is also set in {axes[key].origin}; set it once")
+            if section == "sweep":
+                if not isinstance(value, list) or not value:
+                    raise SuiteError(f"{where}: a sweep axis must be a non-empty list")
+                values = tuple(
+                    _check_type(v, types[key], f"{where}[{i}]") for i, v in enumerate(value)
+                )
+            else:
+                if isinstance(value, list):
+                    raise SuiteError(f"{where}: defaults take one value; put lists under [sweep]")
+                values = (_check_type(value, types[key], where),)
+            axes[key] = Axis(key, values, where)
+    return axes
+
+
+def _measure_values(table: Mapping[str, Any], path: Path, where: str) -> dict[str, Any]:
+    out = {}
+    for key, value in table.items():
+        if key in DEVICE_KINDS and isinstance(value, dict):
+            continue
+        if key not in MEASURE_FIELDS:
+            raise SuiteError(
+                f"{path}: {where}.{key} is unknown; valid: {', '.join(MEASURE_FIELDS)}"
+            )
+        out[key] = _check_type(value, MEASURE_FIELDS[key], f"{path}: {where}.{key}")
+    _check_measure(out, f"{path}: {where}")
+    return out
+
+
+def _check_measure(values: Mapping[str, Any], where: str) -> None:
+    lows = {"warmup": 0, "repeats": 1, "min_time_s": 0.0}
+    for key, low in lows.items():
+        if key in values and values[key] < low:
+            raise SuiteError(f"{where}.{key} must be >= {low} (got {values[key]})")
+    if "timeout_s" in values and values["timeout_s"] <= 0:
+        raise SuiteError(f"{where}.timeout_s must be > 0 (got {values['timeout_s']})")
+
+
+def _exclude_rules(rules: Any, types: Mapping[str, type | None], path: Path) -> list[ExcludeRule]:
+    if not isinstance(rules, list):
+        raise SuiteError(f"{path}: exclude must be an array of tables ([[exclude]])")
+    out = []
+    for i, rule in enumerate(rules):
+        where = f"{path}: exclude[{i}]"
+        if not isinstance(rule, dict):
+            raise SuiteError(f"{where} must be a table")
+        reason = _check_type(rule.get("reason", "excluded by the suite"), str, f"{where}.reason")
+        conditions = []
+        for key, cond in rule.items():
+            if key == "reason":
+                continue
+            if key not in types:
+                raise SuiteError(
+                    f"{where}.{key} is not a known field; valid: {', '.join(sorted(types))}"
+                )
+            conditions.append((key, _condition(cond, types[key], f"{where}.{key}")))
+        if not conditions:
+            raise SuiteError(f"{where} has no conditions; it would exclude every cell")
+        out.append(ExcludeRule(tuple(conditions), reason, where))
+    return out
+
+
+def _condition(cond: Any, kind: type | None, where: str) -> Any:
+    if isinstance(cond, dict):
+        if not cond:
+            raise SuiteError(f"{where}: an empty comparison table")
+        for op, bound in cond.items():
+            if op not in COMPARATORS:
+                raise SuiteError(f"{where}.{op} is unknown; valid: {', '.join(COMPARATORS)}")
+            _check_type(bound, float, f"{where}.{op}")
+        return dict(cond)
+    if isinstance(cond, list):
+        return tuple(_check_type(v, kind, f"{where}[{i}]") for i, v in enumerate(cond))
+    return _check_type(cond, kind, where)
+
+
+def _condition_holds(value: Any, cond: Any) -> bool:
+    if value is None:
+        return False  # a field that does not apply to the cell never matches
+    if isinstance(cond, dict):
+        return all(COMPARATORS[op](value, bound) for op, bound in cond.items())
+    if isinstance(cond, tuple):
+        return value in cond
+    return value == cond
+
+
+def _gate_rules(gate: Any, types: Mapping[str, type | None], path: Path) -> list[GateRule]:
+    if not isinstance(gate, dict):
+        raise SuiteError(f"{path}: gate must be a table holding [[gate.ratio]] rules")
+    _unknown(gate, ("ratio",), f"{path}: gate key")
+    rules = gate.get("ratio", [])
+    if not isinstance(rules, list):
+        raise SuiteError(f"{path}: gate.ratio must be an array of tables ([[gate.ratio]])")
+    out = []
+    keys = ("name", "metric", "numerator", "denominator", "min", "max")
+    for i, rule in enumerate(rules):
+        where = f"{path}: gate.ratio[{i}]"
+        if not isinstance(rule, dict):
+            raise SuiteError(f"{where} must be a table")
+        _unknown(rule, keys, f"{where} key")
+        for key in ("name", "numerator", "denominator"):
+            if key not in rule:
+                raise SuiteError(f"{where} needs {key!r}")
+        name = _check_type(rule["name"], str, f"{where}.name")
+        metric = _check_type(rule.get("metric", "tokens_per_s"), str, f"{where}.metric")
+        if metric not in GATE_METRICS:
+            raise SuiteError(
+                f"{where}.metric {metric!r} is unknown; valid: {', '.join(GATE_METRICS)}"
+            )
+        sides = {}
+        for side in ("numerator", "denominator"):
+            table = rule[side]
+            if not isinstance(table, dict) or not table:
+                raise SuiteError(f"{where}.{side} must be a non-empty table of cell fields")
+            for key, value in table.items():
+                if key not in types:
+                    raise SuiteError(
+                        f"{where}.{side}.{key} is not a known field; "
+                        f"valid: {', '.join(sorted(types))}"
+                    )
+                _check_type(value, types[key], f"{where}.{side}.{key}")
+            sides[side] = dict(table)
+        bounds = {
+            k: _check_type(rule[k], float, f"{where}.{k}") for k in ("min", "max") if k in rule
+        }
+        if not bounds:
+            raise SuiteError(f"{where} sets neither min nor max")
+        out.append(GateRule(name, metric, sides["numerator"], sides["denominator"], **bounds))
+    return out
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def parse_overrides(
+    sets: Iterable[str] = (),
+    models: Any = None,
+    **options: str | None,
+) -> dict[str, Axis]:
+    """`--seq 512,1024` style options and `--set key=v1,v2` items -> typed axes."""
+    types = field_types(models)
+    items = [(f"--{k}", k, v) for k, v in options.items() if v is not None]
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SuiteError(f"--set {item!r}: expected key=v1,v2, e.g. --set hubs=4,8,16")
+        items.append((f"--set {key.strip()}", key.strip(), value))
+    out: dict[str, Axis] = {}
+    for origin, key, text in items:
+        if key not in types:
+            raise SuiteError(f"{origin}: unknown field {key!r}; valid: {', '.join(sorted(types))}")
+        parts = [p for p in str(text).split(",") if p.strip()]
+        if not parts:
+            raise SuiteError(f"{origin}: no values given")
+        values = tuple(parse_value(p, types[key], origin) for p in parts)
+        out[key] = Axis(key, tuple(dict.fromkeys(values)), origin)
+    return out
+
+
+def measure_overrides(**values: float | int | None) -> dict[str, Any]:
+    out = {k: v for k, v in values.items() if v is not None}
+    _check_measure(out, "--")
+    return out
+
+
+# ----------------------------------------------------------------------------- expansion
+
+
+def resolve_device(name: str, cuda_available: bool | None = None) -> str:
+    if name != "auto":
+        return name
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    return "cuda" if cuda_available else "cpu"
+
+
+def expand(
+    suite: Suite,
+    overrides: Mapping[str, Axis] | None = None,
+    measure: Mapping[str, Any] | None = None,
+    models: Any = None,
+    cuda_available: bool | None = None,
+) -> Plan:
+    """Suite (+ overrides) -> the validated, de-duplicated, ordered cells to run."""
+    models = models or _models()
+    overrides = dict(overrides or {})
+    measure = dict(measure or {})
+    device_axis = overrides.get("device") or suite.axes.get("device")
+    devices = device_axis.values if device_axis else (RUN_DEFAULTS["device"],)
+    devices = tuple(dict.fromkeys(resolve_device(d, cuda_available) for d in devices))
+
+    cells: list[Cell] = []
+    seen: set[str] = set()
+    excluded: list[tuple[dict[str, Any], str]] = []
+    merged = 0
+    for device in devices:
+        kind = "cuda" if device.startswith("cuda") else "cpu"
+        axes = dict(suite.axes)
+        axes.update(suite.device_axes.get(kind, {}))
+        axes.update(overrides)
+        axes["device"] = Axis("device", (device,), device_axis.origin if device_axis else "")
+        settings = Measure(
+            **{**dataclasses.asdict(suite.measure), **suite.device_measure.get(kind, {}), **measure}
+        )
+        if "variant" not in axes:
+            raise SuiteError(
+                f"{suite.path}: no variant given; set defaults.variant or sweep.variant"
+            )
+        if "seq" not in axes:
+            raise SuiteError(f"{suite.path}: no seq given; set defaults.seq or sweep.seq")
+        names = list(axes)
+        for combo in itertools.product(*(axes[n].values for n in names)):
+            fields = dict(zip(names, combo, strict=True))
+            cell = _make_cell(len(cells), fields, axes, settings, suite, models)
+            if cell.cell_id in seen:
+                merged += 1
+                continue
+            seen.add(cell.cell_id)
+            identity = cell.identity
+            rule = next((r for r in suite.exclude if r.matches(identity)), None)
+            if rule is not None:
+                excluded.append((identity, rule.reason))
+                continue
+            cells.append(cell)
+    if not cells:
+        why = f"; {len(excluded)} excluded by the suite's [[exclude]] rules" if excluded else ""
+        raise SuiteError(f"{suite.path}: the sweep has no cells to run{why}")
+    return Plan(suite, cells, excluded, merged, _varying(cells))
+
+
+def _make_cell(
+    index: int,
+    fields: dict[str, Any],
+    axes: Mapping[str, Axis],
+    settings: Measure,
+    suite: Suite,
+    models: Any,
+) -> Cell:
+    run = {**RUN_DEFAULTS, **{k: v for k, v in fields.items() if k in RUN_FIELDS}}
+    variant = run["variant"]
+
+    def fail(message: str, keys: Iterable[str]) -> SuiteError:
+        origins = sorted({axes[k].origin for k in keys if k in axes and axes[k].origin})
+        where = "; ".join(origins) or str(suite.path)
+        return SuiteError(f"{where}: cell {variant} n={run['seq']}: {message}")
+
+    if variant not in models.REGISTRY:
+        raise fail(f"unknown variant {variant!r}; valid: {', '.join(models.REGISTRY)}", ["variant"])
+    _check_run_fields(run, fail)
+    own = set(models.config_fields(variant))
+    given = {k: v for k, v in fields.items() if k in own}
+    try:
+        config = models.make_config(variant, **given)
+    except ConfigError as exc:
+        named = [k for k in given if re.search(rf"\b{re.escape(k)}\b", str(exc))]
+        raise fail(str(exc), named or given) from exc
+    inert = set(models.inert_fields(config))
+    resolved = {
+        f.name: (None if f.name in inert else getattr(config, f.name))
+        for f in dataclasses.fields(config)
+    }
+    topk = resolved.get("topk")
+    if topk is not None and topk > run["seq"]:
+        raise fail(
+            f"topk={topk} exceeds seq={run['seq']}; the council needs k <= n", ["topk", "seq"]
+        )
+    return Cell(
+        index=index,
+        variant=variant,
+        mode=run["mode"],
+        device=run["device"],
+        batch=run["batch"],
+        seq=run["seq"],
+        compile=run["compile"],
+        config=tuple(sorted(resolved.items())),
+        warmup=settings.warmup,
+        repeats=settings.repeats,
+        min_time_s=settings.min_time_s,
+        timeout_s=settings.timeout_s,
+    )
+
+
+def _check_run_fields(run: Mapping[str, Any], fail: Any) -> None:
+    from hubbench.step import MODES
+
+    if run["mode"] not in MODES:
+        raise fail(f"unknown mode {run['mode']!r}; valid: {', '.join(MODES)}", ["mode"])
+    device = run["device"]
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise fail(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N", ["device"])
+    for key in ("batch", "seq"):
+        if run[key] < 1:
+            raise fail(f"{key} must be >= 1 (got {run[key]})", [key])
+
+
+def _varying(cells: list[Cell]) -> tuple[str, ...]:
+    seen: dict[str, set[str]] = {}
+    for cell in cells:
+        for key, value in cell.identity.items():
+            seen.setdefault(key, set()).add(repr(value))
+    return tuple(k for k, values in seen.items() if len(values) > 1)
+
+
+def suite_axes(suite: Suite) -> dict[str, tuple[Any, ...]]:
+    """The [sweep] axes with their base values (device overlays are in suite.device_axes)."""
+    return {k: suite.axes[k].values for k in suite.swept}

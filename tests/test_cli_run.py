@@ -1,0 +1,198 @@
+"""`hubbench run / results / env` and `suites_table` through Typer's CliRunner.
+
+`test_interrupted_run_keeps_rows_and_resumes` is the only test here that starts workers (two).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from hubbench import store
+from hubbench.cli import app
+from hubbench.cli.run import suites_table
+from hubbench.runner import FAULT_ENV
+
+TINY = """
+description = "tiny real models"
+[measure]
+warmup = 1
+repeats = 2
+timeout_s = 120
+[defaults]
+mode = "fwd_bwd"
+d_model = 32
+n_layers = 2
+n_heads = 2
+hubs = 4
+topk = 8
+chunk = 16
+[sweep]
+device = ["cpu", "cuda"]
+seq = [32, 64]
+variant = ["transformer", "hub-gpt"]
+"""
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def tiny_suite(tmp_path: Path, text: str = TINY) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(text)
+    return path
+
+
+def test_dry_run_lists_the_narrowed_cells(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["run", "throughput", "--seq", "1024", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "throughput: 8 cells" in result.output
+    for name in ("transformer", "jamba", "hub-jamba", "hub-gpt", "naive", "sdpa", "flash"):
+        assert name in result.output
+    assert "4096" not in result.output
+    result = runner.invoke(
+        app, ["run", "hubs", "--set", "hubs=4,8", "--set", "topk=16", "--dry-run"]
+    )
+    assert result.exit_code == 0 and "hubs: 2 cells" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (
+            ["run", "nope"],
+            "unknown suite 'nope'; available: ci, hubs, replace, scaling, throughput",
+        ),
+        (["run", "ci", "--set", "topk=99999"], "--set topk"),
+        (["run", "ci", "--seq", "1k"], "--seq: '1k' is not a valid int"),
+        (["run", "ci", "--set", "hubz=4"], "unknown field 'hubz'"),
+        (["run", "ci", "--mode", "decode", "--dry-run"], "unknown mode 'decode'"),
+        (["results", "zzzz"], "no run 'zzzz'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    runner: CliRunner, tmp_path: Path, args: list[str], text: str
+) -> None:
+    result = runner.invoke(app, [*args, "--results-dir", str(tmp_path)] if args[0] == "results"
+                           else args)  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert text in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_malformed_suite_file_names_line_and_column(runner: CliRunner, tmp_path: Path) -> None:
+    path = tiny_suite(tmp_path, TINY.replace("seq = [32, 64]", "seq = [32,, 64]"))
+    result = runner.invoke(app, ["run", str(path), "--dry-run"])
+    assert result.exit_code == 2
+    assert "tiny.toml: invalid TOML" in result.stderr and "line 17, column 11" in result.stderr
+
+
+def test_debug_shows_the_traceback(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["--debug", "run", "nope"])
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def test_unwritable_results_dir_fails_before_anything_runs(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = runner.invoke(app, ["run", "ci", "--results-dir", str(blocker / "r")])
+    assert result.exit_code == 2
+    assert "is not writable" in result.stderr and "--results-dir" in result.stderr
+
+
+def test_results_lists_and_shows_runs(runner: CliRunner, tmp_path: Path) -> None:
+    path = store.run_path(tmp_path, "ci", "beef0001")
+    rows = [
+        {"schema_version": 1, "run_id": "beef0001", "suite": "ci", "cell_index": 0,
+         "variant": "hub-gpt", "seq": 256, "status": "ok", "time_median_s": 0.01,
+         "time_p10_s": 0.009, "time_p90_s": 0.012, "tokens_per_s": 25600.0,
+         "peak_mem_bytes": 3 * 2**20, "mfu": 0.25, "hubs": 8},
+        {"schema_version": 1, "run_id": "beef0001", "suite": "ci", "cell_index": 1,
+         "variant": "transformer", "attention": "flash", "seq": 256, "status": "skipped",
+         "message": "needs 'hubbench[flash]'"},
+    ]  # fmt: skip
+    store.write_rows(path, rows)
+    listing = runner.invoke(app, ["results", "--results-dir", str(tmp_path)])
+    assert listing.exit_code == 0, listing.output
+    assert "beef0001" in listing.output and "1 ok, 1 skipped" in listing.output
+    shown = runner.invoke(app, ["results", "beef", "--results-dir", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    for text in ("hub-gpt", "25,600", "10.0", "9.00-12.0", "3.0M", "25.0%", "skipped",
+                 "hubbench[flash]"):  # fmt: skip
+        assert text in shown.output, text
+    empty = runner.invoke(app, ["results", "--results-dir", str(tmp_path / "none")])
+    assert empty.exit_code == 0 and "no runs" in empty.output
+
+
+def test_env_and_calibration(runner: CliRunner, tmp_path: Path, monkeypatch) -> None:
+    from hubbench import env
+
+    monkeypatch.setenv(env.CACHE_ENV, str(tmp_path))
+    monkeypatch.setitem(env.CALIBRATION_SIZES, "cpu", 64)
+    result = runner.invoke(app, ["env", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "torch_version" in result.output and "MFU stays empty" in result.output
+    result = runner.invoke(app, ["env", "--device", "cpu", "--calibrate"])
+    assert result.exit_code == 0, result.output
+    assert "calibrated: median of 5 64x64 fp32 matmuls" in result.output
+    assert (tmp_path / "calibration.json").is_file()
+    assert env.load_calibration("cpu")["fp32"]["flops_per_s"] > 0
+
+
+def test_suites_table_shows_every_suite_with_axes() -> None:
+    console = Console(width=200, record=True)
+    console.print(suites_table())
+    text = console.export_text()
+    for name in ("throughput", "scaling", "hubs", "replace", "ci"):
+        assert name in text
+    assert "seq: 512, 1024, 2048, 4096" in text and "invalid" not in text
+
+
+def test_profile_traces_each_cell(runner: CliRunner, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    text = TINY.replace('device = ["cpu", "cuda"]\n', "").replace("[32, 64]", "[32]")
+    path = tiny_suite(tmp_path, text.replace('["transformer", "hub-gpt"]', '["hub-gpt"]'))
+    result = runner.invoke(app, ["run", str(path), "--profile", "--mode", "fwd"])
+    assert result.exit_code == 0, result.output
+    assert "TensorBoard" in result.output and (tmp_path / "traces").is_dir()
+    assert not (tmp_path / "results").exists()  # profiling times nothing and stores no rows
+
+
+def test_interrupted_run_keeps_rows_and_resumes(
+    runner: CliRunner, tmp_path: Path, monkeypatch
+) -> None:
+    path = tiny_suite(tmp_path)
+    results = tmp_path / "results"
+    # cell 3 (hub-gpt, n=64, cpu) sends Ctrl-C to the runner mid-cell
+    monkeypatch.setenv(FAULT_ENV, "hub-gpt@64=interrupt")
+    first = runner.invoke(app, ["run", str(path), "--results-dir", str(results)])
+    assert first.exit_code == 130, first.output
+    assert "interrupted" in first.stderr and "--resume" in first.stderr
+    [run_file] = store.list_runs(results)
+    df = pd.read_parquet(run_file)
+    assert df["status"].tolist() == ["ok", "ok", "ok"]
+    assert df["backend_attention"].fillna("-").tolist() == ["sdpa:flash-cpu", "-", "sdpa:flash-cpu"]
+    assert df["backend_hub"].notna().tolist() == [False, True, False]
+
+    monkeypatch.delenv(FAULT_ENV)
+    second = runner.invoke(app, ["run", str(path), "--results-dir", str(results), "--resume"])
+    assert second.exit_code == 0, second.output
+    assert store.list_runs(results) == [run_file]  # the same run, continued
+    assert "already measured" in second.output and "read_parquet" in second.output
+    df = pd.read_parquet(run_file)
+    assert df["cell_index"].tolist() == list(range(8))
+    assert df["device"].tolist() == ["cpu"] * 4 + ["cuda"] * 4
+    cuda_status = "ok" if torch.cuda.is_available() else "skipped"
+    assert df["status"].tolist() == ["ok"] * 4 + [cuda_status] * 4
+    if cuda_status == "skipped":
+        assert df["message"].iloc[-1].startswith("device 'cuda' requested but CUDA")
+    assert df["run_id"].nunique() == 1 and df["cell_id"].nunique() == 8

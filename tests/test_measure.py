@@ -1,0 +1,194 @@
+"""Timing loop, statistics, memory, FLOP counting and MFU, on a tiny stand-in model.
+
+`build_tiny` is also the worker's builder in test_runner.py / test_cli_run.py (loaded by path),
+so it must stay importable without pytest fixtures.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hubbench.flops import PEAK_TABLE, count_flops, peak_flops, table_entry
+from hubbench.measure import derived, measure_step, rss_bytes, summarize, time_calls
+from hubbench.step import build_step
+
+
+class TinyLM(nn.Module):
+    """One attention layer with a naive or SDPA kernel: enough surface for the engine."""
+
+    def __init__(self, variant: str = "tiny", vocab: int = 32, d_model: int = 16, **_: object):
+        super().__init__()
+        self.variant = variant
+        self.config = SimpleNamespace(vocab=vocab, dtype="fp32", d_model=d_model)
+        self.embed = nn.Embedding(vocab, d_model)
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.head = nn.Linear(d_model, vocab)
+        self.naive = variant.endswith("naive")
+        self.last = None
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        h = self.embed(idx)  # (B, n, d)
+        q, k, v = (t.unsqueeze(1) for t in self.qkv(h).chunk(3, dim=-1))  # (B, 1, n, d)
+        if self.naive:
+            n = idx.shape[1]
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, 1, n, n)
+            mask = torch.ones(n, n, dtype=torch.bool).triu(1)
+            y = torch.softmax(scores.masked_fill(mask, float("-inf")), -1) @ v
+            self.last = "naive"
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            self.last = "sdpa:test"
+        return self.head(h + y.squeeze(1))
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self(idx).flatten(0, 1), targets.flatten())
+
+    def backends(self) -> dict[str, str]:
+        return {"attention": self.last} if self.last else {}
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_analytic(self, batch: int, seq: int, mode: str) -> float:
+        return 1e6 * batch * seq * (1 if mode == "fwd" else 3)
+
+
+def build_tiny(variant: str, **fields: object) -> TinyLM:
+    torch.manual_seed(0)
+    return TinyLM(variant, **fields)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def test_summarize_matches_numpy_percentiles() -> None:
+    np = pytest.importorskip("numpy")
+    samples = [0.5, 0.1, 0.3, 0.2, 0.4, 0.9, 0.25]
+    s = summarize(samples)
+    assert s.median == pytest.approx(np.median(samples))
+    assert s.p10 == pytest.approx(np.percentile(samples, 10))
+    assert s.p90 == pytest.approx(np.percentile(samples, 90))
+    assert s.mean == pytest.approx(np.mean(samples))
+    assert s.std == pytest.approx(np.std(samples, ddof=1))
+    assert (s.min, s.count) == (0.1, 7)
+    one = summarize([2.0])
+    assert (one.median, one.p10, one.p90, one.std) == (2.0, 2.0, 2.0, 0.0)
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_time_calls_counts_and_min_time() -> None:
+    calls = []
+    samples = time_calls(lambda: calls.append(1), repeats=4)
+    assert len(samples) == len(calls) == 4 and all(s >= 0 for s in samples)
+
+    def sleepy() -> None:
+        import time
+
+        time.sleep(0.002)
+
+    longer = time_calls(sleepy, repeats=2, min_time_s=0.02)
+    assert len(longer) > 2 and sum(longer) >= 0.02
+
+
+# ----------------------------------------------------------------------------- measure_step
+
+
+def test_measure_step_records_samples_backend_flops_and_memory() -> None:
+    model = build_tiny("tiny")
+    step = build_step(model, "fwd_bwd", 2, 64)
+    m = measure_step(step, warmup=2, repeats=3)
+    assert len(m.samples) == m.stats.count == 3
+    assert m.tokens == 128
+    assert m.backends == {"attention": "sdpa:test"}
+    assert m.flops_per_step and m.flops_per_step > 0
+    assert m.warmup_s > 0
+    if rss_bytes() is not None:  # Linux
+        assert m.mem_kind == "cpu_rss" and m.peak_mem_bytes is not None
+        assert m.mem_baseline_bytes and m.mem_baseline_bytes > 0
+    d = derived(m, model.flops_analytic(2, 64, "fwd_bwd"), peak=1e12)
+    assert d["tokens_per_s"] == pytest.approx(128 / m.stats.median)
+    assert d["tokens_per_s_p10"] <= d["tokens_per_s"] <= d["tokens_per_s_p90"]
+    assert d["mfu_basis"] == "analytic"
+    assert d["achieved_flops_per_s"] == pytest.approx(3e6 * 128 / m.stats.median)
+    assert d["mfu"] == pytest.approx(d["achieved_flops_per_s"] / 1e12)
+    assert derived(m, None, None)["mfu"] is None
+    assert derived(m, None, None)["mfu_basis"] == "counted"
+
+
+def test_warmup_zero_still_counts_outside_the_timed_region() -> None:
+    calls = []
+    model = build_tiny("tiny")
+    step = build_step(model, "fwd", 1, 16)
+    inner = step.fn
+    step.fn = lambda: (calls.append(1), inner())[-1]
+    m = measure_step(step, warmup=0, repeats=2)
+    assert len(calls) == 3  # one counted untimed step, two timed
+    assert m.flops_per_step and m.flops_per_step > 0
+    calls.clear()
+    measure_step(step, warmup=3, repeats=2)
+    assert len(calls) == 5  # the counted step is the first of the three warm-up steps
+
+
+def test_peak_memory_grows_with_activations() -> None:
+    if rss_bytes() is None:
+        pytest.skip("needs /proc")
+    small = measure_step(build_step(build_tiny("tiny-naive"), "fwd_bwd", 1, 64), repeats=2)
+    big = measure_step(build_step(build_tiny("tiny-naive"), "fwd_bwd", 1, 1024), repeats=2)
+    # 1024^2 fp32 scores, softmax and mask saved for backward: several MiB more than at n = 64
+    assert big.peak_mem_bytes - small.peak_mem_bytes > 4 * 2**20
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+def test_cpu_sdpa_is_counted_like_naive_attention() -> None:
+    q = torch.randn(1, 2, 128, 16)  # (B, h, n, d_h)
+    sdpa = count_flops(lambda: F.scaled_dot_product_attention(q, q, q, is_causal=True))
+    naive = count_flops(lambda: torch.softmax(q @ q.transpose(-2, -1), -1) @ q)
+    expected = 4 * 1 * 2 * 128 * 128 * 16  # QK^T and PV, full n x n: causality ignored
+    assert sdpa == naive == expected
+
+
+def test_cpu_sdpa_backward_is_counted() -> None:
+    q = torch.randn(1, 2, 64, 16, requires_grad=True)
+
+    def fwd_bwd() -> None:
+        F.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward()
+
+    forward = 4 * 2 * 64 * 64 * 16
+    assert count_flops(fwd_bwd) == pytest.approx(forward * 3.5)  # torch: backward = 2.5 x fwd
+
+
+def test_peak_table_and_calibration() -> None:
+    assert table_entry("NVIDIA H100 80GB HBM3") == "H100 SXM"
+    assert table_entry("NVIDIA H100 PCIe") == "H100 PCIe"
+    assert table_entry("NVIDIA H200") == "H200"
+    assert table_entry("NVIDIA A100-SXM4-80GB") == "A100"
+    assert table_entry("AMD EPYC") is None
+    assert peak_flops("cuda", "NVIDIA H100 80GB HBM3", "bf16") == (
+        989e12,
+        "table: H100 SXM bf16 dense",
+    )
+    assert peak_flops("cuda", "NVIDIA A100-SXM4-40GB", "fp32")[0] == PEAK_TABLE["A100"]["fp32"]
+    assert peak_flops("cpu", "AMD EPYC", "fp32") == (None, None)
+    cal = {"fp32": {"flops_per_s": 1e11, "what": "m", "utc_time": "t"}}
+    value, source = peak_flops("cpu", "AMD EPYC", "fp32", cal)
+    assert value == 1e11 and source.startswith("calibrated")
+    assert peak_flops("cpu", "AMD EPYC", "bf16", cal) == (None, None)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_measure_step_on_cuda() -> None:
+    step = build_step(build_tiny("tiny"), "fwd_bwd", 2, 128, "cuda")
+    m = measure_step(step, warmup=2, repeats=3)
+    assert m.mem_kind == "cuda_allocated" and m.peak_mem_bytes > 0
+    assert m.peak_mem_reserved_bytes >= m.peak_mem_bytes
+    assert len(m.samples) == 3 and all(s > 0 for s in m.samples)

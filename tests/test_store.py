@@ -1,0 +1,141 @@
+"""The results store: schema, atomic rewrites, reading by path or id, listing, bad directories."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hubbench import store
+from hubbench.errors import StoreError
+
+
+def row(i: int, run_id: str = "aaaa0001", status: str = "ok", **extra: object) -> dict:
+    base = {
+        "schema_version": store.SCHEMA_VERSION,
+        "run_id": run_id,
+        "suite": "s",
+        "cell_index": i,
+        "cell_id": f"c{i}",
+        "variant": "hub-gpt",
+        "seq": 64 * (i + 1),
+        "hubs": 8,
+        "attention": None,
+        "replace": 1.0,
+        "causal": True,
+        "status": status,
+        "time_median_s": 0.5 if status == "ok" else None,
+        "samples_s": [0.4, 0.5, 0.6] if status == "ok" else [],
+        "tokens_per_s": 128.0 if status == "ok" else None,
+        "git_dirty": False,
+    }
+    return base | extra
+
+
+def test_round_trip_keeps_types_nulls_and_samples(tmp_path: Path) -> None:
+    path = store.run_path(tmp_path, "s", "aaaa0001")
+    store.write_rows(path, [row(0), row(1, status="oom", message="out of memory")])
+    df = pd.read_parquet(path)  # the one-liner the README promises
+    assert list(df.columns) == list(store.COLUMN_NAMES)
+    assert df["schema_version"].tolist() == [1, 1]
+    assert df.loc[0, "samples_s"].tolist() == [0.4, 0.5, 0.6]
+    assert df.loc[1, "status"] == "oom" and df.loc[1, "message"] == "out of memory"
+    assert pd.isna(df.loc[1, "time_median_s"]) and pd.isna(df.loc[0, "attention"])
+    assert str(df["seq"].dtype) == "int64" and str(df["causal"].dtype) == "bool"
+    rows = store.read_rows(path)
+    assert rows[0]["attention"] is None and rows[0]["seq"] == 64 and rows[0]["hubs"] == 8
+    assert store.read_run(path).equals(df)
+
+
+def test_unknown_column_and_bad_type_are_store_errors(tmp_path: Path) -> None:
+    path = tmp_path / "s" / "x-aaaa0001.parquet"
+    with pytest.raises(StoreError, match="outside the schema: speed"):
+        store.write_rows(path, [row(0, speed=3)])
+    with pytest.raises(StoreError, match="do not fit the results schema"):
+        store.write_rows(path, [row(0, seq="long")])
+    assert not path.exists()
+
+
+def test_rewrites_are_atomic_and_leave_no_temp_files(tmp_path: Path) -> None:
+    path = store.run_path(tmp_path, "s", "aaaa0001")
+    writer = store.RunWriter(path)
+    for i in range(3):
+        writer.append(row(i))
+        assert len(pd.read_parquet(path)) == i + 1  # every finished row is on disk
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_two_runs_at_once_write_two_intact_files(tmp_path: Path) -> None:
+    writers = [store.RunWriter(store.run_path(tmp_path, "s", rid)) for rid in ("r1", "r2")]
+    assert writers[0].path != writers[1].path  # same second, different run ids
+
+    def fill(writer: store.RunWriter, rid: str) -> None:
+        for i in range(15):
+            writer.append(row(i, run_id=rid))
+
+    threads = [
+        threading.Thread(target=fill, args=(w, r))
+        for w, r in zip(writers, ("r1", "r2"), strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for writer, rid in zip(writers, ("r1", "r2"), strict=True):
+        df = pd.read_parquet(writer.path)
+        assert len(df) == 15 and set(df["run_id"]) == {rid}
+
+
+def test_find_list_and_latest(tmp_path: Path) -> None:
+    a = tmp_path / "s" / "20250101T000000Z-abc11111.parquet"
+    b = tmp_path / "s" / "20250102T000000Z-abd22222.parquet"
+    c = tmp_path / "t" / "20250103T000000Z-fff33333.parquet"
+    for p in (a, b, c):
+        store.write_rows(p, [row(0, run_id=p.stem.split("-")[1])])
+    assert store.list_runs(tmp_path) == [a, b, c]
+    assert store.list_runs(tmp_path, "s") == [a, b]
+    assert store.latest_run(tmp_path) == c and store.latest_run(tmp_path, "s") == b
+    assert store.latest_run(tmp_path, "nope") is None
+    assert store.find_run("abc1", tmp_path) == a
+    assert store.find_run(str(b)) == b
+    assert len(store.read_run("fff", tmp_path)) == 1
+    with pytest.raises(StoreError, match="ambiguous"):
+        store.find_run("ab", tmp_path)
+    with pytest.raises(StoreError, match="no run '999'"):
+        store.find_run("999", tmp_path)
+    with pytest.raises(StoreError, match="does not exist"):
+        store.find_run(str(tmp_path / "missing.parquet"))
+    info = store.run_info(a)
+    assert (info.suite, info.run_id, info.rows, info.status) == ("s", "abc11111", 1, {"ok": 1})
+
+
+def test_other_schema_versions_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s" / "20250101T000000Z-abc11111.parquet"
+    path.parent.mkdir(parents=True)
+    pd.DataFrame([row(0, schema_version=2)]).to_parquet(path)
+    with pytest.raises(StoreError, match="schema_version 2; this hubbench reads schema_version 1"):
+        store.read_run(path)
+    with pytest.raises(StoreError, match="schema_version 2"):
+        store.read_rows(path)
+    pd.DataFrame({"x": [1]}).to_parquet(path)
+    with pytest.raises(StoreError, match="not a hubbench run file"):
+        store.read_run(path)
+
+
+def test_unwritable_results_dir_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreError, match=r"results directory .*file/results is not writable"):
+        store.check_writable(blocker / "results")
+    store.check_writable(tmp_path / "new" / "results")  # created on demand
+    assert (tmp_path / "new" / "results").is_dir()
+
+
+def test_results_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(store.RESULTS_ENV, raising=False)
+    assert store.results_dir(None) == Path("results")
+    monkeypatch.setenv(store.RESULTS_ENV, str(tmp_path))
+    assert store.results_dir(None) == tmp_path
+    assert store.results_dir(tmp_path / "x") == tmp_path / "x"
