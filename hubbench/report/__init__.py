@@ -1,0 +1,10 @@
+"""Reading results back: plots, compare, gate and the HTML report. Nothing here runs a model.
+
+Modules, in dependency order:
+- `load`: find runs through hubbench.store, check the schema, cell identity and labels;
+- `metrics`, `stats`, `format`: what can be compared, bootstrap ratio CIs, one spelling per number;
+- `compare`, `gate`: run B over run A by cell; baseline and in-run ratio thresholds;
+- `style`, `series`, `fits`, `figure`, `plots`, `heatmap`: the figures (matplotlib, Agg);
+- `html`: one self-contained page per run.
+pandas and matplotlib are imported inside functions so that `hubbench --help` stays fast.
+"""

@@ -1,0 +1,85 @@
+"""Scaling exponents and crossover points from (n, step time) series.
+
+The exponent is a least-squares slope of log t against log n over the upper part of the range:
+at small n fixed costs (launches, the LM head) hide the mixer's order, so a fit over every point
+would flatter attention. The crossover is where the hub's step time drops below the baseline's
+and stays below to the end of the measured range, interpolated in log-log between the bracketing
+points.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hubbench.report.load import fmt_seq
+
+
+@dataclass(frozen=True)
+class Fit:
+    exponent: float
+    n_lo: int  # fitted range
+    n_hi: int
+
+
+@dataclass(frozen=True)
+class Crossover:
+    kind: str  # "cross" | "always" (hub ahead at every n) | "never"
+    n: float | None  # interpolated n of the crossing, for kind == "cross"
+    n_lo: int  # the common range that was compared
+    n_hi: int
+
+    def text(self) -> str:
+        rng = f"{fmt_seq(self.n_lo)}–{fmt_seq(self.n_hi)}"
+        if self.kind == "cross" and self.n is not None:
+            return f"n ≈ {_round_n(self.n):,}"
+        if self.kind == "always":
+            return f"faster over the whole range ({rng})"
+        return f"none in range ({rng})"
+
+
+def _round_n(n: float) -> int:
+    """Two significant figures: an interpolated crossing is not known better than that."""
+    digits = max(0, math.floor(math.log10(n)) - 1)
+    return int(round(n / 10**digits) * 10**digits)
+
+
+def fit_exponent(n: Sequence[float], t: Sequence[float]) -> Fit | None:
+    """Slope of log t vs log n over the upper half of the points (at least 3, or all of them)."""
+    pts = sorted((float(a), float(b)) for a, b in zip(n, t, strict=True) if a > 0 and b > 0)
+    if len({a for a, _ in pts}) < 2:
+        return None
+    keep = max(3, math.ceil(len(pts) / 2))
+    pts = pts[-keep:]
+    x, y = np.log([a for a, _ in pts]), np.log([b for _, b in pts])
+    slope = float(np.polyfit(x, y, 1)[0])
+    return Fit(slope, int(pts[0][0]), int(pts[-1][0]))
+
+
+def crossover(
+    n: Sequence[float], t_hub: Sequence[float], t_base: Sequence[float]
+) -> Crossover | None:
+    """Where the hub overtakes the baseline, on the n both measured; None below two shared n."""
+    pts = sorted(
+        (float(a), float(h), float(b))
+        for a, h, b in zip(n, t_hub, t_base, strict=True)
+        if h > 0 and b > 0
+    )
+    if len(pts) < 2:
+        return None
+    ns = [p[0] for p in pts]
+    d = [math.log(h / b) for _, h, b in pts]  # < 0: hub faster
+    lo, hi = int(ns[0]), int(ns[-1])
+    if d[-1] >= 0:
+        return Crossover("never", None, lo, hi)
+    first = len(d) - 1
+    while first > 0 and d[first - 1] < 0:
+        first -= 1
+    if first == 0:
+        return Crossover("always", None, lo, hi)
+    x0, x1 = math.log(ns[first - 1]), math.log(ns[first])
+    frac = d[first - 1] / (d[first - 1] - d[first])
+    return Crossover("cross", math.exp(x0 + frac * (x1 - x0)), lo, hi)

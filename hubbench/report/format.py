@@ -1,0 +1,94 @@
+"""Number formatting shared by tables, Markdown and plots: one spelling for each quantity."""
+
+from __future__ import annotations
+
+import math
+
+from hubbench.report.metrics import Metric
+from hubbench.report.stats import RatioCI
+
+
+def _three(x: float) -> str:
+    """Three significant digits without switching to exponent notation below 1e4."""
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def si(value: float | None) -> str:
+    """1234567 -> '1.23M'; None / NaN -> '-'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{_three(value / scale)}{suffix}"
+    return _three(value)
+
+
+def binary_bytes(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    for scale, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if abs(value) >= scale * 1000 / 1024:  # 1000 MiB reads better as 0.977 GiB
+            return f"{_three(value / scale)} {suffix}"
+    return f"{value:.0f} B"
+
+
+def seconds(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if value >= 1:
+        return f"{value:.3g} s"
+    if value >= 1e-3:
+        return f"{value * 1e3:.3g} ms"
+    return f"{value * 1e6:.3g} µs"
+
+
+def metric_value(metric: Metric, value: float | None) -> str:
+    if metric.unit == "bytes":
+        return binary_bytes(value)
+    if metric.unit == "s":
+        return seconds(value)
+    if metric.name == "mfu":
+        return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
+    return si(value)
+
+
+def ratio(ci: RatioCI | None) -> str:
+    """'0.872× [0.851, 0.893]'; the interval is left out when there was nothing to resample."""
+    if ci is None:
+        return "-"
+    if not ci.bootstrapped:
+        return f"{ci.point:.3f}×"
+    return f"{ci.point:.3f}× [{ci.low:.3f}, {ci.high:.3f}]"
+
+
+def pct_change(r: float) -> str:
+    return f"{100 * (r - 1):+.1f}%"
+
+
+def percent(text: str) -> float:
+    """'5%' -> 0.05, '0.05' -> 0.05; a bare number >= 1 is ambiguous and rejected."""
+    from hubbench.errors import ReportError
+
+    raw = text.strip()
+    try:
+        if raw.endswith("%"):
+            value = float(raw[:-1]) / 100
+        else:
+            value = float(raw)
+            if value >= 1:
+                raise ReportError(
+                    f"--max-regression {text!r} is ambiguous: write {raw}% or a fraction < 1"
+                )
+    except ValueError:
+        raise ReportError(
+            f"--max-regression {text!r} is not a percentage (e.g. 5% or 0.05)"
+        ) from None
+    if not 0 <= value < 1:
+        raise ReportError(f"--max-regression {text!r} must lie between 0% and 100%")
+    return value
+
+
+def md_cell(text: str, limit: int = 120) -> str:
+    """Text safe inside a Markdown table cell: no pipes, no newlines, bounded length."""
+    flat = " ".join(str(text).split()).replace("|", "\\|")
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

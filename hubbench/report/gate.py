@@ -1,0 +1,387 @@
+"""The regression gate: a candidate against a baseline, or ratios within one run against a suite.
+
+A check fails only when its whole bootstrap CI lies beyond the threshold, so noise alone cannot
+fail CI; a point estimate beyond the threshold with a CI that straddles it is reported as
+inconclusive (visible, not failing). Baseline mode compares the same cell across two runs; ratio
+mode compares two cells of one run (hub-gpt over transformer/sdpa at n = 2048), which stays stable
+on shared machines because both sides saw the same load.
+
+Outcomes: pass (exit 0), regression (GateFailure, exit 1), unusable input (ReportError, exit 2).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hubbench.errors import HubbenchError, ReportError
+from hubbench.report import format as fmt
+from hubbench.report.compare import explain_no_overlap, index_by_cell, metric_ratio
+from hubbench.report.load import (
+    CONFIG_PREFIX,
+    join_fields,
+    labeller,
+    norm_value,
+    require_ok,
+    run_label,
+    varying_fields,
+)
+from hubbench.report.metrics import Metric, get_metric
+from hubbench.report.stats import CONFIDENCE, MIN_SAMPLES, RESAMPLES, SEED, RatioCI
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.table import Table
+
+SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
+
+
+class GateFailure(HubbenchError):
+    """At least one check's CI lies entirely beyond its threshold."""
+
+    exit_code = 1
+
+
+@dataclass
+class Check:
+    name: str
+    metric: Metric
+    ref: float | None  # baseline value, or the denominator's
+    value: float | None  # candidate value, or the numerator's
+    ci: RatioCI | None
+    min: float | None  # the ratio must not lie entirely below this ...
+    max: float | None  # ... nor entirely above this
+    verdict: str = "pass"  # pass | regression | inconclusive | missing (not compared)
+    note: str = ""
+
+
+@dataclass
+class GateResult:
+    mode: str  # "baseline" | "ratio"
+    reference: str  # baseline run / suite that holds the rules
+    candidate: str
+    checks: list[Check]
+    confidence: float
+    resamples: int
+    threshold: str  # one line saying what was enforced
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.verdict == "regression"]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+
+def judge(check: Check) -> Check:
+    """Set check.verdict from its CI and bounds; a lone point never fails a time metric."""
+    ci = check.ci
+    if ci is None:
+        return check
+    if check.metric.time_power != 0 and not ci.bootstrapped:
+        check.verdict = "inconclusive"
+        check.note = check.note or f"fewer than {MIN_SAMPLES} samples: no CI"
+        return check
+    below = check.min is not None and ci.high < check.min
+    above = check.max is not None and ci.low > check.max
+    if below or above:
+        check.verdict = "regression"
+        return check
+    point_out = (check.min is not None and ci.point < check.min) or (
+        check.max is not None and ci.point > check.max
+    )
+    if point_out:
+        check.verdict = "inconclusive"
+        check.note = check.note or "point beyond threshold, CI straddles it (noise)"
+    return check
+
+
+def _require_judgeable(checks: list[Check], where: str) -> None:
+    """A gate none of whose checks could be decided would pass forever: that is unusable input."""
+    decided = [
+        c for c in checks if c.ci is not None and (c.ci.bootstrapped or c.metric.time_power == 0)
+    ]
+    if checks and not decided:
+        raise ReportError(
+            f"{where}: no check has {MIN_SAMPLES}+ per-step samples on both sides; "
+            "re-run with repeats >= 10 so the gate can decide"
+        )
+
+
+def gate_baseline(
+    baseline: pd.DataFrame,
+    candidate: pd.DataFrame,
+    metric: str = "tokens_per_s",
+    max_regression: float = 0.05,
+    *,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = SEED,
+) -> GateResult:
+    """Every baseline cell against the same cell in the candidate run."""
+    import pandas as pd
+
+    m = get_metric(metric)
+    require_ok(baseline, f"baseline {run_label(baseline)}")
+    require_ok(candidate, f"candidate {run_label(candidate)}")
+    fields = [f for f in join_fields(baseline) if f in candidate.columns]
+    base, cand = index_by_cell(baseline, fields), index_by_cell(candidate, fields)
+    common = [k for k in base if k in cand]
+    if not common:
+        raise ReportError(
+            f"no matching cells between baseline ({run_label(baseline)}) and candidate "
+            f"({run_label(candidate)}): " + explain_no_overlap(baseline, candidate, fields)
+        )
+    label = labeller(pd.concat([baseline, candidate], ignore_index=True), fields)
+    lo, hi = (1 - max_regression, None) if m.higher_is_better else (None, 1 + max_regression)
+    checks = []
+    for key, rb in base.items():
+        rc = cand.get(key)
+        check = Check(label(rb), m, ref=_num(rb, m), value=None, ci=None,
+                      min=lo, max=hi)  # fmt: skip
+        if rc is None:
+            check.verdict, check.note = "missing", "cell not in the candidate run"
+        elif rb["status"] != "ok":
+            check.value = _num(rc, m)
+            check.verdict = "missing"
+            check.note = f"baseline {rb['status']} → {rc['status']}; nothing to compare"
+        elif rc["status"] != "ok":
+            check.verdict, check.note = "regression", f"ok → {rc['status']}: {rc['message']}"
+        else:
+            check.value = _num(rc, m)
+            check.ci = metric_ratio(
+                m, rc, rb, resamples=resamples, confidence=confidence, seed=seed
+            )
+            if check.ci is None:
+                check.verdict, check.note = "missing", f"{m.name} not recorded"
+            judge(check)
+        checks.append(check)
+    _require_judgeable(checks, "gate")
+    word = "drop" if m.higher_is_better else "rise"
+    return GateResult(
+        mode="baseline",
+        reference=run_label(baseline),
+        candidate=run_label(candidate),
+        checks=checks,
+        confidence=confidence,
+        resamples=resamples,
+        threshold=f"{m.name}: fail when the CI of candidate/baseline lies entirely beyond a "
+        f"{100 * max_regression:g}% {word}",
+    )
+
+
+def _num(row: Any, m: Metric) -> float | None:
+    v = norm_value(row[m.name]) if m.name in row.index else None
+    return None if v is None else float(v)
+
+
+def _matches(value: Any, wanted: Any) -> bool:
+    v, w = norm_value(value), norm_value(wanted)
+    if isinstance(v, (int, float)) and isinstance(w, (int, float)) and not isinstance(v, bool):
+        return float(v) == float(w)
+    return v == w or (v is not None and str(v) == str(w))
+
+
+def _column(df: pd.DataFrame, key: str) -> str:
+    """A rule key as a column: config fields without a column live under `config.<key>`."""
+    if key not in df.columns and CONFIG_PREFIX + key in df.columns:
+        return CONFIG_PREFIX + key
+    return key
+
+
+def select_cell(df: pd.DataFrame, where: dict[str, Any], rule: str, side: str) -> Any:
+    """The one row of df matching every key of `where`; ReportError when none or several."""
+    where = {_column(df, k): v for k, v in where.items()}
+    unknown = [k for k in where if k not in df.columns]
+    if unknown:
+        raise ReportError(
+            f"gate rule {rule!r} {side}: unknown field(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(join_fields(df))}"
+        )
+    mask = [all(_matches(row[k], v) for k, v in where.items()) for _, row in df.iterrows()]
+    hits = df[mask]
+    spec = ", ".join(f"{k}={v}" for k, v in where.items())
+    if len(hits) == 0:
+        raise ReportError(
+            f"gate rule {rule!r}: no cell matches its {side} ({spec}) in run {run_label(df)}; "
+            "check that the run comes from the suite that declares the rule"
+        )
+    if len(hits) > 1:
+        spread = varying_fields(hits, join_fields(hits))
+        raise ReportError(
+            f"gate rule {rule!r}: its {side} ({spec}) matches {len(hits)} cells; "
+            f"add {', '.join(spread) or 'more fields'} to pick one"
+        )
+    return hits.iloc[0]
+
+
+def gate_ratios(
+    run: pd.DataFrame,
+    rules: Sequence[Any],
+    suite_name: str,
+    *,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = SEED,
+) -> GateResult:
+    """Each rule's numerator/denominator ratio within `run` against its min / max."""
+    if not rules:
+        raise ReportError(
+            f"suite {suite_name!r} declares no gate.ratio rules; add some (see README) "
+            "or gate against a baseline with --baseline"
+        )
+    require_ok(run, run_label(run))
+    checks = []
+    for rule in rules:
+        m = get_metric(rule.metric)
+        if rule.min is None and rule.max is None:
+            raise ReportError(f"gate rule {rule.name!r} sets neither min nor max")
+        num = select_cell(run, dict(rule.numerator), rule.name, "numerator")
+        den = select_cell(run, dict(rule.denominator), rule.name, "denominator")
+        check = Check(rule.name, m, ref=_num(den, m), value=_num(num, m), ci=None,
+                      min=rule.min, max=rule.max)  # fmt: skip
+        bad = [(side, r) for side, r in (("numerator", num), ("denominator", den))
+               if r["status"] != "ok"]  # fmt: skip
+        if bad:
+            side, r = bad[0]
+            raise ReportError(
+                f"gate rule {rule.name!r}: its {side} cell is {r['status']} "
+                f"({r['message']}); the ratio cannot be measured"
+            )
+        check.ci = metric_ratio(m, num, den, resamples=resamples, confidence=confidence, seed=seed)
+        if check.ci is None:
+            raise ReportError(f"gate rule {rule.name!r}: {m.name} not recorded for its cells")
+        checks.append(judge(check))
+    _require_judgeable(checks, f"gate (suite {suite_name})")
+    return GateResult(
+        mode="ratio",
+        reference=f"suite {suite_name}",
+        candidate=run_label(run),
+        checks=checks,
+        confidence=confidence,
+        resamples=resamples,
+        threshold="each rule's ratio fails when its whole CI lies beyond min / max",
+    )
+
+
+def load_rules(run: pd.DataFrame, suite_file: str | None) -> tuple[list[Any], str]:
+    """The gate rules for a run: from --suite FILE, else from the suite named in the run."""
+    try:
+        from hubbench.suite import load_suite
+    except ModuleNotFoundError as exc:
+        raise ReportError(f"cannot load suites: {exc}") from exc
+    if suite_file is not None:
+        name = suite_file
+    else:
+        names = sorted({str(s) for s in run["suite"]})
+        if len(names) != 1:
+            raise ReportError(
+                f"run mixes suites {', '.join(names)}; pass --suite FILE for the gate rules"
+            )
+        name = names[0]
+    try:
+        suite = load_suite(name)
+    except HubbenchError as exc:
+        raise ReportError(f"cannot load gate rules from suite {name!r}: {exc}") from exc
+    return list(suite.gate), name
+
+
+VERDICT_MARK = {"pass": "✅", "regression": "❌", "inconclusive": "⚠️", "missing": "➖"}
+
+
+def to_markdown(result: GateResult) -> str:
+    conf = f"{100 * result.confidence:g}%"
+    status = "✅ pass" if result.passed else f"❌ {len(result.failed)} regression(s)"
+    ref_head = "baseline" if result.mode == "baseline" else "denominator"
+    val_head = "candidate" if result.mode == "baseline" else "numerator"
+    lines = [
+        f"### hubbench gate ({result.mode}): {status}",
+        "",
+        f"{result.reference} → {result.candidate}. {result.threshold}.",
+        "",
+        f"| check | {ref_head} | {val_head} | ratio | {conf} CI | allowed | verdict |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in result.checks:
+        ci = c.ci
+        ratio = "-" if ci is None else f"{ci.point:.3f}×"
+        interval = "-" if ci is None or not ci.bootstrapped else f"[{ci.low:.3f}, {ci.high:.3f}]"
+        allowed = _allowed(c)
+        verdict = f"{VERDICT_MARK[c.verdict]} {c.verdict}" + (f" ({c.note})" if c.note else "")
+        lines.append(
+            f"| {fmt.md_cell(c.name)} | {fmt.metric_value(c.metric, c.ref)} | "
+            f"{fmt.metric_value(c.metric, c.value)} | {ratio} | {interval} | {allowed} | "
+            f"{fmt.md_cell(verdict)} |"
+        )
+    lines += [
+        "",
+        f"CI: {conf} bootstrap ({result.resamples} resamples of each side's per-step times, "
+        "ratio of medians). A check fails only when its whole CI lies beyond the allowed range.",
+        *result.notes,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def to_rich(result: GateResult) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
+    conf = f"{100 * result.confidence:g}%"
+    table = Table(
+        title=f"gate ({result.mode}): {result.reference} → {result.candidate}",
+        caption=f"{result.threshold}; CI: {conf} bootstrap, {result.resamples} resamples",
+    )
+    ref_head = "baseline" if result.mode == "baseline" else "denominator"
+    val_head = "candidate" if result.mode == "baseline" else "numerator"
+    for name, justify in (
+        ("check", "left"),
+        (ref_head, "right"),
+        (val_head, "right"),
+        ("ratio [CI]", "right"),
+        ("allowed", "right"),
+        ("verdict", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    styles = {"pass": "green", "regression": "bold red", "inconclusive": "yellow", "missing": "dim"}
+    for c in result.checks:
+        verdict = c.verdict + (f" ({c.note})" if c.note else "")
+        table.add_row(
+            Text(c.name),  # user-written rule names: never read as Rich markup
+            fmt.metric_value(c.metric, c.ref),
+            fmt.metric_value(c.metric, c.value),
+            fmt.ratio(c.ci),
+            _allowed(c),
+            Text(verdict, style=styles[c.verdict]),
+        )
+    return table
+
+
+def _allowed(c: Check) -> str:
+    if c.min is not None and c.max is not None:
+        return f"{c.min:g}–{c.max:g}×"
+    if c.min is not None:
+        return f"≥ {c.min:g}×"
+    if c.max is not None:
+        return f"≤ {c.max:g}×"
+    return "-"
+
+
+def write_summary(markdown: str, path: Path | None) -> list[Path]:
+    """Write to --summary FILE and append to $GITHUB_STEP_SUMMARY when set."""
+    written = []
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(markdown, encoding="utf-8")
+        written.append(path)
+    step_summary = os.environ.get(SUMMARY_ENV)
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as f:
+            f.write(markdown + "\n")
+        written.append(Path(step_summary))
+    return written

@@ -1,0 +1,199 @@
+"""One self-contained HTML page per run: figures (inline base64 PNG), tables, environment.
+
+Nothing is fetched when the page opens (no scripts, no web fonts, no external CSS), so it can be
+mailed, attached to a CI run or opened years later. The page is built from the same figures as
+`hubbench plot` and the same numbers as `hubbench results`; it adds no analysis of its own, except
+the suite's ratio gate when the suite declares one.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hubbench.errors import HubbenchError
+from hubbench.report import format as fmt
+from hubbench.report.load import fmt_seq, labeller, norm_value, run_label
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+ENV_FIELDS = (
+    "suite", "run_id", "utc_time", "hubbench_version", "git_commit", "git_dirty",
+    "torch_version", "cuda_version", "cudnn_version", "device_name", "cpu_model", "threads",
+    "host", "schema_version",
+)  # fmt: skip
+
+CSS = """
+body { font: 15px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1d1d1f;
+       max-width: 1180px; margin: 2em auto; padding: 0 1.2em; }
+h1 { font-size: 1.6em; margin-bottom: 0.1em; } h2 { margin-top: 1.8em; border-bottom: 1px solid
+#ddd; padding-bottom: 0.2em; } .sub { color: #555; margin-top: 0; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 13px; }
+th, td { padding: 3px 9px; border-bottom: 1px solid #e4e4e4; text-align: left; }
+th { background: #f4f4f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.bad td { background: #fff3f0; } .ok { color: #1a7f37; } .fail { color: #c62828; }
+.warn { color: #9a6700; } figure { margin: 1.2em 0; } figure img { max-width: 100%;
+border: 1px solid #eee; } figcaption { color: #555; font-size: 13px; } code { font-size: 13px; }
+.pill { display: inline-block; padding: 1px 8px; border-radius: 10px; background: #eef;
+        margin-right: 6px; font-size: 13px; }
+"""
+
+
+def _e(value: Any) -> str:
+    v = norm_value(value)
+    return "-" if v is None else html.escape(str(v))
+
+
+def _png_data_uri(figure: Any) -> str:
+    from hubbench.report.plots import save
+
+    buf = io.BytesIO()
+    save(figure, buf, "png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _environment(df: pd.DataFrame) -> str:
+    rows = []
+    for f in ENV_FIELDS:
+        if f not in df.columns:
+            continue
+        values = [v for v in dict.fromkeys(norm_value(x) for x in df[f]) if v is not None]
+        if f == "utc_time" and len(values) > 1:  # one stamp per cell: show the span
+            values = [f"{min(values)} – {max(values)}"]
+        text = ", ".join(html.escape(str(v)) for v in values) or "-"
+        rows.append(f"<tr><th>{f}</th><td>{text}</td></tr>")
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _status_pills(df: pd.DataFrame) -> str:
+    counts = df["status"].value_counts()
+    return "".join(
+        f'<span class="pill {"ok" if s == "ok" else "fail"}">{html.escape(str(s))}: {n}</span>'
+        for s, n in counts.items()
+    )
+
+
+def _results_table(df: pd.DataFrame) -> str:
+    from hubbench.report.load import join_fields
+
+    fields = [f for f in join_fields(df) if f != "seq"]
+    label_of = labeller(df, fields)
+    head = ["cell", "n", "status", "tokens/s", "step time (p10–p90)", "peak memory", "MFU",
+            "backends"]  # fmt: skip
+    out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    order = {"transformer": 0, "jamba": 1, "hub-gpt": 2, "hub-jamba": 3}
+    keyed = [
+        (order.get(str(r["variant"]), 9), label_of(r), int(r["seq"]), r) for _, r in df.iterrows()
+    ]
+    for _, label, _, r in sorted(keyed, key=lambda k: k[:3]):
+        label = html.escape(label)
+        ok = r["status"] == "ok"
+        backends = ", ".join(
+            str(norm_value(r[c]))
+            for c in ("backend_attention", "backend_mamba", "backend_hub")
+            if norm_value(r[c]) is not None
+        )
+        spread = (
+            f"{fmt.seconds(_f(r['time_median_s']))} "
+            f"({fmt.seconds(_f(r['time_p10_s']))}–{fmt.seconds(_f(r['time_p90_s']))})"
+            if ok
+            else "-"
+        )
+        mfu = _f(r["mfu"])
+        status = _e(r["status"]) + ("" if ok else f": {_e(r['message'])}")
+        cells = [
+            f"<td>{label}</td>",
+            f'<td class="num">{fmt_seq(int(r["seq"]))}</td>',
+            f'<td class="{"ok" if ok else "fail"}">{status}</td>',
+            f'<td class="num">{fmt.si(_f(r["tokens_per_s"]))}</td>',
+            f'<td class="num">{spread}</td>',
+            f'<td class="num">{fmt.binary_bytes(_f(r["peak_mem_bytes"]))}</td>',
+            f'<td class="num">{"-" if mfu is None else f"{100 * mfu:.1f}%"}</td>',
+            f"<td>{html.escape(backends) or '-'}</td>",
+        ]
+        out.append(f'<tr class="{"" if ok else "bad"}">' + "".join(cells) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
+def _f(value: Any) -> float | None:
+    v = norm_value(value)
+    return None if v is None else float(v)
+
+
+def _gate_section(df: pd.DataFrame) -> str:
+    """The suite's ratio gate on this run, when the suite declares one; otherwise a short note."""
+    from hubbench.report.gate import gate_ratios, load_rules
+
+    try:
+        rules, name = load_rules(df, None)
+        if not rules:
+            return "<p>The suite declares no ratio gate.</p>"
+        result = gate_ratios(df, rules, name)
+    except HubbenchError as exc:
+        return f'<p class="warn">Ratio gate not evaluated: {html.escape(str(exc))}</p>'
+    rows = []
+    for c in result.checks:
+        ci = fmt.ratio(c.ci)
+        cls = {"pass": "ok", "regression": "fail"}.get(c.verdict, "warn")
+        rows.append(
+            f"<tr><td>{html.escape(c.name)}</td><td class='num'>{ci}</td>"
+            f"<td class='num'>{'-' if c.min is None else f'≥ {c.min:g}×'}"
+            f"{'' if c.max is None else f' ≤ {c.max:g}×'}</td>"
+            f"<td class='{cls}'>{c.verdict} {html.escape(c.note)}</td></tr>"
+        )
+    return (
+        "<table><tr><th>rule</th><th>ratio [95% CI]</th><th>allowed</th><th>verdict</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def build_html(df: pd.DataFrame) -> str:
+    """The page for one run (or several pooled runs) as a string."""
+    from hubbench.report.plots import render
+
+    figures, skipped = render(df)
+    label = run_label(df)
+    parts = [
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>hubbench report: {html.escape(label)}</title><style>{CSS}</style></head><body>",
+        f"<h1>hubbench report: {html.escape(label)}</h1>",
+        f"<p class='sub'>{_e(df['utc_time'].iloc[0])} · {_e(df['device_name'].iloc[0])} · "
+        f"commit {_e(df['git_commit'].iloc[0])}{' (dirty)' if _dirty(df) else ''}</p>",
+        f"<p>{len(df)} cells: {_status_pills(df)}</p>",
+        "<h2>Figures</h2>",
+    ]
+    for r in figures:
+        parts.append(
+            f"<figure><img alt='{html.escape(r.stem)}' src='{_png_data_uri(r.figure)}'>"
+            f"<figcaption>{html.escape(r.stem)}</figcaption></figure>"
+        )
+    if skipped:
+        items = "".join(f"<li><b>{k}</b>: {html.escape(v)}</li>" for k, v in skipped.items())
+        parts.append(f"<p>Not drawn for this run:</p><ul>{items}</ul>")
+    parts += [
+        "<h2>Ratio gate</h2>",
+        _gate_section(df),
+        "<h2>Results</h2>",
+        _results_table(df),
+        "<h2>Environment</h2>",
+        _environment(df),
+        "<p class='sub'>Generated by <code>hubbench report</code>. Step times are medians of the "
+        "per-step samples; error bars and brackets are p10–p90 or 95% bootstrap intervals as "
+        "labelled.</p></body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def _dirty(df: pd.DataFrame) -> bool:
+    return any(norm_value(v) is True for v in df["git_dirty"])
+
+
+def write_report(df: pd.DataFrame, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(build_html(df), encoding="utf-8")
+    return out

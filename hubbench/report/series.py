@@ -1,0 +1,222 @@
+"""From a results frame to what a figure shows: facets (one figure each) and series (one line each).
+
+A facet holds the rows that share every figure field (device, mode, dtype, batch, model shape),
+so a figure never silently mixes, say, bf16 and fp32. Within a facet a series is one mixer
+configuration (variant, attention backend, hub parameters ...), its points the sequence lengths.
+Failed and skipped rows stay in their series so the plots can mark them.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hubbench.report.load import cell_keys, fmt_value, label_fields, norm_value, varying_fields
+from hubbench.report.style import (
+    ATTENTION_VARIANTS,
+    BASELINE_OF,
+    SeriesStyle,
+    family,
+    series_style,
+    sibling_style,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+FIGURE_FIELDS = (
+    "device_name", "device", "mode", "dtype", "batch", "d_model", "n_layers", "n_heads", "vocab",
+)  # fmt: skip
+SERIES_FIELDS = (
+    "variant", "attention", "sdpa_kernel", "mamba_impl", "hubs", "topk", "neighbours", "chunk",
+    "replace", "causal", "compile",
+)  # fmt: skip
+# Paper notation for the hub parameters (hubrouter.md), so legends read like the paper.
+SYMBOLS = {"hubs": "M", "topk": "k", "neighbours": "r", "chunk": "C"}
+MODE_TEXT = {"fwd": "forward", "fwd_bwd": "forward+backward", "train": "train step"}
+
+
+@dataclass
+class Series:
+    label: str
+    variant: str
+    attention: str | None  # requested backend
+    backend: str | None  # what ran, e.g. "sdpa:flash" (several joined with "/")
+    style: SeriesStyle
+    rows: pd.DataFrame  # every status, sorted by seq
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        return self.rows[self.rows["status"] == "ok"]
+
+    @property
+    def failed(self) -> pd.DataFrame:
+        return self.rows[self.rows["status"] != "ok"]
+
+    @property
+    def is_hub(self) -> bool:
+        return self.variant.startswith("hub")
+
+    @property
+    def is_attention_baseline(self) -> bool:
+        return self.variant in ATTENTION_VARIANTS
+
+
+@dataclass
+class Facet:
+    fixed: dict[str, Any]  # figure-field values shared by every row
+    split: list[str]  # the figure fields that differ between this run's facets
+    df: pd.DataFrame
+
+    @property
+    def slug(self) -> str:
+        return "-".join(_slug(f, self.fixed[f]) for f in self.split)
+
+
+def _slug(field: str, value: Any) -> str:
+    prefix = {"batch": "b", "d_model": "d", "n_layers": "L", "n_heads": "h", "vocab": "V"}
+    text = f"{prefix.get(field, '')}{fmt_value(field, value)}"
+    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")
+
+
+def facets(df: pd.DataFrame, extra: tuple[str, ...] = ()) -> list[Facet]:
+    """One facet per combination of the figure fields (and `extra`, e.g. mem_kind) in df."""
+    fields = [f for f in (*FIGURE_FIELDS, *extra) if f in df.columns]
+    split = varying_fields(df, fields)
+    if not split:
+        return [Facet(_fixed(df, fields), [], df)]
+    keys = cell_keys(df, split)
+    return [Facet(_fixed(g, fields), split, g) for _, g in df.groupby(keys, sort=False)]
+
+
+def _fixed(df: pd.DataFrame, fields: list[str]) -> dict[str, Any]:
+    return {f: norm_value(df[f].iloc[0]) for f in fields}
+
+
+def build_series(df: pd.DataFrame) -> list[Series]:
+    """The series of one facet, baselines first, in a stable order."""
+    fields = [f for f in SERIES_FIELDS if f in df.columns]
+    shown = [f for f in label_fields(df, fields) if f != "variant"]
+    # a hub variant names its attention backend only when the facet has several for it
+    hub_attn = {
+        str(v) for v, g in df.groupby(df["variant"].astype(str))
+        if v.startswith("hub") and varying_fields(g, ["attention"])
+    }  # fmt: skip
+    keys = cell_keys(df, fields)
+    order = {"transformer": 0, "jamba": 1, "hub-gpt": 2, "hub-jamba": 3}
+    found = []
+    for _, g in df.groupby(keys, sort=False):
+        first = g.iloc[0]
+        variant = str(first["variant"])
+        rank = (order.get(variant, 9), variant, *(_sortable(first[f]) for f in fields))
+        found.append((rank, first, g))
+    found.sort(key=lambda t: t[0])
+    # siblings: series sharing a variant's base style (hub-gpt at M = 4, 8, 16 ...)
+    bases = [_base(str(f["variant"]), norm_value(f["attention"])) for _, f, _ in found]
+    out: list[Series] = []
+    for (_, first, g), base in zip(found, bases, strict=True):
+        variant, attention, backend = (
+            str(first["variant"]),
+            norm_value(first["attention"]),
+            _backend(g),
+        )
+        siblings = [k for k, b in enumerate(bases) if b == base]
+        style = series_style(variant, backend or attention)
+        if len(siblings) > 1:
+            style = sibling_style(style, siblings.index(len(out)), len(siblings))
+        out.append(
+            Series(
+                label=_label(first, shown, backend, variant in hub_attn),
+                variant=variant,
+                attention=attention,
+                backend=backend,
+                style=style,
+                rows=g.sort_values("seq"),
+            )
+        )
+    return out
+
+
+def _base(variant: str, attention: str | None) -> tuple[str, str | None]:
+    return (variant, None if variant.startswith("hub") else family(attention))
+
+
+def _sortable(value: Any) -> tuple[int, Any]:
+    """Numbers before strings, numerically (M=4 before M=16); nulls first."""
+    v = norm_value(value)
+    if v is None:
+        return (0, 0)
+    if isinstance(v, (int, float)):
+        return (1, float(v))
+    return (2, str(v))
+
+
+def _backend(g: pd.DataFrame) -> str | None:
+    ran = [str(v) for v in dict.fromkeys(g["backend_attention"]) if norm_value(v) is not None]
+    if not ran:
+        return None
+    if len(ran) == 1:
+        return ran[0]
+    head = ran[0].split(":")[0]
+    if all(r.split(":")[0] == head for r in ran):  # sdpa:flash / sdpa:efficient
+        return head + ":" + "/".join(r.split(":", 1)[-1] for r in ran)
+    return "/".join(ran)
+
+
+def _label(row: Any, shown: list[str], backend: str | None, hub_attention: bool) -> str:
+    parts = [str(row["variant"])]
+    attention = norm_value(row["attention"])
+    if attention is not None and (row["variant"] in ATTENTION_VARIANTS or hub_attention):
+        parts.append(backend or str(attention))
+    params = []
+    for f in shown:
+        value = norm_value(row[f])
+        if f in ("attention", "sdpa_kernel") or value is None:
+            continue
+        name = SYMBOLS.get(f, f)
+        params.append(f"{name}={fmt_value(f, value)}")
+    if params:
+        parts.append(" ".join(params))
+    return " · ".join(parts)
+
+
+def speedup_pairs(series: list[Series]) -> list[tuple[Series, Series, str]]:
+    """(hub, its baseline, 'native' | 'optimised') for every baseline backend in the facet."""
+    pairs = []
+    for hub in series:
+        want = BASELINE_OF.get(hub.variant)
+        for base in series:
+            if base.variant != want:
+                continue
+            kind = "native" if (base.attention or "") == "naive" else "optimised"
+            pairs.append((hub, base, kind))
+    return pairs
+
+
+def title_parts(facet: Facet) -> tuple[str, str]:
+    """('NVIDIA H200 · bf16 · forward · batch 8', 'd_model 512 · 8 layers · 8 heads')."""
+    f = facet.fixed
+    device = str(f.get("device_name") or f.get("device") or "?")
+    if str(f.get("device")) == "cpu":  # CPU numbers mean little without the thread count
+        threads = {norm_value(t) for t in facet.df["threads"]} - {None}
+        if len(threads) == 1:
+            n = threads.pop()
+            device += f" ({n} thread{'s' if n != 1 else ''})"
+    mode = f.get("mode")
+    main = [
+        str(device),
+        str(f.get("dtype") or "?"),
+        MODE_TEXT.get(str(mode), str(mode)),
+        f"batch {f.get('batch')}",
+    ]
+    shape = []
+    if f.get("d_model") is not None:
+        shape.append(f"d_model {f['d_model']}")
+    if f.get("n_layers") is not None:
+        shape.append(f"{f['n_layers']} layers")
+    if f.get("n_heads") is not None:
+        shape.append(f"{f['n_heads']} heads")
+    if f.get("mem_kind"):
+        shape.append(str(f["mem_kind"]).replace("_", " "))
+    return " · ".join(main), " · ".join(shape)

@@ -1,0 +1,137 @@
+"""Figure style: one colour, marker and line per series, the same in every plot.
+
+Colours are the Okabe-Ito palette (safe for the common colour-vision deficiencies; yellow left
+out, it vanishes on white). Line style names the attention implementation (naive dotted, SDPA
+dashed, flash dash-dot, hub variants solid) and the marker the variant, so a figure still reads
+in greyscale. A series' style depends only on what it is (variant and attention backend), never on
+the order in which a run happens to list it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+ORANGE, SKY, GREEN, BLUE, VERMILLION, PURPLE, BLACK, GREY = (
+    "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#000000", "#999999",
+)  # fmt: skip
+
+# (variant, attention backend family) -> colour; the family of "sdpa:flash" is "sdpa".
+_COLOURS: dict[tuple[str, str | None], str] = {
+    ("transformer", "naive"): ORANGE,
+    ("transformer", "sdpa"): VERMILLION,
+    ("transformer", "flash"): BLACK,
+    ("jamba", "naive"): SKY,
+    ("jamba", "sdpa"): BLUE,
+    ("jamba", "flash"): GREY,
+    ("hub-gpt", None): GREEN,
+    ("hub-jamba", None): PURPLE,
+}
+_MARKERS = {"transformer": "o", "jamba": "s", "hub-gpt": "^", "hub-jamba": "D"}
+# Line style names the attention implementation, marker the variant: readable in greyscale.
+_LINES = {"naive": (0, (1, 1.2)), "sdpa": (0, (5, 2)), "flash": (0, (5, 1.5, 1, 1.5))}
+_EXTRA = ("#332288", "#44AA99", "#882255", "#117733", "#AA4499", "#DDCC77", "#88CCEE")
+
+BASELINE_OF = {"hub-gpt": "transformer", "hub-jamba": "jamba"}
+ATTENTION_VARIANTS = ("transformer", "jamba")
+
+RC = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 9,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": "#dddddd",
+    "grid.linewidth": 0.6,
+    "axes.axisbelow": True,
+    "legend.frameon": False,
+    "savefig.dpi": 200,
+    "svg.fonttype": "path",
+    "figure.dpi": 100,
+}
+
+
+@dataclass(frozen=True)
+class SeriesStyle:
+    color: str
+    marker: str
+    linestyle: Any
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"color": self.color, "marker": self.marker, "linestyle": self.linestyle}
+
+
+def family(attention: str | None, backend: str | None = None) -> str | None:
+    """'sdpa:flash' -> 'sdpa'; a hub variant's own attention does not pick its colour."""
+    name = backend or attention
+    return None if name is None else str(name).split(":")[0]
+
+
+def series_style(variant: str, attention: str | None) -> SeriesStyle:
+    """The one style of a (variant, attention backend) series, the same in every figure."""
+    hub = variant.startswith("hub")
+    color = _COLOURS.get((variant, None if hub else family(attention)))
+    if color is None:
+        color = _EXTRA[sum(map(ord, f"{variant}/{attention}")) % len(_EXTRA)]
+    marker = _MARKERS.get(variant, "v")
+    line = "-" if hub else _LINES.get(family(attention) or "", (0, (3, 1, 1, 1, 1, 1)))
+    return SeriesStyle(color, marker, line)
+
+
+_SIBLING_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
+
+
+def sibling_style(base: SeriesStyle, index: int, count: int) -> SeriesStyle:
+    """Several series of one base style (a hub sweep): ordered shades of viridis, own markers.
+
+    viridis runs dark to light in one perceptual direction, so the order of M or k stays readable
+    for colour-blind readers and in greyscale; the yellow end is cut off, it vanishes on white.
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    position = 0.0 if count == 1 else 0.85 * index / (count - 1)
+    color = to_hex(colormaps["viridis"](position))
+    return SeriesStyle(color, _SIBLING_MARKERS[index % len(_SIBLING_MARKERS)], base.linestyle)
+
+
+def seq_formatter() -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    from hubbench.report.load import fmt_seq
+
+    return FuncFormatter(lambda x, _pos: fmt_seq(round(x)) if x >= 1 else f"{x:g}")
+
+
+def si_formatter() -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    from hubbench.report.format import si
+
+    return FuncFormatter(lambda y, _pos: si(y))
+
+
+def bytes_formatter() -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    from hubbench.report.format import binary_bytes
+
+    return FuncFormatter(lambda y, _pos: binary_bytes(y))
+
+
+def seconds_formatter() -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    from hubbench.report.format import seconds
+
+    return FuncFormatter(lambda y, _pos: seconds(y))
+
+
+def speedup_formatter() -> Any:
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda y, _pos: f"{y:g}×")

@@ -1,0 +1,190 @@
+"""Synthetic runs with realistic rows (contract schema v1) for the report tests.
+
+Step times follow a simple cost model (attention quadratic in n, Mamba and HubRouter linear) with
+log-normal per-step noise, so plots, fits and crossovers behave as they would on real data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+SEQS = (512, 1024, 2048, 4096, 8192, 16384, 32768)
+
+# (linear s per token, quadratic s per token^2) of one step at batch 1 (made-up, GPU-like)
+_COST = {
+    ("transformer", "naive"): (2.0e-7, 4.0e-11),
+    ("transformer", "sdpa"): (2.0e-7, 6.0e-12),
+    ("jamba", "naive"): (3.0e-7, 5.0e-12),
+    ("jamba", "sdpa"): (3.0e-7, 1.0e-12),
+    ("hub-gpt", "sdpa"): (2.6e-7, 0.0),
+    ("hub-jamba", "sdpa"): (3.3e-7, 0.0),
+}
+
+ENV = {
+    "hubbench_version": "0.1.0",
+    "git_commit": "abc1234",
+    "git_dirty": False,
+    "torch_version": "2.13.0",
+    "cuda_version": "12.8",
+    "cudnn_version": "91000",
+    "device_name": "NVIDIA H200",
+    "cpu_model": "Intel Xeon",
+    "threads": 16,
+    "host": "node1",
+}
+
+
+def cell(variant: str, seq: int, attention: str = "sdpa", **fields: Any) -> dict[str, Any]:
+    hub = variant.startswith("hub")
+    mamba = "jamba" in variant
+    base: dict[str, Any] = {
+        "variant": variant,
+        "mode": "fwd",
+        "device": "cuda",
+        "dtype": "bf16",
+        "batch": 8,
+        "seq": seq,
+        "d_model": 512,
+        "n_layers": 8,
+        "n_heads": 8,
+        "vocab": 256,
+        "attention": attention if variant != "hub-jamba" else None,
+        "sdpa_kernel": "auto" if attention == "sdpa" else None,
+        "mamba_impl": "fused" if mamba else None,
+        "hubs": 8 if hub else None,
+        "topk": 64 if hub else None,
+        "neighbours": 1 if hub else None,
+        "chunk": 64 if hub else None,
+        "replace": 1.0 if variant == "hub-gpt" else None,
+        "causal": True,
+        "compile": False,
+        "warmup": 3,
+        "repeats": 20,
+    }
+    base.update(fields)
+    return base
+
+
+def grid(
+    variants: tuple[str, ...] = ("transformer", "jamba", "hub-jamba", "hub-gpt"),
+    seqs: tuple[int, ...] = SEQS,
+    **fields: Any,
+) -> list[dict[str, Any]]:
+    out = []
+    for v in variants:
+        attns = ("naive", "sdpa") if v in ("transformer", "jamba") else ("sdpa",)
+        for a in attns:
+            out.extend(cell(v, n, attention=a, **fields) for n in seqs)
+    return out
+
+
+def _median_time(c: dict[str, Any]) -> float:
+    key = (c["variant"], c["attention"] or "sdpa")
+    lin, quad = _COST.get(key, (4e-7, 0.0))
+    n = c["seq"]
+    hub_scale = 1.0
+    if c.get("hubs") is not None:
+        hub_scale = (c["hubs"] + c["topk"] + c["chunk"]) / (8 + 64 + 64)
+    return c["batch"] * (lin * n * hub_scale + quad * n * n) + 2e-4  # + launch overhead
+
+
+def make_run(
+    cells: list[dict[str, Any]],
+    *,
+    run_id: str = "r0000001",
+    suite: str = "throughput",
+    status: dict[tuple[str, str | None, int], str] | None = None,
+    slowdown: dict[str, float] | None = None,
+    noise: float = 0.03,
+    samples: int = 20,
+    seed: int = 0,
+    schema_version: int = 1,
+    utc_time: str = "2025-01-01T00:00:00Z",
+    extra: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Rows for `cells`; status[(variant, attention, seq)] marks failures ('oom', ...)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, c in enumerate(cells):
+        st = (status or {}).get((c["variant"], c["attention"], c["seq"]), "ok")
+        row: dict[str, Any] = {
+            "schema_version": schema_version,
+            "run_id": run_id,
+            "suite": suite,
+            "cell_index": i,
+            "cell_id": hashlib.sha1(repr(sorted(c.items())).encode()).hexdigest()[:12],
+            **c,
+            "status": st,
+            "message": None if st == "ok" else f"{st}: synthetic failure",
+            "backend_attention": None,
+            "backend_mamba": "mamba:fused" if c["mamba_impl"] else None,
+            "backend_hub": "hubrouter" if c["hubs"] is not None else None,
+            "mem_kind": "cuda_allocated",
+            "params": 25_000_000,
+            "utc_time": utc_time,
+            **ENV,
+        }
+        if c["attention"] == "naive":
+            row["backend_attention"] = "naive"
+        elif c["attention"] == "sdpa":
+            row["backend_attention"] = "sdpa:flash"
+        if st == "ok":
+            t = _median_time(c) * (1.0 + (slowdown or {}).get(c["variant"], 0.0))
+            s = t * np.exp(rng.normal(0.0, noise, size=samples))
+            tokens = c["batch"] * c["seq"]
+            p10, p90 = np.quantile(s, [0.1, 0.9])
+            med = float(np.median(s))
+            mem = 4e8 + c["batch"] * c["seq"] * 2e4
+            if c["attention"] == "naive":
+                mem += c["batch"] * c["n_heads"] * c["seq"] ** 2 * 2.0
+            flops = 6.0 * 25e6 * tokens
+            row.update(
+                time_median_s=med,
+                time_min_s=float(s.min()),
+                time_p10_s=float(p10),
+                time_p90_s=float(p90),
+                time_mean_s=float(s.mean()),
+                time_std_s=float(s.std()),
+                time_count=samples,
+                samples_s=[float(x) for x in s],
+                tokens_per_s=tokens / med,
+                tokens_per_s_p10=tokens / p90,
+                tokens_per_s_p90=tokens / p10,
+                peak_mem_bytes=int(mem),
+                peak_mem_reserved_bytes=int(mem * 1.1),
+                flops_per_step=flops,
+                flops_per_step_analytic=flops,
+                flops_per_token=flops / tokens,
+                achieved_flops_per_s=flops / med,
+                mfu=flops / med / 9.89e14,
+                peak_flops_per_s=9.89e14,
+                peak_flops_source="table",
+            )
+        else:
+            row.update(samples_s=[], time_count=0)
+        row.update(extra or {})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for col in ("time_median_s", "tokens_per_s", "peak_mem_bytes", "mfu"):
+        if col not in df.columns:
+            df[col] = np.nan
+    return df
+
+
+def write_run(df: pd.DataFrame, results_dir: Path, stamp: str = "20250101T000000Z") -> Path:
+    """Store the rows through hubbench.store (so they must fit its schema) under results_dir."""
+    from hubbench import store
+
+    suite, run_id = df["suite"].iloc[0], df["run_id"].iloc[0]
+    path = results_dir / suite / f"{stamp}-{run_id}.parquet"
+    rows = [
+        {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+        for r in df.to_dict("records")
+    ]
+    store.write_rows(path, rows)
+    return path

@@ -1,0 +1,74 @@
+"""compare: cells join by identity, ratios carry CIs, real changes are flagged."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from synthetic_runs import grid, make_run
+
+from hubbench.errors import ReportError
+from hubbench.report.compare import change, compare_runs, to_markdown, to_rich
+from hubbench.report.load import check_schema
+from hubbench.report.metrics import get_metric
+
+
+def _runs(slowdown=None, shuffle=False, **kw):
+    cells = grid(seqs=(1024, 4096))
+    a = check_schema(make_run(cells, run_id="runA", seed=1), "A")
+    if shuffle:
+        cells = random.Random(0).sample(cells, len(cells))
+    b = check_schema(make_run(cells, run_id="runB", seed=2, slowdown=slowdown, **kw), "B")
+    return a, b
+
+
+def _by_label(cmp):
+    return {c.label: c for c in cmp.cells}
+
+
+def test_cells_join_by_identity_not_by_position():
+    a, b = _runs(slowdown={"hub-gpt": 0.15}, shuffle=True)
+    cells = _by_label(compare_runs(a, b))
+    assert len(cells) == len(a)
+    slow = cells["hub-gpt n=4k"].ratios["tokens_per_s"]
+    assert slow.point == pytest.approx(1 / 1.15, rel=0.05) and slow.high < 1
+    same = cells["transformer attention=sdpa n=4k"].ratios["tokens_per_s"]
+    assert same.low < 1 < same.high
+
+
+def test_change_direction_follows_the_metric():
+    a, b = _runs(slowdown={"hub-gpt": 0.15})
+    c = _by_label(compare_runs(a, b, ["tokens_per_s", "time_median_s"]))["hub-gpt n=1k"]
+    assert change(get_metric("tokens_per_s"), c.ratios["tokens_per_s"]) == -1
+    assert change(get_metric("time_median_s"), c.ratios["time_median_s"]) == -1
+
+
+def test_status_changes_are_shown():
+    a, b = _runs(status={("transformer", "naive", 4096): "oom"})
+    cmp = compare_runs(a, b)
+    c = _by_label(cmp)["transformer attention=naive n=4k"]
+    assert (c.status_a, c.status_b) == ("ok", "oom") and not c.ratios
+    assert "ok → oom" in to_markdown(cmp)
+
+
+def test_markdown_and_rich_render():
+    a, b = _runs(slowdown={"hub-gpt": 0.15})
+    cmp = compare_runs(a, b)
+    md = to_markdown(cmp)
+    rows = [line for line in md.splitlines() if line.startswith("| ")][1:]
+    assert sum("🔴" in r for r in rows) == 2 and not any("🟢" in r for r in rows)
+    assert "| hub-gpt n=1k |" in md and "[95% CI]" in md
+    assert to_rich(cmp).row_count == len(cmp.cells)
+
+
+def test_no_common_cells_says_which_field_differs():
+    a = check_schema(make_run(grid(seqs=(1024,))), "A")
+    b = check_schema(make_run(grid(seqs=(1024,), dtype="fp32"), run_id="b"), "B")
+    with pytest.raises(ReportError, match="dtype: A has bf16, B has fp32"):
+        compare_runs(a, b)
+
+
+def test_unknown_metric():
+    a, b = _runs()
+    with pytest.raises(ReportError, match="unknown metric 'speed'; valid: tokens_per_s"):
+        compare_runs(a, b, ["speed"])

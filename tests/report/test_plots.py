@@ -1,0 +1,128 @@
+"""Figures: every kind renders, gaps stay visible, facets never mix, missing data is explained."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from synthetic_runs import cell, grid, make_run
+
+from hubbench.errors import ReportError
+from hubbench.report.load import check_schema
+from hubbench.report.plots import plot_run, render, supported
+from hubbench.report.series import build_series, facets
+from hubbench.report.style import series_style
+
+SEQS = (1024, 4096, 16384)
+FAILED = {("transformer", "naive", 16384): "oom", ("hub-jamba", None, 4096): "skipped"}
+
+
+@pytest.fixture(scope="module")
+def throughput_run():
+    return check_schema(make_run(grid(seqs=SEQS), status=FAILED), "throughput")
+
+
+@pytest.fixture(scope="module")
+def hubs_run():
+    cells = [
+        cell("hub-gpt", n, hubs=m, topk=k) for n in (1024, 4096) for m in (4, 8) for k in (32, 64)
+    ]
+    df = make_run(cells, suite="hubs", status={("hub-gpt", "sdpa", 4096): "oom"})
+    df.loc[df["seq"] == 1024, "status"] = "ok"  # only the 4k cells fail
+    return check_schema(df, "hubs")
+
+
+def _texts(fig):
+    return [t.get_text() for ax in fig.axes for t in ax.texts] + [t.get_text() for t in fig.texts]
+
+
+def test_every_supported_kind_is_written(tmp_path, throughput_run):
+    out = plot_run(throughput_run, tmp_path, formats=("png",))
+    names = sorted(p.name for p in out.written)
+    assert names == ["memory.png", "scaling.png", "speedup.png", "throughput.png"]
+    assert all(p.stat().st_size > 20_000 for p in out.written)
+    assert "run `hubbench run hubs`" in out.skipped["heatmap"]
+
+
+def test_failed_cells_are_marked_and_footnoted(throughput_run):
+    figures, _ = render(throughput_run, ["throughput"])
+    texts = _texts(figures[0].figure)
+    assert "oom" in texts and "skipped" in texts
+    note = " ".join(next(t for t in texts if t.startswith("Median tokens/s")).split())
+    assert "transformer · naive n=16k: oom" in note and "hub-jamba n=4k: skipped" in note
+    title = figures[0].figure.axes[0].get_title(loc="left")
+    for word in ("NVIDIA H200", "bf16", "forward", "batch 8"):
+        assert word in title
+
+
+def test_scaling_legend_has_exponents_and_crossovers(throughput_run):
+    figures, _ = render(throughput_run, ["scaling"])
+    fig = figures[0].figure
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any(lbl.startswith("transformer · naive") and "n^{" in lbl for lbl in labels)
+    notes = " ".join(_texts(fig))
+    assert "Crossover, hub-gpt faster from:" in notes and "vs transformer · naive" in notes
+
+
+def test_speedup_names_its_baseline(throughput_run):
+    figures, _ = render(throughput_run, ["speedup"])
+    labels = [t.get_text() for t in figures[0].figure.axes[0].get_legend().get_texts()]
+    assert "hub-gpt over transformer · naive (native)" in labels
+    assert "hub-gpt over transformer · sdpa:flash (optimised)" in labels
+    assert "hub-jamba over jamba · naive (native)" in labels
+    assert not any("over jamba" in lbl and "hub-gpt" in lbl for lbl in labels)
+
+
+def test_mixed_dtypes_become_separate_figures(tmp_path):
+    df = check_schema(
+        make_run(grid(("transformer", "hub-gpt"), SEQS) + grid(("hub-gpt",), SEQS, dtype="fp32")),
+        "mixed",
+    )
+    assert [f.slug for f in facets(df)] == ["bf16", "fp32"]
+    figures, _ = render(df, ["throughput"])
+    assert [r.stem for r in figures] == ["throughput-bf16", "throughput-fp32"]
+
+
+def test_heatmap_over_hubs_and_topk(tmp_path, hubs_run):
+    out = plot_run(hubs_run, tmp_path, kinds=["heatmap"], formats=("png", "svg"))
+    assert sorted(p.name for p in out.written) == ["heatmap-hub-gpt.png", "heatmap-hub-gpt.svg"]
+    figures, _ = render(hubs_run, ["heatmap"])
+    texts = _texts(figures[0].figure)
+    assert texts.count("oom") == 4 and any("Hatched cells did not run" in t for t in texts)
+
+
+def test_explicit_kind_without_data_says_what_would_produce_it(throughput_run, hubs_run):
+    with pytest.raises(
+        ReportError, match=r"heatmap needs several hubs x topk values: run `hubbench run hubs`"
+    ):
+        render(throughput_run, ["heatmap"])
+    with pytest.raises(ReportError, match="speedup needs a hub variant and its baseline"):
+        render(hubs_run, ["speedup"])
+    one_seq = check_schema(make_run(grid(seqs=(1024,))), "one")
+    assert "scaling needs" in supported("scaling", one_seq)
+    no_mem = throughput_run.assign(peak_mem_bytes=np.nan)
+    assert "memory needs peak_mem_bytes" in supported("memory", no_mem)
+    with pytest.raises(ReportError, match="unknown plot kind 'pie'"):
+        render(throughput_run, ["pie"])
+
+
+def test_only_failed_cells_is_an_error():
+    df = check_schema(
+        make_run([cell("hub-gpt", 1024)], status={("hub-gpt", "sdpa", 1024): "error"}), "x"
+    )
+    with pytest.raises(ReportError, match="no ok cells"):
+        render(df)
+
+
+def test_styles_are_fixed_per_variant_and_backend(throughput_run):
+    series = build_series(throughput_run)
+    by_label = {s.label: s.style for s in series}
+    assert by_label["transformer · naive"] == series_style("transformer", "naive")
+    assert by_label["transformer · sdpa:flash"] == series_style("transformer", "sdpa")
+    colours = [s.style.color for s in series]
+    assert len(set(colours)) == len(colours)
+
+
+def test_cpu_titles_name_the_thread_count():
+    df = check_schema(make_run(grid(("hub-gpt",), SEQS, device="cpu"), extra={"threads": 1}), "cpu")
+    figures, _ = render(df, ["throughput"])
+    assert "NVIDIA H200 (1 thread) · bf16" in figures[0].figure.axes[0].get_title(loc="left")
