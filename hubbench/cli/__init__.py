@@ -12,6 +12,7 @@ import importlib
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from hubbench.errors import HubbenchError
@@ -26,7 +27,9 @@ class _BoundaryGroup(TyperGroup):
         except HubbenchError as exc:
             if ctx.params.get("debug"):
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(
+                "[bold red]error:[/] " + escape(str(exc)), highlight=False, soft_wrap=True
+            )
             ctx.exit(exc.exit_code)
 
 

@@ -8,12 +8,15 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("list")
     def list_cmd() -> None:
-        """List model variants and their config fields.
+        """List model variants with their config fields, and suites with their axes.
 
         Example: hubbench list
         """
         from rich.console import Console
 
         from hubbench.cli.render import variants_table
+        from hubbench.cli.run import suites_table
 
-        Console().print(variants_table())
+        console = Console()
+        console.print(variants_table())
+        console.print(suites_table())
