@@ -83,6 +83,12 @@ def _slug(field: str, value: Any) -> str:
 def facets(df: pd.DataFrame, extra: tuple[str, ...] = ()) -> list[Facet]:
     """One facet per combination of the figure fields (and `extra`, e.g. mem_kind) in df."""
     fields = [f for f in (*FIGURE_FIELDS, *extra) if f in df.columns]
+    if "device_name" in df.columns and "device" in df.columns:
+        # a cell that failed before touching the device has no device_name: it belongs with the
+        # cells of its device, not in a figure of its own
+        df = df.copy()
+        names = df.groupby(df["device"].astype(str))["device_name"]
+        df["device_name"] = names.transform(lambda s: s.ffill().bfill())
     split = varying_fields(df, fields)
     if not split:
         return [Facet(_fixed(df, fields), [], df)]
