@@ -7,6 +7,8 @@ so it must stay importable without pytest fixtures.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -139,10 +141,20 @@ def test_warmup_zero_still_counts_outside_the_timed_region() -> None:
 def test_peak_memory_grows_with_activations() -> None:
     if rss_bytes() is None:
         pytest.skip("needs /proc")
-    small = measure_step(build_step(build_tiny("tiny-naive"), "fwd_bwd", 1, 64), repeats=2)
-    big = measure_step(build_step(build_tiny("tiny-naive"), "fwd_bwd", 1, 1024), repeats=2)
-    # 1024^2 fp32 scores, softmax and mask saved for backward: several MiB more than at n = 64
-    assert big.peak_mem_bytes - small.peak_mem_bytes > 4 * 2**20
+    # A fresh process: in this one, glibc may already hold freed pages from earlier tests and
+    # serve the big cell from them, so its resident peak would not grow.
+    code = (
+        "from hubbench.measure import measure_step; from hubbench.step import build_step;"
+        "from hubbench.models import build_model;"
+        "tiny = lambda: build_model('transformer', attention='naive', d_model=32, n_heads=2,"
+        " n_layers=1);"
+        "m = lambda n: measure_step(build_step(tiny(), 'fwd_bwd', 1, n), repeats=2).peak_mem_bytes;"
+        "print(m(64), m(2048))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    small, big = map(int, out.stdout.split())
+    # 2048^2 fp32 scores, softmax and mask saved for backward: many MiB more than at n = 64
+    assert big - small > 8 * 2**20
 
 
 # ----------------------------------------------------------------------------- FLOPs
