@@ -367,8 +367,9 @@ def execute_cell(cell: Cell, build: Callable[..., Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"status": "ok", "message": None}
     model = step = None
     try:
-        _test_fault(cell)
         device = resolve_device(cell.device)
+        out["device_name"] = device_name(device)  # failed rows too: plots group by device
+        _test_fault(cell)
         gc.collect()
         trim_heap()
         baseline = rss_bytes() if device.type == "cpu" else None
@@ -396,7 +397,7 @@ def execute_cell(cell: Cell, build: Callable[..., Any]) -> dict[str, Any]:
             if hasattr(model, "flops_analytic")
             else None
         )
-        name = device_name(device)
+        name = out["device_name"]
         dtype = getattr(model.config, "dtype", "fp32")
         peak, source = peak_flops(device.type, name, dtype, load_calibration(device))
         s = m.stats

@@ -82,6 +82,7 @@ def test_fault_hook_in_process(build, monkeypatch) -> None:
         monkeypatch.setenv(FAULT_ENV, f"other=crash,tiny@32={fault}")
         out = execute_cell(cell(0), build)
         assert out["status"] == status and text in out["message"]
+        assert out["device_name"]  # a failed row still says which device it failed on
     assert execute_cell(cell(0, seq=16), build)["status"] == "ok"  # variant@seq is exact
 
 
