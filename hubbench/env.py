@@ -75,6 +75,9 @@ def host_env() -> dict[str, Any]:
     }
 
 
+TORCH_ENV_KEYS = ("torch_version", "cuda_version", "cudnn_version", "threads")
+
+
 def torch_env() -> dict[str, Any]:
     """Library versions and threads, as the worker that measures sees them."""
     import torch
@@ -134,7 +137,7 @@ def calibrate(device: Any, dtypes: tuple[str, ...] | None = None) -> dict[str, A
     import torch
 
     from hubbench.measure import summarize, time_calls
-    from hubbench.step import DTYPES
+    from hubbench.step import TORCH_DTYPES
 
     device = torch.device(device)
     kind = device.type
@@ -142,9 +145,9 @@ def calibrate(device: Any, dtypes: tuple[str, ...] | None = None) -> dict[str, A
     n = CALIBRATION_SIZES[kind]
     out: dict[str, Any] = {}
     for name in dtypes:
-        a = torch.randn(n, n, device=device).to(DTYPES[name])
-        b = torch.randn(n, n, device=device).to(DTYPES[name])
-        c = torch.empty(n, n, device=device, dtype=DTYPES[name])
+        a = torch.randn(n, n, device=device).to(TORCH_DTYPES[name])
+        b = torch.randn(n, n, device=device).to(TORCH_DTYPES[name])
+        c = torch.empty(n, n, device=device, dtype=TORCH_DTYPES[name])
         torch.mm(a, b, out=c)  # warm-up: kernel selection, page faults
         samples = time_calls(
             lambda a=a, b=b, c=c: torch.mm(a, b, out=c),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class HubbenchError(Exception):
     """Base class: the message must say what was wrong and where, in one line."""
@@ -10,7 +12,15 @@ class HubbenchError(Exception):
 
 
 class ConfigError(HubbenchError):
-    """An impossible or unknown model / mixer configuration."""
+    """An impossible or unknown model / mixer / run configuration.
+
+    `fields` names the config fields the problem is about, so a suite can point at the lines
+    that set them without parsing the message.
+    """
+
+    def __init__(self, message: str, fields: Iterable[str] = ()) -> None:
+        super().__init__(message)
+        self.fields = tuple(fields)
 
 
 class UnavailableError(HubbenchError):
@@ -23,6 +33,10 @@ class SuiteError(HubbenchError):
 
 class StoreError(HubbenchError):
     """Results that cannot be read or written (missing run, schema mismatch, unwritable dir)."""
+
+
+class SchemaError(HubbenchError):
+    """A row that does not match the results schema: a bug where the row is made, never input."""
 
 
 class ReportError(HubbenchError):

@@ -1,4 +1,4 @@
-"""The project's only timing code: warm-up, timed repeats, statistics, memory, FLOPs, MFU.
+"""The project's only timing code: warm-up, timed repeats, statistics, memory, FLOP counting.
 
 Timing. Each sample is one call of the step, from launch to completion; steps never overlap.
 CPU: `time.perf_counter` around the call. CUDA: a pair of CUDA events around the call and a
@@ -273,24 +273,3 @@ class _PeakMemory:
             else:
                 top = _hwm_anon_bytes() or 0
             self.peak = max(top - (self.baseline or 0), 0)
-
-
-# ----------------------------------------------------------------------------- derived
-
-
-def derived(
-    m: Measurement, analytic: float | None, peak: float | None
-) -> dict[str, float | str | None]:
-    """tokens/s (median and spread), FLOPs per token, achieved FLOP/s and MFU."""
-    s = m.stats
-    basis = analytic if analytic else m.flops_per_step
-    achieved = basis / s.median if basis else None
-    return {
-        "tokens_per_s": m.tokens / s.median,
-        "tokens_per_s_p10": m.tokens / s.p90,
-        "tokens_per_s_p90": m.tokens / s.p10,
-        "flops_per_token": basis / m.tokens if basis else None,
-        "achieved_flops_per_s": achieved,
-        "mfu": achieved / peak if achieved and peak else None,
-        "mfu_basis": None if basis is None else ("analytic" if analytic else "counted"),
-    }

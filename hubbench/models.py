@@ -1,4 +1,4 @@
-"""Blocks, language models and the variant registry: transformer, jamba, hub-jamba, hub-gpt.
+"""Blocks and language models for the variants of hubbench.variants: how each one is built.
 
 Choices (written down because results depend on them):
 - Pre-norm residual blocks with RMSNorm: cheaper than LayerNorm (no mean, no bias) and what
@@ -16,119 +16,26 @@ lm_head, loss) so profiler traces and the stage breakdown can attribute time.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from hubbench.errors import ConfigError
-from hubbench.mixers.attention import BACKENDS, SDPA_KERNELS, Attention
+from hubbench.mixers.attention import Attention
+from hubbench.variants import (
+    BaseConfig,
+    HubFields,
+    JambaConfig,
+    TransformerConfig,
+    get_spec,
+    jamba_attention_layers,
+    make_config,
+    replaced_layers,
+)
 
-DTYPES = ("fp32", "bf16", "fp16")
 MOE_AUX_WEIGHT = 0.01  # Switch Transformer's alpha
-
-
-# ----------------------------------------------------------------------------- configs
-
-
-@dataclass
-class BaseConfig:
-    vocab: int = 256  # bytes: keeps the LM head from dominating mixer measurements
-    d_model: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * d_model
-    attention: str = "sdpa"  # naive | sdpa | flash
-    sdpa_kernel: str = "auto"  # auto | flash | efficient | math | cudnn (sdpa only)
-    dtype: str = "fp32"  # autocast compute dtype; parameters stay fp32
-    seed: int = 0  # parameter initialisation
-
-    def validate(self) -> None:
-        _positive(self, "vocab", "d_model", "n_layers", "n_heads")
-        if self.d_model % self.n_heads:
-            raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
-        if self.mlp_ratio <= 0:
-            raise ConfigError(f"mlp_ratio must be > 0 (got {self.mlp_ratio})")
-        _choice(self, "attention", BACKENDS)
-        _choice(self, "sdpa_kernel", SDPA_KERNELS)
-        _choice(self, "dtype", DTYPES)
-
-
-@dataclass
-class TransformerConfig(BaseConfig):
-    pass
-
-
-@dataclass
-class JambaConfig(BaseConfig):
-    mamba_impl: str = "ref"  # ref (vectorised PyTorch) | fused (mamba-ssm kernels)
-    d_state: int = 16  # SSM state size, as mamba-ssm and Jamba
-    d_conv: int = 4  # causal depthwise conv width
-    expand: int = 2  # Mamba inner width = expand * d_model
-    moe: bool = False  # MoE MLP on every other layer (Jamba: e = 2)
-    n_experts: int = 8
-    moe_topk: int = 2
-
-    def validate(self) -> None:
-        super().validate()
-        _choice(self, "mamba_impl", ("ref", "fused"))
-        _positive(self, "d_state", "d_conv", "expand", "n_experts", "moe_topk")
-        if self.moe and self.moe_topk > self.n_experts:
-            raise ConfigError(f"moe_topk={self.moe_topk} exceeds n_experts={self.n_experts}")
-
-
-@dataclass
-class HubFields:
-    hubs: int = 8  # M learned hub tokens
-    topk: int = 64  # council budget k
-    neighbours: int = 1  # right neighbours r added to each selected token
-    chunk: int = 64  # causal chunk size C
-    ortho: float = 0.0  # weight of the orthogonal hub regulariser
-    causal: bool = True  # False only for the leak ablation
-
-    def validate_hub(self) -> None:
-        for name in ("hubs", "topk", "chunk"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.neighbours < 0:
-            raise ConfigError(f"neighbours must be >= 0 (got {self.neighbours})")
-        if self.ortho < 0:
-            raise ConfigError(f"ortho must be >= 0 (got {self.ortho})")
-
-
-@dataclass
-class HubGPTConfig(HubFields, TransformerConfig):
-    replace: float = 1.0  # fraction of attention layers replaced, evenly spaced
-
-    def validate(self) -> None:
-        super().validate()
-        self.validate_hub()
-        if not 0.0 <= self.replace <= 1.0:
-            raise ConfigError(f"replace must lie in [0, 1] (got {self.replace})")
-
-
-@dataclass
-class HubJambaConfig(HubFields, JambaConfig):
-    def validate(self) -> None:
-        super().validate()
-        self.validate_hub()
-
-
-def _positive(config: object, *names: str) -> None:
-    for name in names:
-        value = getattr(config, name)
-        if value < 1:
-            raise ConfigError(f"{name} must be >= 1 (got {value})")
-
-
-def _choice(config: object, name: str, valid: tuple[str, ...]) -> None:
-    value = getattr(config, name)
-    if value not in valid:
-        raise ConfigError(f"{name}={value!r} is not valid; valid: {', '.join(valid)}")
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -324,19 +231,6 @@ def _hubrouter(config: BaseConfig, rope: bool) -> nn.Module:
     )
 
 
-def jamba_attention_layers(n_layers: int) -> set[int]:
-    """Attention at index 4 of every full group of 8 (1:7); below 8 layers, one in the middle."""
-    if n_layers < 8:
-        return {n_layers // 2}
-    return {group * 8 + 4 for group in range(n_layers // 8)}
-
-
-def replaced_layers(n_layers: int, replace: float) -> set[int]:
-    """`round(replace * n_layers)` layer indices, evenly spaced (centred in equal segments)."""
-    count = round(replace * n_layers)
-    return {int((i + 0.5) * n_layers / count) for i in range(count)} if count else set()
-
-
 def _mlp_for(config: BaseConfig, layer: int) -> nn.Module:
     if isinstance(config, JambaConfig) and config.moe and layer % 2 == 1:
         return MoE(config.d_model, config.mlp_ratio, config.n_experts, config.moe_topk)
@@ -378,132 +272,23 @@ def _build_jamba(variant: str, config: JambaConfig) -> LanguageModel:
     return LanguageModel(variant, config, blocks)
 
 
-@dataclass(frozen=True)
-class VariantSpec:
-    name: str
-    description: str
-    config_cls: type[BaseConfig]
-    build: Callable[[str, BaseConfig], LanguageModel]
-
-
-REGISTRY: dict[str, VariantSpec] = {
-    spec.name: spec
-    for spec in (
-        VariantSpec(
-            "transformer",
-            "pre-norm GPT: causal attention + MLP in every layer, rotary positions",
-            TransformerConfig,
-            _build_gpt,
-        ),
-        VariantSpec(
-            "jamba",
-            "Jamba-style hybrid: attention at index 4 of every 8 layers, Mamba elsewhere, "
-            "MLP after every mixer, optional MoE every other layer",
-            JambaConfig,
-            _build_jamba,
-        ),
-        VariantSpec(
-            "hub-jamba",
-            "jamba with every attention layer replaced by HubRouter (causal by default)",
-            HubJambaConfig,
-            _build_jamba,
-        ),
-        VariantSpec(
-            "hub-gpt",
-            "transformer with a fraction `replace` of its attention layers replaced by "
-            "causal HubRouter, evenly spaced",
-            HubGPTConfig,
-            _build_gpt,
-        ),
-    )
+# variant -> the function that builds it; what each variant is lives in hubbench.variants
+BUILDERS: dict[str, Callable[[str, BaseConfig], LanguageModel]] = {
+    "transformer": _build_gpt,
+    "jamba": _build_jamba,
+    "hub-jamba": _build_jamba,
+    "hub-gpt": _build_gpt,
 }
 
 
-def get_spec(variant: str) -> VariantSpec:
-    if variant not in REGISTRY:
-        raise ConfigError(f"unknown variant {variant!r}; valid: {', '.join(REGISTRY)}")
-    return REGISTRY[variant]
-
-
-def config_fields(variant: str) -> list[str]:
-    return [f.name for f in dataclasses.fields(get_spec(variant).config_cls)]
-
-
-def inert_fields(config: BaseConfig) -> set[str]:
-    """Fields that cannot change what this config builds (a sweep must not multiply on them)."""
-    inert: set[str] = set()
-    if isinstance(config, HubJambaConfig) or (
-        isinstance(config, HubGPTConfig)
-        and len(replaced_layers(config.n_layers, config.replace)) == config.n_layers
-    ):
-        inert |= {"attention", "sdpa_kernel"}
-    if isinstance(config, HubGPTConfig) and not replaced_layers(config.n_layers, config.replace):
-        inert |= {"hubs", "topk", "neighbours", "chunk", "ortho", "causal"}
-    if config.attention != "sdpa":
-        inert.add("sdpa_kernel")
-    if isinstance(config, JambaConfig) and not config.moe:
-        inert |= {"n_experts", "moe_topk"}
-    return inert
-
-
-def make_config(variant: str, **fields: object) -> BaseConfig:
-    """A validated config; an unknown field or impossible value is a one-line ConfigError."""
-    spec = get_spec(variant)
-    valid = config_fields(variant)
-    unknown = sorted(set(fields) - set(valid))
-    if unknown:
-        raise ConfigError(
-            f"unknown config field(s) {', '.join(unknown)} for variant {variant!r}; "
-            f"valid: {', '.join(valid)}"
-        )
-    types = {f.name: f.type for f in dataclasses.fields(spec.config_cls)}
-    coerced = {name: _coerce(variant, name, types[name], value) for name, value in fields.items()}
-    config = spec.config_cls(**coerced)
-    config.validate()
-    return config
-
-
-def _coerce(variant: str, name: str, annotation: object, value: object) -> object:
-    """Accept what TOML and the CLI give (ints for floats, 'true' for bools); reject the rest."""
-    kind = {"int": int, "float": float, "bool": bool, "str": str}.get(str(annotation))
-    if kind is None or (isinstance(value, kind) and not (kind is int and isinstance(value, bool))):
-        return value
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if kind in (int, float) and isinstance(value, str):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    raise ConfigError(
-        f"{variant}: field {name} expects {kind.__name__}, got {value!r} ({type(value).__name__})"
-    )
+def build(variant: str, config: BaseConfig) -> LanguageModel:
+    """The worker's builder: `variant` from its validated config, on CPU, fp32, seeded."""
+    get_spec(variant)  # an unknown name lists the valid ones
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return BUILDERS[variant](variant, config)
 
 
 def build_model(variant: str, **fields: object) -> LanguageModel:
-    """Build `variant` from config fields; parameters are initialised from `seed`, on CPU, fp32."""
-    config = make_config(variant, **fields)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        return get_spec(variant).build(variant, config)
-
-
-__all__ = [
-    "REGISTRY",
-    "BaseConfig",
-    "HubGPTConfig",
-    "HubJambaConfig",
-    "JambaConfig",
-    "LanguageModel",
-    "TransformerConfig",
-    "VariantSpec",
-    "build_model",
-    "config_fields",
-    "get_spec",
-    "inert_fields",
-    "jamba_attention_layers",
-    "make_config",
-    "replaced_layers",
-]
+    """Validate config fields (typed values or CLI strings) and build: for scripts and tests."""
+    return build(variant, make_config(variant, **fields))

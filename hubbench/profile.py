@@ -44,7 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hubbench.config import MODES
 from hubbench.errors import ConfigError, ReportError
+from hubbench.variants import BaseConfig, config_dict, get_spec
 
 if TYPE_CHECKING:
     from hubbench.step import Step
@@ -238,7 +240,7 @@ def trace_step(
 
 def profile_cell(
     variant: str,
-    fields: Mapping[str, Any] | None = None,
+    config: BaseConfig,
     *,
     mode: str = "train",
     batch: int = 1,
@@ -255,19 +257,19 @@ def profile_cell(
 ) -> ProfileResult:
     """Build the cell's model and step exactly as the runner does, trace it, and summarise.
 
-    `fields` are the model config fields (d_model, hubs, ...), passed to `build_model`. The
-    profiler skips one step, warms up for `warmup`, then records `steps` steps.
-    Raises ConfigError for a bad variant / field / mode, UnavailableError for a missing device.
+    `config` is the variant's validated config. The profiler skips one step, warms up for
+    `warmup`, then records `steps` steps. Raises ConfigError for a bad mode, UnavailableError
+    for a missing device.
     """
-    from hubbench.models import build_model
-    from hubbench.step import MODES, build_step
+    from hubbench.models import build
+    from hubbench.step import build_step
 
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    fields = dict(fields or {})
-    model = build_model(variant, **fields)
+    model = build(variant, config)
     step = build_step(model, mode, batch, seq, device, seed=seed, compile=compile)
-    name = name or run_name(variant, fields, mode, batch, seq, device)
+    changed = _changed_fields(variant, config)
+    name = name or run_name(variant, changed, mode, batch, seq, device)
     files = trace_step(step, out_dir, name, active=steps, warmup=warmup, memory=memory)
     summary = analyse_trace(files.trace, top=top)
     if not summary.labels:
@@ -288,6 +290,12 @@ def profile_cell(
         summary=summary,
         notes=files.notes,
     )
+
+
+def _changed_fields(variant: str, config: BaseConfig) -> dict[str, Any]:
+    """The config fields that differ from the variant's defaults (they name the trace run)."""
+    defaults = config_dict(get_spec(variant).config_cls())
+    return {k: v for k, v in config_dict(config).items() if defaults.get(k) != v}
 
 
 # ----------------------------------------------------------------------------- trace analysis

@@ -7,19 +7,16 @@ itself: no data generation, no host sync, no `.item()`.
 from __future__ import annotations
 
 import contextlib
-import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from hubbench.config import DEVICE_PATTERN, DTYPES, MODES
 from hubbench.errors import ConfigError, UnavailableError
 
-MODES = ("fwd", "fwd_bwd", "train")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-SLOWDOWN_ENV = "HUBBENCH_TEST_SLOWDOWN"
+TORCH_DTYPES = dict(zip(DTYPES, (torch.float32, torch.bfloat16, torch.float16), strict=True))
 
 
 @dataclass
@@ -34,25 +31,19 @@ class Step:
     seq: int
 
 
-def resolve_device(name: str) -> torch.device:
-    """'cpu', 'cuda' or 'cuda:N'; a missing GPU is an UnavailableError (a skipped cell)."""
-    if name == "cpu":
-        return torch.device("cpu")
+def torch_device(name: str) -> torch.device:
+    """'cpu', 'cuda' or 'cuda:N' as a torch device; a missing GPU is an UnavailableError."""
+    if not DEVICE_PATTERN.fullmatch(name):
+        raise ConfigError(f"unknown device {name!r}; valid: cpu, cuda, cuda:N")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UnavailableError(f"device {name!r} requested but CUDA is not available here")
-        return torch.device(name)
-    raise ConfigError(f"unknown device {name!r}; valid: cpu, cuda, cuda:N")
-
-
-def _slowdown_for(variant: str) -> float:
-    """Test-only: HUBBENCH_TEST_SLOWDOWN='hub-gpt=0.15' makes that variant's step 15% slower."""
-    spec = os.environ.get(SLOWDOWN_ENV, "")
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        name, _, frac = item.partition("=")
-        if name.strip() == variant:
-            return float(frac)
-    return 0.0
+        index = int(name.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UnavailableError(
+                f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) exist"
+            )
+    return torch.device(name)
 
 
 def build_step(
@@ -69,11 +60,11 @@ def build_step(
         raise ConfigError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     if batch < 1 or seq < 1:
         raise ConfigError(f"batch and seq must be >= 1 (got batch={batch}, seq={seq})")
-    device = resolve_device(device) if isinstance(device, str) else device
+    device = torch_device(device) if isinstance(device, str) else device
     model = model.to(device)
     config = getattr(model, "config", None)
     vocab = getattr(config, "vocab", 256)
-    dtype = DTYPES[getattr(config, "dtype", "fp32")]
+    dtype = TORCH_DTYPES[getattr(config, "dtype", "fp32")]
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
     idx = torch.randint(0, vocab, (batch, seq + 1), generator=gen).to(device)
@@ -107,20 +98,8 @@ def build_step(
             if optimizer is not None:
                 optimizer.step()
 
-    fn = core
-    slowdown = _slowdown_for(getattr(model, "variant", ""))
-    if slowdown > 0:
-
-        def fn() -> None:
-            start = time.perf_counter()
-            core()
-            sync()
-            until = time.perf_counter() + slowdown * (time.perf_counter() - start)
-            while time.perf_counter() < until:
-                pass
-
     return Step(
-        fn=fn,
+        fn=core,
         tokens=batch * seq,
         mode=mode,
         model=model,

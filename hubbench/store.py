@@ -3,13 +3,17 @@
 Layout: <results>/<suite>/<YYYYmmddTHHMMSSZ>-<run_id>.parquet. The file is rewritten after
 every finished cell, atomically (a temp file in the same directory, then os.replace), so an
 interrupted or crashed run leaves every finished row readable, and two runs at once write two
-files. The store knows columns, not models: rows arrive as plain dicts.
+files. The store knows columns (hubbench.schema), not models: rows arrive as plain dicts, and
+each is checked against the schema before it is written. Files are created with the permissions
+the umask allows (0644 under the usual 022), so a group can read a shared results directory.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
+import re
 import secrets
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -17,113 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hubbench import schema
 from hubbench.errors import StoreError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 1
 RESULTS_ENV = "HUBBENCH_RESULTS"
 DEFAULT_RESULTS_DIR = "results"
-
-# (column, arrow type); order is the file's column order. Add columns, never rename them.
-COLUMNS: tuple[tuple[str, str], ...] = (
-    # identity
-    ("schema_version", "int64"),
-    ("run_id", "string"),
-    ("suite", "string"),
-    ("cell_index", "int64"),
-    ("cell_id", "string"),
-    # cell fields (null where they do not apply to the variant)
-    ("variant", "string"),
-    ("mode", "string"),
-    ("device", "string"),
-    ("dtype", "string"),
-    ("batch", "int64"),
-    ("seq", "int64"),
-    ("d_model", "int64"),
-    ("n_layers", "int64"),
-    ("n_heads", "int64"),
-    ("vocab", "int64"),
-    ("attention", "string"),
-    ("sdpa_kernel", "string"),
-    ("mamba_impl", "string"),
-    ("hubs", "int64"),
-    ("topk", "int64"),
-    ("neighbours", "int64"),
-    ("chunk", "int64"),
-    ("replace", "float64"),
-    ("causal", "bool"),
-    ("compile", "bool"),
-    ("warmup", "int64"),
-    ("repeats", "int64"),
-    ("min_time_s", "float64"),
-    ("timeout_s", "float64"),
-    ("config_json", "string"),  # the full model config (every field, nulls where inert)
-    # outcome
-    ("status", "string"),
-    ("message", "string"),
-    # what ran
-    ("backend_attention", "string"),
-    ("backend_mamba", "string"),
-    ("backend_hub", "string"),
-    # step time
-    ("time_median_s", "float64"),
-    ("time_min_s", "float64"),
-    ("time_p10_s", "float64"),
-    ("time_p90_s", "float64"),
-    ("time_mean_s", "float64"),
-    ("time_std_s", "float64"),
-    ("time_count", "int64"),
-    ("samples_s", "list<float64>"),
-    ("tokens_per_step", "int64"),
-    ("tokens_per_s", "float64"),
-    ("tokens_per_s_p10", "float64"),
-    ("tokens_per_s_p90", "float64"),
-    # memory
-    ("peak_mem_bytes", "int64"),
-    ("peak_mem_reserved_bytes", "int64"),
-    ("mem_kind", "string"),
-    ("mem_baseline_bytes", "int64"),
-    # FLOPs
-    ("flops_per_step", "float64"),
-    ("flops_per_step_analytic", "float64"),
-    ("flops_per_token", "float64"),
-    ("achieved_flops_per_s", "float64"),
-    ("mfu", "float64"),
-    ("mfu_basis", "string"),
-    ("peak_flops_per_s", "float64"),
-    ("peak_flops_source", "string"),
-    ("params", "int64"),
-    # environment
-    ("hubbench_version", "string"),
-    ("git_commit", "string"),
-    ("git_dirty", "bool"),
-    ("torch_version", "string"),
-    ("cuda_version", "string"),
-    ("cudnn_version", "string"),
-    ("device_name", "string"),
-    ("cpu_model", "string"),
-    ("threads", "int64"),
-    ("host", "string"),
-    ("utc_time", "string"),
-    ("warmup_s", "float64"),  # wall time of the untimed warm-up steps (FLOP counting included)
-    ("wall_s", "float64"),  # the cell's wall time in the worker: build, warm-up, timing
-)
-COLUMN_NAMES = tuple(name for name, _ in COLUMNS)
-
-
-def arrow_schema():
-    import pyarrow as pa
-
-    types = {
-        "int64": pa.int64(),
-        "float64": pa.float64(),
-        "string": pa.string(),
-        "bool": pa.bool_(),
-        "list<float64>": pa.list_(pa.float64()),
-    }
-    return pa.schema([(name, types[kind]) for name, kind in COLUMNS])
+BASELINES_DIR = "baselines"  # <results>/baselines/ holds pinned copies for the gate, not runs
+LATEST = re.compile(r"latest(?:~(\d+))?")
 
 
 # ----------------------------------------------------------------------------- locations
@@ -156,6 +63,16 @@ def run_path(directory: Path, suite: str, run_id: str, when: dt.datetime | None 
     return directory / suite / f"{when.strftime('%Y%m%dT%H%M%SZ')}-{run_id}.parquet"
 
 
+def reserve_run(directory: Path, suite: str) -> tuple[Path, str]:
+    """A new run's file name and id, not taken by any run under `directory`."""
+    taken = {p.stem.rpartition("-")[2] for p in list_runs(directory)}
+    while True:
+        run_id = new_run_id()
+        path = run_path(directory, suite, run_id)
+        if run_id not in taken and not path.exists():
+            return path, run_id
+
+
 def list_runs(directory: str | Path, suite: str | None = None) -> list[Path]:
     """Run files under `directory`, oldest first (names start with the UTC stamp)."""
     directory = Path(directory)
@@ -164,14 +81,31 @@ def list_runs(directory: str | Path, suite: str | None = None) -> list[Path]:
     return sorted(paths, key=lambda p: (p.name, str(p)))
 
 
-def latest_run(directory: str | Path, suite: str | None = None) -> Path | None:
-    runs = list_runs(directory, suite)
-    return runs[-1] if runs else None
+def latest_run(directory: str | Path, suite: str | None = None, back: int = 0) -> Path | None:
+    """The newest run (of `suite`), or the one `back` runs before it; pinned baselines never."""
+    runs = _measured(directory, suite)
+    return runs[-1 - back] if back < len(runs) else None
 
 
-def find_run(spec: str | Path, directory: str | Path | None = None) -> Path:
-    """A .parquet path, or a run id (or unique prefix) under the results directory."""
-    path = Path(spec)
+def _measured(directory: str | Path, suite: str | None = None) -> list[Path]:
+    return [p for p in list_runs(directory, suite) if p.parent.name != BASELINES_DIR]
+
+
+def find_run(spec: str | Path | None, directory: str | Path | None = None) -> Path:
+    """How every command names a run: a .parquet path, a run id (or unique prefix), or
+    `latest` / `latest~N` (the newest run, or the one N runs before it; None means latest)."""
+    latest = LATEST.fullmatch(str(spec or "latest"))
+    if latest is not None:
+        where = results_dir(directory)
+        back = int(latest.group(1) or 0)
+        found = latest_run(where, back=back)
+        if found is None:
+            have = len(_measured(where))
+            if not have:
+                raise StoreError(f"no runs found under {where}/: run `hubbench run <suite>` first")
+            raise StoreError(f"{spec}: only {have} run(s) under {where}/")
+        return found
+    path = Path(str(spec))
     if path.suffix == ".parquet" or path.is_file():
         if not path.is_file():
             raise StoreError(f"run file {path} does not exist")
@@ -191,24 +125,26 @@ def find_run(spec: str | Path, directory: str | Path | None = None) -> Path:
 # ----------------------------------------------------------------------------- write / read
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
     """Write `rows` as the whole run file, atomically (temp file + rename)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = list(rows)
-    for row in rows:
-        unknown = set(row) - set(COLUMN_NAMES)
-        if unknown:
-            raise StoreError(f"row has column(s) outside the schema: {', '.join(sorted(unknown))}")
-    full = [{name: row.get(name) for name in COLUMN_NAMES} for row in rows]
+    full = [schema.row(r, f"{path.name} row {i}") for i, r in enumerate(rows)]
     try:
-        table = pa.Table.from_pylist(full, schema=arrow_schema())
+        table = pa.Table.from_pylist(full, schema=schema.arrow_schema())
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise StoreError(f"rows do not fit the results schema: {exc}") from exc
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: a shared results dir needs more
         with os.fdopen(fd, "wb") as f:
             pq.write_table(table, f)
             f.flush()
@@ -219,16 +155,26 @@ def write_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
         raise
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """A run file as plain dicts (None for nulls), for resuming it."""
+def read_rows(path: Path, for_resume: bool = False) -> list[dict[str, Any]]:
+    """A run file as plain dicts (None for nulls), every column of this schema present.
+
+    `for_resume`: the rows will be written back with new ones, so they must be of this
+    schema_version exactly (an older file is read, never extended).
+    """
     import pyarrow.parquet as pq
 
     try:
         rows = pq.read_table(path).to_pylist()
     except (OSError, ValueError) as exc:
         raise StoreError(f"cannot read run file {path}: {exc}") from exc
-    _check_version({r.get("schema_version") for r in rows}, path)
-    return [{k: v for k, v in r.items() if k in COLUMN_NAMES} for r in rows]
+    versions = {r.get("schema_version") for r in rows}
+    _check_version(versions, path)
+    if for_resume and versions - {schema.SCHEMA_VERSION}:
+        raise StoreError(
+            f"{path} was written with schema_version {', '.join(map(str, sorted(versions)))}; "
+            f"--resume extends only schema_version {schema.SCHEMA_VERSION} runs: start a new run"
+        )
+    return [_upgrade(r) for r in rows]
 
 
 def read_run(spec: str | Path, directory: str | Path | None = None) -> pd.DataFrame:
@@ -243,14 +189,33 @@ def read_run(spec: str | Path, directory: str | Path | None = None) -> pd.DataFr
     if "schema_version" not in df.columns:
         raise StoreError(f"{path} is not a hubbench run file (no schema_version column)")
     _check_version(set(df["schema_version"].tolist()), path)
-    return df
+    if list(df.columns) == list(schema.NAMES):
+        return df
+    upgraded = [_upgrade(r) for r in df.astype(object).where(df.notna(), None).to_dict("records")]
+    return pd.DataFrame(upgraded, columns=list(schema.NAMES))
+
+
+def _upgrade(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row of an older schema as this one: new columns null, config columns from config_json."""
+    out = {name: row.get(name) for name in schema.NAMES}
+    if set(schema.NAMES) - set(row) and isinstance(row.get("config_json"), str):
+        try:
+            config = json.loads(row["config_json"])
+        except ValueError:
+            config = {}
+        for key, value in config.items() if isinstance(config, dict) else ():
+            if key in out and key not in row:
+                out[key] = value
+    return out
 
 
 def _check_version(versions: set[Any], path: Path) -> None:
-    if versions and versions != {SCHEMA_VERSION}:
-        found = ", ".join(str(v) for v in sorted(versions, key=str))
+    bad = {v for v in versions if not isinstance(v, int) or not 1 <= v <= schema.SCHEMA_VERSION}
+    if bad:
+        found = ", ".join(str(v) for v in sorted(bad, key=str))
         raise StoreError(
-            f"{path}: schema_version {found}; this hubbench reads schema_version {SCHEMA_VERSION}"
+            f"{path}: schema_version {found}; this hubbench reads schema_version 1 to "
+            f"{schema.SCHEMA_VERSION} (upgrade hubbench to read it)"
         )
 
 

@@ -18,59 +18,41 @@ A suite file (see suites/*.toml and the README's "Suites" section):
     [[gate.ratio]]                     # ratio rules read by `hubbench gate`
 
 A field is a run field (variant, mode, device, batch, seq, compile) or a model config field of
-some variant (hubbench.models.config_fields). Each cell keeps only the fields its variant has and
-that can change what it builds (models.inert_fields); the others are null in its row and do not
-multiply cells. CLI overrides (`--seq 1024`, `--set hubs=4,8`) replace a field's values after the
-device overlay. Every cell is validated with models.make_config before anything runs.
+some variant (hubbench.variants). Each cell keeps only the fields its variant has and that can
+change what it builds (variants.inert_fields); the others are null in its row and do not multiply
+cells. CLI overrides (`--seq 1024`, `--set hubs=4,8`) replace a field's values after the device
+overlay. Every cell's config is validated once, here, before anything runs; the cell carries it.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import itertools
-import json
 import os
-import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubbench import schema
+from hubbench.cell import MEASURE_FIELDS, RUN_DEFAULTS, RUN_FIELDS, Cell, Measure
+from hubbench.config import (
+    MODES,
+    coerce,
+    device_kind,
+    parse_assignments,
+    parse_text,
+    resolve_device,
+    split_list,
+)
+from hubbench.config import cuda_available as probe_cuda
 from hubbench.errors import ConfigError, SuiteError
+from hubbench.variants import REGISTRY, all_fields, config_fields, inert_fields, make_config
 
-# Fields that describe the run rather than the model; the rest come from the model registry.
-RUN_FIELDS: dict[str, type] = {
-    "variant": str,
-    "mode": str,
-    "device": str,
-    "batch": int,
-    "seq": int,
-    "compile": bool,
-}
-RUN_DEFAULTS: dict[str, Any] = {
-    "mode": "fwd_bwd",
-    "device": "auto",
-    "batch": 1,
-    "compile": False,
-}
-MEASURE_FIELDS: dict[str, type] = {
-    "warmup": int,
-    "repeats": int,
-    "min_time_s": float,
-    "timeout_s": float,
-}
 DEVICE_KINDS = ("cpu", "cuda")
 TOP_KEYS = ("name", "description", "measure", "defaults", "sweep", "exclude", "gate")
-GATE_METRICS = (
-    "tokens_per_s",
-    "time_median_s",
-    "achieved_flops_per_s",
-    "mfu",
-    "peak_mem_bytes",
-    "peak_mem_reserved_bytes",
-)
 COMPARATORS = {
     "lt": lambda a, b: a < b,
     "le": lambda a, b: a <= b,
@@ -78,18 +60,9 @@ COMPARATORS = {
     "ge": lambda a, b: a >= b,
 }
 SUITES_ENV = "HUBBENCH_SUITES"
-_TYPE_NAMES = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 # ----------------------------------------------------------------------------- dataclasses
-
-
-@dataclass(frozen=True)
-class Measure:
-    warmup: int = 1  # untimed steps first; the first one also counts FLOPs
-    repeats: int = 5  # timed steps (at least)
-    min_time_s: float = 0.0  # keep timing until this much timed time has passed
-    timeout_s: float = 600.0  # per cell, model build included; then the cell is `timeout`
 
 
 @dataclass(frozen=True)
@@ -135,65 +108,6 @@ class Suite:
     gate: list[GateRule] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One point of a sweep. `config` is the full model config; inert / foreign fields are None."""
-
-    index: int
-    variant: str
-    mode: str
-    device: str
-    batch: int
-    seq: int
-    compile: bool
-    config: tuple[tuple[str, Any], ...]
-    warmup: int
-    repeats: int
-    min_time_s: float
-    timeout_s: float
-
-    @property
-    def model_fields(self) -> dict[str, Any]:
-        """What build_model receives: the config fields that apply to this variant."""
-        return {k: v for k, v in self.config if v is not None}
-
-    @property
-    def identity(self) -> dict[str, Any]:
-        """The fields that define what is measured (not how carefully: no warmup / repeats)."""
-        out = {k: getattr(self, k) for k in ("variant", "mode", "device", "batch", "seq")}
-        out["compile"] = self.compile
-        out.update(self.config)
-        return out
-
-    @property
-    def cell_id(self) -> str:
-        blob = json.dumps(self.identity, sort_keys=True, default=str)
-        return hashlib.sha1(blob.encode()).hexdigest()[:12]
-
-    def label(self, fields: Iterable[str] = ()) -> str:
-        """'hub-gpt n=1024 attention=sdpa' style; `fields` adds swept fields when set."""
-        parts = [self.variant, f"n={self.seq}"]
-        conf = dict(self.config)
-        for name in fields:
-            if name in ("variant", "seq"):
-                continue
-            value = conf.get(name, getattr(self, name, None))
-            if value is not None:
-                parts.append(f"{name}={value}")
-        return " ".join(parts)
-
-    def to_json(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["config"] = dict(self.config)
-        return out
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Cell:
-        data = dict(data)
-        data["config"] = tuple(data["config"].items())
-        return cls(**data)
-
-
 @dataclass
 class Plan:
     """The cells to run, in order, and what the suite's rules kept out."""
@@ -235,6 +149,8 @@ def find_suite(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     path = Path(text)
     if text.endswith(".toml") or os.sep in text:
+        if path.is_dir():
+            raise SuiteError(f"suite {text} is a directory; give a .toml file or a suite name")
         if not path.is_file():
             raise SuiteError(f"suite file {text} does not exist")
         return path
@@ -249,79 +165,42 @@ def find_suite(name_or_path: str | Path) -> Path:
 # ----------------------------------------------------------------------------- field types
 
 
-def _models():
-    from hubbench import models
-
-    return models
-
-
-def field_types(models: Any = None) -> dict[str, type | None]:
-    """Every field a suite may name, with its type (None: any scalar)."""
-    models = models or _models()
-    types: dict[str, type | None] = dict(RUN_FIELDS)
-    for spec in models.REGISTRY.values():
-        for f in dataclasses.fields(spec.config_cls):
-            types.setdefault(f.name, _TYPE_NAMES.get(str(f.type)))
-    return types
+def field_types() -> dict[str, type]:
+    """Every field a suite may name, with its type: the run fields, then every config field."""
+    return {**RUN_FIELDS, **{name: f.type for name, f in all_fields().items()}}
 
 
-def _check_type(value: Any, kind: type | None, where: str) -> Any:
-    """A TOML / CLI value checked against a field type; ints are accepted for floats."""
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is None:
-        ok = isinstance(value, (str, int, float, bool))
-    elif kind is float:
-        ok = number
-    elif kind is int:
-        ok = number and isinstance(value, int)
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        want = kind.__name__ if kind else "a scalar"
-        raise SuiteError(f"{where}: expected {want}, got {value!r} ({type(value).__name__})")
-    return float(value) if kind is float else value
-
-
-def parse_value(text: str, kind: type | None, where: str) -> Any:
-    """A CLI string -> typed value: '1024' -> 1024, 'true' -> True, '0.25' -> 0.25."""
-    text = text.strip()
+def _typed(value: Any, kind: type, where: str) -> Any:
     try:
-        if kind is bool:
-            if text.lower() not in ("true", "false"):
-                raise ValueError
-            return text.lower() == "true"
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-    except ValueError:
-        raise SuiteError(f"{where}: {text!r} is not a valid {kind.__name__}") from None
-    return text
+        return coerce(value, kind, where)
+    except ConfigError as exc:
+        raise SuiteError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------- loading
 
 
-def load_suite(name_or_path: str | Path, models: Any = None) -> Suite:
+def load_suite(name_or_path: str | Path) -> Suite:
     """Read and validate one suite file (keys, types, rules); raise SuiteError naming the key."""
     path = find_suite(name_or_path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"{path}: not UTF-8 text (byte {exc.start}): {exc.reason}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{path}: invalid TOML: {exc}") from exc
     except OSError as exc:
         raise SuiteError(f"{path}: cannot read: {exc.strerror}") from exc
-    return parse_suite(data, path, models)
+    return parse_suite(data, path)
 
 
-def parse_suite(data: Mapping[str, Any], path: Path, models: Any = None) -> Suite:
-    types = field_types(models)
+def parse_suite(data: Mapping[str, Any], path: Path) -> Suite:
+    types = field_types()
     _unknown(data, TOP_KEYS, f"{path}: top-level key")
-    name = data.get("name", path.stem)
-    _check_type(name, str, f"{path}: name")
+    name = _typed(data.get("name", path.stem), str, f"{path}: name")
     if name != path.stem:
         raise SuiteError(f"{path}: name {name!r} must equal the file name {path.stem!r}")
-    description = _check_type(data.get("description", ""), str, f"{path}: description")
+    description = _typed(data.get("description", ""), str, f"{path}: description")
 
     defaults = _table(data, "defaults", path)
     sweep = _table(data, "sweep", path)
@@ -336,8 +215,8 @@ def parse_suite(data: Mapping[str, Any], path: Path, models: Any = None) -> Suit
             device_axes[kind] = _axes(d, s, types, path, f".{kind}")
         m = _table(measure_table, kind, path, prefix="measure.")
         if m:
-            device_measure[kind] = _measure_values(m, path, f"measure.{kind}")
-    measure = Measure(**_measure_values(measure_table, path, "measure"))
+            device_measure[kind] = _measure_values(m, f"{path}: measure.{kind}")
+    measure = Measure(**_measure_values(measure_table, f"{path}: measure"))
 
     return Suite(
         name=name,
@@ -370,7 +249,7 @@ def _table(data: Mapping[str, Any], key: str, path: Path, prefix: str = "") -> d
 def _axes(
     defaults: Mapping[str, Any],
     sweep: Mapping[str, Any],
-    types: Mapping[str, type | None],
+    types: Mapping[str, type],
     path: Path,
     suffix: str,
 ) -> dict[str, Axis]:
@@ -387,41 +266,37 @@ def _axes(
             if section == "sweep":
                 if not isinstance(value, list) or not value:
                     raise SuiteError(f"{where}: a sweep axis must be a non-empty list")
-                values = tuple(
-                    _check_type(v, types[key], f"{where}[{i}]") for i, v in enumerate(value)
-                )
+                values = tuple(_typed(v, types[key], f"{where}[{i}]") for i, v in enumerate(value))
             else:
                 if isinstance(value, list):
                     raise SuiteError(f"{where}: defaults take one value; put lists under [sweep]")
-                values = (_check_type(value, types[key], where),)
+                values = (_typed(value, types[key], where),)
             axes[key] = Axis(key, values, where)
     return axes
 
 
-def _measure_values(table: Mapping[str, Any], path: Path, where: str) -> dict[str, Any]:
+def _measure_values(table: Mapping[str, Any], where: str) -> dict[str, Any]:
     out = {}
     for key, value in table.items():
         if key in DEVICE_KINDS and isinstance(value, dict):
             continue
         if key not in MEASURE_FIELDS:
-            raise SuiteError(
-                f"{path}: {where}.{key} is unknown; valid: {', '.join(MEASURE_FIELDS)}"
-            )
-        out[key] = _check_type(value, MEASURE_FIELDS[key], f"{path}: {where}.{key}")
-    _check_measure(out, f"{path}: {where}")
+            raise SuiteError(f"{where}.{key} is unknown; valid: {', '.join(MEASURE_FIELDS)}")
+        out[key] = _typed(value, MEASURE_FIELDS[key], f"{where}.{key}")
+    _check_measure(out, lambda key: f"{where}.{key}")
     return out
 
 
-def _check_measure(values: Mapping[str, Any], where: str) -> None:
+def _check_measure(values: Mapping[str, Any], where: Any) -> None:
     lows = {"warmup": 0, "repeats": 1, "min_time_s": 0.0}
     for key, low in lows.items():
         if key in values and values[key] < low:
-            raise SuiteError(f"{where}.{key} must be >= {low} (got {values[key]})")
+            raise SuiteError(f"{where(key)} must be >= {low} (got {values[key]})")
     if "timeout_s" in values and values["timeout_s"] <= 0:
-        raise SuiteError(f"{where}.timeout_s must be > 0 (got {values['timeout_s']})")
+        raise SuiteError(f"{where('timeout_s')} must be > 0 (got {values['timeout_s']})")
 
 
-def _exclude_rules(rules: Any, types: Mapping[str, type | None], path: Path) -> list[ExcludeRule]:
+def _exclude_rules(rules: Any, types: Mapping[str, type], path: Path) -> list[ExcludeRule]:
     if not isinstance(rules, list):
         raise SuiteError(f"{path}: exclude must be an array of tables ([[exclude]])")
     out = []
@@ -429,7 +304,7 @@ def _exclude_rules(rules: Any, types: Mapping[str, type | None], path: Path) -> 
         where = f"{path}: exclude[{i}]"
         if not isinstance(rule, dict):
             raise SuiteError(f"{where} must be a table")
-        reason = _check_type(rule.get("reason", "excluded by the suite"), str, f"{where}.reason")
+        reason = _typed(rule.get("reason", "excluded by the suite"), str, f"{where}.reason")
         conditions = []
         for key, cond in rule.items():
             if key == "reason":
@@ -445,18 +320,20 @@ def _exclude_rules(rules: Any, types: Mapping[str, type | None], path: Path) -> 
     return out
 
 
-def _condition(cond: Any, kind: type | None, where: str) -> Any:
+def _condition(cond: Any, kind: type, where: str) -> Any:
     if isinstance(cond, dict):
+        if kind not in (int, float):
+            raise SuiteError(f"{where}: comparisons (gt, ge, lt, le) need a numeric field")
         if not cond:
             raise SuiteError(f"{where}: an empty comparison table")
         for op, bound in cond.items():
             if op not in COMPARATORS:
                 raise SuiteError(f"{where}.{op} is unknown; valid: {', '.join(COMPARATORS)}")
-            _check_type(bound, float, f"{where}.{op}")
+            _typed(bound, float, f"{where}.{op}")
         return dict(cond)
     if isinstance(cond, list):
-        return tuple(_check_type(v, kind, f"{where}[{i}]") for i, v in enumerate(cond))
-    return _check_type(cond, kind, where)
+        return tuple(_typed(v, kind, f"{where}[{i}]") for i, v in enumerate(cond))
+    return _typed(cond, kind, where)
 
 
 def _condition_holds(value: Any, cond: Any) -> bool:
@@ -469,7 +346,7 @@ def _condition_holds(value: Any, cond: Any) -> bool:
     return value == cond
 
 
-def _gate_rules(gate: Any, types: Mapping[str, type | None], path: Path) -> list[GateRule]:
+def _gate_rules(gate: Any, types: Mapping[str, type], path: Path) -> list[GateRule]:
     if not isinstance(gate, dict):
         raise SuiteError(f"{path}: gate must be a table holding [[gate.ratio]] rules")
     _unknown(gate, ("ratio",), f"{path}: gate key")
@@ -486,11 +363,11 @@ def _gate_rules(gate: Any, types: Mapping[str, type | None], path: Path) -> list
         for key in ("name", "numerator", "denominator"):
             if key not in rule:
                 raise SuiteError(f"{where} needs {key!r}")
-        name = _check_type(rule["name"], str, f"{where}.name")
-        metric = _check_type(rule.get("metric", "tokens_per_s"), str, f"{where}.metric")
-        if metric not in GATE_METRICS:
+        name = _typed(rule["name"], str, f"{where}.name")
+        metric = _typed(rule.get("metric", "tokens_per_s"), str, f"{where}.metric")
+        if metric not in schema.METRICS:
             raise SuiteError(
-                f"{where}.metric {metric!r} is unknown; valid: {', '.join(GATE_METRICS)}"
+                f"{where}.metric {metric!r} is unknown; valid: {', '.join(schema.METRICS)}"
             )
         sides = {}
         for side in ("numerator", "denominator"):
@@ -503,11 +380,9 @@ def _gate_rules(gate: Any, types: Mapping[str, type | None], path: Path) -> list
                         f"{where}.{side}.{key} is not a known field; "
                         f"valid: {', '.join(sorted(types))}"
                     )
-                _check_type(value, types[key], f"{where}.{side}.{key}")
+                _typed(value, types[key], f"{where}.{side}.{key}")
             sides[side] = dict(table)
-        bounds = {
-            k: _check_type(rule[k], float, f"{where}.{k}") for k in ("min", "max") if k in rule
-        }
+        bounds = {k: _typed(rule[k], float, f"{where}.{k}") for k in ("min", "max") if k in rule}
         if not bounds:
             raise SuiteError(f"{where} sets neither min nor max")
         out.append(GateRule(name, metric, sides["numerator"], sides["denominator"], **bounds))
@@ -518,74 +393,86 @@ def _gate_rules(gate: Any, types: Mapping[str, type | None], path: Path) -> list
 
 
 def parse_overrides(
-    sets: Iterable[str] = (),
-    models: Any = None,
-    **options: str | None,
+    sets: Iterable[str] = (), **options: str | Iterable[str] | None
 ) -> dict[str, Axis]:
-    """`--seq 512,1024` style options and `--set key=v1,v2` items -> typed axes."""
-    types = field_types(models)
-    items = [(f"--{k}", k, v) for k, v in options.items() if v is not None]
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SuiteError(f"--set {item!r}: expected key=v1,v2, e.g. --set hubs=4,8,16")
-        items.append((f"--set {key.strip()}", key.strip(), value))
+    """`--seq 512,1024` style options and `--set key=v1,v2` items -> typed axes.
+
+    A field given twice (`--seq` and `--set seq=`, or `--set k=` twice) is an error.
+    """
+    types = field_types()
+    items: list[tuple[str, str, list[str]]] = []
+    for key, value in options.items():
+        if value is None:
+            continue
+        values = split_list([value] if isinstance(value, str) else value)
+        if values:
+            items.append((f"--{key}", key, values))
+    try:
+        assigned = parse_assignments(sets, "--set")
+    except ConfigError as exc:
+        raise SuiteError(str(exc)) from None
+    items += [(f"--set {key}", key, values) for key, values in assigned.items()]
     out: dict[str, Axis] = {}
-    for origin, key, text in items:
+    for origin, key, texts in items:
         if key not in types:
             raise SuiteError(f"{origin}: unknown field {key!r}; valid: {', '.join(sorted(types))}")
-        parts = [p for p in str(text).split(",") if p.strip()]
-        if not parts:
-            raise SuiteError(f"{origin}: no values given")
-        values = tuple(parse_value(p, types[key], origin) for p in parts)
+        if key in out:
+            raise SuiteError(f"{origin}: {key} is also given by {out[key].origin}; give it once")
+        try:
+            values = tuple(parse_text(t, types[key], origin) for t in texts)
+        except ConfigError as exc:
+            raise SuiteError(str(exc)) from None
         out[key] = Axis(key, tuple(dict.fromkeys(values)), origin)
     return out
 
 
 def measure_overrides(**values: float | int | None) -> dict[str, Any]:
-    out = {k: v for k, v in values.items() if v is not None}
-    _check_measure(out, "--")
+    """--repeats / --warmup / --min-time / --timeout, checked like the suite's [measure]."""
+    out = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        option = "--" + key.removesuffix("_s").replace("_", "-")
+        out[key] = _typed(value, MEASURE_FIELDS[key], option)
+    _check_measure(out, lambda key: "--" + key.removesuffix("_s").replace("_", "-"))
     return out
 
 
 # ----------------------------------------------------------------------------- expansion
 
 
-def resolve_device(name: str, cuda_available: bool | None = None) -> str:
-    if name != "auto":
-        return name
-    if cuda_available is None:
-        import torch
-
-        cuda_available = torch.cuda.is_available()
-    return "cuda" if cuda_available else "cpu"
-
-
 def expand(
     suite: Suite,
     overrides: Mapping[str, Axis] | None = None,
     measure: Mapping[str, Any] | None = None,
-    models: Any = None,
     cuda_available: bool | None = None,
 ) -> Plan:
-    """Suite (+ overrides) -> the validated, de-duplicated, ordered cells to run."""
-    models = models or _models()
+    """Suite (+ overrides) -> the validated, de-duplicated, ordered cells to run.
+
+    `cuda_available` decides what `device = "auto"` means (default: probe this machine).
+    """
     overrides = dict(overrides or {})
     measure = dict(measure or {})
     device_axis = overrides.get("device") or suite.axes.get("device")
     devices = device_axis.values if device_axis else (RUN_DEFAULTS["device"],)
-    devices = tuple(dict.fromkeys(resolve_device(d, cuda_available) for d in devices))
-
+    origin = device_axis.origin if device_axis else str(suite.path)
+    cuda = probe_cuda() if cuda_available is None else cuda_available
+    resolved = []
+    for d in devices:
+        try:
+            resolved.append(("cuda" if cuda else "cpu") if d == "auto" else resolve_device(d))
+        except ConfigError as exc:
+            raise SuiteError(f"{origin}: {exc}") from None
     cells: list[Cell] = []
     seen: set[str] = set()
     excluded: list[tuple[dict[str, Any], str]] = []
     merged = 0
-    for device in devices:
-        kind = "cuda" if device.startswith("cuda") else "cpu"
+    for device in dict.fromkeys(resolved):
+        kind = device_kind(device)
         axes = dict(suite.axes)
         axes.update(suite.device_axes.get(kind, {}))
         axes.update(overrides)
-        axes["device"] = Axis("device", (device,), device_axis.origin if device_axis else "")
+        axes["device"] = Axis("device", (device,), origin)
         settings = Measure(
             **{**dataclasses.asdict(suite.measure), **suite.device_measure.get(kind, {}), **measure}
         )
@@ -598,7 +485,7 @@ def expand(
         names = list(axes)
         for combo in itertools.product(*(axes[n].values for n in names)):
             fields = dict(zip(names, combo, strict=True))
-            cell = _make_cell(len(cells), fields, axes, settings, suite, models)
+            cell = _make_cell(len(cells), fields, axes, settings, suite)
             if cell.cell_id in seen:
                 merged += 1
                 continue
@@ -612,16 +499,12 @@ def expand(
     if not cells:
         why = f"; {len(excluded)} excluded by the suite's [[exclude]] rules" if excluded else ""
         raise SuiteError(f"{suite.path}: the sweep has no cells to run{why}")
-    return Plan(suite, cells, excluded, merged, _varying(cells))
+    varying = schema.varying([c.identity for c in cells], nulls=False)
+    return Plan(suite, cells, excluded, merged, tuple(varying))
 
 
 def _make_cell(
-    index: int,
-    fields: dict[str, Any],
-    axes: Mapping[str, Axis],
-    settings: Measure,
-    suite: Suite,
-    models: Any,
+    index: int, fields: dict[str, Any], axes: Mapping[str, Axis], settings: Measure, suite: Suite
 ) -> Cell:
     run = {**RUN_DEFAULTS, **{k: v for k, v in fields.items() if k in RUN_FIELDS}}
     variant = run["variant"]
@@ -631,23 +514,21 @@ def _make_cell(
         where = "; ".join(origins) or str(suite.path)
         return SuiteError(f"{where}: cell {variant} n={run['seq']}: {message}")
 
-    if variant not in models.REGISTRY:
-        raise fail(f"unknown variant {variant!r}; valid: {', '.join(models.REGISTRY)}", ["variant"])
-    _check_run_fields(run, fail)
-    own = set(models.config_fields(variant))
+    if variant not in REGISTRY:
+        raise fail(f"unknown variant {variant!r}; valid: {', '.join(REGISTRY)}", ["variant"])
+    if run["mode"] not in MODES:
+        raise fail(f"unknown mode {run['mode']!r}; valid: {', '.join(MODES)}", ["mode"])
+    for key in ("batch", "seq"):
+        if run[key] < 1:
+            raise fail(f"{key} must be >= 1 (got {run[key]})", [key])
+    own = set(config_fields(variant))
     given = {k: v for k, v in fields.items() if k in own}
     try:
-        config = models.make_config(variant, **given)
+        config = make_config(variant, **given)
     except ConfigError as exc:
-        named = [k for k in given if re.search(rf"\b{re.escape(k)}\b", str(exc))]
-        raise fail(str(exc), named or given) from exc
-    inert = set(models.inert_fields(config))
-    resolved = {
-        f.name: (None if f.name in inert else getattr(config, f.name))
-        for f in dataclasses.fields(config)
-    }
-    topk = resolved.get("topk")
-    if topk is not None and topk > run["seq"]:
+        raise fail(str(exc), exc.fields or given) from None
+    topk = getattr(config, "topk", None)
+    if topk is not None and "topk" not in inert_fields(config) and topk > run["seq"]:
         raise fail(
             f"topk={topk} exceeds seq={run['seq']}; the council needs k <= n", ["topk", "seq"]
         )
@@ -659,33 +540,9 @@ def _make_cell(
         batch=run["batch"],
         seq=run["seq"],
         compile=run["compile"],
-        config=tuple(sorted(resolved.items())),
-        warmup=settings.warmup,
-        repeats=settings.repeats,
-        min_time_s=settings.min_time_s,
-        timeout_s=settings.timeout_s,
+        config=config,
+        measure=settings,
     )
-
-
-def _check_run_fields(run: Mapping[str, Any], fail: Any) -> None:
-    from hubbench.step import MODES
-
-    if run["mode"] not in MODES:
-        raise fail(f"unknown mode {run['mode']!r}; valid: {', '.join(MODES)}", ["mode"])
-    device = run["device"]
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise fail(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N", ["device"])
-    for key in ("batch", "seq"):
-        if run[key] < 1:
-            raise fail(f"{key} must be >= 1 (got {run[key]})", [key])
-
-
-def _varying(cells: list[Cell]) -> tuple[str, ...]:
-    seen: dict[str, set[str]] = {}
-    for cell in cells:
-        for key, value in cell.identity.items():
-            seen.setdefault(key, set()).add(repr(value))
-    return tuple(k for k, values in seen.items() if len(values) > 1)
 
 
 def suite_axes(suite: Suite) -> dict[str, tuple[Any, ...]]:

@@ -134,10 +134,10 @@ def test_verify_non_causal_config_is_expected_to_leak() -> None:
 def test_verify_exits_1_when_a_causal_claim_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
     from hubbench import models
 
-    real = models.build_model
+    real = models.build
 
-    def leaky_build(variant: str, **fields: object):
-        model = real(variant, **fields)
+    def leaky_build(variant: str, config: object):
+        model = real(variant, config)
         torch.manual_seed(0)
         for block in model.blocks:
             if block.kind == "hubrouter":
@@ -147,7 +147,7 @@ def test_verify_exits_1_when_a_causal_claim_leaks(monkeypatch: pytest.MonkeyPatc
                 )
         return model
 
-    monkeypatch.setattr(models, "build_model", leaky_build)
+    monkeypatch.setattr(models, "build", leaky_build)
     result = runner.invoke(app, ["verify", "causal", "hub-gpt", "--seeds", "2"])
     assert result.exit_code == CausalityError.exit_code == 1, result.output
     assert "LEAKS THE FUTURE" in result.output
@@ -157,7 +157,8 @@ def test_verify_exits_1_when_a_causal_claim_leaks(monkeypatch: pytest.MonkeyPatc
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--set", "chunk"], "expected key=value"),
+        (["--set", "chunk"], "expected key=v1,v2"),
+        (["--set", "chunk=4,8"], "takes one value here"),
         (["--set", "nope=1"], "not a config field"),
         (["--seq", "2"], "--seq must be >= 3"),
     ],

@@ -10,13 +10,16 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from builders import FAULT_ENV, faults
 from rich.console import Console
+from rows import full_row
 from typer.testing import CliRunner
 
 from hubbench import store
 from hubbench.cli import app
-from hubbench.cli.run import suites_table
-from hubbench.runner import FAULT_ENV
+from hubbench.cli.tables import suites_table
+
+BUILDER = f"{Path(__file__).with_name('builders.py')}:build"
 
 TINY = """
 description = "tiny real models"
@@ -94,11 +97,6 @@ def test_malformed_suite_file_names_line_and_column(runner: CliRunner, tmp_path:
     assert "tiny.toml: invalid TOML" in result.stderr and "line 17, column 11" in result.stderr
 
 
-def test_debug_shows_the_traceback(runner: CliRunner) -> None:
-    result = runner.invoke(app, ["--debug", "run", "nope"])
-    assert result.exit_code != 0 and result.exception is not None
-
-
 def test_unwritable_results_dir_fails_before_anything_runs(
     runner: CliRunner, tmp_path: Path
 ) -> None:
@@ -112,13 +110,11 @@ def test_unwritable_results_dir_fails_before_anything_runs(
 def test_results_lists_and_shows_runs(runner: CliRunner, tmp_path: Path) -> None:
     path = store.run_path(tmp_path, "ci", "beef0001")
     rows = [
-        {"schema_version": 1, "run_id": "beef0001", "suite": "ci", "cell_index": 0,
-         "variant": "hub-gpt", "seq": 256, "status": "ok", "time_median_s": 0.01,
-         "time_p10_s": 0.009, "time_p90_s": 0.012, "tokens_per_s": 25600.0,
-         "peak_mem_bytes": 3 * 2**20, "mfu": 0.25, "hubs": 8},
-        {"schema_version": 1, "run_id": "beef0001", "suite": "ci", "cell_index": 1,
-         "variant": "transformer", "attention": "flash", "seq": 256, "status": "skipped",
-         "message": "needs 'hubbench[flash]'"},
+        full_row(run_id="beef0001", suite="ci", cell_index=0, variant="hub-gpt", seq=256,
+                 status="ok", time_median_s=0.01, time_p10_s=0.009, time_p90_s=0.012,
+                 tokens_per_s=25600.0, peak_mem_bytes=3 * 2**20, mfu=0.25, hubs=8),
+        full_row(run_id="beef0001", suite="ci", cell_index=1, variant="transformer",
+                 attention="flash", seq=256, status="skipped", message="needs 'hubbench[flash]'"),
     ]  # fmt: skip
     store.write_rows(path, rows)
     listing = runner.invoke(app, ["results", "--results-dir", str(tmp_path)])
@@ -126,7 +122,7 @@ def test_results_lists_and_shows_runs(runner: CliRunner, tmp_path: Path) -> None
     assert "beef0001" in listing.output and "1 ok, 1 skipped" in listing.output
     shown = runner.invoke(app, ["results", "beef", "--results-dir", str(tmp_path)])
     assert shown.exit_code == 0, shown.output
-    for text in ("hub-gpt", "25,600", "10.0", "9.00-12.0", "3.0M", "25.0%", "skipped",
+    for text in ("hub-gpt", "25,600", "10.0", "9.00-12.0", "3 MiB", "25.0%", "skipped",
                  "hubbench[flash]"):  # fmt: skip
         assert text in shown.output, text
     empty = runner.invoke(app, ["results", "--results-dir", str(tmp_path / "none")])
@@ -173,8 +169,10 @@ def test_interrupted_run_keeps_rows_and_resumes(
     path = tiny_suite(tmp_path)
     results = tmp_path / "results"
     # cell 3 (hub-gpt, n=64, cpu) sends Ctrl-C to the runner mid-cell
-    monkeypatch.setenv(FAULT_ENV, "hub-gpt@64=interrupt")
-    first = runner.invoke(app, ["run", str(path), "--results-dir", str(results)])
+    monkeypatch.setenv(FAULT_ENV, faults({"variant": "hub-gpt", "seq": 64, "fault": "interrupt"}))
+    first = runner.invoke(
+        app, ["run", str(path), "--results-dir", str(results), "--builder", BUILDER]
+    )
     assert first.exit_code == 130, first.output
     assert "interrupted" in first.stderr and "--resume" in first.stderr
     [run_file] = store.list_runs(results)

@@ -1,69 +1,30 @@
 """Timing loop, statistics, memory, FLOP counting and MFU, on a tiny stand-in model.
 
-`build_tiny` is also the worker's builder in test_runner.py / test_cli_run.py (loaded by path),
-so it must stay importable without pytest fixtures.
+The stand-in (builders.TinyLM) is also the worker's builder in test_runner.py.
 """
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
+from builders import build_tiny
 from torch import nn
 
+from hubbench import schema
 from hubbench.flops import PEAK_TABLE, count_flops, peak_flops, table_entry
-from hubbench.measure import derived, measure_step, rss_bytes, summarize, time_calls
+from hubbench.measure import measure_step, rss_bytes, summarize, time_calls
+from hubbench.metrics import measurement_columns
 from hubbench.step import build_step
+from hubbench.variants import make_config
 
 
-class TinyLM(nn.Module):
-    """One attention layer with a naive or SDPA kernel: enough surface for the engine."""
-
-    def __init__(self, variant: str = "tiny", vocab: int = 32, d_model: int = 16, **_: object):
-        super().__init__()
-        self.variant = variant
-        self.config = SimpleNamespace(vocab=vocab, dtype="fp32", d_model=d_model)
-        self.embed = nn.Embedding(vocab, d_model)
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.head = nn.Linear(d_model, vocab)
-        self.naive = variant.endswith("naive")
-        self.last = None
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        h = self.embed(idx)  # (B, n, d)
-        q, k, v = (t.unsqueeze(1) for t in self.qkv(h).chunk(3, dim=-1))  # (B, 1, n, d)
-        if self.naive:
-            n = idx.shape[1]
-            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, 1, n, n)
-            mask = torch.ones(n, n, dtype=torch.bool).triu(1)
-            y = torch.softmax(scores.masked_fill(mask, float("-inf")), -1) @ v
-            self.last = "naive"
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            self.last = "sdpa:test"
-        return self.head(h + y.squeeze(1))
-
-    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self(idx).flatten(0, 1), targets.flatten())
-
-    def backends(self) -> dict[str, str]:
-        return {"attention": self.last} if self.last else {}
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def flops_analytic(self, batch: int, seq: int, mode: str) -> float:
-        return 1e6 * batch * seq * (1 if mode == "fwd" else 3)
-
-
-def build_tiny(variant: str, **fields: object) -> TinyLM:
-    torch.manual_seed(0)
-    return TinyLM(variant, **fields)
+def tiny(attention: str = "sdpa") -> nn.Module:
+    config = make_config("transformer", vocab=32, d_model=16, n_heads=2, attention=attention)
+    return build_tiny("transformer", config)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -103,7 +64,7 @@ def test_time_calls_counts_and_min_time() -> None:
 
 
 def test_measure_step_records_samples_backend_flops_and_memory() -> None:
-    model = build_tiny("tiny")
+    model = tiny()
     step = build_step(model, "fwd_bwd", 2, 64)
     m = measure_step(step, warmup=2, repeats=3)
     assert len(m.samples) == m.stats.count == 3
@@ -114,20 +75,26 @@ def test_measure_step_records_samples_backend_flops_and_memory() -> None:
     if rss_bytes() is not None:  # Linux
         assert m.mem_kind == "cpu_rss" and m.peak_mem_bytes is not None
         assert m.mem_baseline_bytes and m.mem_baseline_bytes > 0
-    d = derived(m, model.flops_analytic(2, 64, "fwd_bwd"), peak=1e12)
+
+    def columns(analytic: float | None, peak: float | None) -> dict:
+        return measurement_columns(m, analytic_flops=analytic, peak_flops=peak,
+                                   peak_source="t", params=1, where="test")  # fmt: skip
+
+    d = columns(model.flops_analytic(2, 64, "fwd_bwd"), 1e12)
+    assert set(d) == set(schema.names("measurement"))
     assert d["tokens_per_s"] == pytest.approx(128 / m.stats.median)
     assert d["tokens_per_s_p10"] <= d["tokens_per_s"] <= d["tokens_per_s_p90"]
     assert d["mfu_basis"] == "analytic"
     assert d["achieved_flops_per_s"] == pytest.approx(3e6 * 128 / m.stats.median)
     assert d["mfu"] == pytest.approx(d["achieved_flops_per_s"] / 1e12)
-    assert derived(m, None, None)["mfu"] is None
-    assert derived(m, None, None)["mfu_basis"] == "counted"
+    assert d["samples_s"] == m.samples and d["time_count"] == 3
+    assert columns(None, None)["mfu"] is None
+    assert columns(None, None)["mfu_basis"] == "counted"
 
 
 def test_warmup_zero_still_counts_outside_the_timed_region() -> None:
     calls = []
-    model = build_tiny("tiny")
-    step = build_step(model, "fwd", 1, 16)
+    step = build_step(tiny(), "fwd", 1, 16)
     inner = step.fn
     step.fn = lambda: (calls.append(1), inner())[-1]
     m = measure_step(step, warmup=0, repeats=2)
@@ -199,7 +166,7 @@ def test_peak_table_and_calibration() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_measure_step_on_cuda() -> None:
-    step = build_step(build_tiny("tiny"), "fwd_bwd", 2, 128, "cuda")
+    step = build_step(tiny(), "fwd_bwd", 2, 128, "cuda")
     m = measure_step(step, warmup=2, repeats=3)
     assert m.mem_kind == "cuda_allocated" and m.peak_mem_bytes > 0
     assert m.peak_mem_reserved_bytes >= m.peak_mem_bytes

@@ -11,7 +11,7 @@ from torch.profiler import record_function
 from typer.testing import CliRunner
 
 from hubbench.cli import app
-from hubbench.cli.profile import parse_sets
+from hubbench.cli.common import single_values
 from hubbench.errors import ConfigError, ReportError
 from hubbench.profile import (
     OPTIMIZER,
@@ -228,10 +228,14 @@ def test_unusable_traces_are_report_errors(tmp_path: Path) -> None:
         analyse_trace(_write(tmp_path, [_ann("mlp", 0, 1)]))
 
 
-def test_parse_sets_and_run_names() -> None:
-    assert parse_sets(["hubs=8", "replace = 0.25"]) == {"hubs": "8", "replace": "0.25"}
-    with pytest.raises(ConfigError, match="expected key=value"):
-        parse_sets(["hubs"])
+def test_single_values_and_run_names() -> None:
+    assert single_values(["hubs=8", "replace = 0.25"]) == {"hubs": "8", "replace": "0.25"}
+    with pytest.raises(ConfigError, match="expected key=v1,v2"):
+        single_values(["hubs"])
+    with pytest.raises(ConfigError, match="--set hubs: takes one value here"):
+        single_values(["hubs=4,8"])
+    with pytest.raises(ConfigError, match="--set hubs: given twice"):
+        single_values(["hubs=4", "hubs=8"])
     name = run_name("hub-gpt", {"hubs": 8, "attention": "sdpa"}, "train", 1, 64, "cuda:0")
     assert name == "hub-gpt_train_b1_n64_cuda0_attention=sdpa_hubs=8"
 
@@ -241,7 +245,9 @@ def test_parse_sets_and_run_names() -> None:
     [
         (["profile", "no-such-model"], "unknown variant 'no-such-model'"),
         (["profile", "hub-gpt", "--set", "nope=1"], "unknown config field(s) nope"),
-        (["profile", "hub-gpt", "--set", "hubs"], "expected key=value"),
+        (["profile", "hub-gpt", "--set", "hubs"], "expected key=v1,v2"),
+        (["profile", "hub-gpt", "--device", "tpu"], "unknown device 'tpu'"),
+        (["profile", "hub-gpt", "--seq", "0"], "--seq, --batch and --top must be >= 1"),
         (["profile", "hub-gpt", "--mode", "decode"], "unknown mode 'decode'"),
     ],
 )
@@ -282,9 +288,10 @@ def test_cli_profiles_hub_gpt_with_memory(tmp_path: Path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_profile_uses_kernel_time(tmp_path: Path) -> None:
     from hubbench.profile import profile_cell
+    from hubbench.variants import make_config
 
-    fields = dict(s.split("=") for s in TINY_HUB)
-    result = profile_cell("hub-gpt", fields, seq=64, device="cuda", out_dir=tmp_path, steps=1)
+    config = make_config("hub-gpt", **dict(s.split("=") for s in TINY_HUB))
+    result = profile_cell("hub-gpt", config, seq=64, device="cuda", out_dir=tmp_path, steps=1)
     summary = result.summary
     rows = {r.name: r for r in summary.stages}
     assert summary.basis == "cuda" and "idle" in rows and summary.device_ops

@@ -3,7 +3,7 @@ import torch
 
 from hubbench import models
 from hubbench.errors import ConfigError, UnavailableError
-from hubbench.step import _slowdown_for, build_step, resolve_device
+from hubbench.step import build_step, torch_device
 
 
 def _model(**extra: object) -> models.LanguageModel:
@@ -49,16 +49,12 @@ def test_bad_mode_and_shape() -> None:
 
 
 def test_devices() -> None:
-    assert resolve_device("cpu").type == "cpu"
+    assert torch_device("cpu").type == "cpu"
     with pytest.raises(ConfigError, match="unknown device 'tpu'"):
-        resolve_device("tpu")
+        torch_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(UnavailableError, match="CUDA is not available"):
-            resolve_device("cuda")
-
-
-def test_test_only_slowdown_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HUBBENCH_TEST_SLOWDOWN", "hub-gpt=0.15, jamba=0.3")
-    assert _slowdown_for("hub-gpt") == 0.15
-    assert _slowdown_for("jamba") == 0.3
-    assert _slowdown_for("transformer") == 0.0
+            torch_device("cuda")
+    else:
+        with pytest.raises(UnavailableError, match="GPU"):
+            torch_device(f"cuda:{torch.cuda.device_count()}")

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from rows import full_row
 
-from hubbench import store
-from hubbench.errors import StoreError
+from hubbench import schema, store
+from hubbench.errors import SchemaError, StoreError
 
 
 def row(i: int, run_id: str = "aaaa0001", status: str = "ok", **extra: object) -> dict:
     base = {
-        "schema_version": store.SCHEMA_VERSION,
         "run_id": run_id,
         "suite": "s",
         "cell_index": i,
@@ -31,15 +32,15 @@ def row(i: int, run_id: str = "aaaa0001", status: str = "ok", **extra: object) -
         "tokens_per_s": 128.0 if status == "ok" else None,
         "git_dirty": False,
     }
-    return base | extra
+    return full_row(**(base | extra))
 
 
 def test_round_trip_keeps_types_nulls_and_samples(tmp_path: Path) -> None:
     path = store.run_path(tmp_path, "s", "aaaa0001")
     store.write_rows(path, [row(0), row(1, status="oom", message="out of memory")])
     df = pd.read_parquet(path)  # the one-liner the README promises
-    assert list(df.columns) == list(store.COLUMN_NAMES)
-    assert df["schema_version"].tolist() == [1, 1]
+    assert list(df.columns) == list(schema.NAMES)
+    assert df["schema_version"].tolist() == [schema.SCHEMA_VERSION] * 2
     assert df.loc[0, "samples_s"].tolist() == [0.4, 0.5, 0.6]
     assert df.loc[1, "status"] == "oom" and df.loc[1, "message"] == "out of memory"
     assert pd.isna(df.loc[1, "time_median_s"]) and pd.isna(df.loc[0, "attention"])
@@ -49,13 +50,30 @@ def test_round_trip_keeps_types_nulls_and_samples(tmp_path: Path) -> None:
     assert store.read_run(path).equals(df)
 
 
-def test_unknown_column_and_bad_type_are_store_errors(tmp_path: Path) -> None:
+def test_unknown_missing_or_mistyped_columns_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "s" / "x-aaaa0001.parquet"
-    with pytest.raises(StoreError, match="outside the schema: speed"):
-        store.write_rows(path, [row(0, speed=3)])
-    with pytest.raises(StoreError, match="do not fit the results schema"):
+    with pytest.raises(SchemaError, match="unknown: speed"):
+        store.write_rows(path, [{**row(0), "speed": 3}])
+    partial = row(0)
+    del partial["threads"]
+    with pytest.raises(SchemaError, match="missing: threads"):
+        store.write_rows(path, [partial])
+    with pytest.raises(SchemaError, match="column seq is int64, got 'long'"):
         store.write_rows(path, [row(0, seq="long")])
+    with pytest.raises(SchemaError, match="column seq is int64"):
+        store.write_rows(path, [row(0, seq=2**64)])
     assert not path.exists()
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_get_the_permissions_the_umask_allows(tmp_path: Path, umask: int, mode: int):
+    old = os.umask(umask)
+    try:
+        path = store.run_path(tmp_path, "s", "aaaa0001")
+        store.write_rows(path, [row(0)])
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
 
 
 def test_rewrites_are_atomic_and_leave_no_temp_files(tmp_path: Path) -> None:
@@ -67,9 +85,8 @@ def test_rewrites_are_atomic_and_leave_no_temp_files(tmp_path: Path) -> None:
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 
-def test_two_runs_at_once_write_two_intact_files(tmp_path: Path) -> None:
+def test_concurrent_writers_each_keep_an_intact_file(tmp_path: Path) -> None:
     writers = [store.RunWriter(store.run_path(tmp_path, "s", rid)) for rid in ("r1", "r2")]
-    assert writers[0].path != writers[1].path  # same second, different run ids
 
     def fill(writer: store.RunWriter, rid: str) -> None:
         for i in range(15):
@@ -86,6 +103,16 @@ def test_two_runs_at_once_write_two_intact_files(tmp_path: Path) -> None:
     for writer, rid in zip(writers, ("r1", "r2"), strict=True):
         df = pd.read_parquet(writer.path)
         assert len(df) == 15 and set(df["run_id"]) == {rid}
+    assert not list(tmp_path.glob("s/.*.tmp"))
+
+
+def test_a_new_run_never_takes_an_existing_id(tmp_path: Path, monkeypatch) -> None:
+    taken = store.run_path(tmp_path, "other", "dup00001")
+    store.write_rows(taken, [row(0, run_id="dup00001")])
+    ids = iter(["dup00001", "new00002"])
+    monkeypatch.setattr(store, "new_run_id", lambda: next(ids))
+    path, run_id = store.reserve_run(tmp_path, "s")
+    assert run_id == "new00002" and path.name.endswith("-new00002.parquet")
 
 
 def test_find_list_and_latest(tmp_path: Path) -> None:
@@ -111,14 +138,21 @@ def test_find_list_and_latest(tmp_path: Path) -> None:
     assert (info.suite, info.run_id, info.rows, info.status) == ("s", "abc11111", 1, {"ok": 1})
 
 
-def test_other_schema_versions_are_refused(tmp_path: Path) -> None:
+def test_newer_schema_versions_are_refused_older_ones_read(tmp_path: Path) -> None:
     path = tmp_path / "s" / "20250101T000000Z-abc11111.parquet"
     path.parent.mkdir(parents=True)
-    pd.DataFrame([row(0, schema_version=2)]).to_parquet(path)
-    with pytest.raises(StoreError, match="schema_version 2; this hubbench reads schema_version 1"):
+    pd.DataFrame([row(0, schema_version=99)]).to_parquet(path)
+    with pytest.raises(StoreError, match="schema_version 99; this hubbench reads schema_version"):
         store.read_run(path)
-    with pytest.raises(StoreError, match="schema_version 2"):
+    with pytest.raises(StoreError, match="schema_version 99"):
         store.read_rows(path)
+    old = {k: v for k, v in row(0, schema_version=1).items() if k not in ("seed", "d_state")}
+    pd.DataFrame([{**old, "config_json": '{"seed": 3}'}]).to_parquet(path)
+    df = store.read_run(path)
+    assert list(df.columns) == list(schema.NAMES) and df.loc[0, "seed"] == 3
+    assert store.read_rows(path)[0]["d_state"] is None
+    with pytest.raises(StoreError, match="--resume extends only schema_version"):
+        store.read_rows(path, for_resume=True)
     pd.DataFrame({"x": [1]}).to_parquet(path)
     with pytest.raises(StoreError, match="not a hubbench run file"):
         store.read_run(path)

@@ -67,7 +67,7 @@ def test_throughput_covers_four_variants_and_both_attentions() -> None:
     plan = expand(load_suite("throughput"), cuda_available=False)
     assert {c.variant for c in plan.cells} == {"transformer", "jamba", "hub-jamba", "hub-gpt"}
     assert {c.seq for c in plan.cells} == {512, 1024, 2048, 4096}
-    attentions = {dict(c.config)["attention"] for c in plan.cells if c.variant == "transformer"}
+    attentions = {c.model_config["attention"] for c in plan.cells if c.variant == "transformer"}
     assert {"naive", "sdpa", "flash"} <= attentions
     cuda = expand(load_suite("throughput"), cuda_available=True)
     assert max(c.seq for c in cuda.cells) > 4096  # larger sizes are the cuda defaults
@@ -86,7 +86,7 @@ def test_ci_suite_carries_ratio_gate_rules_that_match_its_cells() -> None:
 
 def test_scaling_runs_naive_only_where_it_fits() -> None:
     plan = expand(load_suite("scaling"), cuda_available=False)
-    naive = [c.seq for c in plan.cells if dict(c.config).get("attention") == "naive"]
+    naive = [c.seq for c in plan.cells if c.model_config.get("attention") == "naive"]
     assert naive and max(naive) < max(c.seq for c in plan.cells)
     assert max(c.seq for c in plan.cells) == 32768
     assert plan.excluded
@@ -94,7 +94,7 @@ def test_scaling_runs_naive_only_where_it_fits() -> None:
 
 def test_replace_suite_grades_hub_gpt() -> None:
     plan = expand(load_suite("replace"), cuda_available=False)
-    assert {dict(c.config)["replace"] for c in plan.cells} == {0.0, 0.25, 0.5, 0.75, 1.0}
+    assert {c.model_config["replace"] for c in plan.cells} == {0.0, 0.25, 0.5, 0.75, 1.0}
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -184,8 +184,10 @@ def test_bad_measure_values(tmp_path: Path) -> None:
     path.write_text("[measure]\nrepeats = 0\n")
     with pytest.raises(SuiteError, match=r"measure\.repeats must be >= 1"):
         load_suite(path)
-    with pytest.raises(SuiteError, match=r"--\.timeout_s must be > 0"):
+    with pytest.raises(SuiteError, match=r"--timeout must be > 0"):
         measure_overrides(timeout_s=0)
+    with pytest.raises(SuiteError, match=r"--timeout: expected a finite number"):
+        measure_overrides(timeout_s=float("inf"))
 
 
 def test_gate_rules_are_validated(tmp_path: Path) -> None:
@@ -227,9 +229,9 @@ def test_fields_that_do_not_apply_do_not_multiply_cells(tmp_path: Path) -> None:
     assert len(by_variant["transformer"]) == 2  # attention only
     assert len(by_variant["hub-gpt"]) == 2  # hubs only: replace=1 leaves no attention layer
     assert len(by_variant["hub-jamba"]) == 2
-    t = dict(by_variant["transformer"][0].config)
+    t = by_variant["transformer"][0].model_config
     assert "hubs" not in t  # transformer has no such field: null in its row
-    h = dict(by_variant["hub-gpt"][0].config)
+    h = by_variant["hub-gpt"][0].model_config
     assert h["attention"] is None and h["sdpa_kernel"] is None and h["hubs"] in (4, 8)
     assert plan.merged == 2 * 1 + 2 * 1 + 2 * 1  # t x hubs, hub-gpt x attn, hub-jamba x attn
 
@@ -241,7 +243,7 @@ def test_hub_gpt_with_partial_replace_keeps_attention(tmp_path: Path) -> None:
     )
     plan = plan_of(tmp_path, body)
     pairs = sorted(
-        (dict(c.config)["replace"], dict(c.config)["attention"] or "-") for c in plan.cells
+        (c.model_config["replace"], c.model_config["attention"] or "-") for c in plan.cells
     )
     assert pairs == [(0.5, "naive"), (0.5, "sdpa"), (1.0, "-")]
 
@@ -253,7 +255,7 @@ def test_exclude_rules_drop_matching_cells_only(tmp_path: Path) -> None:
         '[[exclude]]\nattention = "naive"\nseq = { gt = 64 }\nreason = "too slow"\n'
     )
     plan = plan_of(tmp_path, body)
-    kept = {(c.variant, dict(c.config)["attention"], c.seq) for c in plan.cells}
+    kept = {(c.variant, c.model_config["attention"], c.seq) for c in plan.cells}
     assert ("transformer", "naive", 128) not in kept
     assert ("transformer", "naive", 64) in kept
     assert ("hub-gpt", None, 128) in kept  # attention is null for hub-gpt: the rule cannot match
@@ -272,11 +274,11 @@ def test_cli_overrides_replace_axes_and_are_typed(tmp_path: Path) -> None:
     overrides = parse_overrides(["hubs=2,4", "replace=0.5"], seq="96", variant="hub-gpt")
     plan = expand(suite, overrides, cuda_available=False)
     assert {c.seq for c in plan.cells} == {96}
-    assert {dict(c.config)["hubs"] for c in plan.cells} == {2, 4}
-    assert {dict(c.config)["replace"] for c in plan.cells} == {0.5}
+    assert {c.model_config["hubs"] for c in plan.cells} == {2, 4}
+    assert {c.model_config["replace"] for c in plan.cells} == {0.5}
     assert {c.variant for c in plan.cells} == {"hub-gpt"}
     plan = expand(suite, {}, measure_overrides(repeats=7, warmup=0), cuda_available=False)
-    assert {(c.repeats, c.warmup) for c in plan.cells} == {(7, 0)}
+    assert {(c.measure.repeats, c.measure.warmup) for c in plan.cells} == {(7, 0)}
 
 
 def test_cli_override_errors() -> None:
@@ -307,11 +309,11 @@ def test_device_overlay_and_auto(tmp_path: Path) -> None:
     path.write_text(text)
     suite = load_suite(path)
     cpu = expand(suite, cuda_available=False)
-    assert [(c.device, c.seq, dict(c.config)["dtype"], c.repeats) for c in cpu.cells] == [
+    assert [(c.device, c.seq, c.model_config["dtype"], c.measure.repeats) for c in cpu.cells] == [
         ("cpu", 64, "fp32", 2)
     ]
     cuda = expand(suite, cuda_available=True)
-    assert [(c.device, c.seq, dict(c.config)["dtype"], c.repeats) for c in cuda.cells] == [
+    assert [(c.device, c.seq, c.model_config["dtype"], c.measure.repeats) for c in cuda.cells] == [
         ("cuda", 256, "bf16", 9),
         ("cuda", 512, "bf16", 9),
     ]
@@ -333,4 +335,4 @@ def test_cell_identity_and_json_round_trip(tmp_path: Path) -> None:
     explicit = expand(suite, parse_overrides(["hubs=8"]), cuda_available=False).cells[0]
     assert explicit.cell_id == a.cell_id  # 8 is the default: same cell either way
     assert Cell.from_json(a.to_json()) == a
-    assert a.model_fields["hubs"] == 8 and "attention" not in a.model_fields
+    assert a.model_config["hubs"] == 8 and a.model_config["attention"] is None

@@ -1,7 +1,9 @@
 """The Typer app: one error boundary, commands registered from sibling modules.
 
-Each `hubbench/cli/<area>.py` defines `register(app)` and holds no logic of its own: it parses,
-calls the library and renders with Rich. Heavy imports stay inside the command functions.
+Each `hubbench/cli/<group>.py` defines `register(app)` and holds no logic of its own: it parses,
+calls the library and renders with Rich (shared tables in `tables.py`, numbers through
+`hubbench.report.format`). Heavy imports stay inside the command functions, so `--help`, `list`
+and `run --dry-run` import neither torch nor pandas.
 The boundary lives in the click group, so `CliRunner` in the tests sees exactly what a user sees:
 a `HubbenchError` becomes one line on stderr and its exit code; `--debug` re-raises it.
 """
@@ -42,9 +44,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
-# Modules that contribute commands. A module that does not exist yet is skipped; one that fails
-# to import is a bug and raises.
-_COMMAND_MODULES = ("models", "run", "report", "profile", "verify")
+# The command groups, in `hubbench --help` order.
+_COMMAND_MODULES = ("listing", "run", "results", "env", "report", "gate", "profile", "verify")
 
 
 @app.callback()
@@ -54,18 +55,8 @@ def _root(
     """hubbench: honest speed and causality numbers for sub-quadratic mixers."""
 
 
-def _register_all() -> None:
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"hubbench.cli.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"hubbench.cli.{name}":
-                continue
-            raise
-        module.register(app)
-
-
-_register_all()
+for _name in _COMMAND_MODULES:
+    importlib.import_module(f"hubbench.cli.{_name}").register(app)
 
 
 def main() -> None:

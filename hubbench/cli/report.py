@@ -1,211 +1,60 @@
-"""`hubbench plot`, `compare`, `gate`, `report`: read stored runs, never run a model.
+"""`hubbench plot` and `hubbench report`: figures and the one-page HTML report of stored runs.
 
-Thin layer: parse options, call hubbench.report, print with Rich. Exit codes come from the error
-boundary: 0 ok, 1 regression (GateFailure), 2 unusable input (ReportError and friends).
+Thin layer: parse options, call hubbench.report, print with Rich. Nothing here runs a model.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
-if TYPE_CHECKING:
-    from hubbench.report.gate import GateResult
-
-RESULTS_HELP = "Directory of the runs (default: $HUBBENCH_RESULTS, else ./results)."
+from hubbench.cli.common import LIST_HELP, RESULTS_HELP, console, listed
 
 
 def register(app: typer.Typer) -> None:
     app.command("plot")(plot_cmd)
-    app.command("compare")(compare_cmd)
-    app.command("gate")(gate_cmd)
     app.command("report")(report_cmd)
 
 
 def plot_cmd(
     runs: list[str] | None = typer.Argument(
-        None, help="Run ids, .parquet paths or 'latest' (default: the latest run); pooled."
+        None,
+        help="Run ids, .parquet paths or 'latest' (default: the latest run); several are pooled, "
+        "every row kept.",
     ),
     kind: list[str] | None = typer.Option(
         None,
         "--kind",
         "-k",
-        help="throughput | scaling | speedup | heatmap | memory; repeatable (default: every kind "
-        "the data supports).",
+        help=f"throughput | scaling | speedup | heatmap | memory ({LIST_HELP}; default: every "
+        "kind the data supports).",
     ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Output directory (default: plots/<run_id>)."
     ),
-    image_format: list[str] = typer.Option(["png", "svg"], "--format", help="png and/or svg."),
+    image_format: list[str] | None = typer.Option(
+        None, "--format", help=f"png and/or svg ({LIST_HELP}; default: both)."
+    ),
     results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
 ) -> None:
-    """Plot a run: tokens/s, scaling exponents, speedups, hubs x topk heatmaps, memory.
+    """Plot runs: tokens/s, scaling exponents, speedups, hubs x topk heatmaps, memory.
 
-    Example: hubbench plot --kind scaling --kind speedup --out plots/
-    """  # fmt: skip
-    from rich.console import Console
+    Example: hubbench plot --kind scaling,speedup --out plots/
+    """
+    from rich.markup import escape
 
     from hubbench.report.load import load_runs
-    from hubbench.report.plots import plot_run
+    from hubbench.report.plots import FORMATS, plot_run
 
     df = load_runs(runs, results_dir)
     out_dir = out or Path("plots") / "+".join(str(r) for r in dict.fromkeys(df["run_id"]))
-    outcome = plot_run(df, out_dir, kinds=kind, formats=image_format)
-    console = Console()
+    outcome = plot_run(df, out_dir, kinds=listed(kind), formats=listed(image_format) or FORMATS)
+    printer = console()
     for path in outcome.written:
-        console.print(f"[green]wrote[/] {path}", highlight=False)
+        printer.print(f"[green]wrote[/] {escape(str(path))}", highlight=False)
     for name, why in outcome.skipped.items():
-        console.print(f"[yellow]no {name} plot:[/] {why}", highlight=False)
-
-
-def compare_cmd(
-    run_a: str = typer.Argument(..., help="Run A (the reference): run id or .parquet path."),
-    run_b: str = typer.Argument(..., help="Run B: run id or .parquet path."),
-    metric: list[str] = typer.Option(
-        ["tokens_per_s", "peak_mem_bytes"], "--metric", "-m", help="Metric(s) to compare."
-    ),
-    markdown: Path | None = typer.Option(None, "--markdown", help="Also write Markdown here."),
-    output: str = typer.Option("table", "--format", help="table (Rich) or md (Markdown)."),
-    resamples: int = typer.Option(2000, "--resamples", help="Bootstrap resamples per ratio."),
-    confidence: float = typer.Option(0.95, "--confidence", help="Confidence level of the CI."),
-    results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
-) -> None:
-    """Compare two runs cell by cell: B/A ratios with bootstrap CIs; beyond-noise changes coloured.
-
-    Example: hubbench compare 3f2a91c0 7be04d12 --markdown compare.md
-    """
-    from rich.console import Console
-
-    from hubbench.errors import ReportError
-    from hubbench.report.compare import compare_runs, to_markdown, to_rich
-    from hubbench.report.load import load_run
-
-    if output not in ("table", "md"):
-        raise ReportError(f"--format {output!r}: valid are table, md")
-    cmp = compare_runs(
-        load_run(run_a, results_dir),
-        load_run(run_b, results_dir),
-        metric,
-        resamples=resamples,
-        confidence=confidence,
-    )
-    md = to_markdown(cmp)
-    if output == "md":
-        typer.echo(md)
-    else:
-        Console().print(to_rich(cmp))
-    if markdown is not None:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(md, encoding="utf-8")
-
-
-def gate_cmd(
-    baseline: Path | None = typer.Option(
-        None, "--baseline", help="Baseline run (.parquet) to hold the candidate to."
-    ),
-    candidate: str | None = typer.Option(
-        None, "--candidate", help="Candidate run (default: the latest run of the baseline's suite)."
-    ),
-    ratios: str | None = typer.Option(
-        None, "--ratios", help="Gate the ratio rules of this run's suite ('latest' allowed)."
-    ),
-    suite: str | None = typer.Option(
-        None, "--suite", help="Suite (name or TOML) whose gate table applies (ratio mode)."
-    ),
-    metric: str = typer.Option("tokens_per_s", "--metric", help="Metric (baseline mode)."),
-    max_regression: str = typer.Option(
-        "5%", "--max-regression", help="Allowed worsening, e.g. 5% or 0.05 (baseline mode)."
-    ),
-    summary: Path | None = typer.Option(
-        None,
-        "--summary",
-        help="Write the Markdown summary here (also appended to $GITHUB_STEP_SUMMARY when set).",
-    ),
-    resamples: int = typer.Option(2000, "--resamples", help="Bootstrap resamples per check."),
-    confidence: float = typer.Option(0.95, "--confidence", help="Confidence level of the CI."),
-    results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
-) -> None:
-    """Fail (exit 1) when a metric regresses beyond noise; exit 2 when the input is unusable.
-
-    A check fails only when its whole bootstrap CI lies beyond the threshold.
-
-    Examples:
-      hubbench gate --baseline results/baselines/ci.parquet --candidate latest --max-regression 5%
-      hubbench gate --ratios latest --summary gate.md
-    """  # fmt: skip
-    from rich.console import Console
-
-    from hubbench.errors import HubbenchError, ReportError
-    from hubbench.report import gate
-    from hubbench.report.format import percent
-
-    try:
-        if (baseline is None) == (ratios is None):
-            raise ReportError("give either --baseline FILE (with --candidate RUN) or --ratios RUN")
-        if baseline is not None:
-            result = _gate_baseline(
-                baseline, candidate, metric, percent(max_regression), resamples, confidence,
-                results_dir,
-            )  # fmt: skip
-        else:
-            result = _gate_ratios(ratios, suite, resamples, confidence, results_dir)
-    except HubbenchError as exc:  # unusable input: say why in the summary too, then exit 2
-        gate.write_summary(f"### hubbench gate: ⚠️ unusable input\n\n{exc}\n", summary)
-        raise
-    Console().print(gate.to_rich(result))
-    gate.write_summary(gate.to_markdown(result), summary)
-    if not result.passed:
-        names = ", ".join(c.name for c in result.failed[:5])
-        more = f" (+{len(result.failed) - 5} more)" if len(result.failed) > 5 else ""
-        raise gate.GateFailure(
-            f"{len(result.failed)} check(s) regressed beyond noise: {names}{more}"
-        )
-    Console().print(f"[green]gate passed[/]: {len(result.checks)} check(s)", highlight=False)
-
-
-def _gate_baseline(
-    baseline: Path,
-    candidate: str | None,
-    metric: str,
-    max_regression: float,
-    resamples: int,
-    confidence: float,
-    results_dir: Path | None,
-) -> GateResult:
-    from hubbench.errors import ReportError
-    from hubbench.report.gate import gate_baseline
-    from hubbench.report.load import default_results_dir, latest_path, load_run
-
-    if not baseline.is_file():
-        raise ReportError(
-            f"baseline file {baseline} not found; record one with `hubbench run <suite>` and "
-            f"copy its parquet there (results/baselines/ is kept in git)"
-        )
-    base = load_run(baseline, results_dir)
-    if candidate is None or candidate == "latest":
-        suites = sorted({str(s) for s in base["suite"]})
-        cand_spec = latest_path(
-            default_results_dir(results_dir), suite=suites[0] if len(suites) == 1 else None
-        )
-    else:
-        cand_spec = candidate
-    cand = load_run(cand_spec, results_dir)
-    return gate_baseline(
-        base, cand, metric, max_regression, resamples=resamples, confidence=confidence
-    )
-
-
-def _gate_ratios(
-    ratios: str, suite: str | None, resamples: int, confidence: float, results_dir: Path | None
-) -> GateResult:
-    from hubbench.report.gate import gate_ratios, load_rules
-    from hubbench.report.load import load_run
-
-    run = load_run(None if ratios == "latest" else ratios, results_dir)
-    rules, name = load_rules(run, suite)
-    return gate_ratios(run, rules, name, resamples=resamples, confidence=confidence)
+        printer.print(f"[yellow]no {name} plot:[/] {escape(why)}", highlight=False)
 
 
 def report_cmd(
@@ -218,8 +67,8 @@ def report_cmd(
     """Write one self-contained HTML page for a run: figures, ratio gate, results, environment.
 
     Example: hubbench report latest --out reports/latest.html
-    """  # fmt: skip
-    from rich.console import Console
+    """
+    from rich.markup import escape
 
     from hubbench.report.html import write_report
     from hubbench.report.load import load_run
@@ -227,4 +76,4 @@ def report_cmd(
     df = load_run(run, results_dir)
     target = out or Path("reports") / f"{df['run_id'].iloc[0]}.html"
     write_report(df, target)
-    Console().print(f"[green]wrote[/] {target}", highlight=False)
+    console().print(f"[green]wrote[/] {escape(str(target))}", highlight=False)

@@ -25,24 +25,13 @@ SMALL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "mlp_ratio": 2.0}
 SMALL_HUB = {"hubs": 4, "topk": 4, "neighbours": 1, "chunk": 8}
 
 
-def parse_sets(items: list[str] | None) -> dict[str, str]:
-    """`--set key=value` pairs (values stay strings; `make_config` coerces them by type)."""
-    out: dict[str, str] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip() or not value.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set chunk=8")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def variant_fields(variants: list[str], sets: dict[str, str]) -> dict[str, dict[str, object]]:
     """Config fields per variant: the small defaults that apply, then `--set` where it applies.
 
     A `--set` key must be a field of at least one selected variant; it is applied to those
     that have it (so `--set chunk=4` over all variants reaches the hub variants only).
     """
-    from hubbench.models import config_fields
+    from hubbench.variants import config_fields
 
     valid = {v: set(config_fields(v)) for v in variants}
     known = set().union(*valid.values())
@@ -121,27 +110,27 @@ def register(app: typer.Typer) -> None:
 
         Example: hubbench verify causal hub-gpt transformer --seq 40 --set chunk=8
         """
-        from rich.console import Console
-
-        from hubbench import models
         from hubbench.causality import CausalityError, check_model, claims_causal
+        from hubbench.cli.common import console, single_values
+        from hubbench.models import build
+        from hubbench.variants import REGISTRY, get_spec, make_config
 
         if seq < 3:
             raise ConfigError(f"--seq must be >= 3 (got {seq})")
         if seeds < 1 or batch < 2:
             raise ConfigError(f"--seeds must be >= 1 and --batch >= 2 (got {seeds}, {batch})")
-        names = list(variants or models.REGISTRY)
+        names = list(variants or REGISTRY)
         for name in names:
-            models.get_spec(name)  # unknown variant -> ConfigError listing the valid ones
-        per_variant = variant_fields(names, parse_sets(sets))
-        console = Console()
+            get_spec(name)  # unknown variant -> ConfigError listing the valid ones
+        per_variant = variant_fields(names, single_values(sets))
+        out = console()
         leaking: list[str] = []
         for name in names:
-            model = models.build_model(name, **per_variant[name])
+            model = build(name, make_config(name, **per_variant[name]))
             causal = claims_causal(model)
             report = check_model(model, n=seq, batch=batch, seeds=tuple(range(seeds)))
-            console.print(f"[bold]{name}[/]: {verdict(report, causal)}")
-            console.print(report_table(name, per_variant[name], report, causal))
+            out.print(f"[bold]{name}[/]: {verdict(report, causal)}")
+            out.print(report_table(name, per_variant[name], report, causal))
             if causal and not report.passed:
                 bad = [r for r in report.results if not r.passed]
                 leaking.append(

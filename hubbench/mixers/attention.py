@@ -22,14 +22,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hubbench.errors import ConfigError, UnavailableError
 from hubbench.mixers.rope import rotary
+from hubbench.variants import ATTENTION_BACKENDS, SDPA_KERNELS
 
 try:
     from flash_attn import flash_attn_func
 except ImportError:
     flash_attn_func = None
 
-BACKENDS = ("naive", "sdpa", "flash")
-SDPA_KERNELS = ("auto", "flash", "efficient", "math", "cudnn")
 
 # aten op (as dispatched) -> the name recorded in results
 _SDPA_OPS = {
@@ -85,9 +84,9 @@ class Attention(nn.Module):
             raise ConfigError(
                 f"attention: d_model={d_model} must be divisible by n_heads={n_heads}"
             )
-        if backend not in BACKENDS:
+        if backend not in ATTENTION_BACKENDS:
             raise ConfigError(
-                f"attention: unknown backend {backend!r}; valid: {', '.join(BACKENDS)}"
+                f"attention: unknown backend {backend!r}; valid: {', '.join(ATTENTION_BACKENDS)}"
             )
         if sdpa_kernel not in SDPA_KERNELS:
             raise ConfigError(

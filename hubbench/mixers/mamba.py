@@ -1,6 +1,8 @@
 """Mamba-1 selective-SSM mixer with two implementations behind one signature.
 
-- `ref`: this project's PyTorch selective scan, on any device. It is the `impl` that CPU runs use.
+- `ref`: this project's PyTorch implementation (`selective_scan_chunked`, a chunked vectorised
+  scan), on any device. It is the `impl` that CPU runs use. `selective_scan_ref` is the slow
+  per-token loop it is tested against (mamba-ssm's naming: `_ref` is the plain reference).
 - `fused`: mamba-ssm's CUDA kernels (`selective_scan_fn`, plus `causal_conv1d_fn` when the
   causal-conv1d package is present, as mamba-ssm itself does), or an UnavailableError that says
   how to install them.
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hubbench.errors import ConfigError, UnavailableError
+from hubbench.variants import MAMBA_IMPLS
 
 try:
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -40,7 +43,6 @@ try:
 except ImportError:
     causal_conv1d_fn = None
 
-IMPLS = ("ref", "fused")
 # Tokens per chunk of the ref scan. On the 2-core CPU, 64 beat 32, 128 and 256 for fwd+bwd at
 # D_inner 512, N 16 (benchmarks/mamba_vs_mambapy.py): chunk buffers stay in cache while the number
 # of Python-level chunk iterations stays small.
@@ -190,7 +192,7 @@ def _selective_scan_bld(
     delta_softplus: bool = False,
     chunk_size: int = SCAN_CHUNK,
 ) -> Tensor:
-    """`selective_scan_ref` in (batch, length, channel) layout, the layout the block works in.
+    """`selective_scan_chunked` in (batch, length, channel) layout, the layout the block works in.
 
     u, delta, z: (B, L, D_inner); A: (D_inner, N); B, C: (B, L, N) -> (B, L, D_inner).
     """
@@ -222,7 +224,7 @@ def _check_scan_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
             )
 
 
-def selective_scan_ref(
+def selective_scan_chunked(
     u: Tensor,
     delta: Tensor,
     A: Tensor,
@@ -259,7 +261,7 @@ def selective_scan_ref(
     return y.transpose(1, 2)
 
 
-def selective_scan_sequential(
+def selective_scan_ref(
     u: Tensor,
     delta: Tensor,
     A: Tensor,
@@ -270,7 +272,10 @@ def selective_scan_sequential(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
 ) -> Tensor:
-    """Ground truth for `selective_scan_ref`: the recurrence as a plain loop over tokens (slow)."""
+    """The reference scan, as mamba-ssm's `selective_scan_ref`: a plain loop over tokens (slow).
+
+    Ground truth for `selective_scan_chunked` and for the fused kernel.
+    """
     _check_scan_shapes(u, delta, A, B, C)
     dtype_in = u.dtype
     f = torch.promote_types(dtype_in, torch.float32)
@@ -321,8 +326,8 @@ class Mamba(nn.Module):
         self.d_inner = _positive_int("expand", expand) * d_model
         self.dt_rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
         _positive_int("dt_rank", self.dt_rank)
-        if impl not in IMPLS:
-            raise ConfigError(f"mamba: unknown impl {impl!r}; valid: {', '.join(IMPLS)}")
+        if impl not in MAMBA_IMPLS:
+            raise ConfigError(f"mamba: unknown impl {impl!r}; valid: {', '.join(MAMBA_IMPLS)}")
         if impl == "fused" and selective_scan_fn is None:
             raise UnavailableError(f"mamba impl 'fused' needs mamba-ssm's kernels: {INSTALL_HINT}")
         self.impl = impl

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hubbench import schema
 from hubbench.errors import ReportError
 from hubbench.report import format as fmt
 from hubbench.report.load import join_fields, labeller, norm_value, run_label
-from hubbench.report.metrics import Metric, get_metric
 from hubbench.report.stats import CONFIDENCE, RESAMPLES, SEED, RatioCI, ratio_ci
 
 if TYPE_CHECKING:
@@ -38,13 +38,13 @@ class CellComparison:
 class Comparison:
     run_a: str
     run_b: str
-    metrics: list[Metric]
+    metrics: list[schema.Column]
     cells: list[CellComparison]
     confidence: float
     resamples: int
 
 
-def change(metric: Metric, ci: RatioCI) -> int:
+def change(metric: schema.Column, ci: RatioCI) -> int:
     """+1 better, -1 worse, 0 within noise (or not decidable)."""
     if ci.bootstrapped:
         moved = ci.excludes(1.0)
@@ -61,7 +61,7 @@ def _value(row: Any, col: str) -> float | None:
 
 
 def metric_ratio(
-    metric: Metric, num: Any, den: Any, *, resamples: int, confidence: float, seed: int
+    metric: schema.Column, num: Any, den: Any, *, resamples: int, confidence: float, seed: int
 ) -> RatioCI | None:
     """CI of num[metric] / den[metric] for two ok rows; None when either value is missing."""
     a, b = _value(num, metric.name), _value(den, metric.name)
@@ -94,6 +94,27 @@ def explain_no_overlap(a: pd.DataFrame, b: pd.DataFrame, fields: list[str]) -> s
     return "; ".join(parts) if parts else "no single field differs; the combinations do"
 
 
+@dataclass
+class Joined:
+    """Two runs matched cell by cell (on their cell fields, never on run id or position)."""
+
+    fields: list[str]
+    a: dict[str, Any]  # cell key -> row, in A's order
+    b: dict[str, Any]
+
+
+def join_runs(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> Joined:
+    """The cells of A and B by key; ReportError naming what keeps them apart when none match."""
+    fields = [f for f in join_fields(a) if f in b.columns]
+    joined = Joined(fields, index_by_cell(a, fields), index_by_cell(b, fields))
+    if not any(k in joined.b for k in joined.a):
+        raise ReportError(
+            f"no matching cells between {name_a} ({run_label(a)}) and {name_b} "
+            f"({run_label(b)}): " + explain_no_overlap(a, b, fields)
+        )
+    return joined
+
+
 def compare_runs(
     a: pd.DataFrame,
     b: pd.DataFrame,
@@ -105,16 +126,10 @@ def compare_runs(
 ) -> Comparison:
     import pandas as pd
 
-    ms = [get_metric(m) for m in metrics]
-    fields = [f for f in join_fields(a) if f in b.columns]
-    rows_a, rows_b = index_by_cell(a, fields), index_by_cell(b, fields)
-    common = [k for k in rows_a if k in rows_b]
-    if not common:
-        raise ReportError(
-            f"no matching cells between A ({run_label(a)}) and B ({run_label(b)}): "
-            + explain_no_overlap(a, b, fields)
-        )
-    label = labeller(pd.concat([a, b], ignore_index=True), fields)
+    ms = [schema.metric(m) for m in metrics]
+    joined = join_runs(a, b, "A", "B")
+    rows_a, rows_b = joined.a, joined.b
+    label = labeller(pd.concat([a, b], ignore_index=True), joined.fields)
     cells = []
     for key in [*rows_a, *(k for k in rows_b if k not in rows_a)]:
         ra, rb = rows_a.get(key), rows_b.get(key)

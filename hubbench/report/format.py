@@ -1,11 +1,17 @@
-"""Number formatting shared by tables, Markdown and plots: one spelling for each quantity."""
+"""Number formatting shared by the CLI tables, Markdown, HTML and plots: one spelling each."""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from hubbench.report.metrics import Metric
-from hubbench.report.stats import RatioCI
+if TYPE_CHECKING:
+    from hubbench.report.stats import RatioCI
+    from hubbench.schema import Column
+
+
+def _missing(value: float | None) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _three(x: float) -> str:
@@ -15,7 +21,7 @@ def _three(x: float) -> str:
 
 def si(value: float | None) -> str:
     """1234567 -> '1.23M'; None / NaN -> '-'."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "-"
     for scale, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= scale:
@@ -24,7 +30,7 @@ def si(value: float | None) -> str:
 
 
 def binary_bytes(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "-"
     for scale, suffix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
         if abs(value) >= scale * 1000 / 1024:  # 1000 MiB reads better as 0.977 GiB
@@ -33,7 +39,7 @@ def binary_bytes(value: float | None) -> str:
 
 
 def seconds(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return "-"
     if value >= 1:
         return f"{value:.3g} s"
@@ -42,13 +48,36 @@ def seconds(value: float | None) -> str:
     return f"{value * 1e6:.3g} µs"
 
 
-def metric_value(metric: Metric, value: float | None) -> str:
+def milliseconds(value: float | None) -> str:
+    """Seconds as milliseconds to about three significant digits: 2,224 / 264 / 54.1 / 5.92."""
+    if _missing(value):
+        return "-"
+    ms = float(value) * 1e3
+    decimals = 0 if ms >= 100 else 1 if ms >= 10 else 2
+    return f"{ms:,.{decimals}f}"
+
+
+def count(value: float | None) -> str:
+    """A rate or count in full with thousands separators: 25,600."""
+    if _missing(value):
+        return "-"
+    return f"{float(value):,.0f}"
+
+
+def fraction(value: float | None) -> str:
+    """0.253 -> '25.3%'."""
+    if _missing(value):
+        return "-"
+    return f"{100 * float(value):.1f}%"
+
+
+def metric_value(metric: Column, value: float | None) -> str:
     if metric.unit == "bytes":
         return binary_bytes(value)
     if metric.unit == "s":
         return seconds(value)
-    if metric.name == "mfu":
-        return "-" if value is None or math.isnan(value) else f"{100 * value:.1f}%"
+    if metric.unit == "fraction":
+        return fraction(value)
     return si(value)
 
 

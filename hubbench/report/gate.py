@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hubbench import schema
 from hubbench.errors import HubbenchError, ReportError
 from hubbench.report import format as fmt
-from hubbench.report.compare import explain_no_overlap, index_by_cell, metric_ratio
+from hubbench.report.compare import join_runs, metric_ratio
 from hubbench.report.load import (
-    CONFIG_PREFIX,
     join_fields,
     labeller,
     norm_value,
@@ -29,7 +29,6 @@ from hubbench.report.load import (
     run_label,
     varying_fields,
 )
-from hubbench.report.metrics import Metric, get_metric
 from hubbench.report.stats import CONFIDENCE, MIN_SAMPLES, RESAMPLES, SEED, RatioCI
 
 if TYPE_CHECKING:
@@ -48,7 +47,7 @@ class GateFailure(HubbenchError):
 @dataclass
 class Check:
     name: str
-    metric: Metric
+    metric: schema.Column
     ref: float | None  # baseline value, or the denominator's
     value: float | None  # candidate value, or the numerator's
     ci: RatioCI | None
@@ -126,18 +125,12 @@ def gate_baseline(
     """Every baseline cell against the same cell in the candidate run."""
     import pandas as pd
 
-    m = get_metric(metric)
+    m = schema.metric(metric)
     require_ok(baseline, f"baseline {run_label(baseline)}")
     require_ok(candidate, f"candidate {run_label(candidate)}")
-    fields = [f for f in join_fields(baseline) if f in candidate.columns]
-    base, cand = index_by_cell(baseline, fields), index_by_cell(candidate, fields)
-    common = [k for k in base if k in cand]
-    if not common:
-        raise ReportError(
-            f"no matching cells between baseline ({run_label(baseline)}) and candidate "
-            f"({run_label(candidate)}): " + explain_no_overlap(baseline, candidate, fields)
-        )
-    label = labeller(pd.concat([baseline, candidate], ignore_index=True), fields)
+    joined = join_runs(baseline, candidate, "baseline", "candidate")
+    base, cand = joined.a, joined.b
+    label = labeller(pd.concat([baseline, candidate], ignore_index=True), joined.fields)
     lo, hi = (1 - max_regression, None) if m.higher_is_better else (None, 1 + max_regression)
     checks = []
     for key, rb in base.items():
@@ -175,7 +168,7 @@ def gate_baseline(
     )
 
 
-def _num(row: Any, m: Metric) -> float | None:
+def _num(row: Any, m: schema.Column) -> float | None:
     v = norm_value(row[m.name]) if m.name in row.index else None
     return None if v is None else float(v)
 
@@ -187,16 +180,8 @@ def _matches(value: Any, wanted: Any) -> bool:
     return v == w or (v is not None and str(v) == str(w))
 
 
-def _column(df: pd.DataFrame, key: str) -> str:
-    """A rule key as a column: config fields without a column live under `config.<key>`."""
-    if key not in df.columns and CONFIG_PREFIX + key in df.columns:
-        return CONFIG_PREFIX + key
-    return key
-
-
 def select_cell(df: pd.DataFrame, where: dict[str, Any], rule: str, side: str) -> Any:
     """The one row of df matching every key of `where`; ReportError when none or several."""
-    where = {_column(df, k): v for k, v in where.items()}
     unknown = [k for k in where if k not in df.columns]
     if unknown:
         raise ReportError(
@@ -238,7 +223,7 @@ def gate_ratios(
     require_ok(run, run_label(run))
     checks = []
     for rule in rules:
-        m = get_metric(rule.metric)
+        m = schema.metric(rule.metric)
         if rule.min is None and rule.max is None:
             raise ReportError(f"gate rule {rule.name!r} sets neither min nor max")
         num = select_cell(run, dict(rule.numerator), rule.name, "numerator")

@@ -1,8 +1,8 @@
 """Heatmaps of a hub variant over hubs M x council budget k, one panel per sequence length.
 
-Throughput always; a quality metric too when the run recorded one (a loss, perplexity or
-accuracy column). Brighter is better in both (the colour map is reversed for lower-is-better
-metrics). Cells that did not run are hatched and carry their status.
+One row of panels per metric (throughput; more metrics slot into `metrics`); brighter is better
+in every panel (the colour map is reversed for lower-is-better metrics). Cells that did not run
+are hatched and carry their status.
 """
 
 from __future__ import annotations
@@ -14,42 +14,20 @@ from hubbench.report import format as fmt
 from hubbench.report import style
 from hubbench.report.figure import Figured, new_figure, title
 from hubbench.report.load import cell_keys, fmt_seq, norm_value
-from hubbench.report.series import SYMBOLS, Facet
+from hubbench.report.series import SYMBOLS, Facet, series_fields
+from hubbench.variants import is_router
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
 
-QUALITY_COLUMNS = {  # column -> (label, higher is better)
-    "quality": ("quality", True),
-    "accuracy": ("accuracy", True),
-    "val_loss": ("validation loss", False),
-    "loss": ("loss", False),
-    "val_ppl": ("validation perplexity", False),
-    "ppl": ("perplexity", False),
-    "perplexity": ("perplexity", False),
-}
-
 
 def heat_groups(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """Per hub variant (and other hub settings): the rows of a hubs x topk grid, if >= 2 cells."""
-    hub = df[df["variant"].astype(str).str.startswith("hub")]
+    hub = df[[is_router(str(v)) for v in df["variant"]]]
     if len(hub) == 0:
         return []
-    others = [
-        f
-        for f in (
-            "variant",
-            "attention",
-            "neighbours",
-            "chunk",
-            "replace",
-            "causal",
-            "compile",
-            "mamba_impl",
-        )
-        if f in hub.columns
-    ]
+    others = [f for f in series_fields(hub) if f not in ("hubs", "topk")]
     out = []
     for _, g in hub.groupby(cell_keys(hub, others), sort=False):
         combos = {(norm_value(a), norm_value(b)) for a, b in zip(g["hubs"], g["topk"], strict=True)}
@@ -63,21 +41,11 @@ def heatmaps(facet: Facet) -> list[Figured]:
     return [_heatmap(facet, variant, g) for variant, g in heat_groups(facet.df)]
 
 
-def _quality_column(df: pd.DataFrame) -> str | None:
-    for col in QUALITY_COLUMNS:
-        if col in df.columns and df.loc[df["status"] == "ok", col].notna().any():
-            return col
-    return None
-
-
 def _heatmap(facet: Facet, variant: str, g: pd.DataFrame) -> Figured:
     hubs = sorted({int(norm_value(v)) for v in g["hubs"] if norm_value(v) is not None})
     topk = sorted({int(norm_value(v)) for v in g["topk"] if norm_value(v) is not None})
     seqs = sorted({int(v) for v in g["seq"]})
     metrics = [("tokens_per_s", "throughput (tokens/s)", True)]
-    quality = _quality_column(g)
-    if quality:
-        metrics.append((quality, *QUALITY_COLUMNS[quality]))
     cols = min(len(seqs), 3)
     rows = -(-len(seqs) // cols) * len(metrics)
     panel_w, panel_h = 0.62 * len(topk) + 1.4, 0.42 * len(hubs) + 1.25

@@ -14,18 +14,16 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hubbench import schema
 from hubbench.errors import HubbenchError
 from hubbench.report import format as fmt
 from hubbench.report.load import fmt_seq, labeller, norm_value, run_label
+from hubbench.variants import display_order
 
 if TYPE_CHECKING:
     import pandas as pd
 
-ENV_FIELDS = (
-    "suite", "run_id", "utc_time", "hubbench_version", "git_commit", "git_dirty",
-    "torch_version", "cuda_version", "cudnn_version", "device_name", "cpu_model", "threads",
-    "host", "schema_version",
-)  # fmt: skip
+ENV_FIELDS = ("suite", "run_id", "device_name", *schema.names("env"), "schema_version")
 
 CSS = """
 body { font: 15px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1d1d1f;
@@ -85,9 +83,8 @@ def _results_table(df: pd.DataFrame) -> str:
     head = ["cell", "n", "status", "tokens/s", "step time (p10–p90)", "peak memory", "MFU",
             "backends"]  # fmt: skip
     out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
-    order = {"transformer": 0, "jamba": 1, "hub-gpt": 2, "hub-jamba": 3}
     keyed = [
-        (order.get(str(r["variant"]), 9), label_of(r), int(r["seq"]), r) for _, r in df.iterrows()
+        (display_order(str(r["variant"])), label_of(r), int(r["seq"]), r) for _, r in df.iterrows()
     ]
     for _, label, _, r in sorted(keyed, key=lambda k: k[:3]):
         label = html.escape(label)

@@ -1,9 +1,9 @@
 """Find runs, check their schema, and give every row a cell identity that survives re-runs.
 
-Reading goes through `hubbench.store` (the one owner of the on-disk format); this module adds
-what reports need on top: schema checks with one-line reasons, a canonical cell key (the cell
-fields, not run_id / cell_index, so the same cell in two runs joins), and helpers that describe
-a cell by the fields that actually vary.
+Reading goes through `hubbench.store` (the one owner of the on-disk format) and the field lists
+come from `hubbench.schema`; this module adds what reports need on top: a one-line reason for an
+unusable run, a canonical cell key (the cell fields, not run_id / cell_index, so the same cell in
+two runs joins), and helpers that describe a cell by the fields that actually vary.
 """
 
 from __future__ import annotations
@@ -14,41 +14,11 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hubbench import schema
 from hubbench.errors import ReportError
 
 if TYPE_CHECKING:
     import pandas as pd
-
-SCHEMA_VERSION = 1  # the results schema this code reads
-
-# What defines a cell (contract). warmup / repeats say how carefully it was measured, not what
-# was measured, so a baseline taken with more repeats still joins its candidate.
-CELL_FIELDS: tuple[str, ...] = (
-    "variant", "mode", "device", "dtype", "batch", "seq", "d_model", "n_layers", "n_heads",
-    "vocab", "attention", "sdpa_kernel", "mamba_impl", "hubs", "topk", "neighbours", "chunk",
-    "replace", "causal", "compile", "warmup", "repeats",
-)  # fmt: skip
-MEASUREMENT_FIELDS: tuple[str, ...] = ("warmup", "repeats")
-
-# Columns no report can do without; the rest are optional and filled with nulls.
-REQUIRED_COLUMNS: tuple[str, ...] = (
-    "schema_version", "run_id", "suite", "variant", "seq", "status", "time_median_s",
-    "tokens_per_s",
-)  # fmt: skip
-
-OPTIONAL_COLUMNS: tuple[str, ...] = (
-    *CELL_FIELDS, "cell_index", "cell_id", "message", "backend_attention", "backend_mamba",
-    "backend_hub", "time_min_s", "time_p10_s", "time_p90_s", "time_mean_s", "time_std_s",
-    "time_count", "samples_s", "tokens_per_s_p10", "tokens_per_s_p90", "peak_mem_bytes",
-    "peak_mem_reserved_bytes", "mem_kind", "flops_per_step", "flops_per_step_analytic",
-    "flops_per_token", "achieved_flops_per_s", "mfu", "peak_flops_per_s", "peak_flops_source",
-    "params", "hubbench_version", "git_commit", "git_dirty", "torch_version", "cuda_version",
-    "cudnn_version", "device_name", "cpu_model", "threads", "host", "utc_time",
-)  # fmt: skip
-
-BASELINES_DIR = "baselines"
-CONFIG_PREFIX = "config."  # model config fields without a column of their own, from config_json
-
 
 def norm_value(value: Any) -> Any:
     """One spelling per value: nulls -> None, integral floats -> int, numpy scalars -> Python."""
@@ -80,13 +50,6 @@ def default_results_dir(option: str | Path | None = None) -> Path:
     return store.results_dir(option)
 
 
-def _run_paths(results_dir: Path, suite: str | None = None) -> list[Path]:
-    from hubbench import store
-
-    # results/baselines/ holds pinned copies for the gate, not runs of a suite
-    return [p for p in store.list_runs(results_dir, suite) if p.parent.name != BASELINES_DIR]
-
-
 def _read_path(path: Path) -> pd.DataFrame:
     from hubbench import store
     from hubbench.errors import StoreError
@@ -100,61 +63,27 @@ def _read_path(path: Path) -> pd.DataFrame:
 
 
 def resolve_path(spec: str | Path | None, results_dir: Path) -> Path:
-    """A .parquet path, a run id (prefix), or None / 'latest' -> the run's parquet file."""
+    """A .parquet path, a run id (prefix), `latest` / `latest~N` or None (= latest)."""
     from hubbench import store
 
-    if spec is None or str(spec) == "latest":
-        return latest_path(results_dir)
     return store.find_run(spec, results_dir)
 
 
-def latest_path(results_dir: Path, suite: str | None = None) -> Path:
-    paths = _run_paths(results_dir, suite)
-    if not paths:
-        where = f"{results_dir}/{suite}/" if suite else f"{results_dir}/"
-        raise ReportError(f"no runs found under {where}: run `hubbench run <suite>` first")
-    return paths[-1]
-
-
 def check_schema(df: pd.DataFrame, where: str) -> pd.DataFrame:
-    """Raise ReportError on a foreign schema; add missing optional columns as nulls."""
+    """Raise ReportError for a run no report can use; add absent columns as nulls."""
     if len(df) == 0:
         raise ReportError(f"run {where} has no rows")
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    missing = [c for c in schema.REQUIRED if c not in df.columns]
     if missing:
         raise ReportError(
             f"schema mismatch in {where}: missing column(s) {', '.join(missing)} "
-            f"(results schema_version {SCHEMA_VERSION} has them)"
-        )
-    versions = sorted({norm_value(v) for v in df["schema_version"]}, key=str)
-    if versions != [SCHEMA_VERSION]:
-        raise ReportError(
-            f"schema mismatch in {where}: schema_version {', '.join(map(str, versions))}; "
-            f"this hubbench reads schema_version {SCHEMA_VERSION} (re-run the suite or use the "
-            "hubbench version that wrote it)"
+            f"(results schema_version {schema.SCHEMA_VERSION} has them)"
         )
     df = df.copy()
-    for col in OPTIONAL_COLUMNS:
+    for col in schema.NAMES:
         if col not in df.columns:
             df[col] = None
-    return _expand_config(df.reset_index(drop=True))
-
-
-def _expand_config(df: pd.DataFrame) -> pd.DataFrame:
-    """config_json keys with no column (d_state, mlp_ratio, seed ...) -> `config.<key>` columns.
-
-    They then take part in cell identity and labels like any cell field, so two cells that differ
-    only in, say, d_state never join, and a sweep over it gets labelled.
-    """
-    import json
-
-    if "config_json" not in df.columns or df["config_json"].isna().all():
-        return df
-    configs = [json.loads(c) if isinstance(c, str) else {} for c in df["config_json"]]
-    keys = sorted({k for c in configs for k in c if k not in df.columns})
-    for k in keys:
-        df[CONFIG_PREFIX + k] = [c.get(k) for c in configs]
-    return df
+    return df.reset_index(drop=True)
 
 
 def load_run(spec: str | Path | None, results_dir: Path | None = None) -> pd.DataFrame:
@@ -164,24 +93,26 @@ def load_run(spec: str | Path | None, results_dir: Path | None = None) -> pd.Dat
 
 
 def load_runs(specs: Sequence[str] | None, results_dir: Path | None = None) -> pd.DataFrame:
-    """Several runs pooled into one frame; a cell measured in two runs keeps the later row."""
+    """Several runs pooled into one frame, every row kept (figures tell the runs apart)."""
     import pandas as pd
 
     frames = [load_run(s, results_dir) for s in (specs or [None])]
     if len(frames) == 1:
         return frames[0]
-    df = pd.concat(frames, ignore_index=True)
-    df["_key"] = cell_keys(df)
-    order = df["utc_time"].astype(str) if df["utc_time"].notna().any() else df.index
-    df = df.assign(_order=order).sort_values("_order", kind="stable")
-    df = df.drop_duplicates("_key", keep="last").drop(columns=["_key", "_order"])
-    return df.sort_index().reset_index(drop=True)
+    return pd.concat(frames, ignore_index=True)
+
+
+def overlapping_runs(df: pd.DataFrame) -> bool:
+    """Whether two runs in df measured the same cell (then run_id tells their rows apart)."""
+    if df["run_id"].nunique() < 2:
+        return False
+    keys = cell_keys(df)
+    return bool(keys.groupby(keys).transform("size").gt(1).any())
 
 
 def join_fields(df: pd.DataFrame) -> list[str]:
-    """The columns that make up a cell's identity in df (cell fields, then config extras)."""
-    fields = [f for f in CELL_FIELDS if f in df.columns and f not in MEASUREMENT_FIELDS]
-    return fields + sorted(c for c in df.columns if str(c).startswith(CONFIG_PREFIX))
+    """The columns that make up a cell's identity in df, in schema order."""
+    return [f for f in schema.cell_fields() if f in df.columns]
 
 
 def cell_keys(df: pd.DataFrame, fields: Iterable[str] | None = None) -> pd.Series:
@@ -195,17 +126,21 @@ def cell_keys(df: pd.DataFrame, fields: Iterable[str] | None = None) -> pd.Serie
     return pd.Series(keys, index=df.index, dtype=object)
 
 
+def records(df: pd.DataFrame, fields: Iterable[str]) -> list[dict[str, Any]]:
+    """Rows of df as dicts of plain Python values (norm_value), for the schema helpers."""
+    fields = [f for f in fields if f in df.columns]
+    return [{f: norm_value(v) for f, v in zip(fields, row, strict=True)}
+            for row in df[fields].itertuples(index=False)]  # fmt: skip
+
+
 def varying_fields(df: pd.DataFrame, fields: Iterable[str]) -> list[str]:
     """The fields among `fields` that take more than one value in df (nulls count as a value)."""
-    out = []
-    for f in fields:
-        if f in df.columns and len({norm_value(v) for v in df[f]}) > 1:
-            out.append(f)
-    return out
+    fields = [f for f in fields if f in df.columns]
+    return schema.varying(records(df, fields), fields)
 
 
 def label_fields(df: pd.DataFrame, fields: Iterable[str]) -> list[str]:
-    """The fewest fields that tell df's cells apart, in CELL_FIELDS order.
+    """The fewest fields that tell df's cells apart, in schema order.
 
     A field that only varies between variants (hubs: 8 for hubs, null otherwise) is implied by the
     variant; a field fixed by the others (sdpa_kernel given attention) adds nothing to a label.
@@ -266,7 +201,7 @@ def describe(row: Any, fields: Iterable[str]) -> str:
         if norm_value(row[f]) is None:
             continue  # a field that does not apply to this cell's variant
         v = fmt_value(f, row[f])
-        name = "n" if f == "seq" else f.removeprefix(CONFIG_PREFIX)
+        name = "n" if f == "seq" else f
         parts.append(v if f == "variant" else f"{name}={v}")
     return " ".join(parts) if parts else "(single cell)"
 

@@ -12,26 +12,25 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hubbench.report.load import cell_keys, fmt_value, label_fields, norm_value, varying_fields
-from hubbench.report.style import (
-    ATTENTION_VARIANTS,
-    BASELINE_OF,
-    SeriesStyle,
-    family,
-    series_style,
-    sibling_style,
+from hubbench import schema
+from hubbench.report.load import (
+    cell_keys,
+    fmt_value,
+    label_fields,
+    norm_value,
+    overlapping_runs,
+    varying_fields,
 )
+from hubbench.report.style import SeriesStyle, family, series_style, sibling_style
+from hubbench.variants import baseline_of, display_order, is_baseline, is_router
 
 if TYPE_CHECKING:
     import pandas as pd
 
-FIGURE_FIELDS = (
-    "device_name", "device", "mode", "dtype", "batch", "d_model", "n_layers", "n_heads", "vocab",
-)  # fmt: skip
-SERIES_FIELDS = (
-    "variant", "attention", "sdpa_kernel", "mamba_impl", "hubs", "topk", "neighbours", "chunk",
-    "replace", "causal", "compile",
-)  # fmt: skip
+# A figure holds its device and every `figure` cell field fixed; `series` fields tell its lines
+# apart (hubbench.schema gives each cell field its role).
+FIGURE_FIELDS = ("device_name", *schema.fields_with_role("figure"))
+SERIES_FIELDS = schema.fields_with_role("series")
 # Paper notation for the hub parameters (hubrouter.md), so legends read like the paper.
 SYMBOLS = {"hubs": "M", "topk": "k", "neighbours": "r", "chunk": "C"}
 MODE_TEXT = {"fwd": "forward", "fwd_bwd": "forward+backward", "train": "train step"}
@@ -45,6 +44,7 @@ class Series:
     backend: str | None  # what ran, e.g. "sdpa:flash" (several joined with "/")
     style: SeriesStyle
     rows: pd.DataFrame  # every status, sorted by seq
+    by_run: bool = False  # pooled runs measured the same cells: one series per run
 
     @property
     def ok(self) -> pd.DataFrame:
@@ -55,12 +55,16 @@ class Series:
         return self.rows[self.rows["status"] != "ok"]
 
     @property
+    def run_id(self) -> str:
+        return str(self.rows["run_id"].iloc[0])
+
+    @property
     def is_hub(self) -> bool:
-        return self.variant.startswith("hub")
+        return is_router(self.variant)
 
     @property
     def is_attention_baseline(self) -> bool:
-        return self.variant in ATTENTION_VARIANTS
+        return is_baseline(self.variant)
 
 
 @dataclass
@@ -83,12 +87,14 @@ def _slug(field: str, value: Any) -> str:
 def facets(df: pd.DataFrame, extra: tuple[str, ...] = ()) -> list[Facet]:
     """One facet per combination of the figure fields (and `extra`, e.g. mem_kind) in df."""
     fields = [f for f in (*FIGURE_FIELDS, *extra) if f in df.columns]
-    if "device_name" in df.columns and "device" in df.columns:
-        # a cell that failed before touching the device has no device_name: it belongs with the
-        # cells of its device, not in a figure of its own
-        df = df.copy()
-        names = df.groupby(df["device"].astype(str))["device_name"]
-        df["device_name"] = names.transform(lambda s: s.ffill().bfill())
+    df = df.copy()
+    for derived in ("device_name", *extra):
+        # what a cell records only when it ran (device_name for one that failed before touching
+        # the device, mem_kind for one that never measured): such a cell belongs with the cells
+        # of its device, not in a figure (and a file name) of its own
+        if derived in df.columns and "device" in df.columns:
+            values = df.groupby(df["device"].astype(str))[derived]
+            df[derived] = values.transform(lambda s: s.ffill().bfill())
     split = varying_fields(df, fields)
     if not split:
         return [Facet(_fixed(df, fields), [], df)]
@@ -100,22 +106,27 @@ def _fixed(df: pd.DataFrame, fields: list[str]) -> dict[str, Any]:
     return {f: norm_value(df[f].iloc[0]) for f in fields}
 
 
+def series_fields(df: pd.DataFrame) -> list[str]:
+    """What tells the lines of a figure apart; run_id too when pooled runs share cells."""
+    fields = [f for f in SERIES_FIELDS if f in df.columns]
+    return [*fields, "run_id"] if overlapping_runs(df) else fields
+
+
 def build_series(df: pd.DataFrame) -> list[Series]:
     """The series of one facet, baselines first, in a stable order."""
-    fields = [f for f in SERIES_FIELDS if f in df.columns]
+    fields = series_fields(df)
     shown = [f for f in label_fields(df, fields) if f != "variant"]
     # a hub variant names its attention backend only when the facet has several for it
     hub_attn = {
         str(v) for v, g in df.groupby(df["variant"].astype(str))
-        if v.startswith("hub") and varying_fields(g, ["attention"])
+        if is_router(str(v)) and varying_fields(g, ["attention"])
     }  # fmt: skip
     keys = cell_keys(df, fields)
-    order = {"transformer": 0, "jamba": 1, "hub-gpt": 2, "hub-jamba": 3}
     found = []
     for _, g in df.groupby(keys, sort=False):
         first = g.iloc[0]
         variant = str(first["variant"])
-        rank = (order.get(variant, 9), variant, *(_sortable(first[f]) for f in fields))
+        rank = (display_order(variant), variant, *(_sortable(first[f]) for f in fields))
         found.append((rank, first, g))
     found.sort(key=lambda t: t[0])
     # siblings: series sharing a variant's base style (hub-gpt at M = 4, 8, 16 ...)
@@ -139,13 +150,14 @@ def build_series(df: pd.DataFrame) -> list[Series]:
                 backend=backend,
                 style=style,
                 rows=g.sort_values("seq"),
+                by_run="run_id" in fields,
             )
         )
     return out
 
 
 def _base(variant: str, attention: str | None) -> tuple[str, str | None]:
-    return (variant, None if variant.startswith("hub") else family(attention))
+    return (variant, None if is_router(variant) else family(attention))
 
 
 def _sortable(value: Any) -> tuple[int, Any]:
@@ -173,14 +185,14 @@ def _backend(g: pd.DataFrame) -> str | None:
 def _label(row: Any, shown: list[str], backend: str | None, hub_attention: bool) -> str:
     parts = [str(row["variant"])]
     attention = norm_value(row["attention"])
-    if attention is not None and (row["variant"] in ATTENTION_VARIANTS or hub_attention):
+    if attention is not None and (is_baseline(str(row["variant"])) or hub_attention):
         parts.append(backend or str(attention))
     params = []
     for f in shown:
         value = norm_value(row[f])
         if f in ("attention", "sdpa_kernel") or value is None:
             continue
-        name = SYMBOLS.get(f, f)
+        name = SYMBOLS.get(f, "run" if f == "run_id" else f)
         params.append(f"{name}={fmt_value(f, value)}")
     if params:
         parts.append(" ".join(params))
@@ -188,12 +200,16 @@ def _label(row: Any, shown: list[str], backend: str | None, hub_attention: bool)
 
 
 def speedup_pairs(series: list[Series]) -> list[tuple[Series, Series, str]]:
-    """(hub, its baseline, 'native' | 'optimised') for every baseline backend in the facet."""
+    """(hub, its baseline, 'native' | 'optimised') for every baseline backend in the facet.
+
+    Pooled runs that share cells pair each hub series with the baselines of its own run.
+    """
+    pooled = any(s.by_run for s in series)
     pairs = []
     for hub in series:
-        want = BASELINE_OF.get(hub.variant)
+        want = baseline_of(hub.variant)
         for base in series:
-            if base.variant != want:
+            if base.variant != want or (pooled and base.run_id != hub.run_id):
                 continue
             kind = "native" if (base.attention or "") == "naive" else "optimised"
             pairs.append((hub, base, kind))

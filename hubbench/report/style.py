@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hubbench.variants import is_router
+
 ORANGE, SKY, GREEN, BLUE, VERMILLION, PURPLE, BLACK, GREY = (
     "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#000000", "#999999",
 )  # fmt: skip
@@ -31,9 +33,6 @@ _MARKERS = {"transformer": "o", "jamba": "s", "hub-gpt": "^", "hub-jamba": "D"}
 # Line style names the attention implementation, marker the variant: readable in greyscale.
 _LINES = {"naive": (0, (1, 1.2)), "sdpa": (0, (5, 2)), "flash": (0, (5, 1.5, 1, 1.5))}
 _EXTRA = ("#332288", "#44AA99", "#882255", "#117733", "#AA4499", "#DDCC77", "#88CCEE")
-
-BASELINE_OF = {"hub-gpt": "transformer", "hub-jamba": "jamba"}
-ATTENTION_VARIANTS = ("transformer", "jamba")
 
 RC = {
     "font.size": 10,
@@ -73,7 +72,7 @@ def family(attention: str | None, backend: str | None = None) -> str | None:
 
 def series_style(variant: str, attention: str | None) -> SeriesStyle:
     """The one style of a (variant, attention backend) series, the same in every figure."""
-    hub = variant.startswith("hub")
+    hub = is_router(variant)
     color = _COLOURS.get((variant, None if hub else family(attention)))
     if color is None:
         color = _EXTRA[sum(map(ord, f"{variant}/{attention}")) % len(_EXTRA)]

@@ -9,8 +9,8 @@ from hubbench.mixers import mamba as mamba_mod
 from hubbench.mixers.mamba import (
     INSTALL_HINT,
     Mamba,
+    selective_scan_chunked,
     selective_scan_ref,
-    selective_scan_sequential,
 )
 
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -57,8 +57,8 @@ def test_ref_scan_matches_sequential_loop(
     if not softplus:  # delta + delta_bias must stay positive for a decaying recurrence
         for key in ("delta", "delta_bias"):
             inputs[key] = inputs[key].detach().abs().requires_grad_()
-    ref = selective_scan_ref(**inputs, delta_softplus=softplus, chunk_size=chunk)
-    seq = selective_scan_sequential(**inputs, delta_softplus=softplus)
+    ref = selective_scan_chunked(**inputs, delta_softplus=softplus, chunk_size=chunk)
+    seq = selective_scan_ref(**inputs, delta_softplus=softplus)
     assert ref.shape == (2, 6, L) and ref.dtype == dtype
     torch.testing.assert_close(ref, seq, **TOL[dtype])
     for name, g_ref, g_seq in zip(inputs, _grads(ref, inputs), _grads(seq, inputs), strict=True):
@@ -69,7 +69,7 @@ def test_ref_scan_without_optional_inputs() -> None:
     inputs = _scan_inputs(1, 4, 3, 29, torch.float64)
     core = {k: inputs[k] for k in ("u", "delta", "A", "B", "C")}
     core["delta"] = core["delta"].detach().abs().requires_grad_()
-    ref, seq = selective_scan_ref(**core, chunk_size=4), selective_scan_sequential(**core)
+    ref, seq = selective_scan_chunked(**core, chunk_size=4), selective_scan_ref(**core)
     torch.testing.assert_close(ref, seq, **TOL[torch.float64])
     for g_ref, g_seq in zip(_grads(ref, core), _grads(seq, core), strict=True):
         torch.testing.assert_close(g_ref, g_seq, **TOL[torch.float64])
@@ -82,8 +82,8 @@ def test_ref_scan_stays_finite_with_strong_decay_in_fp32() -> None:
     with torch.no_grad():
         inputs["delta"].mul_(20)
         inputs["A"].copy_(-torch.arange(1, 17, dtype=torch.float32).repeat(4, 1))
-    ref = selective_scan_ref(**inputs, delta_softplus=True, chunk_size=256)
-    seq = selective_scan_sequential(**inputs, delta_softplus=True)
+    ref = selective_scan_chunked(**inputs, delta_softplus=True, chunk_size=256)
+    seq = selective_scan_ref(**inputs, delta_softplus=True)
     assert torch.isfinite(ref).all()
     torch.testing.assert_close(ref, seq, **TOL[torch.float32])
     assert all(torch.isfinite(g).all() for g in _grads(ref, inputs))
@@ -93,7 +93,7 @@ def test_scan_shape_errors_are_config_errors() -> None:
     inputs = _scan_inputs(1, 4, 3, 10, torch.float32)
     inputs["B"] = inputs["B"][:, :, :5]
     with pytest.raises(ConfigError, match="B has shape"):
-        selective_scan_ref(**inputs)
+        selective_scan_chunked(**inputs)
 
 
 def _block(dtype: torch.dtype = torch.float64, **kwargs) -> Mamba:
@@ -181,7 +181,7 @@ def test_fused_without_mamba_ssm_is_unavailable(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_fused_on_cpu_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mamba_mod, "selective_scan_fn", selective_scan_ref)
+    monkeypatch.setattr(mamba_mod, "selective_scan_fn", selective_scan_chunked)
     with pytest.raises(UnavailableError, match="CUDA only"):
         Mamba(16, impl="fused")(torch.randn(1, 8, 16))
 
@@ -197,9 +197,9 @@ def _conv1d_silu_stand_in(x, weight, bias=None, activation=None):
 def test_fused_wiring_with_stand_in_kernels(
     monkeypatch: pytest.MonkeyPatch, with_conv_kernel: bool
 ) -> None:
-    # mamba-ssm's kernels share selective_scan_ref's signature, so the reference can stand in for
+    # mamba-ssm's kernels share selective_scan_chunked's signature, so ours can stand in for
     # them here: this checks the fused path's layouts and arguments on CPU.
-    monkeypatch.setattr(mamba_mod, "selective_scan_fn", selective_scan_ref)
+    monkeypatch.setattr(mamba_mod, "selective_scan_fn", selective_scan_chunked)
     conv = _conv1d_silu_stand_in if with_conv_kernel else None
     monkeypatch.setattr(mamba_mod, "causal_conv1d_fn", conv)
     block = _block(impl="fused")
@@ -235,7 +235,7 @@ def test_fused_scan_matches_ref_on_gpu() -> None:
         for k, v in _scan_inputs(2, 64, 16, 300, torch.float32).items()
     }
     fused = mamba_mod.selective_scan_fn(**inputs, delta_softplus=True)
-    ref = selective_scan_ref(**inputs, delta_softplus=True)
+    ref = selective_scan_chunked(**inputs, delta_softplus=True)
     torch.testing.assert_close(fused, ref, rtol=1e-3, atol=1e-3)
     for g_fused, g_ref in zip(_grads(fused, inputs), _grads(ref, inputs), strict=True):
         torch.testing.assert_close(g_fused, g_ref, rtol=5e-3, atol=5e-3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from hubbench import models
+from hubbench import models, variants
 from hubbench.causality import check_model
 
 TINY = {"d_model": 16, "n_layers": 2, "n_heads": 2, "mlp_ratio": 2.0}
@@ -14,18 +14,18 @@ LEAK_CHECKS = ("jacobian", "perturbation", "prefix")
 
 
 def tiny(variant: str, **extra: object) -> models.LanguageModel:
-    fields = {k: v for k, v in {**TINY, **HUB}.items() if k in models.config_fields(variant)}
+    fields = {k: v for k, v in {**TINY, **HUB}.items() if k in variants.config_fields(variant)}
     return models.build_model(variant, **{**fields, **extra})
 
 
-@pytest.mark.parametrize("variant", sorted(models.REGISTRY))
+@pytest.mark.parametrize("variant", sorted(variants.REGISTRY))
 def test_causal_variant_passes_all_checks(variant: str) -> None:
     model = tiny(variant)
     kinds = set(model.layer_kinds)
     assert kinds & {"attention", "hubrouter"}, kinds  # the mixer under test is really there
     report = check_model(model, n=20, seeds=(0, 1))
     assert report.passed, f"{variant}: {report.summary()}"
-    assert {5, 6, 7, 11, 12, 13} <= set(report.times) or "chunk" not in models.config_fields(
+    assert {5, 6, 7, 11, 12, 13} <= set(report.times) or "chunk" not in variants.config_fields(
         variant
     )
 

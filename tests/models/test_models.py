@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hubbench import models
+from hubbench import models, variants
 from hubbench.errors import ConfigError
 
 TINY = {"d_model": 32, "n_heads": 2, "n_layers": 2, "vocab": 61}
@@ -108,24 +108,27 @@ def test_analytic_flops_are_causal_aware_and_scale() -> None:
 
 
 def test_inert_fields() -> None:
-    assert {"attention", "sdpa_kernel"} <= models.inert_fields(models.make_config("hub-jamba"))
-    assert "attention" not in models.inert_fields(models.make_config("hub-gpt", replace=0.25))
-    assert "hubs" in models.inert_fields(models.make_config("hub-gpt", replace=0.0))
-    assert "sdpa_kernel" in models.inert_fields(
-        models.make_config("transformer", attention="naive")
+    assert {"attention", "sdpa_kernel"} <= variants.inert_fields(variants.make_config("hub-jamba"))
+    assert "attention" not in variants.inert_fields(variants.make_config("hub-gpt", replace=0.25))
+    assert "hubs" in variants.inert_fields(variants.make_config("hub-gpt", replace=0.0))
+    assert "sdpa_kernel" in variants.inert_fields(
+        variants.make_config("transformer", attention="naive")
     )
 
 
 @pytest.mark.parametrize(
     ("variant", "fields", "match"),
     [
-        ("gpt", {}, "unknown variant 'gpt'; valid: transformer, jamba, hub-jamba, hub-gpt"),
+        ("gpt", {}, "unknown variant 'gpt'; valid: transformer, jamba, hub-gpt, hub-jamba"),
         ("transformer", {"d_model": 30, "n_heads": 4}, "not divisible"),
         ("transformer", {"hubs": 8}, "unknown config field.*hubs.*valid:"),
         ("transformer", {"attention": "fast"}, "attention='fast' is not valid"),
         ("transformer", {"dtype": "fp8"}, "dtype"),
         ("transformer", {"n_layers": 0}, "n_layers must be >= 1"),
-        ("transformer", {"d_model": "big"}, "d_model expects int"),
+        ("transformer", {"d_model": "big"}, "field d_model: 'big' is not a valid int"),
+        ("transformer", {"mlp_ratio": float("nan")}, "mlp_ratio: expected a finite number"),
+        ("transformer", {"d_model": 12, "n_heads": 4}, "rotary positions need an even head"),
+        ("transformer", {"n_layers": 2**64}, "out of range"),
         ("jamba", {"mamba_impl": "cuda"}, "mamba_impl"),
         ("jamba", {"moe": True, "n_experts": 2, "moe_topk": 3}, "moe_topk=3 exceeds"),
         ("hub-gpt", {"hubs": 0}, "hubs must be >= 1"),
@@ -142,5 +145,5 @@ def test_bad_configs_raise_one_clear_error(variant: str, fields: dict, match: st
 
 
 def test_config_values_from_text_are_coerced() -> None:
-    config = models.make_config("hub-gpt", d_model="64", replace=1, causal="false")
+    config = variants.make_config("hub-gpt", d_model="64", replace=1, causal="false")
     assert (config.d_model, config.replace, config.causal) == (64, 1.0, False)

@@ -1,4 +1,4 @@
-"""Synthetic runs with realistic rows (contract schema v1) for the report tests.
+"""Synthetic runs with realistic, complete rows (hubbench.schema) for the report tests.
 
 Step times follow a simple cost model (attention quadratic in n, Mamba and HubRouter linear) with
 log-normal per-step noise, so plots, fits and crossovers behave as they would on real data.
@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from rows import full_row
+
+from hubbench import schema
 
 SEQS = (512, 1024, 2048, 4096, 8192, 16384, 32768)
 
@@ -40,7 +43,7 @@ ENV = {
 
 
 def cell(variant: str, seq: int, attention: str = "sdpa", **fields: Any) -> dict[str, Any]:
-    hub = variant.startswith("hub")
+    hub = variant.startswith("hub")  # synthetic data may know its own variants
     mamba = "jamba" in variant
     base: dict[str, Any] = {
         "variant": variant,
@@ -103,7 +106,7 @@ def make_run(
     noise: float = 0.03,
     samples: int = 20,
     seed: int = 0,
-    schema_version: int = 1,
+    schema_version: int = schema.SCHEMA_VERSION,
     utc_time: str = "2025-01-01T00:00:00Z",
     extra: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
@@ -168,12 +171,8 @@ def make_run(
         else:
             row.update(samples_s=[], time_count=0)
         row.update(extra or {})
-        rows.append(row)
-    df = pd.DataFrame(rows)
-    for col in ("time_median_s", "tokens_per_s", "peak_mem_bytes", "mfu"):
-        if col not in df.columns:
-            df[col] = np.nan
-    return df
+        rows.append(full_row(**row))
+    return pd.DataFrame(rows, columns=list(schema.NAMES))
 
 
 def write_run(df: pd.DataFrame, results_dir: Path, stamp: str = "20250101T000000Z") -> Path:
@@ -182,9 +181,17 @@ def write_run(df: pd.DataFrame, results_dir: Path, stamp: str = "20250101T000000
 
     suite, run_id = df["suite"].iloc[0], df["run_id"].iloc[0]
     path = results_dir / suite / f"{stamp}-{run_id}.parquet"
-    rows = [
-        {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
-        for r in df.to_dict("records")
-    ]
-    store.write_rows(path, rows)
+    store.write_rows(path, [_typed(r) for r in df.to_dict("records")])
     return path
+
+
+def _typed(row: dict[str, Any]) -> dict[str, Any]:
+    """A DataFrame row back to schema types: NaN -> None, integral floats in int columns -> int."""
+    out = {}
+    for k, v in row.items():
+        if isinstance(v, float) and np.isnan(v):
+            v = None
+        if v is not None and schema.BY_NAME[k].type == "int64":
+            v = int(v)
+        out[k] = v
+    return out

@@ -59,7 +59,7 @@ def test_gate_candidate_defaults_to_latest_of_the_suite(runner, results_dir, run
 def test_gate_unusable_input_exits_2_with_the_reason(runner, results_dir, runs, tmp_path):
     missing = _invoke(runner, results_dir, "gate", "--baseline", str(tmp_path / "none.parquet"),
                       "--summary", str(tmp_path / "s.md"))  # fmt: skip
-    assert missing.exit_code == 2 and "baseline file" in missing.output
+    assert missing.exit_code == 2 and "baseline: run file" in missing.output
     assert "unusable input" in (tmp_path / "s.md").read_text()
     metric = _invoke(runner, results_dir, "gate", "--baseline", str(runs["a"]), "--metric", "nope")
     assert metric.exit_code == 2 and "unknown metric 'nope'" in metric.output
@@ -69,7 +69,7 @@ def test_gate_unusable_input_exits_2_with_the_reason(runner, results_dir, runs, 
         runner, results_dir, "gate", "--baseline", str(runs["a"]), "--max-regression", "5"
     )
     assert pct.exit_code == 2 and "ambiguous" in pct.output
-    v2 = write_run(make_run(grid(seqs=SEQS), run_id="dddd0004", schema_version=2), results_dir)
+    v2 = write_run(make_run(grid(seqs=SEQS), run_id="dddd0004", schema_version=99), results_dir)
     schema = _invoke(
         runner, results_dir, "gate", "--baseline", str(runs["a"]), "--candidate", str(v2)
     )
@@ -154,3 +154,59 @@ def test_gate_ratios_from_a_suite_file(runner, results_dir, runs, tmp_path):
     # without --suite the rules come from the run's suite ("throughput"), which declares none
     none = _invoke(runner, results_dir, "gate", "--ratios", "aaaa0001")
     assert none.exit_code == 2 and "declares no gate.ratio rules" in none.output
+
+
+def test_gate_baseline_takes_a_run_id(runner, results_dir, runs):
+    result = _invoke(runner, results_dir, "gate", "--baseline", "aaaa0001", "--candidate", "bbbb")
+    assert result.exit_code == 0, result.output
+    missing = _invoke(runner, results_dir, "gate", "--baseline", "zzzz")
+    assert missing.exit_code == 2 and "no run 'zzzz'" in missing.output
+
+
+def test_list_options_take_comma_lists_and_repeats_alike(runner, results_dir, runs, tmp_path):
+    comma = _invoke(runner, results_dir, "plot", "aaaa0001", "--kind", "speedup,throughput",
+                    "--format", "png", "--out", str(tmp_path / "c"))  # fmt: skip
+    repeat = _invoke(runner, results_dir, "plot", "aaaa0001", "-k", "speedup", "-k", "throughput",
+                     "--format", "png", "--out", str(tmp_path / "r"))  # fmt: skip
+    assert comma.exit_code == repeat.exit_code == 0, comma.output + repeat.output
+    names = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "r").iterdir())
+    assert names == ["speedup.png", "throughput.png"]
+    both = _invoke(runner, results_dir, "compare", "aaaa0001", "bbbb0002", "--metric",
+                   "tokens_per_s,mfu", "--format", "md")  # fmt: skip
+    assert both.exit_code == 0 and "B/A MFU" in both.output and "B/A peak memory" not in both.output
+    bad = _invoke(runner, results_dir, "plot", "--kind", "speedup,pie")
+    assert bad.exit_code == 2 and "unknown plot kind 'pie'" in bad.output
+
+
+def test_pooled_plot_keeps_every_row_and_names_every_run(runner, results_dir, runs, tmp_path):
+    from hubbench.report.load import load_runs
+    from hubbench.report.series import build_series, facets
+
+    pooled = load_runs(["aaaa0001", "bbbb0002"], results_dir)
+    [facet] = facets(pooled)
+    series = build_series(facet.df)
+    assert sum(len(s.rows) for s in series) == len(pooled) == 2 * len(grid(seqs=SEQS))
+    hub = [s.label for s in series if s.variant == "hub-gpt"]
+    assert hub == ["hub-gpt · run=aaaa0001", "hub-gpt · run=bbbb0002"]
+    out = tmp_path / "pooled"
+    result = _invoke(runner, results_dir, "plot", "aaaa0001", "bbbb0002", "--kind", "speedup",
+                     "--format", "svg", "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    svg = (out / "speedup.svg").read_text()
+    assert "aaaa0001" in svg and "bbbb0002" in svg
+    # runs with different cells pool into one series per configuration
+    other = write_run(make_run(grid(seqs=(8192,)), run_id="dddd0004"), results_dir)
+    disjoint = load_runs(["aaaa0001", str(other)], results_dir)
+    labels = [s.label for s in build_series(facets(disjoint)[0].df) if s.variant == "hub-gpt"]
+    assert labels == ["hub-gpt"]
+
+
+def test_memory_figure_name_does_not_depend_on_a_failed_cell(results_dir):
+    from hubbench.report.plots import render
+
+    fails = {("transformer", "naive", 4096): "oom"}
+    df = make_run(grid(seqs=SEQS), status=fails)
+    df.loc[df["status"] != "ok", "mem_kind"] = None  # what a failed cell records
+    figures, _ = render(df, ["memory"])
+    assert [f.stem for f in figures] == ["memory"]

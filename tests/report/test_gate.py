@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import pytest
 from synthetic_runs import cell, grid, make_run
 
 from hubbench.errors import ReportError
 from hubbench.report.gate import (
-    GateFailure,
     gate_baseline,
     gate_ratios,
     to_markdown,
@@ -18,16 +14,7 @@ from hubbench.report.gate import (
     write_summary,
 )
 from hubbench.report.load import check_schema
-
-
-@dataclass
-class Rule:  # same fields as hubbench.suite.GateRule
-    name: str
-    metric: str
-    numerator: dict[str, Any]
-    denominator: dict[str, Any]
-    min: float | None = None
-    max: float | None = None
+from hubbench.suite import GateRule
 
 
 def _run(run_id="a", seed=1, **kw):
@@ -108,7 +95,7 @@ def test_unusable_inputs():
         gate_baseline(one_sample, one_sample)
 
 
-RULE = Rule(
+RULE = GateRule(
     name="hub-gpt over transformer/sdpa at 4k",
     metric="tokens_per_s",
     numerator={"variant": "hub-gpt", "seq": 4096},
@@ -120,22 +107,22 @@ RULE = Rule(
 def test_ratio_rules_pass_and_fail():
     run = _run()
     assert gate_ratios(run, [RULE], "throughput").passed
-    strict = Rule(**{**RULE.__dict__, "min": 1.5})
+    strict = GateRule(**{**RULE.__dict__, "min": 1.5})
     result = gate_ratios(run, [strict], "throughput")
     assert not result.passed and result.checks[0].ci.high < 1.5
-    capped = Rule(**{**RULE.__dict__, "min": None, "max": 0.5})
+    capped = GateRule(**{**RULE.__dict__, "min": None, "max": 0.5})
     assert not gate_ratios(run, [capped], "throughput").passed
 
 
 def test_ratio_rule_problems_are_unusable_input():
     run = _run()
-    none = Rule(**{**RULE.__dict__, "numerator": {"variant": "hub-gpt", "seq": 999}})
+    none = GateRule(**{**RULE.__dict__, "numerator": {"variant": "hub-gpt", "seq": 999}})
     with pytest.raises(ReportError, match="no cell matches its numerator"):
         gate_ratios(run, [none], "throughput")
-    several = Rule(**{**RULE.__dict__, "denominator": {"variant": "transformer", "seq": 4096}})
+    several = GateRule(**{**RULE.__dict__, "denominator": {"variant": "transformer", "seq": 4096}})
     with pytest.raises(ReportError, match="matches 2 cells; add attention"):
         gate_ratios(run, [several], "throughput")
-    unknown = Rule(**{**RULE.__dict__, "numerator": {"variant": "hub-gpt", "hubz": 8}})
+    unknown = GateRule(**{**RULE.__dict__, "numerator": {"variant": "hub-gpt", "hubz": 8}})
     with pytest.raises(ReportError, match=r"unknown field.*hubz"):
         gate_ratios(run, [unknown], "throughput")
     with pytest.raises(ReportError, match="declares no"):
@@ -156,10 +143,6 @@ def test_summary_is_written_and_appended_to_github(tmp_path, monkeypatch):
     assert step.read_text().startswith("earlier\n### hubbench gate (baseline): ❌ 2 regression(s)")
     assert "| hub-gpt n=4k |" in md and "≥ 0.95×" in md
     assert to_rich(result).row_count == len(result.checks)
-
-
-def test_gate_failure_exit_code():
-    assert GateFailure.exit_code == 1 and ReportError.exit_code == 2
 
 
 def test_cell_that_failed_in_the_baseline_is_not_compared():

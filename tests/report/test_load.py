@@ -20,7 +20,7 @@ from hubbench.report.load import (
 
 
 def test_no_runs_found(results_dir):
-    with pytest.raises(ReportError, match="no runs found"):
+    with pytest.raises(HubbenchError, match="no runs found"):
         load_run(None, results_dir)
 
 
@@ -28,6 +28,9 @@ def test_latest_by_stamp_and_by_id_prefix(results_dir):
     write_run(make_run([cell("hub-gpt", 1024)], run_id="aaaa1111"), results_dir, "20250101T000000Z")
     write_run(make_run([cell("hub-gpt", 1024)], run_id="bbbb2222"), results_dir, "20250102T000000Z")
     assert load_run(None, results_dir)["run_id"].iloc[0] == "bbbb2222"
+    assert load_run("latest~1", results_dir)["run_id"].iloc[0] == "aaaa1111"
+    with pytest.raises(HubbenchError, match="latest~2: only 2 run"):
+        load_run("latest~2", results_dir)
     assert load_run("aaaa", results_dir)["run_id"].iloc[0] == "aaaa1111"
     with pytest.raises(HubbenchError, match="no run 'cccc'"):
         load_run("cccc", results_dir)
@@ -41,10 +44,31 @@ def test_baselines_directory_is_not_a_run(results_dir):
     assert load_run(None, results_dir)["run_id"].iloc[0] == "aaaa1111"
 
 
-def test_schema_version_mismatch_is_reported():
-    df = make_run([cell("hub-gpt", 1024)], schema_version=2)
-    with pytest.raises(ReportError, match="schema_version 2; this hubbench reads schema_version 1"):
-        check_schema(df, "x.parquet")
+def test_a_newer_schema_version_is_reported(results_dir):
+    df = make_run([cell("hub-gpt", 1024)], schema_version=99)
+    path = results_dir / "throughput" / "20250101T000000Z-aaaa0001.parquet"
+    path.parent.mkdir()
+    df.to_parquet(path)
+    with pytest.raises(ReportError, match="schema_version 99; this hubbench reads schema_version"):
+        load_run("aaaa", results_dir)
+
+
+def test_an_older_file_reads_with_new_columns_null_and_config_from_json(results_dir):
+    import json
+
+    df = make_run([cell("jamba", 1024, "sdpa"), cell("jamba", 1024, "sdpa")], schema_version=1)
+    df["config_json"] = [json.dumps({"d_state": d, "seed": 0, "d_model": 512}) for d in (16, 32)]
+    df = df.drop(columns=["d_state", "seed", "mlp_ratio"])  # schema 1 had no such columns
+    path = results_dir / "throughput" / "20250101T000000Z-aaaa0001.parquet"
+    path.parent.mkdir()
+    df.to_parquet(path)
+    run = load_run("aaaa", results_dir)
+    assert list(run["d_state"]) == [16, 32] and run["mlp_ratio"].isna().all()
+    assert len(set(cell_keys(run))) == 2
+    assert [labeller(run, join_fields(run))(r) for _, r in run.iterrows()] == [
+        "jamba d_state=16",
+        "jamba d_state=32",
+    ]
 
 
 def test_missing_columns_are_a_schema_mismatch():
@@ -77,25 +101,10 @@ def test_labels_name_only_what_tells_cells_apart():
     assert describe(row, fields) == "hub-jamba n=2k"
 
 
-def test_pooled_runs_keep_the_later_measurement(results_dir):
+def test_pooled_runs_keep_every_row(results_dir):
     early = make_run([cell("hub-gpt", 1024)], run_id="early", utc_time="2025-01-01T00:00:00Z")
     late = make_run([cell("hub-gpt", 1024)], run_id="late", utc_time="2025-02-01T00:00:00Z")
     p1 = write_run(early, results_dir, "20250101T000000Z")
     p2 = write_run(late, results_dir, "20250201T000000Z")
     pooled = load_runs([str(p2), str(p1)], results_dir)
-    assert list(pooled["run_id"]) == ["late"]
-
-
-def test_config_fields_without_a_column_take_part_in_identity_and_labels():
-    import json
-
-    cells = [cell("jamba", 1024, "sdpa"), cell("jamba", 1024, "sdpa")]
-    df = make_run(cells)
-    df["config_json"] = [json.dumps({"d_state": d, "seed": 0, "d_model": 512}) for d in (16, 32)]
-    df = check_schema(df, "x")
-    assert list(df["config.d_state"]) == [16, 32] and "config.d_model" not in df.columns
-    assert len(set(cell_keys(df))) == 2
-    assert [labeller(df, join_fields(df))(r) for _, r in df.iterrows()] == [
-        "jamba d_state=16",
-        "jamba d_state=32",
-    ]
+    assert list(pooled["run_id"]) == ["late", "early"]

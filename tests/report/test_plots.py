@@ -126,3 +126,34 @@ def test_cpu_titles_name_the_thread_count():
     df = check_schema(make_run(grid(("hub-gpt",), SEQS, device="cpu"), extra={"threads": 1}), "cpu")
     figures, _ = render(df, ["throughput"])
     assert "NVIDIA H200 (1 thread) · bf16" in figures[0].figure.axes[0].get_title(loc="left")
+
+
+def test_rows_the_runner_makes_from_a_shipped_suite_plot_in_one_figure_per_kind():
+    """Plan -> rows (the runner's own row assembly) -> figures, without measuring anything."""
+    import pandas as pd
+
+    from hubbench import schema
+    from hubbench.runner import make_row
+    from hubbench.suite import expand, load_suite
+
+    plan = expand(load_suite("throughput"), cuda_available=False)
+    env = dict.fromkeys(schema.names("env"))
+    env.pop("utc_time")
+    rows = []
+    for c in plan.cells:
+        ok = c.model_config.get("attention") != "flash"
+        t = 1e-3 * c.seq * (2 if c.variant == "transformer" else 1)
+        outcome = {"status": "ok" if ok else "skipped", "message": None if ok else "no flash",
+                   "device_name": "cpu0", "wall_s": 1.0}  # fmt: skip
+        measurement = None
+        if ok:
+            measurement = dict.fromkeys(schema.names("measurement"))
+            measurement.update(time_median_s=t, time_p10_s=t, time_p90_s=t, samples_s=[t] * 3,
+                               tokens_per_s=c.seq / t, tokens_per_s_p10=c.seq / t,
+                               tokens_per_s_p90=c.seq / t, peak_mem_bytes=2**20 * c.seq,
+                               mem_kind="cpu_rss")  # fmt: skip
+        answer = {"outcome": outcome, "measurement": measurement}
+        rows.append(make_row(c, answer, "throughput", "feed0001", env))
+    df = check_schema(pd.DataFrame(rows), "throughput")
+    figures, _ = render(df)
+    assert sorted(f.stem for f in figures) == ["memory", "scaling", "speedup", "throughput"]

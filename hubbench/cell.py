@@ -1,0 +1,106 @@
+"""A cell: one point of a sweep, with its typed model config, validated once when it is planned.
+
+The cell crosses the worker pipe as JSON (`to_json` / `from_json`); the worker rebuilds the
+config without validating it again. `columns()` is the cell's part of its results row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hubbench import schema
+from hubbench.variants import BaseConfig, config_dict, config_from_dict, inert_fields
+
+RUN_FIELDS: dict[str, type] = {  # the cell fields that are not model config fields
+    "variant": str,
+    "mode": str,
+    "device": str,
+    "batch": int,
+    "seq": int,
+    "compile": bool,
+}
+RUN_DEFAULTS: dict[str, Any] = {"mode": "fwd_bwd", "device": "auto", "batch": 1, "compile": False}
+
+
+@dataclass(frozen=True)
+class Measure:
+    """How carefully a cell is measured (not what is measured: not part of its identity)."""
+
+    warmup: int = 1  # untimed steps first; the first one also counts FLOPs
+    repeats: int = 5  # timed steps (at least)
+    min_time_s: float = 0.0  # keep timing until this much timed time has passed
+    timeout_s: float = 600.0  # per cell, model build included; then the cell is `timeout`
+
+
+MEASURE_FIELDS: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(Measure)}
+
+
+@dataclass(frozen=True)
+class Cell:
+    index: int
+    variant: str
+    mode: str
+    device: str  # resolved: cpu | cuda | cuda:N
+    batch: int
+    seq: int
+    compile: bool
+    config: BaseConfig  # validated; every field, inert ones included
+    measure: Measure
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        """The config with inert fields as None: what the row and the cell's identity record."""
+        inert = inert_fields(self.config)
+        return {k: (None if k in inert else v) for k, v in config_dict(self.config).items()}
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what is measured (not how carefully)."""
+        run = {k: getattr(self, k) for k in RUN_FIELDS}
+        return {**run, **self.model_config}
+
+    @property
+    def cell_id(self) -> str:
+        blob = json.dumps(self.identity, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    def label(self, fields: Iterable[str] = ()) -> str:
+        """'hub-gpt n=1024 attention=sdpa' style; `fields` adds the swept fields that apply."""
+        parts = [self.variant, f"n={self.seq}"]
+        identity = self.identity
+        for name in fields:
+            value = identity.get(name)
+            if name not in ("variant", "seq") and value is not None:
+                parts.append(f"{name}={value}")
+        return " ".join(parts)
+
+    def columns(self) -> dict[str, Any]:
+        """This cell's part of its row: the cell and measure columns."""
+        config = self.model_config
+        cell = {name: None for name in schema.names("cell")}
+        cell.update({k: getattr(self, k) for k in RUN_FIELDS})
+        cell.update(config)
+        cell["config_json"] = json.dumps(config, sort_keys=True)
+        measure = dataclasses.asdict(self.measure)
+        return {
+            **schema.part("cell", cell, f"cell {self.index}"),
+            **schema.part("measure", measure, f"cell {self.index}"),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in ("index", *RUN_FIELDS)}
+        out["config"] = config_dict(self.config)
+        out["measure"] = dataclasses.asdict(self.measure)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Cell:
+        data = dict(data)
+        data["config"] = config_from_dict(data["variant"], data["config"])
+        data["measure"] = Measure(**data["measure"])
+        return cls(**data)

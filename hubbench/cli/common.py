@@ -1,0 +1,39 @@
+"""What every command shares: consoles, option help, list options, naming runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from hubbench.config import parse_assignments, split_list
+from hubbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+RESULTS_HELP = "Results directory (default: $HUBBENCH_RESULTS, else ./results)."
+LIST_HELP = "comma list or repeated"
+
+
+def console(stderr: bool = False) -> Console:
+    """Rich console; logs and pipes get 160 columns instead of Rich's default 80."""
+    from rich.console import Console
+
+    out = Console(stderr=stderr)
+    return out if out.is_terminal else Console(stderr=stderr, width=160)
+
+
+def listed(values: Iterable[str] | None) -> list[str] | None:
+    """A list option as given: '--kind a,b' and '--kind a --kind b' alike; None when absent."""
+    items = split_list(values)
+    return items or None
+
+
+def single_values(items: list[str] | None, option: str = "--set") -> dict[str, str]:
+    """`--set key=value` items for commands that build one model: one value per key."""
+    fields = {}
+    for key, values in parse_assignments(items or [], option).items():
+        if len(values) > 1:
+            raise ConfigError(f"{option} {key}: takes one value here (got {','.join(values)})")
+        fields[key] = values[0]
+    return fields

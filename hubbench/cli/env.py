@@ -1,0 +1,50 @@
+"""`hubbench env`: the environment rows record, optional kernels, the peak FLOP/s for MFU."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("env")
+    def env_cmd(
+        calibrate: bool = typer.Option(
+            False, "--calibrate", help="Measure the matmul peak here and cache it for MFU."
+        ),
+        device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    ) -> None:
+        """Show the environment rows record, optional kernels, and the peak FLOP/s used for MFU.
+
+        Examples:
+          hubbench env
+          hubbench env --calibrate --device cpu
+        """
+        import importlib.util
+
+        from hubbench import env as envmod
+        from hubbench.cli.common import console
+        from hubbench.cli.tables import env_table
+        from hubbench.config import resolve_device
+        from hubbench.flops import peak_flops
+        from hubbench.step import torch_device
+
+        out = console()
+        dev = torch_device(resolve_device(device, "--device"))
+        info = {**envmod.host_env(), **envmod.torch_env()}
+        info["device"] = f"{dev} ({envmod.device_name(dev)})"
+        for package in ("flash_attn", "mamba_ssm", "causal_conv1d"):
+            found = importlib.util.find_spec(package) is not None
+            info[package] = "installed" if found else "not installed"
+        if calibrate:
+            with out.status(f"timing matmuls on {dev}"):
+                envmod.calibrate(dev)
+        calibration = envmod.load_calibration(dev)
+        for dtype in ("fp32", "bf16", "fp16"):
+            peak, source = peak_flops(dev.type, envmod.device_name(dev), dtype, calibration)
+            info[f"peak {dtype}"] = (
+                f"{peak / 1e12:,.2f} TFLOP/s ({source})"
+                if peak
+                else "unknown (no GPU table entry, not calibrated): MFU stays empty"
+            )
+        info["calibration file"] = str(envmod.calibration_path())
+        out.print(env_table(info))

@@ -1,0 +1,173 @@
+"""`hubbench compare` and `hubbench gate`: judge one run against another, or against its suite.
+
+Exit codes come from the error boundary: 0 ok, 1 regression (GateFailure), 2 unusable input
+(ReportError and friends).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from hubbench.cli.common import LIST_HELP, RESULTS_HELP, console, listed
+
+if TYPE_CHECKING:
+    from hubbench.report.gate import GateResult
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare_cmd)
+    app.command("gate")(gate_cmd)
+
+
+def compare_cmd(
+    run_a: str = typer.Argument(..., help="Run A (the reference): run id or .parquet path."),
+    run_b: str = typer.Argument(..., help="Run B: run id or .parquet path."),
+    metric: list[str] | None = typer.Option(
+        None,
+        "--metric",
+        "-m",
+        help=f"Metrics to compare ({LIST_HELP}; default: tokens_per_s,peak_mem_bytes).",
+    ),
+    markdown: Path | None = typer.Option(None, "--markdown", help="Also write Markdown here."),
+    output: str = typer.Option("table", "--format", help="table (Rich) or md (Markdown)."),
+    resamples: int = typer.Option(2000, "--resamples", help="Bootstrap resamples per ratio."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Confidence level of the CI."),
+    results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
+) -> None:
+    """Compare two runs cell by cell: B/A ratios with bootstrap CIs; beyond-noise changes coloured.
+
+    Example: hubbench compare 3f2a91c0 7be04d12 --markdown compare.md
+    """
+    from hubbench.errors import ReportError
+    from hubbench.report.compare import DEFAULT_METRICS, compare_runs, to_markdown, to_rich
+    from hubbench.report.load import load_run
+
+    if output not in ("table", "md"):
+        raise ReportError(f"--format {output!r}: valid are table, md")
+    cmp = compare_runs(
+        load_run(run_a, results_dir),
+        load_run(run_b, results_dir),
+        listed(metric) or DEFAULT_METRICS,
+        resamples=resamples,
+        confidence=confidence,
+    )
+    md = to_markdown(cmp)
+    if output == "md":
+        typer.echo(md)
+    else:
+        console().print(to_rich(cmp))
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(md, encoding="utf-8")
+
+
+def gate_cmd(
+    baseline: str | None = typer.Option(
+        None, "--baseline", help="Baseline run (id or .parquet) to hold the candidate to."
+    ),
+    candidate: str | None = typer.Option(
+        None, "--candidate", help="Candidate run (default: the latest run of the baseline's suite)."
+    ),
+    ratios: str | None = typer.Option(
+        None, "--ratios", help="Gate the ratio rules of this run's suite ('latest' allowed)."
+    ),
+    suite: str | None = typer.Option(
+        None, "--suite", help="Suite (name or TOML) whose gate table applies (ratio mode)."
+    ),
+    metric: str = typer.Option("tokens_per_s", "--metric", help="Metric (baseline mode)."),
+    max_regression: str = typer.Option(
+        "5%", "--max-regression", help="Allowed worsening, e.g. 5% or 0.05 (baseline mode)."
+    ),
+    summary: Path | None = typer.Option(
+        None,
+        "--summary",
+        help="Write the Markdown summary here (also appended to $GITHUB_STEP_SUMMARY when set).",
+    ),
+    resamples: int = typer.Option(2000, "--resamples", help="Bootstrap resamples per check."),
+    confidence: float = typer.Option(0.95, "--confidence", help="Confidence level of the CI."),
+    results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
+) -> None:
+    """Fail (exit 1) when a metric regresses beyond noise; exit 2 when the input is unusable.
+
+    A check fails only when its whole bootstrap CI lies beyond the threshold.
+
+    Examples:
+      hubbench gate --baseline results/baselines/ci.parquet --candidate latest --max-regression 5%
+      hubbench gate --ratios latest --summary gate.md
+    """  # fmt: skip
+    from hubbench.errors import HubbenchError, ReportError
+    from hubbench.report import gate
+    from hubbench.report.format import percent
+
+    try:
+        if (baseline is None) == (ratios is None):
+            raise ReportError("give either --baseline FILE (with --candidate RUN) or --ratios RUN")
+        if baseline is not None:
+            result = _gate_baseline(
+                baseline, candidate, metric, percent(max_regression), resamples, confidence,
+                results_dir,
+            )  # fmt: skip
+        else:
+            result = _gate_ratios(ratios, suite, resamples, confidence, results_dir)
+    except HubbenchError as exc:  # unusable input: say why in the summary too, then exit 2
+        gate.write_summary(f"### hubbench gate: ⚠️ unusable input\n\n{exc}\n", summary)
+        raise
+    printer = console()
+    printer.print(gate.to_rich(result))
+    gate.write_summary(gate.to_markdown(result), summary)
+    if not result.passed:
+        names = ", ".join(c.name for c in result.failed[:5])
+        more = f" (+{len(result.failed) - 5} more)" if len(result.failed) > 5 else ""
+        raise gate.GateFailure(
+            f"{len(result.failed)} check(s) regressed beyond noise: {names}{more}"
+        )
+    printer.print(f"[green]gate passed[/]: {len(result.checks)} check(s)", highlight=False)
+
+
+def _gate_baseline(
+    baseline: str,
+    candidate: str | None,
+    metric: str,
+    max_regression: float,
+    resamples: int,
+    confidence: float,
+    results_dir: Path | None,
+) -> GateResult:
+    from hubbench.errors import ReportError, StoreError
+    from hubbench.report.gate import gate_baseline
+    from hubbench import store
+    from hubbench.report.load import load_run
+
+    try:
+        base = load_run(baseline, results_dir)
+    except StoreError as exc:
+        raise ReportError(
+            f"baseline: {exc}; record one with `hubbench run <suite>` (and pin it by copying its "
+            "parquet to results/baselines/, which is kept in git)"
+        ) from exc
+    if candidate is None or candidate == "latest":
+        suites = sorted({str(s) for s in base["suite"]})
+        where = store.results_dir(results_dir)
+        cand_spec = store.latest_run(where, suites[0] if len(suites) == 1 else None)
+        if cand_spec is None:
+            raise ReportError(f"no candidate run of suite {', '.join(suites)} under {where}/")
+    else:
+        cand_spec = candidate
+    cand = load_run(cand_spec, results_dir)
+    return gate_baseline(
+        base, cand, metric, max_regression, resamples=resamples, confidence=confidence
+    )
+
+
+def _gate_ratios(
+    ratios: str, suite: str | None, resamples: int, confidence: float, results_dir: Path | None
+) -> GateResult:
+    from hubbench.report.gate import gate_ratios, load_rules
+    from hubbench.report.load import load_run
+
+    run = load_run(None if ratios == "latest" else ratios, results_dir)
+    rules, name = load_rules(run, suite)
+    return gate_ratios(run, rules, name, resamples=resamples, confidence=confidence)

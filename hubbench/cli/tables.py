@@ -1,0 +1,248 @@
+"""Rich tables that more than one command prints; numbers go through hubbench.report.format.
+
+Field lists come from hubbench.schema and hubbench.variants, so a new config field or column
+shows up here without an edit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from hubbench import schema
+from hubbench.report import format as fmt
+
+if TYPE_CHECKING:
+    from hubbench.profile import TraceSummary
+    from hubbench.suite import Plan
+
+STATUS_STYLE = {"ok": "green", "skipped": "dim", "oom": "yellow", "timeout": "yellow"}
+# besides variant, attention and n (their own columns): cell fields that may tell rows apart
+DETAIL_FIELDS = tuple(f for f in schema.cell_fields() if f not in ("variant", "attention", "seq"))
+
+
+def _clean(value: Any) -> Any:
+    """pandas / numpy nulls and scalars -> Python (rows may come from a DataFrame)."""
+    from hubbench.report.load import norm_value
+
+    return norm_value(value)
+
+
+def variants_table() -> Table:
+    from hubbench.variants import REGISTRY
+
+    table = Table(title="model variants", show_lines=True)
+    table.add_column("variant", style="bold cyan")
+    table.add_column("description")
+    table.add_column("config fields (default)")
+    for spec in REGISTRY.values():
+        defaults = spec.config_cls()
+        fields = ", ".join(
+            f"{f.name}={getattr(defaults, f.name)!r}" for f in dataclasses.fields(spec.config_cls)
+        )
+        table.add_row(spec.name, spec.description, fields)
+    return table
+
+
+def suites_table() -> Table:
+    """Every suite with its description, swept axes and its cell count on this machine."""
+    from hubbench import suite as suites
+    from hubbench.errors import HubbenchError
+
+    table = Table(title="suites (hubbench run SUITE)", show_lines=True)
+    table.add_column("suite", style="bold cyan")
+    table.add_column("description")
+    table.add_column("sweep axes (dim: the cuda overlay)")
+    table.add_column("cells here", justify="right")
+    for name, path in suites.available_suites().items():
+        try:
+            s = suites.load_suite(path)
+            axes = "\n".join(
+                f"{k}: {', '.join(map(str, v))}" for k, v in suites.suite_axes(s).items()
+            )
+            for kind, overlay in s.device_axes.items():
+                swept = "; ".join(f"{k}={','.join(map(str, a.values))}" for k, a in overlay.items())
+                axes += f"\n[dim]{kind}: {escape(swept)}[/]"
+            count = str(len(suites.expand(s).cells))
+            table.add_row(escape(name), escape(s.description), axes, count)
+        except HubbenchError as exc:
+            table.add_row(escape(name), f"[red]invalid: {escape(str(exc))}[/]", "", "")
+    return table
+
+
+def plan_table(plan: Plan) -> Table:
+    idents = [
+        {**c.identity, "warmup": c.measure.warmup, "repeats": c.measure.repeats} for c in plan.cells
+    ]
+    fields = schema.varying(idents, ("attention", *DETAIL_FIELDS, "warmup", "repeats"), nulls=False)
+    first = idents[0]
+    same = [
+        f"{f}={first.get(f)}"
+        for f in ("mode", "device", "dtype", "batch", "warmup", "repeats")
+        if f not in fields
+    ]
+    table = Table(
+        title=f"{plan.suite.name}: {len(plan.cells)} cells",
+        title_justify="left",
+        caption="every cell: " + " ".join(same),
+        caption_justify="left",
+    )
+    table.add_column("#", justify="right", style="dim")
+    table.add_column("variant", style="bold cyan", no_wrap=True)
+    table.add_column("n", justify="right")
+    for name in fields:
+        table.add_column(name)
+    table.add_column("cell_id", style="dim", no_wrap=True)
+    for cell, ident in zip(plan.cells, idents, strict=True):
+        table.add_row(
+            str(cell.index),
+            cell.variant,
+            str(cell.seq),
+            *["-" if ident.get(f) is None else str(ident.get(f)) for f in fields],
+            cell.cell_id,
+        )
+    return table
+
+
+def rows_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
+    """One line per cell: what ran, its status, speed, spread, memory and MFU."""
+    from rich import box
+
+    rows = [{k: _clean(v) for k, v in r.items()} for r in rows]
+    details = schema.varying(rows, DETAIL_FIELDS, nulls=False)
+    table = Table(
+        title=title,
+        title_justify="left",
+        caption="attention: the kernel that ran (dim: requested, did not run); ms: median step; "
+        "mem: peak over the timed steps",
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("#", justify="right", style="dim", no_wrap=True)
+    table.add_column("variant", style="bold cyan", no_wrap=True)
+    table.add_column("attention", no_wrap=True)
+    table.add_column("n", justify="right", no_wrap=True)
+    for name in details:
+        table.add_column(name, justify="right")
+    table.add_column("status", no_wrap=True)
+    table.add_column("tok/s", justify="right", style="bold", no_wrap=True)
+    table.add_column("ms", justify="right", no_wrap=True)
+    table.add_column("p10-p90", justify="right", no_wrap=True)
+    table.add_column("mem", justify="right", no_wrap=True)
+    table.add_column("MFU", justify="right", no_wrap=True)
+    failed = any(r.get("status") != "ok" for r in rows)
+    if failed:
+        table.add_column("message", overflow="fold", max_width=60)
+    previous = None
+    for r in rows:
+        ran = r.get("backend_attention")
+        attention = escape(ran) if ran else (f"[dim]{escape(r['attention'])}[/]"
+                                             if r.get("attention") else "-")  # fmt: skip
+        status = r.get("status") or "?"
+        style = STATUS_STYLE.get(status, "red")
+        ok = status == "ok"
+        spread = (
+            f"{fmt.milliseconds(r.get('time_p10_s'))}-{fmt.milliseconds(r.get('time_p90_s'))}"
+            if ok and r.get("time_p10_s") is not None
+            else "-"
+        )
+        numbers = [
+            fmt.count(r.get("tokens_per_s")) if ok else "-",
+            fmt.milliseconds(r.get("time_median_s")) if ok else "-",
+            spread,
+            fmt.binary_bytes(r.get("peak_mem_bytes")) if ok else "-",
+            fmt.fraction(r.get("mfu")),
+        ]
+        if failed:
+            message = None if ok else str(r.get("message") or "")
+            shown = "(as above)" if message and message == previous else escape(message or "")
+            numbers.append(f"[{style}]{shown}[/]")
+            previous = message or previous
+        table.add_row(
+            str(r.get("cell_index", "")),
+            escape(str(r.get("variant"))),
+            attention,
+            str(r.get("seq")),
+            *["-" if r.get(f) is None else escape(str(r.get(f))) for f in details],
+            f"[{style}]{escape(status)}[/]",
+            *numbers,
+        )
+    return table
+
+
+def env_table(env: Mapping[str, Any], title: str = "environment") -> Table:
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    for key, value in env.items():
+        table.add_row(key, "-" if value is None else escape(str(value)))
+    return table
+
+
+# ----------------------------------------------------------------------------- profiles
+
+
+def _bar(share: float, width: int = 20) -> str:
+    return "█" * round(max(0.0, min(1.0, share)) * width)
+
+
+def stage_table(summary: TraceSummary) -> Table:
+    cuda = summary.basis == "cuda"
+    table = Table(
+        title="time per stage, per step",
+        caption="a row excludes the labelled stages nested in it; bwd: its own backward",
+        show_footer=True,
+    )
+    backward = any(r.device_backward_s if cuda else r.cpu_backward_s for r in summary.stages)
+    table.add_column("stage", footer="step", style="bold")
+    table.add_column("GPU ms" if cuda else "time ms", _ms(summary.step_s), justify="right")
+    if backward:
+        table.add_column("of which bwd ms", justify="right")
+    table.add_column("share", f"{summary.total() / summary.step_s:.1%}", justify="right")
+    table.add_column("", style="cyan")
+    if cuda:
+        table.add_column("CPU ms", justify="right")
+    for row in summary.stages:
+        share = summary.share(row)
+        bwd = row.device_backward_s if cuda else row.cpu_backward_s
+        cells = [row.name, _ms(summary.stage_time(row))]
+        if backward:
+            cells.append(_ms(bwd) if bwd else "")
+        cells += [f"{share:.1%}", _bar(share)]
+        if cuda:
+            cells.append(_ms(row.cpu_s))
+        table.add_row(*cells)
+    return table
+
+
+def ops_table(summary: TraceSummary, device: bool = False) -> Table:
+    rows = summary.device_ops if device else summary.ops
+    kind = "CUDA" if device else "CPU"
+    table = Table(title=f"top operators by self {kind} time (per step)")
+    table.add_column("operator", no_wrap=True, overflow="ellipsis", max_width=48)
+    table.add_column("calls", justify="right")
+    table.add_column(f"self {kind} ms", justify="right")
+    table.add_column("of step", justify="right")
+    table.add_column("total CPU ms", justify="right")
+    table.add_column("input dims (heaviest)", overflow="fold", style="dim")
+    for op in rows:
+        own = op.self_device_s if device else op.self_s
+        table.add_row(
+            escape(op.name),
+            f"{op.calls:g}",
+            _ms(own),
+            f"{own / summary.step_s:.1%}" if summary.step_s else "",
+            _ms(op.total_s),
+            escape(op.shape),
+        )
+    return table
+
+
+def _ms(seconds: float) -> str:
+    """Profile tables keep two decimals: their rows must visibly add up to the step."""
+    return f"{seconds * 1e3:,.2f}"

@@ -1,0 +1,257 @@
+"""The results schema: every column of a row, its type, its meaning, its group; one version.
+
+This is the one place the columns are listed. The store writes exactly these columns; the runner
+assembles a row from its groups and `row()` refuses an unknown or a missing key at the point it
+is made; the CLI tables, compare, gate, plots and the HTML report read their field lists and
+metric metadata from here. Model config columns are not listed by hand: every field of every
+variant in `hubbench.variants` is a column, typed and grouped by its own metadata.
+
+Groups, in file order, and who fills them:
+- identity: which run and which cell (the runner);
+- cell: what was measured, the run fields (variant, mode, device, batch, seq, compile) and every
+  model config field, null where it does not apply (the cell);
+- measure: how carefully (warm-up, repeats, time limits; the cell);
+- outcome: status, message, the device it ran on, wall time (the worker, for every cell);
+- measurement: backends, step-time statistics, memory, FLOPs, MFU (the worker, ok cells only);
+- env: versions, commit, host, threads, time (the runner and the worker).
+A cell column's `role` says how reports group rows: `figure` fields are fixed within one figure,
+`series` fields tell its lines apart, `x` is the axis. Metric columns carry their direction and
+how they scale with the step time (`time_power`), which the bootstrap uses.
+
+Columns are added, never renamed; adding one bumps SCHEMA_VERSION. Files of an older version
+are read with the newer columns null (config columns filled from `config_json`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hubbench.config import INT64_MAX
+from hubbench.errors import ReportError, SchemaError
+
+SCHEMA_VERSION = 2
+
+GROUPS = ("identity", "cell", "measure", "outcome", "measurement", "env")
+TYPES = ("int64", "float64", "string", "bool", "list<float64>")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # one of TYPES (arrow)
+    group: str  # one of GROUPS
+    doc: str
+    role: str | None = None  # cell columns: figure | series | x
+    label: str | None = None  # short table header, for metrics
+    unit: str | None = None  # s | bytes | tokens/s | FLOP/s | fraction
+    higher_is_better: bool | None = None  # set for metrics (compare / gate / plots)
+    time_power: int | None = None  # metric ~ step time ** p: -1 rates, +1 times, 0 memory
+
+    @property
+    def is_metric(self) -> bool:
+        return self.higher_is_better is not None
+
+
+def _c(name: str, type_: str, group: str, doc: str, **kw: Any) -> Column:
+    return Column(name, type_, group, doc, **kw)
+
+
+def _config_columns() -> tuple[Column, ...]:
+    from hubbench.variants import all_fields
+
+    arrow = {int: "int64", float: "float64", bool: "bool", str: "string"}
+    role = {"shape": "figure", "mixer": "series"}
+    return tuple(
+        _c(f.name, arrow[f.type], "cell", f"model config: {f.doc}", role=role[f.role])
+        for f in all_fields().values()
+    )
+
+
+def _metric(name: str, type_: str, doc: str, label: str, unit: str, hib: bool, p: int) -> Column:
+    return Column(name, type_, "measurement", doc, None, label, unit, hib, p)
+
+
+COLUMNS: tuple[Column, ...] = (
+    _c("schema_version", "int64", "identity", "version of this schema the row was written in"),
+    _c("run_id", "string", "identity", "8 hex digits, one per run (the file name ends with it)"),
+    _c("suite", "string", "identity", "the suite the run came from"),
+    _c("cell_index", "int64", "identity", "position of the cell in the plan"),
+    _c("cell_id", "string", "identity",
+       "hash of the cell fields (not the measure settings): equal cells share it across runs"),
+    _c("variant", "string", "cell", "model variant (hubbench list)", role="series"),
+    _c("mode", "string", "cell", "fwd | fwd_bwd | train", role="figure"),
+    _c("device", "string", "cell", "cpu | cuda | cuda:N", role="figure"),
+    _c("batch", "int64", "cell", "sequences per step", role="figure"),
+    _c("seq", "int64", "cell", "sequence length n", role="x"),
+    _c("compile", "bool", "cell", "torch.compile'd step", role="series"),
+    *_config_columns(),
+    _c("config_json", "string", "cell", "the full model config as JSON, nulls where inert"),
+    _c("warmup", "int64", "measure", "untimed steps before timing"),
+    _c("repeats", "int64", "measure", "timed steps (at least)"),
+    _c("min_time_s", "float64", "measure", "keep timing until this much time was timed"),
+    _c("timeout_s", "float64", "measure", "per-cell limit, model build included"),
+    _c("status", "string", "outcome", "ok | skipped | oom | error | timeout"),
+    _c("message", "string", "outcome", "why a cell is not ok (null when it is)"),
+    _c("device_name", "string", "outcome", "GPU or CPU model the cell ran on"),
+    _c("wall_s", "float64", "outcome", "cell wall time in the worker: build, warm-up, timing"),
+    _c("backend_attention", "string", "measurement", "attention kernel that ran (observed)"),
+    _c("backend_mamba", "string", "measurement", "mamba:ref | mamba:fused (observed)"),
+    _c("backend_hub", "string", "measurement", "HubRouter implementation that ran"),
+    _metric("time_median_s", "float64", "median step time", "step time", "s", False, 1),
+    _c("time_min_s", "float64", "measurement", "fastest step"),
+    _c("time_p10_s", "float64", "measurement", "10th percentile step time"),
+    _c("time_p90_s", "float64", "measurement", "90th percentile step time"),
+    _c("time_mean_s", "float64", "measurement", "mean step time"),
+    _c("time_std_s", "float64", "measurement", "step time standard deviation (ddof 1)"),
+    _c("time_count", "int64", "measurement", "timed steps"),
+    _c("samples_s", "list<float64>", "measurement", "every timed step, in order"),
+    _c("tokens_per_step", "int64", "measurement", "batch * seq"),
+    _metric("tokens_per_s", "float64", "tokens_per_step / time_median_s", "tokens/s",
+            "tokens/s", True, -1),
+    _c("tokens_per_s_p10", "float64", "measurement", "from the p90 step time"),
+    _c("tokens_per_s_p90", "float64", "measurement", "from the p10 step time"),
+    _c("warmup_s", "float64", "measurement", "wall time of the untimed steps, FLOP count included"),
+    _metric("peak_mem_bytes", "int64", "peak memory over the timed steps (see mem_kind)",
+            "peak memory", "bytes", False, 0),
+    _metric("peak_mem_reserved_bytes", "int64", "CUDA: peak reserved by the caching allocator",
+            "reserved memory", "bytes", False, 0),
+    _c("mem_kind", "string", "measurement", "cuda_allocated | cpu_rss"),
+    _c("mem_baseline_bytes", "int64", "measurement", "CPU: resident memory before the build"),
+    _c("flops_per_step", "float64", "measurement", "counted by FlopCounterMode (matmul-class)"),
+    _c("flops_per_step_analytic", "float64", "measurement", "the models' causal-aware estimate"),
+    _c("flops_per_token", "float64", "measurement", "FLOPs per step / tokens per step"),
+    _metric("achieved_flops_per_s", "float64", "FLOPs per step / median step time", "FLOP/s",
+            "FLOP/s", True, -1),
+    _metric("mfu", "float64", "achieved / peak FLOP/s", "MFU", "fraction", True, -1),
+    _c("mfu_basis", "string", "measurement", "analytic | counted: which FLOPs MFU used"),
+    _c("peak_flops_per_s", "float64", "measurement", "the denominator of MFU"),
+    _c("peak_flops_source", "string", "measurement", "GPU table entry or calibration"),
+    _c("params", "int64", "measurement", "parameter count"),
+    _c("hubbench_version", "string", "env", "hubbench version"),
+    _c("git_commit", "string", "env", "commit of the source tree that measured"),
+    _c("git_dirty", "bool", "env", "uncommitted changes in that tree"),
+    _c("torch_version", "string", "env", "torch version in the worker"),
+    _c("cuda_version", "string", "env", "CUDA version torch was built with"),
+    _c("cudnn_version", "string", "env", "cuDNN version"),
+    _c("cpu_model", "string", "env", "CPU model of the host"),
+    _c("threads", "int64", "env", "torch intra-op threads in the worker"),
+    _c("host", "string", "env", "host name"),
+    _c("utc_time", "string", "env", "when the row was written (UTC)"),
+)  # fmt: skip
+
+BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+NAMES: tuple[str, ...] = tuple(BY_NAME)
+if len(NAMES) != len(COLUMNS):
+    raise SchemaError("the results schema lists a column twice")
+
+REQUIRED = ("schema_version", "run_id", "suite", "variant", "seq", "status")  # readers need these
+
+
+def names(*groups: str) -> tuple[str, ...]:
+    """The column names of `groups`, in file order."""
+    for g in groups:
+        if g not in GROUPS:
+            raise SchemaError(f"unknown column group {g!r}; valid: {', '.join(GROUPS)}")
+    return tuple(c.name for c in COLUMNS if c.group in groups)
+
+
+def cell_fields() -> tuple[str, ...]:
+    """The columns that say what was measured: what joins the same cell across runs."""
+    return tuple(c.name for c in COLUMNS if c.group == "cell" and c.role is not None)
+
+
+def fields_with_role(role: str) -> tuple[str, ...]:
+    return tuple(c.name for c in COLUMNS if c.role == role)
+
+
+METRICS: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.is_metric)
+
+
+def metric(name: str) -> Column:
+    """A column that compare / gate / plots can take as a metric; ReportError otherwise."""
+    column = BY_NAME.get(name)
+    if column is None or not column.is_metric:
+        raise ReportError(f"unknown metric {name!r}; valid: {', '.join(METRICS)}")
+    return column
+
+
+def varying(
+    rows: Iterable[Mapping[str, Any]], fields: Iterable[str] | None = None, *, nulls: bool = True
+) -> list[str]:
+    """The fields that take two or more values over `rows` (default: every field seen).
+
+    With `nulls=False` a null does not count as a value: it only marks a field that does not
+    apply to that row (hubs for a transformer).
+    """
+    rows = list(rows)
+    keys = list(fields) if fields is not None else list(dict.fromkeys(k for r in rows for k in r))
+    out = []
+    for name in keys:
+        seen = {repr(r.get(name)) for r in rows if nulls or r.get(name) is not None}
+        if len(seen) > 1:
+            out.append(name)
+    return out
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def _fits(value: Any, type_: str) -> bool:
+    if value is None:
+        return True
+    if type_ == "int64":
+        return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= INT64_MAX
+    if type_ == "float64":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if type_ == "string":
+        return isinstance(value, str)
+    if type_ == "bool":
+        return isinstance(value, bool)
+    return isinstance(value, (list, tuple)) and all(_fits(v, "float64") for v in value)
+
+
+def check(values: Mapping[str, Any], expected: Iterable[str], where: str) -> dict[str, Any]:
+    """`values` holding exactly the columns `expected`, each of its column's type."""
+    expected = tuple(expected)
+    unknown = sorted(set(values) - set(expected))
+    missing = [n for n in expected if n not in values]
+    if unknown or missing:
+        parts = [f"unknown: {', '.join(unknown)}"] * bool(unknown)
+        parts += [f"missing: {', '.join(missing)}"] * bool(missing)
+        raise SchemaError(f"{where} does not match the results schema ({'; '.join(parts)})")
+    for name in expected:
+        if not _fits(values[name], BY_NAME[name].type):
+            raise SchemaError(
+                f"{where}: column {name} is {BY_NAME[name].type}, got {values[name]!r}"
+            )
+    return {name: values[name] for name in expected}
+
+
+def part(group: str, values: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """One group of a row, checked: exactly that group's columns."""
+    return check(values, names(group), f"{where} ({group} columns)")
+
+
+def empty(group: str) -> dict[str, Any]:
+    """A group with every column null: the measurement of a cell that did not run."""
+    return dict.fromkeys(names(group))
+
+
+def row(values: Mapping[str, Any], where: str = "row") -> dict[str, Any]:
+    """A whole row, checked: every column exactly once, in file order."""
+    return check(values, NAMES, where)
+
+
+def arrow_schema() -> Any:
+    import pyarrow as pa
+
+    types = {
+        "int64": pa.int64(),
+        "float64": pa.float64(),
+        "string": pa.string(),
+        "bool": pa.bool_(),
+        "list<float64>": pa.list_(pa.float64()),
+    }
+    return pa.schema([(c.name, types[c.type]) for c in COLUMNS])

@@ -1,0 +1,320 @@
+"""The variant registry, torch-free: typed model configs, their validation, what each variant is.
+
+This module is the one owner of a model's configuration. Suites, the CLI, the results schema and
+the reports read it; `hubbench.models` builds the modules from it. Nothing here imports torch, so
+planning a run, listing variants and drawing figures never pay for it.
+
+Every config field carries metadata: `doc` (why it exists) and `role`, which tells the reports
+how a field groups rows: a `shape` field (d_model, dtype ...) is held fixed within one figure, a
+`mixer` field (attention backend, hub or Mamba parameters, seed ...) tells the lines of a figure
+apart. Shape fields are the ones every variant has (BaseConfig), so every row has a value.
+A field that a variant has but that cannot change what it builds is *inert* (`inert_fields`): it
+is null in the row and does not multiply a sweep's cells.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hubbench.config import DTYPES, coerce, parse_text, scalar_type
+from hubbench.errors import ConfigError
+
+ATTENTION_BACKENDS = ("naive", "sdpa", "flash")
+SDPA_KERNELS = ("auto", "flash", "efficient", "math", "cudnn")
+MAMBA_IMPLS = ("ref", "fused")
+ROLES = ("shape", "mixer")
+
+
+def _f(default: Any, doc: str, role: str = "shape") -> Any:
+    return field(default=default, metadata={"doc": doc, "role": role})
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@dataclass
+class BaseConfig:
+    vocab: int = _f(256, "bytes: keeps the LM head from dominating mixer measurements")
+    d_model: int = _f(256, "model width")
+    n_layers: int = _f(4, "blocks")
+    n_heads: int = _f(4, "attention / HubRouter heads")
+    mlp_ratio: float = _f(4.0, "MLP hidden width = mlp_ratio * d_model")
+    attention: str = _f("sdpa", "naive | sdpa | flash", "mixer")
+    sdpa_kernel: str = _f("auto", "auto | flash | efficient | math | cudnn (sdpa only)", "mixer")
+    dtype: str = _f("fp32", "autocast compute dtype; parameters stay fp32")
+    seed: int = _f(0, "parameter initialisation", "mixer")
+
+    def validate(self) -> None:
+        _positive(self, "vocab", "d_model", "n_layers", "n_heads")
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}",
+                ("d_model", "n_heads"),
+            )
+        if self.mlp_ratio <= 0:
+            raise ConfigError(f"mlp_ratio must be > 0 (got {self.mlp_ratio})", ("mlp_ratio",))
+        _choice(self, "attention", ATTENTION_BACKENDS)
+        _choice(self, "sdpa_kernel", SDPA_KERNELS)
+        _choice(self, "dtype", DTYPES)
+
+
+@dataclass
+class TransformerConfig(BaseConfig):
+    def validate(self) -> None:
+        super().validate()
+        if (self.d_model // self.n_heads) % 2:  # rotary positions rotate pairs of channels
+            raise ConfigError(
+                f"rotary positions need an even head width d_model/n_heads "
+                f"(got {self.d_model}/{self.n_heads} = {self.d_model // self.n_heads})",
+                ("d_model", "n_heads"),
+            )
+
+
+@dataclass
+class JambaConfig(BaseConfig):
+    mamba_impl: str = _f("ref", "ref (PyTorch chunked scan) | fused (mamba-ssm kernels)", "mixer")
+    d_state: int = _f(16, "SSM state size, as mamba-ssm and Jamba", "mixer")
+    d_conv: int = _f(4, "causal depthwise conv width", "mixer")
+    expand: int = _f(2, "Mamba inner width = expand * d_model", "mixer")
+    moe: bool = _f(False, "MoE MLP on every other layer (Jamba: e = 2)", "mixer")
+    n_experts: int = _f(8, "MoE experts", "mixer")
+    moe_topk: int = _f(2, "experts per token", "mixer")
+
+    def validate(self) -> None:
+        super().validate()
+        _choice(self, "mamba_impl", MAMBA_IMPLS)
+        _positive(self, "d_state", "d_conv", "expand", "n_experts", "moe_topk")
+        if self.moe and self.moe_topk > self.n_experts:
+            raise ConfigError(
+                f"moe_topk={self.moe_topk} exceeds n_experts={self.n_experts}",
+                ("moe_topk", "n_experts"),
+            )
+
+
+@dataclass
+class HubFields:
+    hubs: int = _f(8, "M learned hub tokens", "mixer")
+    topk: int = _f(64, "council budget k", "mixer")
+    neighbours: int = _f(1, "right neighbours r added to each selected token", "mixer")
+    chunk: int = _f(64, "causal chunk size C", "mixer")
+    ortho: float = _f(0.0, "weight of the orthogonal hub regulariser", "mixer")
+    causal: bool = _f(True, "False only for the leak ablation", "mixer")
+
+    def validate_hub(self) -> None:
+        _positive(self, "hubs", "topk", "chunk")
+        if self.neighbours < 0:
+            raise ConfigError(f"neighbours must be >= 0 (got {self.neighbours})", ("neighbours",))
+        if self.ortho < 0:
+            raise ConfigError(f"ortho must be >= 0 (got {self.ortho})", ("ortho",))
+
+
+@dataclass
+class HubGPTConfig(HubFields, TransformerConfig):
+    replace: float = _f(1.0, "fraction of attention layers replaced, evenly spaced", "mixer")
+
+    def validate(self) -> None:
+        super().validate()
+        self.validate_hub()
+        if not 0.0 <= self.replace <= 1.0:
+            raise ConfigError(f"replace must lie in [0, 1] (got {self.replace})", ("replace",))
+
+
+@dataclass
+class HubJambaConfig(HubFields, JambaConfig):
+    def validate(self) -> None:
+        super().validate()
+        self.validate_hub()
+
+
+def _positive(config: object, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1 (got {value})", (name,))
+
+
+def _choice(config: object, name: str, valid: tuple[str, ...]) -> None:
+    value = getattr(config, name)
+    if value not in valid:
+        raise ConfigError(f"{name}={value!r} is not valid; valid: {', '.join(valid)}", (name,))
+
+
+# ----------------------------------------------------------------------------- layer layouts
+
+
+def jamba_attention_layers(n_layers: int) -> set[int]:
+    """Attention at index 4 of every full group of 8 (1:7); below 8 layers, one in the middle."""
+    if n_layers < 8:
+        return {n_layers // 2}
+    return {group * 8 + 4 for group in range(n_layers // 8)}
+
+
+def replaced_layers(n_layers: int, replace: float) -> set[int]:
+    """`round(replace * n_layers)` layer indices, evenly spaced (centred in equal segments)."""
+    count = round(replace * n_layers)
+    return {int((i + 0.5) * n_layers / count) for i in range(count)} if count else set()
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """What a variant is. Reports ask this instead of matching names."""
+
+    name: str
+    description: str
+    config_cls: type[BaseConfig]
+    router: bool  # has HubRouter layers (heatmaps, routing columns, speedup numerators)
+    baseline: str | None  # the variant a router is judged against (speedup plots)
+    order: int  # display order in tables and legends
+
+
+REGISTRY: dict[str, VariantSpec] = {
+    spec.name: spec
+    for spec in (
+        VariantSpec(
+            "transformer",
+            "pre-norm GPT: causal attention + MLP in every layer, rotary positions",
+            TransformerConfig,
+            router=False,
+            baseline=None,
+            order=0,
+        ),
+        VariantSpec(
+            "jamba",
+            "Jamba-style hybrid: attention at index 4 of every 8 layers, Mamba elsewhere, "
+            "MLP after every mixer, optional MoE every other layer",
+            JambaConfig,
+            router=False,
+            baseline=None,
+            order=1,
+        ),
+        VariantSpec(
+            "hub-gpt",
+            "transformer with a fraction `replace` of its attention layers replaced by "
+            "causal HubRouter, evenly spaced",
+            HubGPTConfig,
+            router=True,
+            baseline="transformer",
+            order=2,
+        ),
+        VariantSpec(
+            "hub-jamba",
+            "jamba with every attention layer replaced by HubRouter (causal by default)",
+            HubJambaConfig,
+            router=True,
+            baseline="jamba",
+            order=3,
+        ),
+    )
+}
+UNKNOWN_ORDER = len(REGISTRY)  # variants outside the registry (custom builders) sort last
+
+
+def get_spec(variant: str) -> VariantSpec:
+    if variant not in REGISTRY:
+        raise ConfigError(
+            f"unknown variant {variant!r}; valid: {', '.join(REGISTRY)}", ("variant",)
+        )
+    return REGISTRY[variant]
+
+
+def is_router(variant: str) -> bool:
+    spec = REGISTRY.get(variant)
+    return spec is not None and spec.router
+
+
+def is_baseline(variant: str) -> bool:
+    """A variant that other variants are judged against (transformer, jamba)."""
+    return any(spec.baseline == variant for spec in REGISTRY.values())
+
+
+def baseline_of(variant: str) -> str | None:
+    spec = REGISTRY.get(variant)
+    return None if spec is None else spec.baseline
+
+
+def display_order(variant: str) -> int:
+    spec = REGISTRY.get(variant)
+    return UNKNOWN_ORDER if spec is None else spec.order
+
+
+def config_fields(variant: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(get_spec(variant).config_cls)]
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    name: str
+    type: type
+    role: str
+    doc: str
+
+
+def all_fields() -> dict[str, FieldInfo]:
+    """Every config field of any variant, in registry order (the results schema's columns)."""
+    out: dict[str, FieldInfo] = {}
+    for spec in REGISTRY.values():
+        for f in dataclasses.fields(spec.config_cls):
+            info = FieldInfo(f.name, scalar_type(f.type), f.metadata["role"], f.metadata["doc"])
+            if out.setdefault(f.name, info) != info:
+                raise TypeError(f"config field {f.name} is declared twice, differently")
+    return out
+
+
+def inert_fields(config: BaseConfig) -> set[str]:
+    """Fields that cannot change what this config builds (a sweep must not multiply on them)."""
+    inert: set[str] = set()
+    if isinstance(config, HubJambaConfig) or (
+        isinstance(config, HubGPTConfig)
+        and len(replaced_layers(config.n_layers, config.replace)) == config.n_layers
+    ):
+        inert |= {"attention", "sdpa_kernel"}
+    if isinstance(config, HubGPTConfig) and not replaced_layers(config.n_layers, config.replace):
+        inert |= {"hubs", "topk", "neighbours", "chunk", "ortho", "causal"}
+    if config.attention != "sdpa":
+        inert.add("sdpa_kernel")
+    if isinstance(config, JambaConfig) and not config.moe:
+        inert |= {"n_experts", "moe_topk"}
+    return inert
+
+
+def make_config(variant: str, **fields: Any) -> BaseConfig:
+    """A validated config from typed values (TOML, Python) or CLI strings.
+
+    An unknown field or impossible value is a one-line ConfigError naming the fields.
+    """
+    spec = get_spec(variant)
+    types = {f.name: scalar_type(f.type) for f in dataclasses.fields(spec.config_cls)}
+    unknown = sorted(set(fields) - set(types))
+    if unknown:
+        raise ConfigError(
+            f"unknown config field(s) {', '.join(unknown)} for variant {variant!r}; "
+            f"valid: {', '.join(types)}",
+            unknown,
+        )
+    values = {}
+    for name, value in fields.items():
+        where = f"{variant}: field {name}"
+        kind = types[name]
+        values[name] = (
+            parse_text(value, kind, where)
+            if isinstance(value, str) and kind is not str
+            else coerce(value, kind, where)
+        )
+    config = spec.config_cls(**values)
+    config.validate()
+    return config
+
+
+def config_from_dict(variant: str, values: Mapping[str, Any]) -> BaseConfig:
+    """Rebuild a config that was validated when its cell was planned (the worker's side)."""
+    return get_spec(variant).config_cls(**values)
+
+
+def config_dict(config: BaseConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)

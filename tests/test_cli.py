@@ -1,0 +1,142 @@
+"""The CLI as a whole: the error boundary, start-up cost, each command's main path and bad input.
+
+run / results / env are covered in depth in test_cli_run.py, plot / compare / gate / report in
+report/test_cli_report.py, profile in test_profile.py, verify in test_causality.py; this file
+holds what is common to all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from hubbench import store
+from hubbench.cli import app
+from hubbench.errors import SuiteError
+
+runner = CliRunner()
+
+ONE_CELL = """
+description = "one tiny cell"
+[measure]
+warmup = 1
+repeats = 2
+[defaults]
+device = "cpu"
+variant = "transformer"
+mode = "fwd"
+seq = 32
+d_model = 16
+n_layers = 1
+n_heads = 2
+"""
+
+
+def test_errors_are_one_line_and_debug_shows_the_traceback() -> None:
+    plain = runner.invoke(app, ["run", "nope"])
+    assert plain.exit_code == 2 and isinstance(plain.exception, SystemExit)
+    assert plain.stderr.startswith("error: unknown suite 'nope'")
+    assert plain.stderr.count("\n") == 1 and "Traceback" not in plain.stderr
+    debug = runner.invoke(app, ["--debug", "run", "nope"])
+    assert isinstance(debug.exception, SuiteError)  # re-raised, so Python prints the traceback
+    assert "unknown suite 'nope'" in str(debug.exception)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["list"], ["run", "throughput", "--dry-run"], ["run", "--help"]],
+)
+def test_planning_and_listing_import_neither_torch_nor_pandas(argv: list[str]) -> None:
+    code = (
+        "import sys; from hubbench.cli import app\n"
+        "try:\n"
+        f"    app({argv!r}, standalone_mode=False)\n"
+        "finally:\n"
+        "    heavy = [m for m in ('torch', 'pandas', 'pyarrow', 'matplotlib')\n"
+        "             if m in sys.modules]\n"
+        "    print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "HEAVY []", out.stdout[-500:]
+
+
+def test_the_config_layer_imports_no_torch() -> None:
+    modules = "hubbench.config, hubbench.variants, hubbench.schema, hubbench.cell, hubbench.suite"
+    code = f"import sys, {modules}; print('torch' in sys.modules, 'pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
+def test_list_shows_variants_and_suites_and_marks_a_broken_suite(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HUBBENCH_SUITES", str(tmp_path))
+    (tmp_path / "broken.toml").write_bytes(b'description = "\xff\xfe"\n')
+    typo = '[sweep]\nvariant = ["transformer"]\nseq = [64]\nhubz = [1]\n'
+    (tmp_path / "typo.toml").write_text(typo)
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0, result.output
+    for text in ("transformer", "hub-jamba", "throughput", "scaling", "broken", "typo"):
+        assert text in result.output
+    assert result.output.count("invalid:") == 2
+    assert "not UTF-8" in result.output and "hubz" in result.output
+
+
+def test_env_bad_device_is_one_line() -> None:
+    result = runner.invoke(app, ["env", "--device", "tpu"])
+    assert result.exit_code == 2 and "--device: unknown device 'tpu'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (["run", "ci", "--seq", "64", "--set", "seq=128"], "--set seq: seq is also given by --seq"),
+        (["run", "ci", "--set", "hubs=4", "--set", "hubs=8"], "--set hubs: given twice"),
+        (["run", "ci", "--repeats", "0"], "--repeats must be >= 1"),
+        (["run", "ci", "--timeout", "nan"], "--timeout: expected a finite number"),
+        (["run", "suites/"], "suite suites/ is a directory"),
+        (["run", "./suites/"], "is a directory"),
+        (["compare", "zzzz", "yyyy"], "no run 'zzzz'"),
+        (["report", "zzzz"], "no run 'zzzz'"),
+        (["plot", "zzzz"], "no run 'zzzz'"),
+        (["verify", "causal", "--seeds", "0"], "--seeds must be >= 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], text: str) -> None:
+    result = runner.invoke(
+        app,
+        [
+            *args,
+            *(["--results-dir", str(tmp_path)] if args[0] in ("compare", "report", "plot") else []),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert text in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_two_runs_at_once_write_two_intact_files(tmp_path: Path) -> None:
+    """Two real `hubbench run` processes started together on one results directory."""
+    suite = tmp_path / "one.toml"
+    suite.write_text(ONE_CELL)
+    results = tmp_path / "results"
+    argv = [sys.executable, "-m", "hubbench", "run", str(suite), "--results-dir", str(results)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]  # fmt: skip
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-2000:]
+    paths = store.list_runs(results)
+    assert len(paths) == 2
+    run_ids = set()
+    for path in paths:
+        df = pd.read_parquet(path)
+        assert df["status"].tolist() == ["ok"] and df["run_id"].nunique() == 1
+        run_ids.add(df["run_id"].iloc[0])
+        assert path.stem.endswith(df["run_id"].iloc[0])
+        json.loads(df["config_json"].iloc[0])
+    assert len(run_ids) == 2
