@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hubbench import schema
+from hubbench.config import default_threads
 from hubbench.variants import BaseConfig, config_dict, config_from_dict, inert_fields
 
 RUN_FIELDS: dict[str, type] = {  # the cell fields that are not model config fields
@@ -23,20 +24,39 @@ RUN_FIELDS: dict[str, type] = {  # the cell fields that are not model config fie
     "batch": int,
     "seq": int,
     "compile": bool,
+    "threads": int,
 }
 RUN_DEFAULTS: dict[str, Any] = {"mode": "fwd_bwd", "device": "auto", "batch": 1, "compile": False}
 
 
+def run_defaults() -> dict[str, Any]:
+    """The run fields a suite may leave out; `threads` follows config.default_threads."""
+    return {**RUN_DEFAULTS, "threads": default_threads()}
+
+
 @dataclass(frozen=True)
 class Measure:
-    """How carefully a cell is measured (not what is measured: not part of its identity)."""
+    """How carefully a cell is measured (not what is measured: not part of its identity).
 
-    warmup: int = 1  # untimed steps first; the first one also counts FLOPs
-    repeats: int = 5  # timed steps (at least)
-    min_time_s: float = 0.0  # keep timing until this much timed time has passed
-    timeout_s: float = 600.0  # per cell, model build included; then the cell is `timeout`
+    A cell is measured in `rounds` timing blocks, interleaved with the other cells' rounds; each
+    round builds the model afresh, warms it up and times `repeats` steps (docs/measurement.md).
+    """
+
+    warmup: int = 2  # untimed steps per round, at least (round 1's first one counts FLOPs)
+    warmup_min_s: float = 0.2  # ... and at least this long, until step times have settled
+    warmup_max_s: float = 1.0  # ... but no longer than this, settled or not
+    repeats: int = 5  # timed steps per round, at least
+    min_time_s: float = 0.0  # ... and keep timing until this much of a round is timed
+    rounds: int = 5  # timing blocks per cell
+    timeout_s: float = 600.0  # per cell and round, model build included; then `timeout`
 
 
+# Chosen from measurements (docs/measurement.md, "Rounds and defaults"); a suite's [measure] and
+# [measure.<device>] tables override them.
+DEVICE_MEASURE: dict[str, Measure] = {
+    "cpu": Measure(),
+    "cuda": Measure(warmup=3, warmup_min_s=0.1, repeats=10, rounds=3),
+}
 MEASURE_FIELDS: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(Measure)}
 
 
@@ -49,6 +69,7 @@ class Cell:
     batch: int
     seq: int
     compile: bool
+    threads: int  # torch intra-op threads in the worker
     config: BaseConfig  # validated; every field, inert ones included
     measure: Measure
 

@@ -144,3 +144,41 @@ def resolve_device(name: str, where: str = "device") -> str:
 def device_kind(name: str) -> str:
     """'cuda:1' -> 'cuda', 'cpu' -> 'cpu'."""
     return "cuda" if name.startswith("cuda") else "cpu"
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which containers narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """The torch intra-op threads a cell gets unless its suite or `--threads` says otherwise.
+
+    Half the usable CPUs, at least one. Measured on the 2-core development box with one other
+    busy process: at 1 thread the steps of the `ci` cells stayed within a few % of each other; at
+    2 threads OpenMP's waiting threads competed with the other process and steps varied 0.5-6x
+    (medians up to 3.4x slower). Half leaves room for the runner, the OS and other tenants; on a
+    dedicated machine ask for more with --threads.
+    """
+    return max(1, usable_cpus() // 2)
+
+
+def oversubscribed(threads: int) -> str | None:
+    """A warning when the machine is already busy enough that `threads` more will contend."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return None
+    cpus = usable_cpus()
+    if load + threads <= cpus:
+        return None
+    return (
+        f"the machine is busy: load average {load:.1f} on {cpus} CPU(s), and cells use {threads} "
+        "thread(s); expect noisy rounds (the noise line after the run says how noisy)"
+    )

@@ -75,11 +75,11 @@ def host_env() -> dict[str, Any]:
     }
 
 
-TORCH_ENV_KEYS = ("torch_version", "cuda_version", "cudnn_version", "threads")
+TORCH_ENV_KEYS = ("torch_version", "cuda_version", "cudnn_version")
 
 
 def torch_env() -> dict[str, Any]:
-    """Library versions and threads, as the worker that measures sees them."""
+    """Library versions, as the worker that measures sees them."""
     import torch
 
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
@@ -87,7 +87,6 @@ def torch_env() -> dict[str, Any]:
         "torch_version": torch.__version__,
         "cuda_version": torch.version.cuda,
         "cudnn_version": None if cudnn is None else str(cudnn),
-        "threads": torch.get_num_threads(),
     }
 
 

@@ -1,4 +1,4 @@
-"""One cell, measured in this process: build, warm up, time, assemble; never raises for the cell.
+"""One round of a cell, measured in this process: build, warm up, time; never raises for the cell.
 
 Every failure of a cell is its outcome: `oom` (CPU allocator / CUDA OOM / MemoryError), `skipped`
 (UnavailableError: no CUDA, no flash-attn, no mamba-ssm) or `error` (any other exception). The
@@ -15,6 +15,7 @@ from typing import Any
 from hubbench import schema
 from hubbench.cell import Cell
 from hubbench.errors import UnavailableError
+from hubbench.metrics import RoundResult
 
 MESSAGE_CHARS = 500
 
@@ -33,27 +34,35 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return ("oom" if oom else "error"), message
 
 
-def execute_cell(cell: Cell, build: Callable[..., Any]) -> dict[str, Any]:
-    """{'outcome': outcome columns, 'measurement': measurement columns or None}."""
+def execute_cell(cell: Cell, build: Callable[..., Any], count_flops: bool = True) -> dict[str, Any]:
+    """One round of `cell`: {'outcome': outcome columns, 'round': RoundResult JSON or None}.
+
+    The model is built afresh for the round. `count_flops`: count FLOPs on its first warm-up
+    step (the runner asks for it in a cell's first round only).
+    """
     from hubbench.env import device_name
 
     start = time.perf_counter()  # bookkeeping (wall_s); step timing is measure.py's alone
     outcome: dict[str, Any] = {"status": "ok", "message": None, "device_name": None}
-    measurement = None
+    result = None
     try:
+        _set_threads(cell.threads)
         device = _device(cell)
         outcome["device_name"] = device_name(device)  # failed rows too: plots group by device
-        measurement = _measure(cell, build, device, outcome["device_name"])
+        result = _measure(cell, build, device, outcome["device_name"], count_flops).to_json()
     except Exception as exc:  # every failure of a cell is its row's status
         outcome["status"], outcome["message"] = classify(exc)
     finally:
         gc.collect()
         _empty_cuda_cache()
     outcome["wall_s"] = time.perf_counter() - start
-    return {
-        "outcome": schema.part("outcome", outcome, f"cell {cell.index}"),
-        "measurement": measurement,
-    }
+    return {"outcome": schema.part("outcome", outcome, f"cell {cell.index}"), "round": result}
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _device(cell: Cell) -> Any:
@@ -62,33 +71,37 @@ def _device(cell: Cell) -> Any:
     return torch_device(cell.device)
 
 
-def _measure(cell: Cell, build: Callable[..., Any], device: Any, name: str) -> dict[str, Any]:
+def _measure(
+    cell: Cell, build: Callable[..., Any], device: Any, name: str, count_flops: bool
+) -> RoundResult:
     from hubbench.env import load_calibration
-    from hubbench.flops import count_flops, peak_flops
-    from hubbench.measure import measure_step, rss_bytes, trim_heap
-    from hubbench.metrics import measurement_columns
+    from hubbench.flops import count_flops as counted_flops
+    from hubbench.flops import peak_flops
+    from hubbench.measure import measure_step, rss_bytes, sentinel_s, trim_heap
     from hubbench.step import build_step
 
+    sentinel = sentinel_s()
     gc.collect()
     trim_heap()
     baseline = rss_bytes() if device.type == "cpu" else None
     model = build(cell.variant, cell.config)
     flops = None
-    if cell.compile:  # FlopCounterMode cannot see inside compiled graphs: count eagerly
+    if cell.compile and count_flops:  # FlopCounterMode cannot see into compiled graphs
         eager = build_step(model, cell.mode, cell.batch, cell.seq, device)
-        flops = count_flops(lambda: (eager.fn(), eager.sync()))
+        flops = counted_flops(lambda: (eager.fn(), eager.sync()))
         del eager
     step = build_step(model, cell.mode, cell.batch, cell.seq, device, compile=cell.compile)
+    settings = cell.measure
     m = measure_step(
         step,
-        warmup=cell.measure.warmup,
-        repeats=cell.measure.repeats,
-        min_time_s=cell.measure.min_time_s,
-        count=not cell.compile,
+        warmup=settings.warmup,
+        warmup_min_s=settings.warmup_min_s,
+        warmup_max_s=settings.warmup_max_s,
+        repeats=settings.repeats,
+        min_time_s=settings.min_time_s,
+        count=count_flops and not cell.compile,
         mem_baseline=baseline,
     )
-    if cell.compile:
-        m.flops_per_step = flops
     analytic = (
         float(model.flops_analytic(cell.batch, cell.seq, cell.mode))
         if hasattr(model, "flops_analytic")
@@ -96,13 +109,23 @@ def _measure(cell: Cell, build: Callable[..., Any], device: Any, name: str) -> d
     )
     dtype = getattr(model.config, "dtype", "fp32")
     peak, source = peak_flops(device.type, name, dtype, load_calibration(device))
-    return measurement_columns(
-        m,
-        analytic_flops=analytic,
-        peak_flops=peak,
-        peak_source=source,
+    return RoundResult(
+        samples_s=list(m.samples),
+        tokens=m.tokens,
+        warmup_s=m.warmup_s,
+        warmup_steps=m.warmup_steps,
+        warmup_capped=m.warmup_capped,
+        sentinel_s=sentinel,
+        peak_mem_bytes=m.peak_mem_bytes,
+        peak_mem_reserved_bytes=m.peak_mem_reserved_bytes,
+        mem_kind=m.mem_kind,
+        mem_baseline_bytes=m.mem_baseline_bytes,
+        flops_per_step=flops if cell.compile else m.flops_per_step,
+        flops_per_step_analytic=analytic,
+        peak_flops_per_s=peak,
+        peak_flops_source=source,
         params=int(model.num_params()),
-        where=f"cell {cell.index}",
+        backends=dict(m.backends),
     )
 
 

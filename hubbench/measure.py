@@ -6,10 +6,16 @@ synchronisation after it, so a sample is device time between the events (CPU lau
 included when the GPU waits for them). No clock is read inside the step; inputs and optimizer
 exist before timing (hubbench.step).
 
-Order for a cell: the first warm-up step runs under FlopCounterMode (so counting costs no extra
-step; with warmup = 0 one extra untimed step runs for it), the remaining warm-up steps run
-plain, the backends that ran are read, peak memory is reset, then `repeats` timed steps (more
-while their total is under `min_time_s`).
+Order for a round of a cell: when FLOPs are to be counted (round 1), the first warm-up step runs
+under FlopCounterMode (with warmup = 0 that is one extra untimed step). Then warm-up by time and
+stability (`warm_up`): at least `warmup` steps and `warmup_min_s` seconds, until the median of
+the last SETTLE_WINDOW step times is within SETTLE_TOLERANCE of the median of the window before
+it, and never past `warmup_max_s` (such a warm-up is recorded as unsettled). The backends that
+ran are read, peak memory is reset, then `repeats` timed steps (more while their total is under
+`min_time_s`).
+
+Noise sentinel. `sentinel_s` times a fixed small matmul workload; the runner calls it before
+each round, so a round that ran while the machine was slow can be told apart afterwards.
 
 Memory. CUDA: `max_memory_allocated` / `max_memory_reserved` over the timed steps (everything
 live: parameters, optimizer state, inputs, activations). CPU: the worker's peak resident set
@@ -31,6 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 MAX_REPEATS = 10_000  # a ceiling for min_time_s on very fast steps
+SETTLE_WINDOW = 3  # warm-up steps per window of the stability rule
+SETTLE_TOLERANCE = 0.05  # consecutive window medians this close: step times have settled
+SENTINEL_SIZE, SENTINEL_CALLS = 192, 100  # about 10 ms of fp32 matmuls on one CPU thread
 
 
 @dataclass
@@ -55,6 +64,8 @@ class Measurement:
     mem_baseline_bytes: int | None
     flops_per_step: float | None
     warmup_s: float  # wall time of the untimed steps (FLOP counting included)
+    warmup_steps: int  # untimed steps (the FLOP-counting one included)
+    warmup_capped: bool  # warmup_max_s ran out before the step times settled
     backends: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -119,25 +130,68 @@ def time_calls(
     return samples
 
 
+@dataclass
+class Warmup:
+    steps: int
+    seconds: float
+    capped: bool  # stopped by max_s before the step times settled
+
+
+def settled(times: list[float]) -> bool:
+    """Whether the last two windows of step times have medians within SETTLE_TOLERANCE."""
+    w = SETTLE_WINDOW
+    if len(times) < 2 * w:
+        return False
+    last, before = _median(times[-w:]), _median(times[-2 * w : -w])
+    return abs(last / before - 1) <= SETTLE_TOLERANCE
+
+
+def warm_up(
+    run: Callable[[], Any], *, steps: int, min_s: float, max_s: float, done: int = 0
+) -> Warmup:
+    """Call `run` (one synced step) until the rule of the module docstring says it is warm.
+
+    `done` steps already ran (the FLOP-counting one); they count towards `steps`, not towards
+    the stability windows, since counting slows a step.
+    """
+    start = time.perf_counter()
+    times: list[float] = []
+    count = done
+    while True:
+        elapsed = time.perf_counter() - start
+        steady = max_s <= 0 or settled(times)  # max_s = 0: exactly `steps` steps, no rule
+        if count >= steps and (elapsed >= max_s or (elapsed >= min_s and steady)):
+            return Warmup(count, elapsed, capped=not steady)
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+        count += 1
+
+
 def measure_step(
     step: Any,
     *,
-    warmup: int = 1,
+    warmup: int = 2,
+    warmup_min_s: float = 0.0,
+    warmup_max_s: float = 0.0,
     repeats: int = 5,
     min_time_s: float = 0.0,
     count: bool = True,
     mem_baseline: int | None = None,
 ) -> Measurement:
-    """Warm up (counting FLOPs on the first step), then time `step.fn`; see the module doc."""
+    """Warm up (counting FLOPs on the first step), then time `step.fn`; see the module doc.
+
+    With warmup_min_s = warmup_max_s = 0 the warm-up is exactly `warmup` steps.
+    """
     from hubbench.flops import count_flops
 
     flops = None
     start = time.perf_counter()
     if count:
         flops = count_flops(_synced(step))
-    for _ in range(max(warmup - 1, 0) if count else warmup):
-        step.fn()
-    step.sync()
+    warm = warm_up(
+        _synced(step), steps=warmup, min_s=warmup_min_s, max_s=warmup_max_s, done=int(count)
+    )
     warmup_s = time.perf_counter() - start
     model = step.model
     backends = dict(model.backends()) if hasattr(model, "backends") else {}
@@ -155,8 +209,34 @@ def measure_step(
         mem_baseline_bytes=memory.baseline,
         flops_per_step=flops,
         warmup_s=warmup_s,
+        warmup_steps=warm.steps,
+        warmup_capped=warm.capped,
         backends=backends,
     )
+
+
+def sentinel_s() -> float:
+    """Seconds for a fixed CPU matmul workload, with the threads the caller has set (best of 3).
+
+    The same work every time: a rise means the machine (other processes, frequency, thermal
+    limits) slowed, not the cell.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(SENTINEL_SIZE, SENTINEL_SIZE, generator=gen)
+    out = torch.empty_like(a)
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(SENTINEL_CALLS):
+            torch.mm(a, a, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _median(values: list[float]) -> float:
+    return _quantile(sorted(values), 0.5)
 
 
 def _synced(step: Any) -> Callable[[], None]:

@@ -1,36 +1,85 @@
-"""Metric assembly: a Measurement plus what the model says about itself -> the measurement columns.
+"""Metric assembly: a cell's rounds -> the measurement columns of its row.
 
-Derived quantities are computed here and nowhere else: tokens/s from the median step time (and
-its p10 / p90 spread from the p90 / p10 times), FLOPs per token, achieved FLOP/s and MFU. MFU
-uses the model's analytic, causal-aware FLOPs when it has them (model FLOPs utilisation), else
-the counted ones; `mfu_basis` says which.
+The worker measures one round of a cell at a time (hubbench.execute) and answers a RoundResult;
+the runner collects a cell's rounds and calls `measurement_columns` after each one, so the row on
+disk always holds every round measured so far. Derived quantities are computed here and nowhere
+else: step-time statistics over all rounds' samples, tokens/s from their median (and its p10 /
+p90 spread from the p90 / p10 times), FLOPs per token, achieved FLOP/s and MFU. MFU uses the
+model's analytic, causal-aware FLOPs when it has them (model FLOPs utilisation), else the counted
+ones; `mfu_basis` says which. Peak memory is the highest of the rounds.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from hubbench import schema
-from hubbench.measure import Measurement
+from hubbench.measure import summarize
+
+# backend column -> the key the model reports it under (LanguageModel.backends)
+BACKEND_COLUMNS = {"backend_attention": "attention", "backend_mamba": "mamba",
+                   "backend_hub": "hubrouter"}  # fmt: skip
 
 
-def measurement_columns(
-    m: Measurement,
-    *,
-    analytic_flops: float | None,
-    peak_flops: float | None,
-    peak_source: str | None,
-    params: int,
-    where: str,
-) -> dict[str, Any]:
-    """The row's measurement group for one ok cell, checked against the schema."""
-    s = m.stats
-    basis = analytic_flops if analytic_flops else m.flops_per_step
+@dataclass
+class RoundResult:
+    """What one round of one cell measured (crosses the worker pipe as JSON)."""
+
+    samples_s: list[float]
+    tokens: int
+    warmup_s: float
+    warmup_steps: int
+    warmup_capped: bool
+    sentinel_s: float | None
+    peak_mem_bytes: int | None
+    peak_mem_reserved_bytes: int | None
+    mem_kind: str | None
+    mem_baseline_bytes: int | None
+    flops_per_step: float | None  # counted in the cell's first round only
+    flops_per_step_analytic: float | None
+    peak_flops_per_s: float | None
+    peak_flops_source: str | None
+    params: int
+    backends: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RoundResult:
+        return cls(**data)
+
+
+def _first(values: Sequence[Any]) -> Any:
+    return next((v for v in values if v is not None), None)
+
+
+def _joined(values: Sequence[str | None]) -> str | None:
+    """One backend name, or the distinct ones joined by '+' if rounds differed."""
+    seen = sorted({v for v in values if v is not None})
+    return "+".join(seen) if seen else None
+
+
+def measurement_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, Any]:
+    """The row's measurement group for a cell's rounds so far, checked against the schema."""
+    samples = [t for r in rounds for t in r.samples_s]
+    s = summarize(samples)
+    tokens = rounds[0].tokens
+    analytic = _first([r.flops_per_step_analytic for r in rounds])
+    counted = _first([r.flops_per_step for r in rounds])
+    peak = _first([r.peak_flops_per_s for r in rounds])
+    basis = analytic if analytic else counted
     achieved = basis / s.median if basis else None
+    memory = [r.peak_mem_bytes for r in rounds if r.peak_mem_bytes is not None]
+    reserved = [r.peak_mem_reserved_bytes for r in rounds if r.peak_mem_reserved_bytes is not None]
     values = {
-        "backend_attention": m.backends.get("attention"),
-        "backend_mamba": m.backends.get("mamba"),
-        "backend_hub": m.backends.get("hubrouter"),
+        **{
+            col: _joined([r.backends.get(key) for r in rounds])
+            for col, key in BACKEND_COLUMNS.items()
+        },
         "time_median_s": s.median,
         "time_min_s": s.min,
         "time_p10_s": s.p10,
@@ -38,24 +87,29 @@ def measurement_columns(
         "time_mean_s": s.mean,
         "time_std_s": s.std,
         "time_count": s.count,
-        "samples_s": list(m.samples),
-        "tokens_per_step": m.tokens,
-        "tokens_per_s": m.tokens / s.median,
-        "tokens_per_s_p10": m.tokens / s.p90,
-        "tokens_per_s_p90": m.tokens / s.p10,
-        "warmup_s": m.warmup_s,
-        "peak_mem_bytes": m.peak_mem_bytes,
-        "peak_mem_reserved_bytes": m.peak_mem_reserved_bytes,
-        "mem_kind": m.mem_kind,
-        "mem_baseline_bytes": m.mem_baseline_bytes,
-        "flops_per_step": m.flops_per_step,
-        "flops_per_step_analytic": analytic_flops,
-        "flops_per_token": basis / m.tokens if basis else None,
+        "samples_s": samples,
+        "round_samples_s": [list(r.samples_s) for r in rounds],
+        "time_rounds": len(rounds),
+        "tokens_per_step": tokens,
+        "tokens_per_s": tokens / s.median,
+        "tokens_per_s_p10": tokens / s.p90,
+        "tokens_per_s_p90": tokens / s.p10,
+        "warmup_s": sum(r.warmup_s for r in rounds),
+        "warmup_steps": sum(r.warmup_steps for r in rounds),
+        "warmup_capped": sum(r.warmup_capped for r in rounds),
+        "round_sentinel_s": [r.sentinel_s for r in rounds],
+        "peak_mem_bytes": max(memory) if memory else None,
+        "peak_mem_reserved_bytes": max(reserved) if reserved else None,
+        "mem_kind": _first([r.mem_kind for r in rounds]),
+        "mem_baseline_bytes": _first([r.mem_baseline_bytes for r in rounds]),
+        "flops_per_step": counted,
+        "flops_per_step_analytic": analytic,
+        "flops_per_token": basis / tokens if basis else None,
         "achieved_flops_per_s": achieved,
-        "mfu": achieved / peak_flops if achieved and peak_flops else None,
-        "mfu_basis": None if basis is None else ("analytic" if analytic_flops else "counted"),
-        "peak_flops_per_s": peak_flops,
-        "peak_flops_source": peak_source,
-        "params": params,
+        "mfu": achieved / peak if achieved and peak else None,
+        "mfu_basis": None if basis is None else ("analytic" if analytic else "counted"),
+        "peak_flops_per_s": peak,
+        "peak_flops_source": _first([r.peak_flops_source for r in rounds]),
+        "params": rounds[0].params,
     }
     return schema.part("measurement", values, where)

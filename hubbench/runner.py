@@ -1,16 +1,26 @@
-"""Cells -> rows: one isolated worker, reused until it fails; every cell becomes a row.
+"""Cells -> rows: rounds interleaved across cells, one isolated worker, every cell a row.
 
-Outcomes, besides what a cell's own exception gives (hubbench.execute):
+Each cell is measured in `rounds` timing blocks. Pass 1 measures round 1 of every cell in plan
+order, pass 2 round 2 of every cell in a shuffled order (seeded by the pass number, so every run
+uses the same orders), and so on: slow drift of a shared machine then hits every cell alike, and
+the statistics (hubbench.report.stats) see the drift as between-round variance. Every round
+builds the cell's model afresh in the worker (docs/measurement.md says why), and the cell's row
+is rewritten after each of its rounds, so an interrupted run keeps every round measured.
+
+Outcomes, besides what a round's own exception gives (hubbench.execute):
 - the worker dies (segfault, os._exit, killed for memory): `error` with its exit signal and the
   tail of its stderr; a fresh worker takes the next cell;
-- no answer within the cell's timeout: the worker is killed, the row is `timeout`.
-Ctrl-C reaches only the runner (the worker has its own session), which kills the worker and keeps
-the finished rows: the run file is rewritten after every row.
+- no answer within the cell's timeout (per round): the worker is killed, the row is `timeout`.
+A cell that fails in any round is done: its row keeps the failure (`round k/R: ...`) and the
+rounds measured before it. Ctrl-C reaches only the runner (the worker has its own session), which
+kills the worker and keeps the rows on disk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +29,7 @@ from hubbench import schema, store
 from hubbench.cell import Cell
 from hubbench.env import TORCH_ENV_KEYS, host_env, utc_now
 from hubbench.errors import HubbenchError
+from hubbench.metrics import BACKEND_COLUMNS, RoundResult, measurement_columns
 from hubbench.suite import Plan
 from hubbench.worker import (
     DEFAULT_BUILDER,
@@ -31,30 +42,100 @@ from hubbench.worker import (
 
 
 @dataclass
+class CellState:
+    """A cell's rounds so far and how it ended (None: still to be measured)."""
+
+    cell: Cell
+    rounds: list[RoundResult] = field(default_factory=list)
+    failure: dict[str, Any] | None = None  # the outcome of the round that failed
+    device_name: str | None = None
+    wall_s: float = 0.0
+
+    @property
+    def pending(self) -> bool:
+        return self.failure is None and len(self.rounds) < self.cell.measure.rounds
+
+
+@dataclass
+class Progress:
+    """Where a run stands, for progress lines; seconds are estimates from measured rounds."""
+
+    done: int  # cell-rounds finished
+    total: int
+    elapsed_s: float
+    remaining_s: float | None  # None until a round has been timed
+
+
+@dataclass
 class RunResult:
     path: Path
     run_id: str
     rows: list[dict[str, Any]]  # every row of the run file (resumed ones included)
-    new_rows: list[dict[str, Any]] = field(default_factory=list)
+    new_rows: list[dict[str, Any]] = field(default_factory=list)  # rows this run measured
     resumed_from: Path | None = None
-    skipped_done: int = 0  # cells not run because --resume found them
+    skipped_done: int = 0  # cells not run because --resume found them complete
     interrupted: bool = False
 
 
 def prepare_run(
     plan: Plan, results_dir: Path, resume: bool = False
-) -> tuple[store.RunWriter, str, list[Cell], Path | None]:
-    """The run file (new, or the suite's latest with --resume) and the cells still to run."""
+) -> tuple[store.RunWriter, str, list[CellState], Path | None]:
+    """The run file (new, or the suite's latest with --resume) and each cell's state."""
     store.check_writable(results_dir)
     previous = store.latest_run(results_dir, plan.suite.name) if resume else None
-    if previous is not None:
-        rows = store.read_rows(previous, for_resume=True)
-        done = {r["cell_id"] for r in rows}
-        run_id = previous.stem.rpartition("-")[2]
-        todo = [c for c in plan.cells if c.cell_id not in done]
-        return store.RunWriter(previous, rows), run_id, todo, previous
-    path, run_id = store.reserve_run(results_dir, plan.suite.name)
-    return store.RunWriter(path), run_id, list(plan.cells), None
+    if previous is None:
+        path, run_id = store.reserve_run(results_dir, plan.suite.name)
+        return store.RunWriter(path), run_id, [CellState(c) for c in plan.cells], None
+    rows = store.read_rows(previous, for_resume=True)
+    by_id = {r["cell_id"]: r for r in rows}
+    states = [_resumed(c, by_id.get(c.cell_id)) for c in plan.cells]
+    return store.RunWriter(previous, rows), previous.stem.rpartition("-")[2], states, previous
+
+
+def _resumed(cell: Cell, row: Mapping[str, Any] | None) -> CellState:
+    """A cell's state from its row in the run being resumed (absent: nothing measured)."""
+    state = CellState(cell)
+    if row is None:
+        return state
+    state.device_name, state.wall_s = row["device_name"], row["wall_s"] or 0.0
+    for i, samples in enumerate(row["round_samples_s"] or []):
+        sentinels = row["round_sentinel_s"] or []
+        state.rounds.append(
+            RoundResult(
+                samples_s=list(samples),
+                tokens=row["tokens_per_step"],
+                warmup_s=row["warmup_s"] if i == 0 else 0.0,
+                warmup_steps=row["warmup_steps"] if i == 0 else 0,
+                warmup_capped=False,
+                sentinel_s=sentinels[i] if i < len(sentinels) else None,
+                peak_mem_bytes=row["peak_mem_bytes"] if i == 0 else None,
+                peak_mem_reserved_bytes=row["peak_mem_reserved_bytes"] if i == 0 else None,
+                mem_kind=row["mem_kind"],
+                mem_baseline_bytes=row["mem_baseline_bytes"],
+                flops_per_step=row["flops_per_step"],
+                flops_per_step_analytic=row["flops_per_step_analytic"],
+                peak_flops_per_s=row["peak_flops_per_s"],
+                peak_flops_source=row["peak_flops_source"],
+                params=row["params"],
+                backends={key: row[col] for col, key in BACKEND_COLUMNS.items() if row[col]},
+            )
+        )
+    if state.rounds:
+        state.rounds[0].warmup_capped = bool(row["warmup_capped"])
+    if row["status"] != "ok":
+        state.failure = {k: row[k] for k in schema.names("outcome")}
+    return state
+
+
+def schedule(states: list[CellState]) -> Iterator[list[CellState]]:
+    """The passes, each formed when the one before it is done: pass p holds the cells whose next
+    round is round p + 1, in plan order for the first pass and shuffled (seeded by p) after."""
+    depth = max((s.cell.measure.rounds for s in states), default=0)
+    for p in range(depth):
+        group = [s for s in states if s.pending and len(s.rounds) == p]
+        if p > 0:
+            random.Random(p).shuffle(group)
+        yield group
 
 
 def run_plan(
@@ -63,55 +144,79 @@ def run_plan(
     *,
     resume: bool = False,
     builder: str = DEFAULT_BUILDER,
-    on_start: Callable[[int, int, Cell], None] | None = None,
-    on_done: Callable[[dict[str, Any]], None] | None = None,
+    on_start: Callable[[CellState, Progress], None] | None = None,
+    on_done: Callable[[dict[str, Any], CellState, Progress], None] | None = None,
 ) -> RunResult:
-    """Run the plan's cells in order; each finished cell is on disk before the next starts."""
-    writer, run_id, todo, previous = prepare_run(plan, results_dir, resume)
+    """Measure every pending round of the plan; a cell's row is on disk after each round."""
+    writer, run_id, states, previous = prepare_run(plan, results_dir, resume)
     result = RunResult(
         writer.path,
         run_id,
         writer.rows,
         resumed_from=previous,
-        skipped_done=len(plan.cells) - len(todo),
+        skipped_done=sum(not s.pending for s in states),
     )
     env = host_env()
+    eta = Eta([s for s in states if s.pending])
     worker: Worker | None = None
     failed_starts = 0
+    touched: set[str] = set()
+    started = time.perf_counter()
     try:
-        for position, cell in enumerate(todo):
-            if on_start:
-                on_start(position, len(todo), cell)
-            if worker is not None and not worker.alive:
-                worker = _discard(worker)
-            worker = worker or Worker(builder)
-            try:
-                if not worker.env:
-                    worker.start()
-                    failed_starts = 0
-                answer = worker.run(cell, cell.measure.timeout_s)
-                worker_env = worker.env
-            except (WorkerTimeout, WorkerDied) as exc:
-                answer = _failure(exc, cell, started=bool(worker.env))
-                worker_env = worker.env
-                worker = _discard(worker)
-                failed_starts += not worker_env
-            # a worker that never started could not say which torch it had
-            measured_by = worker_env or dict.fromkeys(TORCH_ENV_KEYS)
-            row = make_row(cell, answer, plan.suite.name, run_id, {**env, **measured_by})
-            writer.append(row)
-            result.new_rows.append(row)
-            if on_done:
-                on_done(row)
-            if failed_starts >= 2:
-                raise HubbenchError(f"the measuring worker cannot start: {row['message']}")
+        for group in schedule(states):
+            for state in group:
+                if not state.pending:  # failed in an earlier pass
+                    continue
+                if on_start:
+                    on_start(state, eta.progress(time.perf_counter() - started))
+                if worker is not None and not worker.alive:
+                    worker = _discard(worker)
+                worker = worker or Worker(builder)
+                cell = state.cell
+                try:
+                    if not worker.env:
+                        worker.start()
+                        failed_starts = 0
+                    answer = worker.run(cell, cell.measure.timeout_s, count_flops=not state.rounds)
+                    worker_env = worker.env
+                except (WorkerTimeout, WorkerDied) as exc:
+                    answer = _failure(exc, cell, started=bool(worker.env))
+                    worker_env = worker.env
+                    worker = _discard(worker)
+                    failed_starts += not worker_env
+                _record(state, answer)
+                eta.record(state, answer["outcome"])
+                # a worker that never started could not say which torch it had
+                measured_by = worker_env or dict.fromkeys(TORCH_ENV_KEYS)
+                row = make_row(state, plan.suite.name, run_id, {**env, **measured_by})
+                writer.put(row)
+                touched.add(row["cell_id"])
+                if on_done:
+                    on_done(row, state, eta.progress(time.perf_counter() - started))
+                if failed_starts >= 2:
+                    raise HubbenchError(f"the measuring worker cannot start: {row['message']}")
     except KeyboardInterrupt:
         result.interrupted = True
         worker = _discard(worker)
     finally:
         if worker is not None:
             worker.close()
+    result.rows = writer.rows
+    result.new_rows = [r for r in writer.rows if r["cell_id"] in touched]
     return result
+
+
+def _record(state: CellState, answer: Mapping[str, Any]) -> None:
+    outcome = answer["outcome"]
+    state.wall_s += outcome["wall_s"] or 0.0
+    state.device_name = outcome["device_name"] or state.device_name
+    if outcome["status"] != "ok":
+        total = state.cell.measure.rounds
+        where = f"round {len(state.rounds) + 1}/{total}: " if state.rounds else ""
+        message = f"{where}{outcome['message']}"[:MESSAGE_CHARS]
+        state.failure = {**outcome, "message": message}
+        return
+    state.rounds.append(RoundResult.from_json(answer["round"]))
 
 
 def _failure(exc: Exception, cell: Cell, started: bool) -> dict[str, Any]:
@@ -127,7 +232,7 @@ def _failure(exc: Exception, cell: Cell, started: bool) -> dict[str, Any]:
             "(raise it with --timeout); the worker was killed"
         )
     outcome = {"status": status, "message": message, "device_name": None, "wall_s": None}
-    return {"outcome": outcome, "measurement": None}
+    return {"outcome": outcome, "round": None}
 
 
 def _discard(worker: Worker | None) -> None:
@@ -137,10 +242,9 @@ def _discard(worker: Worker | None) -> None:
     return None
 
 
-def make_row(
-    cell: Cell, answer: Mapping[str, Any], suite: str, run_id: str, env: Mapping[str, Any]
-) -> dict[str, Any]:
-    """One results row from its parts; schema.row refuses a missing or unknown column."""
+def make_row(state: CellState, suite: str, run_id: str, env: Mapping[str, Any]) -> dict[str, Any]:
+    """A cell's row from its rounds so far; schema.row refuses a missing or unknown column."""
+    cell = state.cell
     identity = {
         "schema_version": schema.SCHEMA_VERSION,
         "run_id": run_id,
@@ -149,14 +253,63 @@ def make_row(
         "cell_id": cell.cell_id,
     }
     where = f"cell {cell.index}"
-    measurement = answer["measurement"]
+    outcome = {"status": "ok", "message": None, **(state.failure or {})}
+    outcome.update(device_name=state.device_name, wall_s=state.wall_s)
+    measurement = (
+        measurement_columns(state.rounds, where) if state.rounds else schema.empty("measurement")
+    )
     return schema.row(
         {
             **schema.part("identity", identity, where),
             **cell.columns(),
-            **schema.part("outcome", answer["outcome"], where),
-            **(schema.empty("measurement") if measurement is None else measurement),
+            **schema.part("outcome", outcome, where),
+            **measurement,
             **schema.part("env", {**env, "utc_time": utc_now()}, where),
         },
         where,
     )
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+def expected_cost(cell: Cell) -> float:
+    """A cell round's cost in arbitrary units, before anything is measured: the steps it will
+    take times a step's rough FLOPs (linear maps ~ n d^2, attention ~ n^2 d, backward x2)."""
+    config = cell.config
+    d, layers = config.d_model, config.n_layers
+    step = cell.batch * layers * cell.seq * d * (d + cell.seq / 8)
+    steps = cell.measure.warmup + cell.measure.repeats + 1
+    return step * steps * (1 if cell.mode == "fwd" else 3)
+
+
+class Eta:
+    """Remaining time weighted by each cell's cost: measured rounds give a cell's own seconds,
+    the others its expected cost scaled by how measured cells compared with theirs."""
+
+    def __init__(self, states: list[CellState]) -> None:
+        self.left = {s.cell.cell_id: s.cell.measure.rounds - len(s.rounds) for s in states}
+        self.cost = {s.cell.cell_id: expected_cost(s.cell) for s in states}
+        self.seconds: dict[str, float] = {}
+        self.total = sum(self.left.values())
+        self.done = 0
+
+    def record(self, state: CellState, outcome: Mapping[str, Any]) -> None:
+        key = state.cell.cell_id
+        self.done += 1
+        if state.failure is not None:  # no further rounds
+            self.done += self.left[key] - 1
+            self.left[key] = 0
+            return
+        self.left[key] -= 1
+        if outcome["wall_s"]:
+            self.seconds[key] = float(outcome["wall_s"])
+
+    def progress(self, elapsed: float) -> Progress:
+        remaining = None
+        if self.seconds:
+            scale = sum(self.seconds.values()) / sum(self.cost[k] for k in self.seconds)
+            remaining = sum(
+                n * self.seconds.get(k, self.cost[k] * scale) for k, n in self.left.items()
+            )
+        return Progress(self.done, self.total, elapsed, remaining)

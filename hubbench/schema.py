@@ -13,7 +13,7 @@ Groups, in file order, and who fills them:
 - measure: how carefully (warm-up, repeats, time limits; the cell);
 - outcome: status, message, the device it ran on, wall time (the worker, for every cell);
 - measurement: backends, step-time statistics, memory, FLOPs, MFU (the worker, ok cells only);
-- env: versions, commit, host, threads, time (the runner and the worker).
+- env: versions, commit, host, time (the runner and the worker).
 A cell column's `role` says how reports group rows: `figure` fields are fixed within one figure,
 `series` fields tell its lines apart, `x` is the axis. Metric columns carry their direction and
 how they scale with the step time (`time_power`), which the bootstrap uses.
@@ -31,10 +31,10 @@ from typing import Any
 from hubbench.config import INT64_MAX
 from hubbench.errors import ReportError, SchemaError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 GROUPS = ("identity", "cell", "measure", "outcome", "measurement", "env")
-TYPES = ("int64", "float64", "string", "bool", "list<float64>")
+TYPES = ("int64", "float64", "string", "bool", "list<float64>", "list<list<float64>>")
 
 
 @dataclass(frozen=True)
@@ -86,12 +86,17 @@ COLUMNS: tuple[Column, ...] = (
     _c("batch", "int64", "cell", "sequences per step", role="figure"),
     _c("seq", "int64", "cell", "sequence length n", role="x"),
     _c("compile", "bool", "cell", "torch.compile'd step", role="series"),
+    _c("threads", "int64", "cell", "torch intra-op threads the worker ran the cell with",
+       role="figure"),
     *_config_columns(),
     _c("config_json", "string", "cell", "the full model config as JSON, nulls where inert"),
     _c("warmup", "int64", "measure", "untimed steps before timing"),
     _c("repeats", "int64", "measure", "timed steps (at least)"),
     _c("min_time_s", "float64", "measure", "keep timing until this much time was timed"),
-    _c("timeout_s", "float64", "measure", "per-cell limit, model build included"),
+    _c("timeout_s", "float64", "measure", "per cell and round, model build included"),
+    _c("rounds", "int64", "measure", "timing blocks per cell, interleaved with other cells'"),
+    _c("warmup_min_s", "float64", "measure", "warm up at least this long each round"),
+    _c("warmup_max_s", "float64", "measure", "... and at most this long, settled or not"),
     _c("status", "string", "outcome", "ok | skipped | oom | error | timeout"),
     _c("message", "string", "outcome", "why a cell is not ok (null when it is)"),
     _c("device_name", "string", "outcome", "GPU or CPU model the cell ran on"),
@@ -106,13 +111,19 @@ COLUMNS: tuple[Column, ...] = (
     _c("time_mean_s", "float64", "measurement", "mean step time"),
     _c("time_std_s", "float64", "measurement", "step time standard deviation (ddof 1)"),
     _c("time_count", "int64", "measurement", "timed steps"),
-    _c("samples_s", "list<float64>", "measurement", "every timed step, in order"),
+    _c("samples_s", "list<float64>", "measurement", "every timed step, all rounds, in order"),
+    _c("round_samples_s", "list<list<float64>>", "measurement", "the timed steps of each round"),
+    _c("time_rounds", "int64", "measurement", "rounds measured"),
     _c("tokens_per_step", "int64", "measurement", "batch * seq"),
     _metric("tokens_per_s", "float64", "tokens_per_step / time_median_s", "tokens/s",
             "tokens/s", True, -1),
     _c("tokens_per_s_p10", "float64", "measurement", "from the p90 step time"),
     _c("tokens_per_s_p90", "float64", "measurement", "from the p10 step time"),
     _c("warmup_s", "float64", "measurement", "wall time of the untimed steps, FLOP count included"),
+    _c("warmup_steps", "int64", "measurement", "untimed steps, all rounds"),
+    _c("warmup_capped", "int64", "measurement", "rounds whose warm-up hit warmup_max_s unsettled"),
+    _c("round_sentinel_s", "list<float64>", "measurement",
+       "the noise sentinel (a fixed matmul) timed just before each round"),
     _metric("peak_mem_bytes", "int64", "peak memory over the timed steps (see mem_kind)",
             "peak memory", "bytes", False, 0),
     _metric("peak_mem_reserved_bytes", "int64", "CUDA: peak reserved by the caching allocator",
@@ -136,7 +147,6 @@ COLUMNS: tuple[Column, ...] = (
     _c("cuda_version", "string", "env", "CUDA version torch was built with"),
     _c("cudnn_version", "string", "env", "cuDNN version"),
     _c("cpu_model", "string", "env", "CPU model of the host"),
-    _c("threads", "int64", "env", "torch intra-op threads in the worker"),
     _c("host", "string", "env", "host name"),
     _c("utc_time", "string", "env", "when the row was written (UTC)"),
 )  # fmt: skip
@@ -209,7 +219,8 @@ def _fits(value: Any, type_: str) -> bool:
         return isinstance(value, str)
     if type_ == "bool":
         return isinstance(value, bool)
-    return isinstance(value, (list, tuple)) and all(_fits(v, "float64") for v in value)
+    inner = type_.removeprefix("list<").removesuffix(">")
+    return isinstance(value, (list, tuple)) and all(_fits(v, inner) for v in value)
 
 
 def check(values: Mapping[str, Any], expected: Iterable[str], where: str) -> dict[str, Any]:
@@ -253,5 +264,6 @@ def arrow_schema() -> Any:
         "string": pa.string(),
         "bool": pa.bool_(),
         "list<float64>": pa.list_(pa.float64()),
+        "list<list<float64>>": pa.list_(pa.list_(pa.float64())),
     }
     return pa.schema([(c.name, types[c.type]) for c in COLUMNS])

@@ -244,12 +244,18 @@ def run_info(path: Path) -> RunInfo:
 
 
 class RunWriter:
-    """Holds a run's rows and rewrites its file after each one."""
+    """Holds a run's rows and rewrites its file after each change."""
 
     def __init__(self, path: Path, rows: Iterable[Mapping[str, Any]] = ()) -> None:
         self.path = path
         self.rows: list[dict[str, Any]] = [dict(r) for r in rows]
 
-    def append(self, row: Mapping[str, Any]) -> None:
-        self.rows.append(dict(row))
+    def put(self, row: Mapping[str, Any]) -> None:
+        """Add `row`, or replace the row of the same cell (a cell's row grows round by round)."""
+        for i, old in enumerate(self.rows):
+            if old["cell_id"] == row["cell_id"]:
+                self.rows[i] = dict(row)
+                break
+        else:
+            self.rows.append(dict(row))
         write_rows(self.path, self.rows)

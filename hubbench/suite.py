@@ -5,7 +5,7 @@ A suite file (see suites/*.toml and the README's "Suites" section):
     name = "throughput"                # optional; must equal the file stem when given
     description = "..."
     [measure]                          # how carefully each cell is measured
-    warmup = 1; repeats = 5; min_time_s = 0.0; timeout_s = 300
+    rounds = 5; repeats = 5; warmup = 2; warmup_min_s = 0.2; timeout_s = 300
     [defaults]                         # one value per field
     device = "auto"; mode = "fwd_bwd"; d_model = 256
     [sweep]                            # a list per field; cells iterate these in file order,
@@ -17,7 +17,7 @@ A suite file (see suites/*.toml and the README's "Suites" section):
     attention = "naive"; seq = { gt = 4096 }; reason = "..."
     [[gate.ratio]]                     # ratio rules read by `hubbench gate`
 
-A field is a run field (variant, mode, device, batch, seq, compile) or a model config field of
+A field is a run field (variant, mode, device, batch, seq, compile, threads) or a config field of
 some variant (hubbench.variants). Each cell keeps only the fields its variant has and that can
 change what it builds (variants.inert_fields); the others are null in its row and do not multiply
 cells. CLI overrides (`--seq 1024`, `--set hubs=4,8`) replace a field's values after the device
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from hubbench import schema
-from hubbench.cell import MEASURE_FIELDS, RUN_DEFAULTS, RUN_FIELDS, Cell, Measure
+from hubbench.cell import DEVICE_MEASURE, MEASURE_FIELDS, RUN_FIELDS, Cell, Measure, run_defaults
 from hubbench.config import (
     MODES,
     coerce,
@@ -102,7 +102,7 @@ class Suite:
     axes: dict[str, Axis]  # [defaults] (one value) and [sweep] (a list), in file order
     swept: tuple[str, ...]  # fields written under [sweep]
     device_axes: dict[str, dict[str, Axis]]  # "cuda" -> overlay
-    measure: Measure
+    measure: dict[str, Any]  # [measure] as written; the device's defaults fill the rest
     device_measure: dict[str, dict[str, Any]]
     exclude: list[ExcludeRule] = field(default_factory=list)
     gate: list[GateRule] = field(default_factory=list)
@@ -216,7 +216,7 @@ def parse_suite(data: Mapping[str, Any], path: Path) -> Suite:
         m = _table(measure_table, kind, path, prefix="measure.")
         if m:
             device_measure[kind] = _measure_values(m, f"{path}: measure.{kind}")
-    measure = Measure(**_measure_values(measure_table, f"{path}: measure"))
+    measure = _measure_values(measure_table, f"{path}: measure")
 
     return Suite(
         name=name,
@@ -288,7 +288,14 @@ def _measure_values(table: Mapping[str, Any], where: str) -> dict[str, Any]:
 
 
 def _check_measure(values: Mapping[str, Any], where: Any) -> None:
-    lows = {"warmup": 0, "repeats": 1, "min_time_s": 0.0}
+    lows = {
+        "warmup": 0,
+        "repeats": 1,
+        "rounds": 1,
+        "min_time_s": 0.0,
+        "warmup_min_s": 0.0,
+        "warmup_max_s": 0.0,
+    }
     for key, low in lows.items():
         if key in values and values[key] < low:
             raise SuiteError(f"{where(key)} must be >= {low} (got {values[key]})")
@@ -427,7 +434,7 @@ def parse_overrides(
 
 
 def measure_overrides(**values: float | int | None) -> dict[str, Any]:
-    """--repeats / --warmup / --min-time / --timeout, checked like the suite's [measure]."""
+    """--rounds / --repeats / --warmup / --min-time / --timeout, checked like [measure]."""
     out = {}
     for key, value in values.items():
         if value is None:
@@ -454,7 +461,7 @@ def expand(
     overrides = dict(overrides or {})
     measure = dict(measure or {})
     device_axis = overrides.get("device") or suite.axes.get("device")
-    devices = device_axis.values if device_axis else (RUN_DEFAULTS["device"],)
+    devices = device_axis.values if device_axis else ("auto",)
     origin = device_axis.origin if device_axis else str(suite.path)
     cuda = probe_cuda() if cuda_available is None else cuda_available
     resolved = []
@@ -473,9 +480,13 @@ def expand(
         axes.update(suite.device_axes.get(kind, {}))
         axes.update(overrides)
         axes["device"] = Axis("device", (device,), origin)
-        settings = Measure(
-            **{**dataclasses.asdict(suite.measure), **suite.device_measure.get(kind, {}), **measure}
-        )
+        given = {**suite.measure, **suite.device_measure.get(kind, {}), **measure}
+        settings = dataclasses.replace(DEVICE_MEASURE[kind], **given)
+        if settings.warmup_max_s < settings.warmup_min_s:
+            raise SuiteError(
+                f"{suite.path}: warmup_max_s={settings.warmup_max_s:g} is below "
+                f"warmup_min_s={settings.warmup_min_s:g}"
+            )
         if "variant" not in axes:
             raise SuiteError(
                 f"{suite.path}: no variant given; set defaults.variant or sweep.variant"
@@ -506,7 +517,7 @@ def expand(
 def _make_cell(
     index: int, fields: dict[str, Any], axes: Mapping[str, Axis], settings: Measure, suite: Suite
 ) -> Cell:
-    run = {**RUN_DEFAULTS, **{k: v for k, v in fields.items() if k in RUN_FIELDS}}
+    run = {**run_defaults(), **{k: v for k, v in fields.items() if k in RUN_FIELDS}}
     variant = run["variant"]
 
     def fail(message: str, keys: Iterable[str]) -> SuiteError:
@@ -518,7 +529,7 @@ def _make_cell(
         raise fail(f"unknown variant {variant!r}; valid: {', '.join(REGISTRY)}", ["variant"])
     if run["mode"] not in MODES:
         raise fail(f"unknown mode {run['mode']!r}; valid: {', '.join(MODES)}", ["mode"])
-    for key in ("batch", "seq"):
+    for key in ("batch", "seq", "threads"):
         if run[key] < 1:
             raise fail(f"{key} must be >= 1 (got {run[key]})", [key])
     own = set(config_fields(variant))
@@ -540,6 +551,7 @@ def _make_cell(
         batch=run["batch"],
         seq=run["seq"],
         compile=run["compile"],
+        threads=run["threads"],
         config=config,
         measure=settings,
     )

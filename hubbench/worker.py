@@ -1,7 +1,7 @@
 """The measuring worker process and the protocol the runner speaks with it.
 
-`python -m hubbench.worker BUILDER` imports torch once and then measures cells sent to it as JSON
-lines on stdin, answering one JSON line each ({"outcome": ..., "measurement": ...}) on a
+`python -m hubbench.worker BUILDER` imports torch once and then measures cell rounds sent to it as
+JSON lines on stdin, answering one JSON line each ({"outcome": ..., "round": ...}) on a
 private copy of stdout; stray prints go to its stderr, kept in a temp file for error messages.
 The worker runs in its own session, so Ctrl-C reaches only the runner, which kills it.
 
@@ -69,10 +69,12 @@ class Worker:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def run(self, cell: Cell, timeout: float) -> dict[str, Any]:
+    def run(self, cell: Cell, timeout: float, count_flops: bool = True) -> dict[str, Any]:
+        """One round of `cell` (hubbench.execute.execute_cell's answer)."""
         assert self.proc is not None and self.proc.stdin is not None
+        message = {"cell": cell.to_json(), "count_flops": count_flops}
         try:
-            self.proc.stdin.write((json.dumps({"cell": cell.to_json()}) + "\n").encode())
+            self.proc.stdin.write((json.dumps(message) + "\n").encode())
             self.proc.stdin.flush()
         except BrokenPipeError as exc:
             raise WorkerDied(self._death()) from exc
@@ -179,7 +181,8 @@ def worker_main(builder: str) -> None:
         if message.get("op") == "exit":
             break
         cell = Cell.from_json(message["cell"])
-        proto.write(json.dumps(execute_cell(cell, build)) + "\n")
+        answer = execute_cell(cell, build, count_flops=message["count_flops"])
+        proto.write(json.dumps(answer) + "\n")
 
 
 if __name__ == "__main__":

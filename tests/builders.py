@@ -6,8 +6,9 @@ measured code (hubbench.step, hubbench.execute) carries no test hooks at all.
 
 HUBBENCH_TEST_FAULT: a JSON list of {"fault": F, <conditions>}; a condition is `variant`, `seq`
 (the input length, checked at each forward) or any config field (`seed`, `attention`, ...).
-F is crash (os._exit), segv, oom, error, hang, unavailable, or interrupt (SIGINT to the runner,
-then hang). HUBBENCH_TEST_SLOWDOWN: a JSON list of {"slowdown": 0.25, <conditions>} that makes
+F is crash (os._exit), segv, oom, error, hang, unavailable, interrupt (SIGINT to the runner,
+then hang) or threads (an error that says how many torch threads the worker runs with).
+HUBBENCH_TEST_SLOWDOWN: a JSON list of {"slowdown": 0.25, <conditions>} that makes
 the matching cells' steps that fraction slower. Never set either for real measurements.
 """
 
@@ -134,6 +135,8 @@ def _fail(items: list[dict[str, Any]], seq: int) -> None:
             )
         if fault == "unavailable":
             raise UnavailableError(f"unavailable on purpose ({FAULT_ENV})")
+        if fault == "threads":
+            raise ValueError(f"threads={torch.get_num_threads()}")
         raise ValueError(f"failing on purpose ({FAULT_ENV}: {fault})")
 
 

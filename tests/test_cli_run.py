@@ -26,6 +26,7 @@ description = "tiny real models"
 [measure]
 warmup = 1
 repeats = 2
+rounds = 2
 timeout_s = 120
 [defaults]
 mode = "fwd_bwd"
@@ -94,7 +95,7 @@ def test_malformed_suite_file_names_line_and_column(runner: CliRunner, tmp_path:
     path = tiny_suite(tmp_path, TINY.replace("seq = [32, 64]", "seq = [32,, 64]"))
     result = runner.invoke(app, ["run", str(path), "--dry-run"])
     assert result.exit_code == 2
-    assert "tiny.toml: invalid TOML" in result.stderr and "line 17, column 11" in result.stderr
+    assert "tiny.toml: invalid TOML" in result.stderr and "line 18, column 11" in result.stderr
 
 
 def test_unwritable_results_dir_fails_before_anything_runs(
@@ -178,6 +179,7 @@ def test_interrupted_run_keeps_rows_and_resumes(
     [run_file] = store.list_runs(results)
     df = pd.read_parquet(run_file)
     assert df["status"].tolist() == ["ok", "ok", "ok"]
+    assert df["time_rounds"].tolist() == [1, 1, 1]  # interrupted in the first pass
     assert df["backend_attention"].fillna("-").tolist() == ["sdpa:flash-cpu", "-", "sdpa:flash-cpu"]
     assert df["backend_hub"].notna().tolist() == [False, True, False]
 
@@ -186,6 +188,13 @@ def test_interrupted_run_keeps_rows_and_resumes(
     assert second.exit_code == 0, second.output
     assert store.list_runs(results) == [run_file]  # the same run, continued
     assert "already measured" in second.output and "read_parquet" in second.output
+    # without a terminal: one line per finished round, with the remaining time
+    lines = [line for line in second.stderr.splitlines() if line.startswith("[")]
+    assert (
+        lines[0].startswith("[ 1/13] hub-gpt n=64 device=cpu round 1/2: ok") and "left)" in lines[0]
+    )
+    assert any("transformer n=32 device=cpu round 2/2: ok" in line for line in lines)
+    assert "noise: the sentinel varied" in second.output
     df = pd.read_parquet(run_file)
     assert df["cell_index"].tolist() == list(range(8))
     assert df["device"].tolist() == ["cpu"] * 4 + ["cuda"] * 4
@@ -194,3 +203,4 @@ def test_interrupted_run_keeps_rows_and_resumes(
     if cuda_status == "skipped":
         assert df["message"].iloc[-1].startswith("device 'cuda' requested but CUDA")
     assert df["run_id"].nunique() == 1 and df["cell_id"].nunique() == 8
+    assert df["time_rounds"].fillna(0).tolist() == [2] * 4 + [0] * 4  # the first 3 continued

@@ -17,7 +17,7 @@ from torch import nn
 from hubbench import schema
 from hubbench.flops import PEAK_TABLE, count_flops, peak_flops, table_entry
 from hubbench.measure import measure_step, rss_bytes, summarize, time_calls
-from hubbench.metrics import measurement_columns
+from hubbench.metrics import RoundResult, measurement_columns
 from hubbench.step import build_step
 from hubbench.variants import make_config
 
@@ -77,8 +77,15 @@ def test_measure_step_records_samples_backend_flops_and_memory() -> None:
         assert m.mem_baseline_bytes and m.mem_baseline_bytes > 0
 
     def columns(analytic: float | None, peak: float | None) -> dict:
-        return measurement_columns(m, analytic_flops=analytic, peak_flops=peak,
-                                   peak_source="t", params=1, where="test")  # fmt: skip
+        result = RoundResult(
+            samples_s=m.samples, tokens=m.tokens, warmup_s=m.warmup_s,
+            warmup_steps=m.warmup_steps, warmup_capped=m.warmup_capped, sentinel_s=None,
+            peak_mem_bytes=m.peak_mem_bytes, peak_mem_reserved_bytes=None, mem_kind=m.mem_kind,
+            mem_baseline_bytes=m.mem_baseline_bytes, flops_per_step=m.flops_per_step,
+            flops_per_step_analytic=analytic, peak_flops_per_s=peak, peak_flops_source="t",
+            params=1, backends=m.backends,
+        )  # fmt: skip
+        return measurement_columns([result], "test")
 
     d = columns(model.flops_analytic(2, 64, "fwd_bwd"), 1e12)
     assert set(d) == set(schema.names("measurement"))
@@ -171,3 +178,52 @@ def test_measure_step_on_cuda() -> None:
     assert m.mem_kind == "cuda_allocated" and m.peak_mem_bytes > 0
     assert m.peak_mem_reserved_bytes >= m.peak_mem_bytes
     assert len(m.samples) == 3 and all(s > 0 for s in m.samples)
+
+
+class _Clock:
+    """A fake perf_counter the fake steps below advance."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _steps(clock: _Clock, durations):
+    it = iter(durations)
+
+    def run() -> None:
+        clock.now += next(it)
+
+    return run
+
+
+def test_warm_up_runs_until_step_times_settle(monkeypatch) -> None:
+    from hubbench import measure
+
+    clock = _Clock()
+    monkeypatch.setattr(measure.time, "perf_counter", clock)
+    # a slow start, then steady 10 ms steps: settled once two windows of 3 agree
+    run = _steps(clock, [0.1, 0.05, 0.03, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01] + [0.01] * 50)
+    w = measure.warm_up(run, steps=2, min_s=0.0, max_s=10.0)
+    assert (w.steps, w.capped) == (8, False)  # windows (.01 .01 .03) and (.01 .01 .01)
+    # a minimum time keeps it going past the settled point
+    clock.now = 0.0
+    w = measure.warm_up(_steps(clock, [0.01] * 100), steps=2, min_s=0.2, max_s=10.0)
+    assert w.steps == 20 and not w.capped
+    # never settling: stopped by max_s and recorded as capped
+    clock.now = 0.0
+    w = measure.warm_up(_steps(clock, [0.1, 0.2] * 50), steps=2, min_s=0.0, max_s=1.0)
+    assert w.capped and 1.0 <= w.seconds < 1.3
+    # max_s = 0: exactly `steps` steps, no stability rule
+    clock.now = 0.0
+    w = measure.warm_up(_steps(clock, [0.3] * 5), steps=3, min_s=0.0, max_s=0.0)
+    assert (w.steps, w.capped) == (3, False)
+
+
+def test_sentinel_times_a_fixed_workload() -> None:
+    from hubbench.measure import sentinel_s
+
+    first, second = sentinel_s(), sentinel_s()
+    assert 0 < first < 1 and 0 < second < 1

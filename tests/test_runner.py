@@ -20,7 +20,8 @@ from hubbench import schema, store
 from hubbench.cell import Cell, Measure
 from hubbench.errors import HubbenchError, SchemaError, UnavailableError
 from hubbench.execute import classify, execute_cell
-from hubbench.runner import make_row, prepare_run, run_plan
+from hubbench.metrics import RoundResult
+from hubbench.runner import CellState, make_row, prepare_run, run_plan, schedule
 from hubbench.suite import Plan
 from hubbench.variants import make_config
 from hubbench.worker import load_builder
@@ -29,7 +30,12 @@ BUILDER = f"{Path(__file__).with_name('builders.py')}:build_tiny"
 
 
 def cell(
-    index: int, variant: str = "transformer", seq: int = 32, timeout_s: float = 60.0, **fields
+    index: int,
+    variant: str = "transformer",
+    seq: int = 32,
+    timeout_s: float = 60.0,
+    rounds: int = 1,
+    **fields,
 ) -> Cell:
     base = {"vocab": 32, "d_model": 16, "n_heads": 2, "n_layers": 1}
     return Cell(
@@ -40,8 +46,16 @@ def cell(
         batch=1,
         seq=seq,
         compile=False,
+        threads=fields.pop("threads", 1),
         config=make_config(variant, **{**base, **fields}),
-        measure=Measure(warmup=1, repeats=2, timeout_s=timeout_s),
+        measure=Measure(
+            warmup=1,
+            warmup_min_s=0.0,
+            warmup_max_s=0.0,
+            repeats=2,
+            rounds=rounds,
+            timeout_s=timeout_s,
+        ),
     )
 
 
@@ -55,27 +69,50 @@ def build():
 
 
 ENV = {"hubbench_version": "0", "git_commit": None, "git_dirty": None, "host": "h",
-       "cpu_model": "c", "torch_version": "t", "cuda_version": None, "cudnn_version": None,
-       "threads": 1}  # fmt: skip
-FAILED = {"outcome": {"status": "error", "message": "m", "device_name": None, "wall_s": None},
-          "measurement": None}  # fmt: skip
+       "cpu_model": "c", "torch_version": "t", "cuda_version": None,
+       "cudnn_version": None}  # fmt: skip
+
+
+def failed(c: Cell) -> CellState:
+    outcome = {"status": "error", "message": "m", "device_name": None, "wall_s": None}
+    return CellState(c, failure=outcome)
+
+
+def measured(c: Cell, build, rounds: int = 1) -> CellState:
+    state = CellState(c)
+    for _ in range(rounds):
+        answer = execute_cell(c, build, count_flops=not state.rounds)
+        state.rounds.append(RoundResult.from_json(answer["round"]))
+    return state
 
 
 # ----------------------------------------------------------------------------- in process
 
 
-def test_execute_cell_ok(build) -> None:
+def test_execute_cell_measures_one_round(build) -> None:
     answer = execute_cell(cell(0), build)
     json.dumps(answer)  # crosses the worker pipe as JSON
-    out, m = answer["outcome"], answer["measurement"]
+    out, r = answer["outcome"], RoundResult.from_json(answer["round"])
     assert out["status"] == "ok" and out["message"] is None
     assert out["device_name"] and out["wall_s"] > 0
-    assert set(m) == set(schema.names("measurement"))
-    assert m["time_count"] == 2 and len(m["samples_s"]) == 2
-    assert m["backend_attention"] == "sdpa:test" and m["backend_mamba"] is None
-    assert m["tokens_per_s"] == pytest.approx(32 / m["time_median_s"])
-    assert m["flops_per_step"] > 0 and m["flops_per_step_analytic"] == 3e6 * 32
-    assert m["params"] > 0 and m["mfu_basis"] == "analytic"
+    assert len(r.samples_s) == 2 and r.tokens == 32 and r.sentinel_s > 0
+    assert r.backends == {"attention": "sdpa:test"} and r.flops_per_step > 0
+    assert r.flops_per_step_analytic == 3e6 * 32 and r.params > 0
+    again = RoundResult.from_json(execute_cell(cell(0), build, count_flops=False)["round"])
+    assert again.flops_per_step is None  # counted once per cell, in its first round
+
+
+def test_rounds_are_assembled_into_one_row(build) -> None:
+    state = measured(cell(0, rounds=3), build, rounds=3)
+    r = make_row(state, "s", "rid", ENV)
+    assert set(r) == set(schema.NAMES)
+    assert r["time_rounds"] == 3 and r["rounds"] == 3 and r["time_count"] == 6
+    assert [len(x) for x in r["round_samples_s"]] == [2, 2, 2]
+    assert r["samples_s"] == [t for x in r["round_samples_s"] for t in x]
+    assert len(r["round_sentinel_s"]) == 3 and r["flops_per_step"] > 0
+    assert r["tokens_per_s"] == pytest.approx(32 / r["time_median_s"])
+    assert r["mfu_basis"] == "analytic" and r["backend_attention"] == "sdpa:test"
+    assert r["status"] == "ok" and r["threads"] == 1
 
 
 def test_planted_faults_in_process(build, monkeypatch) -> None:
@@ -90,7 +127,7 @@ def test_planted_faults_in_process(build, monkeypatch) -> None:
         out = answer["outcome"]
         assert out["status"] == status and text in out["message"]
         assert out["device_name"]  # a failed row still says which device it failed on
-        assert answer["measurement"] is None
+        assert answer["round"] is None
     assert execute_cell(cell(0, seq=16), build)["outcome"]["status"] == "ok"  # seq is exact
 
 
@@ -112,7 +149,7 @@ def test_classify() -> None:
 
 def test_make_row_nulls_fields_a_variant_lacks() -> None:
     c = cell(3, "hub-gpt", attention="naive")
-    r = make_row(c, FAILED, "s", "rid", ENV)
+    r = make_row(failed(c), "s", "rid", ENV)
     assert list(r) == list(schema.NAMES)
     assert r["hubs"] == 8 and r["n_heads"] == 2
     assert r["attention"] is None  # replace = 1 leaves no attention layer: inert, null
@@ -123,34 +160,67 @@ def test_make_row_nulls_fields_a_variant_lacks() -> None:
     assert r["tokens_per_s"] is None and r["host"] == "h"
 
 
-def test_make_row_refuses_unknown_and_missing_keys(build) -> None:
+def test_make_row_refuses_unknown_and_missing_keys(build, monkeypatch) -> None:
+    from hubbench import metrics
+
     c = cell(0)
     with pytest.raises(SchemaError, match="unknown: nope"):
-        make_row(c, FAILED, "s", "rid", {**ENV, "nope": 2})
-    with pytest.raises(SchemaError, match="missing: threads"):
-        make_row(c, FAILED, "s", "rid", {k: v for k, v in ENV.items() if k != "threads"})
-    answer = execute_cell(c, build)
-    answer["measurement"]["extra_metric"] = 1.0
+        make_row(failed(c), "s", "rid", {**ENV, "nope": 2})
+    with pytest.raises(SchemaError, match="missing: host"):
+        make_row(failed(c), "s", "rid", {k: v for k, v in ENV.items() if k != "host"})
+    state = measured(c, build)
+    real = metrics.schema.part
+
+    def extra(group, values, where):
+        return real(group, {**values, "extra_metric": 1.0}, where)
+
+    monkeypatch.setattr(metrics.schema, "part", extra)
     with pytest.raises(SchemaError, match="unknown: extra_metric"):
-        make_row(c, answer, "s", "rid", ENV)
-    del answer["measurement"]["extra_metric"], answer["measurement"]["mfu"]
-    with pytest.raises(SchemaError, match="missing: mfu"):
-        make_row(c, answer, "s", "rid", ENV)
-    answer["measurement"]["mfu"] = "high"
-    with pytest.raises(SchemaError, match="column mfu is float64"):
-        make_row(c, answer, "s", "rid", ENV)
+        make_row(state, "s", "rid", ENV)
+    monkeypatch.undo()
+    state.rounds[0].params = "many"
+    with pytest.raises(SchemaError, match="column params is int64"):
+        make_row(state, "s", "rid", ENV)
 
 
-def test_prepare_run_resumes_the_latest_run(tmp_path: Path) -> None:
-    cells = [cell(0), cell(1, seq=64), cell(2, seq=128)]
-    done = make_row(cells[1], FAILED, "t", "feed0001", ENV)
+def test_prepare_run_resumes_the_latest_run(tmp_path: Path, build) -> None:
+    cells = [cell(0), cell(1, seq=64), cell(2, seq=128, rounds=3)]
+    failed_row = make_row(failed(cells[1]), "t", "feed0001", ENV)
+    partial = make_row(measured(cells[2], build, rounds=2), "t", "feed0001", ENV)
     old = tmp_path / "t" / "20250101T000000Z-feed0001.parquet"
-    store.write_rows(old, [done])
-    writer, run_id, todo, previous = prepare_run(plan(cells), tmp_path, resume=True)
+    store.write_rows(old, [failed_row, partial])
+    writer, run_id, states, previous = prepare_run(plan(cells), tmp_path, resume=True)
     assert (writer.path, run_id, previous) == (old, "feed0001", old)
-    assert [c.index for c in todo] == [0, 2] and len(writer.rows) == 1
-    writer, run_id, todo, previous = prepare_run(plan(cells), tmp_path, resume=False)
-    assert writer.path != old and previous is None and len(todo) == 3
+    assert [s.pending for s in states] == [True, False, True] and len(writer.rows) == 2
+    assert len(states[2].rounds) == 2  # its third round is still to come
+    resumed = make_row(states[2], "t", "feed0001", ENV)
+    assert resumed["round_samples_s"] == partial["round_samples_s"]
+    assert resumed["round_sentinel_s"] == partial["round_sentinel_s"]
+    writer, run_id, states, previous = prepare_run(plan(cells), tmp_path, resume=False)
+    assert writer.path != old and previous is None and all(s.pending for s in states)
+
+
+def test_rounds_are_interleaved_in_seeded_orders() -> None:
+    cells = [cell(i, seq=16 * (i + 1), rounds=3) for i in range(5)]
+    states = [CellState(c) for c in cells]
+    passes = []
+    for group in schedule(states):
+        passes.append([s.cell.index for s in group])
+        for s in group:  # what measuring the round does to the state
+            s.rounds.append(None)
+    assert passes[0] == [0, 1, 2, 3, 4]  # plan order first
+    assert sorted(passes[1]) == sorted(passes[2]) == [0, 1, 2, 3, 4]
+    assert passes[1] != passes[0] and passes[2] != passes[1]
+    again = [CellState(c) for c in cells]
+    replay = []
+    for group in schedule(again):
+        replay.append([s.cell.index for s in group])
+        for s in group:
+            s.rounds.append(None)
+    assert replay == passes  # the orders are seeded: every run uses the same
+    states = [CellState(c) for c in cells]
+    states[1].failure = {"status": "oom"}
+    assert all(1 not in [s.cell.index for s in g] for g in schedule(states))
 
 
 # ----------------------------------------------------------------------------- worker process
@@ -167,23 +237,24 @@ def test_faults_become_rows_and_the_sweep_continues(tmp_path: Path, monkeypatch)
         ),
     )
     cells = [
-        cell(0),
+        cell(0, rounds=2),
         cell(1, seed=1),
         cell(2, seed=2),
         cell(3, seed=3),
         cell(4, seed=4, timeout_s=1.0),
-        cell(5, seq=64, attention="naive"),
+        cell(5, seq=64, attention="naive", rounds=2),
     ]
     started, finished = [], []
     result = run_plan(
         plan(cells),
         tmp_path,
         builder=BUILDER,
-        on_start=lambda i, n, c: started.append((i, n)),
-        on_done=finished.append,
+        on_start=lambda state, progress: started.append((state, progress)),
+        on_done=lambda row, state, progress: finished.append((row, progress)),
     )
     assert not result.interrupted
-    assert started == [(i, 6) for i in range(6)]
+    assert [s.cell.index for s, _ in started] == [0, 1, 2, 3, 4, 5, 5, 0]  # pass 2 shuffled
+    assert [p.done for _, p in finished] == list(range(1, 9))
     df = pd.read_parquet(result.path)
     assert df["status"].tolist() == ["ok", "oom", "error", "error", "timeout", "ok"]
     assert "can't allocate memory" in df.loc[1, "message"]
@@ -192,9 +263,10 @@ def test_faults_become_rows_and_the_sweep_continues(tmp_path: Path, monkeypatch)
     assert "1 s per-cell timeout" in df.loc[4, "message"]
     assert df.loc[5, "backend_attention"] == "naive"  # a fresh worker took over
     assert df["cell_index"].tolist() == list(range(6))
-    assert df["torch_version"].notna().all() and df["threads"].notna().all()
+    assert df["time_rounds"].fillna(0).tolist() == [2, 0, 0, 0, 0, 2]
+    assert df["torch_version"].notna().all() and df["threads"].tolist() == [1] * 6
     assert df["hubbench_version"].notna().all() and df["host"].notna().all()
-    assert len(finished) == 6 and result.new_rows == result.rows
+    assert result.new_rows == result.rows
 
 
 def test_a_worker_that_cannot_start_stops_the_run(tmp_path: Path) -> None:
@@ -205,3 +277,30 @@ def test_a_worker_that_cannot_start_stops_the_run(tmp_path: Path) -> None:
     df = pd.read_parquet(path)
     assert df["status"].tolist() == ["error", "error"]  # both attempts are on record
     assert df["torch_version"].isna().all()  # no worker ever said which torch it had
+
+
+def test_the_thread_setting_reaches_the_worker(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the cell's setting must win over the env
+    monkeypatch.setenv(FAULT_ENV, faults({"fault": "threads"}))
+    cells = [cell(0, threads=2), cell(1, seq=64, threads=1)]
+    result = run_plan(plan(cells), tmp_path, builder=BUILDER)
+    df = pd.read_parquet(result.path)
+    assert df["message"].tolist() == ["ValueError: threads=2", "ValueError: threads=1"]
+    assert df["threads"].tolist() == [2, 1]
+
+
+def test_eta_weights_cells_by_their_cost() -> None:
+    from hubbench.runner import Eta, expected_cost
+
+    small, big = cell(0, seq=32, rounds=2), cell(1, seq=2048, rounds=2)
+    assert expected_cost(big) > 50 * expected_cost(small)
+    states = [CellState(small), CellState(big)]
+    eta = Eta(states)
+    assert eta.progress(0.0).remaining_s is None  # nothing measured yet
+    states[0].rounds.append(None)
+    eta.record(states[0], {"wall_s": 1.0})
+    left = eta.progress(1.0)
+    assert left.done == 1 and left.total == 4
+    # one more small round (1 s) and two big ones, each costing what its size predicts
+    ratio = expected_cost(big) / expected_cost(small)
+    assert left.remaining_s == pytest.approx(1.0 + 2 * ratio)

@@ -80,7 +80,7 @@ def test_rewrites_are_atomic_and_leave_no_temp_files(tmp_path: Path) -> None:
     path = store.run_path(tmp_path, "s", "aaaa0001")
     writer = store.RunWriter(path)
     for i in range(3):
-        writer.append(row(i))
+        writer.put(row(i))
         assert len(pd.read_parquet(path)) == i + 1  # every finished row is on disk
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
@@ -90,7 +90,7 @@ def test_concurrent_writers_each_keep_an_intact_file(tmp_path: Path) -> None:
 
     def fill(writer: store.RunWriter, rid: str) -> None:
         for i in range(15):
-            writer.append(row(i, run_id=rid))
+            writer.put(row(i, run_id=rid))
 
     threads = [
         threading.Thread(target=fill, args=(w, r))

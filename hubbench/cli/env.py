@@ -12,6 +12,9 @@ def register(app: typer.Typer) -> None:
             False, "--calibrate", help="Measure the matmul peak here and cache it for MFU."
         ),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+        threads: int = typer.Option(
+            None, "--threads", help="torch threads to calibrate with (default: the cells')."
+        ),
     ) -> None:
         """Show the environment rows record, optional kernels, and the peak FLOP/s used for MFU.
 
@@ -21,17 +24,27 @@ def register(app: typer.Typer) -> None:
         """
         import importlib.util
 
+        import torch
+
         from hubbench import env as envmod
         from hubbench.cli.common import console
         from hubbench.cli.tables import env_table
-        from hubbench.config import resolve_device
+        from hubbench.config import default_threads, resolve_device, usable_cpus
+        from hubbench.errors import ConfigError
         from hubbench.flops import peak_flops
         from hubbench.step import torch_device
 
         out = console()
+        if threads is not None and threads < 1:
+            raise ConfigError(f"--threads must be >= 1 (got {threads})")
+        torch.set_num_threads(threads or default_threads())  # calibrations are per thread count
         dev = torch_device(resolve_device(device, "--device"))
         info = {**envmod.host_env(), **envmod.torch_env()}
         info["device"] = f"{dev} ({envmod.device_name(dev)})"
+        info["threads"] = (
+            f"{torch.get_num_threads()} here; {default_threads()} per cell by default "
+            f"({usable_cpus()} CPUs usable)"
+        )
         for package in ("flash_attn", "mamba_ssm", "causal_conv1d"):
             found = importlib.util.find_spec(package) is not None
             info[package] = "installed" if found else "not installed"

@@ -7,7 +7,7 @@ Exit codes come from the error boundary: 0 ok, 1 regression (GateFailure), 2 unu
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -16,15 +16,33 @@ from hubbench.cli.common import LIST_HELP, RESULTS_HELP, console, listed
 if TYPE_CHECKING:
     from hubbench.report.gate import GateResult
 
+RESAMPLES_HELP = "Bootstrap resamples per ratio (>= 100)."
+CONFIDENCE_HELP = "Confidence level of the CI, in [0.5, 1)."
+MIN_EFFECT_HELP = (
+    "Smallest change called (e.g. 3% or 0.03): a CI must clear 1 ± this "
+    "(default from A/A runs, see docs/measurement.md)."
+)
+
 
 def register(app: typer.Typer) -> None:
     app.command("compare")(compare_cmd)
     app.command("gate")(gate_cmd)
 
 
+def _bootstrap(resamples: int, confidence: float, min_effect: str | None) -> dict[str, Any]:
+    """The shared bootstrap options, checked."""
+    from hubbench.report.compare import MIN_EFFECT
+    from hubbench.report.format import percent
+    from hubbench.report.stats import check_settings
+
+    check_settings(resamples, confidence)
+    effect = MIN_EFFECT if min_effect is None else percent(min_effect, "--min-effect")
+    return {"resamples": resamples, "confidence": confidence, "min_effect": effect}
+
+
 def compare_cmd(
-    run_a: str = typer.Argument(..., help="Run A (the reference): run id or .parquet path."),
-    run_b: str = typer.Argument(..., help="Run B: run id or .parquet path."),
+    run_a: str = typer.Argument(..., help="Run A (the reference): run id, .parquet or latest~N."),
+    run_b: str = typer.Argument(..., help="Run B: run id, .parquet path or latest."),
     metric: list[str] | None = typer.Option(
         None,
         "--metric",
@@ -33,32 +51,38 @@ def compare_cmd(
     ),
     markdown: Path | None = typer.Option(None, "--markdown", help="Also write Markdown here."),
     output: str = typer.Option("table", "--format", help="table (Rich) or md (Markdown)."),
-    resamples: int = typer.Option(2000, "--resamples", help="Bootstrap resamples per ratio."),
-    confidence: float = typer.Option(0.95, "--confidence", help="Confidence level of the CI."),
+    min_effect: str | None = typer.Option(None, "--min-effect", help=MIN_EFFECT_HELP),
+    resamples: int = typer.Option(2000, "--resamples", help=RESAMPLES_HELP),
+    confidence: float = typer.Option(0.95, "--confidence", help=CONFIDENCE_HELP),
     results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
 ) -> None:
-    """Compare two runs cell by cell: B/A ratios with bootstrap CIs; beyond-noise changes coloured.
+    """Compare two runs cell by cell: B/A ratios with bootstrap CIs and a verdict per cell.
 
-    Example: hubbench compare 3f2a91c0 7be04d12 --markdown compare.md
+    Example: hubbench compare latest~1 latest --markdown compare.md
     """
+    from rich.markup import escape
+
     from hubbench.errors import ReportError
     from hubbench.report.compare import DEFAULT_METRICS, compare_runs, to_markdown, to_rich
     from hubbench.report.load import load_run
 
     if output not in ("table", "md"):
         raise ReportError(f"--format {output!r}: valid are table, md")
+    options = _bootstrap(resamples, confidence, min_effect)
     cmp = compare_runs(
         load_run(run_a, results_dir),
         load_run(run_b, results_dir),
         listed(metric) or DEFAULT_METRICS,
-        resamples=resamples,
-        confidence=confidence,
+        **options,
     )
     md = to_markdown(cmp)
     if output == "md":
         typer.echo(md)
     else:
-        console().print(to_rich(cmp))
+        printer = console()
+        printer.print(to_rich(cmp))
+        for warning in cmp.warnings:
+            printer.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if markdown is not None:
         markdown.parent.mkdir(parents=True, exist_ok=True)
         markdown.write_text(md, encoding="utf-8")
@@ -66,7 +90,7 @@ def compare_cmd(
 
 def gate_cmd(
     baseline: str | None = typer.Option(
-        None, "--baseline", help="Baseline run (id or .parquet) to hold the candidate to."
+        None, "--baseline", help="Baseline run (id, .parquet or latest~N) to hold the candidate to."
     ),
     candidate: str | None = typer.Option(
         None, "--candidate", help="Candidate run (default: the latest run of the baseline's suite)."
@@ -81,13 +105,19 @@ def gate_cmd(
     max_regression: str = typer.Option(
         "5%", "--max-regression", help="Allowed worsening, e.g. 5% or 0.05 (baseline mode)."
     ),
+    min_effect: str | None = typer.Option(None, "--min-effect", help=MIN_EFFECT_HELP),
+    allow_env_mismatch: bool = typer.Option(
+        False,
+        "--allow-env-mismatch",
+        help="Gate runs measured on different hosts, devices or torch versions anyway.",
+    ),
     summary: Path | None = typer.Option(
         None,
         "--summary",
         help="Write the Markdown summary here (also appended to $GITHUB_STEP_SUMMARY when set).",
     ),
-    resamples: int = typer.Option(2000, "--resamples", help="Bootstrap resamples per check."),
-    confidence: float = typer.Option(0.95, "--confidence", help="Confidence level of the CI."),
+    resamples: int = typer.Option(2000, "--resamples", help=RESAMPLES_HELP),
+    confidence: float = typer.Option(0.95, "--confidence", help=CONFIDENCE_HELP),
     results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
 ) -> None:
     """Fail (exit 1) when a metric regresses beyond noise; exit 2 when the input is unusable.
@@ -96,6 +126,7 @@ def gate_cmd(
 
     Examples:
       hubbench gate --baseline results/baselines/ci.parquet --candidate latest --max-regression 5%
+      hubbench gate --baseline latest~1 --candidate latest
       hubbench gate --ratios latest --summary gate.md
     """  # fmt: skip
     from hubbench.errors import HubbenchError, ReportError
@@ -104,20 +135,29 @@ def gate_cmd(
 
     try:
         if (baseline is None) == (ratios is None):
-            raise ReportError("give either --baseline FILE (with --candidate RUN) or --ratios RUN")
+            raise ReportError("give either --baseline RUN (with --candidate RUN) or --ratios RUN")
+        options = _bootstrap(resamples, confidence, min_effect)
         if baseline is not None:
             result = _gate_baseline(
-                baseline, candidate, metric, percent(max_regression), resamples, confidence,
+                baseline,
+                candidate,
+                metric,
+                percent(max_regression, "--max-regression"),
                 results_dir,
-            )  # fmt: skip
+                allow_env_mismatch=allow_env_mismatch,
+                **options,
+            )
         else:
-            result = _gate_ratios(ratios, suite, resamples, confidence, results_dir)
+            del options["min_effect"]  # ratio rules carry their own thresholds
+            result = _gate_ratios(ratios, suite, results_dir, **options)
     except HubbenchError as exc:  # unusable input: say why in the summary too, then exit 2
         gate.write_summary(f"### hubbench gate: ⚠️ unusable input\n\n{exc}\n", summary)
         raise
     printer = console()
     printer.print(gate.to_rich(result))
     gate.write_summary(gate.to_markdown(result), summary)
+    for note in result.notes:
+        printer.print(f"[yellow]note:[/] {note}", highlight=False)
     if not result.passed:
         names = ", ".join(c.name for c in result.failed[:5])
         more = f" (+{len(result.failed) - 5} more)" if len(result.failed) > 5 else ""
@@ -132,13 +172,12 @@ def _gate_baseline(
     candidate: str | None,
     metric: str,
     max_regression: float,
-    resamples: int,
-    confidence: float,
     results_dir: Path | None,
+    **options: Any,
 ) -> GateResult:
+    from hubbench import store
     from hubbench.errors import ReportError, StoreError
     from hubbench.report.gate import gate_baseline
-    from hubbench import store
     from hubbench.report.load import load_run
 
     try:
@@ -157,17 +196,15 @@ def _gate_baseline(
     else:
         cand_spec = candidate
     cand = load_run(cand_spec, results_dir)
-    return gate_baseline(
-        base, cand, metric, max_regression, resamples=resamples, confidence=confidence
-    )
+    return gate_baseline(base, cand, metric, max_regression, **options)
 
 
 def _gate_ratios(
-    ratios: str, suite: str | None, resamples: int, confidence: float, results_dir: Path | None
+    ratios: str, suite: str | None, results_dir: Path | None, **options: Any
 ) -> GateResult:
     from hubbench.report.gate import gate_ratios, load_rules
     from hubbench.report.load import load_run
 
     run = load_run(None if ratios == "latest" else ratios, results_dir)
     rules, name = load_rules(run, suite)
-    return gate_ratios(run, rules, name, resamples=resamples, confidence=confidence)
+    return gate_ratios(run, rules, name, **options)

@@ -6,10 +6,15 @@ Thin layer: parse options, call hubbench.report, print with Rich. Nothing here r
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from hubbench.cli.common import LIST_HELP, RESULTS_HELP, console, listed
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.table import Table
 
 
 def register(app: typer.Typer) -> None:
@@ -55,6 +60,26 @@ def plot_cmd(
         printer.print(f"[green]wrote[/] {escape(str(path))}", highlight=False)
     for name, why in outcome.skipped.items():
         printer.print(f"[yellow]no {name} plot:[/] {escape(why)}", highlight=False)
+    if any(path.stem.startswith("scaling") for path in outcome.written):
+        printer.print(fits_table_rich(df))
+
+
+def fits_table_rich(df: pd.DataFrame) -> Table:
+    """The scaling exponents with their intervals, as `plot` prints them."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from hubbench.report.load import fmt_seq
+    from hubbench.report.plots import fits_table
+
+    table = Table(title="scaling exponents (95% CI)", title_justify="left")
+    for name, justify in (("figure", "left"), ("series", "left"), ("exponent", "right"),
+                          ("fitted n", "right")):  # fmt: skip
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for figure, label, fit in fits_table(df):
+        span = f"{fmt_seq(fit.n_lo)}-{fmt_seq(fit.n_hi)}"
+        table.add_row(escape(figure), escape(label), fit.text(), span)
+    return table
 
 
 def report_cmd(

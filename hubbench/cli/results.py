@@ -31,6 +31,7 @@ def register(app: typer.Typer) -> None:
         from hubbench.cli.tables import rows_table
         from hubbench.errors import StoreError
         from hubbench.report.load import norm_value, resolve_path
+        from hubbench.report.noise import noise
 
         out = console()
         directory = store.results_dir(results_dir)
@@ -45,6 +46,9 @@ def register(app: typer.Typer) -> None:
                 + (" (dirty)" if norm_value(first.get("git_dirty")) else "")
             )
             out.print(rows_table(rows, escape(title)))
+            level = noise(rows)
+            if level is not None:
+                out.print(f"[dim]{escape(level.line())}[/]", highlight=False)
             return
         paths = store.list_runs(directory, suite)
         if not paths:

@@ -17,7 +17,7 @@ from hubbench.cli.common import LIST_HELP, RESULTS_HELP, console
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from hubbench.runner import RunResult
+    from hubbench.runner import CellState, Progress, RunResult
     from hubbench.suite import Plan
 
 
@@ -61,52 +61,66 @@ def _profile(plan: Plan, out: Console) -> None:
         render_profile(result, out)
 
 
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _round_line(row: Mapping[str, Any], state: CellState, progress: Progress, label: str) -> str:
+    """'[ 7/30] hub-gpt n=2048 round 2/5: ok 27.2k tok/s (1m03s elapsed, ~2m10s left)'."""
+    from hubbench.report.format import si
+
+    width = len(str(progress.total))
+    total = state.cell.measure.rounds
+    what = f"{label} round {len(state.rounds) + (state.failure is not None)}/{total}"
+    result = row["status"]
+    if result == "ok":
+        result += f" {si(row['tokens_per_s'])} tok/s"
+    else:
+        result += f": {row['message']}"
+    clock = f"{_clock(progress.elapsed_s)} elapsed, ~{_clock(progress.remaining_s)} left"
+    return f"[{progress.done:>{width}}/{progress.total}] {what}: {result} ({clock})"
+
+
 def _run_with_progress(
     plan: Plan, results: Path, resume: bool, builder: str, out: Console
 ) -> RunResult:
+    """A live bar on a terminal; one line per finished round otherwise (CI logs, pipes)."""
     from rich.markup import escape
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from hubbench.runner import run_plan
 
-    progress = Progress(
+    live = out.is_terminal
+    bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
+        TextColumn("{task.fields[clock]}"),
         console=out,
         transient=True,
+        disable=not live,
     )
-    task = progress.add_task("starting worker", total=None)
+    task = bar.add_task("starting worker", total=None, clock="")
 
-    def on_start(position: int, total: int, cell: Any) -> None:
-        progress.update(
-            task,
-            total=total,
-            completed=position,
-            description=escape(f"cell {position + 1}/{total}: {cell.label(plan.varying)}"),
-        )
+    def on_start(state: CellState, progress: Any) -> None:
+        label = state.cell.label(plan.varying)
+        round_ = f"round {len(state.rounds) + 1}/{state.cell.measure.rounds}"
+        clock = f"~{_clock(progress.remaining_s)} left"
+        bar.update(task, total=progress.total, completed=progress.done, clock=clock,
+                   description=escape(f"{label} {round_}"))  # fmt: skip
 
-    def on_done(row: Mapping[str, Any]) -> None:
-        progress.advance(task)
-        if row["status"] not in ("ok", "skipped"):
-            progress.console.print(
-                f"[yellow]{row['status']}[/] cell {row['cell_index']} "
-                + escape(f"{row['variant']} n={row['seq']}: {row['message']}"),
-                highlight=False,
-                soft_wrap=True,
-            )
+    def on_done(row: Mapping[str, Any], state: CellState, progress: Any) -> None:
+        bar.update(task, completed=progress.done)
+        line = escape(_round_line(row, state, progress, state.cell.label(plan.varying)))
+        if not live:
+            out.print(line, highlight=False, soft_wrap=True)
+        elif row["status"] not in ("ok", "skipped"):
+            bar.console.print(f"[yellow]{line}[/]", highlight=False, soft_wrap=True)
 
-    with progress:
+    with bar:
         return run_plan(
             plan, results, resume=resume, builder=builder, on_start=on_start, on_done=on_done
         )
@@ -122,15 +136,23 @@ def register(app: typer.Typer) -> None:
         dtype: list[str] = typer.Option(None, "--dtype", help=f"fp32, bf16, fp16 ({LIST_HELP})."),
         mode: list[str] = typer.Option(None, "--mode", help=f"fwd, fwd_bwd, train ({LIST_HELP})."),
         batch: list[str] = typer.Option(None, "--batch", "-b", help=f"Batch sizes ({LIST_HELP})."),
+        threads: list[str] = typer.Option(
+            None, "--threads", help=f"torch intra-op threads ({LIST_HELP}; default: half the CPUs)."
+        ),
         sets: list[str] = typer.Option(
             None, "--set", "-s", help="Any field: key=v1,v2 (repeatable), e.g. hubs=4,8,16."
         ),
-        repeats: int = typer.Option(None, "--repeats", help="Timed steps per cell (at least)."),
-        warmup: int = typer.Option(None, "--warmup", help="Untimed steps before timing."),
-        min_time: float = typer.Option(
-            None, "--min-time", help="Keep timing a cell until this many seconds are timed."
+        rounds: int = typer.Option(
+            None, "--rounds", help="Timing blocks per cell, interleaved across cells."
         ),
-        timeout: float = typer.Option(None, "--timeout", help="Per-cell timeout in seconds."),
+        repeats: int = typer.Option(None, "--repeats", help="Timed steps per round (at least)."),
+        warmup: int = typer.Option(None, "--warmup", help="Untimed steps per round (at least)."),
+        min_time: float = typer.Option(
+            None, "--min-time", help="Keep timing a round until this many seconds are timed."
+        ),
+        timeout: float = typer.Option(
+            None, "--timeout", help="Timeout per cell and round, in seconds."
+        ),
         resume: bool = typer.Option(
             False, "--resume", help="Continue the suite's latest run: skip its measured cells."
         ),
@@ -161,10 +183,10 @@ def register(app: typer.Typer) -> None:
         plan = plan_suite(
             suite,
             axes={"seq": seq, "variant": variant, "device": device, "dtype": dtype, "mode": mode,
-                  "batch": batch},
+                  "batch": batch, "threads": threads},
             sets=sets,
-            measure={"repeats": repeats, "warmup": warmup, "min_time_s": min_time,
-                     "timeout_s": timeout},
+            measure={"rounds": rounds, "repeats": repeats, "warmup": warmup,
+                     "min_time_s": min_time, "timeout_s": timeout},
         )  # fmt: skip
         notes = []
         if plan.excluded:
@@ -187,21 +209,29 @@ def register(app: typer.Typer) -> None:
 
         from hubbench import store
         from hubbench.cli.tables import rows_table
+        from hubbench.config import oversubscribed
+        from hubbench.report.noise import noise
 
         results = store.results_dir(results_dir)
         store.check_writable(results)
         err = console(stderr=True)
+        busy = oversubscribed(max(c.threads for c in plan.cells))
+        if busy:
+            err.print(f"[yellow]warning:[/] {escape(busy)}", highlight=False, soft_wrap=True)
         outcome = _run_with_progress(plan, results, resume, builder, err)
         if outcome.resumed_from is not None:
             notes.append(
                 f"resumed {outcome.resumed_from.name}: {outcome.skipped_done} cell(s) "
-                "already measured"
+                "already measured in full; the others continued where they stopped"
             )
         elif resume:
             notes.append("--resume: no earlier run of this suite; started a new one")
         title = f"{plan.suite.name} run {outcome.run_id} ({len(outcome.new_rows)} new rows)"
         if outcome.new_rows:
             out.print(rows_table(outcome.new_rows, escape(title)))
+        level = noise(outcome.rows)
+        if level is not None:
+            notes.append(level.line())
         for note in notes:
             out.print(f"[dim]{escape(note)}[/]", highlight=False)
         if outcome.interrupted:

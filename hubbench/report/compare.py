@@ -1,8 +1,11 @@
 """Run B over run A, cell by cell, with bootstrap CIs; rendered as a Rich table or Markdown.
 
 Cells join on their cell fields (load.cell_keys), never on run_id / cell_index, so two runs of a
-suite whose sweep was reordered still line up. A change counts as real only when its CI excludes
-1; memory has no per-step samples and is deterministic enough that a fixed tolerance stands in.
+suite whose sweep was reordered still line up. A change counts as real only when its whole CI
+lies beyond 1 +/- min_effect (MIN_EFFECT, chosen from A/A runs: docs/measurement.md); memory has
+no per-step samples and is deterministic enough that a fixed tolerance stands in. Verdicts are
+words (better / worse / same), so they read without colour in pipes and CI logs. Rows measured
+in different environments (ENV_FIELDS) still join, with a warning: `gate` refuses them.
 """
 
 from __future__ import annotations
@@ -15,14 +18,21 @@ from hubbench import schema
 from hubbench.errors import ReportError
 from hubbench.report import format as fmt
 from hubbench.report.load import join_fields, labeller, norm_value, run_label
-from hubbench.report.stats import CONFIDENCE, RESAMPLES, SEED, RatioCI, ratio_ci
+from hubbench.report.stats import CONFIDENCE, RESAMPLES, SEED, RatioCI, ratio_ci, rounds_of
 
 if TYPE_CHECKING:
     import pandas as pd
     from rich.table import Table
 
 DEFAULT_METRICS = ("tokens_per_s", "peak_mem_bytes")
-POINT_TOLERANCE = 0.02  # memory within 2% is "unchanged": allocator rounding, not a regression
+# Memory has no per-step samples: a change within these fractions is "the same" (A/A data in
+# docs/measurement.md). CUDA's allocator counts bytes exactly; CPU resident memory moves with
+# glibc's arenas from run to run.
+MEMORY_TOLERANCE = {"cuda_allocated": 0.02, "cpu_rss": 0.20}
+DEFAULT_MEMORY_TOLERANCE = 0.02
+MIN_EFFECT = 0.03  # a call needs its CI beyond 1 +/- 3% (A/A data: docs/measurement.md)
+ENV_FIELDS = ("device_name", "host", "torch_version", "cuda_version")  # rows should share these
+VERDICT = {1: "better", -1: "worse", 0: "same"}
 
 
 @dataclass
@@ -32,6 +42,7 @@ class CellComparison:
     status_b: str | None
     values: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
     ratios: dict[str, RatioCI] = field(default_factory=dict)
+    mem_kind: str | None = None
 
 
 @dataclass
@@ -42,14 +53,37 @@ class Comparison:
     cells: list[CellComparison]
     confidence: float
     resamples: int
+    min_effect: float = MIN_EFFECT
+    warnings: list[str] = field(default_factory=list)
 
 
-def change(metric: schema.Column, ci: RatioCI) -> int:
-    """+1 better, -1 worse, 0 within noise (or not decidable)."""
+def env_mismatch(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
+    """'host: A ran on x, B on y' for each ENV_FIELDS column whose values differ."""
+    out = []
+    for f in ENV_FIELDS:
+        va = sorted({str(v) for v in map(norm_value, a[f]) if v is not None})
+        vb = sorted({str(v) for v in map(norm_value, b[f]) if v is not None})
+        if va and vb and va != vb:
+            out.append(f"{f}: A has {', '.join(va)}, B has {', '.join(vb)}")
+    return out
+
+
+def memory_tolerance(mem_kind: str | None) -> float:
+    return MEMORY_TOLERANCE.get(str(mem_kind), DEFAULT_MEMORY_TOLERANCE)
+
+
+def change(
+    metric: schema.Column,
+    ci: RatioCI,
+    min_effect: float = MIN_EFFECT,
+    mem_kind: str | None = None,
+) -> int:
+    """+1 better, -1 worse, 0 within noise plus min_effect (or not decidable)."""
     if ci.bootstrapped:
-        moved = ci.excludes(1.0)
+        moved = ci.beyond(min_effect)
     elif metric.time_power == 0:
-        moved = 0 if abs(ci.point - 1.0) <= POINT_TOLERANCE else (1 if ci.point > 1 else -1)
+        tolerance = memory_tolerance(mem_kind)
+        moved = 0 if abs(ci.point - 1.0) <= tolerance else (1 if ci.point > 1 else -1)
     else:
         moved = 0  # a time metric with too few samples: no basis for a call
     return moved if metric.higher_is_better else -moved
@@ -67,8 +101,9 @@ def metric_ratio(
     a, b = _value(num, metric.name), _value(den, metric.name)
     if a is None or b is None or b == 0:
         return None
+    same_run = norm_value(num.get("run_id")) == norm_value(den.get("run_id"))
     return ratio_ci(
-        a, b, num["samples_s"], den["samples_s"], metric.time_power,
+        a, b, rounds_of(num), rounds_of(den), metric.time_power, paired=same_run,
         resamples=resamples, confidence=confidence, seed=seed,
     )  # fmt: skip
 
@@ -123,6 +158,7 @@ def compare_runs(
     resamples: int = RESAMPLES,
     confidence: float = CONFIDENCE,
     seed: int = SEED,
+    min_effect: float = MIN_EFFECT,
 ) -> Comparison:
     import pandas as pd
 
@@ -138,6 +174,7 @@ def compare_runs(
             label=label(any_row),
             status_a=None if ra is None else str(ra["status"]),
             status_b=None if rb is None else str(rb["status"]),
+            mem_kind=norm_value(any_row.get("mem_kind")),
         )
         for m in ms:
             c.values[m.name] = (
@@ -149,7 +186,33 @@ def compare_runs(
                 if ci is not None:
                     c.ratios[m.name] = ci
         cells.append(c)
-    return Comparison(run_label(a), run_label(b), ms, cells, confidence, resamples)
+    warnings = [f"different environments: {w}" for w in env_mismatch(a, b)]
+    return Comparison(
+        run_label(a), run_label(b), ms, cells, confidence, resamples, min_effect, warnings
+    )
+
+
+def verdicts(cmp: Comparison, c: CellComparison) -> str:
+    """'tokens/s worse, peak memory better', or 'same' (each metric beyond noise + effect)."""
+    calls = []
+    for m in cmp.metrics:
+        ci = c.ratios.get(m.name)
+        moved = change(m, ci, cmp.min_effect, c.mem_kind) if ci is not None else 0
+        if moved:
+            calls.append(f"{m.label} {VERDICT[moved]}")
+    if not c.ratios:
+        return "-"
+    return ", ".join(calls) or "same"
+
+
+def _rule(cmp: Comparison) -> str:
+    conf = f"{100 * cmp.confidence:g}%"
+    return (
+        f"{conf} CI from {cmp.resamples} two-stage bootstrap resamples (rounds, then steps "
+        f"within them); a change is called when the CI lies beyond 1 ± {100 * cmp.min_effect:g}%"
+        f" (memory: beyond {100 * MEMORY_TOLERANCE['cpu_rss']:g}% of CPU RSS, "
+        f"{100 * MEMORY_TOLERANCE['cuda_allocated']:g}% of CUDA allocated)"
+    )
 
 
 def _status_note(c: CellComparison) -> str:
@@ -164,11 +227,9 @@ def to_rich(cmp: Comparison) -> Table:
     from rich.table import Table
     from rich.text import Text
 
-    conf = f"{100 * cmp.confidence:g}%"
     table = Table(
         title=f"B / A by cell   A = {cmp.run_a}   B = {cmp.run_b}",
-        caption=f"\\[brackets]: {conf} bootstrap CI ({cmp.resamples} resamples of per-step times, "
-        "ratio of medians); green/red: CI excludes 1",
+        caption="\\[brackets]: " + _rule(cmp),
     )
     table.add_column("cell", style="bold")
     for i, m in enumerate(cmp.metrics):
@@ -176,6 +237,7 @@ def to_rich(cmp: Comparison) -> Table:
             table.add_column(f"A {m.label}", justify="right")
             table.add_column(f"B {m.label}", justify="right")
         table.add_column(f"B/A {m.label}", justify="right")
+    table.add_column("verdict")
     table.add_column("status")
     for c in cmp.cells:
         cells: list[Any] = [Text(c.label)]
@@ -184,9 +246,11 @@ def to_rich(cmp: Comparison) -> Table:
             if i == 0:
                 cells += [fmt.metric_value(m, va), fmt.metric_value(m, vb)]
             ci = c.ratios.get(m.name)
-            style = {1: "bold green", -1: "bold red"}.get(change(m, ci), "") if ci else ""
-            cells.append(Text(fmt.ratio(ci), style=style))
-        cells.append(_status_note(c))
+            moved = change(m, ci, cmp.min_effect, c.mem_kind) if ci else 0
+            cells.append(
+                Text(fmt.ratio(ci), style={1: "bold green", -1: "bold red"}.get(moved, ""))
+            )
+        cells += [Text(verdicts(cmp, c)), _status_note(c)]
         table.add_row(*cells)
     return table
 
@@ -197,10 +261,12 @@ def to_markdown(cmp: Comparison) -> str:
     for i, m in enumerate(cmp.metrics):
         head += [f"A {m.label}", f"B {m.label}"] if i == 0 else []
         head.append(f"B/A {m.label} [{conf} CI]")
-    head.append("status")
+    head += ["verdict", "status"]
     lines = [
         f"### hubbench compare: B = `{cmp.run_b}` over A = `{cmp.run_a}`",
         "",
+        *(f"> ⚠️ {w}" for w in cmp.warnings),
+        *([""] if cmp.warnings else []),
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + ["---"]) + "|",
     ]
@@ -214,19 +280,17 @@ def to_markdown(cmp: Comparison) -> str:
             ci = c.ratios.get(m.name)
             text = fmt.ratio(ci)
             if ci is not None:
-                moved = change(m, ci)
+                moved = change(m, ci, cmp.min_effect, c.mem_kind)
                 n_better += moved > 0
                 n_worse += moved < 0
                 mark = {1: "🟢 **", -1: "🔴 **"}.get(moved, "")
                 text = f"{mark}{text}{'**' if mark else ''}"
             cells.append(text)
-        cells.append(_status_note(c))
+        cells += [verdicts(cmp, c), _status_note(c)]
         lines.append("| " + " | ".join(fmt.md_cell(x) for x in cells) + " |")
     lines += [
         "",
-        f"{n_better} better, {n_worse} worse beyond noise. Brackets: {conf} bootstrap CI "
-        f"({cmp.resamples} resamples of each side's per-step times, ratio of medians); "
-        f"🟢/🔴: CI excludes 1 (memory: differs by more than {100 * POINT_TOLERANCE:g}%).",
+        f"{n_better} better, {n_worse} worse beyond noise. Brackets: {_rule(cmp)}.",
         "",
     ]
     return "\n".join(lines)

@@ -2,9 +2,10 @@
 
 The exponent is a least-squares slope of log t against log n over the upper part of the range:
 at small n fixed costs (launches, the LM head) hide the mixer's order, so a fit over every point
-would flatter attention. The crossover is where the hub's step time drops below the baseline's
-and stays below to the end of the measured range, interpolated in log-log between the bracketing
-points.
+would flatter attention. Its interval refits the slope on every replicate of the two-stage
+bootstrap (hubbench.report.stats), with the points' rounds paired when they come from one run.
+The crossover is where the hub's step time drops below the baseline's and stays below to the end
+of the measured range, interpolated in log-log between the bracketing points.
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from hubbench.report.load import fmt_seq
+from hubbench.report.stats import (
+    CONFIDENCE,
+    RESAMPLES,
+    Rounds,
+    bootstrap_medians,
+    n_samples,
+    percentile_interval,
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,15 @@ class Fit:
     exponent: float
     n_lo: int  # fitted range
     n_hi: int
+    low: float | None = None  # confidence interval of the exponent (None: no samples)
+    high: float | None = None
+    points: int = 0
+
+    def text(self) -> str:
+        """'0.98 [0.95, 1.02]'."""
+        if self.low is None or self.high is None:
+            return f"{self.exponent:.2f}"
+        return f"{self.exponent:.2f} [{self.low:.2f}, {self.high:.2f}]"
 
 
 @dataclass(frozen=True)
@@ -47,16 +65,38 @@ def _round_n(n: float) -> int:
     return int(round(n / 10**digits) * 10**digits)
 
 
-def fit_exponent(n: Sequence[float], t: Sequence[float]) -> Fit | None:
-    """Slope of log t vs log n over the upper half of the points (at least 3, or all of them)."""
-    pts = sorted((float(a), float(b)) for a, b in zip(n, t, strict=True) if a > 0 and b > 0)
-    if len({a for a, _ in pts}) < 2:
+def fit_exponent(
+    n: Sequence[float],
+    t: Sequence[float],
+    rounds: Sequence[Rounds] | None = None,
+    *,
+    paired: bool = False,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+) -> Fit | None:
+    """Slope of log t vs log n over the upper half of the points (at least 3, or all of them).
+
+    `rounds` (each point's step times by round) adds the bootstrap interval of the slope.
+    """
+    given = rounds if rounds is not None else [[] for _ in n]
+    pts = sorted(
+        (float(a), float(b), r) for a, b, r in zip(n, t, given, strict=True) if a > 0 and b > 0
+    )
+    if len({a for a, _, _ in pts}) < 2:
         return None
-    keep = max(3, math.ceil(len(pts) / 2))
-    pts = pts[-keep:]
-    x, y = np.log([a for a, _ in pts]), np.log([b for _, b in pts])
-    slope = float(np.polyfit(x, y, 1)[0])
-    return Fit(slope, int(pts[0][0]), int(pts[-1][0]))
+    pts = pts[-max(3, math.ceil(len(pts) / 2)) :]
+    x = np.log([a for a, _, _ in pts])
+    slope = float(np.polyfit(x, np.log([b for _, b, _ in pts]), 1)[0])
+    fit = Fit(slope, int(pts[0][0]), int(pts[-1][0]), points=len(pts))
+    cells = [r for _, _, r in pts]
+    if any(n_samples(r) < 3 for r in cells):
+        return fit
+    paired = paired and len({len(r) for r in cells}) == 1
+    logs = np.log(bootstrap_medians(cells, paired=paired, resamples=resamples))  # (B, K)
+    xc = x - x.mean()
+    slopes = (logs - logs.mean(axis=1, keepdims=True)) @ xc / (xc @ xc)  # (B,)
+    low, high = percentile_interval(slopes, confidence)
+    return Fit(slope, fit.n_lo, fit.n_hi, low, high, len(pts))
 
 
 def crossover(

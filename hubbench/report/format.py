@@ -94,7 +94,7 @@ def pct_change(r: float) -> str:
     return f"{100 * (r - 1):+.1f}%"
 
 
-def percent(text: str) -> float:
+def percent(text: str, option: str = "--max-regression") -> float:
     """'5%' -> 0.05, '0.05' -> 0.05; a bare number >= 1 is ambiguous and rejected."""
     from hubbench.errors import ReportError
 
@@ -105,15 +105,11 @@ def percent(text: str) -> float:
         else:
             value = float(raw)
             if value >= 1:
-                raise ReportError(
-                    f"--max-regression {text!r} is ambiguous: write {raw}% or a fraction < 1"
-                )
+                raise ReportError(f"{option} {text!r} is ambiguous: write {raw}% or a fraction < 1")
     except ValueError:
-        raise ReportError(
-            f"--max-regression {text!r} is not a percentage (e.g. 5% or 0.05)"
-        ) from None
-    if not 0 <= value < 1:
-        raise ReportError(f"--max-regression {text!r} must lie between 0% and 100%")
+        raise ReportError(f"{option} {text!r} is not a percentage (e.g. 5% or 0.05)") from None
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise ReportError(f"{option} {text!r} must lie between 0% and 100%")
     return value
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from hubbench import schema
 from hubbench.errors import HubbenchError, ReportError
 from hubbench.report import format as fmt
-from hubbench.report.compare import join_runs, metric_ratio
+from hubbench.report.compare import MIN_EFFECT, env_mismatch, join_runs, metric_ratio
 from hubbench.report.load import (
     join_fields,
     labeller,
@@ -121,17 +121,31 @@ def gate_baseline(
     resamples: int = RESAMPLES,
     confidence: float = CONFIDENCE,
     seed: int = SEED,
+    min_effect: float = MIN_EFFECT,
+    allow_env_mismatch: bool = False,
 ) -> GateResult:
-    """Every baseline cell against the same cell in the candidate run."""
+    """Every baseline cell against the same cell in the candidate run.
+
+    The allowed worsening is the larger of `max_regression` and `min_effect` (the noise floor of
+    A/A runs). Runs measured in different environments are refused unless allowed.
+    """
     import pandas as pd
 
     m = schema.metric(metric)
     require_ok(baseline, f"baseline {run_label(baseline)}")
     require_ok(candidate, f"candidate {run_label(candidate)}")
+    mismatch = env_mismatch(baseline, candidate)
+    if mismatch and not allow_env_mismatch:
+        raise ReportError(
+            f"baseline and candidate were measured in different environments ({'; '.join(mismatch)}"
+            "); their ratio measures the machines, not the change: pass --allow-env-mismatch "
+            "to gate them anyway"
+        )
     joined = join_runs(baseline, candidate, "baseline", "candidate")
     base, cand = joined.a, joined.b
     label = labeller(pd.concat([baseline, candidate], ignore_index=True), joined.fields)
-    lo, hi = (1 - max_regression, None) if m.higher_is_better else (None, 1 + max_regression)
+    allowed = max(max_regression, min_effect)
+    lo, hi = (1 - allowed, None) if m.higher_is_better else (None, 1 + allowed)
     checks = []
     for key, rb in base.items():
         rc = cand.get(key)
@@ -156,6 +170,10 @@ def gate_baseline(
         checks.append(check)
     _require_judgeable(checks, "gate")
     word = "drop" if m.higher_is_better else "rise"
+    why = (
+        f"the larger of --max-regression {100 * max_regression:g}% and --min-effect "
+        f"{100 * min_effect:g}%"
+    )
     return GateResult(
         mode="baseline",
         reference=run_label(baseline),
@@ -164,7 +182,8 @@ def gate_baseline(
         confidence=confidence,
         resamples=resamples,
         threshold=f"{m.name}: fail when the CI of candidate/baseline lies entirely beyond a "
-        f"{100 * max_regression:g}% {word}",
+        f"{100 * allowed:g}% {word} ({why})",
+        notes=[f"Environments differ: {w}." for w in mismatch],
     )
 
 
@@ -305,8 +324,9 @@ def to_markdown(result: GateResult) -> str:
         )
     lines += [
         "",
-        f"CI: {conf} bootstrap ({result.resamples} resamples of each side's per-step times, "
-        "ratio of medians). A check fails only when its whole CI lies beyond the allowed range.",
+        f"CI: {conf} two-stage bootstrap ({result.resamples} resamples of the rounds, then of the "
+        "steps within them; rounds of one run paired), ratio of medians. A check fails only when "
+        "its whole CI lies beyond the allowed range.",
         *result.notes,
         "",
     ]
@@ -320,7 +340,8 @@ def to_rich(result: GateResult) -> Table:
     conf = f"{100 * result.confidence:g}%"
     table = Table(
         title=f"gate ({result.mode}): {result.reference} → {result.candidate}",
-        caption=f"{result.threshold}; CI: {conf} bootstrap, {result.resamples} resamples",
+        caption=f"{result.threshold}; CI: {conf} two-stage bootstrap over rounds, "
+        f"{result.resamples} resamples",
     )
     ref_head = "baseline" if result.mode == "baseline" else "denominator"
     val_head = "candidate" if result.mode == "baseline" else "numerator"

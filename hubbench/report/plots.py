@@ -30,7 +30,7 @@ from hubbench.report.figure import (
     seq_axis,
     title,
 )
-from hubbench.report.fits import crossover, fit_exponent
+from hubbench.report.fits import Fit, crossover, fit_exponent
 from hubbench.report.heatmap import heat_groups, heatmaps
 from hubbench.report.load import fmt_seq, require_ok, run_label
 from hubbench.report.series import (
@@ -39,8 +39,9 @@ from hubbench.report.series import (
     build_series,
     facets,
     speedup_pairs,
+    title_parts,
 )
-from hubbench.report.stats import ratio_ci
+from hubbench.report.stats import ratio_ci, rounds_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -166,16 +167,36 @@ def throughput(facet: Facet) -> Figured:
     return out
 
 
+def series_fit(s: Series) -> Fit | None:
+    """The series' scaling exponent with its bootstrap interval (rounds paired within a run)."""
+    ok = s.ok[s.ok["time_median_s"].notna()]
+    rounds = [rounds_of(r) for _, r in ok.iterrows()]
+    paired = ok["run_id"].nunique() == 1
+    return fit_exponent(col(ok, "seq"), col(ok, "time_median_s"), rounds, paired=paired)
+
+
+def fits_table(df: pd.DataFrame) -> list[tuple[str, str, Fit]]:
+    """(figure title, series label, fit) for every series with two or more n, per facet."""
+    out = []
+    for facet in facets(df):
+        main, _ = title_parts(facet)
+        for s in build_series(facet.df):
+            fit = series_fit(s)
+            if fit is not None:
+                out.append((main, s.label, fit))
+    return out
+
+
 def scaling(facet: Facet) -> Figured:
     series = build_series(facet.df)
-    fits = {}
-    for s in series:
-        ok = s.ok[s.ok["time_median_s"].notna()]
-        fits[s.label] = fit_exponent(col(ok, "seq"), col(ok, "time_median_s"))
+    fits = {s.label: series_fit(s) for s in series}
 
     def suffix(s: Series) -> str:
         f = fits[s.label]
-        return "" if f is None else f"  ($\\propto n^{{{f.exponent:.2f}}}$)"
+        if f is None:
+            return ""
+        ci = "" if f.low is None else f" [{f.low:.2f}, {f.high:.2f}]"
+        return f"  ($\\propto n^{{{f.exponent:.2f}}}${ci})"
 
     out = _line_figure(
         facet,
@@ -194,7 +215,8 @@ def scaling(facet: Facet) -> Figured:
     )
     notes = [
         "Median step time; error bars p10–p90. Exponents: least-squares slope of log t on log n "
-        f"over the upper half of each series' points (n in {span}).",
+        f"over the upper half of each series' points (n in {span}), with 95% bootstrap "
+        "intervals (rounds resampled, then steps within them).",
         *_crossover_notes(series),
     ]
     out.notes[:0] = notes
@@ -246,7 +268,9 @@ def speedup(facet: Facet) -> Figured:
                 marks.append((int(seq), status, base.style.color))
                 gaps.append(f"{hub.label} over {base.label} n={fmt_seq(int(seq))}: {who} {status}")
                 continue
-            ci = ratio_ci(h["tokens_per_s"], b["tokens_per_s"], h["samples_s"], b["samples_s"], -1)
+            same_run = h["run_id"] == b["run_id"]
+            ci = ratio_ci(h["tokens_per_s"], b["tokens_per_s"], rounds_of(h), rounds_of(b), -1,
+                          paired=same_run)  # fmt: skip
             xs.append(int(seq))
             ys.append(ci.point)
             lo.append(ci.point - ci.low)
@@ -277,8 +301,8 @@ def speedup(facet: Facet) -> Figured:
     notes = [
         "Speedup = baseline step time / hub step time (= tokens/s ratio) against the hub's own "
         "baseline (hub-gpt: transformer, hub-jamba: jamba), same cell otherwise; native = naive "
-        "attention, optimised = SDPA / flash. Error bars: 95% bootstrap CI of the ratio of "
-        "median step times.",
+        "attention, optimised = SDPA / flash. Error bars: 95% CI of the ratio of median step "
+        "times, from a bootstrap over rounds paired within the run (rounds, then steps).",
     ]
     if gaps:
         notes.append(

@@ -64,7 +64,7 @@ def test_gate_unusable_input_exits_2_with_the_reason(runner, results_dir, runs, 
     metric = _invoke(runner, results_dir, "gate", "--baseline", str(runs["a"]), "--metric", "nope")
     assert metric.exit_code == 2 and "unknown metric 'nope'" in metric.output
     neither = _invoke(runner, results_dir, "gate")
-    assert neither.exit_code == 2 and "--baseline FILE" in neither.output
+    assert neither.exit_code == 2 and "--baseline RUN" in neither.output
     pct = _invoke(
         runner, results_dir, "gate", "--baseline", str(runs["a"]), "--max-regression", "5"
     )

@@ -8,7 +8,7 @@ import pytest
 from synthetic_runs import grid, make_run
 
 from hubbench.errors import ReportError
-from hubbench.report.compare import change, compare_runs, to_markdown, to_rich
+from hubbench.report.compare import change, compare_runs, to_markdown, to_rich, verdicts
 from hubbench.report.load import check_schema
 from hubbench.schema import metric as get_metric
 
@@ -72,3 +72,35 @@ def test_unknown_metric():
     a, b = _runs()
     with pytest.raises(ReportError, match=r"unknown metric 'speed'; valid: .*tokens_per_s"):
         compare_runs(a, b, ["speed"])
+
+
+def _shifted(shift: float, run_id: str, **kw):
+    from synthetic_runs import cell, make_run
+
+    from hubbench.report.load import check_schema
+
+    cells = [cell("hub-gpt", 1024), cell("transformer", 1024)]
+    slowdown = {"hub-gpt": shift}
+    return check_schema(make_run(cells, run_id=run_id, slowdown=slowdown, noise=0.005, **kw), "x")
+
+
+def test_min_effect_decides_what_counts_as_a_change():
+    a, b = _shifted(0.0, "a", seed=1), _shifted(0.02, "b", seed=2)  # hub-gpt 2% slower
+    strict = compare_runs(a, b, ["tokens_per_s"], min_effect=0.0)
+    loose = compare_runs(a, b, ["tokens_per_s"], min_effect=0.03)
+    hub = next(c for c in strict.cells if c.label.startswith("hub-gpt"))
+    assert hub.ratios["tokens_per_s"].high < 1.0  # the CI excludes 1 ...
+    assert verdicts(strict, hub) == "tokens/s worse"
+    hub = next(c for c in loose.cells if c.label.startswith("hub-gpt"))
+    assert verdicts(loose, hub) == "same"  # ... but not 1 - 3%
+    md = to_markdown(loose)
+    assert "| same |" in md and "1 ± 3%" in md
+
+
+def test_rows_from_different_environments_join_with_a_warning():
+    a = _shifted(0.0, "a", seed=1)
+    b = _shifted(0.0, "b", seed=2)
+    b["host"] = "elsewhere"
+    cmp = compare_runs(a, b, ["tokens_per_s"])
+    assert cmp.warnings == ["different environments: host: A has node1, B has elsewhere"]
+    assert "⚠️ different environments: host" in to_markdown(cmp)

@@ -150,3 +150,21 @@ def test_cell_that_failed_in_the_baseline_is_not_compared():
     result = gate_baseline(base, _run("b", seed=2))
     check = next(c for c in result.checks if c.name == "transformer attention=naive n=4k")
     assert result.passed and check.verdict == "missing" and "baseline oom → ok" in check.note
+
+
+def test_runs_from_different_environments_are_refused_unless_allowed():
+    candidate = _run("b", seed=7)
+    candidate["torch_version"] = "2.99.0"
+    with pytest.raises(ReportError, match=r"different environments \(torch_version: A has 2\.13"):
+        gate_baseline(_run(), candidate)
+    allowed = gate_baseline(_run(), candidate, allow_env_mismatch=True)
+    assert allowed.passed and any("torch_version" in n for n in allowed.notes)
+    assert "torch_version" in to_markdown(allowed)
+
+
+def test_the_noise_floor_widens_a_tighter_max_regression():
+    slow = _run("b", seed=9, slowdown={"hub-gpt": 0.03}, noise=0.005)
+    tight = gate_baseline(_run(noise=0.005), slow, max_regression=0.01, min_effect=0.0)
+    assert {c.name for c in tight.failed} == {"hub-gpt n=1k", "hub-gpt n=4k"}
+    floored = gate_baseline(_run(noise=0.005), slow, max_regression=0.01, min_effect=0.05)
+    assert floored.passed and "5% drop (the larger of --max-regression 1%" in floored.threshold

@@ -133,7 +133,8 @@ def test_rows_the_runner_makes_from_a_shipped_suite_plot_in_one_figure_per_kind(
     import pandas as pd
 
     from hubbench import schema
-    from hubbench.runner import make_row
+    from hubbench.metrics import RoundResult
+    from hubbench.runner import CellState, make_row
     from hubbench.suite import expand, load_suite
 
     plan = expand(load_suite("throughput"), cuda_available=False)
@@ -141,19 +142,21 @@ def test_rows_the_runner_makes_from_a_shipped_suite_plot_in_one_figure_per_kind(
     env.pop("utc_time")
     rows = []
     for c in plan.cells:
-        ok = c.model_config.get("attention") != "flash"
+        state = CellState(c, device_name="cpu0")
         t = 1e-3 * c.seq * (2 if c.variant == "transformer" else 1)
-        outcome = {"status": "ok" if ok else "skipped", "message": None if ok else "no flash",
-                   "device_name": "cpu0", "wall_s": 1.0}  # fmt: skip
-        measurement = None
-        if ok:
-            measurement = dict.fromkeys(schema.names("measurement"))
-            measurement.update(time_median_s=t, time_p10_s=t, time_p90_s=t, samples_s=[t] * 3,
-                               tokens_per_s=c.seq / t, tokens_per_s_p10=c.seq / t,
-                               tokens_per_s_p90=c.seq / t, peak_mem_bytes=2**20 * c.seq,
-                               mem_kind="cpu_rss")  # fmt: skip
-        answer = {"outcome": outcome, "measurement": measurement}
-        rows.append(make_row(c, answer, "throughput", "feed0001", env))
+        if c.model_config.get("attention") == "flash":
+            state.failure = {"status": "skipped", "message": "no flash"}
+        else:
+            state.rounds = [
+                RoundResult(samples_s=[t * (1 + 0.01 * k)] * 3, tokens=c.seq, warmup_s=0.1,
+                            warmup_steps=3, warmup_capped=False, sentinel_s=0.01,
+                            peak_mem_bytes=2**20 * c.seq, peak_mem_reserved_bytes=None,
+                            mem_kind="cpu_rss", mem_baseline_bytes=0, flops_per_step=None,
+                            flops_per_step_analytic=None, peak_flops_per_s=None,
+                            peak_flops_source=None, params=1)
+                for k in range(3)
+            ]  # fmt: skip
+        rows.append(make_row(state, "throughput", "feed0001", env))
     df = check_schema(pd.DataFrame(rows), "throughput")
     figures, _ = render(df)
     assert sorted(f.stem for f in figures) == ["memory", "scaling", "speedup", "throughput"]

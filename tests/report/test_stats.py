@@ -1,74 +1,124 @@
-"""Bootstrap ratio CIs: A/A contains 1, a planted 15% slowdown is detected, seeds reproduce."""
+"""The two-stage bootstrap: coverage with between-round drift, pairing, the classic checks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from hubbench.report.stats import RatioCI, ratio_ci
+from hubbench.report.stats import (
+    RatioCI,
+    bootstrap_medians,
+    percentile_interval,
+    ratio_ci,
+    rounds_of,
+)
 
 
-def _samples(rng: np.random.Generator, median: float, n: int = 20, noise: float = 0.03):
-    return median * np.exp(rng.normal(0.0, noise, size=n))
+def _rounds(rng, median, rounds=5, n=5, drift=None, noise=0.02, drift_sd=0.05):
+    """Step times of one cell: a round effect (the machine's drift) times per-step jitter."""
+    effect = rng.normal(0.0, drift_sd, rounds) if drift is None else drift
+    return [median * np.exp(e + rng.normal(0.0, noise, n)) for e in effect]
 
 
-def _tokens_ratio(a: np.ndarray, b: np.ndarray, tokens: float = 4096.0) -> RatioCI:
+def _tokens_ratio(a, b, paired=False, tokens: float = 4096.0) -> RatioCI:
     """CI of tokens/s of b over a, as the gate computes it (B / A)."""
-    return ratio_ci(tokens / np.median(b), tokens / np.median(a), b, a, time_power=-1)
+    med = [float(np.median(np.concatenate(x))) for x in (a, b)]
+    return ratio_ci(tokens / med[1], tokens / med[0], b, a, time_power=-1, paired=paired)
 
 
-def test_aa_intervals_never_lie_beyond_a_five_percent_drop():
-    rng = np.random.default_rng(1)
-    highs = []
-    for _ in range(200):
-        ci = _tokens_ratio(_samples(rng, 1e-2), _samples(rng, 1e-2))
-        assert ci.bootstrapped and ci.low <= ci.point <= ci.high
-        highs.append(ci.high)
-    assert min(highs) > 0.95  # none of 200 A/A pairs would fail a 5% gate
-    covered = np.mean([h >= 1.0 for h in highs])
-    assert covered > 0.9
+def _coverage(make, trials=150) -> float:
+    rng = np.random.default_rng(7)
+    hits = 0
+    for _ in range(trials):
+        a, b = make(rng)
+        ci = _tokens_ratio(a, b)
+        hits += ci.low <= 1.0 <= ci.high
+    return hits / trials
 
 
-def test_fifteen_percent_slowdown_lies_entirely_below_five_percent():
+def test_intervals_cover_the_truth_when_rounds_drift():
+    """Two runs of the same cell, each with its own drift: the CI must contain 1 (>= 90%)."""
+    assert _coverage(lambda rng: (_rounds(rng, 1e-2), _rounds(rng, 1e-2))) >= 0.9
+
+
+def test_pooling_the_samples_would_not():
+    """The same data with its rounds thrown together (the old method) covers far less: the
+    coverage test above can fail, and the round structure is what makes it pass."""
+
+    def pooled(rng):
+        a, b = _rounds(rng, 1e-2), _rounds(rng, 1e-2)
+        return [np.concatenate(a)], [np.concatenate(b)]
+
+    assert _coverage(pooled) <= 0.7
+
+
+def test_paired_rounds_cancel_drift_common_to_a_pass():
+    """Two cells of one run share each pass's drift: pairing keeps it out of their ratio."""
+    rng = np.random.default_rng(3)
+    widths = {True: [], False: []}
+    for _ in range(40):
+        drift = rng.normal(0.0, 0.08, 5)
+        a, b = _rounds(rng, 1e-2, drift=drift), _rounds(rng, 2e-2, drift=drift)
+        for paired in (True, False):
+            ci = _tokens_ratio(a, b, paired=paired)
+            assert ci.low <= 0.5 <= ci.high or paired is False
+            widths[paired].append(ci.high / ci.low)
+    log_width = {k: np.median(np.log(v)) for k, v in widths.items()}
+    assert log_width[True] < 0.5 * log_width[False]
+
+
+def test_planted_fifteen_percent_slowdown_lies_entirely_below_five_percent():
     rng = np.random.default_rng(2)
-    for _ in range(200):
-        ci = _tokens_ratio(_samples(rng, 1e-2), _samples(rng, 1.15e-2))
-        assert ci.high < 0.95, ci
-        assert ci.point == pytest.approx(1 / 1.15, rel=0.05)
+    for _ in range(100):
+        a = _rounds(rng, 1e-2, drift_sd=0.02)  # a quiet machine
+        ci = _tokens_ratio(a, _rounds(rng, 1.15e-2, drift_sd=0.02))
+        assert ci.high < 0.97, ci
+        assert ci.point == pytest.approx(1 / 1.15, rel=0.06)
 
 
 def test_time_metric_ratio_moves_the_other_way():
     rng = np.random.default_rng(3)
-    a, b = _samples(rng, 1e-2), _samples(rng, 1.15e-2)
-    ci = ratio_ci(float(np.median(b)), float(np.median(a)), b, a, time_power=1)
-    assert ci.low > 1.05
+    a, b = _rounds(rng, 1e-2, noise=0.01), _rounds(rng, 1.3e-2, noise=0.01)
+    med = [float(np.median(np.concatenate(x))) for x in (a, b)]
+    assert ratio_ci(med[1], med[0], b, a, time_power=1).low > 1.05
 
 
 def test_same_inputs_same_interval():
     rng = np.random.default_rng(4)
-    a, b = _samples(rng, 1e-2), _samples(rng, 1e-2)
+    a, b = _rounds(rng, 1e-2), _rounds(rng, 1e-2)
     assert _tokens_ratio(a, b) == _tokens_ratio(a, b)
 
 
 def test_point_only_without_samples_or_for_memory():
-    ci = ratio_ci(2.0, 1.0, [1.0, 1.1], [1.0, 1.0, 1.0], time_power=-1)
+    ci = ratio_ci(2.0, 1.0, [np.array([1.0, 1.1])], [np.ones(3)], time_power=-1)
     assert not ci.bootstrapped and ci.low == ci.high == 2.0
-    mem = ratio_ci(3.0, 2.0, [1.0] * 10, [1.0] * 10, time_power=0)
+    mem = ratio_ci(3.0, 2.0, [np.ones(10)], [np.ones(10)], time_power=0)
     assert not mem.bootstrapped and mem.point == 1.5
 
 
-def test_missing_sample_lists():
+def test_rounds_of_reads_rows_old_and_new():
+    new = {"round_samples_s": [[1e-2, 2e-2], [float("nan"), 3e-2, -1.0]], "samples_s": [9.0]}
+    assert [list(r) for r in rounds_of(new)] == [[1e-2, 2e-2], [3e-2]]
+    old = {"round_samples_s": None, "samples_s": [1e-2, float("nan"), 2e-2]}
+    assert [list(r) for r in rounds_of(old)] == [[1e-2, 2e-2]]
     for missing in (None, float("nan")):
-        assert not ratio_ci(1.0, 1.0, missing, [1.0] * 5, time_power=-1).bootstrapped
+        assert rounds_of({"samples_s": missing}) == []
 
 
-def test_bad_samples_are_dropped():
-    a = [1e-2, float("nan"), 1e-2, -1.0, 1.01e-2, 0.99e-2]
-    ci = ratio_ci(1.0, 1.0, a, a, time_power=-1)
-    assert ci.n_num == 4 and ci.bootstrapped
+def test_uneven_rounds_and_pairing_rules():
+    rng = np.random.default_rng(5)
+    uneven = [rng.random(3) + 1, rng.random(7) + 1]
+    medians = bootstrap_medians([uneven], paired=False, resamples=500)
+    assert medians.shape == (500, 1) and np.isfinite(medians).all()
+    with pytest.raises(ValueError, match="same number of rounds"):
+        bootstrap_medians([uneven, [rng.random(4)]], paired=True)
+    low, high = percentile_interval(np.arange(101.0), 0.9)
+    assert (low, high) == pytest.approx((5.0, 95.0))
 
 
-def test_excludes():
+def test_excludes_and_beyond():
     assert RatioCI(0.9, 0.85, 0.93, 5, 5, True).excludes(1.0) == -1
     assert RatioCI(1.1, 1.05, 1.2, 5, 5, True).excludes(1.0) == 1
     assert RatioCI(1.0, 0.95, 1.05, 5, 5, True).excludes(1.0) == 0
+    assert RatioCI(0.97, 0.96, 0.98, 5, 5, True).beyond(0.03) == 0  # excludes 1, not 1 - 3%
+    assert RatioCI(0.9, 0.88, 0.92, 5, 5, True).beyond(0.03) == -1
