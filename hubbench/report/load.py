@@ -20,6 +20,7 @@ from hubbench.errors import ReportError
 if TYPE_CHECKING:
     import pandas as pd
 
+
 def norm_value(value: Any) -> Any:
     """One spelling per value: nulls -> None, integral floats -> int, numpy scalars -> Python."""
     if value is None:
