@@ -12,12 +12,16 @@ With no thread variables set, as a user runs it:
 2. hub-gpt's scaling exponent (n 512..8192) from two `scaling` runs: both intervals, whether
    they overlap and their widths.
 3. The wall time of `hubbench run throughput --seq 1024`.
+4. (`--aa-runs N`, the experiment behind compare's --min-effect and the CPU memory tolerance)
+   N plain `ci` runs back to back; for every pair of consecutive runs and every cell, the B/A
+   tokens/s interval (min_effect 0), how far it misses 1 when it does, and the memory ratio.
 Everything goes to a temporary results directory; the figures print as they come.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -133,9 +137,37 @@ def wall_part(results: Path) -> dict[str, Any]:
     return {"seconds": seconds, "exit": code}
 
 
+def aa_part(runs: int, results: Path) -> dict[str, Any]:
+    import numpy as np
+
+    from hubbench.report.compare import compare_runs
+    from hubbench.report.load import load_run
+
+    ids = [run(["ci"], results) for _ in range(runs)]
+    misses, logs, memory, total = [], [], [], 0
+    for a, b in itertools.pairwise(ids):
+        cmp = compare_runs(load_run(a, results), load_run(b, results),
+                           ["tokens_per_s", "peak_mem_bytes"], min_effect=0.0)  # fmt: skip
+        for c in cmp.cells:
+            ci, mem = c.ratios["tokens_per_s"], c.ratios["peak_mem_bytes"]
+            total += 1
+            logs.append(abs(np.log(ci.point)))
+            memory.append(abs(np.log(mem.point)))
+            if not ci.low <= 1.0 <= ci.high:
+                misses.append(max(ci.low - 1.0, 1.0 - ci.high))
+    out = {"comparisons": total, "intervals_missing_1": len(misses),
+           "largest_miss": max(misses, default=0.0),
+           "abs_log_ratio_p90": float(np.quantile(logs, 0.9)),
+           "memory_abs_log_p90": float(np.quantile(memory, 0.9)),
+           "memory_abs_log_max": float(max(memory))}  # fmt: skip
+    print(f"A/A over {runs} runs: {json.dumps(out)}", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--aa-runs", type=int, default=0, help="part 4: this many plain ci runs")
     parser.add_argument("--skip", default="", help="parts to skip: verdicts,scaling,wall")
     parser.add_argument("--json", type=Path, help="write every figure here")
     args = parser.parse_args()
@@ -151,6 +183,8 @@ def main() -> None:
             out["scaling"] = scaling_part(results)
         if "wall" not in skip:
             out["wall"] = wall_part(results)
+        if args.aa_runs > 1:
+            out["aa"] = aa_part(args.aa_runs, results)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
 

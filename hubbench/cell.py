@@ -13,18 +13,27 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hubbench import schema
 from hubbench.config import default_threads
 from hubbench.variants import BaseConfig, config_dict, config_from_dict, inert_fields
 
-RUN_FIELDS: dict[str, type] = {  # the cell fields that are not model config fields
-    "variant": str,
-    "mode": str,
-    "device": str,
-    "batch": int,
-    "seq": int,
-    "compile": bool,
-    "threads": int,
+
+@dataclass(frozen=True)
+class RunField:
+    """A cell field that is not a model config field; its column follows from it (schema.py)."""
+
+    type: type
+    role: str  # how reports group rows: figure | series | x
+    doc: str
+
+
+RUN_FIELDS: dict[str, RunField] = {
+    "variant": RunField(str, "series", "model variant (hubbench list)"),
+    "mode": RunField(str, "figure", "fwd | fwd_bwd | train"),
+    "device": RunField(str, "figure", "cpu | cuda | cuda:N"),
+    "batch": RunField(int, "figure", "sequences per step"),
+    "seq": RunField(int, "x", "sequence length n"),
+    "compile": RunField(bool, "series", "torch.compile'd step"),
+    "threads": RunField(int, "figure", "torch intra-op threads the worker ran the cell with"),
 }
 RUN_DEFAULTS: dict[str, Any] = {"mode": "fwd_bwd", "device": "auto", "batch": 1, "compile": False}
 
@@ -32,6 +41,10 @@ RUN_DEFAULTS: dict[str, Any] = {"mode": "fwd_bwd", "device": "auto", "batch": 1,
 def run_defaults() -> dict[str, Any]:
     """The run fields a suite may leave out; `threads` follows config.default_threads."""
     return {**RUN_DEFAULTS, "threads": default_threads()}
+
+
+def _doc(default: Any, doc: str) -> Any:
+    return dataclasses.field(default=default, metadata={"doc": doc})
 
 
 @dataclass(frozen=True)
@@ -42,17 +55,17 @@ class Measure:
     round builds the model afresh, warms it up and times `repeats` steps (docs/measurement.md).
     """
 
-    warmup: int = 2  # untimed steps per round, at least (round 1's first one counts FLOPs)
-    warmup_min_s: float = 0.2  # ... and at least this long, until step times have settled
-    warmup_max_s: float = 1.0  # ... but no longer than this, settled or not
-    repeats: int = 5  # timed steps per round, at least
-    min_time_s: float = 0.0  # ... and keep timing until this much of a round is timed
-    rounds: int = 5  # timing blocks per cell
-    timeout_s: float = 600.0  # per cell and round, model build included; then `timeout`
+    warmup: int = _doc(2, "untimed steps per round, at least (round 1's first counts FLOPs)")
+    warmup_min_s: float = _doc(0.2, "... and at least this long, until step times settle")
+    warmup_max_s: float = _doc(1.0, "... but no longer than this (0: exactly `warmup` steps)")
+    repeats: int = _doc(5, "timed steps per round, at least")
+    min_time_s: float = _doc(0.0, "... and keep timing until this much of a round is timed")
+    rounds: int = _doc(5, "timing blocks per cell, interleaved with the other cells'")
+    timeout_s: float = _doc(600.0, "per cell and round, model build included")
 
 
-# Chosen from measurements (docs/measurement.md, "Rounds and defaults"); a suite's [measure] and
-# [measure.<device>] tables override them.
+# Chosen from measurements (docs/measurement.md, "How a cell is measured"); a suite's [measure]
+# and [measure.<device>] tables override them.
 DEVICE_MEASURE: dict[str, Measure] = {
     "cpu": Measure(),
     "cuda": Measure(warmup=3, warmup_min_s=0.1, repeats=10, rounds=3),
@@ -102,9 +115,11 @@ class Cell:
 
     def columns(self) -> dict[str, Any]:
         """This cell's part of its row: the cell and measure columns."""
+        from hubbench import schema  # schema derives its run and measure columns from here
+
         config = self.model_config
         cell = {name: None for name in schema.names("cell")}
-        cell.update({k: getattr(self, k) for k in RUN_FIELDS})
+        cell.update({k: getattr(self, k) for k in RUN_FIELDS})  # run fields first, then config
         cell.update(config)
         cell["config_json"] = json.dumps(config, sort_keys=True)
         measure = dataclasses.asdict(self.measure)

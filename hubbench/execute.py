@@ -114,7 +114,7 @@ def _measure(
         tokens=m.tokens,
         warmup_s=m.warmup_s,
         warmup_steps=m.warmup_steps,
-        warmup_capped=m.warmup_capped,
+        warmup_capped=int(m.warmup_capped),
         sentinel_s=sentinel,
         peak_mem_bytes=m.peak_mem_bytes,
         peak_mem_reserved_bytes=m.peak_mem_reserved_bytes,

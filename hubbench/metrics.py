@@ -32,7 +32,7 @@ class RoundResult:
     tokens: int
     warmup_s: float
     warmup_steps: int
-    warmup_capped: bool
+    warmup_capped: int  # rounds whose warm-up hit the cap (0 or 1 for a round just measured)
     sentinel_s: float | None
     peak_mem_bytes: int | None
     peak_mem_reserved_bytes: int | None
@@ -44,6 +44,7 @@ class RoundResult:
     peak_flops_source: str | None
     params: int
     backends: dict[str, str] = field(default_factory=dict)
+    session: float | None = None  # when the run that measured it started (the runner sets it)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -59,7 +60,7 @@ def _first(values: Sequence[Any]) -> Any:
 
 def _joined(values: Sequence[str | None]) -> str | None:
     """One backend name, or the distinct ones joined by '+' if rounds differed."""
-    seen = sorted({v for v in values if v is not None})
+    seen = sorted({part for v in values if v for part in v.split("+")})
     return "+".join(seen) if seen else None
 
 
@@ -90,13 +91,14 @@ def measurement_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, 
         "samples_s": samples,
         "round_samples_s": [list(r.samples_s) for r in rounds],
         "time_rounds": len(rounds),
+        "round_sessions": [r.session for r in rounds],
         "tokens_per_step": tokens,
         "tokens_per_s": tokens / s.median,
         "tokens_per_s_p10": tokens / s.p90,
         "tokens_per_s_p90": tokens / s.p10,
         "warmup_s": sum(r.warmup_s for r in rounds),
         "warmup_steps": sum(r.warmup_steps for r in rounds),
-        "warmup_capped": sum(r.warmup_capped for r in rounds),
+        "warmup_capped": sum(int(r.warmup_capped) for r in rounds),
         "round_sentinel_s": [r.sentinel_s for r in rounds],
         "peak_mem_bytes": max(memory) if memory else None,
         "peak_mem_reserved_bytes": max(reserved) if reserved else None,

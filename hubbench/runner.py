@@ -19,6 +19,8 @@ kills the worker and keeps the rows on disk.
 from __future__ import annotations
 
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -29,16 +31,18 @@ from hubbench import schema, store
 from hubbench.cell import Cell
 from hubbench.env import TORCH_ENV_KEYS, host_env, utc_now
 from hubbench.errors import HubbenchError
+from hubbench.execute import MESSAGE_CHARS
 from hubbench.metrics import BACKEND_COLUMNS, RoundResult, measurement_columns
 from hubbench.suite import Plan
 from hubbench.worker import (
     DEFAULT_BUILDER,
-    MESSAGE_CHARS,
     STARTUP_TIMEOUT_S,
     Worker,
     WorkerDied,
     WorkerTimeout,
 )
+
+PARTIAL = "partial"  # the status of a cell with rounds still to come
 
 
 @dataclass
@@ -81,7 +85,7 @@ def prepare_run(
     plan: Plan, results_dir: Path, resume: bool = False
 ) -> tuple[store.RunWriter, str, list[CellState], Path | None]:
     """The run file (new, or the suite's latest with --resume) and each cell's state."""
-    store.check_writable(results_dir)
+    store.check_writable(results_dir / plan.suite.name)  # a file or read-only folder there too
     previous = store.latest_run(results_dir, plan.suite.name) if resume else None
     if previous is None:
         path, run_id = store.reserve_run(results_dir, plan.suite.name)
@@ -98,18 +102,20 @@ def _resumed(cell: Cell, row: Mapping[str, Any] | None) -> CellState:
     if row is None:
         return state
     state.device_name, state.wall_s = row["device_name"], row["wall_s"] or 0.0
+    sentinels = row["round_sentinel_s"] or []
+    sessions = row["round_sessions"] or []
     for i, samples in enumerate(row["round_samples_s"] or []):
-        sentinels = row["round_sentinel_s"] or []
+        first = i == 0  # the row's totals and maxima go to the first round, once
         state.rounds.append(
             RoundResult(
                 samples_s=list(samples),
                 tokens=row["tokens_per_step"],
-                warmup_s=row["warmup_s"] if i == 0 else 0.0,
-                warmup_steps=row["warmup_steps"] if i == 0 else 0,
-                warmup_capped=False,
+                warmup_s=row["warmup_s"] if first else 0.0,
+                warmup_steps=row["warmup_steps"] if first else 0,
+                warmup_capped=row["warmup_capped"] if first else 0,
                 sentinel_s=sentinels[i] if i < len(sentinels) else None,
-                peak_mem_bytes=row["peak_mem_bytes"] if i == 0 else None,
-                peak_mem_reserved_bytes=row["peak_mem_reserved_bytes"] if i == 0 else None,
+                peak_mem_bytes=row["peak_mem_bytes"] if first else None,
+                peak_mem_reserved_bytes=row["peak_mem_reserved_bytes"] if first else None,
                 mem_kind=row["mem_kind"],
                 mem_baseline_bytes=row["mem_baseline_bytes"],
                 flops_per_step=row["flops_per_step"],
@@ -117,12 +123,15 @@ def _resumed(cell: Cell, row: Mapping[str, Any] | None) -> CellState:
                 peak_flops_per_s=row["peak_flops_per_s"],
                 peak_flops_source=row["peak_flops_source"],
                 params=row["params"],
-                backends={key: row[col] for col, key in BACKEND_COLUMNS.items() if row[col]},
+                backends=(
+                    {key: row[col] for col, key in BACKEND_COLUMNS.items() if row[col]}
+                    if first
+                    else {}
+                ),
+                session=sessions[i] if i < len(sessions) else None,
             )
         )
-    if state.rounds:
-        state.rounds[0].warmup_capped = bool(row["warmup_capped"])
-    if row["status"] != "ok":
+    if row["status"] not in ("ok", PARTIAL):
         state.failure = {k: row[k] for k in schema.names("outcome")}
     return state
 
@@ -162,6 +171,8 @@ def run_plan(
     failed_starts = 0
     touched: set[str] = set()
     started = time.perf_counter()
+    session = time.time()  # rounds of one session pair (hubbench.report.stats)
+    previous_handlers = _stop_on_signals()
     try:
         for group in schedule(states):
             for state in group:
@@ -184,7 +195,7 @@ def run_plan(
                     worker_env = worker.env
                     worker = _discard(worker)
                     failed_starts += not worker_env
-                _record(state, answer)
+                _record(state, answer, session)
                 eta.record(state, answer["outcome"])
                 # a worker that never started could not say which torch it had
                 measured_by = worker_env or dict.fromkeys(TORCH_ENV_KEYS)
@@ -201,12 +212,13 @@ def run_plan(
     finally:
         if worker is not None:
             worker.close()
+        _restore(previous_handlers)
     result.rows = writer.rows
     result.new_rows = [r for r in writer.rows if r["cell_id"] in touched]
     return result
 
 
-def _record(state: CellState, answer: Mapping[str, Any]) -> None:
+def _record(state: CellState, answer: Mapping[str, Any], session: float) -> None:
     outcome = answer["outcome"]
     state.wall_s += outcome["wall_s"] or 0.0
     state.device_name = outcome["device_name"] or state.device_name
@@ -216,7 +228,9 @@ def _record(state: CellState, answer: Mapping[str, Any]) -> None:
         message = f"{where}{outcome['message']}"[:MESSAGE_CHARS]
         state.failure = {**outcome, "message": message}
         return
-    state.rounds.append(RoundResult.from_json(answer["round"]))
+    result = RoundResult.from_json(answer["round"])
+    result.session = session
+    state.rounds.append(result)
 
 
 def _failure(exc: Exception, cell: Cell, started: bool) -> dict[str, Any]:
@@ -233,6 +247,25 @@ def _failure(exc: Exception, cell: Cell, started: bool) -> dict[str, Any]:
         )
     outcome = {"status": status, "message": message, "device_name": None, "wall_s": None}
     return {"outcome": outcome, "round": None}
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop_on_signals() -> dict[int, Any]:
+    """SIGTERM and SIGHUP stop a run the way Ctrl-C does: the worker is killed, rows are kept."""
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, stop) for s in STOP_SIGNALS}
+
+
+def _restore(handlers: Mapping[int, Any]) -> None:
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
 
 
 def _discard(worker: Worker | None) -> None:
@@ -254,6 +287,12 @@ def make_row(state: CellState, suite: str, run_id: str, env: Mapping[str, Any]) 
     }
     where = f"cell {cell.index}"
     outcome = {"status": "ok", "message": None, **(state.failure or {})}
+    if state.failure is None and len(state.rounds) < cell.measure.rounds:
+        outcome["status"] = PARTIAL
+        outcome["message"] = (
+            f"{len(state.rounds)} of {cell.measure.rounds} rounds measured; --resume measures "
+            "the rest"
+        )
     outcome.update(device_name=state.device_name, wall_s=state.wall_s)
     measurement = (
         measurement_columns(state.rounds, where) if state.rounds else schema.empty("measurement")

@@ -58,14 +58,35 @@ def _c(name: str, type_: str, group: str, doc: str, **kw: Any) -> Column:
     return Column(name, type_, group, doc, **kw)
 
 
+ARROW = {int: "int64", float: "float64", bool: "bool", str: "string"}
+
+
+def _run_columns() -> tuple[Column, ...]:
+    from hubbench.cell import RUN_FIELDS
+
+    return tuple(
+        _c(name, ARROW[f.type], "cell", f.doc, role=f.role) for name, f in RUN_FIELDS.items()
+    )
+
+
 def _config_columns() -> tuple[Column, ...]:
     from hubbench.variants import all_fields
 
-    arrow = {int: "int64", float: "float64", bool: "bool", str: "string"}
     role = {"shape": "figure", "mixer": "series"}
     return tuple(
-        _c(f.name, arrow[f.type], "cell", f"model config: {f.doc}", role=role[f.role])
+        _c(f.name, ARROW[f.type], "cell", f"model config: {f.doc}", role=role[f.role])
         for f in all_fields().values()
+    )
+
+
+def _measure_columns() -> tuple[Column, ...]:
+    import dataclasses
+
+    from hubbench.cell import Measure
+
+    return tuple(
+        _c(f.name, ARROW[type(f.default)], "measure", f.metadata["doc"])
+        for f in dataclasses.fields(Measure)
     )
 
 
@@ -80,24 +101,12 @@ COLUMNS: tuple[Column, ...] = (
     _c("cell_index", "int64", "identity", "position of the cell in the plan"),
     _c("cell_id", "string", "identity",
        "hash of the cell fields (not the measure settings): equal cells share it across runs"),
-    _c("variant", "string", "cell", "model variant (hubbench list)", role="series"),
-    _c("mode", "string", "cell", "fwd | fwd_bwd | train", role="figure"),
-    _c("device", "string", "cell", "cpu | cuda | cuda:N", role="figure"),
-    _c("batch", "int64", "cell", "sequences per step", role="figure"),
-    _c("seq", "int64", "cell", "sequence length n", role="x"),
-    _c("compile", "bool", "cell", "torch.compile'd step", role="series"),
-    _c("threads", "int64", "cell", "torch intra-op threads the worker ran the cell with",
-       role="figure"),
+    *_run_columns(),
     *_config_columns(),
     _c("config_json", "string", "cell", "the full model config as JSON, nulls where inert"),
-    _c("warmup", "int64", "measure", "untimed steps before timing"),
-    _c("repeats", "int64", "measure", "timed steps (at least)"),
-    _c("min_time_s", "float64", "measure", "keep timing until this much time was timed"),
-    _c("timeout_s", "float64", "measure", "per cell and round, model build included"),
-    _c("rounds", "int64", "measure", "timing blocks per cell, interleaved with other cells'"),
-    _c("warmup_min_s", "float64", "measure", "warm up at least this long each round"),
-    _c("warmup_max_s", "float64", "measure", "... and at most this long, settled or not"),
-    _c("status", "string", "outcome", "ok | skipped | oom | error | timeout"),
+    *_measure_columns(),
+    _c("status", "string", "outcome",
+       "ok | partial (rounds still to come) | skipped | oom | error | timeout"),
     _c("message", "string", "outcome", "why a cell is not ok (null when it is)"),
     _c("device_name", "string", "outcome", "GPU or CPU model the cell ran on"),
     _c("wall_s", "float64", "outcome", "cell wall time in the worker: build, warm-up, timing"),
@@ -114,6 +123,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("samples_s", "list<float64>", "measurement", "every timed step, all rounds, in order"),
     _c("round_samples_s", "list<list<float64>>", "measurement", "the timed steps of each round"),
     _c("time_rounds", "int64", "measurement", "rounds measured"),
+    _c("round_sessions", "list<float64>", "measurement",
+       "start (Unix time) of the hubbench run that measured each round: rounds pair within one"),
     _c("tokens_per_step", "int64", "measurement", "batch * seq"),
     _metric("tokens_per_s", "float64", "tokens_per_step / time_median_s", "tokens/s",
             "tokens/s", True, -1),
@@ -255,6 +266,33 @@ def row(values: Mapping[str, Any], where: str = "row") -> dict[str, Any]:
     return check(values, NAMES, where)
 
 
+GROUP_TITLES = {
+    "identity": "identity",
+    "cell": "cell: what was measured (every model config field is a column, null where it does "
+    "not apply to the variant or cannot change what it builds)",
+    "measure": "measure: how carefully",
+    "outcome": "outcome (every cell)",
+    "measurement": "measurement (ok and partial cells; a cell that failed after some rounds "
+    "keeps them)",
+    "env": "environment",
+}
+
+
+def markdown() -> str:
+    """The schema as the tables of docs/measurement.md (`python -m hubbench.schema` prints it)."""
+    out = []
+    for group in GROUPS:
+        out += [f"**{GROUP_TITLES[group]}**", "", "| column | type | role | meaning |"]
+        out.append("|---|---|---|---|")
+        out += [
+            f"| `{c.name}` | {c.type} | {c.role or ''} | {c.doc} |"
+            for c in COLUMNS
+            if c.group == group
+        ]
+        out.append("")
+    return "\n".join(out)
+
+
 def arrow_schema() -> Any:
     import pyarrow as pa
 
@@ -267,3 +305,7 @@ def arrow_schema() -> Any:
         "list<list<float64>>": pa.list_(pa.list_(pa.float64())),
     }
     return pa.schema([(c.name, types[c.type]) for c in COLUMNS])
+
+
+if __name__ == "__main__":
+    print(markdown())

@@ -10,13 +10,14 @@ the umask allows (0644 under the usual 022), so a group can read a shared result
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
 import re
 import secrets
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,8 +78,19 @@ def list_runs(directory: str | Path, suite: str | None = None) -> list[Path]:
     """Run files under `directory`, oldest first (names start with the UTC stamp)."""
     directory = Path(directory)
     pattern = f"{suite}/*.parquet" if suite else "*/*.parquet"
-    paths = [p for p in directory.glob(pattern) if not p.name.startswith(".")]
+    paths = [p for p in directory.glob(pattern) if not p.name.startswith(".") and p.is_file()]
     return sorted(paths, key=lambda p: (p.name, str(p)))
+
+
+def readable(path: Path) -> bool:
+    """Whether `path` is an intact parquet file (its footer reads), without reading its rows."""
+    import pyarrow.parquet as pq
+
+    try:
+        pq.read_metadata(path)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def latest_run(directory: str | Path, suite: str | None = None, back: int = 0) -> Path | None:
@@ -88,7 +100,10 @@ def latest_run(directory: str | Path, suite: str | None = None, back: int = 0) -
 
 
 def _measured(directory: str | Path, suite: str | None = None) -> list[Path]:
-    return [p for p in list_runs(directory, suite) if p.parent.name != BASELINES_DIR]
+    """Runs that `latest` may name: not pinned baselines, and not a truncated or foreign file."""
+    return [
+        p for p in list_runs(directory, suite) if p.parent.name != BASELINES_DIR and readable(p)
+    ]
 
 
 def find_run(spec: str | Path | None, directory: str | Path | None = None) -> Path:
@@ -141,18 +156,52 @@ def write_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
         table = pa.Table.from_pylist(full, schema=schema.arrow_schema())
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise StoreError(f"rows do not fit the results schema: {exc}") from exc
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # the pid in the name lets a later run remove what a killed one left (clean_stale)
+        fd, tmp = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.stem}.{os.getpid()}.", suffix=TEMP_SUFFIX
+        )
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: a shared results dir needs more
         with os.fdopen(fd, "wb") as f:
             pq.write_table(table, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except OSError as exc:
+        raise StoreError(
+            f"cannot write run file {path}: {exc.strerror or exc}; the rows it held before are "
+            "intact: fix that (free space, permissions), then continue with --resume"
+        ) from exc
+    finally:
+        if tmp is not None and Path(tmp).exists():
+            Path(tmp).unlink(missing_ok=True)
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def clean_stale(directory: Path) -> list[Path]:
+    """Remove temp and lock files left in `directory` by hubbench processes that no longer run."""
+    removed = []
+    for p in directory.glob(f".*.*{TEMP_SUFFIX}"):
+        parts = p.name.split(".")
+        pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
+        if pid is not None and not _alive(pid):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_rows(path: Path, for_resume: bool = False) -> list[dict[str, Any]]:
@@ -167,9 +216,9 @@ def read_rows(path: Path, for_resume: bool = False) -> list[dict[str, Any]]:
         rows = pq.read_table(path).to_pylist()
     except (OSError, ValueError) as exc:
         raise StoreError(f"cannot read run file {path}: {exc}") from exc
-    versions = {r.get("schema_version") for r in rows}
+    versions = [r.get("schema_version") for r in rows]
     _check_version(versions, path)
-    if for_resume and versions - {schema.SCHEMA_VERSION}:
+    if for_resume and set(versions) - {schema.SCHEMA_VERSION}:
         raise StoreError(
             f"{path} was written with schema_version {', '.join(map(str, sorted(versions)))}; "
             f"--resume extends only schema_version {schema.SCHEMA_VERSION} runs: start a new run"
@@ -188,7 +237,7 @@ def read_run(spec: str | Path, directory: str | Path | None = None) -> pd.DataFr
         raise StoreError(f"cannot read run file {path}: {exc}") from exc
     if "schema_version" not in df.columns:
         raise StoreError(f"{path} is not a hubbench run file (no schema_version column)")
-    _check_version(set(df["schema_version"].tolist()), path)
+    _check_version(df["schema_version"].tolist(), path)
     if list(df.columns) == list(schema.NAMES):
         return df
     upgraded = [_upgrade(r) for r in df.astype(object).where(df.notna(), None).to_dict("records")]
@@ -209,7 +258,8 @@ def _upgrade(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_version(versions: set[Any], path: Path) -> None:
+def _check_version(values: Iterable[Any], path: Path) -> None:
+    versions = {v if isinstance(v, int) and not isinstance(v, bool) else repr(v) for v in values}
     bad = {v for v in versions if not isinstance(v, int) or not 1 <= v <= schema.SCHEMA_VERSION}
     if bad:
         found = ", ".join(str(v) for v in sorted(bad, key=str))
@@ -244,18 +294,42 @@ def run_info(path: Path) -> RunInfo:
 
 
 class RunWriter:
-    """Holds a run's rows and rewrites its file after each change."""
+    """Holds a run's rows and rewrites its file after each change.
+
+    Writers of one run may run at once (two `--resume` of it): each write locks the run's
+    directory (flock, held for the write only), reads what is on disk and merges in this
+    writer's rows by cell, so no writer drops another's rows. A cell both measured keeps the row
+    written last.
+    """
 
     def __init__(self, path: Path, rows: Iterable[Mapping[str, Any]] = ()) -> None:
         self.path = path
         self.rows: list[dict[str, Any]] = [dict(r) for r in rows]
+        self.mine: dict[str, dict[str, Any]] = {}  # rows this writer wrote, by cell id
+        if path.parent.is_dir():
+            clean_stale(path.parent)
 
     def put(self, row: Mapping[str, Any]) -> None:
         """Add `row`, or replace the row of the same cell (a cell's row grows round by round)."""
-        for i, old in enumerate(self.rows):
-            if old["cell_id"] == row["cell_id"]:
-                self.rows[i] = dict(row)
-                break
-        else:
-            self.rows.append(dict(row))
-        write_rows(self.path, self.rows)
+        self.mine[row["cell_id"]] = dict(row)
+        with self._locked():
+            on_disk = read_rows(self.path) if self.path.exists() else self.rows
+            merged = {r["cell_id"]: r for r in on_disk}
+            merged.update(self.mine)
+            self.rows = list(merged.values())
+            write_rows(self.path, self.rows)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        import fcntl
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path.parent, os.O_RDONLY)
+        except OSError as exc:
+            raise StoreError(f"cannot lock run file {self.path}: {exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock

@@ -49,7 +49,14 @@ from hubbench.config import (
 )
 from hubbench.config import cuda_available as probe_cuda
 from hubbench.errors import ConfigError, SuiteError
-from hubbench.variants import REGISTRY, all_fields, config_fields, inert_fields, make_config
+from hubbench.variants import (
+    CHOICES,
+    REGISTRY,
+    all_fields,
+    check_length,
+    config_fields,
+    make_config,
+)
 
 DEVICE_KINDS = ("cpu", "cuda")
 TOP_KEYS = ("name", "description", "measure", "defaults", "sweep", "exclude", "gate")
@@ -60,6 +67,8 @@ COMPARATORS = {
     "ge": lambda a, b: a >= b,
 }
 SUITES_ENV = "HUBBENCH_SUITES"
+MAX_SECONDS = 1e6  # about 11 days: beyond it a time limit is a typo (and overflows select)
+MAX_COUNT = 1_000_000  # steps or rounds per cell
 
 
 # ----------------------------------------------------------------------------- dataclasses
@@ -167,7 +176,13 @@ def find_suite(name_or_path: str | Path) -> Path:
 
 def field_types() -> dict[str, type]:
     """Every field a suite may name, with its type: the run fields, then every config field."""
-    return {**RUN_FIELDS, **{name: f.type for name, f in all_fields().items()}}
+    run = {name: f.type for name, f in RUN_FIELDS.items()}
+    return {**run, **{name: f.type for name, f in all_fields().items()}}
+
+
+def field_choices() -> dict[str, tuple[str, ...]]:
+    """The fields that take one of a few names, with those names."""
+    return {"variant": tuple(REGISTRY), "mode": MODES, **CHOICES}
 
 
 def _typed(value: Any, kind: type, where: str) -> Any:
@@ -175,6 +190,14 @@ def _typed(value: Any, kind: type, where: str) -> Any:
         return coerce(value, kind, where)
     except ConfigError as exc:
         raise SuiteError(str(exc)) from None
+
+
+def _known(key: str, value: Any, where: str) -> Any:
+    """A rule's value for `key`, which must be one the field can take (else it matches nothing)."""
+    choices = field_choices().get(key)
+    if choices is not None and value not in choices:
+        raise SuiteError(f"{where}: {value!r} is not a valid {key}; valid: {', '.join(choices)}")
+    return value
 
 
 # ----------------------------------------------------------------------------- loading
@@ -301,6 +324,12 @@ def _check_measure(values: Mapping[str, Any], where: Any) -> None:
             raise SuiteError(f"{where(key)} must be >= {low} (got {values[key]})")
     if "timeout_s" in values and values["timeout_s"] <= 0:
         raise SuiteError(f"{where('timeout_s')} must be > 0 (got {values['timeout_s']})")
+    for key in ("timeout_s", "min_time_s", "warmup_min_s", "warmup_max_s"):
+        if key in values and values[key] > MAX_SECONDS:
+            raise SuiteError(f"{where(key)} must be at most {MAX_SECONDS:g} s (got {values[key]})")
+    for key in ("warmup", "repeats", "rounds"):
+        if key in values and values[key] > MAX_COUNT:
+            raise SuiteError(f"{where(key)} must be at most {MAX_COUNT} (got {values[key]})")
 
 
 def _exclude_rules(rules: Any, types: Mapping[str, type], path: Path) -> list[ExcludeRule]:
@@ -338,9 +367,15 @@ def _condition(cond: Any, kind: type, where: str) -> Any:
                 raise SuiteError(f"{where}.{op} is unknown; valid: {', '.join(COMPARATORS)}")
             _typed(bound, float, f"{where}.{op}")
         return dict(cond)
+    key = where.rpartition(".")[2]
     if isinstance(cond, list):
-        return tuple(_typed(v, kind, f"{where}[{i}]") for i, v in enumerate(cond))
-    return _typed(cond, kind, where)
+        if not cond:
+            raise SuiteError(f"{where}: an empty list matches nothing")
+        return tuple(
+            _known(key, _typed(v, kind, f"{where}[{i}]"), f"{where}[{i}]")
+            for i, v in enumerate(cond)
+        )
+    return _known(key, _typed(cond, kind, where), where)
 
 
 def _condition_holds(value: Any, cond: Any) -> bool:
@@ -387,7 +422,8 @@ def _gate_rules(gate: Any, types: Mapping[str, type], path: Path) -> list[GateRu
                         f"{where}.{side}.{key} is not a known field; "
                         f"valid: {', '.join(sorted(types))}"
                     )
-                _typed(value, types[key], f"{where}.{side}.{key}")
+                _known(key, _typed(value, types[key], f"{where}.{side}.{key}"),
+                       f"{where}.{side}.{key}")  # fmt: skip
             sides[side] = dict(table)
         bounds = {k: _typed(rule[k], float, f"{where}.{k}") for k in ("min", "max") if k in rule}
         if not bounds:
@@ -482,7 +518,7 @@ def expand(
         axes["device"] = Axis("device", (device,), origin)
         given = {**suite.measure, **suite.device_measure.get(kind, {}), **measure}
         settings = dataclasses.replace(DEVICE_MEASURE[kind], **given)
-        if settings.warmup_max_s < settings.warmup_min_s:
+        if 0 < settings.warmup_max_s < settings.warmup_min_s:
             raise SuiteError(
                 f"{suite.path}: warmup_max_s={settings.warmup_max_s:g} is below "
                 f"warmup_min_s={settings.warmup_min_s:g}"
@@ -538,11 +574,10 @@ def _make_cell(
         config = make_config(variant, **given)
     except ConfigError as exc:
         raise fail(str(exc), exc.fields or given) from None
-    topk = getattr(config, "topk", None)
-    if topk is not None and "topk" not in inert_fields(config) and topk > run["seq"]:
-        raise fail(
-            f"topk={topk} exceeds seq={run['seq']}; the council needs k <= n", ["topk", "seq"]
-        )
+    try:
+        check_length(config, run["seq"])
+    except ConfigError as exc:
+        raise fail(str(exc), exc.fields) from None
     return Cell(
         index=index,
         variant=variant,

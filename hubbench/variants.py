@@ -26,6 +26,13 @@ ATTENTION_BACKENDS = ("naive", "sdpa", "flash")
 SDPA_KERNELS = ("auto", "flash", "efficient", "math", "cudnn")
 MAMBA_IMPLS = ("ref", "fused")
 ROLES = ("shape", "mixer")
+# config fields that take one of a few names (validate() checks them; suites check rule values)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "attention": ATTENTION_BACKENDS,
+    "sdpa_kernel": SDPA_KERNELS,
+    "mamba_impl": MAMBA_IMPLS,
+    "dtype": DTYPES,
+}
 
 
 def _f(default: Any, doc: str, role: str = "shape") -> Any:
@@ -281,6 +288,15 @@ def inert_fields(config: BaseConfig) -> set[str]:
     if isinstance(config, JambaConfig) and not config.moe:
         inert |= {"n_experts", "moe_topk"}
     return inert
+
+
+def check_length(config: BaseConfig, seq: int) -> None:
+    """What a config needs of the sequence length: a council of k members needs k <= n."""
+    topk = getattr(config, "topk", None)
+    if topk is not None and "topk" not in inert_fields(config) and topk > seq:
+        raise ConfigError(
+            f"topk={topk} exceeds seq={seq}; the council needs k <= n", ("topk", "seq")
+        )
 
 
 def make_config(variant: str, **fields: Any) -> BaseConfig:

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from hubbench.cell import Cell
+from hubbench.execute import MESSAGE_CHARS
 
 DEFAULT_BUILDER = "hubbench.models:build"
 STARTUP_TIMEOUT_S = 120.0
-MESSAGE_CHARS = 500
 
 
 class WorkerDied(Exception):
@@ -161,7 +161,24 @@ def load_builder(spec: str) -> Callable[..., Any]:
     return getattr(module, attr)
 
 
+def die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies, however the parent dies
+    (SIGKILL included), so a killed `hubbench run` never leaves a worker spinning on a cell."""
+    import ctypes
+    import ctypes.util
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the runner still kills its worker on exit
+        return
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def worker_main(builder: str) -> None:
+    die_with_parent()
     # Protocol on a private copy of stdout; anything else printed lands in the stderr log.
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)

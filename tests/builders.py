@@ -5,7 +5,8 @@ in its forward pass, so a test can make one chosen cell crash, hang or run slowe
 measured code (hubbench.step, hubbench.execute) carries no test hooks at all.
 
 HUBBENCH_TEST_FAULT: a JSON list of {"fault": F, <conditions>}; a condition is `variant`, `seq`
-(the input length, checked at each forward) or any config field (`seed`, `attention`, ...).
+(the input length, checked at each forward), `build` (the model's build count in this worker,
+from 1: a cell's round 2 is its second build) or any config field (`seed`, `attention`, ...).
 F is crash (os._exit), segv, oom, error, hang, unavailable, interrupt (SIGINT to the runner,
 then hang) or threads (an error that says how many torch threads the worker runs with).
 HUBBENCH_TEST_SLOWDOWN: a JSON list of {"slowdown": 0.25, <conditions>} that makes
@@ -90,11 +91,17 @@ def build(variant: str, config: Any) -> nn.Module:
 # ----------------------------------------------------------------------------- planting
 
 
+BUILDS: dict[str, int] = {}  # builds per variant in this worker process
+
+
 def _wanted(env: str, variant: str, config: Any) -> list[dict[str, Any]]:
     """The env's items whose conditions (all but `seq`) hold for this model."""
     out = []
     for item in json.loads(os.environ.get(env) or "[]"):
-        conditions = {k: v for k, v in item.items() if k not in ("fault", "slowdown", "seq")}
+        if "build" in item and item["build"] != BUILDS.get(variant):
+            continue
+        skip = ("fault", "slowdown", "seq", "build")
+        conditions = {k: v for k, v in item.items() if k not in skip}
         if all(
             (variant if k == "variant" else getattr(config, k, None)) == v
             for k, v in conditions.items()
@@ -104,6 +111,7 @@ def _wanted(env: str, variant: str, config: Any) -> list[dict[str, Any]]:
 
 
 def plant(model: nn.Module, variant: str, config: Any) -> nn.Module:
+    BUILDS[variant] = BUILDS.get(variant, 0) + 1
     planted = _wanted(FAULT_ENV, variant, config)
     slow = _wanted(SLOWDOWN_ENV, variant, config)
     if planted:

@@ -123,7 +123,7 @@ def test_results_lists_and_shows_runs(runner: CliRunner, tmp_path: Path) -> None
     assert "beef0001" in listing.output and "1 ok, 1 skipped" in listing.output
     shown = runner.invoke(app, ["results", "beef", "--results-dir", str(tmp_path)])
     assert shown.exit_code == 0, shown.output
-    for text in ("hub-gpt", "25,600", "10.0", "9.00-12.0", "3 MiB", "25.0%", "skipped",
+    for text in ("hub-gpt", "25.6k", "10.0", "9.00-12.0", "3 MiB", "25.0%", "skipped",
                  "hubbench[flash]"):  # fmt: skip
         assert text in shown.output, text
     empty = runner.invoke(app, ["results", "--results-dir", str(tmp_path / "none")])
@@ -178,8 +178,9 @@ def test_interrupted_run_keeps_rows_and_resumes(
     assert "interrupted" in first.stderr and "--resume" in first.stderr
     [run_file] = store.list_runs(results)
     df = pd.read_parquet(run_file)
-    assert df["status"].tolist() == ["ok", "ok", "ok"]
-    assert df["time_rounds"].tolist() == [1, 1, 1]  # interrupted in the first pass
+    assert df["status"].tolist() == ["partial"] * 3  # interrupted in the first pass
+    assert df["time_rounds"].tolist() == [1, 1, 1]
+    assert df["message"].iloc[0] == "1 of 2 rounds measured; --resume measures the rest"
     assert df["backend_attention"].fillna("-").tolist() == ["sdpa:flash-cpu", "-", "sdpa:flash-cpu"]
     assert df["backend_hub"].notna().tolist() == [False, True, False]
 

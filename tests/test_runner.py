@@ -1,8 +1,7 @@
 """The runner: cells measured in an isolated worker, failures become rows, the sweep goes on.
 
 The worker builds builders.TinyLM (loaded by file path) and plants the faults a test asks for.
-Only `test_faults_become_rows_and_the_sweep_continues` starts worker processes (three: the first,
-one after the crash, one after the timeout).
+The tests that call `run_plan` start real worker processes.
 """
 
 from __future__ import annotations
@@ -304,3 +303,40 @@ def test_eta_weights_cells_by_their_cost() -> None:
     # one more small round (1 s) and two big ones, each costing what its size predicts
     ratio = expected_cost(big) / expected_cost(small)
     assert left.remaining_s == pytest.approx(1.0 + 2 * ratio)
+
+
+def test_a_cell_that_fails_in_a_later_round_keeps_its_earlier_rounds(tmp_path, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, faults({"build": 2, "fault": "error"}))
+    result = run_plan(plan([cell(0, rounds=3)]), tmp_path, builder=BUILDER)
+    [row] = pd.read_parquet(result.path).to_dict("records")
+    assert row["status"] == "error" and row["message"].startswith("round 2/3: ValueError")
+    assert row["time_rounds"] == 1 and len(row["round_samples_s"]) == 1
+
+
+def test_resume_rebuilds_a_row_exactly(tmp_path: Path) -> None:
+    """A row written, read back and rebuilt for --resume is the same row (utc_time aside)."""
+
+    def round_(k: int, capped: int, backend: str) -> RoundResult:
+        return RoundResult(
+            samples_s=[0.01 * (1 + k)] * 2, tokens=32, warmup_s=0.5, warmup_steps=4,
+            warmup_capped=capped, sentinel_s=0.01 + k / 1e3, peak_mem_bytes=2**20 * (k + 1),
+            peak_mem_reserved_bytes=None, mem_kind="cpu_rss", mem_baseline_bytes=7,
+            flops_per_step=1e6 if k == 0 else None, flops_per_step_analytic=2e6,
+            peak_flops_per_s=1e11, peak_flops_source="t", params=99,
+            backends={"attention": backend}, session=1000.0 + k // 2,
+        )  # fmt: skip
+
+    c = cell(0, rounds=5)
+    state = CellState(c, device_name="cpu0", wall_s=3.0)
+    state.rounds = [round_(0, 1, "sdpa:a"), round_(1, 0, "sdpa:b"), round_(2, 1, "sdpa:a")]
+    row = make_row(state, "t", "feed0001", ENV)
+    assert row["status"] == "partial" and row["warmup_capped"] == 2
+    assert row["backend_attention"] == "sdpa:a+sdpa:b"
+    path = tmp_path / "t" / "20250101T000000Z-feed0001.parquet"
+    store.write_rows(path, [row])
+    _, _, [again], _ = prepare_run(plan([c]), tmp_path, resume=True)
+    rebuilt = make_row(again, "t", "feed0001", ENV)
+    differ = [k for k in schema.NAMES if k != "utc_time" and rebuilt[k] != row[k]]
+    assert not differ, {k: (row[k], rebuilt[k]) for k in differ}
+    again.rounds.append(round_(3, 0, "sdpa:a"))  # one more round does not compound the names
+    assert make_row(again, "t", "feed0001", ENV)["backend_attention"] == "sdpa:a+sdpa:b"

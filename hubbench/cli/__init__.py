@@ -6,6 +6,10 @@ calls the library and renders with Rich (shared tables in `tables.py`, numbers t
 and `run --dry-run` import neither torch nor pandas.
 The boundary lives in the click group, so `CliRunner` in the tests sees exactly what a user sees:
 a `HubbenchError` becomes one line on stderr and its exit code; `--debug` re-raises it.
+
+Exit codes, for every command: 0 success; 1 only for a real regression (`gate`) or a real leak
+(`verify causal`); 2 for unusable input and for any internal error (a bug: one line naming the
+exception, the traceback with --debug); 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -20,19 +24,39 @@ from typer.core import TyperGroup
 from hubbench.errors import HubbenchError
 
 err_console = Console(stderr=True)
+INTERNAL_ERROR = 2
+INTERRUPTED = 130
 
 
 class _BoundaryGroup(TyperGroup):
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.exceptions.TyperException):
+            raise  # exits and usage errors (exit 2) of typer's own say what was wrong already
         except HubbenchError as exc:
             if ctx.params.get("debug"):
                 raise
-            err_console.print(
-                "[bold red]error:[/] " + escape(str(exc)), highlight=False, soft_wrap=True
-            )
+            _say("error", str(exc))
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            if ctx.params.get("debug"):
+                raise
+            _say("interrupted", "stopped by Ctrl-C")
+            ctx.exit(INTERRUPTED)
+        except Exception as exc:  # a bug: one line, never exit 1 (that means "regression")
+            if ctx.params.get("debug"):
+                raise
+            text = " ".join(str(exc).split())[:300]
+            _say(
+                "internal error",
+                f"{type(exc).__name__}: {text} (a bug in hubbench; --debug shows the traceback)",
+            )
+            ctx.exit(INTERNAL_ERROR)
+
+
+def _say(what: str, text: str) -> None:
+    err_console.print(f"[bold red]{what}:[/] " + escape(text), highlight=False, soft_wrap=True)
 
 
 app = typer.Typer(

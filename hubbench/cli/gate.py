@@ -20,7 +20,8 @@ RESAMPLES_HELP = "Bootstrap resamples per ratio (>= 100)."
 CONFIDENCE_HELP = "Confidence level of the CI, in [0.5, 1)."
 MIN_EFFECT_HELP = (
     "Smallest change called (e.g. 3% or 0.03): a CI must clear 1 ± this "
-    "(default from A/A runs, see docs/measurement.md)."
+    "(default from A/A runs, see docs/measurement.md; baseline mode only for gate, whose ratio "
+    "rules carry their own thresholds)."
 )
 
 
@@ -68,6 +69,10 @@ def compare_cmd(
 
     if output not in ("table", "md"):
         raise ReportError(f"--format {output!r}: valid are table, md")
+    if markdown is not None:
+        from hubbench.outputs import check_file
+
+        check_file(markdown, "--markdown")
     options = _bootstrap(resamples, confidence, min_effect)
     cmp = compare_runs(
         load_run(run_a, results_dir),
@@ -84,8 +89,9 @@ def compare_cmd(
         for warning in cmp.warnings:
             printer.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if markdown is not None:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(md, encoding="utf-8")
+        from hubbench.outputs import write_text
+
+        write_text(markdown, md, "--markdown")
 
 
 def gate_cmd(
@@ -111,6 +117,9 @@ def gate_cmd(
         "--allow-env-mismatch",
         help="Gate runs measured on different hosts, devices or torch versions anyway.",
     ),
+    allow_missing: bool = typer.Option(
+        False, "--allow-missing", help="Gate a candidate that lacks some baseline cells."
+    ),
     summary: Path | None = typer.Option(
         None,
         "--summary",
@@ -133,6 +142,7 @@ def gate_cmd(
     from hubbench.report import gate
     from hubbench.report.format import percent
 
+    gate.summary_targets(summary)  # an unwritable summary is unusable input: say so first
     try:
         if (baseline is None) == (ratios is None):
             raise ReportError("give either --baseline RUN (with --candidate RUN) or --ratios RUN")
@@ -145,6 +155,7 @@ def gate_cmd(
                 percent(max_regression, "--max-regression"),
                 results_dir,
                 allow_env_mismatch=allow_env_mismatch,
+                allow_missing=allow_missing,
                 **options,
             )
         else:

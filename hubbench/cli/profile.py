@@ -23,7 +23,7 @@ def render_profile(result: ProfileResult, out: Console) -> None:
     from rich.markup import escape
 
     from hubbench.cli.tables import ops_table, stage_table
-    from hubbench.report.format import milliseconds
+    from hubbench.report.format import binary_bytes, milliseconds
 
     summary = result.summary
     out.print(
@@ -38,7 +38,7 @@ def render_profile(result: ProfileResult, out: Console) -> None:
     if summary.device_ops:
         out.print(ops_table(summary, device=True))
     for device, peak in summary.peak_mem_bytes.items():
-        out.print(f"peak {device} memory allocated while tracing: {peak / 2**20:,.1f} MiB")
+        out.print(f"peak {device} memory allocated while tracing: {binary_bytes(peak)}")
     for note in result.notes:
         out.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     out.print(
@@ -81,11 +81,12 @@ def register(app: typer.Typer) -> None:
         from hubbench.cli.common import console, single_values
         from hubbench.config import resolve_device
         from hubbench.profile import profile_cell
-        from hubbench.variants import make_config
+        from hubbench.variants import check_length, make_config
 
         if seq < 1 or batch < 1 or top < 1:
             raise ConfigError(f"--seq, --batch and --top must be >= 1 (got {seq}, {batch}, {top})")
         config = make_config(variant, **single_values(sets))
+        check_length(config, seq)
         result = profile_cell(
             variant,
             config,

@@ -69,7 +69,7 @@ def fits_table_rich(df: pd.DataFrame) -> Table:
     from rich.markup import escape
     from rich.table import Table
 
-    from hubbench.report.load import fmt_seq
+    from hubbench.report.format import fmt_seq
     from hubbench.report.plots import fits_table
 
     table = Table(title="scaling exponents (95% CI)", title_justify="left")
@@ -99,6 +99,9 @@ def report_cmd(
     from hubbench.report.load import load_run
 
     df = load_run(run, results_dir)
-    target = out or Path("reports") / f"{df['run_id'].iloc[0]}.html"
+    name = f"{df['run_id'].iloc[0]}.html"
+    target = out or Path("reports") / name
+    if target.is_dir():  # a folder given as --out: the report goes into it
+        target = target / name
     write_report(df, target)
     console().print(f"[green]wrote[/] {escape(str(target))}", highlight=False)

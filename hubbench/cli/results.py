@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         if run is not None:
             df = store.read_run(resolve_path(run, directory), directory)
             rows = df.to_dict("records")
-            first = rows[0] if rows else {}
+            first = {k: norm_value(v) for k, v in rows[0].items()} if rows else {}
             title = (
                 f"{first.get('suite')} run {first.get('run_id')}: {len(rows)} rows, "
                 f"{first.get('device_name')}, torch {first.get('torch_version')}, "

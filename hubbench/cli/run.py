@@ -75,11 +75,10 @@ def _round_line(row: Mapping[str, Any], state: CellState, progress: Progress, la
     width = len(str(progress.total))
     total = state.cell.measure.rounds
     what = f"{label} round {len(state.rounds) + (state.failure is not None)}/{total}"
-    result = row["status"]
-    if result == "ok":
-        result += f" {si(row['tokens_per_s'])} tok/s"
+    if row["status"] in ("ok", "partial"):  # partial: this round is fine, more are to come
+        result = f"ok {si(row['tokens_per_s'])} tok/s"
     else:
-        result += f": {row['message']}"
+        result = f"{row['status']}: {row['message']}"
     clock = f"{_clock(progress.elapsed_s)} elapsed, ~{_clock(progress.remaining_s)} left"
     return f"[{progress.done:>{width}}/{progress.total}] {what}: {result} ({clock})"
 
@@ -117,7 +116,7 @@ def _run_with_progress(
         line = escape(_round_line(row, state, progress, state.cell.label(plan.varying)))
         if not live:
             out.print(line, highlight=False, soft_wrap=True)
-        elif row["status"] not in ("ok", "skipped"):
+        elif row["status"] not in ("ok", "partial", "skipped"):
             bar.console.print(f"[yellow]{line}[/]", highlight=False, soft_wrap=True)
 
     with bar:
@@ -154,7 +153,10 @@ def register(app: typer.Typer) -> None:
             None, "--timeout", help="Timeout per cell and round, in seconds."
         ),
         resume: bool = typer.Option(
-            False, "--resume", help="Continue the suite's latest run: skip its measured cells."
+            False,
+            "--resume",
+            help="Continue the suite's latest run: cells with rounds left get them; complete and "
+            "failed cells are kept as they are.",
         ),
         results_dir: Path = typer.Option(None, "--results-dir", help=RESULTS_HELP),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells; run nothing."),
@@ -221,8 +223,8 @@ def register(app: typer.Typer) -> None:
         outcome = _run_with_progress(plan, results, resume, builder, err)
         if outcome.resumed_from is not None:
             notes.append(
-                f"resumed {outcome.resumed_from.name}: {outcome.skipped_done} cell(s) "
-                "already measured in full; the others continued where they stopped"
+                f"resumed {outcome.resumed_from.name}: {outcome.skipped_done} cell(s) already "
+                "measured in full or failed (not retried); the others continued where they stopped"
             )
         elif resume:
             notes.append("--resume: no earlier run of this suite; started a new one")

@@ -20,7 +20,13 @@ if TYPE_CHECKING:
     from hubbench.profile import TraceSummary
     from hubbench.suite import Plan
 
-STATUS_STYLE = {"ok": "green", "skipped": "dim", "oom": "yellow", "timeout": "yellow"}
+STATUS_STYLE = {
+    "ok": "green",
+    "partial": "cyan",
+    "skipped": "dim",
+    "oom": "yellow",
+    "timeout": "yellow",
+}
 # besides variant, attention and n (their own columns): cell fields that may tell rows apart
 DETAIL_FIELDS = tuple(f for f in schema.cell_fields() if f not in ("variant", "attention", "seq"))
 
@@ -75,14 +81,13 @@ def suites_table() -> Table:
 
 
 def plan_table(plan: Plan) -> Table:
-    idents = [
-        {**c.identity, "warmup": c.measure.warmup, "repeats": c.measure.repeats} for c in plan.cells
-    ]
-    fields = schema.varying(idents, ("attention", *DETAIL_FIELDS, "warmup", "repeats"), nulls=False)
+    settings = ("rounds", "repeats", "warmup")
+    idents = [{**c.identity, **{k: getattr(c.measure, k) for k in settings}} for c in plan.cells]
+    fields = schema.varying(idents, ("attention", *DETAIL_FIELDS, *settings), nulls=False)
     first = idents[0]
     same = [
         f"{f}={first.get(f)}"
-        for f in ("mode", "device", "dtype", "batch", "warmup", "repeats")
+        for f in ("mode", "device", "dtype", "batch", "threads", *settings)
         if f not in fields
     ]
     table = Table(
@@ -152,7 +157,7 @@ def rows_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
             else "-"
         )
         numbers = [
-            fmt.count(r.get("tokens_per_s")) if ok else "-",
+            fmt.si(r.get("tokens_per_s")) if ok else "-",
             fmt.milliseconds(r.get("time_median_s")) if ok else "-",
             spread,
             fmt.binary_bytes(r.get("peak_mem_bytes")) if ok else "-",

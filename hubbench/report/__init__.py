@@ -2,7 +2,8 @@
 
 Modules, in dependency order:
 - `load`: find runs through hubbench.store, check the schema, cell identity and labels;
-- `metrics`, `stats`, `format`: what can be compared, bootstrap ratio CIs, one spelling per number;
+- `stats`, `noise`, `format`: the bootstrap over rounds, the noise sentinel's verdict, one
+  spelling per number (the metrics themselves are columns of hubbench.schema);
 - `compare`, `gate`: run B over run A by cell; baseline and in-run ratio thresholds;
 - `style`, `series`, `fits`, `figure`, `plots`, `heatmap`: the figures (matplotlib, Agg);
 - `html`: one self-contained page per run.

@@ -5,7 +5,8 @@ suite whose sweep was reordered still line up. A change counts as real only when
 lies beyond 1 +/- min_effect (MIN_EFFECT, chosen from A/A runs: docs/measurement.md); memory has
 no per-step samples and is deterministic enough that a fixed tolerance stands in. Verdicts are
 words (better / worse / same), so they read without colour in pipes and CI logs. Rows measured
-in different environments (ENV_FIELDS) still join, with a warning: `gate` refuses them.
+in different environments still join, with a warning; `gate` refuses those that differ in what
+measures (ENV_REFUSE: device, torch, CUDA, threads) and only notes a different host.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from hubbench import schema
 from hubbench.errors import ReportError
 from hubbench.report import format as fmt
 from hubbench.report.load import join_fields, labeller, norm_value, run_label
-from hubbench.report.stats import CONFIDENCE, RESAMPLES, SEED, RatioCI, ratio_ci, rounds_of
+from hubbench.report.stats import (
+    CONFIDENCE,
+    RESAMPLES,
+    SEED,
+    RatioCI,
+    paired,
+    ratio_ci,
+    rounds_of,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -31,7 +40,10 @@ DEFAULT_METRICS = ("tokens_per_s", "peak_mem_bytes")
 MEMORY_TOLERANCE = {"cuda_allocated": 0.02, "cpu_rss": 0.20}
 DEFAULT_MEMORY_TOLERANCE = 0.02
 MIN_EFFECT = 0.03  # a call needs its CI beyond 1 +/- 3% (A/A data: docs/measurement.md)
-ENV_FIELDS = ("device_name", "host", "torch_version", "cuda_version")  # rows should share these
+# Compared rows should share these. A different device, torch, CUDA or thread count changes
+# what is measured (gate refuses it); a different host name alone (CI runners) does not.
+ENV_REFUSE = ("device_name", "torch_version", "cuda_version", "threads")
+ENV_WARN = ("host",)
 VERDICT = {1: "better", -1: "worse", 0: "same"}
 
 
@@ -57,10 +69,10 @@ class Comparison:
     warnings: list[str] = field(default_factory=list)
 
 
-def env_mismatch(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
-    """'host: A ran on x, B on y' for each ENV_FIELDS column whose values differ."""
+def env_mismatch(a: pd.DataFrame, b: pd.DataFrame, fields: Sequence[str]) -> list[str]:
+    """'host: A has x, B has y' for each of `fields` whose values differ between the runs."""
     out = []
-    for f in ENV_FIELDS:
+    for f in fields:
         va = sorted({str(v) for v in map(norm_value, a[f]) if v is not None})
         vb = sorted({str(v) for v in map(norm_value, b[f]) if v is not None})
         if va and vb and va != vb:
@@ -101,9 +113,8 @@ def metric_ratio(
     a, b = _value(num, metric.name), _value(den, metric.name)
     if a is None or b is None or b == 0:
         return None
-    same_run = norm_value(num.get("run_id")) == norm_value(den.get("run_id"))
     return ratio_ci(
-        a, b, rounds_of(num), rounds_of(den), metric.time_power, paired=same_run,
+        a, b, rounds_of(num), rounds_of(den), metric.time_power, paired=paired([num, den]),
         resamples=resamples, confidence=confidence, seed=seed,
     )  # fmt: skip
 
@@ -141,6 +152,8 @@ class Joined:
 def join_runs(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> Joined:
     """The cells of A and B by key; ReportError naming what keeps them apart when none match."""
     fields = [f for f in join_fields(a) if f in b.columns]
+    if _disjoint(a, b, "threads"):  # runs on machines of other sizes: join, and say so
+        fields.remove("threads")
     joined = Joined(fields, index_by_cell(a, fields), index_by_cell(b, fields))
     if not any(k in joined.b for k in joined.a):
         raise ReportError(
@@ -148,6 +161,11 @@ def join_runs(a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str) -> Joi
             f"({run_label(b)}): " + explain_no_overlap(a, b, fields)
         )
     return joined
+
+
+def _disjoint(a: pd.DataFrame, b: pd.DataFrame, field: str) -> bool:
+    values = [{norm_value(v) for v in df[field]} - {None} for df in (a, b)]
+    return bool(values[0] and values[1]) and not values[0] & values[1]
 
 
 def compare_runs(
@@ -186,7 +204,9 @@ def compare_runs(
                 if ci is not None:
                     c.ratios[m.name] = ci
         cells.append(c)
-    warnings = [f"different environments: {w}" for w in env_mismatch(a, b)]
+    warnings = [
+        f"different environments: {w}" for w in env_mismatch(a, b, (*ENV_REFUSE, *ENV_WARN))
+    ]
     return Comparison(
         run_label(a), run_label(b), ms, cells, confidence, resamples, min_effect, warnings
     )

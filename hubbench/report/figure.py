@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hubbench.report import style
-from hubbench.report.load import fmt_seq, norm_value, run_label
+from hubbench.report.format import fmt_seq
+from hubbench.report.load import norm_value, run_label
 from hubbench.report.series import Facet, Series, title_parts
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hubbench.report.load import fmt_seq
+from hubbench.report.format import fmt_seq
 from hubbench.report.stats import (
     CONFIDENCE,
     RESAMPLES,

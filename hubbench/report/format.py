@@ -81,13 +81,33 @@ def metric_value(metric: Column, value: float | None) -> str:
     return si(value)
 
 
+def fmt_seq(n: int) -> str:
+    """512 -> '512', 2048 -> '2k', 32768 -> '32k', 1536 -> '1.5k'."""
+    if n >= 1024 and n % 512 == 0:
+        k = n / 1024
+        return f"{k:g}k"
+    return str(n)
+
+
+def times(value: float) -> str:
+    """A ratio: '0.872×'."""
+    return f"{value:.3f}×"
+
+
+def interval(ci: RatioCI | None) -> str:
+    """'[0.851, 0.893]', or '-' when there was nothing to resample."""
+    if ci is None or not ci.bootstrapped:
+        return "-"
+    return f"[{ci.low:.3f}, {ci.high:.3f}]"
+
+
 def ratio(ci: RatioCI | None) -> str:
     """'0.872× [0.851, 0.893]'; the interval is left out when there was nothing to resample."""
     if ci is None:
         return "-"
     if not ci.bootstrapped:
-        return f"{ci.point:.3f}×"
-    return f"{ci.point:.3f}× [{ci.low:.3f}, {ci.high:.3f}]"
+        return times(ci.point)
+    return f"{times(ci.point)} {interval(ci)}"
 
 
 def pct_change(r: float) -> str:

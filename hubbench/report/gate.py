@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 from hubbench import schema
 from hubbench.errors import HubbenchError, ReportError
 from hubbench.report import format as fmt
-from hubbench.report.compare import MIN_EFFECT, env_mismatch, join_runs, metric_ratio
+from hubbench.report.compare import (
+    ENV_REFUSE,
+    ENV_WARN,
+    MIN_EFFECT,
+    env_mismatch,
+    join_runs,
+    metric_ratio,
+)
 from hubbench.report.load import (
     join_fields,
     labeller,
@@ -36,6 +43,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
+ABSENT = "cell not in the candidate run"
 
 
 class GateFailure(HubbenchError):
@@ -123,6 +131,7 @@ def gate_baseline(
     seed: int = SEED,
     min_effect: float = MIN_EFFECT,
     allow_env_mismatch: bool = False,
+    allow_missing: bool = False,
 ) -> GateResult:
     """Every baseline cell against the same cell in the candidate run.
 
@@ -134,7 +143,7 @@ def gate_baseline(
     m = schema.metric(metric)
     require_ok(baseline, f"baseline {run_label(baseline)}")
     require_ok(candidate, f"candidate {run_label(candidate)}")
-    mismatch = env_mismatch(baseline, candidate)
+    mismatch = env_mismatch(baseline, candidate, ENV_REFUSE)
     if mismatch and not allow_env_mismatch:
         raise ReportError(
             f"baseline and candidate were measured in different environments ({'; '.join(mismatch)}"
@@ -151,8 +160,9 @@ def gate_baseline(
         rc = cand.get(key)
         check = Check(label(rb), m, ref=_num(rb, m), value=None, ci=None,
                       min=lo, max=hi)  # fmt: skip
-        if rc is None:
-            check.verdict, check.note = "missing", "cell not in the candidate run"
+        if rc is None or rc["status"] == "partial":
+            check.verdict = "missing"
+            check.note = ABSENT if rc is None else f"{ABSENT} in full: {rc['message']}"
         elif rb["status"] != "ok":
             check.value = _num(rc, m)
             check.verdict = "missing"
@@ -168,6 +178,14 @@ def gate_baseline(
                 check.verdict, check.note = "missing", f"{m.name} not recorded"
             judge(check)
         checks.append(check)
+    absent = [c for c in checks if c.note.startswith(ABSENT)]
+    if absent and not allow_missing:
+        names = ", ".join(c.name for c in absent[:4]) + (", ..." if len(absent) > 4 else "")
+        raise ReportError(
+            f"the candidate ({run_label(candidate)}) lacks {len(absent)} of {len(checks)} "
+            f"baseline cells ({names}): an interrupted run? continue it with --resume, or pass "
+            "--allow-missing to gate the cells it has"
+        )
     _require_judgeable(checks, "gate")
     word = "drop" if m.higher_is_better else "rise"
     why = (
@@ -183,7 +201,10 @@ def gate_baseline(
         resamples=resamples,
         threshold=f"{m.name}: fail when the CI of candidate/baseline lies entirely beyond a "
         f"{100 * allowed:g}% {word} ({why})",
-        notes=[f"Environments differ: {w}." for w in mismatch],
+        notes=[
+            f"Environments differ: {w}."
+            for w in [*mismatch, *env_mismatch(baseline, candidate, ENV_WARN)]
+        ],
     )
 
 
@@ -313,9 +334,9 @@ def to_markdown(result: GateResult) -> str:
     ]
     for c in result.checks:
         ci = c.ci
-        ratio = "-" if ci is None else f"{ci.point:.3f}×"
-        interval = "-" if ci is None or not ci.bootstrapped else f"[{ci.low:.3f}, {ci.high:.3f}]"
-        allowed = _allowed(c)
+        ratio = "-" if ci is None else fmt.times(ci.point)
+        interval = fmt.interval(ci)
+        allowed = allowed_range(c)
         verdict = f"{VERDICT_MARK[c.verdict]} {c.verdict}" + (f" ({c.note})" if c.note else "")
         lines.append(
             f"| {fmt.md_cell(c.name)} | {fmt.metric_value(c.metric, c.ref)} | "
@@ -362,13 +383,13 @@ def to_rich(result: GateResult) -> Table:
             fmt.metric_value(c.metric, c.ref),
             fmt.metric_value(c.metric, c.value),
             fmt.ratio(c.ci),
-            _allowed(c),
+            allowed_range(c),
             Text(verdict, style=styles[c.verdict]),
         )
     return table
 
 
-def _allowed(c: Check) -> str:
+def allowed_range(c: Check) -> str:
     if c.min is not None and c.max is not None:
         return f"{c.min:g}–{c.max:g}×"
     if c.min is not None:
@@ -378,16 +399,26 @@ def _allowed(c: Check) -> str:
     return "-"
 
 
+def summary_targets(path: Path | None) -> list[tuple[Path, str, bool]]:
+    """(file, what names it, append) for --summary and $GITHUB_STEP_SUMMARY, checked up front."""
+    from hubbench.outputs import check_file
+
+    targets = []
+    if path is not None:
+        targets.append((path, "--summary", False))
+    if os.environ.get(SUMMARY_ENV):
+        targets.append((Path(os.environ[SUMMARY_ENV]), f"${SUMMARY_ENV}", True))
+    for target, what, _ in targets:
+        check_file(target, what)
+    return targets
+
+
 def write_summary(markdown: str, path: Path | None) -> list[Path]:
     """Write to --summary FILE and append to $GITHUB_STEP_SUMMARY when set."""
+    from hubbench.outputs import write_text
+
     written = []
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(markdown, encoding="utf-8")
-        written.append(path)
-    step_summary = os.environ.get(SUMMARY_ENV)
-    if step_summary:
-        with open(step_summary, "a", encoding="utf-8") as f:
-            f.write(markdown + "\n")
-        written.append(Path(step_summary))
+    for target, what, append in summary_targets(path):
+        write_text(target, markdown + ("\n" if append else ""), what, append=append)
+        written.append(target)
     return written

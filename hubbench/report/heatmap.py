@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from hubbench.report import format as fmt
 from hubbench.report import style
 from hubbench.report.figure import Figured, new_figure, title
-from hubbench.report.load import cell_keys, fmt_seq, norm_value
+from hubbench.report.format import fmt_seq
+from hubbench.report.load import cell_keys, norm_value
 from hubbench.report.series import SYMBOLS, Facet, series_fields
 from hubbench.variants import is_router
 

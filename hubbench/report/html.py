@@ -16,14 +16,16 @@ from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
 from hubbench.errors import HubbenchError
+from hubbench.metrics import BACKEND_COLUMNS
 from hubbench.report import format as fmt
-from hubbench.report.load import fmt_seq, labeller, norm_value, run_label
+from hubbench.report.format import fmt_seq
+from hubbench.report.load import labeller, norm_value, run_label
 from hubbench.variants import display_order
 
 if TYPE_CHECKING:
     import pandas as pd
 
-ENV_FIELDS = ("suite", "run_id", "device_name", *schema.names("env"), "schema_version")
+PAGE_ENV_FIELDS = ("suite", "run_id", "device_name", *schema.names("env"), "schema_version")
 
 CSS = """
 body { font: 15px/1.45 -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #1d1d1f;
@@ -56,7 +58,7 @@ def _png_data_uri(figure: Any) -> str:
 
 def _environment(df: pd.DataFrame) -> str:
     rows = []
-    for f in ENV_FIELDS:
+    for f in PAGE_ENV_FIELDS:
         if f not in df.columns:
             continue
         values = [v for v in dict.fromkeys(norm_value(x) for x in df[f]) if v is not None]
@@ -90,9 +92,7 @@ def _results_table(df: pd.DataFrame) -> str:
         label = html.escape(label)
         ok = r["status"] == "ok"
         backends = ", ".join(
-            str(norm_value(r[c]))
-            for c in ("backend_attention", "backend_mamba", "backend_hub")
-            if norm_value(r[c]) is not None
+            str(norm_value(r[c])) for c in BACKEND_COLUMNS if norm_value(r[c]) is not None
         )
         spread = (
             f"{fmt.seconds(_f(r['time_median_s']))} "
@@ -109,7 +109,7 @@ def _results_table(df: pd.DataFrame) -> str:
             f'<td class="num">{fmt.si(_f(r["tokens_per_s"]))}</td>',
             f'<td class="num">{spread}</td>',
             f'<td class="num">{fmt.binary_bytes(_f(r["peak_mem_bytes"]))}</td>',
-            f'<td class="num">{"-" if mfu is None else f"{100 * mfu:.1f}%"}</td>',
+            f'<td class="num">{fmt.fraction(mfu)}</td>',
             f"<td>{html.escape(backends) or '-'}</td>",
         ]
         out.append(f'<tr class="{"" if ok else "bad"}">' + "".join(cells) + "</tr>")
@@ -123,7 +123,7 @@ def _f(value: Any) -> float | None:
 
 def _gate_section(df: pd.DataFrame) -> str:
     """The suite's ratio gate on this run, when the suite declares one; otherwise a short note."""
-    from hubbench.report.gate import gate_ratios, load_rules
+    from hubbench.report.gate import allowed_range, gate_ratios, load_rules
 
     try:
         rules, name = load_rules(df, None)
@@ -138,8 +138,7 @@ def _gate_section(df: pd.DataFrame) -> str:
         cls = {"pass": "ok", "regression": "fail"}.get(c.verdict, "warn")
         rows.append(
             f"<tr><td>{html.escape(c.name)}</td><td class='num'>{ci}</td>"
-            f"<td class='num'>{'-' if c.min is None else f'≥ {c.min:g}×'}"
-            f"{'' if c.max is None else f' ≤ {c.max:g}×'}</td>"
+            f"<td class='num'>{html.escape(allowed_range(c))}</td>"
             f"<td class='{cls}'>{c.verdict} {html.escape(c.note)}</td></tr>"
         )
     return (
@@ -151,9 +150,13 @@ def _gate_section(df: pd.DataFrame) -> str:
 
 def build_html(df: pd.DataFrame) -> str:
     """The page for one run (or several pooled runs) as a string."""
+    from hubbench.errors import ReportError
     from hubbench.report.plots import render
 
-    figures, skipped = render(df)
+    try:
+        figures, skipped = render(df)
+    except ReportError as exc:  # no cell ran: the page still says what happened to each
+        figures, skipped = [], {"every figure": str(exc)}
     label = run_label(df)
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -225,6 +228,7 @@ def _dirty(df: pd.DataFrame) -> bool:
 
 
 def write_report(df: pd.DataFrame, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(build_html(df), encoding="utf-8")
+    from hubbench.outputs import write_text
+
+    write_text(out, build_html(df), "--out")
     return out

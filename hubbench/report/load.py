@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
 from hubbench.errors import ReportError
+from hubbench.report.format import fmt_seq
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -84,7 +85,57 @@ def check_schema(df: pd.DataFrame, where: str) -> pd.DataFrame:
     for col in schema.NAMES:
         if col not in df.columns:
             df[col] = None
-    return df.reset_index(drop=True)
+        else:
+            df[col] = _typed_column(df[col], schema.BY_NAME[col].type)
+    if df["status"].isna().any() or df["variant"].isna().any() or df["seq"].isna().any():
+        raise ReportError(f"run {where}: rows without a status, variant or seq; not a usable run")
+    return _unusable_as_errors(df.reset_index(drop=True))
+
+
+def _typed_column(column: pd.Series, kind: str) -> pd.Series:
+    """A column as its schema type; a value of another type (a hand-edited or foreign file)
+    becomes null, so no report trips over it."""
+    import pandas as pd
+
+    if kind in ("int64", "float64"):
+        values = pd.to_numeric(column, errors="coerce").astype(float)
+        if kind == "int64":  # whole numbers an int64 holds, nothing else
+            values[(values % 1 != 0) | (values.abs() > 2**63 - 1)] = float("nan")
+        return values
+    if kind == "string":
+        return column.map(lambda v: v if isinstance(v, str) else None).astype(object)
+    if kind == "bool":
+        return column.map(lambda v: bool(v) if isinstance(v, (bool, int)) and v in (0, 1)
+                          else None).astype(object)  # fmt: skip
+
+    def as_list(v: Any) -> Any:
+        return v if hasattr(v, "__len__") and not isinstance(v, str) else None
+
+    return column.map(as_list).astype(object)
+
+
+def _unusable_as_errors(df: pd.DataFrame) -> pd.DataFrame:
+    """An `ok` row whose step time or tokens/s is missing, zero, negative or infinite (a
+    hand-edited or damaged file) cannot be plotted or divided by: it reads as an `error` row
+    that says why, so every report shows it as a failed cell instead of crashing on it."""
+    import numpy as np
+
+    ok = df["status"] == "ok"
+    for col in ("time_median_s", "tokens_per_s"):
+        values = _numeric(df[col])
+        bad = ok & ~(np.isfinite(values) & (values > 0))
+        if bad.any():
+            df.loc[bad, "message"] = [f"unusable measurement in the file: {col} = {v}"
+                                      for v in df.loc[bad, col]]  # fmt: skip
+            df.loc[bad, "status"] = "error"
+            ok &= ~bad
+    return df
+
+
+def _numeric(column: Any) -> Any:
+    import pandas as pd
+
+    return pd.to_numeric(column, errors="coerce").astype(float)
 
 
 def load_run(spec: str | Path | None, results_dir: Path | None = None) -> pd.DataFrame:
@@ -183,14 +234,6 @@ def fmt_value(field: str, value: Any) -> str:
     if field == "seq" and isinstance(value, int):
         return fmt_seq(value)
     return str(value)
-
-
-def fmt_seq(n: int) -> str:
-    """512 -> '512', 2048 -> '2k', 32768 -> '32k', 1536 -> '1.5k'."""
-    if n >= 1024 and n % 512 == 0:
-        k = n / 1024
-        return f"{k:g}k"
-    return str(n)
 
 
 def describe(row: Any, fields: Iterable[str]) -> str:

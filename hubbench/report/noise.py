@@ -47,7 +47,7 @@ def noise(rows: Iterable[Mapping[str, Any]]) -> Noise | None:
         readings = row.get("round_sentinel_s")
         if readings is None or isinstance(readings, float):
             continue
-        label = f"{row['variant']} n={_value(row['seq'])}"
+        label = f"cell {_value(row.get('cell_index'))} ({row['variant']} n={_value(row['seq'])})"
         for i, value in enumerate(readings):
             if _value(value) is not None:
                 groups.setdefault(_value(row.get("threads")), []).append((label, i + 1, value))

@@ -31,8 +31,9 @@ from hubbench.report.figure import (
     title,
 )
 from hubbench.report.fits import Fit, crossover, fit_exponent
+from hubbench.report.format import fmt_seq
 from hubbench.report.heatmap import heat_groups, heatmaps
-from hubbench.report.load import fmt_seq, require_ok, run_label
+from hubbench.report.load import require_ok, run_label
 from hubbench.report.series import (
     Facet,
     Series,
@@ -41,7 +42,7 @@ from hubbench.report.series import (
     speedup_pairs,
     title_parts,
 )
-from hubbench.report.stats import ratio_ci, rounds_of
+from hubbench.report.stats import paired, ratio_ci, rounds_of
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -170,9 +171,11 @@ def throughput(facet: Facet) -> Figured:
 def series_fit(s: Series) -> Fit | None:
     """The series' scaling exponent with its bootstrap interval (rounds paired within a run)."""
     ok = s.ok[s.ok["time_median_s"].notna()]
-    rounds = [rounds_of(r) for _, r in ok.iterrows()]
-    paired = ok["run_id"].nunique() == 1
-    return fit_exponent(col(ok, "seq"), col(ok, "time_median_s"), rounds, paired=paired)
+    rows = [r for _, r in ok.iterrows()]
+    together = bool(rows) and paired(rows)
+    return fit_exponent(
+        col(ok, "seq"), col(ok, "time_median_s"), [rounds_of(r) for r in rows], paired=together
+    )
 
 
 def fits_table(df: pd.DataFrame) -> list[tuple[str, str, Fit]]:
@@ -268,9 +271,8 @@ def speedup(facet: Facet) -> Figured:
                 marks.append((int(seq), status, base.style.color))
                 gaps.append(f"{hub.label} over {base.label} n={fmt_seq(int(seq))}: {who} {status}")
                 continue
-            same_run = h["run_id"] == b["run_id"]
             ci = ratio_ci(h["tokens_per_s"], b["tokens_per_s"], rounds_of(h), rounds_of(b), -1,
-                          paired=same_run)  # fmt: skip
+                          paired=paired([h, b]))  # fmt: skip
             xs.append(int(seq))
             ys.append(ci.point)
             lo.append(ci.point - ci.low)
@@ -396,7 +398,9 @@ def plot_run(
         if f not in FORMATS:
             raise ReportError(f"unknown image format {f!r}; valid: {', '.join(FORMATS)}")
     figures, skipped = render(df, kinds)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from hubbench.outputs import check_folder
+
+    check_folder(out_dir, "--out")
     written = []
     for r in figures:
         for ext in formats:

@@ -9,7 +9,9 @@ interval of the replicated ratios.
 
 Two cells of one run are *paired*: round r of each was measured in the same pass, so both sides
 draw the same round indices and drift common to the pass cancels in their ratio (in-run ratios,
-the ratio gate, speedup plots, exponents). Cells of different runs are resampled independently
+the ratio gate, speedup plots, exponents). Rows record which session measured each round
+(`round_sessions`): a run resumed part-way pairs only when every round r of both cells came from
+the same session. Cells of different runs are resampled independently
 (compare, the baseline gate). A row written before rounds existed counts as one round, which
 leaves only within-round jitter in its interval.
 
@@ -79,6 +81,24 @@ def rounds_of(row: Mapping[str, Any]) -> Rounds:
         return [r for r in out if len(r)]
     flat = _clean(row.get("samples_s"))
     return [flat] if len(flat) else []
+
+
+def paired(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether rows' rounds were measured pass by pass together: one run, and every round r of
+    each in the same session (a resumed run's later rounds pair only with each other)."""
+    from hubbench.report.load import norm_value
+
+    def sessions(row: Mapping[str, Any]) -> tuple | None:
+        value = row.get("round_sessions")
+        if value is None or np.isscalar(value) or not len(value):
+            return None
+        return tuple(norm_value(v) for v in value)
+
+    first = sessions(rows[0])
+    run = norm_value(rows[0].get("run_id"))
+    return first is not None and all(
+        norm_value(r.get("run_id")) == run and sessions(r) == first for r in rows
+    )
 
 
 def n_samples(rounds: Rounds) -> int:

@@ -101,7 +101,7 @@ def sibling_style(base: SeriesStyle, index: int, count: int) -> SeriesStyle:
 def seq_formatter() -> Any:
     from matplotlib.ticker import FuncFormatter
 
-    from hubbench.report.load import fmt_seq
+    from hubbench.report.format import fmt_seq
 
     return FuncFormatter(lambda x, _pos: fmt_seq(round(x)) if x >= 1 else f"{x:g}")
 

@@ -109,9 +109,17 @@ def make_run(
     schema_version: int = schema.SCHEMA_VERSION,
     utc_time: str = "2025-01-01T00:00:00Z",
     extra: dict[str, Any] | None = None,
+    rounds: int | None = None,
+    drift: float = 0.0,
 ) -> pd.DataFrame:
-    """Rows for `cells`; status[(variant, attention, seq)] marks failures ('oom', ...)."""
+    """Rows for `cells`; status[(variant, attention, seq)] marks failures ('oom', ...).
+
+    With `rounds`, each cell's `samples` are split into that many rounds measured in one session,
+    and round r of every cell shares the run's drift of pass r (log-normal, sd `drift`), as the
+    runner's interleaved passes would see a machine that slows and recovers.
+    """
     rng = np.random.default_rng(seed)
+    passes = rng.normal(0.0, drift, rounds) if rounds else None
     rows = []
     for i, c in enumerate(cells):
         st = (status or {}).get((c["variant"], c["attention"], c["seq"]), "ok")
@@ -139,6 +147,11 @@ def make_run(
         if st == "ok":
             t = _median_time(c) * (1.0 + (slowdown or {}).get(c["variant"], 0.0))
             s = t * np.exp(rng.normal(0.0, noise, size=samples))
+            by_round = None
+            if passes is not None:
+                by_round = [list(x) for x in np.array_split(s, rounds)]
+                by_round = [[v * np.exp(passes[r]) for v in x] for r, x in enumerate(by_round)]
+                s = np.concatenate(by_round)
             tokens = c["batch"] * c["seq"]
             p10, p90 = np.quantile(s, [0.1, 0.9])
             med = float(np.median(s))
@@ -155,6 +168,9 @@ def make_run(
                 time_std_s=float(s.std()),
                 time_count=samples,
                 samples_s=[float(x) for x in s],
+                round_samples_s=by_round,
+                round_sessions=None if by_round is None else [1.0] * rounds,
+                time_rounds=1 if by_round is None else rounds,
                 tokens_per_s=tokens / med,
                 tokens_per_s_p10=tokens / p90,
                 tokens_per_s_p90=tokens / p10,

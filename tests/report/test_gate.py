@@ -71,10 +71,12 @@ def test_cell_that_stopped_running_is_a_regression():
     assert "ok → oom" in result.failed[0].note
 
 
-def test_cells_missing_from_the_candidate_are_listed_not_failed():
+def test_a_candidate_that_lacks_baseline_cells_is_refused_unless_allowed():
     base = _run()
     cand = check_schema(make_run(grid(seqs=(1024,)), run_id="b", seed=2), "b")
-    result = gate_baseline(base, cand)
+    with pytest.raises(ReportError, match=r"lacks 6 of 12 baseline cells .*--allow-missing"):
+        gate_baseline(base, cand)
+    result = gate_baseline(base, cand, allow_missing=True)
     assert result.passed and sum(c.verdict == "missing" for c in result.checks) == 6
 
 
@@ -168,3 +170,45 @@ def test_the_noise_floor_widens_a_tighter_max_regression():
     assert {c.name for c in tight.failed} == {"hub-gpt n=1k", "hub-gpt n=4k"}
     floored = gate_baseline(_run(noise=0.005), slow, max_regression=0.01, min_effect=0.05)
     assert floored.passed and "5% drop (the larger of --max-regression 1%" in floored.threshold
+
+
+def test_in_run_ratios_pair_the_rounds_of_a_pass():
+    """Both sides of a ratio rule saw the same passes: pairing keeps the drift out of the CI."""
+    from hubbench.report.stats import ratio_ci, rounds_of
+
+    run = _run(rounds=5, drift=0.08, noise=0.01)
+    check = gate_ratios(run, [RULE], "throughput").checks[0]
+    assert check.ci.paired and check.ci.rounds == (5, 5)
+    num = run[(run["variant"] == "hub-gpt") & (run["seq"] == 4096)].iloc[0]
+    den = run[(run["variant"] == "transformer") & (run["attention"] == "sdpa")
+              & (run["seq"] == 4096)].iloc[0]  # fmt: skip
+    unpaired = ratio_ci(num["tokens_per_s"], den["tokens_per_s"], rounds_of(num), rounds_of(den),
+                        -1, paired=False)  # fmt: skip
+    assert check.ci.high / check.ci.low < (unpaired.high / unpaired.low) ** 0.5
+
+
+def test_a_partial_candidate_cell_is_not_a_regression():
+    cand = _run("b", seed=3)
+    cand.loc[0, "status"] = "partial"
+    cand.loc[0, "message"] = "2 of 5 rounds measured; --resume measures the rest"
+    with pytest.raises(ReportError, match=r"lacks 1 of 12 baseline cells"):
+        gate_baseline(_run(), cand)
+    result = gate_baseline(_run(), cand, allow_missing=True)
+    assert result.passed and "in full: 2 of 5 rounds" in to_markdown(result)
+
+
+def test_thread_counts_and_hosts_across_machines():
+    """Another machine may pick another thread count: the runs still join; gate refuses that
+    unless allowed, while a different host name alone (CI runners) is only noted."""
+    from hubbench.report.compare import compare_runs
+
+    base, cand = _run(), _run("b", seed=4)
+    base["threads"], cand["threads"] = 8, 16
+    cmp = compare_runs(base, cand)
+    assert any("threads: A has 8, B has 16" in w for w in cmp.warnings)
+    with pytest.raises(ReportError, match="threads: A has 8, B has 16"):
+        gate_baseline(base, cand)
+    assert gate_baseline(base, cand, allow_env_mismatch=True).passed
+    cand["threads"], cand["host"] = 8, "runner-2"
+    result = gate_baseline(base, cand)
+    assert result.passed and any("host" in n for n in result.notes)

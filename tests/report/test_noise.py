@@ -5,8 +5,9 @@ from __future__ import annotations
 from hubbench.report.noise import SLOW, noise
 
 
-def _row(variant, seq, readings, threads=1):
-    return {"variant": variant, "seq": seq, "threads": threads, "round_sentinel_s": readings}
+def _row(variant, seq, readings, threads=1, index=0):
+    return {"variant": variant, "seq": seq, "threads": threads, "round_sentinel_s": readings,
+            "cell_index": index}  # fmt: skip
 
 
 def test_a_steady_run_has_no_slow_rounds():
@@ -17,9 +18,12 @@ def test_a_steady_run_has_no_slow_rounds():
 
 
 def test_a_slow_round_is_flagged_with_its_cell():
-    rows = [_row("hub-gpt", 2048, [0.010, 0.010, 0.014]), _row("transformer", 256, [0.01] * 3)]
+    rows = [
+        _row("hub-gpt", 2048, [0.010, 0.010, 0.014], index=4),
+        _row("transformer", 256, [0.01] * 3),
+    ]
     level = noise(rows)
-    assert level.slow == ["hub-gpt n=2048 round 3 (+40%)"]
+    assert level.slow == ["cell 4 (hub-gpt n=2048) round 3 (+40%)"]
     assert "1 round(s) ran more than" in level.line()
 
 

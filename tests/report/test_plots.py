@@ -154,7 +154,7 @@ def test_rows_the_runner_makes_from_a_shipped_suite_plot_in_one_figure_per_kind(
                             mem_kind="cpu_rss", mem_baseline_bytes=0, flops_per_step=None,
                             flops_per_step_analytic=None, peak_flops_per_s=None,
                             peak_flops_source=None, params=1)
-                for k in range(3)
+                for k in range(c.measure.rounds)
             ]  # fmt: skip
         rows.append(make_row(state, "throughput", "feed0001", env))
     df = check_schema(pd.DataFrame(rows), "throughput")
