@@ -19,7 +19,7 @@ from builders import Slowdown
 from hubbench.models import build as build_real
 
 CONDITIONS = ("a", "c", "b")  # by seed % 3; "c" runs with the planted slowdown
-SLOWDOWN = 0.15
+SLOWDOWN = 0.40
 
 
 def condition(seed: int) -> str:

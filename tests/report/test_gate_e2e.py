@@ -1,8 +1,10 @@
 """End to end through the real runner, store and `hubbench gate` (baseline mode):
-the same code measured twice (A/A) passes, a planted 15% slowdown fails.
+the same code measured twice (A/A) passes, a planted 40% slowdown fails
+(40%, not less: on this shared box round medians of one ~10 ms cell were seen to spread 8-18 ms,
+so a 15% slowdown was missed in 2 of 3 tries).
 
 One run measures three cells that differ only in `seed` (parameter initialisation, which does
-not change the work a step does): A, C (planted 15% slower by gate_e2e_builder.py) and B, their
+not change the work a step does): A, C (planted 40% slower by gate_e2e_builder.py) and B, their
 rounds interleaved by the runner as always. Each condition's row then becomes a run file of its
 own with the identity of A's cell, which is what three runs measured at the same time would be;
 the gate compares them as it compares any two runs (rounds resampled independently).
