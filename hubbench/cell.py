@@ -28,14 +28,18 @@ class RunField:
 
 RUN_FIELDS: dict[str, RunField] = {
     "variant": RunField(str, "series", "model variant (hubbench list)"),
-    "mode": RunField(str, "figure", "fwd | fwd_bwd | train"),
+    "mode": RunField(str, "figure", "fwd | fwd_bwd | train | prefill | decode"),
     "device": RunField(str, "figure", "cpu | cuda | cuda:N"),
     "batch": RunField(int, "figure", "sequences per step"),
     "seq": RunField(int, "x", "sequence length n"),
     "compile": RunField(bool, "series", "torch.compile'd step"),
     "threads": RunField(int, "figure", "torch intra-op threads the worker ran the cell with"),
+    "decode_tokens": RunField(
+        int, "figure", "decode: tokens generated per timed step, from the same prompt (else null)"
+    ),
 }
-RUN_DEFAULTS: dict[str, Any] = {"mode": "fwd_bwd", "device": "auto", "batch": 1, "compile": False}
+RUN_DEFAULTS: dict[str, Any] = {"mode": "fwd_bwd", "device": "auto", "batch": 1, "compile": False,
+                                "decode_tokens": 64}  # fmt: skip
 
 
 def run_defaults() -> dict[str, Any]:
@@ -85,6 +89,7 @@ class Cell:
     threads: int  # torch intra-op threads in the worker
     config: BaseConfig  # validated; every field, inert ones included
     measure: Measure
+    decode_tokens: int = 64  # decode mode only; part of what is measured (the amortisation)
 
     @property
     def model_config(self) -> dict[str, Any]:
@@ -93,9 +98,18 @@ class Cell:
         return {k: (None if k in inert else v) for k, v in config_dict(self.config).items()}
 
     @property
-    def identity(self) -> dict[str, Any]:
-        """The fields that define what is measured (not how carefully)."""
+    def run_fields(self) -> dict[str, Any]:
+        """The run fields, `decode_tokens` null unless the mode decodes (it is inert there)."""
         run = {k: getattr(self, k) for k in RUN_FIELDS}
+        if self.mode != "decode":
+            run["decode_tokens"] = None
+        return run
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The fields that define what is measured (not how carefully). A null decode_tokens is
+        left out, so cells of the other modes keep the ids they had before the field existed."""
+        run = {k: v for k, v in self.run_fields.items() if k != "decode_tokens" or v is not None}
         return {**run, **self.model_config}
 
     @property
@@ -119,7 +133,7 @@ class Cell:
 
         config = self.model_config
         cell = {name: None for name in schema.names("cell")}
-        cell.update({k: getattr(self, k) for k in RUN_FIELDS})  # run fields first, then config
+        cell.update(self.run_fields)  # run fields first, then config
         cell.update(config)
         cell["config_json"] = json.dumps(config, sort_keys=True)
         measure = dataclasses.asdict(self.measure)

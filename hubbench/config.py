@@ -20,7 +20,10 @@ from typing import Any
 
 from hubbench.errors import ConfigError
 
-MODES = ("fwd", "fwd_bwd", "train")  # fwd: no grad; train: forward + backward + AdamW step
+# fwd: no grad; train: forward + backward + AdamW step; prefill: a prompt of `seq` tokens and
+# the state it leaves; decode: per-token generation after a prompt of `seq` (docs/decode.md)
+MODES = ("fwd", "fwd_bwd", "train", "prefill", "decode")
+INFERENCE_MODES = ("prefill", "decode")
 DTYPES = ("fp32", "bf16", "fp16")  # autocast compute dtypes; parameters stay fp32
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 INT64_MAX = 2**63 - 1  # what the results store can hold

@@ -90,8 +90,9 @@ def _measure(
         eager = build_step(model, cell.mode, cell.batch, cell.seq, device)
         flops = counted_flops(lambda: (eager.fn(), eager.sync()))
         del eager
-    step = build_step(model, cell.mode, cell.batch, cell.seq, device, compile=cell.compile)
     settings = cell.measure
+    step = build_step(model, cell.mode, cell.batch, cell.seq, device, compile=cell.compile,
+                      decode_tokens=cell.decode_tokens)  # fmt: skip
     m = measure_step(
         step,
         warmup=settings.warmup,
@@ -102,15 +103,20 @@ def _measure(
         count=count_flops and not cell.compile,
         mem_baseline=baseline,
     )
+    # decode: the tokens of a timed call see contexts seq .. seq + decode_tokens - 1
+    context = cell.seq + (cell.decode_tokens - 1) / 2 if cell.mode == "decode" else cell.seq
     analytic = (
-        float(model.flops_analytic(cell.batch, cell.seq, cell.mode))
+        float(model.flops_analytic(cell.batch, context, cell.mode))
         if hasattr(model, "flops_analytic")
         else None
     )
     dtype = getattr(model.config, "dtype", "fp32")
     peak, source = peak_flops(device.type, name, dtype, load_calibration(device))
+    # decode: a call generates per_call tokens per sequence; a row's step is one of them
+    per = step.per_call
+    counted = flops if cell.compile else m.flops_per_step
     return RoundResult(
-        samples_s=list(m.samples),
+        samples_s=[t / per for t in m.samples],
         tokens=m.tokens,
         warmup_s=m.warmup_s,
         warmup_steps=m.warmup_steps,
@@ -120,12 +126,13 @@ def _measure(
         peak_mem_reserved_bytes=m.peak_mem_reserved_bytes,
         mem_kind=m.mem_kind,
         mem_baseline_bytes=m.mem_baseline_bytes,
-        flops_per_step=flops if cell.compile else m.flops_per_step,
+        flops_per_step=None if counted is None else counted / per,
         flops_per_step_analytic=analytic,
         peak_flops_per_s=peak,
         peak_flops_source=source,
         params=int(model.num_params()),
         backends=dict(m.backends),
+        state_bytes=step.state_bytes() if step.state_bytes else None,
     )
 
 

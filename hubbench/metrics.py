@@ -44,6 +44,7 @@ class RoundResult:
     peak_flops_source: str | None
     params: int
     backends: dict[str, str] = field(default_factory=dict)
+    state_bytes: int | None = None  # prefill / decode: per sequence after the prompt
     session: float | None = None  # when the run that measured it started (the runner sets it)
 
     def to_json(self) -> dict[str, Any]:
@@ -104,6 +105,7 @@ def measurement_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, 
         "peak_mem_reserved_bytes": max(reserved) if reserved else None,
         "mem_kind": _first([r.mem_kind for r in rounds]),
         "mem_baseline_bytes": _first([r.mem_baseline_bytes for r in rounds]),
+        "state_bytes": _first([r.state_bytes for r in rounds]),
         "flops_per_step": counted,
         "flops_per_step_analytic": analytic,
         "flops_per_token": basis / tokens if basis else None,

@@ -10,6 +10,9 @@ Choices (written down because results depend on them):
   top-2 of `n_experts` such MLPs, with the Switch-Transformer load-balancing auxiliary loss.
 - vocab defaults to 256 (bytes): with a 50k vocabulary the LM head would dominate the step at
   d_model 256 and hide the mixers we measure. Set `vocab` to measure a realistic head.
+Incremental inference (`prefill`, `decode`): each block's mixer keeps its own state (attention:
+a KV cache; Mamba: conv and SSM state; HubRouter: its recurrent hub, member and chunk state), and
+a `ModelState` holds one per block, so a hybrid's state is its layers' states together.
 Every stage runs under a `record_function` label (embed, attention, mamba, hubrouter, mlp, moe,
 lm_head, loss) so profiler traces and the stage breakdown can attribute time.
 """
@@ -17,12 +20,15 @@ lm_head, loss) so profiler traces and the stage breakdown can attribute time.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
+from hubbench.errors import ConfigError
 from hubbench.mixers.attention import Attention
 from hubbench.variants import (
     BaseConfig,
@@ -82,6 +88,33 @@ class MoE(nn.Module):
             return out.view(B, n, d)
 
 
+@dataclass
+class ModelState:
+    """One mixer state per block (None for none), and how many tokens they have seen."""
+
+    kinds: list[str]
+    layers: list[Any]
+    pos: int = 0
+
+    def nbytes(self) -> int:
+        """Bytes of every layer's state or cache, for the whole batch."""
+        return sum(layer.nbytes() for layer in self.layers)
+
+    def bytes_by_kind(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for kind, layer in zip(self.kinds, self.layers, strict=True):
+            out[kind] = out.get(kind, 0) + layer.nbytes()
+        return out
+
+    def snapshot(self) -> tuple[int, list[Any]]:
+        return self.pos, [layer.snapshot() for layer in self.layers]
+
+    def restore(self, snap: tuple[int, list[Any]]) -> None:
+        self.pos = snap[0]
+        for layer, saved in zip(self.layers, snap[1], strict=True):
+            layer.restore(saved)
+
+
 class Block(nn.Module):
     """Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x))."""
 
@@ -94,6 +127,17 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with record_function(self.kind):
             x = x + self.mixer(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+    def prefill(self, x: torch.Tensor, capacity: int) -> tuple[torch.Tensor, Any]:
+        with record_function(self.kind):
+            y, state = self.mixer.prefill(self.norm1(x), capacity)
+            x = x + y
+        return x + self.mlp(self.norm2(x)), state
+
+    def step(self, x: torch.Tensor, state: Any) -> torch.Tensor:
+        with record_function(self.kind):
+            x = x + self.mixer.step(self.norm1(x), state)
         return x + self.mlp(self.norm2(x))
 
 
@@ -126,6 +170,50 @@ class LanguageModel(nn.Module):
         with record_function("lm_head"):
             return self.head(self.norm(h))
 
+    # -- incremental inference ----------------------------------------------------------------
+
+    def _check_decodable(self) -> None:
+        for i, block in enumerate(self.blocks):
+            if not hasattr(block.mixer, "step"):
+                raise ConfigError(
+                    f"{self.variant}: layer {i} ({block.kind}) has no incremental decode path"
+                )
+
+    def empty_state(self, batch: int, capacity: int = 0) -> ModelState:
+        """The state before the first token; caches preallocated for `capacity` tokens."""
+        self._check_decodable()
+        like = self.embed.weight
+        layers = [b.mixer.empty_state(batch, capacity, like) for b in self.blocks]
+        return ModelState(self.layer_kinds, layers)
+
+    def prefill(
+        self, idx: torch.Tensor, capacity: int = 0, all_logits: bool = False
+    ) -> tuple[torch.Tensor, ModelState]:
+        """Run a prompt (B, n) in parallel; logits of its last token (B, 1, V), or of every
+        token with `all_logits`, and the state to decode from (caches for `capacity` tokens)."""
+        self._check_decodable()
+        with record_function("embed"):
+            h = self.embed(idx)
+        layers = []
+        for block in self.blocks:
+            h, state = block.prefill(h, capacity)
+            layers.append(state)
+        if not all_logits:
+            h = h[:, -1:]
+        with record_function("lm_head"):
+            logits = self.head(self.norm(h))
+        return logits, ModelState(self.layer_kinds, layers, idx.shape[1])
+
+    def decode(self, idx: torch.Tensor, state: ModelState) -> torch.Tensor:
+        """One token per sequence (B, 1) after `state`: its logits (B, 1, V); advances `state`."""
+        with record_function("embed"):
+            h = self.embed(idx)
+        for block, layer in zip(self.blocks, state.layers, strict=True):
+            h = block.step(h, layer)
+        state.pos += 1
+        with record_function("lm_head"):
+            return self.head(self.norm(h))
+
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Next-token cross entropy plus every module's auxiliary loss (MoE, hub regulariser)."""
         logits = self(idx)
@@ -149,20 +237,25 @@ class LanguageModel(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def flops_analytic(self, batch: int, seq: int, mode: str) -> float:
-        """Causal-aware FLOPs per step: forward x1 (fwd) or x3 (fwd_bwd, train; optimizer ignored).
+    def flops_analytic(self, batch: int, seq: float, mode: str) -> float:
+        """Causal-aware FLOPs per step: forward x1 (fwd, prefill) or x3 (fwd_bwd, train;
+        optimizer ignored); decode: one token per sequence after a context of `seq` (the runner
+        passes a timed call's mean context).
 
         Mixers with `analytic_flops(seq)` count themselves (attention counts only the keys a
-        causal query can see); every other Linear counts 2 * in * out per token, MoE experts
-        scaled by topk / n_experts, and the Mamba scan its elementwise recurrence.
+        causal query can see; in decode, `decode_flops(context)`); every other Linear counts
+        2 * in * out per token, MoE experts scaled by topk / n_experts, and the Mamba scan its
+        elementwise recurrence. Prefill runs the LM head on the last token only.
         """
+        decode = mode == "decode"
+        tokens = 1 if decode else seq
         per_seq = 0.0
         counted: set[int] = set()
         for module in self.modules():
             if id(module) in counted:
                 continue
             if hasattr(module, "analytic_flops"):
-                per_seq += module.analytic_flops(seq)
+                per_seq += module.decode_flops(seq) if decode else module.analytic_flops(seq)
                 counted.update(id(m) for m in module.modules())
             elif isinstance(module, MoE):
                 share = module.topk / module.n_experts
@@ -171,13 +264,14 @@ class LanguageModel(nn.Module):
                     for m in module.experts.modules()
                     if isinstance(m, nn.Linear)
                 )
-                per_seq += seq * (
+                per_seq += tokens * (
                     share * expert_linear + 2 * module.router.in_features * module.n_experts
                 )
                 counted.update(id(m) for m in module.modules())
             elif isinstance(module, nn.Linear):
-                per_seq += 2 * seq * module.in_features * module.out_features
-        factor = 1 if mode == "fwd" else 3
+                rows = 1 if (mode == "prefill" and module is self.head) else tokens
+                per_seq += 2 * rows * module.in_features * module.out_features
+        factor = 1 if mode in ("fwd", "prefill", "decode") else 3
         return float(factor * batch * per_seq)
 
 

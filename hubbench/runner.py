@@ -129,6 +129,7 @@ def _resumed(cell: Cell, row: Mapping[str, Any] | None) -> CellState:
                     else {}
                 ),
                 session=sessions[i] if i < len(sessions) else None,
+                state_bytes=row["state_bytes"] if first else None,
             )
         )
     if row["status"] not in ("ok", PARTIAL):

@@ -31,7 +31,7 @@ from typing import Any
 from hubbench.config import INT64_MAX
 from hubbench.errors import ReportError, SchemaError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 GROUPS = ("identity", "cell", "measure", "outcome", "measurement", "env")
 TYPES = ("int64", "float64", "string", "bool", "list<float64>", "list<list<float64>>")
@@ -113,7 +113,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("backend_attention", "string", "measurement", "attention kernel that ran (observed)"),
     _c("backend_mamba", "string", "measurement", "mamba:ref | mamba:fused (observed)"),
     _c("backend_hub", "string", "measurement", "HubRouter implementation that ran"),
-    _metric("time_median_s", "float64", "median step time", "step time", "s", False, 1),
+    _metric("time_median_s", "float64", "median step time (decode: per generated token)",
+            "step time", "s", False, 1),
     _c("time_min_s", "float64", "measurement", "fastest step"),
     _c("time_p10_s", "float64", "measurement", "10th percentile step time"),
     _c("time_p90_s", "float64", "measurement", "90th percentile step time"),
@@ -125,7 +126,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("time_rounds", "int64", "measurement", "rounds measured"),
     _c("round_sessions", "list<float64>", "measurement",
        "start (Unix time) of the hubbench run that measured each round: rounds pair within one"),
-    _c("tokens_per_step", "int64", "measurement", "batch * seq"),
+    _c("tokens_per_step", "int64", "measurement",
+       "batch * seq (decode: batch, one token per sequence and step)"),
     _metric("tokens_per_s", "float64", "tokens_per_step / time_median_s", "tokens/s",
             "tokens/s", True, -1),
     _c("tokens_per_s_p10", "float64", "measurement", "from the p90 step time"),
@@ -140,6 +142,9 @@ COLUMNS: tuple[Column, ...] = (
     _metric("peak_mem_reserved_bytes", "int64", "CUDA: peak reserved by the caching allocator",
             "reserved memory", "bytes", False, 0),
     _c("mem_kind", "string", "measurement", "cuda_allocated | cpu_rss"),
+    _metric("state_bytes", "int64",
+            "prefill, decode: bytes of the state or KV cache per sequence after the prompt",
+            "state", "bytes", False, 0),
     _c("mem_baseline_bytes", "int64", "measurement", "CPU: resident memory before the build"),
     _c("flops_per_step", "float64", "measurement", "counted by FlopCounterMode (matmul-class)"),
     _c("flops_per_step_analytic", "float64", "measurement", "the models' causal-aware estimate"),

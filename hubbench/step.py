@@ -9,11 +9,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from hubbench.config import DEVICE_PATTERN, DTYPES, MODES
+from hubbench.config import DEVICE_PATTERN, DTYPES, INFERENCE_MODES, MODES
 from hubbench.errors import ConfigError, UnavailableError
 
 TORCH_DTYPES = dict(zip(DTYPES, (torch.float32, torch.bfloat16, torch.float16), strict=True))
@@ -29,6 +30,9 @@ class Step:
     sync: Callable[[], None]  # wait for the device; a no-op on CPU
     batch: int
     seq: int
+    per_call: int = 1  # tokens per sequence one call of `fn` generates (decode); else 1
+    # bytes of the state or cache per sequence after a prompt of `seq` (prefill, decode)
+    state_bytes: Callable[[], int] | None = None
 
 
 def torch_device(name: str) -> torch.device:
@@ -54,8 +58,14 @@ def build_step(
     device: torch.device | str = "cpu",
     seed: int = 0,
     compile: bool = False,
+    decode_tokens: int = 64,
 ) -> Step:
-    """Move `model` to `device` and return its step for `mode` with inputs already built."""
+    """Move `model` to `device` and return its step for `mode` with inputs already built.
+
+    prefill: one call runs the prompt (B, seq) and builds the state (no grad). decode: the
+    prompt is prefilled here, before timing; one call restores that state and generates
+    `decode_tokens` tokens greedily, so every call starts from the same context.
+    """
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     if batch < 1 or seq < 1:
@@ -70,13 +80,17 @@ def build_step(
     idx = torch.randint(0, vocab, (batch, seq + 1), generator=gen).to(device)
     inputs, targets = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
 
-    forward: Callable = torch.compile(model) if compile else model
     autocast = (
         (lambda: torch.autocast(device.type, dtype=dtype))
         if dtype != torch.float32
         else contextlib.nullcontext
     )
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    if mode in INFERENCE_MODES:
+        if compile:
+            raise ConfigError(f"mode {mode} does not run compiled")
+        return _inference_step(model, mode, inputs, device, autocast, sync, decode_tokens)
+    forward: Callable = torch.compile(model) if compile else model
 
     if mode == "fwd":
         model.eval()
@@ -107,4 +121,66 @@ def build_step(
         sync=sync,
         batch=batch,
         seq=seq,
+    )
+
+
+def _inference_step(
+    model: nn.Module,
+    mode: str,
+    inputs: torch.Tensor,
+    device: torch.device,
+    autocast: Callable,
+    sync: Callable[[], None],
+    decode_tokens: int,
+) -> Step:
+    if not hasattr(model, "prefill"):
+        raise ConfigError(f"mode {mode}: the model has no prefill/decode path")
+    if decode_tokens < 1:
+        raise ConfigError(f"decode_tokens must be >= 1 (got {decode_tokens})")
+    model.eval()
+    batch, seq = inputs.shape
+    capacity = seq + (decode_tokens if mode == "decode" else 0)
+    held: dict[str, Any] = {}
+
+    if mode == "prefill":
+
+        def per_sequence() -> int:  # the state the last call left
+            return held["state"].nbytes() // batch
+
+        def core() -> None:
+            held.pop("state", None)  # the last call's cache is freed before the next one
+            with torch.no_grad(), autocast():
+                held["state"] = model.prefill(inputs, capacity)[1]
+
+        per_call = 1
+    else:
+        with torch.no_grad(), autocast():
+            logits, state = model.prefill(inputs, capacity)
+        held["state"] = state
+        first = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+        snap = state.snapshot()
+
+        def core() -> None:
+            state.restore(snap)
+            token = first
+            with torch.no_grad(), autocast():
+                for _ in range(decode_tokens):
+                    token = model.decode(token, state)[:, -1].argmax(-1, keepdim=True)
+
+        def per_sequence() -> int:  # the state at the prompt, not after a call
+            state.restore(snap)
+            return state.nbytes() // batch
+
+        per_call = decode_tokens
+    return Step(
+        fn=core,
+        tokens=batch * (seq if mode == "prefill" else 1),
+        mode=mode,
+        model=model,
+        device=device,
+        sync=sync,
+        batch=batch,
+        seq=seq,
+        per_call=per_call,
+        state_bytes=per_sequence,
     )

@@ -39,6 +39,7 @@ from typing import Any
 from hubbench import schema
 from hubbench.cell import DEVICE_MEASURE, MEASURE_FIELDS, RUN_FIELDS, Cell, Measure, run_defaults
 from hubbench.config import (
+    INFERENCE_MODES,
     MODES,
     coerce,
     device_kind,
@@ -565,7 +566,7 @@ def _make_cell(
         raise fail(f"unknown variant {variant!r}; valid: {', '.join(REGISTRY)}", ["variant"])
     if run["mode"] not in MODES:
         raise fail(f"unknown mode {run['mode']!r}; valid: {', '.join(MODES)}", ["mode"])
-    for key in ("batch", "seq", "threads"):
+    for key in ("batch", "seq", "threads", "decode_tokens"):
         if run[key] < 1:
             raise fail(f"{key} must be >= 1 (got {run[key]})", [key])
     own = set(config_fields(variant))
@@ -578,6 +579,18 @@ def _make_cell(
         check_length(config, run["seq"])
     except ConfigError as exc:
         raise fail(str(exc), exc.fields) from None
+    if run["mode"] in INFERENCE_MODES:
+        if run["compile"]:
+            raise fail(f"mode {run['mode']} does not run compiled (compile=true)", ["compile"])
+        if not getattr(config, "causal", True):
+            raise fail(f"mode {run['mode']} needs a causal model (causal=false)", ["causal"])
+        chunk = getattr(config, "chunk", None)
+        if run["mode"] == "decode" and chunk and run["decode_tokens"] % chunk:
+            raise fail(
+                f"decode_tokens={run['decode_tokens']} must be a multiple of chunk={chunk}, "
+                "so every timed step amortises the same share of chunk boundaries",
+                ["decode_tokens", "chunk"],
+            )
     return Cell(
         index=index,
         variant=variant,
@@ -589,6 +602,7 @@ def _make_cell(
         threads=run["threads"],
         config=config,
         measure=settings,
+        decode_tokens=run["decode_tokens"],
     )
 
 

@@ -72,12 +72,12 @@ def test_dry_run_lists_the_narrowed_cells(runner: CliRunner) -> None:
     [
         (
             ["run", "nope"],
-            "unknown suite 'nope'; available: ci, hubs, replace, scaling, throughput",
+            "unknown suite 'nope'; available: ci, decode, hubs, replace, scaling, throughput",
         ),
         (["run", "ci", "--set", "topk=99999"], "--set topk"),
         (["run", "ci", "--seq", "1k"], "--seq: '1k' is not a valid int"),
         (["run", "ci", "--set", "hubz=4"], "unknown field 'hubz'"),
-        (["run", "ci", "--mode", "decode", "--dry-run"], "unknown mode 'decode'"),
+        (["run", "ci", "--mode", "generate", "--dry-run"], "unknown mode 'generate'"),
         (["results", "zzzz"], "no run 'zzzz'"),
     ],
 )

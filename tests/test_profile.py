@@ -248,7 +248,7 @@ def test_single_values_and_run_names() -> None:
         (["profile", "hub-gpt", "--set", "hubs"], "expected key=v1,v2"),
         (["profile", "hub-gpt", "--device", "tpu"], "unknown device 'tpu'"),
         (["profile", "hub-gpt", "--seq", "0"], "--seq, --batch and --top must be >= 1"),
-        (["profile", "hub-gpt", "--mode", "decode"], "unknown mode 'decode'"),
+        (["profile", "hub-gpt", "--mode", "generate"], "unknown mode 'generate'"),
     ],
 )
 def test_bad_input_is_a_one_line_error(args: list[str], message: str, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ The tests that call `run_plan` start real worker processes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -324,6 +325,7 @@ def test_resume_rebuilds_a_row_exactly(tmp_path: Path) -> None:
             flops_per_step=1e6 if k == 0 else None, flops_per_step_analytic=2e6,
             peak_flops_per_s=1e11, peak_flops_source="t", params=99,
             backends={"attention": backend}, session=1000.0 + k // 2,
+            state_bytes=123_456 if k == 0 else None,
         )  # fmt: skip
 
     c = cell(0, rounds=5)
@@ -331,7 +333,7 @@ def test_resume_rebuilds_a_row_exactly(tmp_path: Path) -> None:
     state.rounds = [round_(0, 1, "sdpa:a"), round_(1, 0, "sdpa:b"), round_(2, 1, "sdpa:a")]
     row = make_row(state, "t", "feed0001", ENV)
     assert row["status"] == "partial" and row["warmup_capped"] == 2
-    assert row["backend_attention"] == "sdpa:a+sdpa:b"
+    assert row["backend_attention"] == "sdpa:a+sdpa:b" and row["state_bytes"] == 123_456
     path = tmp_path / "t" / "20250101T000000Z-feed0001.parquet"
     store.write_rows(path, [row])
     _, _, [again], _ = prepare_run(plan([c]), tmp_path, resume=True)
@@ -340,3 +342,30 @@ def test_resume_rebuilds_a_row_exactly(tmp_path: Path) -> None:
     assert not differ, {k: (row[k], rebuilt[k]) for k in differ}
     again.rounds.append(round_(3, 0, "sdpa:a"))  # one more round does not compound the names
     assert make_row(again, "t", "feed0001", ENV)["backend_attention"] == "sdpa:a+sdpa:b"
+
+
+def test_a_decode_cell_times_per_generated_token(monkeypatch) -> None:
+    from hubbench import measure
+    from hubbench.metrics import measurement_columns
+
+    monkeypatch.setattr(measure, "time_calls", lambda *a, **k: [1.6, 3.2])  # per call of 16
+    real = load_builder("hubbench.models:build")
+    c = dataclasses.replace(cell(0, "hub-gpt", seq=40, hubs=2, topk=4, chunk=8), mode="decode",
+                            batch=2, decode_tokens=16)  # fmt: skip
+    answer = execute_cell(c, real)
+    assert answer["outcome"]["status"] == "ok", answer["outcome"]
+    r = RoundResult.from_json(answer["round"])
+    assert r.samples_s == pytest.approx([0.1, 0.2])  # per generated token
+    assert r.tokens == 2  # a row's step: one token for each of the 2 sequences
+    assert r.state_bytes > 0 and r.flops_per_step > 0 and r.flops_per_step_analytic > 0
+    # counted FLOPs are per token too: one decoded token costs about the analytic estimate
+    assert 0.5 < r.flops_per_step / r.flops_per_step_analytic < 2
+    columns = measurement_columns([r], "test")
+    assert columns["state_bytes"] == r.state_bytes
+    assert columns["time_median_s"] == pytest.approx(0.15)
+
+
+def test_a_model_without_a_decode_path_is_an_error_row(build) -> None:
+    c = dataclasses.replace(cell(0), mode="prefill")
+    out = execute_cell(c, build)["outcome"]
+    assert out["status"] == "error" and "no prefill/decode path" in out["message"]

@@ -42,8 +42,8 @@ def test_autocast_dtype_from_config() -> None:
 
 
 def test_bad_mode_and_shape() -> None:
-    with pytest.raises(ConfigError, match="unknown mode 'decode'"):
-        build_step(_model(), "decode", batch=1, seq=8)
+    with pytest.raises(ConfigError, match="unknown mode 'generate'"):
+        build_step(_model(), "generate", batch=1, seq=8)
     with pytest.raises(ConfigError, match="seq must be >= 1"):
         build_step(_model(), "fwd", batch=1, seq=0)
 
@@ -58,3 +58,41 @@ def test_devices() -> None:
     else:
         with pytest.raises(UnavailableError, match="GPU"):
             torch_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_prefill_step_builds_the_state_and_counts_the_prompt() -> None:
+    step = build_step(_model(), "prefill", batch=2, seq=16)
+    step.fn()
+    assert step.tokens == 32 and step.per_call == 1
+    assert step.state_bytes() == 2 * 16 * 32 * 4  # one layer's k and v, fp32, per sequence
+    assert not step.model.training
+    assert all(p.grad is None for p in step.model.parameters())
+
+
+def test_decode_step_generates_from_the_same_context_every_call() -> None:
+    model = models.build_model("hub-gpt", d_model=32, n_heads=2, n_layers=1, hubs=4, topk=4,
+                               chunk=8)  # fmt: skip
+    step = build_step(model, "decode", batch=2, seq=20, decode_tokens=8)
+    assert step.tokens == 2 and step.per_call == 8  # a row's step is one token per sequence
+    before = step.state_bytes()
+    positions, logits = [], []
+    original = model.decode
+
+    def spy(idx, state):
+        positions.append(state.pos)
+        out = original(idx, state)
+        logits.append(out)
+        return out
+
+    model.decode = spy
+    for _ in range(3):
+        step.fn()
+    assert positions == list(range(20, 28)) * 3  # each call restores the prompt's state first
+    for later in (logits[8:16], logits[16:24]):  # and generates exactly the same tokens again
+        assert all(torch.equal(a, b) for a, b in zip(logits[:8], later, strict=True))
+    assert step.state_bytes() == before > 0
+
+
+def test_inference_modes_refuse_compile() -> None:
+    with pytest.raises(ConfigError, match="does not run compiled"):
+        build_step(_model(), "decode", batch=1, seq=8, compile=True)

@@ -16,7 +16,7 @@ from hubbench.suite import (
     parse_overrides,
 )
 
-SHIPPED = ("throughput", "scaling", "hubs", "replace", "ci")
+SHIPPED = ("throughput", "scaling", "hubs", "replace", "ci", "decode")
 
 BASE = """
 description = "test suite"
@@ -336,3 +336,35 @@ def test_cell_identity_and_json_round_trip(tmp_path: Path) -> None:
     assert explicit.cell_id == a.cell_id  # 8 is the default: same cell either way
     assert Cell.from_json(a.to_json()) == a
     assert a.model_config["hubs"] == 8 and a.model_config["attention"] is None
+
+
+def test_inference_modes_are_checked_when_planned(tmp_path: Path) -> None:
+    hub = '[sweep]\nvariant = ["hub-gpt"]\nseq = [256]\n'
+
+    def plan(body: str, mode: str = "decode", **axes: str):
+        return plan_of(tmp_path, body, overrides=parse_overrides(mode=mode, **axes))
+
+    cells = plan(hub + "chunk = [32, 64]\n").cells
+    assert [c.config.chunk for c in cells] == [32, 64]  # 64 tokens per step: both fit
+    with pytest.raises(SuiteError, match=r"decode_tokens=64 must be a multiple of chunk=128"):
+        plan(hub + "chunk = [128]\n")
+    assert plan(hub + "chunk = [128]\n", decode_tokens="256").cells[0].decode_tokens == 256
+    with pytest.raises(SuiteError, match=r"mode decode needs a causal model"):
+        plan(hub + "causal = [false]\n")
+    with pytest.raises(SuiteError, match=r"mode prefill does not run compiled"):
+        plan('[sweep]\nvariant = ["transformer"]\nseq = [64]\ncompile = [true]\n', "prefill")
+    with pytest.raises(SuiteError, match=r"decode_tokens must be >= 1"):
+        plan(hub, decode_tokens="0")
+    # other modes ignore it: no extra cells, no field in their identity
+    cells = plan('[sweep]\nvariant = ["transformer"]\nseq = [64]\ndecode_tokens = [32, 64]\n',
+                 "fwd,decode").cells  # fmt: skip
+    assert sorted((c.mode, c.identity.get("decode_tokens")) for c in cells) == [
+        ("decode", 32), ("decode", 64), ("fwd", None)]  # fmt: skip
+
+
+def test_the_decode_suite_plans_on_cpu() -> None:
+    plan = expand(load_suite("decode"), cuda_available=False)
+    modes = {c.mode for c in plan.cells}
+    assert modes == {"prefill", "decode"} and {c.batch for c in plan.cells} == {1, 8}
+    assert max(c.seq for c in plan.cells) == 16384
+    assert all(c.seq <= 4096 for c in plan.cells if c.batch == 8)

@@ -64,7 +64,9 @@ def register(app: typer.Typer) -> None:
         sets: list[str] = typer.Option(
             None, "--set", "-s", help="Model config field, key=value (repeatable)."
         ),
-        mode: str = typer.Option("train", "--mode", help="train | fwd | fwd_bwd."),
+        mode: str = typer.Option(
+            "train", "--mode", help="train | fwd | fwd_bwd | prefill | decode."
+        ),
         device: str = typer.Option("cpu", "--device", help="auto, cpu, cuda or cuda:N."),
         out: str = typer.Option("traces", "--out", help="Trace directory (TensorBoard logdir)."),
         steps: int = typer.Option(3, "--steps", help="Steps traced, after 1 wait + 1 warm-up."),

@@ -32,8 +32,8 @@ def plot_cmd(
         None,
         "--kind",
         "-k",
-        help=f"throughput | scaling | speedup | heatmap | memory ({LIST_HELP}; default: every "
-        "kind the data supports).",
+        help=f"throughput | scaling | speedup | heatmap | memory | state ({LIST_HELP}; "
+        "default: every kind the data supports).",
     ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Output directory (default: plots/<run_id>)."
@@ -43,7 +43,8 @@ def plot_cmd(
     ),
     results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
 ) -> None:
-    """Plot runs: tokens/s, scaling exponents, speedups, hubs x topk heatmaps, memory.
+    """Plot runs: tokens/s, scaling exponents, speedups, hubs x topk heatmaps, memory, and
+    the decode state per sequence.
 
     Example: hubbench plot --kind scaling,speedup --out plots/
     """

@@ -133,7 +133,9 @@ def register(app: typer.Typer) -> None:
         variant: list[str] = typer.Option(None, "--variant", help=f"Variants ({LIST_HELP})."),
         device: list[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
         dtype: list[str] = typer.Option(None, "--dtype", help=f"fp32, bf16, fp16 ({LIST_HELP})."),
-        mode: list[str] = typer.Option(None, "--mode", help=f"fwd, fwd_bwd, train ({LIST_HELP})."),
+        mode: list[str] = typer.Option(
+            None, "--mode", help=f"fwd, fwd_bwd, train, prefill, decode ({LIST_HELP})."
+        ),
         batch: list[str] = typer.Option(None, "--batch", "-b", help=f"Batch sizes ({LIST_HELP})."),
         threads: list[str] = typer.Option(
             None, "--threads", help=f"torch intra-op threads ({LIST_HELP}; default: half the CPUs)."
@@ -151,6 +153,9 @@ def register(app: typer.Typer) -> None:
         ),
         timeout: float = typer.Option(
             None, "--timeout", help="Timeout per cell and round, in seconds."
+        ),
+        decode_tokens: list[str] = typer.Option(
+            None, "--decode-tokens", help=f"Decode mode: tokens per timed step ({LIST_HELP})."
         ),
         resume: bool = typer.Option(
             False,
@@ -178,6 +183,7 @@ def register(app: typer.Typer) -> None:
           hubbench run hubs --set hubs=4,8 --set topk=32,64 --dry-run
           hubbench run scaling --device cuda --dtype bf16
           hubbench run throughput --resume
+          hubbench run decode --mode decode --batch 1 --seq 1024,16384
         """
         from rich.markup import escape
 
@@ -185,7 +191,7 @@ def register(app: typer.Typer) -> None:
         plan = plan_suite(
             suite,
             axes={"seq": seq, "variant": variant, "device": device, "dtype": dtype, "mode": mode,
-                  "batch": batch, "threads": threads},
+                  "batch": batch, "threads": threads, "decode_tokens": decode_tokens},
             sets=sets,
             measure={"rounds": rounds, "repeats": repeats, "warmup": warmup,
                      "min_time_s": min_time, "timeout_s": timeout},

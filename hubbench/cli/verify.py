@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from hubbench.causality import CausalityReport
+    from hubbench.decoding import DecodeReport
 
 # Small enough for ~30 s over all variants on 2 CPU cores; the hub fields make chunk boundaries
 # (C-1, C, C+1, 2C-1, 2C, 2C+1) and several members fall inside the default sequence.
@@ -48,6 +49,17 @@ def variant_fields(variants: list[str], sets: dict[str, str]) -> dict[str, dict[
         chosen.update({k: val for k, val in sets.items() if k in valid[v]})
         fields[v] = chosen
     return fields
+
+
+def selected(variants: list[str] | None, sets: list[str] | None) -> dict[str, dict[str, object]]:
+    """The variants a verify command checks (default: all), each with its small config fields."""
+    from hubbench.cli.common import single_values
+    from hubbench.variants import REGISTRY, get_spec
+
+    names = list(variants or REGISTRY)
+    for name in names:
+        get_spec(name)  # unknown variant -> ConfigError listing the valid ones
+    return variant_fields(names, single_values(sets))
 
 
 def _leak(value: float) -> str:
@@ -111,21 +123,18 @@ def register(app: typer.Typer) -> None:
         Example: hubbench verify causal hub-gpt transformer --seq 40 --set chunk=8
         """
         from hubbench.causality import CausalityError, check_model, claims_causal
-        from hubbench.cli.common import console, single_values
+        from hubbench.cli.common import console
         from hubbench.models import build
-        from hubbench.variants import REGISTRY, get_spec, make_config
+        from hubbench.variants import make_config
 
         if seq < 3:
             raise ConfigError(f"--seq must be >= 3 (got {seq})")
         if seeds < 1 or batch < 2:
             raise ConfigError(f"--seeds must be >= 1 and --batch >= 2 (got {seeds}, {batch})")
-        names = list(variants or REGISTRY)
-        for name in names:
-            get_spec(name)  # unknown variant -> ConfigError listing the valid ones
-        per_variant = variant_fields(names, single_values(sets))
+        per_variant = selected(variants, sets)
         out = console()
         leaking: list[str] = []
-        for name in names:
+        for name in per_variant:
             model = build(name, make_config(name, **per_variant[name]))
             causal = claims_causal(model)
             report = check_model(model, n=seq, batch=batch, seeds=tuple(range(seeds)))
@@ -138,3 +147,77 @@ def register(app: typer.Typer) -> None:
                 )
         if leaking:
             raise CausalityError(f"causal variant(s) leak the future: {'; '.join(leaking)}")
+
+    verify.command("decode")(decode_cmd)
+
+
+def decode_table(variant: str, fields: dict, report: DecodeReport) -> Table:
+    from rich.table import Table
+
+    from hubbench.report.format import binary_bytes
+
+    shown = ", ".join(f"{k}={v}" for k, v in fields.items())
+    state = ", ".join(f"{k} {binary_bytes(v)}" for k, v in report.state_bytes.items())
+    table = Table(
+        title=f"{variant}: {shown}",
+        caption=f"seq {report.n}, batch {report.batch}, seeds {list(report.seeds)} and a text, "
+        f"float64, pass at |diff| <= {report.atol:g}; state per sequence at n: {state}",
+        title_justify="left",
+    )
+    table.add_column("case", style="bold")
+    table.add_column("result")
+    table.add_column("largest |diff|", justify="right")
+    table.add_column("first bad t", justify="right")
+    for c in report.cases:
+        ok = "[green]pass[/]" if c.passed(report.atol) else "[red]FAIL[/]"
+        first = "-" if c.first_bad is None else str(c.first_bad)
+        table.add_row(c.name, ok, f"{c.max_diff:.2g}", first)
+    return table
+
+
+def decode_cmd(
+    variants: list[str] = typer.Argument(
+        None, help="Variants to check (default: every registry variant)."
+    ),
+    seq: int = typer.Option(43, "--seq", "-n", help="Sequence length (not a multiple of chunk)."),
+    sets: list[str] = typer.Option(
+        None, "--set", "-s", help="Model config field, key=value (repeatable)."
+    ),
+    seeds: int = typer.Option(2, "--seeds", help="Random token sequences (seeds 0..N-1)."),
+    batch: int = typer.Option(2, "--batch", "-b", help="Sequences per probe."),
+) -> None:
+    """Check that incremental decoding gives the parallel forward's logits.
+
+    In float64 and eval mode, for each variant: feeding the sequence token by
+    token from an empty state (KV cache, Mamba state, HubRouter's recurrent
+    state), and prefilling prompts of several lengths (chunk boundaries
+    included) then decoding the rest, must reproduce the forward's logits at
+    every position. Exits 1 on a mismatch.
+
+    Example: hubbench verify decode hub-gpt transformer --seq 43 --set chunk=8
+    """
+    from hubbench.cli.common import console
+    from hubbench.decoding import DecodeMismatch, check_decode
+    from hubbench.models import build
+    from hubbench.variants import make_config
+
+    if seq < 2:
+        raise ConfigError(f"--seq must be >= 2 (got {seq})")
+    if seeds < 1 or batch < 1:
+        raise ConfigError(f"--seeds and --batch must be >= 1 (got {seeds}, {batch})")
+    per_variant = selected(variants, sets)
+    out = console()
+    bad: list[str] = []
+    for name in per_variant:
+        config = make_config(name, **per_variant[name])
+        if getattr(config, "causal", True) is False:
+            raise ConfigError(f"{name}: decoding needs a causal model (--set causal=false given)")
+        report = check_decode(build(name, config), n=seq, batch=batch, seeds=tuple(range(seeds)))
+        word = "[green]decode: PASS[/]" if report.passed else "[bold red]DECODE MISMATCH[/]"
+        out.print(f"[bold]{name}[/]: {word}")
+        out.print(decode_table(name, per_variant[name], report))
+        if not report.passed:
+            worst = max(report.cases, key=lambda c: c.max_diff)
+            bad.append(f"{name} ({worst.name}: |diff| {worst.max_diff:.2g} at t={worst.first_bad})")
+    if bad:
+        raise DecodeMismatch(f"decode differs from the forward: {'; '.join(bad)}")

@@ -6,6 +6,11 @@
   backend (flash / efficient / math / cudnn) through `torch.nn.attention.sdpa_kernel`.
 - `flash`: the flash-attn package (CUDA, fp16/bf16), or an UnavailableError saying how to get it.
 
+Incremental inference (`prefill`, `step`): the keys (rotated at their positions) and values of
+every token so far live in a `KVCache`, preallocated to a capacity and grown by doubling; a step
+writes one token's key and value in place and attends its query over the whole cache (no causal
+mask: the cache holds only the past and the token itself). Its bytes grow linearly with context.
+
 After a forward, `last_backend` says which kernel actually ran. For SDPA that is observed, not
 assumed: the first call per input signature runs under a dispatch mode that records which aten
 attention kernel PyTorch dispatched to (flash, efficient, cudnn, math, or the CPU flash kernel).
@@ -14,6 +19,7 @@ attention kernel PyTorch dispatched to (flash, efficient, cudnn, math, or the CP
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +28,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from hubbench.errors import ConfigError, UnavailableError
 from hubbench.mixers.rope import rotary
+from hubbench.mixers.state import check_step_input, compute_dtype
 from hubbench.variants import ATTENTION_BACKENDS, SDPA_KERNELS
 
 try:
@@ -65,6 +72,49 @@ def _sdpa_context(kernel: str):
         "cudnn": SDPBackend.CUDNN_ATTENTION,
     }[kernel]
     return sdpa_kernel([chosen])
+
+
+@dataclass
+class KVCache:
+    """Keys (rotated) and values of the tokens so far: (B, h, capacity, d_h); `length` used."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    length: int
+
+    @classmethod
+    def empty(cls, batch: int, heads: int, d_head: int, capacity: int, like: torch.Tensor):
+        """Zeros for `capacity` tokens in the dtype keys are computed in (`compute_dtype`)."""
+        shape = (batch, heads, max(capacity, 1), d_head)
+        dtype = compute_dtype(like)
+        return cls(like.new_zeros(shape, dtype=dtype), like.new_zeros(shape, dtype=dtype), 0)
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Write keys and values (B, h, t, d_h) after the last one, growing by doubling."""
+        end = self.length + k.shape[2]
+        if end > self.k.shape[2]:
+            grow = max(end, 2 * self.k.shape[2]) - self.k.shape[2]
+            pad = (0, 0, 0, grow)
+            self.k = torch.nn.functional.pad(self.k, pad)
+            self.v = torch.nn.functional.pad(self.v, pad)
+        self.k[:, :, self.length : end] = k
+        self.v[:, :, self.length : end] = v
+        self.length = end
+
+    def view(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k[:, :, : self.length], self.v[:, :, : self.length]
+
+    def nbytes(self) -> int:
+        """Bytes of the keys and values held (the used length, not the spare capacity)."""
+        per = self.k.shape[0] * self.k.shape[1] * self.k.shape[3] * self.k.element_size()
+        return 2 * self.length * per
+
+    def snapshot(self) -> int:
+        return self.length
+
+    def restore(self, snap: int) -> None:
+        """Back to `snap` tokens: later writes overwrite what came after (no copy)."""
+        self.length = snap
 
 
 class Attention(nn.Module):
@@ -115,37 +165,107 @@ class Attention(nn.Module):
             y = y.transpose(1, 2)  # (B, n, h, d_h)
         return self.out(y.reshape(B, n, self.d_model))
 
-    def _naive(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    # -- incremental inference ----------------------------------------------------------------
+
+    def empty_state(self, batch: int, capacity: int, like: torch.Tensor) -> KVCache:
+        return KVCache.empty(batch, self.n_heads, self.d_head, capacity, like)
+
+    def prefill(self, x: torch.Tensor, capacity: int = 0) -> tuple[torch.Tensor, KVCache]:
+        """The forward of a prompt x (B, n, d), and the cache of its keys and values."""
+        if not self.causal:
+            raise ConfigError("attention: incremental decoding needs causal=true")
+        B, n, _ = x.shape
+        q, k, v = self.qkv(x).view(B, n, 3, self.n_heads, self.d_head).unbind(2)
+        kt, vt = k.transpose(1, 2), v.transpose(1, 2)  # (B, h, n, d_h)
+        if self.rope:
+            kt = rotary(kt, torch.arange(n, device=x.device))
+        if self.backend == "flash":
+            y = self._flash(q, k, v).reshape(B, n, self.d_model)
+        else:
+            qt = q.transpose(1, 2)
+            if self.rope:
+                qt = rotary(qt, torch.arange(n, device=x.device))
+            y = self._attend(qt, kt, vt, causal=True).transpose(1, 2).reshape(B, n, self.d_model)
+        cache = self.empty_state(B, max(capacity, n), x)
+        cache.append(kt, vt)
+        return self.out(y), cache
+
+    def step(self, x: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One token per sequence, x (B, 1, d), at position `cache.length`; appends to `cache`."""
+        check_step_input(x, self.d_model, "attention")
+        B = x.shape[0]
+        q, k, v = (t.transpose(1, 2) for t in self.qkv(x).view(B, 1, 3, self.n_heads,
+                                                                self.d_head).unbind(2))  # fmt: skip
+        if self.rope:
+            pos = torch.full((1,), cache.length, device=x.device)
+            q, k = rotary(q, pos), rotary(k, pos)
+        cache.append(k, v)
+        keys, values = cache.view()  # (B, h, t + 1, d_h)
+        if self.backend == "flash":
+            # flash-attn's layout is (B, n, h, d_h); one query sees every cached key
+            y = self._flash_step(q.transpose(1, 2), keys.transpose(1, 2), values.transpose(1, 2))
+        else:
+            y = self._attend(q, keys, values, causal=False).transpose(1, 2)
+        return self.out(y.reshape(B, 1, self.d_model))
+
+    def decode_flops(self, context: int) -> float:
+        """Forward FLOPs of one decoded token after `context` tokens: projections, QK^T, AV."""
+        return 2 * self.d_model * 4 * self.d_model + 2 * 2 * (context + 1) * self.d_model
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
+    ) -> torch.Tensor:
+        if self.backend == "naive":
+            return self._naive(q, k, v, causal)
+        return self._sdpa(q, k, v, causal)
+
+    def _flash_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if flash_attn_func is None or q.device.type != "cuda":
+            self._flash(q, k, v)  # raises the UnavailableError that says why
+        self.last_backend = "flash-attn"
+        return flash_attn_func(q, k.contiguous(), v.contiguous(), causal=False)
+
+    def _naive(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool | None = None
+    ) -> torch.Tensor:
+        causal = self.causal if causal is None else causal
         n = q.shape[-2]
         scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.d_head))  # (B, h, n, n)
-        if self.causal:
+        if causal:
             mask = torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1)
             scores = scores.masked_fill(mask, float("-inf"))
         self.last_backend = "naive"
         acc = torch.promote_types(scores.dtype, torch.float32)  # softmax in >= fp32
         return torch.softmax(scores.to(acc), dim=-1).to(v.dtype) @ v  # (B, h, n, d_h)
 
-    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        key = (q.device.type, q.dtype, tuple(q.shape), self.causal, torch.is_grad_enabled())
+    def _sdpa(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool | None = None
+    ) -> torch.Tensor:
+        causal = self.causal if causal is None else causal
+        # a decode step's key length changes every token; its kernel choice does not
+        shape = tuple(q.shape) if q.shape[-2] == k.shape[-2] else (*q.shape, "step")
+        key = (q.device.type, q.dtype, shape, causal, torch.is_grad_enabled())
         if torch.compiler.is_compiling():
-            return self._call_sdpa(q, k, v)
+            return self._call_sdpa(q, k, v, causal)
         if key not in self._seen:
             spy = _KernelSpy()
             with spy:
-                y = self._call_sdpa(q, k, v)
+                y = self._call_sdpa(q, k, v, causal)
             # The math fallback is composite: it dispatches as matmuls and softmax, no fused op.
             self._seen[key] = spy.kernel or "sdpa:math"
         else:
-            y = self._call_sdpa(q, k, v)
+            y = self._call_sdpa(q, k, v, causal)
         self.last_backend = self._seen[key]
         return y
 
-    def _call_sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _call_sdpa(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool
+    ) -> torch.Tensor:
         if self.sdpa_kernel == "auto":
-            return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         try:
             with _sdpa_context(self.sdpa_kernel):
-                return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         except RuntimeError as exc:
             if "No available kernel" in str(exc) or "No viable backend" in str(exc):
                 raise UnavailableError(

@@ -26,12 +26,14 @@ for dL/dh), so peak memory is a few chunk-sized buffers rather than several full
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hubbench.errors import ConfigError, UnavailableError
+from hubbench.mixers.state import check_step_input, compute_dtype
 from hubbench.variants import MAMBA_IMPLS
 
 try:
@@ -113,6 +115,30 @@ def _bmm_rows(vec: Tensor, mat: Tensor) -> Tensor:
     return out.view(B, T, -1)
 
 
+def _scan_chunks(
+    u: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, chunk: int, h: Tensor | None = None
+) -> tuple[Tensor, list[Tensor], Tensor]:
+    """The chunked forward scan: y (B, L, D_inner), the state before each chunk, the last state.
+
+    `h` (B, D_inner, N) is the state before the first token (zeros when None).
+    """
+    batch, L, d_inner = u.shape
+    u_dt = u * dt  # (B, L, D_inner)
+    y = torch.empty_like(u)
+    if h is None:
+        h = u.new_zeros(batch, d_inner, A.shape[1])  # (B, D_inner, N), state before the chunk
+    starts = []
+    for t0 in range(0, L, chunk):
+        t1 = min(t0 + chunk, L)
+        starts.append(h)
+        a, b = _chunk_ab(u_dt, dt, A, Bm, t0, t1)  # (B, T, D_inner, N)
+        b[:, 0].addcmul_(a[:, 0], h)  # carry the previous chunk's state in
+        _scan_(a, b)  # b is now h for every token of the chunk
+        y[:, t0:t1] = _bmm_rows(Cm[:, t0:t1], b.transpose(-1, -2))
+        h = b[:, -1].clone()
+    return y, starts, h
+
+
 class _SelectiveScan(torch.autograd.Function):
     """y_t = C_t . h_t with h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, in (batch, length, *) layout.
 
@@ -121,23 +147,10 @@ class _SelectiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, dt, A, Bm, Cm, chunk):  # type: ignore[override]
-        batch, L, d_inner = u.shape
-        u_dt = u * dt  # (B, L, D_inner)
-        y = torch.empty_like(u)
-        h = u.new_zeros(batch, d_inner, A.shape[1])  # (B, D_inner, N), state before the chunk
-        starts = []
-        for t0 in range(0, L, chunk):
-            t1 = min(t0 + chunk, L)
-            starts.append(h)
-            a, b = _chunk_ab(u_dt, dt, A, Bm, t0, t1)  # (B, T, D_inner, N)
-            b[:, 0].addcmul_(a[:, 0], h)  # carry the previous chunk's state in
-            _scan_(a, b)  # b is now h for every token of the chunk
-            y[:, t0:t1] = _bmm_rows(Cm[:, t0:t1], b.transpose(-1, -2))
-            h = b[:, -1].clone()
+        y, starts, _ = _scan_chunks(u, dt, A, Bm, Cm, chunk)
         ctx.chunk = chunk
         if any(ctx.needs_input_grad):
-            starts = torch.stack(starts, 1)  # (B, n_chunks, D_inner, N)
-            ctx.save_for_backward(u, dt, A, Bm, Cm, starts)
+            ctx.save_for_backward(u, dt, A, Bm, Cm, torch.stack(starts, 1))
         return y
 
     @staticmethod
@@ -191,10 +204,13 @@ def _selective_scan_bld(
     delta_bias: Tensor | None = None,
     delta_softplus: bool = False,
     chunk_size: int = SCAN_CHUNK,
-) -> Tensor:
+    return_last_state: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """`selective_scan_chunked` in (batch, length, channel) layout, the layout the block works in.
 
     u, delta, z: (B, L, D_inner); A: (D_inner, N); B, C: (B, L, N) -> (B, L, D_inner).
+    `return_last_state` (no autograd: prefill): also the state after the last token,
+    (B, D_inner, N) in >= fp32.
     """
     dtype_in = u.dtype
     f = torch.promote_types(dtype_in, torch.float32)  # the scan runs in >= fp32, like mamba-ssm
@@ -204,12 +220,16 @@ def _selective_scan_bld(
             delta = delta + delta_bias.to(f)
         if delta_softplus:
             delta = F.softplus(delta)
-        y = _SelectiveScan.apply(u, delta, A.to(f), B, C, chunk_size)  # (B, L, D_inner)
+        last = None
+        if return_last_state:
+            y, _, last = _scan_chunks(u, delta, A.to(f), B, C, chunk_size)
+        else:
+            y = _SelectiveScan.apply(u, delta, A.to(f), B, C, chunk_size)  # (B, L, D_inner)
         if D is not None:
             y = y + u * D.to(f)
         if z is not None:
             y = y * F.silu(z.to(f))
-    return y.to(dtype_in)
+    return (y.to(dtype_in), last) if return_last_state else y.to(dtype_in)
 
 
 def _check_scan_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
@@ -307,6 +327,31 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
+@dataclass
+class MambaState:
+    """The recurrent state of one Mamba layer, as mamba-ssm's `step` keeps it.
+
+    conv: the last d_conv - 1 inputs of the depthwise conv, (B, D_inner, d_conv - 1);
+    ssm: h after the last token, (B, D_inner, N), in >= fp32. Constant in context length.
+    """
+
+    conv: Tensor
+    ssm: Tensor
+
+    def nbytes(self) -> int:
+        return (
+            self.conv.numel() * self.conv.element_size()
+            + self.ssm.numel() * self.ssm.element_size()
+        )
+
+    def snapshot(self) -> tuple[Tensor, Tensor]:
+        return self.conv.clone(), self.ssm.clone()
+
+    def restore(self, snap: tuple[Tensor, Tensor]) -> None:
+        self.conv.copy_(snap[0])
+        self.ssm.copy_(snap[1])
+
+
 class Mamba(nn.Module):
     """Mamba-1 block: x (B, L, d_model) -> (B, L, d_model), causal."""
 
@@ -385,6 +430,65 @@ class Mamba(nn.Module):
             xs, dt, A, Bm, Cm, self.D, z, self.dt_proj.bias, delta_softplus=True
         )  # (B, L, D_inner)
         return self.out_proj(y)
+
+    # -- incremental inference ----------------------------------------------------------------
+
+    def empty_state(self, batch: int, capacity: int, like: Tensor) -> MambaState:
+        del capacity  # the state does not grow
+        f = torch.promote_types(like.dtype, torch.float32)
+        conv = like.new_zeros(batch, self.d_inner, self.d_conv - 1, dtype=compute_dtype(like))
+        return MambaState(conv, torch.zeros(batch, self.d_inner, self.d_state, dtype=f,
+                                            device=like.device))  # fmt: skip
+
+    def prefill(self, x: Tensor, capacity: int = 0) -> tuple[Tensor, MambaState]:
+        """The forward of a prompt x (B, L, d) through the chunked scan, and the state after it.
+
+        Prefill always runs the chunked scan (mamba-ssm's fused prefill is not wired here), so
+        on CUDA with impl 'fused' the prefill time is the ref scan's; the row records it.
+        """
+        del capacity
+        L = x.shape[1]
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, D_inner) each
+        conv_in = xs.transpose(1, 2)  # (B, D_inner, L)
+        keep = self.d_conv - 1
+        # the conv window's last d_conv - 1 inputs, zeros before the first token
+        tail = F.pad(conv_in, (keep, 0))[..., L:]  # (B, D_inner, keep)
+        xs = self._conv_silu(conv_in).transpose(1, 2)
+        dt, Bm, Cm = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight)
+        A = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
+        y, last = _selective_scan_bld(
+            xs, dt, A, Bm, Cm, self.D, z, self.dt_proj.bias, delta_softplus=True,
+            return_last_state=True,
+        )  # fmt: skip
+        self.last_backend = "mamba:ref"
+        return self.out_proj(y), MambaState(tail.contiguous(), last)
+
+    def step(self, x: Tensor, state: MambaState) -> Tensor:
+        """One token per sequence, x (B, 1, d): conv window shift, one SSM update, readout."""
+        check_step_input(x, self.d_model, "mamba")
+        f = state.ssm.dtype
+        xs, z = self.in_proj(x[:, 0]).chunk(2, dim=-1)  # (B, D_inner) each
+        window = torch.cat((state.conv, xs.unsqueeze(-1)), -1)  # (B, D_inner, d_conv)
+        state.conv.copy_(window[..., 1:])
+        w = self.conv1d.weight.squeeze(1)  # (D_inner, d_conv)
+        xc = F.silu((window * w).sum(-1) + self.conv1d.bias)  # (B, D_inner)
+        dt, Bm, Cm = self.x_proj(xc).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(F.linear(dt, self.dt_proj.weight).to(f) + self.dt_proj.bias.to(f))
+        A = -torch.exp(self.A_log.to(f))  # (D_inner, N)
+        u = xc.to(f)
+        state.ssm.mul_(torch.exp(dt.unsqueeze(-1) * A)).add_(
+            (dt * u).unsqueeze(-1) * Bm.to(f).unsqueeze(1)
+        )
+        y = (state.ssm * Cm.to(f).unsqueeze(1)).sum(-1) + u * self.D.to(f)
+        y = y * F.silu(z.to(f))
+        self.last_backend = "mamba:step"
+        return self.out_proj(y.to(x.dtype)).unsqueeze(1)
+
+    def decode_flops(self, context: int) -> float:
+        """Forward FLOPs of one decoded token: the same per-token work as the scan's."""
+        del context
+        return self.analytic_flops(1)
 
     def _forward_fused(self, x: Tensor) -> Tensor:
         """mamba-ssm's kernels in their (B, channels, L) layout, mirroring mamba-ssm's Mamba."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hubbench.config import INFERENCE_MODES
 from hubbench.errors import ReportError
 from hubbench.report import style
 from hubbench.report.figure import (
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-KINDS = ("throughput", "scaling", "speedup", "heatmap", "memory")
+KINDS = ("throughput", "scaling", "speedup", "heatmap", "memory", "state")
 FORMATS = ("png", "svg")
 HINTS = {
     "throughput": "throughput needs ok cells with tokens/s: run `hubbench run throughput`",
@@ -59,6 +60,7 @@ HINTS = {
     "heatmap": "heatmap needs several hubs x topk values: run `hubbench run hubs`",
     "memory": "memory needs peak_mem_bytes in the run: run `hubbench run throughput` "
     "(memory is recorded for every ok cell)",
+    "state": "state needs prefill or decode cells (state_bytes): run `hubbench run decode`",
 }
 
 
@@ -84,6 +86,10 @@ def _has_memory(series: list[Series]) -> bool:
     return any(s.ok["peak_mem_bytes"].notna().any() for s in series)
 
 
+def _has_state(series: list[Series]) -> bool:
+    return any("state_bytes" in s.ok and s.ok["state_bytes"].notna().any() for s in series)
+
+
 def supported(kind: str, df: pd.DataFrame) -> str | None:
     """None if `kind` can be drawn from df, else the reason with the suite that would give it."""
     checks: dict[str, Callable[[list[Series]], bool]] = {
@@ -91,6 +97,7 @@ def supported(kind: str, df: pd.DataFrame) -> str | None:
         "scaling": _has_scaling,
         "speedup": _has_speedup,
         "memory": _has_memory,
+        "state": _has_state,
     }
     if kind == "heatmap":
         ok = any(heat_groups(f.df) for f in facets(df))
@@ -149,6 +156,8 @@ def _line_figure(
         minor_labels(ax, yformatter)
     ax.set_ylabel(ylabel)
     seq_axis(ax, all_seqs(series))
+    if facet.fixed.get("mode") in INFERENCE_MODES:  # n is the prompt decoding follows
+        ax.set_xlabel("prompt length n (tokens)")
     mark_failures(ax, marks)
     title(fig, ax, what, facet)
     legend(ax)
@@ -201,11 +210,12 @@ def scaling(facet: Facet) -> Figured:
         ci = "" if f.low is None else f" [{f.low:.2f}, {f.high:.2f}]"
         return f"  ($\\propto n^{{{f.exponent:.2f}}}${ci})"
 
+    decode = facet.fixed.get("mode") == "decode"
     out = _line_figure(
         facet,
         "Scaling",
         "time_median_s",
-        "step time (median)",
+        "time per generated token (median)" if decode else "step time (median)",
         style.seconds_formatter(),
         ("time_p10_s", "time_p90_s"),
         suffix,
@@ -216,8 +226,9 @@ def scaling(facet: Facet) -> Figured:
         if ranges
         else "-"
     )
+    what = "Median time per generated token" if decode else "Median step time"
     notes = [
-        "Median step time; error bars p10–p90. Exponents: least-squares slope of log t on log n "
+        f"{what}; error bars p10–p90. Exponents: least-squares slope of log t on log n "
         f"over the upper half of each series' points (n in {span}), with 95% bootstrap "
         "intervals (rounds resampled, then steps within them).",
         *_crossover_notes(series),
@@ -250,6 +261,24 @@ def memory(facet: Facet) -> Figured:
     return _line_figure(
         facet, "Peak memory", "peak_mem_bytes", ylabel, style.bytes_formatter(), None
     )
+
+
+def state(facet: Facet) -> Figured:
+    out = _line_figure(
+        facet,
+        "Decode state",
+        "state_bytes",
+        "state or KV cache per sequence",
+        style.bytes_formatter(),
+        None,
+    )
+    out.notes.insert(
+        0,
+        "Bytes each sequence carries into the next token after a prompt of n tokens: KV caches "
+        "(attention), conv + SSM state (Mamba), hub statistics, member slots and the current "
+        "chunk (HubRouter), summed over layers.",
+    )
+    return out
 
 
 def speedup(facet: Facet) -> Figured:
@@ -321,6 +350,7 @@ DRAW: dict[str, Callable[[Facet], Figured | list[Figured]]] = {
     "speedup": speedup,
     "heatmap": heatmaps,
     "memory": memory,
+    "state": state,
 }
 
 

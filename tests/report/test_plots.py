@@ -160,3 +160,20 @@ def test_rows_the_runner_makes_from_a_shipped_suite_plot_in_one_figure_per_kind(
     df = check_schema(pd.DataFrame(rows), "throughput")
     figures, _ = render(df)
     assert sorted(f.stem for f in figures) == ["memory", "scaling", "speedup", "throughput"]
+
+
+def test_state_plot_for_a_decode_run(tmp_path, throughput_run):
+    df = throughput_run.copy()
+    df["mode"] = "decode"
+    per_token = {"transformer": 4096.0, "jamba": 512.0}  # KV bytes per token of context
+    pairs = zip(df["variant"], df["seq"], strict=True)
+    df["state_bytes"] = [int(per_token.get(v, 0.0) * n + 300_000) for v, n in pairs]
+    figures, _ = render(df, ["state", "scaling"])
+    state = next(f for f in figures if f.kind == "state")
+    assert state.stem == "state"  # one facet: no suffix
+    ax = state.figure.axes[0]
+    assert ax.get_ylabel() == "state or KV cache per sequence"
+    assert [t.get_text() for t in ax.get_yticklabels() if t.get_text()]  # labelled ticks
+    scaling = next(f for f in figures if f.kind == "scaling")
+    assert scaling.figure.axes[0].get_ylabel() == "time per generated token (median)"
+    assert "run `hubbench run decode`" in render(throughput_run)[1]["state"]
