@@ -140,3 +140,21 @@ def test_two_runs_at_once_write_two_intact_files(tmp_path: Path) -> None:
         assert path.stem.endswith(df["run_id"].iloc[0])
         json.loads(df["config_json"].iloc[0])
     assert len(run_ids) == 2
+
+
+def test_the_rows_table_shows_state_and_says_decode_is_per_token() -> None:
+    from rich.console import Console
+
+    from hubbench.cli.tables import rows_table
+
+    base = {"variant": "hub-gpt", "seq": 1024, "status": "ok", "tokens_per_s": 400.0,
+            "time_median_s": 0.0025, "time_p10_s": 0.002, "time_p90_s": 0.003,
+            "peak_mem_bytes": 2**26, "cell_index": 0}  # fmt: skip
+    console = Console(width=160, record=True)
+    console.print(rows_table([{**base, "mode": "decode", "state_bytes": 3 * 2**20}], "t"))
+    text = console.export_text()
+    assert "state" in text and "3 MiB" in text and "per generated token" in text
+    console = Console(width=160, record=True)
+    console.print(rows_table([{**base, "mode": "fwd", "state_bytes": None}], "t"))
+    plain = console.export_text()
+    assert " state " not in plain and "per generated token" not in plain

@@ -119,11 +119,19 @@ def rows_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
 
     rows = [{k: _clean(v) for k, v in r.items()} for r in rows]
     details = schema.varying(rows, DETAIL_FIELDS, nulls=False)
+    stateful = any(r.get("state_bytes") is not None for r in rows)
+    caption = (
+        "attention: the kernel that ran (dim: requested, did not run); ms: median step; "
+        "mem: peak over the timed steps"
+    )
+    if any(r.get("mode") == "decode" for r in rows):
+        caption += "; decode rows: tok/s and ms per generated token"
+    if stateful:
+        caption += "; state: the state or KV cache per sequence after the prompt"
     table = Table(
         title=title,
         title_justify="left",
-        caption="attention: the kernel that ran (dim: requested, did not run); ms: median step; "
-        "mem: peak over the timed steps",
+        caption=caption,
         caption_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
@@ -139,6 +147,8 @@ def rows_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
     table.add_column("ms", justify="right", no_wrap=True)
     table.add_column("p10-p90", justify="right", no_wrap=True)
     table.add_column("mem", justify="right", no_wrap=True)
+    if stateful:
+        table.add_column("state", justify="right", no_wrap=True)
     table.add_column("MFU", justify="right", no_wrap=True)
     failed = any(r.get("status") != "ok" for r in rows)
     if failed:
@@ -161,6 +171,7 @@ def rows_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
             fmt.milliseconds(r.get("time_median_s")) if ok else "-",
             spread,
             fmt.binary_bytes(r.get("peak_mem_bytes")) if ok else "-",
+            *([fmt.binary_bytes(r.get("state_bytes")) if ok else "-"] if stateful else []),
             fmt.fraction(r.get("mfu")),
         ]
         if failed:
