@@ -16,9 +16,9 @@ within a chunk scores exactly the same as its twin in a layer that reads embeddi
 members' tie-breaking (score, then position) is exercised too.
 
 A case passes when the largest absolute difference is at most `atol` (float64 rounding gives
-about 1e-15 here; a wrong cache gives differences of order 1e-2 and more). Not covered, by
-design: degenerate inputs such as one token repeated throughout, where later layers see scores
-that differ only by rounding, and the two paths (which round differently) may rank them apart.
+about 1e-15 here; a wrong cache gives differences of order 1e-2 and more). Scores that differ
+only by rounding rank alike in both paths (hubrouter.rank_key), unless they straddle a rounding
+step of the key, which is rare.
 """
 
 from __future__ import annotations

@@ -252,13 +252,15 @@ def profile_cell(
     memory: bool = False,
     compile: bool = False,
     seed: int = 0,
+    decode_tokens: int = 64,
     top: int = 15,
     name: str | None = None,
 ) -> ProfileResult:
     """Build the cell's model and step exactly as the runner does, trace it, and summarise.
 
     `config` is the variant's validated config. The profiler skips one step, warms up for
-    `warmup`, then records `steps` steps. Raises ConfigError for a bad mode, UnavailableError
+    `warmup`, then records `steps` steps (decode: a step generates `decode_tokens` tokens,
+    where a results row's step is one). Raises ConfigError for a bad mode, UnavailableError
     for a missing device.
     """
     from hubbench.models import build
@@ -267,7 +269,8 @@ def profile_cell(
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     model = build(variant, config)
-    step = build_step(model, mode, batch, seq, device, seed=seed, compile=compile)
+    step = build_step(model, mode, batch, seq, device, seed=seed, compile=compile,
+                      decode_tokens=decode_tokens)  # fmt: skip
     changed = _changed_fields(variant, config)
     name = name or run_name(variant, changed, mode, batch, seq, device)
     files = trace_step(step, out_dir, name, active=steps, warmup=warmup, memory=memory)

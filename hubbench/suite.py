@@ -56,6 +56,7 @@ from hubbench.variants import (
     all_fields,
     check_length,
     config_fields,
+    inert_fields,
     make_config,
 )
 
@@ -450,7 +451,7 @@ def parse_overrides(
             continue
         values = split_list([value] if isinstance(value, str) else value)
         if values:
-            items.append((f"--{key}", key, values))
+            items.append((f"--{key.replace('_', '-')}", key, values))
     try:
         assigned = parse_assignments(sets, "--set")
     except ConfigError as exc:
@@ -566,7 +567,8 @@ def _make_cell(
         raise fail(f"unknown variant {variant!r}; valid: {', '.join(REGISTRY)}", ["variant"])
     if run["mode"] not in MODES:
         raise fail(f"unknown mode {run['mode']!r}; valid: {', '.join(MODES)}", ["mode"])
-    for key in ("batch", "seq", "threads", "decode_tokens"):
+    checked = ("batch", "seq", "threads") + (("decode_tokens",) if run["mode"] == "decode" else ())
+    for key in checked:
         if run[key] < 1:
             raise fail(f"{key} must be >= 1 (got {run[key]})", [key])
     own = set(config_fields(variant))
@@ -584,7 +586,7 @@ def _make_cell(
             raise fail(f"mode {run['mode']} does not run compiled (compile=true)", ["compile"])
         if not getattr(config, "causal", True):
             raise fail(f"mode {run['mode']} needs a causal model (causal=false)", ["causal"])
-        chunk = getattr(config, "chunk", None)
+        chunk = None if "chunk" in inert_fields(config) else getattr(config, "chunk", None)
         if run["mode"] == "decode" and chunk and run["decode_tokens"] % chunk:
             raise fail(
                 f"decode_tokens={run['decode_tokens']} must be a multiple of chunk={chunk}, "

@@ -247,7 +247,7 @@ def test_single_values_and_run_names() -> None:
         (["profile", "hub-gpt", "--set", "nope=1"], "unknown config field(s) nope"),
         (["profile", "hub-gpt", "--set", "hubs"], "expected key=v1,v2"),
         (["profile", "hub-gpt", "--device", "tpu"], "unknown device 'tpu'"),
-        (["profile", "hub-gpt", "--seq", "0"], "--seq, --batch and --top must be >= 1"),
+        (["profile", "hub-gpt", "--seq", "0"], "--seq, --batch, --top and --decode-tokens must be >= 1"),
         (["profile", "hub-gpt", "--mode", "generate"], "unknown mode 'generate'"),
     ],
 )

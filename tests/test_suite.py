@@ -353,8 +353,11 @@ def test_inference_modes_are_checked_when_planned(tmp_path: Path) -> None:
         plan(hub + "causal = [false]\n")
     with pytest.raises(SuiteError, match=r"mode prefill does not run compiled"):
         plan('[sweep]\nvariant = ["transformer"]\nseq = [64]\ncompile = [true]\n', "prefill")
-    with pytest.raises(SuiteError, match=r"decode_tokens must be >= 1"):
+    with pytest.raises(SuiteError, match=r"--decode-tokens: .*decode_tokens must be >= 1"):
         plan(hub, decode_tokens="0")
+    assert plan(hub, "fwd", decode_tokens="0").cells  # it does not apply to other modes
+    no_hub = '[sweep]\nvariant = ["hub-gpt"]\nseq = [256]\nreplace = [0.0]\nchunk = [48]\n'
+    assert plan(no_hub).cells  # chunk is inert without a HubRouter layer: no multiple check
     # other modes ignore it: no extra cells, no field in their identity
     cells = plan('[sweep]\nvariant = ["transformer"]\nseq = [64]\ndecode_tokens = [32, 64]\n',
                  "fwd,decode").cells  # fmt: skip
@@ -368,3 +371,15 @@ def test_the_decode_suite_plans_on_cpu() -> None:
     assert modes == {"prefill", "decode"} and {c.batch for c in plan.cells} == {1, 8}
     assert max(c.seq for c in plan.cells) == 16384
     assert all(c.seq <= 4096 for c in plan.cells if c.batch == 8)
+
+
+def test_cell_ids_of_the_ci_suite_are_pinned() -> None:
+    """Ids join runs across versions (compare, gate --baseline): a new cell field must leave the
+    ids of cells it does not apply to alone (these were computed before decode_tokens existed)."""
+    plan = expand(load_suite("ci"), cuda_available=False)
+    assert [c.cell_id for c in plan.cells] == [
+        "db953a10d6da", "bf1eba24e12e", "162b5348506b",
+        "3a119e6093ac", "8a19e6ebab94", "9d646d8e6d3f",
+    ]  # fmt: skip
+    decode = expand(load_suite("decode"), cuda_available=False).cells[0]
+    assert decode.identity["decode_tokens"] == 64 and decode.cell_id == "3f99e0a22b6a"

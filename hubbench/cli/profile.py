@@ -72,6 +72,9 @@ def register(app: typer.Typer) -> None:
         steps: int = typer.Option(3, "--steps", help="Steps traced, after 1 wait + 1 warm-up."),
         memory: bool = typer.Option(False, "--memory", help="Record memory; write its timeline."),
         top: int = typer.Option(15, "--top", help="Operators listed."),
+        decode_tokens: int = typer.Option(
+            64, "--decode-tokens", help="Decode mode: tokens one traced step generates."
+        ),
     ) -> None:
         """Trace one step of VARIANT with torch.profiler; show time per stage and top operators.
 
@@ -85,8 +88,11 @@ def register(app: typer.Typer) -> None:
         from hubbench.profile import profile_cell
         from hubbench.variants import check_length, make_config
 
-        if seq < 1 or batch < 1 or top < 1:
-            raise ConfigError(f"--seq, --batch and --top must be >= 1 (got {seq}, {batch}, {top})")
+        if seq < 1 or batch < 1 or top < 1 or decode_tokens < 1:
+            raise ConfigError(
+                f"--seq, --batch, --top and --decode-tokens must be >= 1 "
+                f"(got {seq}, {batch}, {top}, {decode_tokens})"
+            )
         config = make_config(variant, **single_values(sets))
         check_length(config, seq)
         result = profile_cell(
@@ -100,5 +106,6 @@ def register(app: typer.Typer) -> None:
             steps=steps,
             memory=memory,
             top=top,
+            decode_tokens=decode_tokens,
         )
         render_profile(result, console())

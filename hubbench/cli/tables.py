@@ -87,8 +87,8 @@ def plan_table(plan: Plan) -> Table:
     first = idents[0]
     same = [
         f"{f}={first.get(f)}"
-        for f in ("mode", "device", "dtype", "batch", "threads", *settings)
-        if f not in fields
+        for f in ("mode", "device", "dtype", "batch", "threads", "decode_tokens", *settings)
+        if f not in fields and first.get(f) is not None
     ]
     table = Table(
         title=f"{plan.suite.name}: {len(plan.cells)} cells",

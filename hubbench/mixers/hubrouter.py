@@ -27,10 +27,13 @@ each one out, and the module must match it):
 - Non-causal council: every token attends only to the k' members (no local window); `chunk` is
   ignored. Causal council: members visible to the chunk plus the causal local window.
 - Gate: `sigmoid(W_g x)` is d-wide (one gate per output channel).
-- Ties in scores (a token repeated in a chunk scores exactly the same in a layer that reads
-  embeddings; bf16 scores tie often): one total order everywhere, score descending then
-  position ascending (`top_ordered`, a stable sort over candidates laid out in position order),
-  so the parallel scan, prefill and the recurrent step pick the same members. The set for
+- Ranking members: by `rank_key(s)`, the score rounded to RANK_BITS significant bits (30 for
+  fp64 scores, 16 for fp32), then by position, lower first (`top_ordered`: a stable sort over
+  candidates laid out in position order). A token repeated in a chunk scores the same as its
+  twin only up to rounding, and the parallel GEMM, prefill and the one-token step round
+  differently; ranking raw scores (or with torch.topk's arbitrary tie-breaking) made the
+  recurrent path pick other members than the forward. Rounded, near-ties become ties that both
+  paths break the same way; the council still scales by sigmoid of the raw score. The set for
   chunk c is computed from chunks < c only, so a tie never lets a later token decide it.
 - Half precision: the softmax statistics of the encode and the prefix combine run in fp32 (fp64
   for fp64 input) with autocast off; projections and the council follow autocast / the input.
@@ -182,6 +185,17 @@ def _blocked_inner(m: Tensor, l: Tensor, o: Tensor) -> tuple[Tensor, Tensor, Ten
 
 
 # --- select: per-chunk candidates and their prefix top-k merge --------------------------------
+
+
+RANK_BITS = {torch.float64: 30, torch.float32: 16}  # significant bits the ranking keeps
+
+
+def rank_key(s: Tensor) -> Tensor:
+    """Scores rounded to RANK_BITS significant bits, for ranking only (-inf stays -inf)."""
+    bits = RANK_BITS.get(s.dtype, 16)
+    mant, exp = torch.frexp(s)
+    key = torch.ldexp(torch.round(mant * 2.0**bits) / 2.0**bits, exp)
+    return torch.where(torch.isfinite(s), key, s)
 
 
 def top_ordered(vals: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -398,7 +412,8 @@ class HubRouter(nn.Module):
         S = self.topk * (1 + self.neighbours)
         m, l, o = self._sink(B, sd)
         dev = like.device
-        w_in, b_in = (t.detach() for t in self._fused_weights())
+        # in the compute dtype: autocast would cast an fp32 copy again on every token
+        w_in, b_in = (t.detach().to(cd) for t in self._fused_weights())
         state = HubState(
             pos=0, m=m, l=l, o=o, g=like.new_zeros(B, h * M, d), block=like.new_zeros(B, h * M, d),
             top_vals=torch.full((B, self.topk), float("-inf"), dtype=sd, device=dev),
@@ -439,7 +454,7 @@ class HubRouter(nn.Module):
                 mc, lc, oc = self._chunk_stats(z[:, :start].to(sd), xp[:, :start].to(sd))
                 state.m, state.l, state.o = _combine(state.m, state.l, state.o, mc, lc, oc)
             kw = min(self.topk, start)
-            vals, pos = top_ordered(s[:, :start], kw)
+            vals, pos = top_ordered(rank_key(s[:, :start]), kw)
             state.top_vals[:, :kw], state.top_pos[:, :kw] = vals, pos
             self._refill_slots(state, start, k, parts["v"], s, 0)
         self._read_hubs(state, x.dtype)
@@ -532,10 +547,11 @@ class HubRouter(nn.Module):
         B, d, h, M, d_h = state.m.shape[0], self.d_model, self.n_heads, self.hubs, self.d_head
         st = (state.o / state.l.unsqueeze(-1)).view(B, h, M, d_h).to(dtype)
         w_q = self.dec_query.weight.view(h, d_h, d)
-        state.g = torch.einsum("bhme,hed->bhmd", st, w_q * (1.0 / math.sqrt(d_h)))
-        state.g = state.g.reshape(B, h * M, d)
+        cd = state.slot_k.dtype  # the compute dtype the state was made for
+        g = torch.einsum("bhme,hed->bhmd", st, w_q * (1.0 / math.sqrt(d_h)))
+        state.g = g.reshape(B, h * M, d).to(cd)
         eye = torch.eye(h, device=st.device, dtype=st.dtype).view(1, h, 1, h, 1)
-        state.block = (st.unsqueeze(3) * eye).reshape(B, h * M, d)
+        state.block = (st.unsqueeze(3) * eye).reshape(B, h * M, d).to(cd)
 
     def _refill_slots(
         self, state: HubState, limit: int, k: Tensor, v: Tensor, s: Tensor, offset: int
@@ -565,7 +581,8 @@ class HubRouter(nn.Module):
         self._read_hubs(state, dtype)
         # members: the top-k of the previous members and this chunk's tokens
         here = start + torch.arange(C, device=state.buf_s.device).expand(B, C)
-        vals, idx = top_ordered(torch.cat((state.top_vals, state.buf_s), 1), self.topk)
+        keys = torch.cat((state.top_vals, rank_key(state.buf_s)), 1)
+        vals, idx = top_ordered(keys, self.topk)
         state.top_pos = torch.cat((state.top_pos, here), 1).gather(1, idx)
         state.top_vals = vals
         # every new slot is an old slot or a token of this chunk (a member stays a member from
@@ -657,7 +674,7 @@ class HubRouter(nn.Module):
 
     def _select(self, s: Tensor, n: int, nc: int, C: int) -> tuple[Tensor, Tensor]:
         """Members per chunk after adding right neighbours: positions, validity (B, nc, k')."""
-        pos, valid = self._members(s.detach(), n, nc, C)
+        pos, valid = self._members(rank_key(s.detach()), n, nc, C)
         return expand_members(pos, valid, self.neighbours, self._neighbour_limit(n, nc, C, s))
 
     def _neighbour_limit(self, n: int, nc: int, C: int, s: Tensor) -> Tensor:
@@ -760,7 +777,7 @@ class HubState:
     o: Tensor  # (B, hM, d_h) weighted value sums
     g: Tensor  # (B, hM, d) decode keys of the current chunk's hub states
     block: Tensor  # (B, hM, d) block-diagonal hub states for the readout
-    top_vals: Tensor  # (B, k) member scores, -inf = empty
+    top_vals: Tensor  # (B, k) members' rank keys (rank_key of the score), -inf = empty
     top_pos: Tensor  # (B, k)
     slot_pos: Tensor  # (B, S) S = k (1 + r)
     slot_valid: Tensor  # (B, S)

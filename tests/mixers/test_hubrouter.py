@@ -18,6 +18,7 @@ from hubbench.mixers.hubrouter import (
     ortho_loss,
     prefix_combine,
     prefix_combine_blocked,
+    rank_key,
 )
 from hubbench.mixers.rope import rotary
 
@@ -77,7 +78,8 @@ def reference(m: HubRouter, x: torch.Tensor) -> torch.Tensor:
         for t in range(n):
             start = (t // C) * C if m.causal else n
             k = min(m.topk, start)
-            top = sorted(torch.topk(s[:start], k).indices.tolist()) if k else []
+            key = rank_key(s[:start]).tolist()  # ranked by rounded score, then position
+            top = sorted(sorted(range(start), key=lambda p: (-key[p], p))[:k])
             members = sorted({p + j for p in top for j in range(m.neighbours + 1) if p + j < start})
             keys = list(members)
             scale = [torch.sigmoid(s[p]) for p in members]
