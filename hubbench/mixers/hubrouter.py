@@ -789,7 +789,8 @@ class HubState:
     buf_v: Tensor  # (B, C, d) council values, unscaled
     buf_s: Tensor  # (B, C) scores
     # the fused input weight and bias (parameters folded once per state, not per token); derived
-    # from the parameters, shared by every sequence, so neither counted nor snapshotted
+    # from the parameters, shared by every sequence, so neither counted nor snapshotted. Folded
+    # when the state is made: parameters changed after that need a new state (a new prefill)
     w_in: Tensor | None = None
     b_in: Tensor | None = None
 
