@@ -1,5 +1,9 @@
 """The environment a row was measured in, and the calibrated matmul peak (`hubbench env`).
 
+The pieces are those torch.utils.collect_env reports that cost no subprocess per call: Python,
+OS, platform, the NVIDIA driver (from /proc, nvidia-smi only where /proc has none), and the
+versions of the optional packages, read from their metadata without importing them.
+
 Calibration times a large square matmul per dtype with measure.time_calls (the one timing
 loop) and stores the median rate in a JSON file, keyed by host, device name, thread count and
 torch version, so MFU on machines missing from flops.PEAK_TABLE (every CPU) has a denominator.
@@ -10,9 +14,12 @@ File: $HUBBENCH_CACHE/calibration.json, else $XDG_CACHE_HOME/hubbench/calibratio
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import platform
+import re
+import shutil
 import socket
 import subprocess
 from pathlib import Path
@@ -63,8 +70,80 @@ def git_info() -> tuple[str | None, bool | None]:
     return commit.strip(), (bool(status.strip()) if status is not None else None)
 
 
+NOT_INSTALLED = "not installed"
+# results column <name>_version -> the distributions that provide it (first one installed wins)
+OPTIONAL_PACKAGES: dict[str, tuple[str, ...]] = {
+    "numpy": ("numpy",),
+    "triton": ("triton", "pytorch-triton", "pytorch-triton-rocm"),
+    "flash_attn": ("flash-attn",),
+    "mamba_ssm": ("mamba-ssm",),
+    "causal_conv1d": ("causal-conv1d",),
+    "torch_tb_profiler": ("torch-tb-profiler",),
+}
+
+
+def package_version(distributions: tuple[str, ...]) -> str:
+    """The installed version of the first of `distributions`, from its metadata (no import)."""
+    for name in distributions:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return NOT_INSTALLED
+
+
+def package_versions() -> dict[str, str]:
+    return {f"{k}_version": package_version(d) for k, d in OPTIONAL_PACKAGES.items()}
+
+
+def os_name() -> str:
+    """'Debian GNU/Linux 12 (bookworm) (x86_64)', as collect_env spells it, without lsb_release."""
+    machine = platform.machine()
+    if platform.system() == "Linux":
+        try:
+            pretty = platform.freedesktop_os_release().get("PRETTY_NAME")
+        except OSError:
+            pretty = None
+        return f"{pretty or 'Linux'} ({machine})"
+    if platform.system() == "Darwin":
+        return f"macOS {platform.mac_ver()[0]} ({machine})"
+    return f"{platform.system()} {platform.release()} ({machine})"
+
+
+def driver_from_proc(text: str) -> str | None:
+    """'570.86.15' from /proc/driver/nvidia/version (... Kernel Module [for x86_64]  570.86.15)."""
+    match = re.search(r"Kernel Module(?: for \w+)?\s+(\d[\d.]*)", text)
+    return match.group(1) if match else None
+
+
+def nvidia_driver_version() -> str | None:
+    """The NVIDIA kernel driver's version, or None on a machine without one."""
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            found = driver_from_proc(f.read())
+        if found:
+            return found
+    except OSError:
+        pass
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run(
+            [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    first = out.stdout.strip().splitlines()[:1] if out.returncode == 0 else []
+    return first[0].strip() if first else None
+
+
 def host_env() -> dict[str, Any]:
-    """The parts of the environment that do not need torch (runner process)."""
+    """The parts of the environment that do not need torch (runner process; the worker runs the
+    same interpreter, so Python and the packages are the worker's too)."""
     commit, dirty = git_info()
     return {
         "hubbench_version": hubbench.__version__,
@@ -72,6 +151,11 @@ def host_env() -> dict[str, Any]:
         "git_dirty": dirty,
         "host": socket.gethostname(),
         "cpu_model": cpu_model(),
+        "python_version": f"{platform.python_version()} ({platform.python_implementation()})",
+        "os": os_name(),
+        "python_platform": platform.platform(),
+        "nvidia_driver_version": nvidia_driver_version(),
+        **package_versions(),
     }
 
 

@@ -1,5 +1,6 @@
-"""Files the commands write besides runs (reports, summaries, figures): checked before any work
-is done, and written with one-line errors that name the option and the path."""
+"""Files the commands write besides runs (reports, summaries, exports, figures): checked before
+any work is done, written whole (a reader never sees half a file), with one-line errors that name
+the option and the path."""
 
 from __future__ import annotations
 
@@ -39,9 +40,23 @@ def check_folder(path: Path, option: str) -> None:
 
 
 def write_text(path: Path, text: str, option: str, append: bool = False) -> None:
+    """Write `text` to `path` whole or not at all: a temporary file beside it, then a rename.
+
+    `append` (a CI step summary that others write to as well) appends in place instead.
+    """
     check_file(path, option)
+    if append:
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            raise ReportError(f"{option} {path}: cannot write ({_why(exc)})") from exc
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(path, "a" if append else "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
+        os.replace(tmp, path)
     except OSError as exc:
+        tmp.unlink(missing_ok=True)
         raise ReportError(f"{option} {path}: cannot write ({_why(exc)})") from exc

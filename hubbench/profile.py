@@ -1,16 +1,20 @@
-"""Profile the one step: torch.profiler traces for TensorBoard and Perfetto; where time goes.
+"""Profile the one step: one torch.profiler trace for TensorBoard and Perfetto; where time goes.
 
 Tracing wraps `Step.fn` from `hubbench.step.build_step`, the same step and inputs the runner times,
 under a wait / warm-up / active schedule; there is no second training or timing loop here. Each
 active step is a `ProfilerStep#N` range (from `prof.step()`), and that range is the step time.
 
 Output layout under `out_dir` (the directory to pass to `tensorboard --logdir`):
-    <out_dir>/<run>/<worker>.<span>.pt.trace.json   written by tensorboard_trace_handler; the
-                                                    torch-tb-profiler plugin lists one run per dir
-    <out_dir>/<run>.perfetto.json                   a copy for ui.perfetto.dev / chrome://tracing
-    <out_dir>/<run>.memory.html                     with memory=True: the memory timeline
+    <out_dir>/<run>/<worker>.<span>.pt.trace.json.gz   written by tensorboard_trace_handler; the
+                                                       torch-tb-profiler plugin lists one run per
+                                                       dir. The same file opens as is in
+                                                       ui.perfetto.dev and chrome://tracing
+                                                       (gzipped Chrome trace JSON)
+    <out_dir>/<run>.memory.html                        with memory=True: the memory timeline
+The trace is stored once, gzipped (hub-gpt at n = 512: 1.1 MB for 19 MB of JSON); no viewer
+needs a second copy.
 Re-profiling the same run adds a span next to the old one (the plugin offers a span selector); the
-Perfetto copy and memory timeline are the latest.
+memory timeline is the latest.
 
 Stage attribution, computed from the trace events (not from `key_averages`, which counts a nested
 range in every enclosing row):
@@ -36,7 +40,6 @@ import gzip
 import json
 import os
 import re
-import shutil
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -62,6 +65,7 @@ STAGES: tuple[str, ...] = (
     "hub.decode",
     "hub.select",
     "hub.council",
+    "mixer",  # a plug-in mixer (hubbench.plugins)
     "mlp",
     "moe",
     "lm_head",
@@ -133,8 +137,7 @@ class TraceSummary:
 
 @dataclass
 class TraceFiles:
-    trace: Path  # <out_dir>/<run>/<worker>.<span>.pt.trace.json, what TensorBoard reads
-    perfetto: Path  # <out_dir>/<run>.perfetto.json
+    trace: Path  # <out_dir>/<run>/<worker>.<span>.pt.trace.json.gz: TensorBoard, Perfetto
     memory: Path | None  # <out_dir>/<run>.memory.html when asked for and exportable
     notes: list[str] = field(default_factory=list)
 
@@ -148,8 +151,7 @@ class ProfileResult:
     device: str
     run_name: str
     out_dir: Path  # the TensorBoard logdir
-    trace_path: Path  # <out_dir>/<run>/<worker>.<span>.pt.trace.json
-    perfetto_path: Path
+    trace_path: Path  # <out_dir>/<run>/<worker>.<span>.pt.trace.json.gz, for every viewer
     memory_path: Path | None
     summary: TraceSummary
     notes: list[str] = field(default_factory=list)  # non-fatal problems worth printing
@@ -202,7 +204,7 @@ def trace_step(
     with profile(
         activities=activities,
         schedule=schedule(wait=wait, warmup=warmup, active=active, repeat=1),
-        on_trace_ready=tensorboard_trace_handler(str(run_dir)),
+        on_trace_ready=tensorboard_trace_handler(str(run_dir), use_gzip=True),
         record_shapes=True,
         profile_memory=memory,
         with_stack=memory,  # the memory timeline needs stacks; they bloat the trace otherwise
@@ -216,12 +218,6 @@ def trace_step(
     if not written:
         raise ReportError(f"the profiler wrote no trace into {run_dir}")
     trace = written[-1]
-    perfetto = out_dir / f"{name}.perfetto.json"
-    if trace.suffix == ".gz":
-        with gzip.open(trace, "rb") as src, perfetto.open("wb") as dst:
-            shutil.copyfileobj(src, dst)
-    else:
-        shutil.copyfile(trace, perfetto)
 
     notes: list[str] = []
     memory_path = None
@@ -235,7 +231,7 @@ def trace_step(
         except Exception as exc:  # the timeline is a bonus; the trace above is the product
             notes.append(f"memory timeline not written ({type(exc).__name__}: {exc})")
             memory_path = None
-    return TraceFiles(trace, perfetto, memory_path, notes)
+    return TraceFiles(trace, memory_path, notes)
 
 
 def profile_cell(
@@ -288,7 +284,6 @@ def profile_cell(
         run_name=name,
         out_dir=Path(out_dir),
         trace_path=files.trace,
-        perfetto_path=files.perfetto,
         memory_path=files.memory,
         summary=summary,
         notes=files.notes,

@@ -31,7 +31,8 @@ from typing import Any
 from hubbench.config import INT64_MAX
 from hubbench.errors import ReportError, SchemaError
 
-SCHEMA_VERSION = 4
+# 5: Python, OS, NVIDIA driver and optional package versions (env); plug-in mixer columns
+SCHEMA_VERSION = 5
 
 GROUPS = ("identity", "cell", "measure", "outcome", "measurement", "env")
 TYPES = ("int64", "float64", "string", "bool", "list<float64>", "list<list<float64>>")
@@ -88,6 +89,16 @@ def _measure_columns() -> tuple[Column, ...]:
         _c(f.name, ARROW[type(f.default)], "measure", f.metadata["doc"])
         for f in dataclasses.fields(Measure)
     )
+
+
+def _package_columns() -> tuple[Column, ...]:
+    from hubbench.env import OPTIONAL_PACKAGES
+
+    return tuple(
+        _c(f"{name}_version", "string", "env",
+           f"{' or '.join(dists)} version, or 'not installed' (read from package metadata)")
+        for name, dists in OPTIONAL_PACKAGES.items()
+    )  # fmt: skip
 
 
 def _metric(name: str, type_: str, doc: str, label: str, unit: str, hib: bool, p: int) -> Column:
@@ -162,6 +173,11 @@ COLUMNS: tuple[Column, ...] = (
     _c("torch_version", "string", "env", "torch version in the worker"),
     _c("cuda_version", "string", "env", "CUDA version torch was built with"),
     _c("cudnn_version", "string", "env", "cuDNN version"),
+    _c("python_version", "string", "env", "Python version and implementation"),
+    _c("os", "string", "env", "operating system and machine, e.g. Debian GNU/Linux 12 (x86_64)"),
+    _c("python_platform", "string", "env", "platform.platform(): kernel and libc"),
+    _c("nvidia_driver_version", "string", "env", "NVIDIA driver version (null without one)"),
+    *_package_columns(),
     _c("cpu_model", "string", "env", "CPU model of the host"),
     _c("host", "string", "env", "host name"),
     _c("utc_time", "string", "env", "when the row was written (UTC)"),

@@ -213,9 +213,12 @@ def read_rows(path: Path, for_resume: bool = False) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     try:
-        rows = pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
     except (OSError, ValueError) as exc:
         raise StoreError(f"cannot read run file {path}: {exc}") from exc
+    if "schema_version" not in table.column_names:
+        raise StoreError(f"{path} is not a hubbench run file (no schema_version column)")
+    rows = table.to_pylist()
     versions = [r.get("schema_version") for r in rows]
     _check_version(versions, path)
     if for_resume and set(versions) - {schema.SCHEMA_VERSION}:

@@ -60,36 +60,39 @@ class TinyLM(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def traced() -> tuple[Path, Path, Path]:
+def traced() -> tuple[Path, Path]:
     out = Path(tempfile.mkdtemp(prefix="hubbench-profile-"))
     step = build_step(TinyLM(), "train", batch=2, seq=16)
     files = trace_step(step, out, "tiny_train", active=2)
     assert files.memory is None and not files.notes
-    return out, files.trace, files.perfetto
+    return out, files.trace
 
 
-def test_trace_is_json_with_stage_labels_and_shapes(traced: tuple[Path, Path, Path]) -> None:
-    out, trace, perfetto = traced
-    assert trace.parent == out / "tiny_train" and trace.name.endswith(TRACE_SUFFIX)
-    events = json.loads(trace.read_text())["traceEvents"]
+def test_trace_is_json_with_stage_labels_and_shapes(traced: tuple[Path, Path]) -> None:
+    out, trace = traced
+    assert trace.parent == out / "tiny_train" and trace.name.endswith(TRACE_SUFFIX + ".gz")
+    with gzip.open(trace, "rt") as f:  # gzipped Chrome trace JSON: Perfetto opens it as it is
+        events = json.load(f)["traceEvents"]
     names = {e.get("name") for e in events}
     for label in ("embed", "hubrouter", "hub.encode", "hub.council", "mlp", "lm_head", "loss"):
         assert label in names
     assert sum(n.startswith("ProfilerStep#") for n in names if n) == 2
     assert "Optimizer.step#AdamW.step" in names
     assert any(e.get("args", {}).get("Input Dims") for e in events)  # record_shapes
-    assert json.loads(perfetto.read_text()) == json.loads(trace.read_text())
-    assert perfetto.parent == out and perfetto.name == "tiny_train.perfetto.json"
 
 
-def test_directory_is_what_the_tensorboard_plugin_reads(traced: tuple[Path, Path, Path]) -> None:
+def test_the_trace_is_stored_once(traced: tuple[Path, Path]) -> None:
+    out, trace = traced
+    assert [p for p in out.rglob("*") if p.is_file()] == [trace]
+
+
+def test_directory_is_what_the_tensorboard_plugin_reads(traced: tuple[Path, Path]) -> None:
     pytest.importorskip("torch_tb_profiler", reason="torch-tb-profiler (extra 'profile') absent")
     from torch_tb_profiler import consts, io
     from torch_tb_profiler.profiler.loader import RunLoader
 
-    _, trace, perfetto = traced
+    _, trace = traced
     assert consts.WORKER_PATTERN.match(trace.name)
-    assert not consts.WORKER_PATTERN.match(perfetto.name)  # the copy is not a second run
     with tempfile.TemporaryDirectory() as cache:
         run = RunLoader("tiny_train", str(trace.parent), io.Cache(cache)).load()
     assert run.profiles, "the plugin's loader parsed no profile from the run directory"
@@ -98,7 +101,7 @@ def test_directory_is_what_the_tensorboard_plugin_reads(traced: tuple[Path, Path
     assert {"Overview", "Operator", "Trace"} <= views
 
 
-def test_stage_table_adds_up_to_the_step(traced: tuple[Path, Path, Path]) -> None:
+def test_stage_table_adds_up_to_the_step(traced: tuple[Path, Path]) -> None:
     summary = analyse_trace(traced[1])
     rows = {r.name: r for r in summary.stages}
     assert summary.steps == 2 and summary.basis == "cpu"
@@ -247,7 +250,7 @@ def test_single_values_and_run_names() -> None:
         (["profile", "hub-gpt", "--set", "nope=1"], "unknown config field(s) nope"),
         (["profile", "hub-gpt", "--set", "hubs"], "expected key=v1,v2"),
         (["profile", "hub-gpt", "--device", "tpu"], "unknown device 'tpu'"),
-        (["profile", "hub-gpt", "--seq", "0"], "--seq, --batch, --top and --decode-tokens must be >= 1"),
+        (["profile", "hub-gpt", "--seq", "0"], "--seq, --batch, --top and --decode-tokens must be"),
         (["profile", "hub-gpt", "--mode", "generate"], "unknown mode 'generate'"),
     ],
 )
@@ -273,14 +276,17 @@ def test_cli_profiles_hub_gpt_with_memory(tmp_path: Path) -> None:
         "optimizer",
         "other",
         "tensorboard --logdir",
-        "Perfetto",
+        "ui.perfetto.dev",
     ):
         assert text in result.stdout
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
-    (trace,) = run_dir.glob(f"*{TRACE_SUFFIX}")
+    (trace,) = run_dir.glob(f"*{TRACE_SUFFIX}.gz")
+    assert str(trace) in result.stdout.replace("\n", "")
     assert analyse_trace(trace).labels[:1] == ["embed"]
-    assert (tmp_path / f"{run_dir.name}.perfetto.json").is_file()
     memory = tmp_path / f"{run_dir.name}.memory.html"
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(
+        [trace.name, memory.name]
+    )  # the trace once (no second copy for Perfetto) and the memory timeline
     assert memory.is_file() and memory.read_text().lstrip().startswith("<html")
 
 

@@ -72,3 +72,22 @@ def test_the_documented_schema_is_the_schema() -> None:
     text = (Path(__file__).parents[1] / "docs" / "measurement.md").read_text()
     assert f"schema_version {schema.SCHEMA_VERSION})" in text
     assert schema.markdown() in text, "regenerate: python -m hubbench.schema"
+
+
+def test_a_schema_4_file_reads_with_the_env_columns_of_5_null(tmp_path) -> None:
+    import pandas as pd
+
+    from hubbench import store
+
+    new = ("python_version", "os", "nvidia_driver_version", "numpy_version", "mamba_ssm_version")
+    old = {n: None for n in schema.NAMES if n not in new}
+    old.update(schema_version=4, run_id="aaaa0001", suite="ci", variant="transformer", seq=64,
+               status="ok", torch_version="2.4.0")  # fmt: skip
+    path = tmp_path / "ci" / "20250101T000000Z-aaaa0001.parquet"
+    path.parent.mkdir()
+    pd.DataFrame([old]).astype({"seq": "int64", "schema_version": "int64"}).to_parquet(path)
+    (row,) = store.read_rows(path)
+    assert list(row) == list(schema.NAMES)
+    assert all(row[n] is None for n in new) and row["torch_version"] == "2.4.0"
+    df = store.read_run(path)
+    assert list(df.columns) == list(schema.NAMES) and df["python_version"].isna().all()

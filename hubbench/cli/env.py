@@ -1,4 +1,4 @@
-"""`hubbench env`: the environment rows record, optional kernels, the peak FLOP/s for MFU."""
+"""`hubbench env`: the environment rows record (optional packages included), the peak FLOP/s."""
 
 from __future__ import annotations
 
@@ -16,14 +16,12 @@ def register(app: typer.Typer) -> None:
             None, "--threads", help="torch threads to calibrate with (default: the cells')."
         ),
     ) -> None:
-        """Show the environment rows record, optional kernels, and the peak FLOP/s used for MFU.
+        """Show the environment rows record, optional package versions, and the peak FLOP/s for MFU.
 
         Examples:
           hubbench env
           hubbench env --calibrate --device cpu
         """
-        import importlib.util
-
         import torch
 
         from hubbench import env as envmod
@@ -45,9 +43,6 @@ def register(app: typer.Typer) -> None:
             f"{torch.get_num_threads()} here; {default_threads()} per cell by default "
             f"({usable_cpus()} CPUs usable)"
         )
-        for package in ("flash_attn", "mamba_ssm", "causal_conv1d"):
-            found = importlib.util.find_spec(package) is not None
-            info[package] = "installed" if found else "not installed"
         if calibrate:
             with out.status(f"timing matmuls on {dev}"):
                 envmod.calibrate(dev)

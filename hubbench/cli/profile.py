@@ -43,10 +43,10 @@ def render_profile(result: ProfileResult, out: Console) -> None:
         out.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     out.print(
         escape(
-            f"TensorBoard: tensorboard --logdir {result.out_dir}  (PyTorch Profiler tab, "
+            f"trace: {result.trace_path}\n"
+            f"  TensorBoard: tensorboard --logdir {result.out_dir}  (PyTorch Profiler tab, "
             f"run {result.run_name})\n"
-            f"trace:    {result.trace_path}\n"
-            f"Perfetto: {result.perfetto_path}  (ui.perfetto.dev or chrome://tracing)"
+            "  Perfetto: open that file at ui.perfetto.dev (or chrome://tracing), as it is"
         ),
         highlight=False,
         soft_wrap=True,
@@ -78,8 +78,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Trace one step of VARIANT with torch.profiler; show time per stage and top operators.
 
-        Writes a trace that TensorBoard's PyTorch Profiler plugin opens (`tensorboard --logdir
-        traces`) and a .perfetto.json for ui.perfetto.dev.
+        Writes one gzipped trace that TensorBoard's PyTorch Profiler plugin opens (`tensorboard
+        --logdir traces`) and ui.perfetto.dev opens as it is.
 
         Example: hubbench profile hub-gpt --seq 4096 --set hubs=8 --mode train
         """

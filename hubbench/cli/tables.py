@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hubbench import schema
-from hubbench.report import format as fmt
+from hubbench.report.runtable import DETAIL_FIELDS
 
 if TYPE_CHECKING:
     from hubbench.profile import TraceSummary
@@ -27,15 +27,9 @@ STATUS_STYLE = {
     "oom": "yellow",
     "timeout": "yellow",
 }
-# besides variant, attention and n (their own columns): cell fields that may tell rows apart
-DETAIL_FIELDS = tuple(f for f in schema.cell_fields() if f not in ("variant", "attention", "seq"))
-
-
-def _clean(value: Any) -> Any:
-    """pandas / numpy nulls and scalars -> Python (rows may come from a DataFrame)."""
-    from hubbench.report.load import norm_value
-
-    return norm_value(value)
+COLUMN_STYLE = {"#": "dim", "variant": "bold cyan", "tok/s": "bold"}
+UNWRAPPED = {"#", "variant", "attention", "n", "status", "tok/s", "ms", "p10-p90", "mem", "state",
+             "MFU"}  # fmt: skip
 
 
 def variants_table() -> Table:
@@ -96,6 +90,8 @@ def plan_table(plan: Plan) -> Table:
         caption="every cell: " + " ".join(same),
         caption_justify="left",
     )
+    from hubbench.variants import display_name
+
     table.add_column("#", justify="right", style="dim")
     table.add_column("variant", style="bold cyan", no_wrap=True)
     table.add_column("n", justify="right")
@@ -105,7 +101,7 @@ def plan_table(plan: Plan) -> Table:
     for cell, ident in zip(plan.cells, idents, strict=True):
         table.add_row(
             str(cell.index),
-            cell.variant,
+            display_name(cell.variant, getattr(cell.config, "mixer", None)),
             str(cell.seq),
             *["-" if ident.get(f) is None else str(ident.get(f)) for f in fields],
             cell.cell_id,
@@ -114,80 +110,43 @@ def plan_table(plan: Plan) -> Table:
 
 
 def rows_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
-    """One line per cell: what ran, its status, speed, spread, memory and MFU."""
+    """One line per cell: what ran, its status, speed, spread, memory and MFU (columns and cells:
+    hubbench.report.runtable; this adds the styles)."""
     from rich import box
 
-    rows = [{k: _clean(v) for k, v in r.items()} for r in rows]
-    details = schema.varying(rows, DETAIL_FIELDS, nulls=False)
-    stateful = any(r.get("state_bytes") is not None for r in rows)
-    caption = (
-        "attention: the kernel that ran (dim: requested, did not run); ms: median step; "
-        "mem: peak over the timed steps"
-    )
-    if any(r.get("mode") == "decode" for r in rows):
-        caption += "; decode rows: tok/s and ms per generated token"
-    if stateful:
-        caption += "; state: the state or KV cache per sequence after the prompt"
+    from hubbench.report.runtable import run_table
+
+    data = run_table(rows)
     table = Table(
         title=title,
         title_justify="left",
-        caption=caption,
+        caption=escape(data.caption()),
         caption_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
     )
-    table.add_column("#", justify="right", style="dim", no_wrap=True)
-    table.add_column("variant", style="bold cyan", no_wrap=True)
-    table.add_column("attention", no_wrap=True)
-    table.add_column("n", justify="right", no_wrap=True)
-    for name in details:
-        table.add_column(name, justify="right")
-    table.add_column("status", no_wrap=True)
-    table.add_column("tok/s", justify="right", style="bold", no_wrap=True)
-    table.add_column("ms", justify="right", no_wrap=True)
-    table.add_column("p10-p90", justify="right", no_wrap=True)
-    table.add_column("mem", justify="right", no_wrap=True)
-    if stateful:
-        table.add_column("state", justify="right", no_wrap=True)
-    table.add_column("MFU", justify="right", no_wrap=True)
-    failed = any(r.get("status") != "ok" for r in rows)
-    if failed:
-        table.add_column("message", overflow="fold", max_width=60)
-    previous = None
-    for r in rows:
-        ran = r.get("backend_attention")
-        attention = escape(ran) if ran else (f"[dim]{escape(r['attention'])}[/]"
-                                             if r.get("attention") else "-")  # fmt: skip
-        status = r.get("status") or "?"
-        style = STATUS_STYLE.get(status, "red")
-        ok = status == "ok"
-        spread = (
-            f"{fmt.milliseconds(r.get('time_p10_s'))}-{fmt.milliseconds(r.get('time_p90_s'))}"
-            if ok and r.get("time_p10_s") is not None
-            else "-"
+    for column in data.columns:
+        if column.header == "message":
+            table.add_column("message", overflow="fold", max_width=60)
+            continue
+        table.add_column(
+            column.header,
+            justify="right" if column.numeric else "left",
+            style=COLUMN_STYLE.get(column.header),
+            no_wrap=column.header in UNWRAPPED,
         )
-        numbers = [
-            fmt.si(r.get("tokens_per_s")) if ok else "-",
-            fmt.milliseconds(r.get("time_median_s")) if ok else "-",
-            spread,
-            fmt.binary_bytes(r.get("peak_mem_bytes")) if ok else "-",
-            *([fmt.binary_bytes(r.get("state_bytes")) if ok else "-"] if stateful else []),
-            fmt.fraction(r.get("mfu")),
-        ]
-        if failed:
-            message = None if ok else str(r.get("message") or "")
-            shown = "(as above)" if message and message == previous else escape(message or "")
-            numbers.append(f"[{style}]{shown}[/]")
-            previous = message or previous
-        table.add_row(
-            str(r.get("cell_index", "")),
-            escape(str(r.get("variant"))),
-            attention,
-            str(r.get("seq")),
-            *["-" if r.get(f) is None else escape(str(r.get(f))) for f in details],
-            f"[{style}]{escape(status)}[/]",
-            *numbers,
-        )
+    headers = [c.header for c in data.columns]
+    for row in data.rows:
+        style = STATUS_STYLE.get(row.status, "red")
+        cells = []
+        for header, text in zip(headers, row.cells, strict=True):
+            if header in ("status", "message"):
+                cells.append(f"[{style}]{escape(text)}[/]")
+            elif header == "attention" and row.requested_only:
+                cells.append(f"[dim]{escape(text)}[/]")
+            else:
+                cells.append(escape(text))
+        table.add_row(*cells)
     return table
 
 

@@ -24,9 +24,8 @@ from hubbench.report.stats import (
     RESAMPLES,
     SEED,
     RatioCI,
-    paired,
-    ratio_ci,
-    rounds_of,
+    metric_ratio,
+    row_metric,
 )
 
 if TYPE_CHECKING:
@@ -99,24 +98,6 @@ def change(
     else:
         moved = 0  # a time metric with too few samples: no basis for a call
     return moved if metric.higher_is_better else -moved
-
-
-def _value(row: Any, col: str) -> float | None:
-    v = norm_value(row[col]) if col in row.index else None
-    return None if v is None else float(v)
-
-
-def metric_ratio(
-    metric: schema.Column, num: Any, den: Any, *, resamples: int, confidence: float, seed: int
-) -> RatioCI | None:
-    """CI of num[metric] / den[metric] for two ok rows; None when either value is missing."""
-    a, b = _value(num, metric.name), _value(den, metric.name)
-    if a is None or b is None or b == 0:
-        return None
-    return ratio_ci(
-        a, b, rounds_of(num), rounds_of(den), metric.time_power, paired=paired([num, den]),
-        resamples=resamples, confidence=confidence, seed=seed,
-    )  # fmt: skip
 
 
 def index_by_cell(df: pd.DataFrame, fields: list[str]) -> dict[str, Any]:
@@ -196,8 +177,8 @@ def compare_runs(
         )
         for m in ms:
             c.values[m.name] = (
-                None if ra is None else _value(ra, m.name),
-                None if rb is None else _value(rb, m.name),
+                None if ra is None else row_metric(ra, m.name),
+                None if rb is None else row_metric(rb, m.name),
             )
             if c.status_a == "ok" and c.status_b == "ok":
                 ci = metric_ratio(m, rb, ra, resamples=resamples, confidence=confidence, seed=seed)

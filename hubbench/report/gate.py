@@ -26,7 +26,6 @@ from hubbench.report.compare import (
     MIN_EFFECT,
     env_mismatch,
     join_runs,
-    metric_ratio,
 )
 from hubbench.report.load import (
     join_fields,
@@ -36,7 +35,14 @@ from hubbench.report.load import (
     run_label,
     varying_fields,
 )
-from hubbench.report.stats import CONFIDENCE, MIN_SAMPLES, RESAMPLES, SEED, RatioCI
+from hubbench.report.stats import (
+    CONFIDENCE,
+    MIN_SAMPLES,
+    RESAMPLES,
+    SEED,
+    RatioCI,
+    metric_ratio,
+)
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -3,7 +3,8 @@
 Nothing is fetched when the page opens (no scripts, no web fonts, no external CSS), so it can be
 mailed, attached to a CI run or opened years later. The page is built from the same figures as
 `hubbench plot` and the same numbers as `hubbench results`; it adds no analysis of its own, except
-the suite's ratio gate when the suite declares one.
+the headline (hubbench.report.headline: in-run ratios as the gate computes them) and the suite's
+ratio gate when the suite declares one.
 """
 
 from __future__ import annotations
@@ -166,12 +167,13 @@ def build_html(df: pd.DataFrame) -> str:
         f"commit {_e(df['git_commit'].iloc[0])}{' (dirty)' if _dirty(df) else ''}</p>",
         f"<p>{len(df)} cells: {_status_pills(df)}</p>",
         _noise_line(df),
+        *_headline_section(df),
         "<h2>Figures</h2>",
     ]
     for r in figures:
         parts.append(
             f"<figure><img alt='{html.escape(r.stem)}' src='{_png_data_uri(r.figure)}'>"
-            f"<figcaption>{html.escape(r.stem)}</figcaption></figure>"
+            f"<figcaption>{html.escape(r.caption or r.stem)}</figcaption></figure>"
         )
     if skipped:
         items = "".join(f"<li><b>{k}</b>: {html.escape(v)}</li>" for k, v in skipped.items())
@@ -189,6 +191,32 @@ def build_html(df: pd.DataFrame) -> str:
         "bootstrap intervals (rounds, then steps within them) as labelled.</p></body></html>",
     ]
     return "\n".join(parts)
+
+
+def _headline_section(df: pd.DataFrame) -> list[str]:
+    """Where each hub variant wins and loses against its native and optimised baselines."""
+    from hubbench.report.headline import NOTE, headline, table
+
+    rows = headline(df)
+    if not rows:
+        return [
+            "<h2>Headline</h2>",
+            "<p>No hub variant ran next to its baseline in this run: no speedups to state.</p>",
+        ]
+    head, lines = table(rows)
+    numeric = {"best speedup [95% CI]", "at n"}
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
+    for line in lines:
+        cells = []
+        for h, text in zip(head, line, strict=True):
+            cls = "num" if h in numeric else None
+            if h.startswith("hub slower"):
+                cls = "ok" if text == "none" else "fail"
+            cells.append(f"<td class='{cls}'>" if cls else "<td>")
+            cells[-1] += f"{html.escape(text)}</td>"
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    note = html.escape(NOTE).replace("`hubbench compare`", "<code>hubbench compare</code>")
+    return ["<h2>Headline</h2>", f"<p>{note}</p>", "\n".join(out) + "</table>"]
 
 
 def _noise_line(df: pd.DataFrame) -> str:

@@ -26,9 +26,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from hubbench.schema import Column
 
 RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -175,6 +178,37 @@ def ratio_ci(
     ratios = point * (rel[:, 0] / rel[:, 1]) ** time_power
     low, high = percentile_interval(ratios, confidence)
     return RatioCI(point, low, high, na, nb, True, shape, paired)
+
+
+def row_metric(row: Mapping[str, Any], name: str) -> float | None:
+    """A row's metric as a float; None when it is null or absent."""
+    from hubbench.report.load import norm_value
+
+    v = norm_value(row.get(name))
+    return None if v is None else float(v)
+
+
+def metric_ratio(
+    metric: Column,
+    num: Mapping[str, Any],
+    den: Mapping[str, Any],
+    *,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = SEED,
+) -> RatioCI | None:
+    """CI of num[metric] / den[metric] for two ok rows; None when either value is missing.
+
+    The one ratio of two cells: compare (the same cell in two runs), the gate (two cells of one
+    run, or a baseline) and the report's headline all take theirs from here.
+    """
+    a, b = row_metric(num, metric.name), row_metric(den, metric.name)
+    if a is None or b is None or b == 0:
+        return None
+    return ratio_ci(
+        a, b, rounds_of(num), rounds_of(den), metric.time_power, paired=paired([num, den]),
+        resamples=resamples, confidence=confidence, seed=seed,
+    )  # fmt: skip
 
 
 def check_settings(resamples: int, confidence: float) -> None:
