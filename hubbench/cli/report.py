@@ -39,7 +39,10 @@ def plot_cmd(
         None, "--out", "-o", help="Output directory (default: plots/<run_id>)."
     ),
     image_format: list[str] | None = typer.Option(
-        None, "--format", help=f"png and/or svg ({LIST_HELP}; default: both)."
+        None,
+        "--format",
+        help=f"png, svg and/or pdf ({LIST_HELP}; default: png,svg). SVG and PDF keep their text "
+        "as text (editable, selectable).",
     ),
     results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
 ) -> None:
@@ -51,11 +54,12 @@ def plot_cmd(
     from rich.markup import escape
 
     from hubbench.report.load import load_runs
-    from hubbench.report.plots import FORMATS, plot_run
+    from hubbench.report.plots import DEFAULT_FORMATS, plot_run
 
     df = load_runs(runs, results_dir)
     out_dir = out or Path("plots") / "+".join(str(r) for r in dict.fromkeys(df["run_id"]))
-    outcome = plot_run(df, out_dir, kinds=listed(kind), formats=listed(image_format) or FORMATS)
+    formats = listed(image_format) or DEFAULT_FORMATS
+    outcome = plot_run(df, out_dir, kinds=listed(kind), formats=formats)
     printer = console()
     for path in outcome.written:
         printer.print(f"[green]wrote[/] {escape(str(path))}", highlight=False)
@@ -90,7 +94,8 @@ def report_cmd(
     ),
     results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
 ) -> None:
-    """Write one self-contained HTML page for a run: figures, ratio gate, results, environment.
+    """Write one self-contained HTML page for a run: headline, figures, ratio gate, results,
+    environment; print the headline (each hub variant's best speedup, crossover, losses).
 
     Example: hubbench report latest --out reports/latest.html
     """
@@ -105,4 +110,27 @@ def report_cmd(
     if target.is_dir():  # a folder given as --out: the report goes into it
         target = target / name
     write_report(df, target)
-    console().print(f"[green]wrote[/] {escape(str(target))}", highlight=False)
+    printer = console()
+    printer.print(f"[green]wrote[/] {escape(str(target))}", highlight=False)
+    headline = headline_table(df)
+    if headline is not None:
+        printer.print(headline)
+
+
+def headline_table(df: pd.DataFrame) -> Table | None:
+    """The report's headline in the terminal (the same cells as the page); None without one."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from hubbench.report.headline import headline, table
+
+    rows = headline(df)
+    if not rows:
+        return None
+    head, lines = table(rows)
+    out = Table(title="headline (hub tokens/s over its baselines')", title_justify="left")
+    for h in head:
+        out.add_column(h, justify="right" if h in ("best speedup [95% CI]", "at n") else "left")
+    for line in lines:
+        out.add_row(*map(escape, line))
+    return out

@@ -2,9 +2,10 @@
 marked gaps where a cell failed or was skipped.
 
 Figures are bare `matplotlib.figure.Figure` objects (no pyplot, no global state), rendered by Agg.
-A failed or skipped cell keeps its place: an x at the foot of the axes in its series' colour,
-its status beside it, and a footnote naming it. Legends sit outside the axes so they never hide
-data.
+A failed cell keeps its place: an x at the foot of the axes in its series' colour, its status
+beside it, and a footnote naming it; a series that never ran (every cell skipped, e.g. flash-attn
+on CPU) takes no legend slot and no marks, only its name in one "not run" line. Legend and notes
+sit under the axes so they never hide data and the figure keeps its width (style.WIDTH).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ class Figured:
     fig: Figure
     stem: str
     notes: list[str] = field(default_factory=list)
+    caption: str = ""  # what the figure shows, in words (the report's figcaption)
 
 
-def new_figure(width: float = 7.4, height: float = 4.3) -> Figure:
+def new_figure(width: float = style.WIDTH, height: float = style.AXES_HEIGHT + 1.25) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -44,25 +46,28 @@ def new_figure(width: float = 7.4, height: float = 4.3) -> Figure:
     return fig
 
 
-def title(fig: Figure, ax: Axes | None, what: str, facet: Facet) -> None:
+TOP, BOTTOM = 0.75, 0.5  # inches above the axes (title, two subtitle lines) and below (n axis)
+
+
+def line_axes(fig: Figure, left: float = 0.72) -> Axes:
+    """The one axes of a line figure, placed in inches so every figure kind lines up."""
+    w, h = fig.get_figwidth(), fig.get_figheight()
+    return fig.add_axes((left / w, BOTTOM / h, (w - left - 0.1) / w, (h - TOP - BOTTOM) / h))
+
+
+MARGIN = 0.08  # inches: title and notes start this far from the figure's left edge
+
+
+def title(fig: Figure, what: str, facet: Facet) -> None:
+    """`what` in bold at the top left; under it the facet (device, dtype, mode, batch), then the
+    model shape and the run. Figure-level text, so a chart with long row labels lines up too."""
     main, shape = title_parts(facet)
     sub = " · ".join(p for p in (shape, f"run {run_label(facet.df)}") if p)
-    if ax is not None:
-        ax.set_title(f"{what} — {main}", loc="left", fontweight="bold", pad=20)
-        ax.annotate(
-            sub,
-            (0, 1),
-            xycoords="axes fraction",
-            xytext=(0, 7),
-            textcoords="offset points",
-            fontsize=8.5,
-            color="#444444",
-        )
-    else:
-        fig.suptitle(
-            f"{what} — {main}", x=0.02, y=0.995, ha="left", va="top", fontweight="bold", fontsize=11
-        )
-        fig.text(0.02, 1 - 0.3 / fig.get_figheight(), sub, fontsize=8.5, color="#444444", va="top")
+    h = fig.get_figheight()
+    fig.text(MARGIN / fig.get_figwidth(), 1 - 0.06 / h, what, ha="left", va="top",
+             fontweight="bold", fontsize=10)  # fmt: skip
+    fig.text(MARGIN / fig.get_figwidth(), 1 - 0.27 / h, f"{main}\n{sub}", ha="left", va="top",
+             fontsize=style.NOTE_SIZE + 0.5, color="#444444", linespacing=1.3)  # fmt: skip
 
 
 def seq_axis(ax: Axes, seqs: Sequence[int]) -> None:
@@ -82,16 +87,27 @@ def seq_axis(ax: Axes, seqs: Sequence[int]) -> None:
     ax.set_xlabel("sequence length n (tokens)")
 
 
+BELOW = 34  # points from the axes' foot to what goes under them (past tick labels and x label)
+
+
 def legend(ax: Axes, title: str | None = None) -> None:
-    handles, _ = ax.get_legend_handles_labels()
-    if handles:
-        ax.legend(
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),
-            title=title,
-            alignment="left",
-            borderaxespad=0.0,
-        )
+    """Under the axes, one or two columns: it never covers data, and the figure keeps its width."""
+    from matplotlib.transforms import ScaledTranslation
+
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    shift = ScaledTranslation(0, -BELOW / 72, ax.figure.dpi_scale_trans)
+    ax.legend(
+        loc="upper left",
+        bbox_to_anchor=(0.0, 0.0),
+        bbox_transform=ax.transAxes + shift,
+        ncols=2 if max(len(lb) for lb in labels) <= 28 and len(labels) > 2 else 1,
+        title=title,
+        alignment="left",
+        borderaxespad=0.0,
+        columnspacing=1.2,
+    )
 
 
 def failures(s: Series) -> list[tuple[int, str, str]]:
@@ -140,35 +156,92 @@ def mark_failures(ax: Axes, marks: list[tuple[int, str, str]], log_y: bool = Tru
         ax.set_ylim(lo - (hi - lo) * band / (1 - band), hi)
 
 
-def failure_notes(series: list[Series]) -> list[str]:
-    items = []
-    for s in series:
-        for seq, status, message in failures(s):
-            why = f" ({textwrap.shorten(message, 60)})" if message else ""
-            items.append(f"{s.label} n={fmt_seq(seq)}: {status}{why}")
-    if not items:
+def never_ran(s: Series) -> bool:
+    """Every cell of the series was skipped: nothing of it was ever measured."""
+    return len(s.rows) > 0 and bool((s.rows["status"] == "skipped").all())
+
+
+def split_ran(series: list[Series]) -> tuple[list[Series], list[Series]]:
+    """(series with at least one cell that ran or failed, series that never ran)."""
+    return [s for s in series if not never_ran(s)], [s for s in series if never_ran(s)]
+
+
+def _why(message: str) -> str:
+    """The reason of a skip, short: up to the first ': ' (what follows is often an install hint)."""
+    head = message.split(": ")[0] if ": " in message else message
+    return textwrap.shorten(head, 60, placeholder="…")
+
+
+def not_run_note(never: list[Series]) -> list[str]:
+    """One line for every series that never ran, grouped by reason."""
+    if not never:
         return []
+    groups: dict[str, list[str]] = {}
+    for s in never:
+        messages = [m for _, _, m in failures(s) if m]
+        groups.setdefault(_why(messages[0]) if messages else "", []).append(s.label)
+    parts = [", ".join(names) + (f" ({why})" if why else "") for why, names in groups.items()]
+    return ["Not run: " + "; ".join(parts) + "."]
+
+
+def failure_notes(series: list[Series], where: str = "x at the foot of the axes") -> list[str]:
+    """Failed cells of the series that ran, then the series that never ran, in one line."""
+    ran, never = split_ran(series)
+    items = []
+    for s in ran:
+        for seq, status, message in failures(s):
+            why = f" ({textwrap.shorten(message, 60)})" if message and message != status else ""
+            items.append(f"{s.label} n={fmt_seq(seq)}: {status}{why}")
+    notes = not_run_note(never)
+    if not items:
+        return notes
     shown = items[:8]
     more = f"; +{len(items) - 8} more" if len(items) > 8 else ""
-    return ["Not measured (x at the foot of the axes): " + "; ".join(shown) + more + "."]
+    return [f"Not measured ({where}): " + "; ".join(shown) + more + ".", *notes]
 
 
 def footnote(fig: Figure, ax: Axes, notes: list[str]) -> None:
+    """The notes under the legend (or under the x label when there is none), wrapped to width."""
     if not notes:
         return
-    text = "\n".join(textwrap.fill(n, 120) for n in notes)
+    width = round(fig.get_figwidth() * 72 / (style.NOTE_SIZE * 0.52))  # characters per line
+    text = "\n".join(textwrap.fill(n, width) for n in notes)
+    leg = ax.get_legend()
+    anchor: Any = ("axes fraction", leg) if leg is not None else "axes fraction"
     ax.annotate(
         text,
         (0, 0),
-        xycoords="axes fraction",
-        xytext=(0, -40),
+        xycoords=anchor,
+        xytext=((MARGIN - ax.get_position().x0 * fig.get_figwidth()) * 72, -8 if leg else -BELOW),
         textcoords="offset points",
         va="top",
         ha="left",
-        fontsize=7.5,
+        fontsize=style.NOTE_SIZE,
         color="#333333",
         annotation_clip=False,
+        linespacing=1.3,
     )
+
+
+def mark_crossovers(ax: Axes, crossings: list[tuple[float, str, str]]) -> None:
+    """A dashed vertical line at each crossover n (colour of the hub), its label along it."""
+    from matplotlib.transforms import blended_transform_factory
+
+    trans = blended_transform_factory(ax.transData, ax.transAxes)
+    for n, label, colour in crossings:
+        line = ax.axvline(n, color=colour, linestyle=(0, (4, 2.5)), linewidth=1.0, zorder=1.5,
+                          alpha=0.9)  # fmt: skip
+        line.set_gid("crossover")
+        ax.annotate(label, (n, 0.98), xycoords=trans, xytext=(2, 0), textcoords="offset points",
+                    rotation=90, ha="left", va="top", fontsize=style.NOTE_SIZE - 0.5,
+                    color=colour, gid="crossover-label",
+                    bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.75,
+                          "edgecolor": "none"})  # fmt: skip
+
+
+def context(facet: Facet) -> str:
+    """'NVIDIA H200, bf16, forward, batch 8': the facet in a caption's words."""
+    return title_parts(facet)[0].replace(" · ", ", ")
 
 
 def all_seqs(series: list[Series]) -> list[int]:
@@ -179,42 +252,3 @@ def col(df: pd.DataFrame, name: str) -> Any:
     import numpy as np
 
     return np.asarray(df[name].astype(float))
-
-
-def minor_labels(ax: Axes, formatter: Any) -> None:
-    """Label minor log ticks so that a narrow axis still has three or more labels."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    lo, hi = ax.get_ylim()
-    span = math.log10(hi) - math.log10(lo)
-    decades = math.floor(math.log10(hi)) - math.ceil(math.log10(lo)) + 1  # labelled majors
-    if span >= 1.2 and decades >= 3:
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        return
-    if span >= 1.2:
-        keep: tuple[float, ...] = (2.0, 5.0)
-    elif span >= 0.6:
-        keep = (2.0, 3.0, 5.0)
-    else:
-        keep = (2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)
-    if span < 0.25:  # a narrow band: label every minor tick, halves included
-        from matplotlib.ticker import LogLocator
-
-        ax.yaxis.set_minor_locator(LogLocator(subs=[x / 2 for x in range(2, 20)]))
-        keep = tuple(x / 2 for x in range(2, 20))
-
-    def label(y: float, pos: Any) -> str:
-        mantissa = round(y / 10 ** math.floor(math.log10(y)), 6)
-        return formatter(y, pos) if mantissa in keep else ""
-
-    ax.yaxis.set_minor_formatter(FuncFormatter(label))
-
-
-def bytes_axis(ax: Axes) -> None:
-    """Powers of two on a memory axis: 512 MiB, 1 GiB, 2 GiB read better than 954 MiB."""
-    from matplotlib.ticker import LogLocator, NullFormatter
-
-    ax.set_yscale("log", base=2)
-    ax.yaxis.set_major_locator(LogLocator(base=2, numticks=9))
-    ax.yaxis.set_major_formatter(style.bytes_formatter())
-    ax.yaxis.set_minor_formatter(NullFormatter())

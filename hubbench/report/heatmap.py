@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubbench.report import format as fmt
 from hubbench.report import style
-from hubbench.report.figure import Figured, new_figure, title
+from hubbench.report.figure import Figured, context, new_figure, title
 from hubbench.report.format import fmt_seq
 from hubbench.report.load import cell_keys, norm_value
 from hubbench.report.series import SYMBOLS, Facet, series_fields
@@ -68,7 +68,7 @@ def _heatmap(facet: Facet, variant: str, g: pd.DataFrame) -> Figured:
         if f in g.columns and norm_value(g[f].iloc[0]) is not None
     ]
     what = f"{variant} over hubs M × topk k" + (f" ({', '.join(others)})" if others else "")
-    title(fig, None, what, facet)
+    title(fig, what, facet)
     text = "Brighter is better in every panel."
     missing = g[g["status"] != "ok"]
     if len(missing):
@@ -79,7 +79,17 @@ def _heatmap(facet: Facet, variant: str, g: pd.DataFrame) -> Figured:
         )
         text += "."
     fig.text(0.02, 0.01, textwrap.fill(text, 130), fontsize=7.5, color="#333333")
-    return Figured(fig, variant, [])
+    panels = (
+        f"one panel per n ({', '.join(fmt_seq(n) for n in seqs)})"
+        if len(seqs) > 1
+        else (f"at n = {fmt_seq(seqs[0])}")
+    )
+    caption = (
+        f"Throughput (median tokens/s) of {variant} over hubs M × council budget k, {panels}, "
+        f"{context(facet)}; one colour scale, brighter is better"
+        + ("; hatched cells did not run." if len(missing) else ".")
+    )
+    return Figured(fig, variant, [], caption)
 
 
 def _metric_panels(

@@ -19,22 +19,27 @@ from hubbench.report import style
 from hubbench.report.figure import (
     Figured,
     all_seqs,
-    bytes_axis,
     col,
+    context,
     failure_notes,
     failures,
     footnote,
     legend,
+    line_axes,
+    mark_crossovers,
     mark_failures,
-    minor_labels,
+    never_ran,
     new_figure,
+    not_run_note,
     seq_axis,
+    split_ran,
     title,
 )
-from hubbench.report.fits import Fit, crossover, fit_exponent
+from hubbench.report.fits import Crossover, Fit, crossover, fit_exponent
+from hubbench.report.forest import Row, forest_figure
 from hubbench.report.format import fmt_seq
 from hubbench.report.heatmap import heat_groups, heatmaps
-from hubbench.report.load import require_ok, run_label
+from hubbench.report.load import norm_value, require_ok, run_label
 from hubbench.report.series import (
     Facet,
     Series,
@@ -43,14 +48,16 @@ from hubbench.report.series import (
     speedup_pairs,
     title_parts,
 )
-from hubbench.report.stats import paired, ratio_ci, rounds_of
+from hubbench.report.stats import RatioCI, paired, ratio_ci, rounds_of
+from hubbench.report.ticks import log_axis
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
 KINDS = ("throughput", "scaling", "speedup", "heatmap", "memory", "state")
-FORMATS = ("png", "svg")
+FORMATS = ("png", "svg", "pdf")  # every format `plot` writes; text stays text in svg and pdf
+DEFAULT_FORMATS = ("png", "svg")
 HINTS = {
     "throughput": "throughput needs ok cells with tokens/s: run `hubbench run throughput`",
     "scaling": "scaling needs one variant measured at two or more sequence lengths: "
@@ -79,6 +86,7 @@ def _has_speedup(series: list[Series]) -> bool:
     return any(
         set(h.ok["seq"]) & set(b.ok["seq"]) or len(h.failed) or len(b.failed)
         for h, b, _ in speedup_pairs(series)
+        if not (never_ran(h) or never_ran(b))  # flash on CPU: nothing to divide by
     )
 
 
@@ -109,71 +117,105 @@ def supported(kind: str, df: pd.DataFrame) -> str | None:
 # ---- the kinds ----
 
 
+@dataclass
+class Measure:
+    """What a line or forest figure draws: one column of the rows, with its units and band."""
+
+    what: str  # title, e.g. "Throughput"
+    column: str
+    label: str  # value-axis label
+    formatter: Any
+    band: tuple[str, str] | None = None  # columns of the interval ends (p10, p90)
+    band_text: str = ""  # what the band is, for the caption ("p10–p90 of the per-step times")
+    binary: bool = False  # bytes: powers-of-two ticks
+
+
 def _line_figure(
     facet: Facet,
-    what: str,
-    column: str,
-    ylabel: str,
-    yformatter: Any,
-    band: tuple[str, str] | None,
+    m: Measure,
     label_suffix: Callable[[Series], str] | None = None,
+    crossings: Sequence[tuple[float, str, str]] = (),
 ) -> Figured:
-    """Shared body of throughput / scaling / memory: one line per series against n."""
+    """Shared body of throughput / scaling / memory / state: one line per series against n, or
+    one row per series when the facet holds a single n."""
     import numpy as np
 
-    series = build_series(facet.df)
+    every = build_series(facet.df)
+    series, _ = split_ran(every)  # a series that never ran is only named in the notes
+    seqs = all_seqs(series)
+    if len(seqs) == 1:
+        return _forest(facet, m, series, every, seqs[0])
     fig = new_figure()
-    ax = fig.add_axes((0.1, 0.16, 0.56, 0.68))
-    marks = []
+    ax = line_axes(fig)
+    marks, values = [], []
     for s in series:
-        ok = s.ok[s.ok[column].notna()]
+        ok = s.ok[s.ok[m.column].notna()]
         label = s.label + (label_suffix(s) if label_suffix else "")
         if len(ok):
-            x, y = col(ok, "seq"), col(ok, column)
+            x, y = col(ok, "seq"), col(ok, m.column)
             yerr = None
-            if band is not None:
-                lo_v, hi_v = col(ok, band[0]), col(ok, band[1])
+            values += list(y)
+            if m.band is not None:
+                lo_v, hi_v = col(ok, m.band[0]), col(ok, m.band[1])
                 yerr = np.vstack([np.nan_to_num(y - lo_v), np.nan_to_num(hi_v - y)]).clip(0)
-            ax.errorbar(
-                x,
-                y,
-                yerr=yerr,
-                label=label,
-                capsize=2.5,
-                linewidth=1.6,
-                markersize=5,
-                elinewidth=1.0,
-                **s.style.kwargs(),
-            )
+                values += list(y - yerr[0]) + list(y + yerr[1])
+            ax.errorbar(x, y, yerr=yerr, label=label, elinewidth=0.9, **s.style.kwargs())
         else:
             ax.plot([], [], label=label + " (no ok cells)", **s.style.kwargs())
         marks += [(seq, status, s.style.color) for seq, status, _ in failures(s)]
-    if column == "peak_mem_bytes":
-        bytes_axis(ax)
-    else:
-        ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(yformatter)
-        minor_labels(ax, yformatter)
-    ax.set_ylabel(ylabel)
-    seq_axis(ax, all_seqs(series))
+    log_axis(ax, values, m.formatter, binary=m.binary)
+    ax.set_ylabel(m.label)
+    seq_axis(ax, seqs)
     if facet.fixed.get("mode") in INFERENCE_MODES:  # n is the prompt decoding follows
         ax.set_xlabel("prompt length n (tokens)")
+    mark_crossovers(ax, list(crossings))
     mark_failures(ax, marks)
-    title(fig, ax, what, facet)
+    title(fig, m.what, facet)
     legend(ax)
-    return Figured(fig, "", failure_notes(series))
+    bars = f"; error bars span {m.band_text}" if m.band_text else ""
+    caption = f"{m.what} ({m.label}) against sequence length n, {context(facet)}{bars}."
+    return Figured(fig, "", failure_notes(every), caption)
+
+
+def _forest(
+    facet: Facet, m: Measure, series: list[Series], every: list[Series], seq: int
+) -> Figured:
+    rows = []
+    for s in series:
+        r = s.rows.iloc[0]
+        value = norm_value(r[m.column]) if r["status"] == "ok" else None
+        if value is None:
+            why = "not recorded" if r["status"] == "ok" else str(r["status"])
+            rows.append(Row(s.label, s.style, status=why))
+            continue
+        low = high = None
+        if m.band is not None:
+            low, high = norm_value(r[m.band[0]]), norm_value(r[m.band[1]])
+        rows.append(Row(s.label, s.style, float(value), low, high))
+    column = "median" if m.band is not None else ""
+    fig, _ = forest_figure(rows, m.label, m.formatter, binary=m.binary, column_title=column)
+    what = f"{m.what} at n = {fmt_seq(seq)}"
+    title(fig, what, facet)
+    bars = f"; whiskers span {m.band_text}" if m.band_text else ""
+    caption = f"{m.what} ({m.label}) of each series at n = {fmt_seq(seq)}, {context(facet)}{bars}."
+    return Figured(fig, "", failure_notes(every, "x at the left edge"), caption)
+
+
+THROUGHPUT = Measure(
+    "Throughput", "tokens_per_s", "throughput (tokens/s)", style.si_formatter(),
+    ("tokens_per_s_p10", "tokens_per_s_p90"), "p10–p90 of the per-step times",
+)  # fmt: skip
 
 
 def throughput(facet: Facet) -> Figured:
-    out = _line_figure(
-        facet,
-        "Throughput",
-        "tokens_per_s",
-        "throughput (tokens/s)",
-        style.si_formatter(),
-        ("tokens_per_s_p10", "tokens_per_s_p90"),
-    )
-    out.notes.insert(0, "Median tokens/s; error bars span p10–p90 of the per-step times.")
+    series = build_series(facet.df)
+    found = crossovers(series)
+    out = _line_figure(facet, THROUGHPUT, crossings=_crossing_marks(found))
+    out.notes[:0] = [
+        "Median tokens/s; error bars span p10–p90 of the per-step times.",
+        *_crossover_notes(found, series),
+    ]
+    out.caption += _crossover_caption(found, series)
     return out
 
 
@@ -211,15 +253,16 @@ def scaling(facet: Facet) -> Figured:
         return f"  ($\\propto n^{{{f.exponent:.2f}}}${ci})"
 
     decode = facet.fixed.get("mode") == "decode"
-    out = _line_figure(
-        facet,
+    measure = Measure(
         "Scaling",
         "time_median_s",
         "time per generated token (median)" if decode else "step time (median)",
         style.seconds_formatter(),
         ("time_p10_s", "time_p90_s"),
-        suffix,
+        "p10–p90 of the per-step times",
     )
+    found = crossovers(series)
+    out = _line_figure(facet, measure, suffix, _crossing_marks(found))
     ranges = {(f.n_lo, f.n_hi) for f in fits.values() if f is not None}
     span = (
         f"{fmt_seq(min(r[0] for r in ranges))}–{fmt_seq(max(r[1] for r in ranges))}"
@@ -227,119 +270,209 @@ def scaling(facet: Facet) -> Figured:
         else "-"
     )
     what = "Median time per generated token" if decode else "Median step time"
-    notes = [
+    out.notes[:0] = [
         f"{what}; error bars p10–p90. Exponents: least-squares slope of log t on log n "
         f"over the upper half of each series' points (n in {span}), with 95% bootstrap "
         "intervals (rounds resampled, then steps within them).",
-        *_crossover_notes(series),
+        *_crossover_notes(found, series),
     ]
-    out.notes[:0] = notes
+    out.caption = (
+        f"{what} against sequence length n (log-log), {context(facet)}; error bars span p10–p90 "
+        "of the per-step times, and the legend gives each series' fitted exponent with its 95% "
+        "bootstrap interval." + _crossover_caption(found, series)
+    )
     return out
 
 
-def _crossover_notes(series: list[Series]) -> list[str]:
-    hubs = [s for s in series if s.is_hub]
-    bases = [s for s in series if s.is_attention_baseline]
+def crossovers(series: list[Series]) -> list[tuple[Series, Series, Crossover | None]]:
+    """(hub, its baseline, where the hub's step time drops below it) for each speedup pair."""
+    out = []
+    for hub, base, _ in speedup_pairs(series):
+        if never_ran(hub) or never_ran(base):
+            continue
+        both = hub.ok.merge(base.ok, on="seq", suffixes=("_h", "_b"))
+        c = crossover(col(both, "seq"), col(both, "time_median_s_h"), col(both, "time_median_s_b"))
+        out.append((hub, base, c))
+    return out
+
+
+def _crossing_marks(found: list[tuple[Series, Series, Crossover | None]]) -> list:
+    return [
+        (c.n, f"{hub.label} > {base.label}, {c.text()}", hub.style.color)
+        for hub, base, c in found
+        if c is not None and c.kind == "cross" and c.n is not None
+    ]
+
+
+def _crossover_notes(
+    found: list[tuple[Series, Series, Crossover | None]], series: list[Series]
+) -> list[str]:
+    if len(all_seqs(split_ran(series)[0])) < 2:
+        return []
+    marked = any(c is not None and c.kind == "cross" for _, _, c in found)
     notes = []
-    for h in hubs:
-        parts = []
-        for b in bases:
-            both = h.ok.merge(b.ok, on="seq", suffixes=("_h", "_b"))
-            c = crossover(
-                col(both, "seq"), col(both, "time_median_s_h"), col(both, "time_median_s_b")
-            )
-            parts.append(f"vs {b.label}: {'fewer than two common n' if c is None else c.text()}")
-        if parts:
-            notes.append(f"Crossover, {h.label} faster from: " + "; ".join(parts) + ".")
+    for hub in dict.fromkeys(h.label for h, _, _ in found):
+        parts = [
+            f"vs {b.label}: {'fewer than two common n' if c is None else c.text()}"
+            for h, b, c in found
+            if h.label == hub
+        ]
+        crossed = any(c is not None and c.kind == "cross" for h, _, c in found if h.label == hub)
+        where = " (dashed lines)" if crossed and marked else ""
+        marked = marked and not crossed  # said once, on the first hub that crosses
+        notes.append(f"Crossover{where}, {hub} faster from: " + "; ".join(parts) + ".")
     return notes
+
+
+def _crossover_caption(
+    found: list[tuple[Series, Series, Crossover | None]], series: list[Series]
+) -> str:
+    crossed = [(h, b, c) for h, b, c in found if c is not None and c.kind == "cross"]
+    if not crossed or len(all_seqs(split_ran(series)[0])) < 2:
+        return ""
+    parts = [f"{h.label} overtakes {b.label} at {c.text()}" for h, b, c in crossed]
+    return " Dashed lines: " + "; ".join(parts) + "."
 
 
 def memory(facet: Facet) -> Figured:
     kind = str(facet.fixed.get("mem_kind") or "")
     what = {"cuda_allocated": "CUDA allocated", "cpu_rss": "CPU RSS"}.get(kind, kind)
-    ylabel = f"peak memory ({what})" if what else "peak memory"
-    return _line_figure(
-        facet, "Peak memory", "peak_mem_bytes", ylabel, style.bytes_formatter(), None
+    measure = Measure(
+        "Peak memory",
+        "peak_mem_bytes",
+        f"peak memory ({what})" if what else "peak memory",
+        style.bytes_formatter(),
+        binary=True,
     )
+    out = _line_figure(facet, measure)
+    out.caption += " One value per cell (the peak over the timed steps), so no error bars."
+    return out
 
 
 def state(facet: Facet) -> Figured:
-    out = _line_figure(
-        facet,
+    measure = Measure(
         "Decode state",
         "state_bytes",
         "state or KV cache per sequence",
         style.bytes_formatter(),
-        None,
+        binary=True,
     )
+    out = _line_figure(facet, measure)
     out.notes.insert(
         0,
         "Bytes each sequence carries into the next token after a prompt of n tokens: KV caches "
         "(attention), conv + SSM state (Mamba), hub statistics, member slots and the current "
         "chunk (HubRouter), summed over layers.",
     )
+    out.caption += " Bytes carried per sequence into the next token, summed over layers."
     return out
 
 
+SPEEDUP_NOTE = (
+    "Speedup = baseline step time / hub step time (= tokens/s ratio) against the hub's own "
+    "baseline (hub-gpt: transformer, hub-jamba: jamba), same cell otherwise; native = naive "
+    "attention, optimised = SDPA / flash. Error bars: 95% CI of the ratio of median step "
+    "times, from a bootstrap over rounds paired within the run (rounds, then steps)."
+)
+
+
+def _speedup_points(hub: Series, base: Series) -> list[tuple[int, RatioCI | None, str]]:
+    """(n, ratio CI or None, why not) at every n both sides have a row for."""
+    out = []
+    hub_at = {int(r["seq"]): r for _, r in hub.rows.iterrows()}
+    for _, b in base.rows.iterrows():
+        h = hub_at.get(int(b["seq"]))
+        if h is None:
+            continue
+        if h["status"] != "ok" or b["status"] != "ok":
+            why = f"hub {h['status']}" if h["status"] != "ok" else f"baseline {b['status']}"
+            out.append((int(b["seq"]), None, why))
+            continue
+        ci = ratio_ci(h["tokens_per_s"], b["tokens_per_s"], rounds_of(h), rounds_of(b), -1,
+                      paired=paired([h, b]))  # fmt: skip
+        out.append((int(b["seq"]), ci, ""))
+    return sorted(out, key=lambda p: p[0])
+
+
 def speedup(facet: Facet) -> Figured:
-    series = build_series(facet.df)
-    pairs = speedup_pairs(series)
+    every = build_series(facet.df)
+    never = split_ran(every)[1]
+    pairs = [(h, b, k) for h, b, k in speedup_pairs(every) if not (never_ran(h) or never_ran(b))]
+    points = {(h.label, b.label): _speedup_points(h, b) for h, b, _ in pairs}
+    seqs = sorted({n for pts in points.values() for n, _, _ in pts})
+    if len(seqs) == 1:
+        return _speedup_forest(facet, pairs, points, never, seqs[0])
     fig = new_figure()
-    ax = fig.add_axes((0.1, 0.16, 0.5, 0.68))
-    marks, gaps = [], []
-    for hub, base, kind in pairs:
-        xs, ys, lo, hi = [], [], [], []
-        for seq in sorted(set(hub.rows["seq"]) | set(base.rows["seq"])):
-            h = hub.rows[hub.rows["seq"] == seq].iloc[0] if seq in set(hub.rows["seq"]) else None
-            b = base.rows[base.rows["seq"] == seq].iloc[0] if seq in set(base.rows["seq"]) else None
-            if h is None or b is None:
-                continue
-            if h["status"] != "ok" or b["status"] != "ok":
-                who = "hub" if h["status"] != "ok" else "baseline"
-                status = str(h["status"] if who == "hub" else b["status"])
-                marks.append((int(seq), status, base.style.color))
-                gaps.append(f"{hub.label} over {base.label} n={fmt_seq(int(seq))}: {who} {status}")
-                continue
-            ci = ratio_ci(h["tokens_per_s"], b["tokens_per_s"], rounds_of(h), rounds_of(b), -1,
-                          paired=paired([h, b]))  # fmt: skip
-            xs.append(int(seq))
-            ys.append(ci.point)
-            lo.append(ci.point - ci.low)
-            hi.append(ci.high - ci.point)
-        linestyle = ":" if kind == "native" else "-"
-        ax.errorbar(
-            xs,
-            ys,
-            yerr=[lo, hi],
-            color=base.style.color,
-            marker=hub.style.marker,
-            linestyle=linestyle,
-            linewidth=1.8,
-            markersize=5.5,
-            capsize=2.5,
-            label=f"{hub.label} over {base.label} ({kind})",
-        )
+    ax = line_axes(fig)
+    marks, gaps, values = [], [], [1.0]
+    for i, (hub, base, kind) in enumerate(pairs):
+        pts = points[(hub.label, base.label)]
+        done = [(n, ci) for n, ci, _ in pts if ci is not None]
+        dodge = 2 ** (0.035 * (i - (len(pairs) - 1) / 2))  # error bars side by side, not on top
+        xs = [n * dodge for n, _ in done]
+        ys = [ci.point for _, ci in done]
+        values += [v for _, ci in done for v in (ci.low, ci.high)]
+        ax.errorbar(xs, ys, yerr=[[ci.point - ci.low for _, ci in done],
+                                  [ci.high - ci.point for _, ci in done]],
+                    color=base.style.color, marker=hub.style.marker,
+                    linestyle=":" if kind == "native" else "-", elinewidth=0.9,
+                    label=f"{hub.label} over {base.label} ({kind})")  # fmt: skip
+        for n, _, why in pts:
+            if why:
+                marks.append((n, why.split()[-1], base.style.color))
+                gaps.append(f"{hub.label} over {base.label} n={fmt_seq(n)}: {why}")
     ax.axhline(1.0, color="#777777", linewidth=1.0, zorder=1, label="parity (1×)")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(style.speedup_formatter())
-    minor_labels(ax, style.speedup_formatter())
+    log_axis(ax, values, style.speedup_formatter())
     ax.set_ylabel("speedup over baseline")
-    seqs = sorted({int(x) for h, b, _ in pairs for x in [*h.rows["seq"], *b.rows["seq"]]})
     seq_axis(ax, seqs)
     mark_failures(ax, marks)
-    title(fig, ax, "Speedup over attention baselines", facet)
+    title(fig, "Speedup over attention baselines", facet)
     legend(ax)
-    notes = [
-        "Speedup = baseline step time / hub step time (= tokens/s ratio) against the hub's own "
-        "baseline (hub-gpt: transformer, hub-jamba: jamba), same cell otherwise; native = naive "
-        "attention, optimised = SDPA / flash. Error bars: 95% CI of the ratio of median step "
-        "times, from a bootstrap over rounds paired within the run (rounds, then steps).",
-    ]
+    notes = [SPEEDUP_NOTE]
     if gaps:
-        notes.append(
-            "Undefined (x at the foot of the axes; a side did not run): " + "; ".join(gaps)
-        )
-    return Figured(fig, "", notes)
+        notes.append("Undefined (x at the foot of the axes; a side did not run): "
+                     + "; ".join(gaps) + ".")  # fmt: skip
+    notes += not_run_note(never)
+    caption = (
+        "Speedup of each hub variant over its own baseline (baseline step time / hub step time) "
+        f"against sequence length n, {context(facet)}; error bars are 95% bootstrap intervals of "
+        "the ratio, and the grey line is parity."
+    )
+    return Figured(fig, "", notes, caption)
+
+
+def _speedup_forest(
+    facet: Facet,
+    pairs: list[tuple[Series, Series, str]],
+    points: dict[tuple[str, str], list[tuple[int, RatioCI | None, str]]],
+    never: list[Series],
+    seq: int,
+) -> Figured:
+    rows, gaps = [], []
+    for hub, base, _ in pairs:
+        for n, ci, why in points[(hub.label, base.label)]:
+            label = f"{hub.label} over {base.label}"
+            pick = style.SeriesStyle(base.style.color, hub.style.marker, "-")
+            if ci is None:
+                rows.append(Row(label, pick, status=why))
+                gaps.append(f"{label} n={fmt_seq(n)}: {why}")
+            else:
+                low, high = (ci.low, ci.high) if ci.bootstrapped else (None, None)
+                rows.append(Row(label, pick, ci.point, low, high))
+    fig, _ = forest_figure(rows, "speedup over baseline", style.speedup_formatter(),
+                           parity=1.0, column_title="ratio",
+                           text=lambda v: f"{v:.2f}×")  # fmt: skip
+    title(fig, f"Speedup over attention baselines at n = {fmt_seq(seq)}", facet)
+    notes = [SPEEDUP_NOTE]
+    if gaps:
+        notes.append("Undefined (a side did not run): " + "; ".join(gaps) + ".")
+    notes += not_run_note(never)
+    caption = (
+        f"Speedup of each hub variant over its own baseline at n = {fmt_seq(seq)} (baseline step "
+        f"time / hub step time), {context(facet)}; whiskers are 95% bootstrap intervals of the "
+        "ratio, the grey line is parity."
+    )
+    return Figured(fig, "", notes, caption)
 
 
 # ---- entry point ----
@@ -362,6 +495,7 @@ class Rendered:
     kind: str
     stem: str  # file name without extension: kind[-variant][-facet]
     figure: Figure
+    caption: str = ""  # one or two sentences saying what the figure shows, for the report
 
 
 @dataclass
@@ -408,20 +542,28 @@ def _render_kind(kind: str, df: pd.DataFrame) -> list[Rendered]:
         for fig in result if isinstance(result, list) else [result]:
             footnote(fig.fig, fig.fig.axes[0], fig.notes)
             stem = "-".join(p for p in (kind, fig.stem, facet.slug) if p)
-            out.append(Rendered(kind, stem, fig.fig))
+            out.append(Rendered(kind, stem, fig.fig, fig.caption))
     return out
+
+
+# no creation date in the files: the same run gives the same bytes
+_METADATA: dict[str, dict[str, None]] = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}
 
 
 def save(figure: Figure, target: Any, fmt_name: str) -> None:
     """target: a path or a binary file object."""
-    figure.savefig(target, format=fmt_name, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+    import matplotlib
+
+    with matplotlib.rc_context(style.RC):  # fonttype is read when the file is written
+        figure.savefig(target, format=fmt_name, dpi=DPI, bbox_inches="tight", pad_inches=0.12,
+                       metadata=_METADATA.get(fmt_name))  # fmt: skip
 
 
 def plot_run(
     df: pd.DataFrame,
     out_dir: Path,
     kinds: Sequence[str] | None = None,
-    formats: Sequence[str] = FORMATS,
+    formats: Sequence[str] = DEFAULT_FORMATS,
 ) -> PlotOutcome:
     """Render and write every figure as out_dir/<stem>.<format>."""
     for f in formats:

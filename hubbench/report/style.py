@@ -34,13 +34,23 @@ _MARKERS = {"transformer": "o", "jamba": "s", "hub-gpt": "^", "hub-jamba": "D"}
 _LINES = {"naive": (0, (1, 1.2)), "sdpa": (0, (5, 2)), "flash": (0, (5, 1.5, 1, 1.5))}
 _EXTRA = ("#332288", "#44AA99", "#882255", "#117733", "#AA4499", "#DDCC77", "#88CCEE")
 
+# Sizes for a paper: a figure is WIDTH inches wide (legend and notes below the axes, not beside
+# them), so scaled into one column of a two-column layout (3.3 in) its tick labels and legend
+# still read at 6 pt or more.
+WIDTH = 4.2  # inches, the axes plus their labels
+AXES_HEIGHT = 2.5
+NOTE_SIZE = 7.0  # footnotes and the subtitle
 RC = {
-    "font.size": 10,
-    "axes.titlesize": 11,
-    "axes.labelsize": 10,
-    "legend.fontsize": 9,
-    "xtick.labelsize": 9,
-    "ytick.labelsize": 9,
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "lines.linewidth": 1.4,
+    "lines.markersize": 4.5,
+    "errorbar.capsize": 2.0,
+    "axes.linewidth": 0.8,
     "axes.spines.top": False,
     "axes.spines.right": False,
     "axes.grid": True,
@@ -48,9 +58,12 @@ RC = {
     "grid.linewidth": 0.6,
     "axes.axisbelow": True,
     "legend.frameon": False,
+    "legend.handlelength": 2.6,
     "savefig.dpi": 200,
-    "svg.fonttype": "path",
     "figure.dpi": 100,
+    "svg.fonttype": "none",  # SVG text stays text (editable, searchable), not outlines
+    "pdf.fonttype": 42,  # TrueType in the PDF: editable text that pdftotext can read
+    "ps.fonttype": 42,
 }
 
 

@@ -31,6 +31,11 @@ def hubs_run():
     return check_schema(df, "hubs")
 
 
+def _title(fig):
+    """The figure-level title and subtitle lines."""
+    return "\n".join(t.get_text() for t in fig.texts)
+
+
 def _texts(fig):
     return [t.get_text() for ax in fig.axes for t in ax.texts] + [t.get_text() for t in fig.texts]
 
@@ -49,8 +54,8 @@ def test_failed_cells_are_marked_and_footnoted(throughput_run):
     assert "oom" in texts and "skipped" in texts
     note = " ".join(next(t for t in texts if t.startswith("Median tokens/s")).split())
     assert "transformer · naive n=16k: oom" in note and "hub-jamba n=4k: skipped" in note
-    title = figures[0].figure.axes[0].get_title(loc="left")
-    for word in ("NVIDIA H200", "bf16", "forward", "batch 8"):
+    title = _title(figures[0].figure)
+    for word in ("Throughput", "NVIDIA H200", "bf16", "forward", "batch 8"):
         assert word in title
 
 
@@ -59,8 +64,9 @@ def test_scaling_legend_has_exponents_and_crossovers(throughput_run):
     fig = figures[0].figure
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert any(lbl.startswith("transformer · naive") and "n^{" in lbl for lbl in labels)
-    notes = " ".join(_texts(fig))
-    assert "Crossover, hub-gpt faster from:" in notes and "vs transformer · naive" in notes
+    notes = " ".join(" ".join(_texts(fig)).split())
+    assert "Crossover (dashed lines), hub-gpt faster from:" in notes
+    assert "vs transformer · naive" in notes and "hub-jamba faster from: vs jamba" in notes
 
 
 def test_speedup_names_its_baseline(throughput_run):
@@ -125,7 +131,7 @@ def test_styles_are_fixed_per_variant_and_backend(throughput_run):
 def test_cpu_titles_name_the_thread_count():
     df = check_schema(make_run(grid(("hub-gpt",), SEQS, device="cpu"), extra={"threads": 1}), "cpu")
     figures, _ = render(df, ["throughput"])
-    assert "NVIDIA H200 (1 thread) · bf16" in figures[0].figure.axes[0].get_title(loc="left")
+    assert "NVIDIA H200 (1 thread) · bf16" in _title(figures[0].figure)
 
 
 def test_rows_the_runner_makes_from_a_shipped_suite_plot_in_one_figure_per_kind():
