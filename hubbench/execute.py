@@ -106,10 +106,11 @@ def _measure(
     # decode: the tokens of a timed call see contexts seq .. seq + decode_tokens - 1
     context = cell.seq + (cell.decode_tokens - 1) / 2 if cell.mode == "decode" else cell.seq
     analytic = (
-        float(model.flops_analytic(cell.batch, context, cell.mode))
+        model.flops_analytic(cell.batch, context, cell.mode)
         if hasattr(model, "flops_analytic")
         else None
     )
+    analytic = None if analytic is None else float(analytic)
     dtype = getattr(model.config, "dtype", "fp32")
     peak, source = peak_flops(device.type, name, dtype, load_calibration(device))
     # decode: a call generates per_call tokens per sequence; a row's step is one of them

@@ -34,6 +34,7 @@ from hubbench.variants import (
     BaseConfig,
     HubFields,
     JambaConfig,
+    PluginFields,
     TransformerConfig,
     get_spec,
     jamba_attention_layers,
@@ -174,7 +175,7 @@ class LanguageModel(nn.Module):
 
     def _check_decodable(self) -> None:
         for i, block in enumerate(self.blocks):
-            if not hasattr(block.mixer, "step"):
+            if not getattr(block.mixer, "decodable", hasattr(block.mixer, "step")):
                 raise ConfigError(
                     f"{self.variant}: layer {i} ({block.kind}) has no incremental decode path"
                 )
@@ -237,11 +238,12 @@ class LanguageModel(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def flops_analytic(self, batch: int, seq: float, mode: str) -> float:
+    def flops_analytic(self, batch: int, seq: float, mode: str) -> float | None:
         """Causal-aware FLOPs per step: forward x1 (fwd, prefill) or x3 (fwd_bwd, train;
         optimizer ignored); decode: one token per sequence after a context of `seq` (the runner
         passes a timed call's mean context).
 
+        None when a plug-in mixer offers no `analytic_flops` (its rows keep the counted FLOPs).
         Mixers with `analytic_flops(seq)` count themselves (attention counts only the keys a
         causal query can see; in decode, `decode_flops(context)`); every other Linear counts
         2 * in * out per token, MoE experts scaled by topk / n_experts, and the Mamba scan its
@@ -254,7 +256,13 @@ class LanguageModel(nn.Module):
         for module in self.modules():
             if id(module) in counted:
                 continue
-            if hasattr(module, "analytic_flops"):
+            if isinstance(module, PluginMixer):
+                flops = module.flops(seq, decode)
+                if flops is None:  # the plug-in cannot count itself: only counted FLOPs hold
+                    return None
+                per_seq += flops
+                counted.update(id(m) for m in module.modules())
+            elif hasattr(module, "analytic_flops"):
                 per_seq += module.decode_flops(seq) if decode else module.analytic_flops(seq)
                 counted.update(id(m) for m in module.modules())
             elif isinstance(module, MoE):
@@ -325,6 +333,77 @@ def _hubrouter(config: BaseConfig, rope: bool) -> nn.Module:
     )
 
 
+class PluginMixer(nn.Module):
+    """A plug-in mixer (hubbench.plugins) held to its contract: it gets (d_model, n_heads,
+    causal=True, **options) and must map (B, n, d) to a tensor of the same shape, else a
+    PluginError names it. Its decode path and FLOPs are used when it has them."""
+
+    def __init__(self, spec: str, options: str, d_model: int, n_heads: int) -> None:
+        from hubbench.plugins import PluginError, decode_options, inspect_mixer, load_class
+
+        super().__init__()
+        info = inspect_mixer(spec)
+        values = decode_options(options)
+        info.check_options(values, f"mixer {info.name}")
+        self.spec, self.name, self.info = spec, info.name, info
+        try:
+            self.inner = load_class(spec)(d_model=d_model, n_heads=n_heads, causal=True, **values)
+        except Exception as exc:  # the user's constructor: any failure is its error
+            raise PluginError(
+                f"mixer {info.name}: constructor failed: {_first_line(exc)}"
+            ) from None
+        self.decodable = info.decodable
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._checked(self.inner(x), x, "forward")
+
+    def _checked(self, y: Any, x: torch.Tensor, what: str) -> torch.Tensor:
+        from hubbench.plugins import PluginError
+
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+            got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+            raise PluginError(
+                f"mixer {self.name}: {what} returned {got} for input {tuple(x.shape)}; "
+                "a mixer maps (B, n, d) to (B, n, d)"
+            )
+        return y
+
+    def empty_state(self, batch: int, capacity: int, like: torch.Tensor) -> Any:
+        return self.inner.empty_state(batch, capacity, like)
+
+    def prefill(self, x: torch.Tensor, capacity: int) -> tuple[torch.Tensor, Any]:
+        y, state = self.inner.prefill(x, capacity)
+        return self._checked(y, x, "prefill"), state
+
+    def step(self, x: torch.Tensor, state: Any) -> torch.Tensor:
+        return self._checked(self.inner.step(x, state), x, "step")
+
+    def flops(self, seq: float, decode: bool) -> float | None:
+        """The plug-in's own count (forward, one sequence), or None without one."""
+        if decode:
+            fn = getattr(self.inner, "decode_flops", None)
+        else:
+            fn = getattr(self.inner, "analytic_flops", None)
+        return None if fn is None else float(fn(seq))
+
+    @property
+    def last_backend(self) -> str | None:
+        return getattr(self.inner, "last_backend", None)
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _plugin(config: BaseConfig) -> PluginMixer:
+    assert isinstance(config, PluginFields)
+    return PluginMixer(config.mixer, config.mixer_options, config.d_model, config.n_heads)
+
+
 def _mlp_for(config: BaseConfig, layer: int) -> nn.Module:
     if isinstance(config, JambaConfig) and config.moe and layer % 2 == 1:
         return MoE(config.d_model, config.mlp_ratio, config.n_experts, config.moe_topk)
@@ -337,7 +416,9 @@ def _build_gpt(variant: str, config: TransformerConfig) -> LanguageModel:
     )
     blocks = []
     for i in range(config.n_layers):
-        if i in hub:
+        if isinstance(config, PluginFields):
+            blocks.append(Block("mixer", _plugin(config), _mlp_for(config, i), config.d_model))
+        elif i in hub:
             blocks.append(
                 Block(
                     "hubrouter", _hubrouter(config, rope=True), _mlp_for(config, i), config.d_model
@@ -358,6 +439,8 @@ def _build_jamba(variant: str, config: JambaConfig) -> LanguageModel:
     for i in range(config.n_layers):
         if i not in attention:
             kind, mixer = "mamba", _mamba(config)
+        elif isinstance(config, PluginFields):
+            kind, mixer = "mixer", _plugin(config)
         elif isinstance(config, HubFields):
             kind, mixer = "hubrouter", _hubrouter(config, rope=False)
         else:
@@ -372,6 +455,8 @@ BUILDERS: dict[str, Callable[[str, BaseConfig], LanguageModel]] = {
     "jamba": _build_jamba,
     "hub-jamba": _build_jamba,
     "hub-gpt": _build_gpt,
+    "mixer-gpt": _build_gpt,
+    "mixer-jamba": _build_jamba,
 }
 
 

@@ -28,6 +28,7 @@ Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import tomllib
@@ -50,13 +51,16 @@ from hubbench.config import (
 )
 from hubbench.config import cuda_available as probe_cuda
 from hubbench.errors import ConfigError, SuiteError
+from hubbench.plugins import MixerInfo, PluginError, encode_options, inspect_mixer
 from hubbench.variants import (
     CHOICES,
+    PLUGIN_HOSTS,
     REGISTRY,
     all_fields,
     check_length,
     config_fields,
     inert_fields,
+    is_plugin,
     make_config,
 )
 
@@ -176,10 +180,70 @@ def find_suite(name_or_path: str | Path) -> Path:
 # ----------------------------------------------------------------------------- field types
 
 
-def field_types() -> dict[str, type]:
-    """Every field a suite may name, with its type: the run fields, then every config field."""
+def field_types(extra: Mapping[str, type] | None = None) -> dict[str, type]:
+    """Every field a suite may name, with its type: the run fields, every config field, then
+    `extra` (the options of the plug-in mixers in play: plugin_option_types)."""
     run = {name: f.type for name, f in RUN_FIELDS.items()}
-    return {**run, **{name: f.type for name, f in all_fields().items()}}
+    return {**run, **{name: f.type for name, f in all_fields().items()}, **(extra or {})}
+
+
+@functools.lru_cache(maxsize=64)
+def mixer_info(spec: str) -> MixerInfo:
+    """A plug-in mixer's options and abilities, loaded once per process (imports torch)."""
+    return inspect_mixer(spec)
+
+
+def plugin_option_types(specs: Iterable[str], where: str) -> dict[str, type]:
+    """The options of these plug-in mixers by name; one name with two types is an error."""
+    out: dict[str, type] = {}
+    owner: dict[str, str] = {}
+    known = set(field_types())
+    for spec in dict.fromkeys(specs):
+        try:
+            info = mixer_info(spec)
+        except PluginError as exc:
+            raise SuiteError(f"{where}: {exc}") from None
+        for name, option in info.options.items():
+            if name in known:
+                raise SuiteError(
+                    f"{where}: mixer {info.name} option {name} has the name of a config field; "
+                    "rename it"
+                )
+            if out.setdefault(name, option.type) is not option.type:
+                raise SuiteError(
+                    f"{where}: option {name} is {out[name].__name__} in {owner[name]} but "
+                    f"{option.type.__name__} in {info.name}"
+                )
+            owner.setdefault(name, info.name)
+    return out
+
+
+def _suite_mixers(data: Mapping[str, Any]) -> list[str]:
+    """The plug-in specs a suite file names under [defaults] / [sweep] (and device overlays)."""
+    found: list[str] = []
+    for section in ("defaults", "sweep"):
+        table = data.get(section, {})
+        tables = [table] + [table.get(k, {}) for k in DEVICE_KINDS if isinstance(table, dict)]
+        for t in tables:
+            value = t.get("mixer") if isinstance(t, dict) else None
+            for v in value if isinstance(value, list) else [value]:
+                if isinstance(v, str) and v:
+                    found.append(v)
+    return found
+
+
+def with_mixers(suite: Suite, overrides: Mapping[str, Axis]) -> dict[str, Axis]:
+    """`--mixer`: unless `--variant` is given, each host variant of the sweep (transformer,
+    jamba) brings its plug-in twin (mixer-gpt, mixer-jamba); with no host, mixer-gpt."""
+    out = dict(overrides)
+    if "mixer" not in out or "variant" in out:
+        return out
+    axis = suite.axes.get("variant")
+    variants = list(axis.values) if axis else []
+    twins = [PLUGIN_HOSTS[v] for v in variants if v in PLUGIN_HOSTS] or ["mixer-gpt"]
+    origin = out["mixer"].origin
+    out["variant"] = Axis("variant", tuple(dict.fromkeys([*variants, *twins])), origin)
+    return out
 
 
 def field_choices() -> dict[str, tuple[str, ...]]:
@@ -220,7 +284,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
 
 
 def parse_suite(data: Mapping[str, Any], path: Path) -> Suite:
-    types = field_types()
+    types = field_types(plugin_option_types(_suite_mixers(data), f"{path}: mixer"))
     _unknown(data, TOP_KEYS, f"{path}: top-level key")
     name = _typed(data.get("name", path.stem), str, f"{path}: name")
     if name != path.stem:
@@ -438,13 +502,18 @@ def _gate_rules(gate: Any, types: Mapping[str, type], path: Path) -> list[GateRu
 
 
 def parse_overrides(
-    sets: Iterable[str] = (), **options: str | Iterable[str] | None
+    sets: Iterable[str] = (),
+    mixers: Iterable[str] = (),
+    **options: str | Iterable[str] | None,
 ) -> dict[str, Axis]:
     """`--seq 512,1024` style options and `--set key=v1,v2` items -> typed axes.
 
-    A field given twice (`--seq` and `--set seq=`, or `--set k=` twice) is an error.
+    A field given twice (`--seq` and `--set seq=`, or `--set k=` twice) is an error. `mixers`:
+    the plug-in specs in play besides `--mixer` (the suite's), whose options `--set` may name.
     """
-    types = field_types()
+    mixer_opt = options.get("mixer")
+    given = split_list([mixer_opt] if isinstance(mixer_opt, str) else mixer_opt or [])
+    types = field_types(plugin_option_types([*mixers, *given], "--mixer"))
     items: list[tuple[str, str, list[str]]] = []
     for key, value in options.items():
         if value is None:
@@ -573,6 +642,11 @@ def _make_cell(
             raise fail(f"{key} must be >= 1 (got {run[key]})", [key])
     own = set(config_fields(variant))
     given = {k: v for k, v in fields.items() if k in own}
+    if is_plugin(variant) and given.get("mixer"):
+        try:
+            given["mixer_options"] = _plugin_options(given, fields)
+        except PluginError as exc:
+            raise fail(str(exc), ["mixer", *exc.fields]) from None
     try:
         config = make_config(variant, **given)
     except ConfigError as exc:
@@ -606,6 +680,17 @@ def _make_cell(
         measure=settings,
         decode_tokens=run["decode_tokens"],
     )
+
+
+def _plugin_options(given: Mapping[str, Any], fields: Mapping[str, Any]) -> str:
+    """A plug-in cell's options: mixer_options (JSON) updated by the option axes it has."""
+    from hubbench.plugins import decode_options
+
+    info = mixer_info(str(given["mixer"]))
+    values = decode_options(str(given.get("mixer_options", "{}")))
+    values.update({k: v for k, v in fields.items() if k in info.options})
+    info.check_options(values, "mixer_options")
+    return encode_options(info.complete(values))
 
 
 def suite_axes(suite: Suite) -> dict[str, tuple[Any, ...]]:

@@ -15,6 +15,7 @@ is null in the row and does not multiply a sweep's cells.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,6 +137,34 @@ class HubJambaConfig(HubFields, JambaConfig):
         self.validate_hub()
 
 
+@dataclass
+class PluginFields:
+    mixer: str = _f("", "plug-in mixer: FILE.py:Class or package.module:Class", "mixer")
+    mixer_options: str = _f("{}", "the plug-in's own options as JSON (from --set)", "mixer")
+
+    def validate_plugin(self) -> None:
+        from hubbench.plugins import decode_options, parse_spec
+
+        if not self.mixer:
+            raise ConfigError("a plug-in variant needs mixer=FILE.py:Class (--mixer)", ("mixer",))
+        parse_spec(self.mixer, "mixer")
+        decode_options(self.mixer_options)
+
+
+@dataclass
+class PluginGPTConfig(PluginFields, TransformerConfig):
+    def validate(self) -> None:
+        BaseConfig.validate(self)  # no rotary positions of its own: the plug-in owns positions
+        self.validate_plugin()
+
+
+@dataclass
+class PluginJambaConfig(PluginFields, JambaConfig):
+    def validate(self) -> None:
+        super().validate()
+        self.validate_plugin()
+
+
 def _positive(config: object, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
@@ -152,16 +181,31 @@ def _choice(config: object, name: str, valid: tuple[str, ...]) -> None:
 # ----------------------------------------------------------------------------- layer layouts
 
 
+JAMBA_PERIOD, JAMBA_OFFSET = 8, 4  # Jamba: one attention layer per 8, at index 4 (a 1:7 ratio)
+
+
 def jamba_attention_layers(n_layers: int) -> set[int]:
-    """Attention at index 4 of every full group of 8 (1:7); below 8 layers, one in the middle."""
-    if n_layers < 8:
-        return {n_layers // 2}
-    return {group * 8 + 4 for group in range(n_layers // 8)}
+    """Jamba's rule: attention at every index i with i % 8 == 4 (13 layers: 4 and 12).
+
+    The short-stack rule: a stack of at most 4 layers has no such index, and a hybrid without
+    attention would be a plain Mamba model, so it gets one attention layer at n_layers // 2
+    (4 layers: index 2).
+    """
+    rule = {i for i in range(n_layers) if i % JAMBA_PERIOD == JAMBA_OFFSET}
+    return rule or {n_layers // 2}
+
+
+def replaced_count(n_layers: int, replace: float) -> int:
+    """How many of n_layers a fraction `replace` replaces: replace * n_layers rounded half up,
+    and at least one whenever replace > 0 (0.25 of 2 layers is 1 layer, never silently 0)."""
+    if replace <= 0:
+        return 0
+    return max(1, min(n_layers, math.floor(replace * n_layers + 0.5)))
 
 
 def replaced_layers(n_layers: int, replace: float) -> set[int]:
-    """`round(replace * n_layers)` layer indices, evenly spaced (centred in equal segments)."""
-    count = round(replace * n_layers)
+    """`replaced_count` layer indices, evenly spaced (centred in equal segments)."""
+    count = replaced_count(n_layers, replace)
     return {int((i + 0.5) * n_layers / count) for i in range(count)} if count else set()
 
 
@@ -176,8 +220,9 @@ class VariantSpec:
     description: str
     config_cls: type[BaseConfig]
     router: bool  # has HubRouter layers (heatmaps, routing columns, speedup numerators)
-    baseline: str | None  # the variant a router is judged against (speedup plots)
+    baseline: str | None  # the variant a router or plug-in is judged against (speedup plots)
     order: int  # display order in tables and legends
+    plugin: bool = False  # built around a plug-in mixer (the `mixer` field names it)
 
 
 REGISTRY: dict[str, VariantSpec] = {
@@ -217,8 +262,27 @@ REGISTRY: dict[str, VariantSpec] = {
             baseline="jamba",
             order=3,
         ),
+        VariantSpec(
+            "mixer-gpt",
+            "transformer with a plug-in mixer (--mixer FILE.py:Class) in every layer",
+            PluginGPTConfig,
+            router=False,
+            baseline="transformer",
+            order=4,
+            plugin=True,
+        ),
+        VariantSpec(
+            "mixer-jamba",
+            "jamba with a plug-in mixer (--mixer FILE.py:Class) in its attention layers",
+            PluginJambaConfig,
+            router=False,
+            baseline="jamba",
+            order=5,
+            plugin=True,
+        ),
     )
 }
+PLUGIN_HOSTS = {"transformer": "mixer-gpt", "jamba": "mixer-jamba"}  # --mixer adds these
 UNKNOWN_ORDER = len(REGISTRY)  # variants outside the registry (custom builders) sort last
 
 
@@ -233,6 +297,23 @@ def get_spec(variant: str) -> VariantSpec:
 def is_router(variant: str) -> bool:
     spec = REGISTRY.get(variant)
     return spec is not None and spec.router
+
+
+def is_plugin(variant: str) -> bool:
+    spec = REGISTRY.get(variant)
+    return spec is not None and spec.plugin
+
+
+def display_name(variant: str, mixer: str | None = None) -> str:
+    """What tables and figures call a variant: a plug-in variant by its mixer's class name
+    (mixer-gpt with examples/swa.py:SlidingWindow -> 'SlidingWindow-gpt')."""
+    if is_plugin(variant) and mixer:
+        from hubbench.plugins import display_name as class_name
+
+        name = class_name(mixer)
+        if name:
+            return f"{name}-{variant.removeprefix('mixer-')}"
+    return variant
 
 
 def is_baseline(variant: str) -> bool:
@@ -276,7 +357,7 @@ def all_fields() -> dict[str, FieldInfo]:
 def inert_fields(config: BaseConfig) -> set[str]:
     """Fields that cannot change what this config builds (a sweep must not multiply on them)."""
     inert: set[str] = set()
-    if isinstance(config, HubJambaConfig) or (
+    if isinstance(config, HubJambaConfig | PluginGPTConfig | PluginJambaConfig) or (
         isinstance(config, HubGPTConfig)
         and len(replaced_layers(config.n_layers, config.replace)) == config.n_layers
     ):

@@ -16,7 +16,13 @@ def test_registry_metadata() -> None:
         "jamba",
         "hub-gpt",
         "hub-jamba",
+        "mixer-gpt",
+        "mixer-jamba",
     ]
+    assert variants.is_plugin("mixer-gpt") and not variants.is_plugin("hub-gpt")
+    assert variants.baseline_of("mixer-jamba") == "jamba"
+    assert variants.display_name("mixer-jamba", "x/swa.py:Window") == "Window-jamba"
+    assert variants.display_name("hub-gpt", "x/swa.py:Window") == "hub-gpt"
     assert variants.is_router("hub-gpt") and not variants.is_router("transformer")
     assert variants.baseline_of("hub-jamba") == "jamba" and variants.baseline_of("jamba") is None
     assert variants.is_baseline("transformer") and not variants.is_baseline("hub-gpt")

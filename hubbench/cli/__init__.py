@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 
 from hubbench.errors import HubbenchError
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, emoji=False)  # ":name:" in paths is not an emoji
 INTERNAL_ERROR = 2
 INTERRUPTED = 130
 

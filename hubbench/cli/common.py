@@ -19,8 +19,8 @@ def console(stderr: bool = False) -> Console:
     """Rich console; logs and pipes get 160 columns instead of Rich's default 80."""
     from rich.console import Console
 
-    out = Console(stderr=stderr)
-    return out if out.is_terminal else Console(stderr=stderr, width=160)
+    out = Console(stderr=stderr, emoji=False)
+    return out if out.is_terminal else Console(stderr=stderr, width=160, emoji=False)
 
 
 def listed(values: Iterable[str] | None) -> list[str] | None:

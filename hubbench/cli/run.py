@@ -32,7 +32,9 @@ def plan_suite(
     from hubbench import suite as suites
 
     loaded = suites.load_suite(suite_name)
-    overrides = suites.parse_overrides(sets or [], **axes)
+    axis = loaded.axes.get("mixer")
+    overrides = suites.parse_overrides(sets or [], axis.values if axis else (), **axes)
+    overrides = suites.with_mixers(loaded, overrides)
     return suites.expand(loaded, overrides, suites.measure_overrides(**(measure or {})))
 
 
@@ -131,6 +133,12 @@ def register(app: typer.Typer) -> None:
         suite: str = typer.Argument(..., help="Suite name (see `hubbench list`) or a .toml path."),
         seq: list[str] = typer.Option(None, "--seq", "-n", help=f"Sequence lengths ({LIST_HELP})."),
         variant: list[str] = typer.Option(None, "--variant", help=f"Variants ({LIST_HELP})."),
+        mixer: list[str] = typer.Option(
+            None,
+            "--mixer",
+            help="Plug-in mixer FILE.py:Class or module:Class (repeatable): adds mixer-gpt "
+            "(and mixer-jamba when the suite has jamba) built around it; its options via --set.",
+        ),
         device: list[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
         dtype: list[str] = typer.Option(None, "--dtype", help=f"fp32, bf16, fp16 ({LIST_HELP})."),
         mode: list[str] = typer.Option(
@@ -184,6 +192,8 @@ def register(app: typer.Typer) -> None:
           hubbench run scaling --device cuda --dtype bf16
           hubbench run throughput --resume
           hubbench run decode --mode decode --batch 1 --seq 1024,16384
+          hubbench run throughput --seq 512,1024 \\
+            --mixer examples/sliding_window.py:SlidingWindowAttention --set window=64,128
         """
         from rich.markup import escape
 
@@ -191,7 +201,8 @@ def register(app: typer.Typer) -> None:
         plan = plan_suite(
             suite,
             axes={"seq": seq, "variant": variant, "device": device, "dtype": dtype, "mode": mode,
-                  "batch": batch, "threads": threads, "decode_tokens": decode_tokens},
+                  "batch": batch, "threads": threads, "decode_tokens": decode_tokens,
+                  "mixer": mixer},
             sets=sets,
             measure={"rounds": rounds, "repeats": repeats, "warmup": warmup,
                      "min_time_s": min_time, "timeout_s": timeout},

@@ -8,7 +8,8 @@ Builds each variant small, in float64 and eval mode, and runs the checks of
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -26,40 +27,120 @@ SMALL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "mlp_ratio": 2.0}
 SMALL_HUB = {"hubs": 4, "topk": 4, "neighbours": 1, "chunk": 8}
 
 
-def variant_fields(variants: list[str], sets: dict[str, str]) -> dict[str, dict[str, object]]:
+@dataclass(frozen=True)
+class Target:
+    """One model a verify command checks: its label, variant and small config fields."""
+
+    label: str
+    variant: str
+    fields: dict[str, object]
+
+
+def variant_fields(
+    variants: list[str], sets: dict[str, str], mixers: list[str] | None = None
+) -> list[Target]:
     """Config fields per variant: the small defaults that apply, then `--set` where it applies.
 
-    A `--set` key must be a field of at least one selected variant; it is applied to those
-    that have it (so `--set chunk=4` over all variants reaches the hub variants only).
+    A `--set` key must be a field of at least one selected variant (or an option of a plug-in
+    mixer); it is applied to those that have it (so `--set chunk=4` over all variants reaches
+    the hub variants only). A plug-in variant is checked once per mixer in `mixers`.
     """
-    from hubbench.variants import config_fields
+    from hubbench.plugins import encode_options
+    from hubbench.suite import mixer_info
+    from hubbench.variants import config_fields, display_name, is_plugin
 
+    mixers = mixers or []
+    infos = [mixer_info(m) for m in mixers]
     valid = {v: set(config_fields(v)) for v in variants}
-    known = set().union(*valid.values())
+    known = set().union(*valid.values(), *(set(i.options) for i in infos))
     for key in sets:
         if key not in known:
             raise ConfigError(
                 f"--set {key}: not a config field of {', '.join(variants)}; "
                 f"valid: {', '.join(sorted(known))}"
             )
-    fields: dict[str, dict[str, object]] = {}
+    out: list[Target] = []
     for v in variants:
         base = {**SMALL, **SMALL_HUB}
         chosen = {k: val for k, val in base.items() if k in valid[v]}
         chosen.update({k: val for k, val in sets.items() if k in valid[v]})
-        fields[v] = chosen
-    return fields
+        if not is_plugin(v):
+            out.append(Target(v, v, chosen))
+            continue
+        if not infos:
+            raise ConfigError(f"{v}: give the plug-in mixer with --mixer FILE.py:Class")
+        for info in infos:
+            own = {k: _typed(info, k, val) for k, val in sets.items() if k in info.options}
+            info.check_options(own, f"mixer {info.name}")
+            fields = {**chosen, "mixer": info.spec, "mixer_options": encode_options(own)}
+            out.append(Target(display_name(v, info.spec), v, fields))
+    return out
 
 
-def selected(variants: list[str] | None, sets: list[str] | None) -> dict[str, dict[str, object]]:
-    """The variants a verify command checks (default: all), each with its small config fields."""
+def _typed(info: Any, key: str, text: str) -> object:
+    from hubbench.config import parse_text
+
+    return parse_text(text, info.options[key].type, f"--set {key}")
+
+
+def selected(
+    variants: list[str] | None, sets: list[str] | None, mixers: list[str] | None = None
+) -> list[Target]:
+    """The variants a verify command checks (default: every built-in variant; with --mixer,
+    the plug-in variants built around each mixer), each with its small config fields."""
     from hubbench.cli.common import single_values
-    from hubbench.variants import REGISTRY, get_spec
+    from hubbench.config import split_list
+    from hubbench.variants import REGISTRY, get_spec, is_plugin
 
-    names = list(variants or REGISTRY)
+    specs = split_list(mixers or [])
+    if variants:
+        names = list(variants)
+    elif specs:
+        names = [v for v in REGISTRY if is_plugin(v)]
+    else:
+        names = [v for v in REGISTRY if not is_plugin(v)]
     for name in names:
         get_spec(name)  # unknown variant -> ConfigError listing the valid ones
-    return variant_fields(names, single_values(sets))
+    return variant_fields(names, single_values(sets), specs)
+
+
+MIXER_HELP = "Plug-in mixer FILE.py:Class or module:Class (repeatable): check models built on it."
+
+
+def _guarded(target: Target, check: Any, out: Any, broken: list[str]) -> tuple[Any, Any] | None:
+    """(model, check(model)) for one target; a plug-in that raises while it is built or
+    checked is noted in `broken` by name and None returned (a built-in's error propagates)."""
+    from rich.markup import escape
+
+    from hubbench.models import build
+    from hubbench.variants import is_plugin, make_config
+
+    try:
+        model = build(target.variant, make_config(target.variant, **target.fields))
+        return model, check(model)
+    except Exception as exc:
+        if not is_plugin(target.variant):
+            raise
+        broken.append(_plugin_failure(target, exc))
+        out.print(f"[bold]{target.label}[/]: [bold red]ERROR[/] {escape(broken[-1])}")
+        return None
+
+
+def _raise_broken(broken: list[str]) -> None:
+    if broken:
+        from hubbench.plugins import PluginError
+
+        raise PluginError(f"plug-in check(s) could not run: {'; '.join(broken)}")
+
+
+def _plugin_failure(target: Target, exc: Exception) -> str:
+    """A plug-in that raised during a check: one line naming it (the check cannot pass)."""
+    from hubbench.errors import HubbenchError
+
+    if isinstance(exc, HubbenchError):
+        return f"{target.label}: {exc}"
+    lines = str(exc).strip().splitlines()
+    return f"{target.label}: raised {type(exc).__name__}: {lines[0] if lines else ''}".rstrip()
 
 
 def _leak(value: float) -> str:
@@ -109,6 +190,7 @@ def register(app: typer.Typer) -> None:
         ),
         seeds: int = typer.Option(3, "--seeds", help="Random inputs per check (seeds 0..N-1)."),
         batch: int = typer.Option(2, "--batch", "-b", help="Sequences per probe (>= 2)."),
+        mixers: list[str] = typer.Option(None, "--mixer", help=MIXER_HELP),
     ) -> None:
         """Check that output t of each variant does not depend on inputs after t.
 
@@ -122,29 +204,35 @@ def register(app: typer.Typer) -> None:
 
         Example: hubbench verify causal hub-gpt transformer --seq 40 --set chunk=8
         """
+
         from hubbench.causality import CausalityError, check_model, claims_causal
         from hubbench.cli.common import console
-        from hubbench.models import build
-        from hubbench.variants import make_config
 
         if seq < 3:
             raise ConfigError(f"--seq must be >= 3 (got {seq})")
         if seeds < 1 or batch < 2:
             raise ConfigError(f"--seeds must be >= 1 and --batch >= 2 (got {seeds}, {batch})")
-        per_variant = selected(variants, sets)
+        targets = selected(variants, sets, mixers)
         out = console()
         leaking: list[str] = []
-        for name in per_variant:
-            model = build(name, make_config(name, **per_variant[name]))
+        broken: list[str] = []
+        for t in targets:
+            checked = _guarded(
+                t, lambda m: check_model(m, n=seq, batch=batch, seeds=tuple(range(seeds))), out,
+                broken,
+            )  # fmt: skip
+            if checked is None:
+                continue
+            model, report = checked
             causal = claims_causal(model)
-            report = check_model(model, n=seq, batch=batch, seeds=tuple(range(seeds)))
-            out.print(f"[bold]{name}[/]: {verdict(report, causal)}")
-            out.print(report_table(name, per_variant[name], report, causal))
+            out.print(f"[bold]{t.label}[/]: {verdict(report, causal)}")
+            out.print(report_table(t.label, t.fields, report, causal))
             if causal and not report.passed:
                 bad = [r for r in report.results if not r.passed]
                 leaking.append(
-                    f"{name} ({', '.join(f'{r.name} {r.describe_leak()}' for r in bad)})"
+                    f"{t.label} ({', '.join(f'{r.name} {r.describe_leak()}' for r in bad)})"
                 )
+        _raise_broken(broken)
         if leaking:
             raise CausalityError(f"causal variant(s) leak the future: {'; '.join(leaking)}")
 
@@ -185,6 +273,7 @@ def decode_cmd(
     ),
     seeds: int = typer.Option(2, "--seeds", help="Random token sequences (seeds 0..N-1)."),
     batch: int = typer.Option(2, "--batch", "-b", help="Sequences per probe."),
+    mixers: list[str] = typer.Option(None, "--mixer", help=MIXER_HELP),
 ) -> None:
     """Check that incremental decoding gives the parallel forward's logits.
 
@@ -196,28 +285,39 @@ def decode_cmd(
 
     Example: hubbench verify decode hub-gpt transformer --seq 43 --set chunk=8
     """
+
     from hubbench.cli.common import console
     from hubbench.decoding import DecodeMismatch, check_decode
-    from hubbench.models import build
     from hubbench.variants import make_config
 
     if seq < 2:
         raise ConfigError(f"--seq must be >= 2 (got {seq})")
     if seeds < 1 or batch < 1:
         raise ConfigError(f"--seeds and --batch must be >= 1 (got {seeds}, {batch})")
-    per_variant = selected(variants, sets)
+    targets = selected(variants, sets, mixers)
     out = console()
     bad: list[str] = []
-    for name in per_variant:
-        config = make_config(name, **per_variant[name])
+    broken: list[str] = []
+    for t in targets:
+        config = make_config(t.variant, **t.fields)
         if getattr(config, "causal", True) is False:
-            raise ConfigError(f"{name}: decoding needs a causal model (--set causal=false given)")
-        report = check_decode(build(name, config), n=seq, batch=batch, seeds=tuple(range(seeds)))
+            raise ConfigError(
+                f"{t.label}: decoding needs a causal model (--set causal=false given)"
+            )
+        checked = _guarded(
+            t, lambda m: check_decode(m, n=seq, batch=batch, seeds=tuple(range(seeds))), out, broken
+        )
+        if checked is None:
+            continue
+        report = checked[1]
         word = "[green]decode: PASS[/]" if report.passed else "[bold red]DECODE MISMATCH[/]"
-        out.print(f"[bold]{name}[/]: {word}")
-        out.print(decode_table(name, per_variant[name], report))
+        out.print(f"[bold]{t.label}[/]: {word}")
+        out.print(decode_table(t.label, t.fields, report))
         if not report.passed:
             worst = max(report.cases, key=lambda c: c.max_diff)
-            bad.append(f"{name} ({worst.name}: |diff| {worst.max_diff:.2g} at t={worst.first_bad})")
+            bad.append(
+                f"{t.label} ({worst.name}: |diff| {worst.max_diff:.2g} at t={worst.first_bad})"
+            )
+    _raise_broken(broken)
     if bad:
         raise DecodeMismatch(f"decode differs from the forward: {'; '.join(bad)}")

@@ -327,14 +327,18 @@ class HubRouter(nn.Module):
     def analytic_flops(self, seq: int) -> float:
         """Forward FLOPs for one sequence as this implementation computes it (matmuls only).
 
-        The council counts the keys a query can see: k' member slots plus, causally, (C+1)/2
-        local keys on average. Elementwise work (softmax, scans, gathers) is not counted.
+        The council counts the key slots each chunk's queries are scored against: k' member
+        slots plus, causally, (C+1)/2 local keys on average. Causally, the member slots are
+        min(k, (nc - 1) C) wide (what `_members` allocates: chunk c draws on chunks before it),
+        so at n <= C there are none and the council is the causal local window alone.
+        Elementwise work (softmax, scans, gathers) is not counted.
         """
         d, h, M, d_h = self.d_model, self.n_heads, self.hubs, self.d_head
         C = self.chunk if self.causal else seq
         nc = -(-seq // C)
         n_pad = nc * C
-        slots = min(self.topk, seq) * (1 + self.neighbours)
+        members = min(self.topk, (nc - 1) * C) if self.causal else min(self.topk, seq)
+        slots = members * (1 + self.neighbours)
         visible = slots + ((C + 1) / 2 if self.causal else 0)
         flops = 2 * n_pad * d * (4 * d + 1 + h * M)  # fused input GEMM
         flops += 2 * M * d * d + 2 * h * M * d_h * d  # hub queries folded into W_k

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from hubbench import schema
 from hubbench.errors import ReportError
 from hubbench.report.format import fmt_seq
+from hubbench.variants import display_name
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -244,10 +245,28 @@ def describe(row: Any, fields: Iterable[str]) -> str:
     for f in ordered:
         if norm_value(row[f]) is None:
             continue  # a field that does not apply to this cell's variant
+        if f == "mixer":
+            continue  # the variant's display name carries the mixer's class name
         v = fmt_value(f, row[f])
+        if f == "mixer_options":  # {"window":64} -> window=64
+            parts += [f"{k}={o}" for k, o in mixer_options(v).items()]
+            continue
+        if f == "variant":  # a plug-in variant by its mixer's class name
+            v = display_name(v, norm_value(row.get("mixer")) if "mixer" in row else None)
         name = "n" if f == "seq" else f
         parts.append(v if f == "variant" else f"{name}={v}")
     return " ".join(parts) if parts else "(single cell)"
+
+
+def mixer_options(text: str) -> dict[str, Any]:
+    """A row's mixer_options JSON as a dict (the text itself if it is not a JSON object)."""
+    import json
+
+    try:
+        values = json.loads(text)
+    except ValueError:
+        return {"mixer_options": text}
+    return values if isinstance(values, dict) else {"mixer_options": text}
 
 
 def ok_rows(df: pd.DataFrame) -> pd.DataFrame:

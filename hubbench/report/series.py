@@ -17,12 +17,13 @@ from hubbench.report.load import (
     cell_keys,
     fmt_value,
     label_fields,
+    mixer_options,
     norm_value,
     overlapping_runs,
     varying_fields,
 )
 from hubbench.report.style import SeriesStyle, family, series_style, sibling_style
-from hubbench.variants import baseline_of, display_order, is_baseline, is_router
+from hubbench.variants import baseline_of, display_name, display_order, is_baseline, is_router
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -183,14 +184,18 @@ def _backend(g: pd.DataFrame) -> str | None:
 
 
 def _label(row: Any, shown: list[str], backend: str | None, hub_attention: bool) -> str:
-    parts = [str(row["variant"])]
+    mixer = norm_value(row["mixer"]) if "mixer" in row else None
+    parts = [display_name(str(row["variant"]), mixer)]  # a plug-in by its class name
     attention = norm_value(row["attention"])
     if attention is not None and (is_baseline(str(row["variant"])) or hub_attention):
         parts.append(backend or str(attention))
     params = []
     for f in shown:
         value = norm_value(row[f])
-        if f in ("attention", "sdpa_kernel") or value is None:
+        if f in ("attention", "sdpa_kernel", "mixer") or value is None:
+            continue
+        if f == "mixer_options":
+            params += [f"{k}={o}" for k, o in mixer_options(str(value)).items()]
             continue
         name = SYMBOLS.get(f, "run" if f == "run_id" else f)
         params.append(f"{name}={fmt_value(f, value)}")

@@ -351,3 +351,37 @@ def test_blocked_prefix_combine_matches_the_doubling_scan(length: int) -> None:
     w = torch.softmax(m[:, : c + 1] + l[:, : c + 1].log(), dim=1)  # (2, c + 1, 6)
     ref = (w.unsqueeze(-1) * o[:, : c + 1] / l[:, : c + 1].unsqueeze(-1)).sum(1)
     torch.testing.assert_close(ob[:, c] / lb[:, c].unsqueeze(-1), ref)
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 3])
+def test_analytic_flops_count_the_member_slots_that_run(chunks: int) -> None:
+    """Member slots as the counter sees them run: the analytic count moves with topk exactly as
+    the counted FLOPs do. At n <= C (one chunk) chunk 0 has no earlier chunk to draw members
+    from, `_members` allocates no slot and topk changes nothing (the count had min(k, n) (1 + r)
+    phantom slots before: +58% at n = C for the ci settings)."""
+    from hubbench.flops import count_flops
+
+    d, C = 64, 32
+    x = torch.randn(1, chunks * C, d)
+    counted, analytic = [], []
+    for topk in (16, 1):
+        m = HubRouter(d, 2, hubs=4, topk=topk, neighbours=1, chunk=C)
+        counted.append(count_flops(lambda m=m: m(x)))
+        analytic.append(m.analytic_flops(chunks * C))
+    assert analytic[0] - analytic[1] == counted[0] - counted[1]
+    assert (counted[0] == counted[1]) == (chunks == 1)
+
+
+def test_the_score_head_learns_nothing_when_the_sequence_fits_one_chunk() -> None:
+    """The score reaches the output only through the members' sigmoid gates; at n <= C there
+    are no members, so the score head (score_fp and the score row of in_proj) gets an exactly
+    zero gradient. One token past the chunk, it gets one."""
+    torch.manual_seed(0)
+    C = 8
+    m = HubRouter(16, 2, hubs=4, topk=4, chunk=C).double()
+    for n, learns in ((C, False), (C - 3, False), (C + 1, True)):
+        m.zero_grad()
+        m(torch.randn(2, n, 16, dtype=torch.float64)).square().sum().backward()
+        score_row = m.in_proj.weight.grad[4 * 16]
+        grads = (m.score_fp.weight.grad.abs().sum(), score_row.abs().sum())
+        assert all((g > 0) == learns for g in grads), (n, grads)

@@ -3,6 +3,8 @@ tiny sizes; a deliberately non-causal attention, and hub variants with causal=fa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hubbench import models, variants
@@ -18,11 +20,15 @@ def tiny(variant: str, **extra: object) -> models.LanguageModel:
     return models.build_model(variant, **{**fields, **extra})
 
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sliding_window.py"
+
+
 @pytest.mark.parametrize("variant", sorted(variants.REGISTRY))
 def test_causal_variant_passes_all_checks(variant: str) -> None:
-    model = tiny(variant)
+    plugin = {"mixer": f"{EXAMPLE}:SlidingWindowAttention", "mixer_options": '{"window": 3}'}
+    model = tiny(variant, **(plugin if variants.is_plugin(variant) else {}))
     kinds = set(model.layer_kinds)
-    assert kinds & {"attention", "hubrouter"}, kinds  # the mixer under test is really there
+    assert kinds & {"attention", "hubrouter", "mixer"}, kinds  # the mixer under test is there
     report = check_model(model, n=20, seeds=(0, 1))
     assert report.passed, f"{variant}: {report.summary()}"
     assert {5, 6, 7, 11, 12, 13} <= set(report.times) or "chunk" not in variants.config_fields(

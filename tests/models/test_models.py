@@ -58,6 +58,12 @@ def models_dtype(name: str) -> torch.dtype:
 def test_layer_layouts() -> None:
     assert models.jamba_attention_layers(8) == {4}
     assert models.jamba_attention_layers(16) == {4, 12}
+    # Jamba's i % 8 == 4 at every depth, partial groups included
+    assert models.jamba_attention_layers(13) == {4, 12}
+    assert models.jamba_attention_layers(5) == {4}
+    assert models.jamba_attention_layers(7) == {4}
+    assert models.jamba_attention_layers(20) == {4, 12}
+    # the short-stack rule: no index satisfies it, one attention layer in the middle
     assert models.jamba_attention_layers(4) == {2}
     assert models.jamba_attention_layers(1) == {0}
     jamba = models.build_model("jamba", d_model=32, n_heads=2, n_layers=8)
@@ -70,6 +76,19 @@ def test_layer_layouts() -> None:
     assert gpt.layer_kinds == ["attention", "hubrouter", "attention", "hubrouter"]
     gpt = models.build_model("hub-gpt", d_model=32, n_heads=2, n_layers=4, replace=0.0)
     assert gpt.layer_kinds == ["attention"] * 4
+
+
+@pytest.mark.parametrize(
+    ("n_layers", "replace", "count"),
+    [(2, 0.25, 1), (4, 0.125, 1), (4, 0.375, 2), (4, 0.625, 3), (8, 0.0625, 1), (3, 0.5, 2),
+     (4, 0.0, 0), (4, 1.0, 4), (1, 0.01, 1)],
+)  # fmt: skip
+def test_replace_rounds_half_up_and_never_to_zero(n_layers: int, replace: float, count: int):
+    """Half-to-even made 0.25 of 2 layers and 0.125 of 4 zero HubRouter layers, silently."""
+    from hubbench import variants
+
+    assert variants.replaced_count(n_layers, replace) == count
+    assert len(variants.replaced_layers(n_layers, replace)) == count
 
 
 def test_moe_every_other_layer_with_aux_loss() -> None:

@@ -1,0 +1,60 @@
+"""Plug-in mixers for the tests: a causal one, and broken ones that hubbench must catch."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class CausalMean(nn.Module):
+    """Causal running mean of a projection: causal, cheap, with an option and FLOPs."""
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool, *, scale: float = 1.0) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model, bias=False)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = torch.arange(1, x.shape[1] + 1, device=x.device, dtype=x.dtype).view(1, -1, 1)
+        return self.scale * self.proj(x).cumsum(1) / steps
+
+    def analytic_flops(self, seq: int) -> float:
+        return float(2 * seq * self.proj.in_features * self.proj.out_features)
+
+
+class LeakyMean(nn.Module):
+    """Claims nothing and leaks: every output sees the mean of the whole sequence."""
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x) + x.mean(1, keepdim=True)
+
+
+class WrongShape(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, causal: bool) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, 2 * d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class Raises(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, causal: bool) -> None:
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this mixer is broken on purpose")
+
+
+class NoContract(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+
+
+class NotAModule:
+    def __init__(self, d_model: int, n_heads: int, causal: bool) -> None:
+        pass

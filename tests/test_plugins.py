@@ -1,0 +1,258 @@
+"""Plug-in mixers (hubbench.plugins): specs, the contract, planning, building, the checks, a run.
+
+`test_a_plugin_runs_next_to_the_built_in_variants` is the one test here that starts a worker.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hubbench import models, store
+from hubbench import suite as suites
+from hubbench.cli import app
+from hubbench.plugins import PluginError, display_name, inspect_mixer, parse_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+SWA = f"{ROOT / 'examples' / 'sliding_window.py'}:SlidingWindowAttention"
+MIXERS = Path(__file__).with_name("plugins") / "mixers.py"
+
+
+def spec(name: str) -> str:
+    return f"{MIXERS}:{name}"
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+# ----------------------------------------------------------------------------- specs, contract
+
+
+def test_specs_parse_as_files_or_modules() -> None:
+    file = parse_spec("examples/sliding_window.py:SlidingWindowAttention")
+    assert (file.is_file, file.target, file.name) == (
+        True,
+        "examples/sliding_window.py",
+        "SlidingWindowAttention",
+    )
+    module = parse_spec("mypkg.layers:Mixer")
+    assert (module.is_file, module.target, module.name) == (False, "mypkg.layers", "Mixer")
+    assert display_name("a/b.py:Foo") == "Foo" and display_name(None) is None
+
+
+@pytest.mark.parametrize("text", ["no_colon", "file.py:", ":Class", "file.py:not-an-id", "a b:C"])
+def test_a_malformed_spec_is_one_line(text: str) -> None:
+    with pytest.raises(PluginError, match=r"expected FILE\.py:Class|neither a \.py file"):
+        parse_spec(text)
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("NoContract", "constructor lacks d_model, n_heads, causal"),
+        ("NotAModule", "not an nn.Module subclass"),
+        ("Missing", "has no Missing"),
+    ],
+)
+def test_a_class_outside_the_contract_is_refused(name: str, match: str) -> None:
+    with pytest.raises(PluginError, match=match):
+        inspect_mixer(spec(name))
+
+
+def test_import_failures_name_the_spec(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.py"
+    broken.write_text("import not_a_module_anywhere\n")
+    with pytest.raises(PluginError, match=r"importing .*broken.py failed: ModuleNotFoundError"):
+        inspect_mixer(f"{broken}:X")
+    with pytest.raises(PluginError, match="no file"):
+        inspect_mixer(f"{tmp_path / 'absent.py'}:X")
+    with pytest.raises(PluginError, match="cannot import not_a_module_anywhere"):
+        inspect_mixer("not_a_module_anywhere:X")
+
+
+def test_the_example_declares_its_options_and_flops() -> None:
+    info = inspect_mixer(SWA)
+    assert info.name == "SlidingWindowAttention"
+    assert {n: (o.type, o.default) for n, o in info.options.items()} == {"window": (int, 128)}
+    assert info.analytic and not info.decodable
+    with pytest.raises(PluginError, match=r"no option.*wdw; valid: window"):
+        info.check_options({"wdw": 3}, "here")
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def test_mixer_adds_plugin_twins_and_its_options_sweep() -> None:
+    loaded = suites.load_suite("throughput")
+    overrides = suites.parse_overrides(["window=32,64"], seq="128", mixer=SWA)
+    plan = suites.expand(loaded, suites.with_mixers(loaded, overrides), cuda_available=False)
+    plugged = [c for c in plan.cells if c.variant.startswith("mixer-")]
+    assert sorted((c.variant, c.config.mixer_options) for c in plugged) == [
+        ("mixer-gpt", '{"window":32}'),
+        ("mixer-gpt", '{"window":64}'),
+        ("mixer-jamba", '{"window":32}'),
+        ("mixer-jamba", '{"window":64}'),
+    ]
+    assert all(c.config.mixer == SWA for c in plugged)
+    assert len(plan.cells) == 8 + 4  # the built-in cells are not multiplied by window
+    # a default spelled out is the same cell as the default left out
+    ids = {
+        c.cell_id
+        for opts in ([], ["window=128"])
+        for c in suites.expand(
+            loaded,
+            suites.with_mixers(loaded, suites.parse_overrides(opts, seq="128", mixer=SWA)),
+            cuda_available=False,
+        ).cells
+        if c.variant == "mixer-gpt"
+    }
+    assert len(ids) == 1
+
+
+def test_plugin_options_are_typed_and_checked() -> None:
+    with pytest.raises(Exception, match="window"):
+        suites.parse_overrides(["window=wide"], seq="128", mixer=SWA)
+    with pytest.raises(Exception, match="unknown field 'window'"):
+        suites.parse_overrides(["window=64"], seq="128")  # no plug-in: no such field
+    with pytest.raises(Exception, match="constructor lacks"):
+        suites.parse_overrides([], seq="128", mixer=spec("NoContract"))
+
+
+def test_a_plugin_variant_needs_its_mixer() -> None:
+    loaded = suites.load_suite("throughput")
+    overrides = suites.parse_overrides([], seq="128", variant="mixer-gpt")
+    with pytest.raises(Exception, match="needs mixer="):
+        suites.expand(loaded, overrides, cuda_available=False)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def test_the_model_is_built_around_the_plugin_with_its_flops() -> None:
+    opts = json.dumps({"window": 16})
+    gpt = models.build_model("mixer-gpt", mixer=SWA, mixer_options=opts, d_model=32, n_heads=2)
+    assert gpt.layer_kinds == ["mixer"] * 4
+    hybrid = models.build_model(
+        "mixer-jamba", mixer=SWA, mixer_options=opts, d_model=32, n_layers=4
+    )
+    assert hybrid.layer_kinds == ["mamba", "mamba", "mixer", "mamba"]
+    idx = torch.randint(0, 256, (2, 40))
+    assert gpt(idx).shape == (2, 40, 256)
+    swa = gpt.blocks[0].mixer.inner
+    per_layer = swa.analytic_flops(40)
+    head_and_mlps = gpt.flops_analytic(1, 40, "fwd") - 4 * per_layer
+    assert head_and_mlps > 0  # the plug-in counted itself, the GPT the rest
+    no_flops = models.build_model("mixer-gpt", mixer=spec("LeakyMean"), d_model=32, n_heads=2)
+    assert no_flops.flops_analytic(1, 40, "fwd") is None  # counted FLOPs only
+
+
+def test_a_wrong_shape_is_a_plugin_error() -> None:
+    model = models.build_model("mixer-gpt", mixer=spec("WrongShape"), d_model=32, n_heads=2)
+    with pytest.raises(PluginError, match=r"returned \(2, 8, 64\) for input \(2, 8, 32\)"):
+        model(torch.randint(0, 256, (2, 8)))
+
+
+def test_a_constructor_failure_is_a_plugin_error() -> None:
+    with pytest.raises(PluginError, match="constructor failed: ValueError: a causal window"):
+        models.build_model("mixer-gpt", mixer=SWA, mixer_options='{"window": 0}')
+
+
+def test_labels_name_the_mixer_and_its_options() -> None:
+    from hubbench.report.load import describe
+
+    row = {"variant": "mixer-gpt", "mixer": SWA, "mixer_options": '{"window":64}', "seq": 1024}
+    assert describe(row, ["variant", "mixer", "mixer_options", "seq"]) == (
+        "SlidingWindowAttention-gpt window=64 n=1k"
+    )
+
+
+# ----------------------------------------------------------------------------- checks, a run
+
+
+def test_verify_causal_passes_the_example_and_fails_a_leak(runner: CliRunner) -> None:
+    ok = runner.invoke(app, ["verify", "causal", "--mixer", SWA, "--set", "window=4"])
+    assert ok.exit_code == 0, ok.output
+    assert "SlidingWindowAttention-gpt: causal: PASS" in ok.output
+    assert "SlidingWindowAttention-jamba: causal: PASS" in ok.output
+    leak = runner.invoke(app, ["verify", "causal", "--mixer", spec("LeakyMean")])
+    assert leak.exit_code == 1, leak.output
+    assert "LeakyMean-gpt: LEAKS THE FUTURE" in leak.output
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("WrongShape", "returned (2, 40, 64)"),
+        ("Raises", "raised RuntimeError: this mixer is broken"),
+    ],
+)
+def test_verify_names_a_broken_plugin(runner: CliRunner, name: str, match: str) -> None:
+    result = runner.invoke(app, ["verify", "causal", "--mixer", spec(name)])
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: plug-in check(s) could not run:") and match in line
+
+
+def test_verify_decode_says_a_plugin_without_decode_path(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["verify", "decode", "--mixer", SWA])
+    assert result.exit_code == 2
+    assert "has no incremental decode path" in result.stderr
+
+
+TINY = """
+description = "a plug-in next to a built-in variant"
+[measure]
+warmup = 1
+repeats = 2
+rounds = 1
+timeout_s = 120
+warmup_max_s = 1
+[defaults]
+mode = "fwd_bwd"
+device = "cpu"
+d_model = 32
+n_layers = 2
+n_heads = 2
+[sweep]
+seq = [32, 64]
+variant = ["transformer"]
+"""
+
+
+def test_a_plugin_runs_next_to_the_built_in_variants(runner: CliRunner, tmp_path: Path) -> None:
+    suite = tmp_path / "tiny.toml"
+    suite.write_text(TINY)
+    results = tmp_path / "results"
+    args = ["run", str(suite), "--results-dir", str(results), "--set", "window=16"]
+    result = runner.invoke(app, [*args, "--mixer", f"{SWA},{spec('WrongShape')}"])
+    assert result.exit_code == 0, result.output
+    [path] = store.list_runs(results)
+    df = pd.read_parquet(path)
+    by = {
+        (r.variant, r.mixer.rsplit(":", 1)[-1] if isinstance(r.mixer, str) else None, r.seq): r
+        for r in df.itertuples()
+    }
+    assert set(by) == {
+        (v, m, n)
+        for n in (32, 64)
+        for v, m in (("transformer", None), ("mixer-gpt", "SlidingWindowAttention"),
+                     ("mixer-gpt", "WrongShape"))
+    }  # fmt: skip
+    swa = by[("mixer-gpt", "SlidingWindowAttention", 64)]
+    assert swa.status == "ok" and swa.tokens_per_s > 0
+    assert swa.mixer_options == '{"window":16}' and swa.flops_per_step_analytic > 0
+    broken = by[("mixer-gpt", "WrongShape", 32)]
+    assert broken.status == "error" and "returned (1, 32, 64)" in broken.message
+    plot = runner.invoke(
+        app, ["plot", str(path), "--kind", "throughput", "--out", str(tmp_path / "plots")]
+    )
+    assert plot.exit_code == 0, plot.output
+    svg = next((tmp_path / "plots").glob("throughput*.svg")).read_text()
+    assert "SlidingWindowAttention-gpt" in svg
