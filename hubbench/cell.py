@@ -119,11 +119,13 @@ class Cell:
 
     def label(self, fields: Iterable[str] = ()) -> str:
         """'hub-gpt n=1024 attention=sdpa' style; `fields` adds the swept fields that apply."""
-        parts = [self.variant, f"n={self.seq}"]
+        from hubbench.variants import display_name
+
+        parts = [display_name(self.variant, getattr(self.config, "mixer", None)), f"n={self.seq}"]
         identity = self.identity
         for name in fields:
             value = identity.get(name)
-            if name not in ("variant", "seq") and value is not None:
+            if name not in ("variant", "seq", "mixer", "mixer_digest") and value is not None:
                 parts.append(f"{name}={value}")
         return " ".join(parts)
 

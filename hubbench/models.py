@@ -19,6 +19,7 @@ lm_head, loss) so profiler traces and the stage breakdown can attribute time.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -338,13 +339,26 @@ class PluginMixer(nn.Module):
     causal=True, **options) and must map (B, n, d) to a tensor of the same shape, else a
     PluginError names it. Its decode path and FLOPs are used when it has them."""
 
-    def __init__(self, spec: str, options: str, d_model: int, n_heads: int) -> None:
-        from hubbench.plugins import PluginError, decode_options, inspect_mixer, load_class
+    def __init__(
+        self, spec: str, options: str, d_model: int, n_heads: int, digest: str = ""
+    ) -> None:
+        from hubbench.plugins import (
+            PluginError,
+            decode_options,
+            inspect_mixer,
+            load_class,
+            source_digest,
+        )
 
         super().__init__()
         info = inspect_mixer(spec)
-        values = decode_options(options)
-        info.check_options(values, f"mixer {info.name}")
+        if digest and source_digest(spec) != digest:
+            raise PluginError(
+                f"mixer {info.name}: its source changed since the run was planned "
+                f"(sha256 {source_digest(spec)} != {digest}); plan the run again"
+            )
+        values = info.complete(decode_options(options))
+        info.check_options(values, "mixer_options")
         self.spec, self.name, self.info = spec, info.name, info
         try:
             self.inner = load_class(spec)(d_model=d_model, n_heads=n_heads, causal=True, **values)
@@ -368,15 +382,15 @@ class PluginMixer(nn.Module):
             )
         return y
 
-    def empty_state(self, batch: int, capacity: int, like: torch.Tensor) -> Any:
-        return self.inner.empty_state(batch, capacity, like)
+    def empty_state(self, batch: int, capacity: int, like: torch.Tensor) -> PluginState:
+        return PluginState(self.inner.empty_state(batch, capacity, like))
 
-    def prefill(self, x: torch.Tensor, capacity: int) -> tuple[torch.Tensor, Any]:
+    def prefill(self, x: torch.Tensor, capacity: int) -> tuple[torch.Tensor, PluginState]:
         y, state = self.inner.prefill(x, capacity)
-        return self._checked(y, x, "prefill"), state
+        return self._checked(y, x, "prefill"), PluginState(state)
 
-    def step(self, x: torch.Tensor, state: Any) -> torch.Tensor:
-        return self._checked(self.inner.step(x, state), x, "step")
+    def step(self, x: torch.Tensor, state: PluginState) -> torch.Tensor:
+        return self._checked(self.inner.step(x, state.inner), x, "step")
 
     def flops(self, seq: float, decode: bool) -> float | None:
         """The plug-in's own count (forward, one sequence), or None without one."""
@@ -394,6 +408,50 @@ class PluginMixer(nn.Module):
         return f"spec={self.spec}"
 
 
+class PluginState:
+    """A plug-in's decode state as the model's state needs it: any object (a tensor, a dict or
+    list of them, a dataclass); its bytes are its tensors' bytes, a snapshot a deep copy. A
+    state with its own `nbytes`, `snapshot` and `restore` (as the built-in ones) uses those."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def nbytes(self) -> int:
+        own = getattr(self.inner, "nbytes", None)
+        if callable(own):
+            return int(own())
+        return sum(t.numel() * t.element_size() for t in _tensors(self.inner))
+
+    def snapshot(self) -> Any:
+        own = getattr(self.inner, "snapshot", None)
+        return own() if callable(own) else copy.deepcopy(self.inner)
+
+    def restore(self, saved: Any) -> None:
+        own = getattr(self.inner, "restore", None)
+        if callable(own):
+            own(saved)
+        else:
+            self.inner = copy.deepcopy(saved)
+
+
+def _tensors(obj: Any, seen: set[int] | None = None) -> list[torch.Tensor]:
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return []
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        items: Any = obj.values()
+    elif isinstance(obj, list | tuple):
+        items = obj
+    elif hasattr(obj, "__dict__"):
+        items = vars(obj).values()
+    else:
+        return []
+    return [t for item in items for t in _tensors(item, seen)]
+
+
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
@@ -401,7 +459,9 @@ def _first_line(exc: BaseException) -> str:
 
 def _plugin(config: BaseConfig) -> PluginMixer:
     assert isinstance(config, PluginFields)
-    return PluginMixer(config.mixer, config.mixer_options, config.d_model, config.n_heads)
+    return PluginMixer(
+        config.mixer, config.mixer_options, config.d_model, config.n_heads, config.mixer_digest
+    )
 
 
 def _mlp_for(config: BaseConfig, layer: int) -> nn.Module:

@@ -34,6 +34,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,9 @@ from hubbench.errors import ConfigError
 CONTRACT = ("d_model", "n_heads", "causal")
 OPTION_TYPES = (bool, int, float, str)
 # names hubbench itself gives a meaning in a cell: an option may not shadow them
-RESERVED = frozenset(("variant", "mode", "device", "batch", "seq", "threads", "compile"))
+RESERVED = frozenset(
+    ("variant", "mode", "device", "batch", "seq", "threads", "compile", "decode_tokens")
+)
 
 
 class PluginError(ConfigError):
@@ -74,7 +77,9 @@ def parse_spec(text: str, where: str = "--mixer") -> MixerSpec:
     is_file = target.endswith(".py") or "/" in target or "\\" in target
     if not is_file and not all(part.isidentifier() for part in target.split(".")):
         raise PluginError(f"{where} {text!r}: {target!r} is neither a .py file nor a module name")
-    return MixerSpec(text.strip(), target, attr, is_file)
+    if is_file:  # ./a/../m.py and m.py are one spec (rows store this text)
+        target = os.path.normpath(target)
+    return MixerSpec(f"{target}:{attr}", target, attr, is_file)
 
 
 def display_name(text: str | None) -> str | None:
@@ -89,9 +94,11 @@ def display_name(text: str | None) -> str | None:
 
 def _import(spec: MixerSpec) -> Any:
     if not spec.is_file:
+        if os.getcwd() not in sys.path:  # as `python -m` would: modules beside the run dir
+            sys.path.append(os.getcwd())
         try:
             return importlib.import_module(spec.target)
-        except Exception as exc:  # the user's module: any failure is its error
+        except (Exception, SystemExit) as exc:  # the user's module: any failure is its error
             raise PluginError(
                 f"mixer {spec.text}: cannot import {spec.target}: {_why(exc)}"
             ) from None
@@ -107,14 +114,25 @@ def _import(spec: MixerSpec) -> Any:
         raise PluginError(f"mixer {spec.text}: {spec.target} is not a Python file")
     module = importlib.util.module_from_spec(loader)
     sys.modules[name] = module  # dataclasses and pickling look the module up by name
+    if str(path.parent) not in sys.path:  # as `python FILE.py` would: its neighbours import
+        sys.path.append(str(path.parent))
     try:
         loader.loader.exec_module(module)
-    except Exception as exc:  # the user's code: any failure is its error
+    except (Exception, SystemExit) as exc:  # the user's code: any failure is its error
         del sys.modules[name]
         raise PluginError(
             f"mixer {spec.text}: importing {spec.target} failed: {_why(exc)}"
         ) from None
     return module
+
+
+def source_digest(text: str) -> str:
+    """12 hex digits of sha256 over the mixer's source file: rows of edited code are new cells."""
+    module = _import(parse_spec(text))
+    source = getattr(module, "__file__", None)
+    if not source or not Path(source).is_file():
+        return ""
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()[:12]
 
 
 def _why(exc: BaseException) -> str:
@@ -190,7 +208,12 @@ class MixerInfo:
             if o.default is not inspect.Parameter.empty
         }
         out.update(values)
-        return out
+        from hubbench.config import coerce
+
+        try:  # typed as declared: a float option's default 1 and --set 1.0 are one value
+            return {n: coerce(v, self.options[n].type, f"option {n}") for n, v in out.items()}
+        except ConfigError as exc:
+            raise PluginError(f"mixer {self.name}: {exc}", ("mixer_options",)) from None
 
 
 def inspect_mixer(text: str) -> MixerInfo:

@@ -51,7 +51,14 @@ from hubbench.config import (
 )
 from hubbench.config import cuda_available as probe_cuda
 from hubbench.errors import ConfigError, SuiteError
-from hubbench.plugins import MixerInfo, PluginError, encode_options, inspect_mixer
+from hubbench.plugins import (
+    MixerInfo,
+    PluginError,
+    encode_options,
+    inspect_mixer,
+    parse_spec,
+    source_digest,
+)
 from hubbench.variants import (
     CHOICES,
     PLUGIN_HOSTS,
@@ -236,7 +243,14 @@ def with_mixers(suite: Suite, overrides: Mapping[str, Axis]) -> dict[str, Axis]:
     """`--mixer`: unless `--variant` is given, each host variant of the sweep (transformer,
     jamba) brings its plug-in twin (mixer-gpt, mixer-jamba); with no host, mixer-gpt."""
     out = dict(overrides)
-    if "mixer" not in out or "variant" in out:
+    if "mixer" not in out:
+        return out
+    if "variant" in out:
+        if not any(is_plugin(v) for v in out["variant"].values):
+            raise SuiteError(
+                f"{out['mixer'].origin} needs a plug-in variant in {out['variant'].origin}: add "
+                "mixer-gpt or mixer-jamba, or leave the variants to the suite"
+            )
         return out
     axis = suite.axes.get("variant")
     variants = list(axis.values) if axis else []
@@ -513,6 +527,11 @@ def parse_overrides(
     """
     mixer_opt = options.get("mixer")
     given = split_list([mixer_opt] if isinstance(mixer_opt, str) else mixer_opt or [])
+    try:
+        assigned = parse_assignments(sets, "--set")
+    except ConfigError as exc:
+        raise SuiteError(str(exc)) from None
+    given += assigned.get("mixer", [])  # --set mixer=SPEC brings its options as --mixer does
     types = field_types(plugin_option_types([*mixers, *given], "--mixer"))
     items: list[tuple[str, str, list[str]]] = []
     for key, value in options.items():
@@ -521,10 +540,6 @@ def parse_overrides(
         values = split_list([value] if isinstance(value, str) else value)
         if values:
             items.append((f"--{key.replace('_', '-')}", key, values))
-    try:
-        assigned = parse_assignments(sets, "--set")
-    except ConfigError as exc:
-        raise SuiteError(str(exc)) from None
     items += [(f"--set {key}", key, values) for key, values in assigned.items()]
     out: dict[str, Axis] = {}
     for origin, key, texts in items:
@@ -644,6 +659,8 @@ def _make_cell(
     given = {k: v for k, v in fields.items() if k in own}
     if is_plugin(variant) and given.get("mixer"):
         try:
+            given["mixer"] = parse_spec(str(given["mixer"]), "mixer").text
+            given["mixer_digest"] = source_digest(given["mixer"])  # edited code: a new cell
             given["mixer_options"] = _plugin_options(given, fields)
         except PluginError as exc:
             raise fail(str(exc), ["mixer", *exc.fields]) from None

@@ -141,6 +141,9 @@ class HubJambaConfig(HubFields, JambaConfig):
 class PluginFields:
     mixer: str = _f("", "plug-in mixer: FILE.py:Class or package.module:Class", "mixer")
     mixer_options: str = _f("{}", "the plug-in's own options as JSON (from --set)", "mixer")
+    mixer_digest: str = _f(
+        "", "sha256 of the plug-in's source file (12 hex), set when planned", "mixer"
+    )
 
     def validate_plugin(self) -> None:
         from hubbench.plugins import decode_options, parse_spec

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from hubbench import models, store
 from hubbench import suite as suites
 from hubbench.cli import app
+from hubbench.errors import ConfigError, SuiteError
 from hubbench.plugins import PluginError, display_name, inspect_mixer, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,18 +118,58 @@ def test_mixer_adds_plugin_twins_and_its_options_sweep() -> None:
 
 
 def test_plugin_options_are_typed_and_checked() -> None:
-    with pytest.raises(Exception, match="window"):
+    with pytest.raises(SuiteError, match="window"):
         suites.parse_overrides(["window=wide"], seq="128", mixer=SWA)
-    with pytest.raises(Exception, match="unknown field 'window'"):
+    with pytest.raises(SuiteError, match="unknown field 'window'"):
         suites.parse_overrides(["window=64"], seq="128")  # no plug-in: no such field
-    with pytest.raises(Exception, match="constructor lacks"):
+    with pytest.raises(SuiteError, match="constructor lacks"):
         suites.parse_overrides([], seq="128", mixer=spec("NoContract"))
+    # --set mixer=SPEC brings its options too
+    axes = suites.parse_overrides([f"mixer={SWA}", "window=16"], seq="128")
+    assert axes["window"].values == (16,)
+
+
+def plugin_ids(mixer: str, *sets: str, variant: str = "mixer-gpt") -> set[str]:
+    loaded = suites.load_suite("throughput")
+    overrides = suites.parse_overrides(list(sets), seq="128", mixer=mixer, variant=variant)
+    cells = suites.expand(loaded, suites.with_mixers(loaded, overrides), cuda_available=False).cells
+    return {c.cell_id for c in cells if c.variant == "mixer-gpt"}
+
+
+def test_equal_builds_are_one_cell_and_edited_code_a_new_one(tmp_path: Path) -> None:
+    float_default = spec("FloatDefault")  # gain: float = 1 (an int default)
+    assert (
+        plugin_ids(float_default)
+        == plugin_ids(float_default, "gain=1")
+        == plugin_ids(float_default, "gain=1.0")
+    )
+    source = tmp_path / "m.py"
+    source.write_text(MIXERS.read_text())
+    rel = Path("x") / ".." / source.relative_to(tmp_path)
+    import os
+
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        same = plugin_ids(f"{rel}:CausalMean"), plugin_ids("./m.py:CausalMean")
+        assert same[0] == same[1]
+        suites.mixer_info.cache_clear()
+        source.write_text(source.read_text() + "\n# edited\n")
+        assert plugin_ids("m.py:CausalMean") != same[0]  # the digest moved
+    finally:
+        os.chdir(here)
+        suites.mixer_info.cache_clear()
+
+
+def test_mixer_with_variants_that_cannot_take_it_is_an_error() -> None:
+    with pytest.raises(SuiteError, match="needs a plug-in variant"):
+        plugin_ids(SWA, variant="transformer")
 
 
 def test_a_plugin_variant_needs_its_mixer() -> None:
     loaded = suites.load_suite("throughput")
     overrides = suites.parse_overrides([], seq="128", variant="mixer-gpt")
-    with pytest.raises(Exception, match="needs mixer="):
+    with pytest.raises(SuiteError, match="needs mixer="):
         suites.expand(loaded, overrides, cuda_available=False)
 
 
@@ -147,8 +188,10 @@ def test_the_model_is_built_around_the_plugin_with_its_flops() -> None:
     assert gpt(idx).shape == (2, 40, 256)
     swa = gpt.blocks[0].mixer.inner
     per_layer = swa.analytic_flops(40)
-    head_and_mlps = gpt.flops_analytic(1, 40, "fwd") - 4 * per_layer
-    assert head_and_mlps > 0  # the plug-in counted itself, the GPT the rest
+    transformer = models.build_model("transformer", d_model=32, n_heads=2)
+    attention = transformer.blocks[0].mixer.analytic_flops(40)
+    rest = transformer.flops_analytic(1, 40, "fwd") - 4 * attention
+    assert gpt.flops_analytic(1, 40, "fwd") == pytest.approx(rest + 4 * per_layer)
     no_flops = models.build_model("mixer-gpt", mixer=spec("LeakyMean"), d_model=32, n_heads=2)
     assert no_flops.flops_analytic(1, 40, "fwd") is None  # counted FLOPs only
 
@@ -204,6 +247,50 @@ def test_verify_decode_says_a_plugin_without_decode_path(runner: CliRunner) -> N
     result = runner.invoke(app, ["verify", "decode", "--mixer", SWA])
     assert result.exit_code == 2
     assert "has no incremental decode path" in result.stderr
+
+
+def test_a_plugin_with_a_plain_dict_state_decodes(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["verify", "decode", "--mixer", spec("CausalMean")])
+    assert result.exit_code == 0, result.output
+    assert "CausalMean-gpt: decode: PASS" in result.output
+    model = models.build_model("mixer-gpt", mixer=spec("CausalMean"), d_model=32, n_heads=2)
+    _, state = model.prefill(torch.randint(0, 256, (2, 8)))
+    assert state.bytes_by_kind() == {"mixer": 4 * 2 * 32 * 4}  # 4 layers x (2, 1, 32) fp32
+
+
+def test_a_causal_false_flag_does_not_excuse_a_leaking_plugin(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["verify", "causal", "--mixer", spec("LeakyFlagged")])
+    assert result.exit_code == 1, result.output
+    assert "LeakyFlagged-gpt: LEAKS THE FUTURE" in result.output
+
+
+def test_two_files_with_one_class_name_stay_apart_in_figures(tmp_path: Path) -> None:
+    from rows import full_row
+
+    from hubbench.report.series import build_series
+
+    other = tmp_path / "v2.py"
+    other.write_text(MIXERS.read_text())
+    rows = [
+        full_row(variant="mixer-gpt", mixer=m, mixer_options="{}", seq=64, status="ok")
+        for m in (spec("CausalMean"), f"{other}:CausalMean")
+    ]
+    labels = [s.label for s in build_series(pd.DataFrame(rows))]
+    assert len(set(labels)) == 2 and all(label.startswith("CausalMean-gpt (") for label in labels)
+
+
+def test_profile_takes_a_plugin_and_names_its_failure(runner: CliRunner, tmp_path: Path) -> None:
+    base = ["profile", "mixer-gpt", "--seq", "16", "--steps", "1", "--set", "d_model=32",
+            "--set", "n_layers=1", "--out", str(tmp_path)]  # fmt: skip
+    ok = runner.invoke(app, [*base, "--mixer", SWA, "--set", "window=8"])
+    assert ok.exit_code == 0, ok.output
+    broken = runner.invoke(app, [*base, "--mixer", spec("Raises")])
+    assert broken.exit_code == 2
+    assert "error: mixer Raises: raised RuntimeError: this mixer is broken" in broken.stderr
+    with pytest.raises(ConfigError, match="needs a plug-in variant"):
+        from hubbench.cli.profile import plugin_fields
+
+        plugin_fields("transformer", {}, SWA)
 
 
 TINY = """

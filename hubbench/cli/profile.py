@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -75,13 +75,18 @@ def register(app: typer.Typer) -> None:
         decode_tokens: int = typer.Option(
             64, "--decode-tokens", help="Decode mode: tokens one traced step generates."
         ),
+        mixer: str = typer.Option(
+            None, "--mixer", help="Plug-in mixer FILE.py:Class for mixer-gpt / mixer-jamba."
+        ),
     ) -> None:
         """Trace one step of VARIANT with torch.profiler; show time per stage and top operators.
 
         Writes one gzipped trace that TensorBoard's PyTorch Profiler plugin opens (`tensorboard
         --logdir traces`) and ui.perfetto.dev opens as it is.
 
-        Example: hubbench profile hub-gpt --seq 4096 --set hubs=8 --mode train
+        Examples:
+          hubbench profile hub-gpt --seq 4096 --set hubs=8 --mode train
+          hubbench profile mixer-gpt --mixer examples/sliding_window.py:SlidingWindowAttention
         """
         from hubbench.cli.common import console, single_values
         from hubbench.config import resolve_device
@@ -93,9 +98,9 @@ def register(app: typer.Typer) -> None:
                 f"--seq, --batch, --top and --decode-tokens must be >= 1 "
                 f"(got {seq}, {batch}, {top}, {decode_tokens})"
             )
-        config = make_config(variant, **single_values(sets))
+        config = make_config(variant, **plugin_fields(variant, single_values(sets), mixer))
         check_length(config, seq)
-        result = profile_cell(
+        result = guard_plugin(variant, config, lambda: profile_cell(
             variant,
             config,
             mode=mode,
@@ -107,5 +112,49 @@ def register(app: typer.Typer) -> None:
             memory=memory,
             top=top,
             decode_tokens=decode_tokens,
-        )
+        ))  # fmt: skip
         render_profile(result, console())
+
+
+def plugin_fields(variant: str, sets: dict[str, str], mixer: str | None) -> dict[str, str]:
+    """`--set` fields for one variant, a plug-in's options folded into its mixer_options."""
+    from hubbench.config import parse_text
+    from hubbench.plugins import encode_options, parse_spec
+    from hubbench.suite import mixer_info
+    from hubbench.variants import is_plugin
+
+    fields = dict(sets)
+    if not is_plugin(variant):
+        if mixer:
+            raise ConfigError("--mixer needs a plug-in variant: mixer-gpt or mixer-jamba")
+        return fields
+    spec = mixer or fields.pop("mixer", None)
+    if not spec:
+        raise ConfigError(f"{variant}: give the plug-in mixer with --mixer FILE.py:Class")
+    info = mixer_info(spec)
+    options = {
+        k: parse_text(fields.pop(k), info.options[k].type, f"--set {k}")
+        for k in list(fields)
+        if k in info.options
+    }
+    info.check_options(options, "--set")
+    fields.update(mixer=parse_spec(spec).text, mixer_options=encode_options(info.complete(options)))
+    return fields
+
+
+def guard_plugin(variant: str, config: object, call: Any) -> Any:
+    """call(); a plug-in that raises in it is a one-line PluginError naming it, not a bug."""
+    from hubbench.errors import HubbenchError
+    from hubbench.plugins import PluginError, display_name
+    from hubbench.variants import is_plugin
+
+    try:
+        return call()
+    except (Exception, SystemExit) as exc:
+        if not is_plugin(variant) or isinstance(exc, HubbenchError):
+            raise
+        lines = str(exc).strip().splitlines()
+        name = display_name(getattr(config, "mixer", None)) or variant
+        raise PluginError(
+            f"mixer {name}: raised {type(exc).__name__}: {lines[0] if lines else ''}".rstrip()
+        ) from exc

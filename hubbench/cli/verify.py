@@ -46,10 +46,11 @@ def variant_fields(
     the hub variants only). A plug-in variant is checked once per mixer in `mixers`.
     """
     from hubbench.plugins import encode_options
-    from hubbench.suite import mixer_info
+    from hubbench.suite import mixer_info, plugin_option_types
     from hubbench.variants import config_fields, display_name, is_plugin
 
     mixers = mixers or []
+    plugin_option_types(mixers, "--mixer")  # the checks `run` makes: clashing names and types
     infos = [mixer_info(m) for m in mixers]
     valid = {v: set(config_fields(v)) for v in variants}
     known = set().union(*valid.values(), *(set(i.options) for i in infos))
@@ -71,7 +72,7 @@ def variant_fields(
             raise ConfigError(f"{v}: give the plug-in mixer with --mixer FILE.py:Class")
         for info in infos:
             own = {k: _typed(info, k, val) for k, val in sets.items() if k in info.options}
-            info.check_options(own, f"mixer {info.name}")
+            info.check_options(own, "--set")
             fields = {**chosen, "mixer": info.spec, "mixer_options": encode_options(own)}
             out.append(Target(display_name(v, info.spec), v, fields))
     return out
@@ -95,6 +96,11 @@ def selected(
     specs = split_list(mixers or [])
     if variants:
         names = list(variants)
+        if specs and not any(is_plugin(v) for v in names):
+            raise ConfigError(
+                f"--mixer needs a plug-in variant among {', '.join(names)}: add mixer-gpt or "
+                "mixer-jamba, or leave the variants out"
+            )
     elif specs:
         names = [v for v in REGISTRY if is_plugin(v)]
     else:
@@ -118,7 +124,7 @@ def _guarded(target: Target, check: Any, out: Any, broken: list[str]) -> tuple[A
     try:
         model = build(target.variant, make_config(target.variant, **target.fields))
         return model, check(model)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         if not is_plugin(target.variant):
             raise
         broken.append(_plugin_failure(target, exc))
@@ -133,7 +139,7 @@ def _raise_broken(broken: list[str]) -> None:
         raise PluginError(f"plug-in check(s) could not run: {'; '.join(broken)}")
 
 
-def _plugin_failure(target: Target, exc: Exception) -> str:
+def _plugin_failure(target: Target, exc: BaseException) -> str:
     """A plug-in that raised during a check: one line naming it (the check cannot pass)."""
     from hubbench.errors import HubbenchError
 
@@ -204,9 +210,9 @@ def register(app: typer.Typer) -> None:
 
         Example: hubbench verify causal hub-gpt transformer --seq 40 --set chunk=8
         """
-
         from hubbench.causality import CausalityError, check_model, claims_causal
         from hubbench.cli.common import console
+        from hubbench.variants import is_plugin
 
         if seq < 3:
             raise ConfigError(f"--seq must be >= 3 (got {seq})")
@@ -224,7 +230,8 @@ def register(app: typer.Typer) -> None:
             if checked is None:
                 continue
             model, report = checked
-            causal = claims_causal(model)
+            # a plug-in variant is built as a causal LM whatever flags its modules carry
+            causal = is_plugin(t.variant) or claims_causal(model)
             out.print(f"[bold]{t.label}[/]: {verdict(report, causal)}")
             out.print(report_table(t.label, t.fields, report, causal))
             if causal and not report.passed:

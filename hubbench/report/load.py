@@ -245,7 +245,7 @@ def describe(row: Any, fields: Iterable[str]) -> str:
     for f in ordered:
         if norm_value(row[f]) is None:
             continue  # a field that does not apply to this cell's variant
-        if f == "mixer":
+        if f in ("mixer", "mixer_digest"):
             continue  # the variant's display name carries the mixer's class name
         v = fmt_value(f, row[f])
         if f == "mixer_options":  # {"window":64} -> window=64

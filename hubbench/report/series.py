@@ -123,6 +123,7 @@ def build_series(df: pd.DataFrame) -> list[Series]:
         if is_router(str(v)) and varying_fields(g, ["attention"])
     }  # fmt: skip
     keys = cell_keys(df, fields)
+    ambiguous = _ambiguous_mixers(df)
     found = []
     for _, g in df.groupby(keys, sort=False):
         first = g.iloc[0]
@@ -145,7 +146,7 @@ def build_series(df: pd.DataFrame) -> list[Series]:
             style = sibling_style(style, siblings.index(len(out)), len(siblings))
         out.append(
             Series(
-                label=_label(first, shown, backend, variant in hub_attn),
+                label=_label(first, shown, backend, variant in hub_attn, ambiguous),
                 variant=variant,
                 attention=attention,
                 backend=backend,
@@ -183,16 +184,29 @@ def _backend(g: pd.DataFrame) -> str | None:
     return "/".join(ran)
 
 
-def _label(row: Any, shown: list[str], backend: str | None, hub_attention: bool) -> str:
+def _ambiguous_mixers(df: pd.DataFrame) -> set[str]:
+    """Plug-in specs whose class name another spec in the facet shares (v1.py:M, v2.py:M)."""
+    if "mixer" not in df.columns:
+        return set()
+    specs = {str(v) for v in df["mixer"] if norm_value(v) is not None}
+    names = [display_name("mixer-gpt", spec) for spec in specs]
+    return {spec for spec, name in zip(specs, names, strict=True) if names.count(name) > 1}
+
+
+def _label(
+    row: Any, shown: list[str], backend: str | None, hub_attention: bool, ambiguous: set[str]
+) -> str:
     mixer = norm_value(row["mixer"]) if "mixer" in row else None
     parts = [display_name(str(row["variant"]), mixer)]  # a plug-in by its class name
+    if mixer in ambiguous:  # two files define this class: say which one
+        parts[0] += f" ({mixer.rsplit(':', 1)[0]})"
     attention = norm_value(row["attention"])
     if attention is not None and (is_baseline(str(row["variant"])) or hub_attention):
         parts.append(backend or str(attention))
     params = []
     for f in shown:
         value = norm_value(row[f])
-        if f in ("attention", "sdpa_kernel", "mixer") or value is None:
+        if f in ("attention", "sdpa_kernel", "mixer", "mixer_digest") or value is None:
             continue
         if f == "mixer_options":
             params += [f"{k}={o}" for k, o in mixer_options(str(value)).items()]

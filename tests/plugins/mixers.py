@@ -21,6 +21,19 @@ class CausalMean(nn.Module):
     def analytic_flops(self, seq: int) -> float:
         return float(2 * seq * self.proj.in_features * self.proj.out_features)
 
+    # decode: the state is a plain dict (hubbench wraps it for bytes and snapshots)
+    def empty_state(self, batch: int, capacity: int, like: torch.Tensor) -> dict:
+        return {"sum": like.new_zeros(batch, 1, self.proj.out_features), "count": 0}
+
+    def prefill(self, x: torch.Tensor, capacity: int) -> tuple[torch.Tensor, dict]:
+        state = {"sum": self.proj(x).sum(1, keepdim=True), "count": x.shape[1]}
+        return self(x), state
+
+    def step(self, x: torch.Tensor, state: dict) -> torch.Tensor:
+        state["sum"] = state["sum"] + self.proj(x)
+        state["count"] += 1
+        return self.scale * state["sum"] / state["count"]
+
 
 class LeakyMean(nn.Module):
     """Claims nothing and leaks: every output sees the mean of the whole sequence."""
@@ -58,3 +71,16 @@ class NoContract(nn.Module):
 class NotAModule:
     def __init__(self, d_model: int, n_heads: int, causal: bool) -> None:
         pass
+
+
+class LeakyFlagged(LeakyMean):
+    """Leaks, and carries a `causal = False` flag that must not excuse it."""
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool) -> None:
+        super().__init__(d_model, n_heads, causal)
+        self.causal = False
+
+
+class FloatDefault(CausalMean):
+    def __init__(self, d_model: int, n_heads: int, causal: bool, *, gain: float = 1) -> None:
+        super().__init__(d_model, n_heads, causal, scale=gain)
