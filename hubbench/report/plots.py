@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hubbench import schema
 from hubbench.config import INFERENCE_MODES
 from hubbench.errors import ReportError
 from hubbench.report import style
@@ -48,7 +49,7 @@ from hubbench.report.series import (
     speedup_pairs,
     title_parts,
 )
-from hubbench.report.stats import RatioCI, paired, ratio_ci, rounds_of
+from hubbench.report.stats import RatioCI, metric_ratio, paired, rounds_of
 from hubbench.report.ticks import log_axis
 
 if TYPE_CHECKING:
@@ -388,9 +389,9 @@ def _speedup_points(hub: Series, base: Series) -> list[tuple[int, RatioCI | None
             why = f"hub {h['status']}" if h["status"] != "ok" else f"baseline {b['status']}"
             out.append((int(b["seq"]), None, why))
             continue
-        ci = ratio_ci(h["tokens_per_s"], b["tokens_per_s"], rounds_of(h), rounds_of(b), -1,
-                      paired=paired([h, b]))  # fmt: skip
-        out.append((int(b["seq"]), ci, ""))
+        # the one ratio of two cells (compare, the gate and the report's headline use it too)
+        ci = metric_ratio(schema.metric("tokens_per_s"), h, b)
+        out.append((int(b["seq"]), ci, "" if ci is not None else "no tokens/s"))
     return sorted(out, key=lambda p: p[0])
 
 
