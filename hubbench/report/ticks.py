@@ -112,10 +112,10 @@ def log_axis(
     from matplotlib.ticker import FixedLocator, NullLocator
 
     finite = [float(v) for v in values if v is not None and math.isfinite(v) and v > 0]
+    if not finite:  # nothing a log axis can show (a run of failed or zero cells): stay linear
+        return []
     target = ax.yaxis if axis == "y" else ax.xaxis
     (ax.set_yscale if axis == "y" else ax.set_xscale)("log", base=2 if binary else 10)
-    if not finite:
-        return []
     lo, hi = min(finite), max(finite)
     ticks = nice_ticks(lo, hi, binary=binary)
     if axis == "x":  # labels side by side: no more than fit across the axes
