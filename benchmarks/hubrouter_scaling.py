@@ -15,12 +15,15 @@ Three parts (d_model 256, 4 heads, batch 1; HubRouter M=8, k=64, C=64, r=1):
   "projection floor": a layer with exactly HubRouter's per-token linear maps (its fused input
   GEMM of width 4d + 1 + hM and the output projection, gate included) and no token mixing.
   The floor and HubRouter are interleaved; target: HubRouter <= 1.5x floor at n >= 4096.
+  `--councils auto,masked` (the default) runs HubRouter once per council implementation, all
+  interleaved with the floor: auto (the split council on CPU) against the dense-mask reference.
 - memory: each n runs in its own child process. The child builds the layer and its input, runs
   a warm-up step at a small n (so library initialisation is not counted), resets the kernel's
   peak-RSS mark (writes "5" to /proc/self/clear_refs, which sets VmHWM to the current RSS),
   runs one forward + backward at n and reports VmHWM minus the RSS before that step: the extra
   resident memory a step needs. Where clear_refs is not writable it falls back to getrusage
-  ru_maxrss. The fitted exponent of that against n has target <= 1.1.
+  ru_maxrss. The fitted exponent of that against n has target <= 1.1. One child per council,
+  so the split council's saving over the masked one is read off the same run.
 
 Correctness first: before timing, the script runs `hubbench.causality.check_mixer` on a small
 HubRouter with the same options and refuses to report speed if it leaks.
@@ -41,7 +44,7 @@ import time
 import torch
 from torch import nn
 
-from hubbench.mixers.hubrouter import HubRouter
+from hubbench.mixers.hubrouter import COUNCIL_IMPLS, HubRouter
 
 D_MODEL, HEADS, LAYERS = 256, 4, 4
 HUB = {"hubs": 8, "topk": 64, "neighbours": 1, "chunk": 64}
@@ -63,10 +66,12 @@ class ProjectionFloor(nn.Module):
 
 
 def layer(kind: str, seed: int = 0, rope: bool = False) -> nn.Module:
+    """ "floor", or "hub:<council>" (a HubRouter whose council runs that implementation)."""
     torch.manual_seed(seed)
     if kind == "floor":
         return ProjectionFloor(D_MODEL, HEADS, HUB["hubs"])
-    return HubRouter(D_MODEL, HEADS, **HUB, rope=rope)
+    council = kind.partition(":")[2] or "auto"
+    return HubRouter(D_MODEL, HEADS, **HUB, rope=rope, council=council)
 
 
 def layer_step(module: nn.Module, x: torch.Tensor) -> None:
@@ -100,32 +105,37 @@ def check_correctness() -> None:
         sys.exit("HubRouter leaks the future: refusing to report speed")
 
 
-def run_layers(seqs: list[int], repeats: int, rope: bool) -> dict:
-    hub, floor = layer("hub", rope=rope), layer("floor")
+def run_layers(seqs: list[int], repeats: int, rope: bool, councils: list[str]) -> dict:
+    """Each council implementation and the floor, interleaved (order rotates every repeat)."""
+    mods = {c: layer(f"hub:{c}", rope=rope) for c in councils} | {"floor": layer("floor")}
     rows = []
     for n in seqs:
         x = torch.randn(1, n, D_MODEL, requires_grad=True)
-        for m in (hub, floor):
+        for m in mods.values():
             layer_step(m, x)  # warm-up
-        times: dict[str, list[float]] = {"hub": [], "floor": []}
+        times: dict[str, list[float]] = {k: [] for k in mods}
+        order = list(mods.items())
         for r in range(repeats):
-            order = [("hub", hub), ("floor", floor)]
-            for name, m in order if r % 2 == 0 else order[::-1]:
+            shift = r % len(order)
+            for name, m in order[shift:] + order[:shift]:
                 times[name].append(timed(lambda m=m, x=x: layer_step(m, x)))
         med = {k: statistics.median(v) for k, v in times.items()}
-        row = {"n": n, "hub_s": med["hub"], "floor_s": med["floor"]}
-        row["hub_over_floor"] = med["hub"] / med["floor"]
-        rows.append(row)
-        print(
-            f"layer n={n:6d}  hubrouter {med['hub'] * 1e3:8.1f} ms   floor "
-            f"{med['floor'] * 1e3:8.1f} ms   ratio {row['hub_over_floor']:.2f}",
-            flush=True,
+        row = {"n": n, "floor_s": med["floor"], "samples_s": times}
+        row |= {f"{c}_s": med[c] for c in councils}
+        row |= {f"{c}_over_floor": med[c] / med["floor"] for c in councils}
+        backends = {c: mods[c]._backend_name() for c in councils}
+        rows.append(row | {"backends": backends})
+        hubs = "   ".join(
+            f"{c} {med[c] * 1e3:7.1f} ms ({med[c] / med['floor']:.2f}x floor)" for c in councils
         )
-    if len(rows) < 2:
-        return {"rows": rows}
-    exp = fit_exponent([r["n"] for r in rows], [r["hub_s"] for r in rows])
-    print(f"layer time exponent (fwd+bwd, n={seqs[0]}..{seqs[-1]}): {exp:.3f}  (target <= 1.15)")
-    return {"rows": rows, "time_exponent": exp}
+        print(f"layer n={n:6d}  floor {med['floor'] * 1e3:7.1f} ms   {hubs}", flush=True)
+    out: dict = {"rows": rows}
+    if len(rows) >= 2:
+        for c in councils:
+            exp = fit_exponent([r["n"] for r in rows], [r[f"{c}_s"] for r in rows])
+            out[f"{c}_time_exponent"] = exp
+            print(f"layer time exponent, {c} council (fwd+bwd): {exp:.3f}  (target <= 1.15)")
+    return out
 
 
 def _rss_bytes() -> int:
@@ -162,27 +172,37 @@ def memory_child(n: int, kind: str) -> None:
     print(json.dumps({"n": n, "kind": kind, "extra_bytes": peak - before, "method": method}))
 
 
-def run_memory(seqs: list[int]) -> dict:
+def run_memory(seqs: list[int], councils: list[str]) -> dict:
+    """Extra peak RSS of one step per n and council, each in a fresh child process."""
     rows = []
     for n in seqs:
-        out = subprocess.run(
-            [sys.executable, __file__, "--memory-child", str(n), "--kind", "hub"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        row = json.loads(out.stdout.strip().splitlines()[-1])
+        row: dict = {"n": n}
+        for c in councils:
+            out = subprocess.run(
+                [sys.executable, __file__, "--memory-child", str(n), "--kind", f"hub:{c}"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            child = json.loads(out.stdout.strip().splitlines()[-1])
+            row[f"{c}_bytes"], row["method"] = child["extra_bytes"], child["method"]
         rows.append(row)
-        print(
-            f"memory n={n:6d}  extra peak RSS {row['extra_bytes'] / 2**20:8.1f} MiB "
-            f"({row['method']})",
-            flush=True,
-        )
-    if len(rows) < 2:
-        return {"rows": rows}
-    exp = fit_exponent([r["n"] for r in rows], [max(r["extra_bytes"], 1) for r in rows])
-    print(f"peak memory exponent: {exp:.3f}  (target <= 1.1)")
-    return {"rows": rows, "memory_exponent": exp}
+        cells = "   ".join(f"{c} {row[f'{c}_bytes'] / 2**20:7.1f} MiB" for c in councils)
+        rel = ""
+        if "masked" in councils and len(councils) > 1:
+            rel = "   " + "   ".join(
+                f"{c}/masked {row[f'{c}_bytes'] / row['masked_bytes']:.2f}"
+                for c in councils
+                if c != "masked"
+            )
+        print(f"memory n={n:6d}  extra peak RSS  {cells}{rel}  ({row['method']})", flush=True)
+    out: dict = {"rows": rows}
+    if len(rows) >= 2:
+        for c in councils:
+            vals = [max(r[f"{c}_bytes"], 1) for r in rows]
+            out[f"{c}_memory_exponent"] = exp = fit_exponent([r["n"] for r in rows], vals)
+            print(f"peak memory exponent, {c} council: {exp:.3f}  (target <= 1.1)")
+    return out
 
 
 def run_models(seqs: list[int], repeats: int) -> dict:
@@ -238,14 +258,24 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--model-repeats", type=int, default=3)
     p.add_argument("--rope", action="store_true", help="layer part: council with rotary (hub-gpt)")
+    p.add_argument(
+        "--councils",
+        default="auto,masked",
+        help="layer and memory parts: HubRouter council implementations to run side by side "
+        "(auto, split, masked; masked is the dense-mask reference)",
+    )
     p.add_argument("--json", help="write all figures here")
     p.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--kind", default="hub", help=argparse.SUPPRESS)
+    p.add_argument("--kind", default="hub:auto", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:
         memory_child(args.memory_child, args.kind)
         return
     seqs = [int(s) for s in args.seqs.split(",")]
+    councils = [c for c in args.councils.split(",") if c]
+    bad = [c for c in councils if c not in COUNCIL_IMPLS]
+    if bad or not councils:
+        p.error(f"--councils: {bad or 'none'} not in {COUNCIL_IMPLS}")
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, d_model {D_MODEL}, "
         f"heads {HEADS}, hub {HUB}"
@@ -253,9 +283,9 @@ def main() -> None:
     check_correctness()
     out: dict = {"threads": torch.get_num_threads(), "hub": HUB}
     if args.part in ("all", "layer"):
-        out["layer"] = run_layers(seqs, args.repeats, args.rope)
+        out["layer"] = run_layers(seqs, args.repeats, args.rope, councils)
     if args.part in ("all", "layer", "memory"):
-        out["memory"] = run_memory(seqs)
+        out["memory"] = run_memory(seqs, councils)
     if args.part in ("all", "model"):
         out["model"] = run_models([int(s) for s in args.model_seqs.split(",")], args.model_repeats)
     if args.json:

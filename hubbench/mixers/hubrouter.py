@@ -284,6 +284,104 @@ class _GatherCouncil(torch.autograd.Function):
         return d_k, d_v, None, d_sig
 
 
+COUNCIL_IMPLS = ("auto", "split", "masked")
+
+
+def split_council_available(q: Tensor) -> bool:
+    """Whether `_SplitCouncil` can run here: it calls the CPU flash-attention kernel directly,
+    which returns the log-sum-exp the merge needs (the public SDPA does not)."""
+    return q.device.type == "cpu" and hasattr(
+        torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward"
+    )
+
+
+# members gathered per slice of chunks: about this many elements of keys (and of values), so
+# the gathered copies and their gradients stay a few MiB instead of (B nc, k', d) at once
+_SLICE_ELEMENTS = 1 << 18
+
+
+class _SplitCouncil(torch.autograd.Function):
+    """The causal council as one softmax over members and the local window, without a mask for
+    their union and without keeping gathered copies.
+
+    q (G, h, C, d_h), G = B nc; k, v (T, d) token keys and values, T = G C (strided views are
+    fine); flat (G, K) member rows, sig (G, K) sigmoid of the members' scores, bias (G, 1, 1, K)
+    additive validity (0 or -inf), has (G,) False where no member is valid. Forward: each
+    part's output and log-sum-exp from the CPU flash kernel (the chunk's own keys, in place,
+    under plain causal attention; the members, gathered with values scaled by sig, under the
+    bias), merged as o = sum_p exp(lse_p - lse) o_p, lse = logaddexp of the parts. Backward:
+    each part's flash backward fed the MERGED output and log-sum-exp, so its probabilities are
+    exp(s - lse), the union's softmax restricted to the part, and its rowsum(dO * O) term is
+    the union's: the two gradients are the union's, split by key. The members are gathered
+    (again, in backward) one slice of chunks at a time, so neither pass holds all of them.
+    Saved: q, the (T, d) views, the indices and scales, the output and one (G, h, C)
+    log-sum-exp; the largest mask is the (G, 1, 1, K) bias.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, flat, sig, bias, has):  # type: ignore[override]
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        G, h, C, d_h = q.shape
+        kl, vl = (t.view(G, C, h, d_h).transpose(1, 2) for t in (k, v))
+        out, lse = flash(q, kl, vl, is_causal=True)  # the local part; becomes the union's
+        for sl in _slices(G, flat.shape[1] * k.shape[1]):
+            km, vm = _gather_members(k, v, flat[sl], sig[sl], h)
+            o_m, lse_m = flash(q[sl], km, vm, attn_mask=bias[sl])
+            # a row whose members are all masked comes back with lse 0, not -inf
+            lse_m = lse_m.masked_fill(~has[sl].view(-1, 1, 1), float("-inf"))
+            lse_u = torch.logaddexp(lse_m, lse[sl])  # fp32 (fp64 for fp64)
+            w_m = torch.exp(lse_m - lse_u).unsqueeze(-1).to(out.dtype)
+            out[sl].lerp_(o_m, w_m)  # out = o_l + w_m (o_m - o_l)
+            lse[sl] = lse_u
+        ctx.save_for_backward(q, k, v, flat, sig, bias, out, lse)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out):  # type: ignore[override]
+        q, k, v, flat, sig, bias, out, lse = ctx.saved_tensors
+        bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+        G, h, C, d_h = q.shape
+        K, d = flat.shape[1], k.shape[1]
+        kl, vl = (t.view(G, C, h, d_h).transpose(1, 2) for t in (k, v))
+        if d_out.stride(-1) != 1:
+            d_out = d_out.contiguous()
+        d_q, d_kl, d_vl = bwd(d_out, q, kl, vl, out, lse, 0.0, True)
+        # the kernel lays its gradients out like its inputs: these are views, in token layout
+        d_k = d_kl.transpose(1, 2).reshape(G * C, d)  # the local part
+        d_v = d_vl.transpose(1, 2).reshape(G * C, d)
+        d_sig = torch.empty_like(sig)
+        for sl in _slices(G, K * d):
+            km, vm = _gather_members(k, v, flat[sl], sig[sl], h)
+            dq_m, dk_m, dv_m = bwd(
+                d_out[sl], q[sl], km, vm, out[sl], lse[sl], 0.0, False, attn_mask=bias[sl]
+            )
+            del km, vm
+            d_q[sl] += dq_m
+            rows = flat[sl].reshape(-1)
+            d_k.index_add_(0, rows, dk_m.transpose(1, 2).reshape(-1, d))
+            dv_m = dv_m.transpose(1, 2).reshape(-1, K, d)  # w.r.t. the scaled member values
+            v_m = v.index_select(0, rows).view(-1, K, 1, d)
+            d_sig[sl] = (v_m @ dv_m.unsqueeze(-1)).view(-1, K)  # rowwise dot products
+            d_v.index_add_(0, rows, dv_m.mul_(sig[sl].unsqueeze(-1)).view(-1, d))
+        return d_q, d_k, d_v, None, d_sig, None, None
+
+
+def _slices(G: int, per_chunk: int) -> list[slice]:
+    """Slices of the G chunks with about _SLICE_ELEMENTS member elements each."""
+    step = max(1, _SLICE_ELEMENTS // max(per_chunk, 1))
+    return [slice(g, min(g + step, G)) for g in range(0, G, step)]
+
+
+def _gather_members(k: Tensor, v: Tensor, flat: Tensor, sig: Tensor, h: int):
+    """Members' keys and values (G, h, K, d_h) from (T, d) rows, values scaled by sig (G, K)."""
+    (G, K), d = flat.shape, k.shape[1]
+    rows = flat.reshape(-1)
+    km = k.index_select(0, rows).view(G, K, h, d // h).transpose(1, 2)
+    vm = v.index_select(0, rows).view(G, K, d).mul_(sig.unsqueeze(-1))
+    return km, vm.view(G, K, h, d // h).transpose(1, 2)
+
+
 class HubRouter(nn.Module):
     """x (B, n, d) -> (B, n, d). See the module docstring and shared/design/hubrouter.md."""
 
@@ -298,9 +396,16 @@ class HubRouter(nn.Module):
         causal: bool = True,
         ortho_weight: float = 0.0,
         rope: bool = False,
+        council: str = "auto",
     ) -> None:
         super().__init__()
         validate_hub_config(d_model, n_heads, hubs, topk, neighbours, chunk, ortho_weight, rope)
+        if council not in COUNCIL_IMPLS:
+            raise ConfigError(
+                f"hubrouter: council must be one of {', '.join(COUNCIL_IMPLS)} (got {council!r})"
+            )
+        self.council = council
+        self._last_council = "masked"
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
         self.hubs, self.topk, self.neighbours, self.chunk = hubs, topk, neighbours, chunk
         self.causal, self.ortho_weight, self.rope = causal, ortho_weight, rope
@@ -606,7 +711,9 @@ class HubRouter(nn.Module):
         state.slot_pos, state.slot_valid = pos, ok
 
     def _backend_name(self) -> str:
-        return "hubrouter:causal" if self.causal else "hubrouter:bidirectional"
+        if not self.causal:
+            return "hubrouter:bidirectional"
+        return f"hubrouter:causal:{self._last_council}-council"
 
     def _fused_weights(self) -> tuple[Tensor, Tensor]:
         """One (4d + 1 + hM, d) weight: council k, v, q, gate, token score, encode logits."""
@@ -722,10 +829,49 @@ class HubRouter(nn.Module):
         C: int,
     ) -> Tensor:
         """Each chunk's queries attend to its members (+ the causal local window): (B, n_pad, d)."""
-        B, n_pad, d = q.shape
-        h, d_h, km = self.n_heads, self.d_head, mpos.shape[-1]
         if self.rope:
             q, k = self._rotate(q, k)
+        self._last_council = self._council_impl(q) if self.causal else "masked"
+        if self._last_council == "split":
+            return self._council_split(q, k, v, s, mpos, mvalid, nc, C)
+        return self._council_masked(q, k, v, s, mpos, mvalid, nc, C)
+
+    def _council_impl(self, q: Tensor) -> str:
+        """Which council runs: split (two attentions merged by log-sum-exp) or masked (one
+        attention under a dense mask)."""
+        if self.council != "auto":
+            return self.council
+        return "split" if split_council_available(q) else "masked"
+
+    def _member_kv(
+        self, k: Tensor, v: Tensor, s: Tensor, idx: Tensor, km: int, nc: int
+    ) -> tuple[Tensor, Tensor]:
+        """Gathered council keys and values (B nc, h, L, d_h) for positions idx (B, nc, L);
+        the first km of each row are members (values scaled by sigmoid of their score)."""
+        B, n_pad, d = k.shape
+        h, d_h, L = self.n_heads, self.d_head, idx.shape[-1]
+        flat = (idx + torch.arange(B, device=k.device).view(B, 1, 1) * n_pad).view(B * nc, L)
+        sig = torch.sigmoid(s.gather(1, idx[..., :km].reshape(B, -1))).view(B * nc, km)
+        rows = (B * n_pad, d)
+        mk, mv = _GatherCouncil.apply(k.reshape(rows), v.reshape(rows), flat, sig.to(v.dtype))
+        kh = mk.view(B * nc, L, h, d_h).transpose(1, 2)
+        return kh, mv.view(B * nc, L, h, d_h).transpose(1, 2)
+
+    def _council_masked(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        s: Tensor,
+        mpos: Tensor,
+        mvalid: Tensor,
+        nc: int,
+        C: int,
+    ) -> Tensor:
+        """The reference council: members and (causal) the local window gathered into one key
+        list, one attention under a mask; causally the mask is dense, (B nc, 1, C, k' + C)."""
+        B, n_pad, d = q.shape
+        h, d_h, km = self.n_heads, self.d_head, mpos.shape[-1]
         idx = mpos
         mask = mvalid.view(B * nc, 1, 1, km)
         if self.causal:  # the local window: this chunk's own tokens, after the members
@@ -733,15 +879,46 @@ class HubRouter(nn.Module):
             idx = torch.cat((mpos, local), -1)  # (B, nc, k' + C)
             tril = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
             mask = torch.cat((mask.expand(B * nc, 1, C, km), tril.expand(B * nc, 1, C, C)), -1)
-        L = idx.shape[-1]
-        flat = (idx + torch.arange(B, device=q.device).view(B, 1, 1) * n_pad).view(B * nc, L)
-        sig = torch.sigmoid(s.gather(1, mpos.view(B, -1))).view(B * nc, km)
-        rows = (B * n_pad, d)
-        mk, mv = _GatherCouncil.apply(k.reshape(rows), v.reshape(rows), flat, sig.to(v.dtype))
+        kh, vh = self._member_kv(k, v, s, idx, km, nc)  # (B nc, h, L, d_h)
         qh = q.reshape(B * nc, C, h, d_h).transpose(1, 2)  # (B nc, h, C, d_h)
-        kh = mk.view(B * nc, L, h, d_h).transpose(1, 2)  # (B nc, h, L, d_h)
-        vh = mv.view(B * nc, L, h, d_h).transpose(1, 2)
         out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)  # (B nc, h, C, d_h)
+        return out.transpose(1, 2).reshape(B, n_pad, d)
+
+    def _council_split(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        s: Tensor,
+        mpos: Tensor,
+        mvalid: Tensor,
+        nc: int,
+        C: int,
+    ) -> Tensor:
+        """The causal council as two attentions merged by their log-sum-exp: the members
+        (gathered, a per-key validity bias of shape (B nc, 1, 1, k')) and the local window
+        (the chunk's own keys in place, plain causal attention). No dense mask, and the local
+        keys and values are never copied. Same softmax over the same keys as the masked path."""
+        B, n_pad, d = q.shape
+        h, d_h, km = self.n_heads, self.d_head, mpos.shape[-1]
+        heads = (B * nc, C, h, d_h)
+        qh = q.reshape(heads).transpose(1, 2)  # (B nc, h, C, d_h), views
+        kl, vl = k.reshape(heads).transpose(1, 2), v.reshape(heads).transpose(1, 2)
+        if km == 0:  # n <= C: no chunk has members, the council is the local window alone
+            out = F.scaled_dot_product_attention(qh, kl, vl, is_causal=True)
+            # the score head still gets an (exactly zero) gradient, as in the masked path:
+            # None would make AdamW skip its weight decay and moments, and the paths differ
+            out = out + s[:, :0].sum().to(out.dtype)
+        else:
+            flat = (mpos + torch.arange(B, device=q.device).view(B, 1, 1) * n_pad).view(-1, km)
+            sig = torch.sigmoid(s.gather(1, mpos.view(B, -1))).view(B * nc, km).to(v.dtype)
+            valid = mvalid.view(B * nc, 1, 1, km)
+            bias = torch.zeros(valid.shape, dtype=qh.dtype, device=q.device)
+            bias = bias.masked_fill(~valid, float("-inf"))
+            rows = (B * n_pad, d)
+            out = _SplitCouncil.apply(
+                qh, k.reshape(rows), v.reshape(rows), flat, sig, bias, valid.any(-1).view(-1)
+            )
         return out.transpose(1, 2).reshape(B, n_pad, d)
 
     def _rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:

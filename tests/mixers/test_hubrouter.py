@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+import hubbench.mixers.hubrouter as hubrouter_module
 from hubbench.causality import check_mixer
 from hubbench.errors import ConfigError
 from hubbench.mixers.hubrouter import (
@@ -111,11 +112,88 @@ def reference(m: HubRouter, x: torch.Tensor) -> torch.Tensor:
         {"rope": True, "causal": False},
     ],
 )
-def test_matches_loop_reference(kw: dict) -> None:
-    m = _make(**kw).eval()
+@pytest.mark.parametrize("council", ["split", "masked"])
+def test_matches_loop_reference(kw: dict, council: str) -> None:
+    m = _make(**kw, council=council).eval()
     x = torch.randn(2, 19, 16, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(m(x), reference(m, x), rtol=1e-10, atol=1e-10)
+    if m.causal:
+        assert m.last_backend == f"hubrouter:causal:{council}-council"
+
+
+@pytest.mark.parametrize(
+    "kw, n",
+    [
+        ({}, 19),  # chunk 0 has no member: its rows take the local window alone
+        ({"topk": 50}, 27),  # more member slots than tokens: most slots invalid
+        ({"rope": True}, 24),
+        ({"chunk": 32}, 19),  # n <= C: no member slots at all
+        ({"neighbours": 0, "hubs": 1}, 33),
+    ],
+)
+@pytest.mark.parametrize("slice_elements", [1 << 20, 1])  # all chunks at once; one at a time
+def test_split_council_gradients_equal_the_masked_council(
+    kw: dict, n: int, slice_elements: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log-sum-exp split and the dense-mask council: same outputs and every gradient,
+    whether the members are gathered for all chunks at once or slice by slice."""
+    monkeypatch.setattr(hubrouter_module, "_SLICE_ELEMENTS", slice_elements)
+    x = torch.randn(2, n, 16, dtype=torch.float64)
+    grads = {}
+    for council in ("split", "masked"):
+        m = _make(**kw, council=council)
+        xi = x.clone().requires_grad_(True)
+        y = m(xi)
+        y.backward(torch.cos(torch.arange(y.numel(), dtype=y.dtype)).view_as(y))
+        grads[council] = [y.detach(), xi.grad] + [p.grad for p in m.parameters()]
+    assert m.last_backend == "hubrouter:causal:masked-council"
+    for a, b in zip(grads["split"], grads["masked"], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_split_council_in_float32_and_bfloat16_autocast() -> None:
+    x = torch.randn(2, 70, 16)
+    outs = {}
+    for council in ("split", "masked"):
+        torch.manual_seed(0)
+        m = HubRouter(16, 2, hubs=4, topk=3, chunk=8, council=council)
+        outs[council] = m(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs[council + "-bf16"] = m(x).float()
+    torch.testing.assert_close(outs["split"], outs["masked"], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs["split-bf16"], outs["masked"], rtol=0.05, atol=0.05)
+
+
+def test_split_council_saves_no_dense_mask() -> None:
+    """What autograd keeps for backward: no tensor of the masked path's (B nc, 1, C, k' + C)
+    mask shape, and fewer bytes in all."""
+    saved_bytes: dict[str, int] = {}
+    shapes: dict[str, set] = {}
+    B, n, C, k = 2, 256, 16, 8
+    for council in ("split", "masked"):
+        torch.manual_seed(0)
+        m = HubRouter(32, 4, hubs=4, topk=k, chunk=C, council=council)
+        seen: dict[int, int] = {}
+        got: set = set()
+
+        def pack(t: torch.Tensor, seen=seen, got=got) -> torch.Tensor:
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            got.add(tuple(t.shape))
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            m(torch.randn(B, n, 32, requires_grad=True)).sum().backward()
+        saved_bytes[council], shapes[council] = sum(seen.values()), got
+    mask_shape = (B * n // C, 1, C, 2 * k + C)
+    assert mask_shape in shapes["masked"]
+    assert mask_shape not in shapes["split"]
+    assert saved_bytes["split"] < saved_bytes["masked"]
+
+
+def test_unknown_council_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="council must be one of"):
+        HubRouter(16, 2, council="dense")
 
 
 def test_shapes_backend_and_profiler_stages() -> None:
@@ -124,7 +202,7 @@ def test_shapes_backend_and_profiler_stages() -> None:
     with torch.profiler.profile() as prof:
         y = m(x)
     assert y.shape == x.shape
-    assert m.last_backend == "hubrouter:causal"
+    assert m.last_backend == "hubrouter:causal:split-council"  # auto on CPU
     names = {e.key for e in prof.key_averages()}
     assert {"hub.encode", "hub.decode", "hub.select", "hub.council"} <= names
     nc = HubRouter(32, 4, causal=False)
@@ -247,6 +325,8 @@ def test_bf16_autocast_close_to_fp32() -> None:
         {"topk": 40},  # k >= available tokens
         {"hubs": 1},
         {"rope": True},
+        {"council": "masked"},  # the default runs the split council on CPU
+        {"council": "masked", "rope": True, "neighbours": 2},
     ],
 )
 def test_causal_hubrouter_passes_all_checks(kw: dict) -> None:
