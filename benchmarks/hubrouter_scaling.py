@@ -10,6 +10,9 @@ Three parts (d_model 256, 4 heads, batch 1; HubRouter M=8, k=64, C=64, r=1):
   (forward, backward, AdamW) from `hubbench.step.build_step`, so exactly the step the runner
   times. The two models' steps are interleaved (the order flips every repeat) so drift on a
   shared machine hits both; the ratio is of medians. Targets: >= 3x at 8192, >= 5x at 16384.
+  Beside it, the ideal ratio: the two steps' speed of light (hubbench.roofline: analytic FLOPs
+  at the calibrated matmul peak, the byte floor at the calibrated bandwidth), shown once
+  `hubbench env --calibrate` has run here.
 - layer: one HubRouter layer, forward + backward (`y.sum().backward()`), over n = 1k..16k;
   the log-log slope of median time against n (target <= 1.15). Next to it, at each n, the
   "projection floor": a layer with exactly HubRouter's per-token linear maps (its fused input
@@ -230,6 +233,9 @@ def run_models(seqs: list[int], repeats: int) -> dict:
         med = {k: statistics.median(v) for k, v in times.items()}
         tps = {k: n / v for k, v in med.items()}
         ratio = tps["hub-gpt"] / tps["transformer"]
+        spread = [h / t for h, t in zip(times["transformer"], times["hub-gpt"], strict=True)]
+        light = {k: speed_of_light_s(s, n) for k, s in steps.items()}
+        ideal = light["transformer"] / light["hub-gpt"] if all(light.values()) else None
         backends = steps["hub-gpt"].model.backends() | steps["transformer"].model.backends()
         rows.append(
             {
@@ -237,17 +243,38 @@ def run_models(seqs: list[int], repeats: int) -> dict:
                 "median_s": med,
                 "tokens_per_s": tps,
                 "ratio": ratio,
+                "ratio_per_repeat": spread,
+                "speed_of_light_s": light,
+                "ideal_ratio": ideal,
                 "backends": backends,
                 "samples_s": times,
             }
         )
+        ideal_text = "-" if ideal is None else f"{ideal:.2f}x"
         print(
             f"model n={n:6d}  hub-gpt {tps['hub-gpt']:8.0f} tok/s ({med['hub-gpt']:.2f} s)   "
             f"transformer {tps['transformer']:8.0f} tok/s ({med['transformer']:.2f} s)   "
-            f"ratio {ratio:.2f}x   backends {backends}",
+            f"ratio {ratio:.2f}x measured (per repeat {min(spread):.2f}-{max(spread):.2f}), "
+            f"{ideal_text} ideal   backends {backends}",
             flush=True,
         )
     return {"rows": rows}
+
+
+def speed_of_light_s(step, n: int) -> float | None:
+    """The step's ideal time (hubbench.roofline) at this machine's calibrated peaks; None
+    until `hubbench env --calibrate` has run with this thread count."""
+    from hubbench.env import device_name, load_calibration
+    from hubbench.flops import peak_flops
+    from hubbench.roofline import bytes_floor, peak_bandwidth, speed_of_light
+
+    calibration = load_calibration("cpu")
+    peak, _ = peak_flops("cpu", device_name("cpu"), "fp32", calibration)
+    bandwidth, _ = peak_bandwidth("cpu", device_name("cpu"), calibration)
+    weights = sum(p.numel() * p.element_size() for p in step.model.parameters())
+    flops = step.model.flops_analytic(1, n, "train")
+    light = speed_of_light(flops, peak, bytes_floor("train", weights, None, 1), bandwidth)
+    return None if light is None else light.seconds
 
 
 def main() -> None:

@@ -7,6 +7,8 @@ versions of the optional packages, read from their metadata without importing th
 Calibration times a large square matmul per dtype with measure.time_calls (the one timing
 loop) and stores the median rate in a JSON file, keyed by host, device name, thread count and
 torch version, so MFU on machines missing from flops.PEAK_TABLE (every CPU) has a denominator.
+It also times a large copy (bytes read + written per second, the "memory" entry): the bandwidth
+the speed of light's memory term divides by where roofline.BANDWIDTH_TABLE has no entry.
 File: $HUBBENCH_CACHE/calibration.json, else $XDG_CACHE_HOME/hubbench/calibration.json, else
 ~/.cache/hubbench/calibration.json.
 """
@@ -26,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import hubbench
+from hubbench.roofline import MEMORY_KEY
 
 CACHE_ENV = "HUBBENCH_CACHE"
 CALIBRATION_SIZES = {"cpu": 2048, "cuda": 8192}  # square matmul sides
 CALIBRATION_REPEATS = {"cpu": 5, "cuda": 20}
+CALIBRATION_COPY_BYTES = {"cpu": 256 << 20, "cuda": 2 << 30}  # the bandwidth copy's buffer
 
 
 def utc_now() -> str:
@@ -207,7 +211,8 @@ def calibration_key(device: Any) -> str:
 
 
 def load_calibration(device: Any) -> dict[str, Any]:
-    """dtype -> {flops_per_s, what, utc_time} for this host and device, or {}."""
+    """dtype -> {flops_per_s, what, utc_time} and "memory" -> {bytes_per_s, what, utc_time}
+    for this host and device, or {}."""
     try:
         data = json.loads(calibration_path().read_text())
     except (OSError, ValueError):
@@ -216,7 +221,8 @@ def load_calibration(device: Any) -> dict[str, Any]:
 
 
 def calibrate(device: Any, dtypes: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Time a large matmul per dtype on `device`; save and return dtype -> entry."""
+    """Time a large matmul per dtype and a large copy on `device`; save and return the entries
+    (dtype -> matmul rate, "memory" -> copy bandwidth)."""
     import torch
 
     from hubbench.measure import summarize, time_calls
@@ -244,8 +250,30 @@ def calibrate(device: Any, dtypes: tuple[str, ...] | None = None) -> dict[str, A
             "utc_time": utc_now(),
         }
         del a, b, c
+    out[MEMORY_KEY] = _copy_bandwidth(device)
     _save_calibration(calibration_key(device), out)
     return out
+
+
+def _copy_bandwidth(device: Any) -> dict[str, Any]:
+    """A stream-style copy of a buffer far larger than any cache: bytes read + written per s."""
+    import torch
+
+    from hubbench.measure import summarize, time_calls
+
+    elements = CALIBRATION_COPY_BYTES[device.type] // 4
+    src = torch.ones(elements, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # warm-up: page faults
+    samples = time_calls(
+        lambda: dst.copy_(src), device=device, repeats=CALIBRATION_REPEATS[device.type]
+    )
+    size = CALIBRATION_COPY_BYTES[device.type]
+    return {
+        "bytes_per_s": 2 * size / summarize(samples).median,
+        "what": f"median of {len(samples)} {size >> 20} MiB copies",
+        "utc_time": utc_now(),
+    }
 
 
 def _save_calibration(key: str, entry: dict[str, Any]) -> None:

@@ -78,6 +78,7 @@ def _measure(
     from hubbench.flops import count_flops as counted_flops
     from hubbench.flops import peak_flops
     from hubbench.measure import measure_step, rss_bytes, sentinel_s, trim_heap
+    from hubbench.roofline import bytes_floor, peak_bandwidth
     from hubbench.step import build_step
 
     sentinel = sentinel_s()
@@ -112,7 +113,11 @@ def _measure(
     )
     analytic = None if analytic is None else float(analytic)
     dtype = getattr(model.config, "dtype", "fp32")
-    peak, source = peak_flops(device.type, name, dtype, load_calibration(device))
+    calibration = load_calibration(device)
+    peak, source = peak_flops(device.type, name, dtype, calibration)
+    bandwidth, bandwidth_source = peak_bandwidth(device.type, name, calibration)
+    state = step.state_bytes() if step.state_bytes else None
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
     # decode: a call generates per_call tokens per sequence; a row's step is one of them
     per = step.per_call
     counted = flops if cell.compile else m.flops_per_step
@@ -133,7 +138,10 @@ def _measure(
         peak_flops_source=source,
         params=int(model.num_params()),
         backends=dict(m.backends),
-        state_bytes=step.state_bytes() if step.state_bytes else None,
+        state_bytes=state,
+        bytes_per_step_min=bytes_floor(cell.mode, weights, state, cell.batch),
+        peak_bytes_per_s=bandwidth,
+        peak_bytes_source=bandwidth_source,
     )
 
 

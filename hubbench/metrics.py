@@ -6,7 +6,8 @@ disk always holds every round measured so far. Derived quantities are computed h
 else: step-time statistics over all rounds' samples, tokens/s from their median (and its p10 /
 p90 spread from the p90 / p10 times), FLOPs per token, achieved FLOP/s and MFU. MFU uses the
 model's analytic, causal-aware FLOPs when it has them (model FLOPs utilisation), else the counted
-ones; `mfu_basis` says which. Peak memory is the highest of the rounds.
+ones; `mfu_basis` says which. The speed of light (hubbench.roofline) takes the same FLOPs and
+peak, and the step's byte floor at the peak bandwidth. Peak memory is the highest of the rounds.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from hubbench import schema
 from hubbench.measure import summarize
+from hubbench.roofline import speed_of_light
 
 # backend column -> the key the model reports it under (LanguageModel.backends)
 BACKEND_COLUMNS = {"backend_attention": "attention", "backend_mamba": "mamba",
@@ -44,6 +46,9 @@ class RoundResult:
     peak_flops_source: str | None
     params: int
     backends: dict[str, str] = field(default_factory=dict)
+    bytes_per_step_min: float | None = None  # roofline.bytes_floor
+    peak_bytes_per_s: float | None = None
+    peak_bytes_source: str | None = None
     state_bytes: int | None = None  # prefill / decode: per sequence after the prompt
     session: float | None = None  # when the run that measured it started (the runner sets it)
 
@@ -75,6 +80,9 @@ def measurement_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, 
     peak = _first([r.peak_flops_per_s for r in rounds])
     basis = analytic if analytic else counted
     achieved = basis / s.median if basis else None
+    bytes_min = _first([r.bytes_per_step_min for r in rounds])
+    bandwidth = _first([r.peak_bytes_per_s for r in rounds])
+    light = speed_of_light(basis, peak, bytes_min, bandwidth)
     memory = [r.peak_mem_bytes for r in rounds if r.peak_mem_bytes is not None]
     reserved = [r.peak_mem_reserved_bytes for r in rounds if r.peak_mem_reserved_bytes is not None]
     values = {
@@ -114,6 +122,13 @@ def measurement_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, 
         "mfu_basis": None if basis is None else ("analytic" if analytic else "counted"),
         "peak_flops_per_s": peak,
         "peak_flops_source": _first([r.peak_flops_source for r in rounds]),
+        "bytes_per_step_min": bytes_min,
+        "peak_bytes_per_s": bandwidth,
+        "peak_bytes_source": _first([r.peak_bytes_source for r in rounds]),
+        "speed_of_light_s": light.seconds if light else None,
+        "speed_of_light_tokens_per_s": tokens / light.seconds if light else None,
+        "speed_of_light_basis": light.basis if light else None,
+        "speed_of_light_fraction": light.seconds / s.median if light else None,
         "params": rounds[0].params,
     }
     return schema.part("measurement", values, where)

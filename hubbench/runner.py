@@ -122,6 +122,9 @@ def _resumed(cell: Cell, row: Mapping[str, Any] | None) -> CellState:
                 flops_per_step_analytic=row["flops_per_step_analytic"],
                 peak_flops_per_s=row["peak_flops_per_s"],
                 peak_flops_source=row["peak_flops_source"],
+                bytes_per_step_min=row["bytes_per_step_min"],
+                peak_bytes_per_s=row["peak_bytes_per_s"],
+                peak_bytes_source=row["peak_bytes_source"],
                 params=row["params"],
                 backends=(
                     {key: row[col] for col, key in BACKEND_COLUMNS.items() if row[col]}

@@ -32,7 +32,8 @@ from hubbench.config import INT64_MAX
 from hubbench.errors import ReportError, SchemaError
 
 # 5: Python, OS, NVIDIA driver and optional package versions (env); plug-in mixer columns
-SCHEMA_VERSION = 5
+# 6: the speed of light (hubbench.roofline): its seconds, tokens/s, basis, bytes, bandwidth
+SCHEMA_VERSION = 6
 
 GROUPS = ("identity", "cell", "measure", "outcome", "measurement", "env")
 TYPES = ("int64", "float64", "string", "bool", "list<float64>", "list<list<float64>>")
@@ -166,6 +167,18 @@ COLUMNS: tuple[Column, ...] = (
     _c("mfu_basis", "string", "measurement", "analytic | counted: which FLOPs MFU used"),
     _c("peak_flops_per_s", "float64", "measurement", "the denominator of MFU"),
     _c("peak_flops_source", "string", "measurement", "GPU table entry or calibration"),
+    _c("bytes_per_step_min", "float64", "measurement",
+       "lower bound of a step's memory traffic: weights (x3 fwd_bwd, x10 train) + state"),
+    _c("peak_bytes_per_s", "float64", "measurement", "memory bandwidth the speed of light uses"),
+    _c("peak_bytes_source", "string", "measurement", "GPU table entry or calibrated copy"),
+    _c("speed_of_light_s", "float64", "measurement",
+       "max(FLOPs / peak FLOP/s, bytes_per_step_min / peak bytes/s): the ideal step time"),
+    _c("speed_of_light_tokens_per_s", "float64", "measurement",
+       "tokens_per_step / speed_of_light_s"),
+    _c("speed_of_light_basis", "string", "measurement",
+       "compute | memory: the bound that set it (compute (no bandwidth) without a bandwidth)"),
+    _c("speed_of_light_fraction", "float64", "measurement",
+       "speed_of_light_s / time_median_s: how close the measured step came"),
     _c("params", "int64", "measurement", "parameter count"),
     _c("hubbench_version", "string", "env", "hubbench version"),
     _c("git_commit", "string", "env", "commit of the source tree that measured"),

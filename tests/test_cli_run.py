@@ -135,14 +135,19 @@ def test_env_and_calibration(runner: CliRunner, tmp_path: Path, monkeypatch) -> 
 
     monkeypatch.setenv(env.CACHE_ENV, str(tmp_path))
     monkeypatch.setitem(env.CALIBRATION_SIZES, "cpu", 64)
+    monkeypatch.setitem(env.CALIBRATION_COPY_BYTES, "cpu", 4 << 20)
     result = runner.invoke(app, ["env", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "torch_version" in result.output and "MFU stays empty" in result.output
+    assert "the speed of light is compute-only" in " ".join(result.output.split())
     result = runner.invoke(app, ["env", "--device", "cpu", "--calibrate"])
     assert result.exit_code == 0, result.output
     assert "calibrated: median of 5 64x64 fp32 matmuls" in result.output
+    assert "calibrated: median of 5 4 MiB copies" in result.output
     assert (tmp_path / "calibration.json").is_file()
-    assert env.load_calibration("cpu")["fp32"]["flops_per_s"] > 0
+    calibration = env.load_calibration("cpu")
+    assert calibration["fp32"]["flops_per_s"] > 0
+    assert calibration["memory"]["bytes_per_s"] > 0
 
 
 def test_suites_table_shows_every_suite_with_axes() -> None:

@@ -328,7 +328,8 @@ def test_resume_rebuilds_a_row_exactly(tmp_path: Path) -> None:
             flops_per_step=1e6 if k == 0 else None, flops_per_step_analytic=2e6,
             peak_flops_per_s=1e11, peak_flops_source="t", params=99,
             backends={"attention": backend}, session=1000.0 + k // 2,
-            state_bytes=123_456 if k == 0 else None,
+            state_bytes=123_456 if k == 0 else None, bytes_per_step_min=4e5,
+            peak_bytes_per_s=1e10, peak_bytes_source="calibrated: copies",
         )  # fmt: skip
 
     c = cell(0, rounds=5)
@@ -337,6 +338,10 @@ def test_resume_rebuilds_a_row_exactly(tmp_path: Path) -> None:
     row = make_row(state, "t", "feed0001", ENV)
     assert row["status"] == "partial" and row["warmup_capped"] == 2
     assert row["backend_attention"] == "sdpa:a+sdpa:b" and row["state_bytes"] == 123_456
+    # 2e6 FLOPs at 1e11 FLOP/s (20 us) against 4e5 bytes at 1e10 B/s (40 us)
+    assert (
+        row["speed_of_light_s"] == pytest.approx(4e-5) and row["speed_of_light_basis"] == "memory"
+    )
     path = tmp_path / "t" / "20250101T000000Z-feed0001.parquet"
     store.write_rows(path, [row])
     _, _, [again], _ = prepare_run(plan([c]), tmp_path, resume=True)
@@ -365,6 +370,9 @@ def test_a_decode_cell_times_per_generated_token(monkeypatch) -> None:
     assert 0.5 < r.flops_per_step / r.flops_per_step_analytic < 2
     columns = measurement_columns([r], "test")
     assert columns["state_bytes"] == r.state_bytes
+    # decode's byte floor: the weights and the prompt's state of both sequences, per token
+    weights = sum(p.numel() * p.element_size() for p in real(c.variant, c.config).parameters())
+    assert r.bytes_per_step_min == weights + 2 * r.state_bytes
     assert columns["time_median_s"] == pytest.approx(0.15)
 
 

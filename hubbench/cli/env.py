@@ -9,14 +9,17 @@ def register(app: typer.Typer) -> None:
     @app.command("env")
     def env_cmd(
         calibrate: bool = typer.Option(
-            False, "--calibrate", help="Measure the matmul peak here and cache it for MFU."
+            False,
+            "--calibrate",
+            help="Measure the matmul peak and the copy bandwidth here and cache them (MFU, the "
+            "speed of light).",
         ),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
         threads: int = typer.Option(
             None, "--threads", help="torch threads to calibrate with (default: the cells')."
         ),
     ) -> None:
-        """Show the environment rows record, optional package versions, and the peak FLOP/s for MFU.
+        """Show the environment rows record, optional packages, and the peaks (MFU, speed of light).
 
         Examples:
           hubbench env
@@ -30,6 +33,7 @@ def register(app: typer.Typer) -> None:
         from hubbench.config import default_threads, resolve_device, usable_cpus
         from hubbench.errors import ConfigError
         from hubbench.flops import peak_flops
+        from hubbench.roofline import peak_bandwidth
         from hubbench.step import torch_device
 
         out = console()
@@ -54,5 +58,11 @@ def register(app: typer.Typer) -> None:
                 if peak
                 else "unknown (no GPU table entry, not calibrated): MFU stays empty"
             )
+        bandwidth, source = peak_bandwidth(dev.type, envmod.device_name(dev), calibration)
+        info["peak bandwidth"] = (
+            f"{bandwidth / 1e9:,.1f} GB/s ({source})"
+            if bandwidth
+            else "unknown (no GPU table entry, not calibrated): the speed of light is compute-only"
+        )
         info["calibration file"] = str(envmod.calibration_path())
         out.print(env_table(info))

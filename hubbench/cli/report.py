@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     import pandas as pd
     from rich.table import Table
 
+    from hubbench.report.headline import HeadlineRow
+
 
 def register(app: typer.Typer) -> None:
     app.command("plot")(plot_cmd)
@@ -101,6 +103,7 @@ def report_cmd(
     """
     from rich.markup import escape
 
+    from hubbench.report.headline import headline, ratio_lines
     from hubbench.report.html import write_report
     from hubbench.report.load import load_run
 
@@ -112,25 +115,25 @@ def report_cmd(
     write_report(df, target)
     printer = console()
     printer.print(f"[green]wrote[/] {escape(str(target))}", highlight=False)
-    headline = headline_table(df)
-    if headline is not None:
-        printer.print(headline)
+    rows = headline(df)
+    if rows:
+        printer.print(headline_table(rows))
+        for line in ratio_lines(rows):
+            printer.print(escape(line), highlight=False)
 
 
-def headline_table(df: pd.DataFrame) -> Table | None:
-    """The report's headline in the terminal (the same cells as the page); None without one."""
+def headline_table(rows: list[HeadlineRow]) -> Table:
+    """The report's headline in the terminal (the same cells as the page)."""
     from rich.markup import escape
     from rich.table import Table
 
-    from hubbench.report.headline import headline, table
+    from hubbench.report.headline import table
 
-    rows = headline(df)
-    if not rows:
-        return None
     head, lines = table(rows)
     out = Table(title="headline (hub tokens/s over its baselines')", title_justify="left")
     for h in head:
-        out.add_column(h, justify="right" if h in ("best speedup [95% CI]", "at n") else "left")
+        numeric = ("best speedup [95% CI]", "ideal", "at n")
+        out.add_column(h, justify="right" if h in numeric else "left")
     for line in lines:
         out.add_row(*map(escape, line))
     return out

@@ -29,7 +29,7 @@ STATUS_STYLE = {
 }
 COLUMN_STYLE = {"#": "dim", "variant": "bold cyan", "tok/s": "bold"}
 UNWRAPPED = {"#", "variant", "attention", "n", "status", "tok/s", "ms", "p10-p90", "mem", "state",
-             "MFU"}  # fmt: skip
+             "MFU", "SoL"}  # fmt: skip
 
 
 def variants_table() -> Table:

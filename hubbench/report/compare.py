@@ -238,6 +238,8 @@ def to_rich(cmp: Comparison) -> Table:
             table.add_column(f"A {m.label}", justify="right")
             table.add_column(f"B {m.label}", justify="right")
         table.add_column(f"B/A {m.label}", justify="right")
+        if m.time_power:  # the same ratio at both sides' speed of light
+            table.add_column("ideal", justify="right")
     table.add_column("verdict")
     table.add_column("status")
     for c in cmp.cells:
@@ -251,6 +253,8 @@ def to_rich(cmp: Comparison) -> Table:
             cells.append(
                 Text(fmt.ratio(ci), style={1: "bold green", -1: "bold red"}.get(moved, ""))
             )
+            if m.time_power:
+                cells.append(fmt.ideal(ci))
         cells += [Text(verdicts(cmp, c)), _status_note(c)]
         table.add_row(*cells)
     return table
@@ -262,6 +266,7 @@ def to_markdown(cmp: Comparison) -> str:
     for i, m in enumerate(cmp.metrics):
         head += [f"A {m.label}", f"B {m.label}"] if i == 0 else []
         head.append(f"B/A {m.label} [{conf} CI]")
+        head += ["ideal"] if m.time_power else []
     head += ["verdict", "status"]
     lines = [
         f"### hubbench compare: B = `{cmp.run_b}` over A = `{cmp.run_a}`",
@@ -287,6 +292,7 @@ def to_markdown(cmp: Comparison) -> str:
                 mark = {1: "🟢 **", -1: "🔴 **"}.get(moved, "")
                 text = f"{mark}{text}{'**' if mark else ''}"
             cells.append(text)
+            cells += [fmt.ideal(ci)] if m.time_power else []
         cells += [verdicts(cmp, c), _status_note(c)]
         lines.append("| " + " | ".join(fmt.md_cell(x) for x in cells) + " |")
     lines += [

@@ -205,7 +205,7 @@ def footnote(fig: Figure, ax: Axes, notes: list[str]) -> None:
     if not notes:
         return
     width = round(fig.get_figwidth() * 72 / (style.NOTE_SIZE * 0.52))  # characters per line
-    text = "\n".join(textwrap.fill(n, width) for n in notes)
+    text = "\n".join(textwrap.fill(n, width, break_on_hyphens=False) for n in notes)
     leg = ax.get_legend()
     anchor: Any = ("axes fraction", leg) if leg is not None else "axes fraction"
     ax.annotate(

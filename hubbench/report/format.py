@@ -110,6 +110,18 @@ def ratio(ci: RatioCI | None) -> str:
     return f"{times(ci.point)} {interval(ci)}"
 
 
+def ideal(ci: RatioCI | None) -> str:
+    """The ratio at both sides' speed of light: '3.30×', or '-' where a side has none."""
+    return "-" if ci is None or ci.ideal is None else times(ci.ideal)
+
+
+def measured_and_ideal(ci: RatioCI | None) -> str:
+    """'2.41× measured, 3.30× ideal' (the ideal left out where it is unknown)."""
+    if ci is None:
+        return "-"
+    return f"{times(ci.point)} measured" + ("" if ci.ideal is None else f", {ideal(ci)} ideal")
+
+
 def pct_change(r: float) -> str:
     return f"{100 * (r - 1):+.1f}%"
 

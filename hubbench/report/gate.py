@@ -335,8 +335,8 @@ def to_markdown(result: GateResult) -> str:
         "",
         f"{result.reference} → {result.candidate}. {result.threshold}.",
         "",
-        f"| check | {ref_head} | {val_head} | ratio | {conf} CI | allowed | verdict |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        f"| check | {ref_head} | {val_head} | ratio | {conf} CI | ideal | allowed | verdict |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for c in result.checks:
         ci = c.ci
@@ -346,14 +346,16 @@ def to_markdown(result: GateResult) -> str:
         verdict = f"{VERDICT_MARK[c.verdict]} {c.verdict}" + (f" ({c.note})" if c.note else "")
         lines.append(
             f"| {fmt.md_cell(c.name)} | {fmt.metric_value(c.metric, c.ref)} | "
-            f"{fmt.metric_value(c.metric, c.value)} | {ratio} | {interval} | {allowed} | "
+            f"{fmt.metric_value(c.metric, c.value)} | {ratio} | {interval} | {fmt.ideal(ci)} | "
+            f"{allowed} | "
             f"{fmt.md_cell(verdict)} |"
         )
     lines += [
         "",
         f"CI: {conf} two-stage bootstrap ({result.resamples} resamples of the rounds, then of the "
         "steps within them; rounds of one run paired), ratio of medians. A check fails only when "
-        "its whole CI lies beyond the allowed range.",
+        "its whole CI lies beyond the allowed range. Ideal: the same ratio at both sides' speed "
+        "of light (docs/measurement.md), shown, never gated.",
         *result.notes,
         "",
     ]
@@ -377,6 +379,7 @@ def to_rich(result: GateResult) -> Table:
         (ref_head, "right"),
         (val_head, "right"),
         ("ratio [CI]", "right"),
+        ("ideal", "right"),
         ("allowed", "right"),
         ("verdict", "left"),
     ):
@@ -389,6 +392,7 @@ def to_rich(result: GateResult) -> Table:
             fmt.metric_value(c.metric, c.ref),
             fmt.metric_value(c.metric, c.value),
             fmt.ratio(c.ci),
+            fmt.ideal(c.ci),
             allowed_range(c),
             Text(verdict, style=styles[c.verdict]),
         )

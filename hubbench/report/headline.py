@@ -134,15 +134,34 @@ def versus(hub: Series, base: Series) -> Versus:
     return Versus(base.label, tuple(points), cross, tuple(gaps))
 
 
-HEAD = ("hub", "against", "best speedup [95% CI]", "at n", "hub faster from",
+HEAD = ("hub", "against", "best speedup [95% CI]", "ideal", "at n", "hub faster from",
         "hub slower at (CI below 1)", "not compared")  # fmt: skip
 NOTE = (
     "Speedup: hub tokens/s over the baseline's, the cell otherwise the same (> 1: the hub is "
     "faster), against its variant's native baseline (naive attention) and the fastest optimised "
     "one (SDPA / flash) that ran; best over the n both measured. Brackets: 95% CI from the "
     "two-stage bootstrap, rounds paired within the run, as in `hubbench compare` and the ratio "
-    "gate. The crossover is where the hub's step time drops below the baseline's and stays below."
+    "gate. Ideal: the same ratio at both cells' speed of light (the step time their FLOPs and "
+    "bytes allow at the measured peaks, docs/measurement.md): how much of it the code delivers. "
+    "The crossover is where the hub's step time drops below the baseline's and stays below."
 )
+
+
+def ratio_lines(rows: Sequence[HeadlineRow]) -> list[str]:
+    """'hub-gpt / transformer · sdpa:flash-cpu at n=16k: 3.90× measured, 5.12× ideal', one per
+    hub and baseline at the hub's best n: the measured ratio read against its ceiling."""
+    out = []
+    for r in rows:
+        for vs in (r.native, r.optimised):
+            best = None if vs is None else vs.best
+            if vs is None or best is None:
+                continue
+            where = f"{r.facet}: " if len({x.facet for x in rows}) > 1 else ""
+            out.append(
+                f"{where}{r.hub} / {vs.baseline} at n={fmt_seq(best.seq)}: "
+                f"{fmt.measured_and_ideal(best.ci)}"
+            )
+    return out
 
 
 def table(rows: Sequence[HeadlineRow]) -> tuple[list[str], list[list[str]]]:
@@ -160,6 +179,7 @@ def table(rows: Sequence[HeadlineRow]) -> tuple[list[str], list[list[str]]]:
                 r.hub,
                 f"{kind}: {vs.baseline}",
                 fmt.ratio(None if best is None else best.ci),
+                fmt.ideal(None if best is None else best.ci),
                 "-" if best is None else fmt_seq(best.seq),
                 "-" if vs.crossover is None else vs.crossover.text(),
                 ", ".join(fmt_seq(n) for n in vs.loses) or "none",

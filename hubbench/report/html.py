@@ -84,7 +84,7 @@ def _results_table(df: pd.DataFrame) -> str:
     fields = [f for f in join_fields(df) if f != "seq"]
     label_of = labeller(df, fields)
     head = ["cell", "n", "status", "tokens/s", "step time (p10–p90)", "peak memory", "MFU",
-            "backends"]  # fmt: skip
+            "speed of light: tokens/s (reached)", "backends"]  # fmt: skip
     out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     keyed = [
         (display_order(str(r["variant"])), label_of(r), int(r["seq"]), r) for _, r in df.iterrows()
@@ -111,10 +111,20 @@ def _results_table(df: pd.DataFrame) -> str:
             f'<td class="num">{spread}</td>',
             f'<td class="num">{fmt.binary_bytes(_f(r["peak_mem_bytes"]))}</td>',
             f'<td class="num">{fmt.fraction(mfu)}</td>',
+            f'<td class="num">{_speed_of_light(r) if ok else "-"}</td>',
             f"<td>{html.escape(backends) or '-'}</td>",
         ]
         out.append(f'<tr class="{"" if ok else "bad"}">' + "".join(cells) + "</tr>")
     return "\n".join(out) + "</table>"
+
+
+def _speed_of_light(r: Any) -> str:
+    """'1.2M (31%, compute)': the ideal tokens/s, the fraction of it reached, the bound."""
+    ideal = _f(r["speed_of_light_tokens_per_s"])
+    if ideal is None:
+        return "-"
+    basis = html.escape(str(norm_value(r["speed_of_light_basis"]) or ""))
+    return f"{fmt.si(ideal)} ({fmt.fraction(_f(r['speed_of_light_fraction']))}, {basis})"
 
 
 def _f(value: Any) -> float | None:
@@ -139,13 +149,13 @@ def _gate_section(df: pd.DataFrame) -> str:
         cls = {"pass": "ok", "regression": "fail"}.get(c.verdict, "warn")
         rows.append(
             f"<tr><td>{html.escape(c.name)}</td><td class='num'>{ci}</td>"
+            f"<td class='num'>{fmt.ideal(c.ci)}</td>"
             f"<td class='num'>{html.escape(allowed_range(c))}</td>"
             f"<td class='{cls}'>{c.verdict} {html.escape(c.note)}</td></tr>"
         )
     return (
-        "<table><tr><th>rule</th><th>ratio [95% CI]</th><th>allowed</th><th>verdict</th></tr>"
-        + "".join(rows)
-        + "</table>"
+        "<table><tr><th>rule</th><th>ratio [95% CI]</th><th>ideal</th><th>allowed</th>"
+        "<th>verdict</th></tr>" + "".join(rows) + "</table>"
     )
 
 
@@ -195,7 +205,7 @@ def build_html(df: pd.DataFrame) -> str:
 
 def _headline_section(df: pd.DataFrame) -> list[str]:
     """Where each hub variant wins and loses against its native and optimised baselines."""
-    from hubbench.report.headline import NOTE, headline, table
+    from hubbench.report.headline import NOTE, headline, ratio_lines, table
 
     rows = headline(df)
     if not rows:
@@ -204,7 +214,7 @@ def _headline_section(df: pd.DataFrame) -> list[str]:
             "<p>No hub variant ran next to its baseline in this run: no speedups to state.</p>",
         ]
     head, lines = table(rows)
-    numeric = {"best speedup [95% CI]", "at n"}
+    numeric = {"best speedup [95% CI]", "ideal", "at n"}
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for line in lines:
         cells = []
@@ -216,7 +226,13 @@ def _headline_section(df: pd.DataFrame) -> list[str]:
             cells[-1] += f"{html.escape(text)}</td>"
         out.append("<tr>" + "".join(cells) + "</tr>")
     note = html.escape(NOTE).replace("`hubbench compare`", "<code>hubbench compare</code>")
-    return ["<h2>Headline</h2>", f"<p>{note}</p>", "\n".join(out) + "</table>"]
+    ratios = "".join(f"<li>{html.escape(line)}</li>" for line in ratio_lines(rows))
+    return [
+        "<h2>Headline</h2>",
+        f"<p>{note}</p>",
+        f"<ul>{ratios}</ul>",
+        "\n".join(out) + "</table>",
+    ]
 
 
 def _noise_line(df: pd.DataFrame) -> str:

@@ -373,7 +373,9 @@ SPEEDUP_NOTE = (
     "Speedup = baseline step time / hub step time (= tokens/s ratio) against the hub's own "
     "baseline (hub-gpt: transformer, hub-jamba: jamba), same cell otherwise; native = naive "
     "attention, optimised = SDPA / flash. Error bars: 95% CI of the ratio of median step "
-    "times, from a bootstrap over rounds paired within the run (rounds, then steps)."
+    "times, from a bootstrap over rounds paired within the run (rounds, then steps). Dashed: "
+    "the ideal, the same ratio at both cells' speed of light (the step time their FLOPs and "
+    "bytes allow at the measured peaks; docs/measurement.md)."
 )
 
 
@@ -406,6 +408,7 @@ def speedup(facet: Facet) -> Figured:
     fig = new_figure()
     ax = line_axes(fig)
     marks, gaps, values = [], [], [1.0]
+    ideals: dict[tuple[str, tuple], Any] = {}
     for i, (hub, base, kind) in enumerate(pairs):
         pts = points[(hub.label, base.label)]
         done = [(n, ci) for n, ci, _ in pts if ci is not None]
@@ -418,6 +421,18 @@ def speedup(facet: Facet) -> Figured:
                     color=base.style.color, marker=hub.style.marker,
                     linestyle=":" if kind == "native" else "-", elinewidth=0.9,
                     label=f"{hub.label} over {base.label} ({kind})")  # fmt: skip
+        ideal = tuple((n, round(ci.ideal, 9)) for n, ci in done if ci.ideal is not None)
+        if ideal:  # what the two cells' FLOPs and bytes allow: the ceiling of this ratio
+            drawn = ideals.get((hub.label, ideal))
+            if drawn is not None:  # naive and SDPA share their FLOPs: one ceiling, one line
+                drawn.set_label(f"{hub.label} over {base.label.split(' · ')[0]}, ideal "
+                                "(native and optimised)")  # fmt: skip
+            else:
+                ideals[(hub.label, ideal)] = ax.plot(
+                    [n for n, _ in ideal], [v for _, v in ideal], color=base.style.color,
+                    linestyle="--", linewidth=1.0, alpha=0.7,
+                    label=f"{hub.label} over {base.label} ({kind}), ideal")[0]  # fmt: skip
+            values += [v for _, v in ideal]
         for n, _, why in pts:
             if why:
                 marks.append((n, why.split()[-1], base.style.color))
@@ -437,7 +452,8 @@ def speedup(facet: Facet) -> Figured:
     caption = (
         "Speedup of each hub variant over its own baseline (baseline step time / hub step time) "
         f"against sequence length n, {context(facet)}; error bars are 95% bootstrap intervals of "
-        "the ratio, and the grey line is parity."
+        "the ratio, dashed lines the ideal ratio at both cells' speed of light, and the grey "
+        "line is parity."
     )
     return Figured(fig, "", notes, caption)
 
@@ -460,6 +476,9 @@ def _speedup_forest(
             else:
                 low, high = (ci.low, ci.high) if ci.bootstrapped else (None, None)
                 rows.append(Row(label, pick, ci.point, low, high))
+                if ci.ideal is not None:  # the ceiling beside it: no interval, a point
+                    dashed = style.SeriesStyle(base.style.color, hub.style.marker, "--")
+                    rows.append(Row(f"{label}, ideal", dashed, ci.ideal))
     fig, _ = forest_figure(rows, "speedup over baseline", style.speedup_formatter(),
                            parity=1.0, column_title="ratio",
                            text=lambda v: f"{v:.2f}×")  # fmt: skip
@@ -471,7 +490,7 @@ def _speedup_forest(
     caption = (
         f"Speedup of each hub variant over its own baseline at n = {fmt_seq(seq)} (baseline step "
         f"time / hub step time), {context(facet)}; whiskers are 95% bootstrap intervals of the "
-        "ratio, the grey line is parity."
+        "ratio (', ideal' rows: the ratio at both cells' speed of light), the grey line is parity."
     )
     return Figured(fig, "", notes, caption)
 

@@ -45,12 +45,14 @@ class RunTable:
         """The key to the columns; `requested`: how the renderer marks a requested backend."""
         return "; ".join((
             f"attention: the kernel that ran ({requested}: requested, did not run)",
-            "ms: median step", "mem: peak over the timed steps", *self.notes,
+            "ms: median step", "mem: peak over the timed steps",
+            "SoL: the speed of light's step time over the measured one", *self.notes,
         ))  # fmt: skip
 
 
 def run_table(rows: Sequence[Mapping[str, Any]]) -> RunTable:
-    """One line per cell: what ran, its status, speed, spread, memory and MFU."""
+    """One line per cell: what ran, its status, speed, spread, memory, MFU and the fraction of
+    the speed of light reached."""
     rows = [{k: norm_value(v) for k, v in r.items()} for r in rows]
     details = schema.varying(rows, DETAIL_FIELDS, nulls=False)
     stateful = any(r.get("state_bytes") is not None for r in rows)
@@ -60,7 +62,7 @@ def run_table(rows: Sequence[Mapping[str, Any]]) -> RunTable:
                TableColumn("status"), TableColumn("tok/s", True), TableColumn("ms", True),
                TableColumn("p10-p90", True), TableColumn("mem", True),
                *([TableColumn("state", True)] if stateful else []), TableColumn("MFU", True),
-               *([TableColumn("message")] if failed else [])]  # fmt: skip
+               TableColumn("SoL", True), *([TableColumn("message")] if failed else [])]  # fmt: skip
     out = []
     previous = None
     for r in rows:
@@ -86,6 +88,7 @@ def run_table(rows: Sequence[Mapping[str, Any]]) -> RunTable:
             fmt.binary_bytes(r.get("peak_mem_bytes")) if ok else "-",
             *([fmt.binary_bytes(r.get("state_bytes")) if ok else "-"] if stateful else []),
             fmt.fraction(r.get("mfu")),
+            fmt.fraction(r.get("speed_of_light_fraction")) if ok else "-",
         ]
         if failed:
             message = None if ok else str(r.get("message") or "")

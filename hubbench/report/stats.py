@@ -23,6 +23,7 @@ same intervals whatever order the checks run in.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ class RatioCI:
     bootstrapped: bool  # False: point only (metric not time-derived, or too few samples)
     rounds: tuple[int, int] = (1, 1)  # rounds behind each side
     paired: bool = False  # the sides' rounds were resampled together (same run)
+    ideal: float | None = None  # the same ratio at both sides' speed of light (ideal_ratio)
 
     def excludes(self, value: float) -> int:
         """+1 if the whole interval lies above value, -1 if below, 0 if it contains it."""
@@ -200,15 +202,34 @@ def metric_ratio(
     """CI of num[metric] / den[metric] for two ok rows; None when either value is missing.
 
     The one ratio of two cells: compare (the same cell in two runs), the gate (two cells of one
-    run, or a baseline) and the report's headline all take theirs from here.
+    run, or a baseline), the speedup plot and the report's headline all take theirs from here,
+    with its ideal (`RatioCI.ideal`, at both sides' speed of light) beside it.
     """
     a, b = row_metric(num, metric.name), row_metric(den, metric.name)
     if a is None or b is None or b == 0:
         return None
-    return ratio_ci(
+    ci = ratio_ci(
         a, b, rounds_of(num), rounds_of(den), metric.time_power, paired=paired([num, den]),
         resamples=resamples, confidence=confidence, seed=seed,
     )  # fmt: skip
+    return dataclasses.replace(ci, ideal=ideal_ratio(metric, num, den))
+
+
+def at_speed_of_light(metric: Column, row: Mapping[str, Any]) -> float | None:
+    """The row's metric had its step taken `speed_of_light_s` instead of `time_median_s`: a
+    metric ~ time^p scales by (sol / median)^p. None for a metric that is not time-derived
+    (memory) and where the row has no speed of light."""
+    value = row_metric(row, metric.name)
+    sol, median = row_metric(row, "speed_of_light_s"), row_metric(row, "time_median_s")
+    if not metric.time_power or value is None or not sol or not median:
+        return None
+    return value * (sol / median) ** metric.time_power
+
+
+def ideal_ratio(metric: Column, num: Mapping[str, Any], den: Mapping[str, Any]) -> float | None:
+    """num / den at both sides' speed of light: the ratio the FLOPs and bytes allow."""
+    a, b = at_speed_of_light(metric, num), at_speed_of_light(metric, den)
+    return a / b if a is not None and b else None
 
 
 def check_settings(resamples: int, confidence: float) -> None:

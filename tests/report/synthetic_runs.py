@@ -96,6 +96,13 @@ def _median_time(c: dict[str, Any]) -> float:
     return c["batch"] * (lin * n * hub_scale + quad * n * n) + 2e-4  # + launch overhead
 
 
+def _speed_of_light(c: dict[str, Any]) -> float:
+    """A synthetic ceiling: linear for a hub variant, with a quadratic attention term else."""
+    tokens = c["batch"] * c["seq"]
+    attention = 0.0 if c.get("hubs") is not None else c["seq"] / 4096
+    return 6.0 * 25e6 * tokens * (1.0 + attention) / 9.89e14
+
+
 def make_run(
     cells: list[dict[str, Any]],
     *,
@@ -183,6 +190,13 @@ def make_run(
                 mfu=flops / med / 9.89e14,
                 peak_flops_per_s=9.89e14,
                 peak_flops_source="table",
+            )
+            light = _speed_of_light(c)
+            row.update(
+                speed_of_light_s=light,
+                speed_of_light_tokens_per_s=tokens / light,
+                speed_of_light_basis="compute",
+                speed_of_light_fraction=light / med,
             )
         else:
             row.update(samples_s=[], time_count=0)

@@ -104,3 +104,20 @@ def test_rows_from_different_environments_join_with_a_warning():
     cmp = compare_runs(a, b, ["tokens_per_s"])
     assert cmp.warnings == ["different environments: host: A has node1, B has elsewhere"]
     assert "⚠️ different environments: host" in to_markdown(cmp)
+
+
+def test_time_derived_ratios_carry_their_ideal():
+    """The same cell in two runs with the same ceilings: ideal 1x; B's ceiling halved: 2x."""
+    a, b = _runs()
+    cmp = compare_runs(a, b)
+    cell = _by_label(cmp)["hub-gpt n=1k"]
+    assert cell.ratios["tokens_per_s"].ideal == pytest.approx(1.0)
+    assert cell.ratios["peak_mem_bytes"].ideal is None  # not time-derived: no ceiling
+    b = b.copy()
+    b["speed_of_light_s"] = b["speed_of_light_s"] / 2
+    cmp = compare_runs(a, b)
+    assert _by_label(cmp)["hub-gpt n=1k"].ratios["tokens_per_s"].ideal == pytest.approx(2.0)
+    md = to_markdown(cmp)
+    header = next(line for line in md.splitlines() if line.startswith("| cell"))
+    assert header.count("ideal") == 1  # tokens/s only
+    assert "| 2.000× |" in md

@@ -212,3 +212,22 @@ def test_thread_counts_and_hosts_across_machines():
     cand["threads"], cand["host"] = 8, "runner-2"
     result = gate_baseline(base, cand)
     assert result.passed and any("host" in n for n in result.notes)
+
+
+def test_ratio_checks_show_the_ideal_beside_the_measured_ratio():
+    """hub-gpt / transformer-sdpa at 4096: the synthetic ceilings make the ideal 1 + 4096/4096 =
+    2x; it is shown in both renderings and never changes the verdict."""
+    run = _run()
+    result = gate_ratios(run, [RULE], "throughput")
+    (check,) = result.checks
+    assert check.ci.ideal == pytest.approx(2.0)
+    md = to_markdown(result)
+    assert "| ideal |" in md and "| 2.000× |" in md
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(to_rich(result))
+    assert "2.000×" in console.export_text()
+    run["speed_of_light_s"] = float("nan")
+    bare = gate_ratios(run, [RULE], "throughput")
+    assert bare.checks[0].ci.ideal is None and bare.passed == result.passed

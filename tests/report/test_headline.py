@@ -12,7 +12,7 @@ from hubbench import schema
 from hubbench.cli import app
 from hubbench.report import format as fmt
 from hubbench.report.gate import gate_ratios
-from hubbench.report.headline import headline
+from hubbench.report.headline import headline, ratio_lines, table
 from hubbench.report.html import build_html
 from hubbench.report.stats import metric_ratio
 from hubbench.suite import GateRule
@@ -110,3 +110,32 @@ def test_report_prints_the_headline(results_dir, tmp_path, run):
     assert result.exit_code == 0, result.output
     best = _row(headline(run), "optimised").best
     assert "headline" in result.output and fmt.ratio(best.ci) in result.output
+
+
+def test_every_headline_ratio_carries_its_ideal(run):
+    """The synthetic ceiling is linear for the hub and has a quadratic term (1 + n/4096) for the
+    baseline, so the ideal tokens/s ratio at n is 1 + n/4096, whatever was measured."""
+    rows = headline(run)
+    optimised = _row(rows, "optimised")
+    for point in optimised.points:
+        assert point.ci.ideal == pytest.approx(1 + point.seq / 4096)
+    best = optimised.best
+    lines = ratio_lines(rows)
+    expected = (
+        f"hub-gpt / transformer · sdpa:flash at n={fmt.fmt_seq(best.seq)}: "
+        f"{fmt.times(best.ci.point)} measured, {fmt.times(1 + best.seq / 4096)} ideal"
+    )
+    assert expected in lines
+    _, cells = table(rows)
+    assert fmt.times(1 + best.seq / 4096) in next(c for c in cells if "sdpa" in c[1])
+
+
+def test_the_ideal_is_left_out_where_a_cell_has_no_speed_of_light():
+    df = make_run(grid(seqs=SEQS))
+    df.loc[df["variant"] == "transformer", "speed_of_light_s"] = None
+    rows = headline(df)
+    optimised = _row(rows, "optimised")
+    assert all(p.ci.ideal is None for p in optimised.points)
+    gpt = [line for line in ratio_lines(rows) if line.startswith("hub-gpt / transformer")]
+    assert len(gpt) == 2 and all(line.endswith(" measured") for line in gpt)
+    assert fmt.ideal(optimised.best.ci) == "-"

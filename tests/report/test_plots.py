@@ -183,3 +183,25 @@ def test_state_plot_for_a_decode_run(tmp_path, throughput_run):
     scaling = next(f for f in figures if f.kind == "scaling")
     assert scaling.figure.axes[0].get_ylabel() == "time per generated token (median)"
     assert "run `hubbench run decode`" in render(throughput_run)[1]["state"]
+
+
+def test_speedup_draws_the_ideal_ratio_dashed_in_the_pairs_colour(throughput_run):
+    figures, _ = render(throughput_run, ["speedup"])
+    ax = figures[0].figure.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    # naive and SDPA attention share their ceilings (same FLOPs and bytes): one line for both,
+    # unless a side did not run somewhere (the fixture's naive transformer fails at 16k)
+    assert "hub-jamba over jamba, ideal (native and optimised)" in lines
+    assert "hub-jamba over jamba · naive (native), ideal" not in lines
+    assert "hub-gpt over transformer · naive (native), ideal" in lines
+    ideal = lines["hub-gpt over transformer · sdpa:flash (optimised), ideal"]
+    measured = next(
+        c
+        for c in ax.containers
+        if c.get_label() == "hub-gpt over transformer · sdpa:flash (optimised)"
+    )
+    assert ideal.get_linestyle() == "--"
+    assert ideal.get_color() == measured.lines[0].get_color()
+    seqs = sorted(set(throughput_run["seq"]))
+    # synthetic ceilings: linear for the hub, x (1 + n/4096) for the baseline
+    assert list(ideal.get_ydata()) == pytest.approx([1 + n / 4096 for n in seqs])

@@ -122,3 +122,24 @@ def test_excludes_and_beyond():
     assert RatioCI(1.0, 0.95, 1.05, 5, 5, True).excludes(1.0) == 0
     assert RatioCI(0.97, 0.96, 0.98, 5, 5, True).beyond(0.03) == 0  # excludes 1, not 1 - 3%
     assert RatioCI(0.9, 0.88, 0.92, 5, 5, True).beyond(0.03) == -1
+
+
+def test_the_ideal_ratio_is_the_metric_at_both_sides_speed_of_light():
+    """Hand-computed: 1000 tokens in 2 s and 1 s measured; ceilings 0.5 s and 0.25 s."""
+    from hubbench import schema
+    from hubbench.report.stats import at_speed_of_light, ideal_ratio, metric_ratio
+
+    def row(median: float, sol: float | None) -> dict:
+        return {"tokens_per_s": 1000 / median, "time_median_s": median, "speed_of_light_s": sol,
+                "peak_mem_bytes": 10, "samples_s": [median] * 5}  # fmt: skip
+
+    tps, time = schema.metric("tokens_per_s"), schema.metric("time_median_s")
+    slow, fast = row(2.0, 0.5), row(1.0, 0.25)
+    assert at_speed_of_light(tps, slow) == pytest.approx(2000.0)  # 1000 tokens / 0.5 s
+    assert at_speed_of_light(time, slow) == pytest.approx(0.5)
+    assert ideal_ratio(tps, fast, slow) == pytest.approx(2.0)  # 4000 / 2000 tokens/s
+    assert ideal_ratio(time, fast, slow) == pytest.approx(0.5)
+    assert metric_ratio(tps, fast, slow).ideal == pytest.approx(2.0)
+    assert ideal_ratio(schema.metric("peak_mem_bytes"), fast, slow) is None  # not time-derived
+    assert ideal_ratio(tps, fast, row(2.0, None)) is None
+    assert ideal_ratio(tps, fast, row(2.0, float("nan"))) is None
