@@ -37,8 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,6 +45,7 @@ import time
 import torch
 from torch import nn
 
+from hubbench.measure import extra_peak_rss
 from hubbench.mixers.hubrouter import COUNCIL_IMPLS, HubRouter
 
 D_MODEL, HEADS, LAYERS = 256, 4, 4
@@ -141,38 +140,14 @@ def run_layers(seqs: list[int], repeats: int, rope: bool, councils: list[str]) -
     return out
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _hwm_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM")
-
-
 def memory_child(n: int, kind: str) -> None:
     """Runs in a child process: print the extra peak RSS of one forward + backward at n."""
     m = layer(kind)
     layer_step(m, torch.randn(1, 2 * HUB["chunk"] + 3, D_MODEL, requires_grad=True))
     x = torch.randn(1, n, D_MODEL, requires_grad=True)
     m.zero_grad(set_to_none=True)
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        method = "clear_refs/VmHWM"
-        before = _rss_bytes()
-        m(x).sum().backward()
-        peak = _hwm_bytes()
-    except OSError:
-        method = "ru_maxrss"
-        before = _rss_bytes()
-        m(x).sum().backward()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"n": n, "kind": kind, "extra_bytes": peak - before, "method": method}))
+    extra, method = extra_peak_rss(lambda: m(x).sum().backward())
+    print(json.dumps({"n": n, "kind": kind, "extra_bytes": extra, "method": method}))
 
 
 def run_memory(seqs: list[int], councils: list[str]) -> dict:

@@ -301,6 +301,25 @@ def _reset_hwm() -> bool:
     return True
 
 
+def extra_peak_rss(fn: Callable[[], object]) -> tuple[int, str]:
+    """Run fn once; return the peak anonymous RSS it added over the RSS before it, and how.
+
+    For a process of its own (benchmarks run each size in a child): with /proc/self/clear_refs
+    the kernel's high-water mark is reset first ("clear_refs/VmHWM"); without it the process's
+    lifetime peak (getrusage, "ru_maxrss") stands in, which is only right when nothing before fn
+    used more.
+    """
+    import resource
+
+    reset = _reset_hwm()
+    before = rss_bytes() or 0
+    fn()
+    peak = _hwm_anon_bytes() if reset else None
+    if peak is not None:
+        return peak - before, "clear_refs/VmHWM"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before, "ru_maxrss"
+
+
 class _PeakMemory:
     """Context manager: peak memory over its body (see the module docstring for meaning)."""
 

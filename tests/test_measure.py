@@ -131,6 +131,22 @@ def test_peak_memory_grows_with_activations() -> None:
     assert big - small > 8 * 2**20
 
 
+def test_extra_peak_rss_sees_a_transient_allocation() -> None:
+    if rss_bytes() is None:
+        pytest.skip("needs /proc")
+    # In a fresh process, for the same reason as above; the 64 MiB are freed before fn returns,
+    # so only a peak (not the RSS after) can see them.
+    code = (
+        "import torch\nfrom hubbench.measure import extra_peak_rss\n"
+        "def f():\n t = torch.ones(16 * 2**20); t.add_(1); del t\n"
+        "print(*extra_peak_rss(f))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    extra, method = out.stdout.split()
+    assert method in ("clear_refs/VmHWM", "ru_maxrss")
+    assert 60 * 2**20 < int(extra) < 200 * 2**20
+
+
 # ----------------------------------------------------------------------------- FLOPs
 
 

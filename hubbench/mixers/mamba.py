@@ -18,9 +18,11 @@ D_inner 512, N 16, L 4096, and autograd keeps several. Instead the sequence is c
 SCAN_CHUNK tokens; a Python loop runs over chunks (never over tokens), carrying the state h at each
 chunk boundary. Inside a chunk, a work-efficient odd/even parallel scan runs in place on
 (B, T, D_inner, N) tensors that fit in cache. Decays are multiplied, never divided: every factor
-is exp(delta * A) <= 1, so no exp(+S) blow-up. A custom autograd Function saves only the inputs
-and the chunk-boundary states and recomputes each chunk in its hand-written backward (reverse scan
-for dL/dh), so peak memory is a few chunk-sized buffers rather than several full-length copies.
+is exp(delta * A) <= 1, so no exp(+S) blow-up. A custom autograd Function (delta bias + softplus,
+scan, skip D, SiLU(z) gate, as mamba-ssm's selective_scan_fn) saves only its inputs as passed (bf16
+under autocast) and the chunk-start states; all fp32 work runs chunk by chunk, and the backward
+rebuilds each chunk's states from its start state in reverse (reverse scan for dL/dh). The conv +
+SiLU recomputes its conv in backward. docs/mamba.md gives the bytes kept per token.
 """
 
 from __future__ import annotations
@@ -99,15 +101,6 @@ def _scan_reverse_(r: Tensor, g: Tensor) -> None:
         g[:, st : T - 2 : 2].addcmul_(r[:, st : T - 2 : 2], g[:, st + 1 : T - 1 : 2])
 
 
-def _chunk_ab(
-    u_dt: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, t0: int, t1: int
-) -> tuple[Tensor, Tensor]:
-    """Decays a = exp(dt A) and inputs b = dt u B for tokens t0..t1-1, each (B, T, D_inner, N)."""
-    a = (dt[:, t0:t1, :, None] * A).exp_()
-    b = u_dt[:, t0:t1, :, None] * Bm[:, t0:t1, None, :]
-    return a, b
-
-
 def _bmm_rows(vec: Tensor, mat: Tensor) -> Tensor:
     """Per-token row vector times matrix: vec (B, T, K) @ mat (B, T, K, M) -> (B, T, M)."""
     B, T, K = vec.shape
@@ -115,82 +108,168 @@ def _bmm_rows(vec: Tensor, mat: Tensor) -> Tensor:
     return out.view(B, T, -1)
 
 
-def _scan_chunks(
-    u: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, chunk: int, h: Tensor | None = None
-) -> tuple[Tensor, list[Tensor], Tensor]:
-    """The chunked forward scan: y (B, L, D_inner), the state before each chunk, the last state.
+@dataclass
+class _ScanArgs:
+    """The scan's inputs as the caller passed them (any float dtype, u/delta/z may be strided).
 
-    `h` (B, D_inner, N) is the state before the first token (zeros when None).
+    u, delta, z: (B, L, D_inner); Bm, Cm: (B, L, N); A (D_inner, N), D, bias (D_inner,) in f.
+    Each chunk is converted to f (>= fp32) only when it is used, so nothing full-width is kept
+    in f: `chunk_inputs` rebuilds a chunk's fp32 values from these in forward and in backward.
     """
-    batch, L, d_inner = u.shape
-    u_dt = u * dt  # (B, L, D_inner)
-    y = torch.empty_like(u)
+
+    u: Tensor
+    delta: Tensor
+    A: Tensor
+    Bm: Tensor
+    Cm: Tensor
+    D: Tensor | None
+    z: Tensor | None
+    bias: Tensor | None
+    softplus: bool
+    f: torch.dtype
+
+    def chunk_inputs(self, t0: int, t1: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """u, pre (delta + bias, before softplus), dt, Bm, Cm of tokens t0..t1-1, in f."""
+        f = self.f
+        u = self.u[:, t0:t1].to(f)
+        pre = self.delta[:, t0:t1].to(f)
+        if self.bias is not None:
+            pre = pre + self.bias
+        dt = F.softplus(pre) if self.softplus else pre
+        return u, pre, dt, self.Bm[:, t0:t1].to(f), self.Cm[:, t0:t1].to(f)
+
+
+def _chunk_ab(u: Tensor, dt: Tensor, A: Tensor, Bm: Tensor) -> tuple[Tensor, Tensor]:
+    """Decays a = exp(dt A) and inputs b = dt u B of one chunk, each (B, T, D_inner, N)."""
+    a = (dt[..., None] * A).exp_()
+    b = (u * dt)[..., None] * Bm[:, :, None, :]
+    return a, b
+
+
+def _scan_forward(
+    s: _ScanArgs, chunk: int, h: Tensor | None = None, keep_starts: bool = True
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """The chunked forward: output (B, L, D_inner) in u's dtype, the state before each chunk
+    (B, n_chunks, D_inner, N) in f (None unless `keep_starts`), and the state after the last token.
+
+    `h` (B, D_inner, N) is the state before the first token (zeros when None). Skip D, gate
+    SiLU(z) and the dtype cast are applied chunk by chunk, so the only full-length tensor is
+    the output.
+    """
+    batch, L, d_inner = s.u.shape
+    n = s.A.shape[1]
+    out = torch.empty(s.u.shape, dtype=s.u.dtype, device=s.u.device)
     if h is None:
-        h = u.new_zeros(batch, d_inner, A.shape[1])  # (B, D_inner, N), state before the chunk
-    starts = []
-    for t0 in range(0, L, chunk):
-        t1 = min(t0 + chunk, L)
-        starts.append(h)
-        a, b = _chunk_ab(u_dt, dt, A, Bm, t0, t1)  # (B, T, D_inner, N)
+        h = s.A.new_zeros(batch, d_inner, n)  # (B, D_inner, N), state before the chunk
+    n_chunks = -(-L // chunk)
+    starts = s.A.new_empty(batch, n_chunks, d_inner, n) if keep_starts else None
+    for c in range(n_chunks):
+        t0, t1 = c * chunk, min((c + 1) * chunk, L)
+        if starts is not None:
+            starts[:, c] = h
+        u, _, dt, Bm, Cm = s.chunk_inputs(t0, t1)
+        a, b = _chunk_ab(u, dt, s.A, Bm)  # (B, T, D_inner, N)
         b[:, 0].addcmul_(a[:, 0], h)  # carry the previous chunk's state in
         _scan_(a, b)  # b is now h for every token of the chunk
-        y[:, t0:t1] = _bmm_rows(Cm[:, t0:t1], b.transpose(-1, -2))
-        h = b[:, -1].clone()
-    return y, starts, h
-
-
-class _SelectiveScan(torch.autograd.Function):
-    """y_t = C_t . h_t with h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, in (batch, length, *) layout.
-
-    u, dt: (B, L, D_inner); A: (D_inner, N); Bm, Cm: (B, L, N) -> y (B, L, D_inner).
-    """
-
-    @staticmethod
-    def forward(ctx, u, dt, A, Bm, Cm, chunk):  # type: ignore[override]
-        y, starts, _ = _scan_chunks(u, dt, A, Bm, Cm, chunk)
-        ctx.chunk = chunk
-        if any(ctx.needs_input_grad):
-            ctx.save_for_backward(u, dt, A, Bm, Cm, torch.stack(starts, 1))
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):  # type: ignore[override]
-        u, dt, A, Bm, Cm, starts = ctx.saved_tensors
-        with torch.autocast(dy.device.type, enabled=False):
-            return (*_scan_backward(u, dt, A, Bm, Cm, starts, dy.to(u.dtype), ctx.chunk), None)
+        y = _bmm_rows(Cm, b.transpose(-1, -2))  # (B, T, D_inner)
+        if s.D is not None:
+            y.addcmul_(u, s.D)
+        if s.z is not None:
+            y.mul_(F.silu(s.z[:, t0:t1].to(s.f)))
+        out[:, t0:t1] = y
+        h = b[:, -1]
+    return out, starts, h.clone()
 
 
 def _scan_backward(
-    u: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, Cm: Tensor, starts: Tensor, dy: Tensor, chunk: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Chunks in reverse order: recompute h, reverse-scan g = dL/dh, reduce to input gradients."""
-    batch, L, d_inner = u.shape
-    u_dt = u * dt
-    d_udt, d_dt = torch.empty_like(u), torch.empty_like(u)  # (B, L, D_inner)
-    dA = torch.zeros_like(A)
-    dB, dC = torch.empty_like(Bm), torch.empty_like(Cm)
-    g_next = u.new_zeros(batch, d_inner, A.shape[1])  # a_{t1} * dL/dh_{t1} from the chunk after
+    s: _ScanArgs, starts: Tensor, dout: Tensor, chunk: int, need_dz: bool
+) -> tuple[Tensor, ...]:
+    """Chunks in reverse order: rebuild the chunk's inputs and states h from its start state,
+    reverse-scan g = dL/dh, reduce to input gradients, write them into their slice.
+
+    Returns du, ddelta, dA, dB, dC, dD, dz, dbias (None where the input was None).
+    """
+    batch, L, d_inner = s.u.shape
+    f = s.f
+    du, ddelta = torch.empty_like(s.u), torch.empty_like(s.delta)
+    dB, dC = torch.empty_like(s.Bm), torch.empty_like(s.Cm)
+    dz = torch.empty_like(s.z) if s.z is not None and need_dz else None
+    dA = torch.zeros_like(s.A)
+    dD = None if s.D is None else torch.zeros_like(s.D)
+    dbias = None if s.bias is None else torch.zeros_like(s.bias)
+    g_next = s.A.new_zeros(batch, d_inner, s.A.shape[1])  # a_{t1} * dL/dh_{t1} from the next chunk
     for c in range(starts.shape[1] - 1, -1, -1):
-        t0 = c * chunk
-        t1 = min(t0 + chunk, L)
-        a, b = _chunk_ab(u_dt, dt, A, Bm, t0, t1)  # (B, T, D_inner, N)
+        t0, t1 = c * chunk, min((c + 1) * chunk, L)
+        u, pre, dt, Bm, Cm = s.chunk_inputs(t0, t1)
+        go = dout[:, t0:t1].to(f)  # dL/d(output)
+        if s.z is not None:
+            zc = s.z[:, t0:t1].to(f)
+            sig = torch.sigmoid(zc)
+            dy = go * zc * sig  # dL/dy, y = C.h + D u before the gate
+        else:
+            dy = go
+        a, b = _chunk_ab(u, dt, s.A, Bm)  # (B, T, D_inner, N)
         h = b.clone()
         h[:, 0].addcmul_(a[:, 0], starts[:, c])
         r = a[:, 1:].clone()  # g_t couples to g_{t+1} through a_{t+1}
         _scan_(a, h)  # clobbers a except a[:, 0]
-        g = dy[:, t0:t1, :, None] * Cm[:, t0:t1, None, :]  # (B, T, D_inner, N)
+        g = dy[..., None] * Cm[:, :, None, :]  # (B, T, D_inner, N)
         g[:, -1].add_(g_next)
         _scan_reverse_(r, g)
         g_next = a[:, 0] * g[:, 0]
-        dC[:, t0:t1] = _bmm_rows(dy[:, t0:t1], h)
-        d_udt[:, t0:t1] = _bmm_rows(Bm[:, t0:t1], g.transpose(-1, -2))
-        dB[:, t0:t1] = _bmm_rows(u_dt[:, t0:t1], g)
+        dC[:, t0:t1] = _bmm_rows(dy, h)
+        d_udt = _bmm_rows(Bm, g.transpose(-1, -2))  # dL/d(u dt), (B, T, D_inner)
+        dB[:, t0:t1] = _bmm_rows(u * dt, g)
+        if dz is not None:  # the gate needs y: one readout of the recomputed states
+            y = _bmm_rows(Cm, h.transpose(-1, -2))
+            if s.D is not None:
+                y.addcmul_(u, s.D)
+            dz[:, t0:t1] = go * y * sig * (1 + zc * (1 - sig))
         # dL/d(dt A) = g * a_t * h_{t-1} = g * (h_t - b_t): no need to keep a
         q = torch.sub(h, b, out=b).mul_(g)
-        d_dt[:, t0:t1] = (q * A).sum(-1)
-        dA += (q * dt[:, t0:t1, :, None]).sum((0, 1))
-    return d_udt * dt, d_dt + d_udt * u, dA, dB, dC
+        d_dt = (q * s.A).sum(-1).addcmul_(d_udt, u)
+        dA += (q * dt[..., None]).sum((0, 1))
+        du_c = d_udt * dt
+        if s.D is not None:
+            du_c.addcmul_(dy, s.D)
+            dD += (dy * u).sum((0, 1))
+        du[:, t0:t1] = du_c
+        if s.softplus:  # torch's softplus: linear above threshold 20
+            d_dt.mul_(torch.sigmoid(pre).masked_fill_(pre > 20, 1.0))
+        ddelta[:, t0:t1] = d_dt
+        if dbias is not None:
+            dbias += d_dt.sum((0, 1))
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """out = (C.h_t + D u_t) * SiLU(z_t), h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t, with
+    dt = softplus(delta + bias), in (batch, length, *) layout, as mamba-ssm's selective_scan_fn.
+
+    u, delta, z: (B, L, D_inner); A: (D_inner, N); Bm, Cm: (B, L, N); D, bias: (D_inner,).
+    Saves its inputs as passed (no fp32 copies) and the state before each chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, Bm, Cm, D, z, bias, softplus, chunk):  # type: ignore[override]
+        f = A.dtype
+        s = _ScanArgs(u, delta, A, Bm, Cm, D, z, bias, softplus, f)
+        need_grad = any(ctx.needs_input_grad)
+        out, starts, _ = _scan_forward(s, chunk, keep_starts=need_grad)
+        ctx.chunk, ctx.softplus = chunk, softplus
+        if need_grad:
+            ctx.save_for_backward(u, delta, A, Bm, Cm, D, z, bias, starts)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):  # type: ignore[override]
+        u, delta, A, Bm, Cm, D, z, bias, starts = ctx.saved_tensors
+        s = _ScanArgs(u, delta, A, Bm, Cm, D, z, bias, ctx.softplus, A.dtype)
+        with torch.autocast(dout.device.type, enabled=False):
+            grads = _scan_backward(s, starts, dout, ctx.chunk, ctx.needs_input_grad[6])
+        du, ddelta, dA, dB, dC, dD, dz, dbias = grads
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, None, None
 
 
 def _selective_scan_bld(
@@ -208,28 +287,51 @@ def _selective_scan_bld(
 ) -> Tensor | tuple[Tensor, Tensor]:
     """`selective_scan_chunked` in (batch, length, channel) layout, the layout the block works in.
 
-    u, delta, z: (B, L, D_inner); A: (D_inner, N); B, C: (B, L, N) -> (B, L, D_inner).
-    `return_last_state` (no autograd: prefill): also the state after the last token,
-    (B, D_inner, N) in >= fp32.
+    u, delta, z: (B, L, D_inner); A: (D_inner, N); B, C: (B, L, N) -> (B, L, D_inner) in u's
+    dtype. The scan runs in >= fp32, like mamba-ssm, chunk by chunk; the inputs stay in their
+    own dtype and layout. `return_last_state` (no autograd: prefill): also the state after the
+    last token, (B, D_inner, N) in >= fp32.
     """
-    dtype_in = u.dtype
-    f = torch.promote_types(dtype_in, torch.float32)  # the scan runs in >= fp32, like mamba-ssm
+    f = torch.promote_types(u.dtype, torch.float32)
     with torch.autocast(u.device.type, enabled=False):
-        u, delta, B, C = (t.to(f).contiguous() for t in (u, delta, B, C))
-        if delta_bias is not None:
-            delta = delta + delta_bias.to(f)
-        if delta_softplus:
-            delta = F.softplus(delta)
-        last = None
+        A = A.to(f)
+        D, delta_bias = (None if t is None else t.to(f) for t in (D, delta_bias))
         if return_last_state:
-            y, _, last = _scan_chunks(u, delta, A.to(f), B, C, chunk_size)
-        else:
-            y = _SelectiveScan.apply(u, delta, A.to(f), B, C, chunk_size)  # (B, L, D_inner)
-        if D is not None:
-            y = y + u * D.to(f)
-        if z is not None:
-            y = y * F.silu(z.to(f))
-    return (y.to(dtype_in), last) if return_last_state else y.to(dtype_in)
+            s = _ScanArgs(u, delta, A, B, C, D, z, delta_bias, delta_softplus, f)
+            out, _, last = _scan_forward(s, chunk_size, keep_starts=False)
+            return out, last
+        return _SelectiveScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk_size)
+
+
+class _ConvSiLU(torch.autograd.Function):
+    """SiLU(causal depthwise conv1d(x)), (B, D_inner, L) -> (B, L, D_inner) contiguous.
+
+    Saves only x (a view of the in-projection's output, which the gate keeps anyway) and the
+    weights; backward recomputes the conv. Plain autograd would keep the conv output too.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # type: ignore[override]
+        ctx.save_for_backward(x, weight, bias)
+        return _conv_silu_bld(x, weight, bias)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight, bias = ctx.saved_tensors
+        with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+            leaves = [t.detach().requires_grad_(need) for t, need in
+                      zip((x, weight, bias), ctx.needs_input_grad, strict=True)]  # fmt: skip
+            out = _conv_silu_bld(*leaves)
+            wanted = [t for t in leaves if t.requires_grad]
+            got = iter(torch.autograd.grad(out, wanted, grad))
+        return tuple(next(got) if t.requires_grad else None for t in leaves)
+
+
+def _conv_silu_bld(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    L = x.shape[-1]
+    y = F.conv1d(x, weight, bias, padding=weight.shape[-1] - 1, groups=x.shape[1])[..., :L]
+    return F.silu(y).transpose(1, 2).contiguous()
 
 
 def _check_scan_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:
@@ -421,8 +523,12 @@ class Mamba(nn.Module):
         return F.silu(self.conv1d(x)[..., : x.shape[-1]])
 
     def _forward_ref(self, x: Tensor) -> Tensor:
-        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, D_inner) each
-        xs = self._conv_silu(xs.transpose(1, 2)).transpose(1, 2)  # (B, L, D_inner)
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, D_inner) each, views of one tensor
+        conv_in = xs.transpose(1, 2)  # (B, D_inner, L)
+        # the weights in the input's dtype, which is what autocast would give the conv
+        w, b = self.conv1d.weight.to(conv_in.dtype), self.conv1d.bias.to(conv_in.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            xs = _ConvSiLU.apply(conv_in, w, b)  # (B, L, D_inner), contiguous
         dt, Bm, Cm = self.x_proj(xs).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight)  # (B, L, D_inner); bias goes in at fp32, below
         A = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
