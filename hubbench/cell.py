@@ -37,9 +37,28 @@ RUN_FIELDS: dict[str, RunField] = {
     "decode_tokens": RunField(
         int, "figure", "decode: tokens generated per timed step, from the same prompt (else null)"
     ),
+    "task": RunField(str, "figure", "quality: mqar | bytes (else null)"),
+    "kv_pairs": RunField(int, "figure", "quality, mqar: key-value pairs per sequence (else null)"),
+    "data": RunField(str, "figure", "quality, bytes: pydoc | shakespeare | a file (else null)"),
+    "train_updates": RunField(int, "figure", "quality: optimizer updates, the training budget"),
+    "lr": RunField(float, "figure", "quality: peak learning rate (AdamW, warm-up, cosine)"),
 }
 RUN_DEFAULTS: dict[str, Any] = {"mode": "fwd_bwd", "device": "auto", "batch": 1, "compile": False,
-                                "decode_tokens": 64}  # fmt: skip
+                                "decode_tokens": 64, "task": "mqar", "kv_pairs": 4,
+                                "data": "pydoc", "train_updates": 1500,
+                                "lr": 1e-3}  # fmt: skip
+# the data's seed is the model config's `seed` (the weights'): seeds are replicates of a cell
+QUALITY_FIELDS = ("task", "kv_pairs", "data", "train_updates", "lr")
+OPTIONAL_RUN_FIELDS = ("decode_tokens", *QUALITY_FIELDS)  # added later: absent when null
+
+
+def inert_run_fields(mode: str, task: str | None) -> set[str]:
+    """The run fields that cannot change what a cell of this mode (and task) measures: their
+    columns are null and they are not part of the cell's identity."""
+    inert = set() if mode == "decode" else {"decode_tokens"}
+    if mode != "quality":
+        return inert | set(QUALITY_FIELDS)
+    return inert | ({"data"} if task == "mqar" else {"kv_pairs"})
 
 
 def run_defaults() -> dict[str, Any]:
@@ -90,6 +109,12 @@ class Cell:
     config: BaseConfig  # validated; every field, inert ones included
     measure: Measure
     decode_tokens: int = 64  # decode mode only; part of what is measured (the amortisation)
+    # quality mode only (RUN_FIELDS says what each is)
+    task: str = "mqar"
+    kv_pairs: int = 4
+    data: str = "pydoc"
+    train_updates: int = 1500
+    lr: float = 1e-3
 
     @property
     def model_config(self) -> dict[str, Any]:
@@ -99,17 +124,20 @@ class Cell:
 
     @property
     def run_fields(self) -> dict[str, Any]:
-        """The run fields, `decode_tokens` null unless the mode decodes (it is inert there)."""
-        run = {k: getattr(self, k) for k in RUN_FIELDS}
-        if self.mode != "decode":
-            run["decode_tokens"] = None
-        return run
+        """The run fields, null where inert (decode_tokens unless decoding, the quality fields
+        outside the quality mode)."""
+        inert = inert_run_fields(self.mode, self.task)
+        return {k: (None if k in inert else getattr(self, k)) for k in RUN_FIELDS}
 
     @property
     def identity(self) -> dict[str, Any]:
-        """The fields that define what is measured (not how carefully). A null decode_tokens is
-        left out, so cells of the other modes keep the ids they had before the field existed."""
-        run = {k: v for k, v in self.run_fields.items() if k != "decode_tokens" or v is not None}
+        """The fields that define what is measured (not how carefully). Null run fields are left
+        out, so cells keep the ids they had before those fields existed."""
+        run = {
+            k: v
+            for k, v in self.run_fields.items()
+            if k not in OPTIONAL_RUN_FIELDS or v is not None
+        }
         return {**run, **self.model_config}
 
     @property

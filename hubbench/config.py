@@ -21,9 +21,11 @@ from typing import Any
 from hubbench.errors import ConfigError
 
 # fwd: no grad; train: forward + backward + AdamW step; prefill: a prompt of `seq` tokens and
-# the state it leaves; decode: per-token generation after a prompt of `seq` (docs/decode.md)
-MODES = ("fwd", "fwd_bwd", "train", "prefill", "decode")
+# the state it leaves; decode: per-token generation after a prompt of `seq` (docs/decode.md);
+# quality: train from scratch on a task for a budget of updates, then evaluate (docs/quality.md)
+MODES = ("fwd", "fwd_bwd", "train", "prefill", "decode", "quality")
 INFERENCE_MODES = ("prefill", "decode")
+TASKS = ("mqar", "bytes")  # quality mode: multi-query associative recall, byte-level LM
 DTYPES = ("fp32", "bf16", "fp16")  # autocast compute dtypes; parameters stay fp32
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 INT64_MAX = 2**63 - 1  # what the results store can hold

@@ -91,6 +91,8 @@ def _measure(
         eager = build_step(model, cell.mode, cell.batch, cell.seq, device)
         flops = counted_flops(lambda: (eager.fn(), eager.sync()))
         del eager
+    if cell.mode == "quality":
+        return _quality(cell, model, device, name, sentinel)
     settings = cell.measure
     step = build_step(model, cell.mode, cell.batch, cell.seq, device, compile=cell.compile,
                       decode_tokens=cell.decode_tokens)  # fmt: skip
@@ -142,6 +144,44 @@ def _measure(
         bytes_per_step_min=bytes_floor(cell.mode, weights, state, cell.batch),
         peak_bytes_per_s=bandwidth,
         peak_bytes_source=bandwidth_source,
+    )
+
+
+def _quality(cell: Cell, model: Any, device: Any, name: str, sentinel: float) -> RoundResult:
+    """A quality cell's one round: the training run, its updates as the step samples."""
+    from hubbench.env import load_calibration
+    from hubbench.flops import peak_flops
+    from hubbench.quality.train import train_and_evaluate
+    from hubbench.roofline import bytes_floor, peak_bandwidth
+
+    run = train_and_evaluate(cell, model, device)
+    analytic = model.flops_analytic(cell.batch, cell.seq, "train")
+    dtype = getattr(model.config, "dtype", "fp32")
+    calibration = load_calibration(device)
+    peak, source = peak_flops(device.type, name, dtype, calibration)
+    bandwidth, bandwidth_source = peak_bandwidth(device.type, name, calibration)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return RoundResult(
+        samples_s=run.samples_s,
+        tokens=cell.batch * cell.seq,
+        warmup_s=0.0,
+        warmup_steps=0,
+        warmup_capped=0,
+        sentinel_s=sentinel,
+        peak_mem_bytes=run.peak_mem_bytes,
+        peak_mem_reserved_bytes=run.peak_mem_reserved_bytes,
+        mem_kind=run.mem_kind,
+        mem_baseline_bytes=run.mem_baseline_bytes,
+        flops_per_step=None,
+        flops_per_step_analytic=None if analytic is None else float(analytic),
+        peak_flops_per_s=peak,
+        peak_flops_source=source,
+        params=int(model.num_params()),
+        backends=run.backends,
+        bytes_per_step_min=bytes_floor("train", weights, None, cell.batch),
+        peak_bytes_per_s=bandwidth,
+        peak_bytes_source=bandwidth_source,
+        quality=run.quality,
     )
 
 

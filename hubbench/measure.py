@@ -196,7 +196,7 @@ def measure_step(
     model = step.model
     backends = dict(model.backends()) if hasattr(model, "backends") else {}
 
-    memory = _PeakMemory(step.device, mem_baseline)
+    memory = PeakMemory(step.device, mem_baseline)
     with memory:
         samples = time_calls(step.fn, device=step.device, repeats=repeats, min_time_s=min_time_s)
     return Measurement(
@@ -320,7 +320,7 @@ def extra_peak_rss(fn: Callable[[], object]) -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before, "ru_maxrss"
 
 
-class _PeakMemory:
+class PeakMemory:
     """Context manager: peak memory over its body (see the module docstring for meaning)."""
 
     def __init__(self, device: Any, baseline: int | None) -> None:
@@ -334,7 +334,7 @@ class _PeakMemory:
         self._sampled = 0
         self._hwm = False
 
-    def __enter__(self) -> _PeakMemory:
+    def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
             import torch
 

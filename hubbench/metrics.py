@@ -51,6 +51,7 @@ class RoundResult:
     peak_bytes_source: str | None = None
     state_bytes: int | None = None  # prefill / decode: per sequence after the prompt
     session: float | None = None  # when the run that measured it started (the runner sets it)
+    quality: dict[str, Any] | None = None  # quality mode: the quality group's values
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -132,3 +133,10 @@ def measurement_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, 
         "params": rounds[0].params,
     }
     return schema.part("measurement", values, where)
+
+
+def quality_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, Any]:
+    """The row's quality group: what the (one) training run of a quality cell measured, else
+    nulls. The values are computed in hubbench.quality.train; only their shape is checked here."""
+    values = _first([r.quality for r in rounds])
+    return schema.part("quality", values or schema.empty("quality"), where)

@@ -32,7 +32,7 @@ from hubbench.cell import Cell
 from hubbench.env import TORCH_ENV_KEYS, host_env, utc_now
 from hubbench.errors import HubbenchError
 from hubbench.execute import MESSAGE_CHARS
-from hubbench.metrics import BACKEND_COLUMNS, RoundResult, measurement_columns
+from hubbench.metrics import BACKEND_COLUMNS, RoundResult, measurement_columns, quality_columns
 from hubbench.suite import Plan
 from hubbench.worker import (
     DEFAULT_BUILDER,
@@ -133,6 +133,11 @@ def _resumed(cell: Cell, row: Mapping[str, Any] | None) -> CellState:
                 ),
                 session=sessions[i] if i < len(sessions) else None,
                 state_bytes=row["state_bytes"] if first else None,
+                quality=(
+                    {k: row[k] for k in schema.names("quality")}
+                    if first and row["task"] is not None
+                    else None
+                ),
             )
         )
     if row["status"] not in ("ok", PARTIAL):
@@ -301,12 +306,14 @@ def make_row(state: CellState, suite: str, run_id: str, env: Mapping[str, Any]) 
     measurement = (
         measurement_columns(state.rounds, where) if state.rounds else schema.empty("measurement")
     )
+    quality = quality_columns(state.rounds, where)
     return schema.row(
         {
             **schema.part("identity", identity, where),
             **cell.columns(),
             **schema.part("outcome", outcome, where),
             **measurement,
+            **quality,
             **schema.part("env", {**env, "utc_time": utc_now()}, where),
         },
         where,

@@ -12,7 +12,10 @@ Groups, in file order, and who fills them:
   model config field, null where it does not apply (the cell);
 - measure: how carefully (warm-up, repeats, time limits; the cell);
 - outcome: status, message, the device it ran on, wall time (the worker, for every cell);
-- measurement: backends, step-time statistics, memory, FLOPs, MFU (the worker, ok cells only);
+- measurement: backends, step-time statistics, memory, FLOPs, MFU (the worker, ok cells only;
+  a quality cell's steps are its training updates);
+- quality: what training bought: losses, accuracy, bits per byte, routing precision, whether it
+  converged and whether the trained model passed the causality checks (quality cells only);
 - env: versions, commit, host, time (the runner and the worker).
 A cell column's `role` says how reports group rows: `figure` fields are fixed within one figure,
 `series` fields tell its lines apart, `x` is the axis. Metric columns carry their direction and
@@ -33,9 +36,10 @@ from hubbench.errors import ReportError, SchemaError
 
 # 5: Python, OS, NVIDIA driver and optional package versions (env); plug-in mixer columns
 # 6: the speed of light (hubbench.roofline): its seconds, tokens/s, basis, bytes, bandwidth
-SCHEMA_VERSION = 6
+# 7: the quality mode: task run fields and the quality group (hubbench.quality)
+SCHEMA_VERSION = 7
 
-GROUPS = ("identity", "cell", "measure", "outcome", "measurement", "env")
+GROUPS = ("identity", "cell", "measure", "outcome", "measurement", "quality", "env")
 TYPES = ("int64", "float64", "string", "bool", "list<float64>", "list<list<float64>>")
 
 
@@ -104,6 +108,11 @@ def _package_columns() -> tuple[Column, ...]:
 
 def _metric(name: str, type_: str, doc: str, label: str, unit: str, hib: bool, p: int) -> Column:
     return Column(name, type_, "measurement", doc, None, label, unit, hib, p)
+
+
+def _metric_q(name: str, doc: str, label: str, unit: str, hib: bool) -> Column:
+    """A quality metric: compare and gate take it as a value, never scaled by step time."""
+    return Column(name, "float64", "quality", doc, None, label, unit, hib, 0)
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -180,6 +189,36 @@ COLUMNS: tuple[Column, ...] = (
     _c("speed_of_light_fraction", "float64", "measurement",
        "speed_of_light_s / time_median_s: how close the measured step came"),
     _c("params", "int64", "measurement", "parameter count"),
+    _c("train_loss", "float64", "quality", "training loss over the last tenth of the updates"),
+    _metric_q("eval_loss", "held-out loss (scored positions only)", "eval loss", "nats", False),
+    _metric_q("eval_accuracy", "mqar: held-out accuracy on the queried positions",
+              "accuracy", "fraction", True),
+    _metric_q("bits_per_byte", "bytes: held-out bits per byte (eval_loss / ln 2)", "bits/byte",
+              "bits", False),
+    _c("baseline_quality", "float64", "quality",
+       "the trivial model's score: mqar chance accuracy; bytes: held-out unigram bits per byte"),
+    _metric_q("routing_precision", "share of the router's selected positions that hold a queried "
+              "key or its value (mqar, HubRouter; pooled over its layers)", "precision", "fraction",
+              True),
+    _metric_q("routing_recall", "share of the needed positions the router selected (mqar)",
+              "recall", "fraction", True),
+    _c("routing_precision_random", "float64", "quality",
+       "the same precision for a uniform random selection of the same size (expectation)"),
+    _c("routing_recall_random", "float64", "quality", "the same recall, random selection"),
+    _c("routing_precision_layers", "list<float64>", "quality", "routing precision per hub layer"),
+    _c("routing_recall_layers", "list<float64>", "quality", "routing recall per hub layer"),
+    _c("converged", "bool", "quality", "the task's threshold reached (converge_threshold)"),
+    _c("converge_threshold", "string", "quality",
+       "what converged means: mqar eval_accuracy >= 0.99; bytes bits_per_byte < baseline"),
+    _c("causal_check", "string", "quality",
+       "the trained model under hubbench verify causal: pass | fail: ... | not causal"),
+    _c("train_wall_s", "float64", "quality", "wall time of training and evaluation"),
+    _c("eval_tokens", "int64", "quality", "scored held-out positions"),
+    _c("curve_updates", "list<float64>", "quality", "learning curve: after these updates ..."),
+    _c("curve_train_loss", "list<float64>", "quality", "... mean training loss since the last"),
+    _c("curve_eval", "list<float64>", "quality",
+       "... held-out accuracy (mqar) or bits per byte (bytes) on a small eval set"),
+    _c("data_description", "string", "quality", "the data: generator settings or corpus digest"),
     _c("hubbench_version", "string", "env", "hubbench version"),
     _c("git_commit", "string", "env", "commit of the source tree that measured"),
     _c("git_dirty", "bool", "env", "uncommitted changes in that tree"),
@@ -308,6 +347,7 @@ GROUP_TITLES = {
     "outcome": "outcome (every cell)",
     "measurement": "measurement (ok and partial cells; a cell that failed after some rounds "
     "keeps them)",
+    "quality": "quality (ok cells of mode quality; docs/quality.md)",
     "env": "environment",
 }
 

@@ -50,6 +50,38 @@ def torch_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_for(device: torch.device, dtype: torch.dtype) -> Callable[[], Any]:
+    """A context-manager factory: autocast to `dtype` on `device`, or nothing for fp32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def make_update(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    autocast: Callable[[], Any],
+    optimizer: torch.optim.Optimizer | None = None,
+    clip: float | None = None,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The training update both the train / fwd_bwd steps and the quality mode run: zero the
+    gradients, loss under autocast, backward, clip the gradient norm to `clip` (if given), then
+    the optimizer step (none: fwd_bwd). Returns the loss tensor (no host sync)."""
+
+    def update(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        with autocast():
+            loss = loss_fn(inputs, targets)
+        loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        if optimizer is not None:
+            optimizer.step()
+        return loss
+
+    return update
+
+
 def build_step(
     model: nn.Module,
     mode: str,
@@ -80,11 +112,7 @@ def build_step(
     idx = torch.randint(0, vocab, (batch, seq + 1), generator=gen).to(device)
     inputs, targets = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
 
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=dtype))
-        if dtype != torch.float32
-        else contextlib.nullcontext
-    )
+    autocast = autocast_for(device, dtype)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     if mode in INFERENCE_MODES:
         if compile:
@@ -100,17 +128,15 @@ def build_step(
                 forward(inputs)
 
     else:
+        if mode == "quality":
+            raise ConfigError("mode quality trains on a task: hubbench.quality.train runs it")
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if mode == "train" else None
         loss_fn: Callable = torch.compile(model.loss) if compile else model.loss
+        update = make_update(model, loss_fn, autocast, optimizer)
 
         def core() -> None:
-            model.zero_grad(set_to_none=True)
-            with autocast():
-                loss = loss_fn(inputs, targets)
-            loss.backward()
-            if optimizer is not None:
-                optimizer.step()
+            update(inputs, targets)
 
     return Step(
         fn=core,

@@ -16,6 +16,7 @@ A suite file (see suites/*.toml and the README's "Suites" section):
     [[exclude]]                        # cells never run: every condition must match
     attention = "naive"; seq = { gt = 4096 }; reason = "..."
     [[gate.ratio]]                     # ratio rules read by `hubbench gate`
+    [[gate.value]]                     # value rules: name, metric, cell = {...}, min / max
 
 A field is a run field (variant, mode, device, batch, seq, compile, threads) or a config field of
 some variant (hubbench.variants). Each cell keeps only the fields its variant has and that can
@@ -38,7 +39,15 @@ from pathlib import Path
 from typing import Any
 
 from hubbench import schema
-from hubbench.cell import DEVICE_MEASURE, MEASURE_FIELDS, RUN_FIELDS, Cell, Measure, run_defaults
+from hubbench.cell import (
+    DEVICE_MEASURE,
+    MEASURE_FIELDS,
+    QUALITY_FIELDS,
+    RUN_FIELDS,
+    Cell,
+    Measure,
+    run_defaults,
+)
 from hubbench.config import (
     INFERENCE_MODES,
     MODES,
@@ -59,6 +68,7 @@ from hubbench.plugins import (
     parse_spec,
     source_digest,
 )
+from hubbench.quality.spec import check_quality
 from hubbench.variants import (
     CHOICES,
     PLUGIN_HOSTS,
@@ -114,6 +124,7 @@ class GateRule:
     denominator: dict[str, Any]
     min: float | None = None
     max: float | None = None
+    kind: str = "ratio"  # ratio: numerator / denominator; value: the metric of the cell itself
 
 
 @dataclass
@@ -471,45 +482,53 @@ def _condition_holds(value: Any, cond: Any) -> bool:
 def _gate_rules(gate: Any, types: Mapping[str, type], path: Path) -> list[GateRule]:
     if not isinstance(gate, dict):
         raise SuiteError(f"{path}: gate must be a table holding [[gate.ratio]] rules")
-    _unknown(gate, ("ratio",), f"{path}: gate key")
-    rules = gate.get("ratio", [])
-    if not isinstance(rules, list):
-        raise SuiteError(f"{path}: gate.ratio must be an array of tables ([[gate.ratio]])")
+    _unknown(gate, ("ratio", "value"), f"{path}: gate key")
     out = []
-    keys = ("name", "metric", "numerator", "denominator", "min", "max")
-    for i, rule in enumerate(rules):
-        where = f"{path}: gate.ratio[{i}]"
-        if not isinstance(rule, dict):
-            raise SuiteError(f"{where} must be a table")
-        _unknown(rule, keys, f"{where} key")
-        for key in ("name", "numerator", "denominator"):
-            if key not in rule:
-                raise SuiteError(f"{where} needs {key!r}")
-        name = _typed(rule["name"], str, f"{where}.name")
-        metric = _typed(rule.get("metric", "tokens_per_s"), str, f"{where}.metric")
-        if metric not in schema.METRICS:
-            raise SuiteError(
-                f"{where}.metric {metric!r} is unknown; valid: {', '.join(schema.METRICS)}"
-            )
-        sides = {}
-        for side in ("numerator", "denominator"):
-            table = rule[side]
-            if not isinstance(table, dict) or not table:
-                raise SuiteError(f"{where}.{side} must be a non-empty table of cell fields")
-            for key, value in table.items():
-                if key not in types:
-                    raise SuiteError(
-                        f"{where}.{side}.{key} is not a known field; "
-                        f"valid: {', '.join(sorted(types))}"
-                    )
-                _known(key, _typed(value, types[key], f"{where}.{side}.{key}"),
-                       f"{where}.{side}.{key}")  # fmt: skip
-            sides[side] = dict(table)
-        bounds = {k: _typed(rule[k], float, f"{where}.{k}") for k in ("min", "max") if k in rule}
-        if not bounds:
-            raise SuiteError(f"{where} sets neither min nor max")
-        out.append(GateRule(name, metric, sides["numerator"], sides["denominator"], **bounds))
+    for kind, sides in (("ratio", ("numerator", "denominator")), ("value", ("cell",))):
+        rules = gate.get(kind, [])
+        if not isinstance(rules, list):
+            raise SuiteError(f"{path}: gate.{kind} must be an array of tables ([[gate.{kind}]])")
+        out += [_gate_rule(kind, sides, rule, types, f"{path}: gate.{kind}[{i}]")
+                for i, rule in enumerate(rules)]  # fmt: skip
     return out
+
+
+def _gate_rule(
+    kind: str, side_keys: tuple[str, ...], rule: Any, types: Mapping[str, type], where: str
+) -> GateRule:
+    """One [[gate.ratio]] (numerator over denominator) or [[gate.value]] (a cell's own metric:
+    accuracy >= 0.9) rule, its fields and bounds checked."""
+    if not isinstance(rule, dict):
+        raise SuiteError(f"{where} must be a table")
+    _unknown(rule, ("name", "metric", *side_keys, "min", "max"), f"{where} key")
+    for key in ("name", *side_keys):
+        if key not in rule:
+            raise SuiteError(f"{where} needs {key!r}")
+    name = _typed(rule["name"], str, f"{where}.name")
+    metric = _typed(rule.get("metric", "tokens_per_s"), str, f"{where}.metric")
+    if metric not in schema.METRICS:
+        raise SuiteError(
+            f"{where}.metric {metric!r} is unknown; valid: {', '.join(schema.METRICS)}"
+        )
+    sides = {}
+    for side in side_keys:
+        table = rule[side]
+        if not isinstance(table, dict) or not table:
+            raise SuiteError(f"{where}.{side} must be a non-empty table of cell fields")
+        for key, value in table.items():
+            if key not in types:
+                raise SuiteError(
+                    f"{where}.{side}.{key} is not a known field; valid: {', '.join(sorted(types))}"
+                )
+            _known(key, _typed(value, types[key], f"{where}.{side}.{key}"),
+                   f"{where}.{side}.{key}")  # fmt: skip
+        sides[side] = dict(table)
+    bounds = {k: _typed(rule[k], float, f"{where}.{k}") for k in ("min", "max") if k in rule}
+    if not bounds:
+        raise SuiteError(f"{where} sets neither min nor max")
+    if kind == "value":
+        return GateRule(name, metric, sides["cell"], {}, **bounds, kind="value")
+    return GateRule(name, metric, sides["numerator"], sides["denominator"], **bounds)
 
 
 # ----------------------------------------------------------------------------- overrides
@@ -651,7 +670,9 @@ def _make_cell(
         raise fail(f"unknown variant {variant!r}; valid: {', '.join(REGISTRY)}", ["variant"])
     if run["mode"] not in MODES:
         raise fail(f"unknown mode {run['mode']!r}; valid: {', '.join(MODES)}", ["mode"])
+    quality = run["mode"] == "quality"
     checked = ("batch", "seq", "threads") + (("decode_tokens",) if run["mode"] == "decode" else ())
+    checked += ("train_updates",) * quality + ("kv_pairs",) * (quality and run["task"] == "mqar")
     for key in checked:
         if run[key] < 1:
             raise fail(f"{key} must be >= 1 (got {run[key]})", [key])
@@ -684,6 +705,14 @@ def _make_cell(
                 "so every timed step amortises the same share of chunk boundaries",
                 ["decode_tokens", "chunk"],
             )
+    if quality:
+        try:
+            check_quality(run, config)
+        except ConfigError as exc:
+            raise fail(str(exc), exc.fields) from None
+        if run["compile"]:
+            raise fail("mode quality does not run compiled (compile=true)", ["compile"])
+        settings = dataclasses.replace(settings, rounds=1)  # one training run is the cell
     return Cell(
         index=index,
         variant=variant,
@@ -696,6 +725,7 @@ def _make_cell(
         config=config,
         measure=settings,
         decode_tokens=run["decode_tokens"],
+        **{k: run[k] for k in QUALITY_FIELDS},
     )
 
 

@@ -75,15 +75,14 @@ def suites_table() -> Table:
 
 
 def plan_table(plan: Plan) -> Table:
-    settings = ("rounds", "repeats", "warmup")
+    training = all(c.mode == "quality" for c in plan.cells)  # one training run per cell
+    settings = ("timeout_s",) if training else ("rounds", "repeats", "warmup")
     idents = [{**c.identity, **{k: getattr(c.measure, k) for k in settings}} for c in plan.cells]
     fields = schema.varying(idents, ("attention", *DETAIL_FIELDS, *settings), nulls=False)
     first = idents[0]
-    same = [
-        f"{f}={first.get(f)}"
-        for f in ("mode", "device", "dtype", "batch", "threads", "decode_tokens", *settings)
-        if f not in fields and first.get(f) is not None
-    ]
+    shown = ("mode", "device", "dtype", "batch", "threads", "decode_tokens", "task", "data",
+             "train_updates", "lr", *settings)  # fmt: skip
+    same = [f"{f}={first.get(f)}" for f in shown if f not in fields and first.get(f) is not None]
     table = Table(
         title=f"{plan.suite.name}: {len(plan.cells)} cells",
         title_justify="left",

@@ -423,6 +423,10 @@ class HubRouter(nn.Module):
         self.init_state = nn.Parameter(0.02 * torch.randn(h, M, self.d_head))
         self.out_proj = nn.Linear(d, d)
         self.last_backend: str | None = None
+        # set record_routing to keep the last forward's council members: (positions (B, nc, k'),
+        # validity (B, nc, k'), chunk C); off by default, so a forward keeps nothing extra
+        self.record_routing = False
+        self.last_routing: tuple[Tensor, Tensor, int] | None = None
         self.aux_loss: Tensor | None = None
 
     def ortho_loss(self) -> Tensor:
@@ -490,6 +494,8 @@ class HubRouter(nn.Module):
                 pad = torch.arange(n_pad, device=x.device) >= n
                 s = s.masked_fill(pad, float("-inf"))  # (B, n_pad)
             mpos, mvalid = self._select(s, n, nc, C)  # (B, nc, k') each
+            if self.record_routing:  # quality mode scores the selection (quality.routing)
+                self.last_routing = (mpos.detach(), mvalid.detach(), C)
         with record_function("hub.council"):
             council = self._council(q_c, k_c, v_c, s, mpos, mvalid, nc, C)  # (B, n_pad, d)
 

@@ -71,6 +71,11 @@ def fraction(value: float | None) -> str:
     return f"{100 * float(value):.1f}%"
 
 
+def bits(value: float | None) -> str:
+    """Bits per byte: '2.134'."""
+    return "-" if _missing(value) else f"{float(value):.3f}"
+
+
 def metric_value(metric: Column, value: float | None) -> str:
     if metric.unit == "bytes":
         return binary_bytes(value)
@@ -78,6 +83,8 @@ def metric_value(metric: Column, value: float | None) -> str:
         return seconds(value)
     if metric.unit == "fraction":
         return fraction(value)
+    if metric.unit in ("bits", "nats"):
+        return bits(value)
     return si(value)
 
 

@@ -69,6 +69,7 @@ class Check:
     max: float | None  # ... nor entirely above this
     verdict: str = "pass"  # pass | regression | inconclusive | missing (not compared)
     note: str = ""
+    kind: str = "ratio"  # ratio (value / ref) | value (the metric itself against min / max)
 
 
 @dataclass
@@ -117,7 +118,10 @@ def judge(check: Check) -> Check:
 def _require_judgeable(checks: list[Check], where: str) -> None:
     """A gate none of whose checks could be decided would pass forever: that is unusable input."""
     decided = [
-        c for c in checks if c.ci is not None and (c.ci.bootstrapped or c.metric.time_power == 0)
+        c
+        for c in checks
+        if c.kind == "value"
+        or (c.ci is not None and (c.ci.bootstrapped or c.metric.time_power == 0))
     ]
     if checks and not decided:
         raise ReportError(
@@ -226,8 +230,8 @@ def _matches(value: Any, wanted: Any) -> bool:
     return v == w or (v is not None and str(v) == str(w))
 
 
-def select_cell(df: pd.DataFrame, where: dict[str, Any], rule: str, side: str) -> Any:
-    """The one row of df matching every key of `where`; ReportError when none or several."""
+def matching_cells(df: pd.DataFrame, where: dict[str, Any], rule: str, side: str) -> Any:
+    """The rows of df matching every key of `where`; ReportError when none does."""
     unknown = [k for k in where if k not in df.columns]
     if unknown:
         raise ReportError(
@@ -236,12 +240,19 @@ def select_cell(df: pd.DataFrame, where: dict[str, Any], rule: str, side: str) -
         )
     mask = [all(_matches(row[k], v) for k, v in where.items()) for _, row in df.iterrows()]
     hits = df[mask]
-    spec = ", ".join(f"{k}={v}" for k, v in where.items())
     if len(hits) == 0:
+        spec = ", ".join(f"{k}={v}" for k, v in where.items())
         raise ReportError(
             f"gate rule {rule!r}: no cell matches its {side} ({spec}) in run {run_label(df)}; "
             "check that the run comes from the suite that declares the rule"
         )
+    return hits
+
+
+def select_cell(df: pd.DataFrame, where: dict[str, Any], rule: str, side: str) -> Any:
+    """The one row of df matching every key of `where`; ReportError when none or several."""
+    hits = matching_cells(df, where, rule, side)
+    spec = ", ".join(f"{k}={v}" for k, v in where.items())
     if len(hits) > 1:
         spread = varying_fields(hits, join_fields(hits))
         raise ReportError(
@@ -272,6 +283,9 @@ def gate_ratios(
         m = schema.metric(rule.metric)
         if rule.min is None and rule.max is None:
             raise ReportError(f"gate rule {rule.name!r} sets neither min nor max")
+        if getattr(rule, "kind", "ratio") == "value":
+            checks.append(value_check(run, rule, m))
+            continue
         num = select_cell(run, dict(rule.numerator), rule.name, "numerator")
         den = select_cell(run, dict(rule.denominator), rule.name, "denominator")
         check = Check(rule.name, m, ref=_num(den, m), value=_num(num, m), ci=None,
@@ -298,6 +312,36 @@ def gate_ratios(
         resamples=resamples,
         threshold="each rule's ratio fails when its whole CI lies beyond min / max",
     )
+
+
+def value_check(run: pd.DataFrame, rule: Any, m: schema.Column) -> Check:
+    """A [[gate.value]] rule: the mean of the metric over the matching cells (the seeds of one
+    config) against min / max. A cell that failed, lacks the metric, or leaks under the
+    causality checks (causal_check 'fail: ...') is a regression: learning broke, or the number
+    is not valid."""
+    hits = matching_cells(run, dict(rule.numerator), rule.name, "cell")
+    check = Check(rule.name, m, ref=None, value=None, ci=None, min=rule.min, max=rule.max,
+                  kind="value")  # fmt: skip
+    failed = [r for _, r in hits.iterrows() if r["status"] != "ok"]
+    if failed:
+        r = failed[0]
+        check.verdict, check.note = "regression", f"{r['status']}: {r['message']}"
+        return check
+    leaks = [str(v) for v in hits.get("causal_check", []) if str(v).startswith("fail")]
+    if leaks:
+        check.verdict, check.note = "regression", f"the trained model leaks ({leaks[0]})"
+        return check
+    values = [_num(r, m) for _, r in hits.iterrows()]
+    if any(v is None for v in values):
+        check.verdict, check.note = "regression", f"{m.name} not recorded"
+        return check
+    check.value = sum(values) / len(values)  # type: ignore[arg-type]
+    if len(values) > 1:
+        check.note = f"mean of {len(values)} cells, {min(values):.4g}–{max(values):.4g}"  # type: ignore[type-var]
+    below = check.min is not None and check.value < check.min
+    above = check.max is not None and check.value > check.max
+    check.verdict = "regression" if below or above else "pass"
+    return check
 
 
 def load_rules(run: pd.DataFrame, suite_file: str | None) -> tuple[list[Any], str]:
@@ -400,12 +444,13 @@ def to_rich(result: GateResult) -> Table:
 
 
 def allowed_range(c: Check) -> str:
+    unit = "×" if c.kind == "ratio" else ""
     if c.min is not None and c.max is not None:
-        return f"{c.min:g}–{c.max:g}×"
+        return f"{c.min:g}–{c.max:g}{unit}"
     if c.min is not None:
-        return f"≥ {c.min:g}×"
+        return f"≥ {c.min:g}{unit}"
     if c.max is not None:
-        return f"≤ {c.max:g}×"
+        return f"≤ {c.max:g}{unit}"
     return "-"
 
 

@@ -145,7 +145,7 @@ def _gate_section(df: pd.DataFrame) -> str:
         return f'<p class="warn">Ratio gate not evaluated: {html.escape(str(exc))}</p>'
     rows = []
     for c in result.checks:
-        ci = fmt.ratio(c.ci)
+        ci = fmt.ratio(c.ci) if c.kind == "ratio" else fmt.metric_value(c.metric, c.value)
         cls = {"pass": "ok", "regression": "fail"}.get(c.verdict, "warn")
         rows.append(
             f"<tr><td>{html.escape(c.name)}</td><td class='num'>{ci}</td>"
@@ -154,7 +154,7 @@ def _gate_section(df: pd.DataFrame) -> str:
             f"<td class='{cls}'>{c.verdict} {html.escape(c.note)}</td></tr>"
         )
     return (
-        "<table><tr><th>rule</th><th>ratio [95% CI]</th><th>ideal</th><th>allowed</th>"
+        "<table><tr><th>rule</th><th>ratio [95% CI] or value</th><th>ideal</th><th>allowed</th>"
         "<th>verdict</th></tr>" + "".join(rows) + "</table>"
     )
 

@@ -57,12 +57,16 @@ def run_table(rows: Sequence[Mapping[str, Any]]) -> RunTable:
     details = schema.varying(rows, DETAIL_FIELDS, nulls=False)
     stateful = any(r.get("state_bytes") is not None for r in rows)
     failed = any(r.get("status") != "ok" for r in rows)
+    quality = any(r.get("mode") == "quality" for r in rows)
+    speed = not all(r.get("mode") == "quality" for r in rows)  # spread, MFU, SoL columns
     columns = [TableColumn("#", True), TableColumn("variant"), TableColumn("attention"),
                TableColumn("n", True), *(TableColumn(f, True) for f in details),
                TableColumn("status"), TableColumn("tok/s", True), TableColumn("ms", True),
-               TableColumn("p10-p90", True), TableColumn("mem", True),
-               *([TableColumn("state", True)] if stateful else []), TableColumn("MFU", True),
-               TableColumn("SoL", True), *([TableColumn("message")] if failed else [])]  # fmt: skip
+               *([TableColumn("p10-p90", True)] if speed else []), TableColumn("mem", True),
+               *([TableColumn("state", True)] if stateful else []),
+               *([TableColumn("MFU", True), TableColumn("SoL", True)] if speed else []),
+               *(TableColumn(h, True) for h in QUALITY_HEADERS if quality),
+               *([TableColumn("message")] if failed else [])]  # fmt: skip
     out = []
     previous = None
     for r in rows:
@@ -87,9 +91,16 @@ def run_table(rows: Sequence[Mapping[str, Any]]) -> RunTable:
             spread,
             fmt.binary_bytes(r.get("peak_mem_bytes")) if ok else "-",
             *([fmt.binary_bytes(r.get("state_bytes")) if ok else "-"] if stateful else []),
-            fmt.fraction(r.get("mfu")),
-            fmt.fraction(r.get("speed_of_light_fraction")) if ok else "-",
         ]
+        if not speed:
+            del cells[-2 - stateful]  # the spread
+        else:
+            cells += [
+                fmt.fraction(r.get("mfu")),
+                fmt.fraction(r.get("speed_of_light_fraction")) if ok else "-",
+            ]
+        if quality:
+            cells += quality_cells(r) if ok else ["-"] * len(QUALITY_HEADERS)
         if failed:
             message = None if ok else str(r.get("message") or "")
             cells.append(SAME_MESSAGE if message and message == previous else message or "")
@@ -98,8 +109,41 @@ def run_table(rows: Sequence[Mapping[str, Any]]) -> RunTable:
     return RunTable(tuple(columns), tuple(out), _notes(rows, stateful))
 
 
+QUALITY_HEADERS = ("quality", "trivial", "routing P/R", "random P/R", "conv", "causal")
+
+
+def quality_cells(r: Mapping[str, Any]) -> list[str]:
+    """A quality row's score (mqar accuracy, bytes bits per byte) beside the trivial model's,
+    the router's precision / recall beside a random selection's, converged, the causal check."""
+    if r.get("mode") != "quality":
+        return ["-"] * len(QUALITY_HEADERS)
+    if r.get("task") == "bytes":
+        score, base = fmt.bits(r.get("bits_per_byte")), fmt.bits(r.get("baseline_quality"))
+    else:
+        score, base = fmt.fraction(r.get("eval_accuracy")), fmt.fraction(r.get("baseline_quality"))
+
+    def pair(p: Any, q: Any) -> str:
+        return "-" if p is None else f"{fmt.fraction(p)}/{fmt.fraction(q)}"
+
+    causal = str(r.get("causal_check") or "-")
+    return [
+        score,
+        base,
+        pair(r.get("routing_precision"), r.get("routing_recall")),
+        pair(r.get("routing_precision_random"), r.get("routing_recall_random")),
+        {True: "yes", False: "no"}.get(r.get("converged"), "-"),  # type: ignore[arg-type]
+        "LEAKS" if causal.startswith("fail") else causal,
+    ]
+
+
 def _notes(rows: Sequence[Mapping[str, Any]], stateful: bool) -> tuple[str, ...]:
     notes = []
+    if any(r.get("mode") == "quality" for r in rows):
+        notes.append(
+            "quality rows: tok/s and ms per training update; quality: held-out accuracy (mqar) "
+            "or bits per byte (bytes) beside the trivial model's; routing P/R: the router's "
+            "precision/recall beside a random selection's (docs/quality.md)"
+        )
     if any(r.get("mode") == "decode" for r in rows):
         notes.append("decode rows: tok/s and ms per generated token")
     if stateful:

@@ -1,0 +1,1 @@
+"""The quality mode: tasks, training, evaluation and routing precision (docs/quality.md)."""

