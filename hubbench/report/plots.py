@@ -41,6 +41,7 @@ from hubbench.report.forest import Row, forest_figure
 from hubbench.report.format import fmt_seq
 from hubbench.report.heatmap import heat_groups, heatmaps
 from hubbench.report.load import norm_value, require_ok, run_label
+from hubbench.report.quality_figures import curves, has_curves, has_pareto, pareto
 from hubbench.report.series import (
     Facet,
     Series,
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-KINDS = ("throughput", "scaling", "speedup", "heatmap", "memory", "state")
+KINDS = ("throughput", "scaling", "speedup", "heatmap", "memory", "state", "pareto", "curves")
 FORMATS = ("png", "svg", "pdf")  # every format `plot` writes; text stays text in svg and pdf
 DEFAULT_FORMATS = ("png", "svg")
 HINTS = {
@@ -69,10 +70,14 @@ HINTS = {
     "memory": "memory needs peak_mem_bytes in the run: run `hubbench run throughput` "
     "(memory is recorded for every ok cell)",
     "state": "state needs prefill or decode cells (state_bytes): run `hubbench run decode`",
+    "pareto": "pareto needs ok quality cells: run `hubbench run quality`",
+    "curves": "curves needs quality cells with learning curves: run `hubbench run quality`",
 }
 
 
 # ---- support checks: a kind is drawable when at least one facet has what it needs ----
+
+QUALITY_CHECKS = {"pareto": has_pareto, "curves": has_curves}  # they take the facet's rows
 
 
 def _has_throughput(series: list[Series]) -> bool:
@@ -110,6 +115,8 @@ def supported(kind: str, df: pd.DataFrame) -> str | None:
     }
     if kind == "heatmap":
         ok = any(heat_groups(f.df) for f in facets(df))
+    elif kind in QUALITY_CHECKS:
+        ok = any(QUALITY_CHECKS[kind](f.df) for f in facets(df))
     else:
         ok = any(checks[kind](build_series(f.df)) for f in facets(df))
     return None if ok else f"{HINTS[kind]} (run {run_label(df)} lacks it)"
@@ -504,6 +511,8 @@ DRAW: dict[str, Callable[[Facet], Figured | list[Figured]]] = {
     "heatmap": heatmaps,
     "memory": memory,
     "state": state,
+    "pareto": pareto,
+    "curves": curves,
 }
 
 

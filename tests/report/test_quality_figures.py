@@ -1,0 +1,84 @@
+"""Quality figures: the Pareto front, seeds pooled, leaks kept off the front, both kinds draw."""
+
+from __future__ import annotations
+
+import pytest
+from synthetic_runs import cell, make_run
+
+from hubbench.report.load import check_schema
+from hubbench.report.plots import render, supported
+from hubbench.report.quality_figures import configs, mean_interval, pareto_front
+
+CURVE = [float(u) for u in range(50, 1001, 50)]
+
+
+def quality_cell(variant: str, seed: int, accuracy: float, causal: str = "pass", **kw):
+    c = cell(variant, 64, mode="quality", device="cpu", dtype="fp32", batch=64, seed=seed,
+             task="mqar", kv_pairs=4, train_updates=1000, lr=1e-3, **kw)  # fmt: skip
+    quality = dict(eval_accuracy=accuracy, baseline_quality=1 / 127, causal_check=causal,
+                   converged=accuracy >= 0.99, curve_updates=CURVE,
+                   curve_eval=[accuracy * u / 1000 for u in CURVE],
+                   curve_train_loss=[5 - 4 * u / 1000 for u in CURVE])  # fmt: skip
+    return c, quality
+
+
+@pytest.fixture(scope="module")
+def quality_run():
+    made = (
+        [quality_cell("transformer", s, a) for s, a in ((0, 0.9), (1, 0.8), (2, 0.7))]
+        + [quality_cell("hub-gpt", s, a) for s, a in ((0, 0.5), (1, 0.6), (2, 0.4))]
+        + [quality_cell("hub-gpt", 0, 1.0, causal="not causal", causal_v=False)]
+    )
+    cells = []
+    for c, _ in made:
+        c.pop("causal_v", None)
+        cells.append(c)
+    cells[-1]["causal"] = False
+    df = make_run(cells, suite="quality")
+    for i, (_, q) in enumerate(made):
+        for k, v in q.items():
+            df.at[i, k] = v
+    return check_schema(df, "quality")
+
+
+def test_pareto_front_by_hand() -> None:
+    pts = [(1.0, 0.9), (2.0, 0.5), (3.0, 0.4), (1.5, 0.3), (2.0, 0.5)]
+    assert pareto_front(pts, higher=True) == [0, 1, 4, 2]  # (1.5, .3) is beaten; ties stay
+    assert pareto_front([(1.0, 3.0), (2.0, 2.0), (3.0, 2.5), (2.5, 2.6)], higher=False) == [1, 2]
+
+
+def test_mean_interval_by_hand() -> None:
+    mean, lo, hi, how = mean_interval([0.9, 0.8, 0.7])
+    # sd 0.1, t(2) = 4.303: half-width 4.303 * 0.1 / sqrt(3) = 0.2484
+    assert (mean, how) == (pytest.approx(0.8), "95% t")
+    assert hi - mean == pytest.approx(0.24844, abs=1e-4) and mean - lo == pytest.approx(hi - mean)
+    assert mean_interval([0.2, 0.4])[1:] == (0.2, 0.4, "min-max")
+
+
+def test_seeds_pool_into_configs_and_the_leak_is_flagged(quality_run) -> None:
+    found = {c.label: c for c in configs(quality_run)}
+    assert sorted(len(c.rows) for c in found.values()) == [1, 3, 3]
+    leaking = [c for c in found.values() if c.leaks]
+    assert len(leaking) == 1 and "causal=False" in leaking[0].label
+
+
+def test_both_kinds_draw_and_the_leak_stays_off_the_front(quality_run) -> None:
+    assert supported("pareto", quality_run) is None and supported("curves", quality_run) is None
+    figures, _ = render(quality_run, ["pareto", "curves"])
+    pareto = next(f for f in figures if f.kind == "pareto")
+    ax = pareto.figure.axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert any(lb.endswith("(leaks)") for lb in labels)
+    # counted, the leaking config (accuracy 1.0) would be on the front; drawn, it is not
+    points = [(c.rows[0]["tokens_per_s"], max(r["eval_accuracy"] for r in c.rows))
+              for c in configs(quality_run)]  # fmt: skip
+    assert 2 in pareto_front(points, higher=True)
+    fronts = [line for line in ax.get_lines() if line.get_label() == "Pareto front"]
+    assert all(1.0 not in list(line.get_ydata()) for line in fronts)
+    curves = next(f for f in figures if f.kind == "curves")
+    assert len(curves.figure.axes[1].get_lines()) == 7  # one line per seed
+
+
+def test_a_throughput_run_has_no_quality_figures() -> None:
+    df = check_schema(make_run([cell("transformer", 1024)]), "throughput")
+    assert "quality" in supported("pareto", df)
