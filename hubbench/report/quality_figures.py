@@ -129,9 +129,12 @@ def pareto(facet: Facet) -> Figured:
     if base is not None:
         ax.axhline(float(base), color="#999999", linestyle="--", linewidth=1,
                    label="trivial model (chance / unigram)")  # fmt: skip
+    from matplotlib.ticker import LogLocator, NullFormatter
+
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # labels never crowd
     ax.xaxis.set_major_formatter(style.si_formatter())
-    ax.xaxis.set_minor_formatter(style.si_formatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("training throughput (tokens/s)")
     ax.set_ylabel(label)
     title(fig, f"Quality against speed: {task}", facet)
