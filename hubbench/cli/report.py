@@ -34,7 +34,8 @@ def plot_cmd(
         None,
         "--kind",
         "-k",
-        help=f"throughput | scaling | speedup | heatmap | memory | state ({LIST_HELP}; "
+        help=f"throughput | scaling | speedup | heatmap | memory | state | pareto | curves | "
+        f"recall | convergence ({LIST_HELP}; "
         "default: every kind the data supports).",
     ),
     out: Path | None = typer.Option(

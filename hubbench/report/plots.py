@@ -1,4 +1,6 @@
-"""The five figures: throughput, scaling, speedup, heatmap, memory; PNG and SVG, Agg only.
+"""The figures (KINDS): throughput, scaling, speedup, heatmap, memory and state of the timed
+modes; pareto, curves, recall and convergence of the quality mode (quality_plots.py). PNG, SVG
+and PDF, Agg only.
 
 Every figure is built on a bare `matplotlib.figure.Figure` (no pyplot, no global state), one per
 facet (see series.py), with the facet's device, dtype, mode and batch in its title. A cell that
@@ -41,7 +43,18 @@ from hubbench.report.forest import Row, forest_figure
 from hubbench.report.format import fmt_seq
 from hubbench.report.heatmap import heat_groups, heatmaps
 from hubbench.report.load import norm_value, require_ok, run_label
-from hubbench.report.quality_figures import curves, has_curves, has_pareto, pareto
+from hubbench.report.quality_figures import has_curves, has_pareto
+from hubbench.report.quality_plots import (
+    convergence,
+    curves,
+    grid_facets,
+    has_convergence,
+    has_recall,
+    pareto,
+    recall,
+    seq_facets,
+    with_setup,
+)
 from hubbench.report.series import (
     Facet,
     Series,
@@ -57,7 +70,10 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
 
-KINDS = ("throughput", "scaling", "speedup", "heatmap", "memory", "state", "pareto", "curves")
+KINDS = (
+    "throughput", "scaling", "speedup", "heatmap", "memory", "state",
+    "pareto", "curves", "recall", "convergence",
+)  # fmt: skip
 FORMATS = ("png", "svg", "pdf")  # every format `plot` writes; text stays text in svg and pdf
 DEFAULT_FORMATS = ("png", "svg")
 HINTS = {
@@ -72,12 +88,28 @@ HINTS = {
     "state": "state needs prefill or decode cells (state_bytes): run `hubbench run decode`",
     "pareto": "pareto needs ok quality cells: run `hubbench run quality`",
     "curves": "curves needs quality cells with learning curves: run `hubbench run quality`",
+    "recall": "recall needs ok MQAR quality cells at two or more (seq, kv_pairs) points: run "
+    "`hubbench run quality` over a grid of seq and kv_pairs",
+    "convergence": "convergence needs ok quality cells at two or more hubs values, one of them "
+    "with two or more seeds: run `hubbench run quality` over hubs and seeds",
 }
 
 
 # ---- support checks: a kind is drawable when at least one facet has what it needs ----
 
-QUALITY_CHECKS = {"pareto": has_pareto, "curves": has_curves}  # they take the facet's rows
+QUALITY_CHECKS = {  # they take the facet's rows
+    "pareto": has_pareto,
+    "curves": has_curves,
+    "recall": has_recall,
+    "convergence": has_convergence,
+}
+# kinds whose facets are not the figure fields': recall sweeps kv_pairs on its x axis, so its
+# facets leave it out; pareto and curves compare configs of one task, so theirs split by seq too
+FACETS: dict[str, Callable[[pd.DataFrame], list[Facet]]] = {
+    "recall": grid_facets,
+    "pareto": seq_facets,
+    "curves": seq_facets,
+}
 
 
 def _has_throughput(series: list[Series]) -> bool:
@@ -116,7 +148,7 @@ def supported(kind: str, df: pd.DataFrame) -> str | None:
     if kind == "heatmap":
         ok = any(heat_groups(f.df) for f in facets(df))
     elif kind in QUALITY_CHECKS:
-        ok = any(QUALITY_CHECKS[kind](f.df) for f in facets(df))
+        ok = any(QUALITY_CHECKS[kind](f.df) for f in FACETS.get(kind, facets)(df))
     else:
         ok = any(checks[kind](build_series(f.df)) for f in facets(df))
     return None if ok else f"{HINTS[kind]} (run {run_label(df)} lacks it)"
@@ -511,8 +543,10 @@ DRAW: dict[str, Callable[[Facet], Figured | list[Figured]]] = {
     "heatmap": heatmaps,
     "memory": memory,
     "state": state,
-    "pareto": pareto,
-    "curves": curves,
+    "pareto": with_setup(pareto),
+    "curves": with_setup(curves),
+    "recall": recall,
+    "convergence": convergence,
 }
 
 
@@ -564,7 +598,8 @@ def render(
 def _render_kind(kind: str, df: pd.DataFrame) -> list[Rendered]:
     extra = ("mem_kind",) if kind == "memory" else ()
     out = []
-    for facet in facets(df, extra):
+    split = FACETS.get(kind, lambda d: facets(d, extra))
+    for facet in split(df):
         if supported(kind, facet.df) is not None:
             continue  # another facet of this run has the data; this one does not
         result = DRAW[kind](facet)

@@ -1,5 +1,5 @@
-"""Figures of the quality mode: quality against training throughput (`pareto`) and learning
-curves (`curves`). Seeds are replicates: a config's points and lines pool its seeds.
+"""What the quality figures (quality_plots.py) share: configs pooled over seeds, the mean and
+interval over seeds, the Pareto front, each task's headline metric.
 
 A config is a facet's rows that agree on every series field but `seed`. The Pareto front joins
 the configs that no other config beats on both throughput and quality; a config whose trained
@@ -16,10 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
-from hubbench.report import style
-from hubbench.report.figure import Figured, legend, line_axes, new_figure, title
 from hubbench.report.load import norm_value
-from hubbench.report.series import Facet
 from hubbench.variants import display_name
 
 if TYPE_CHECKING:
@@ -92,94 +89,6 @@ def pareto_front(points: Sequence[tuple[float, float]], higher: bool) -> list[in
         if not beaten:
             front.append(i)
     return sorted(front, key=lambda i: points[i][0])
-
-
-def pareto(facet: Facet) -> Figured:
-    task = str(facet.fixed.get("task") or _first(facet.df, "task") or "mqar")
-    column, label, higher = quality_metric(task)
-    fig = new_figure()
-    ax = line_axes(fig)
-    found = [c for c in configs(facet.df) if all(r.get(column) is not None for r in c.rows)]
-    points: list[tuple[float, float]] = []
-    valid: list[int] = []
-    hows = set()
-    for i, c in enumerate(found):
-        speed = [float(r["tokens_per_s"]) for r in c.rows]
-        lo = min(float(r.get("tokens_per_s_p10") or r["tokens_per_s"]) for r in c.rows)
-        hi = max(float(r.get("tokens_per_s_p90") or r["tokens_per_s"]) for r in c.rows)
-        x = statistics.median(speed)
-        y, ylo, yhi, how = mean_interval([float(r[column]) for r in c.rows])
-        hows.add(how)
-        s = style.series_style(c.variant, c.attention)
-        hollow = c.leaks
-        ax.errorbar(
-            x, y, xerr=[[x - lo], [hi - x]], yerr=[[y - ylo], [yhi - y]], color=s.color,
-            marker=s.marker, markersize=7, linestyle="none", capsize=3,
-            markerfacecolor="white" if hollow else s.color,
-            label=f"{c.label} (leaks)" if hollow else c.label,
-        )  # fmt: skip
-        points.append((x, y))
-        if not hollow:
-            valid.append(i)
-    front = [valid[j] for j in pareto_front([points[i] for i in valid], higher)]
-    if len(front) > 1:
-        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="#777777",
-                linewidth=1, zorder=0, label="Pareto front")  # fmt: skip
-    base = _first(facet.df, "baseline_quality")
-    if base is not None:
-        ax.axhline(float(base), color="#999999", linestyle="--", linewidth=1,
-                   label="trivial model (chance / unigram)")  # fmt: skip
-    from matplotlib.ticker import LogLocator, NullFormatter
-
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # labels never crowd
-    ax.xaxis.set_major_formatter(style.si_formatter())
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("training throughput (tokens/s)")
-    ax.set_ylabel(label)
-    title(fig, f"Quality against speed: {task}", facet)
-    legend(ax)
-    seeds = max((len(c.rows) for c in found), default=0)
-    caption = (
-        f"Each point is one config, pooled over its seeds (up to {seeds}): x the median training "
-        "tokens/s (bars: lowest p10 to highest p90 update), y the mean held-out "
-        f"{'accuracy' if higher else 'bits per byte'} (bars: {', '.join(sorted(hows))} over "
-        "seeds). The grey line joins the configs no other config beats on both; hollow points "
-        "failed the causality checks or are not causal, and stay off the front."
-    )
-    return Figured(fig, task, [caption], caption)
-
-
-def curves(facet: Facet) -> Figured:
-    task = str(facet.fixed.get("task") or _first(facet.df, "task") or "mqar")
-    _, label, _ = quality_metric(task)
-    fig = new_figure(height=style.AXES_HEIGHT * 2 + 1.5)
-    w, h = fig.get_figwidth(), fig.get_figheight()
-    panel = (h - 0.75 - 0.5 - 0.45) / 2
-    # the bottom panel first: the legend and the notes go under it (footnote uses axes[0])
-    bottom = fig.add_axes((0.72 / w, 0.5 / h, (w - 0.82) / w, panel / h))
-    top = fig.add_axes((0.72 / w, (0.5 + panel + 0.45) / h, (w - 0.82) / w, panel / h),
-                       sharex=bottom)  # fmt: skip
-    for c in configs(facet.df):
-        s = style.series_style(c.variant, c.attention)
-        for k, r in enumerate(c.rows):
-            x = _list(r.get("curve_updates"))
-            if not x:
-                continue
-            name = (f"{c.label} (leaks)" if c.leaks else c.label) if k == 0 else None
-            kw = {"color": s.color, "linestyle": s.linestyle, "linewidth": 1.4 if k == 0 else 0.8}
-            top.plot(x, _list(r["curve_eval"]), **kw)
-            bottom.plot(x, _list(r["curve_train_loss"]), label=name, **kw)
-    top.set_ylabel(label.replace("held-out ", "held-out\n"))
-    bottom.set_ylabel("training loss (nats)")
-    bottom.set_xlabel("optimizer updates")
-    title(fig, f"Learning curves: {task}", facet)
-    legend(bottom)
-    caption = (
-        "Top: the held-out score on a small eval set at 20 points of training; bottom: the mean "
-        "training loss since the previous point. One line per seed, the first seed thicker."
-    )
-    return Figured(fig, task, [caption], caption)
 
 
 def has_pareto(df: pd.DataFrame) -> bool:
