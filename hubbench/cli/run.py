@@ -165,6 +165,14 @@ def register(app: typer.Typer) -> None:
         decode_tokens: list[str] = typer.Option(
             None, "--decode-tokens", help=f"Decode mode: tokens per timed step ({LIST_HELP})."
         ),
+        task: list[str] = typer.Option(
+            None, "--task", help=f"Quality mode: mqar | bytes ({LIST_HELP})."
+        ),
+        data: list[str] = typer.Option(
+            None,
+            "--data",
+            help=f"Quality mode, task bytes: a text file, or pydoc | shakespeare ({LIST_HELP}).",
+        ),
         resume: bool = typer.Option(
             False,
             "--resume",
@@ -192,6 +200,7 @@ def register(app: typer.Typer) -> None:
           hubbench run scaling --device cuda --dtype bf16
           hubbench run throughput --resume
           hubbench run decode --mode decode --batch 1 --seq 1024,16384
+          hubbench run quality --task bytes --data corpus.txt --variant transformer,hub-gpt
           hubbench run throughput --seq 512,1024 \\
             --mixer examples/sliding_window.py:SlidingWindowAttention --set window=64,128
         """
@@ -202,7 +211,7 @@ def register(app: typer.Typer) -> None:
             suite,
             axes={"seq": seq, "variant": variant, "device": device, "dtype": dtype, "mode": mode,
                   "batch": batch, "threads": threads, "decode_tokens": decode_tokens,
-                  "mixer": mixer},
+                  "task": task, "data": data, "mixer": mixer},
             sets=sets,
             measure={"rounds": rounds, "repeats": repeats, "warmup": warmup,
                      "min_time_s": min_time, "timeout_s": timeout},

@@ -141,3 +141,15 @@ def test_quality_rows_through_the_runner_store_table_and_gate(tmp_path: Path) ->
     [path2] = (results / "tinyq").glob("*.parquet")
     df2 = pd.read_parquet(path2)
     assert list(df2["eval_accuracy"]) == list(df["eval_accuracy"])
+
+
+def test_task_and_data_options_plan_and_refuse(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(b"some text to model, " * 500)
+    runner = CliRunner()
+    args = ["run", "quality", "--task", "bytes", "--variant", "transformer", "--dry-run"]
+    ok = runner.invoke(app, [*args, "--data", str(path)])
+    assert ok.exit_code == 0, ok.output
+    assert "task=bytes" in " ".join(ok.output.split()) and path.name in ok.output
+    bad = runner.invoke(app, [*args, "--data", str(tmp_path / "missing.txt")])
+    assert bad.exit_code == 2 and "--data" in bad.stderr and "missing.txt" in bad.stderr
