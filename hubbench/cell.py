@@ -42,14 +42,18 @@ RUN_FIELDS: dict[str, RunField] = {
     "data": RunField(str, "figure", "quality, bytes: pydoc | shakespeare | a file (else null)"),
     "train_updates": RunField(int, "figure", "quality: optimizer updates, the training budget"),
     "lr": RunField(float, "figure", "quality: peak learning rate (AdamW, warm-up, cosine)"),
+    "nproc": RunField(
+        int, "figure", "processes the cell ran as, under torchrun (data-parallel; world size)"
+    ),
 }
 RUN_DEFAULTS: dict[str, Any] = {"mode": "fwd_bwd", "device": "auto", "batch": 1, "compile": False,
                                 "decode_tokens": 64, "task": "mqar", "kv_pairs": 4,
                                 "data": "pydoc", "train_updates": 1500,
-                                "lr": 1e-3}  # fmt: skip
+                                "lr": 1e-3, "nproc": 1}  # fmt: skip
 # the data's seed is the model config's `seed` (the weights'): seeds are replicates of a cell
 QUALITY_FIELDS = ("task", "kv_pairs", "data", "train_updates", "lr")
 OPTIONAL_RUN_FIELDS = ("decode_tokens", *QUALITY_FIELDS)  # added later: absent when null
+ELIDED_DEFAULTS: dict[str, Any] = {"nproc": 1}  # added later: absent from identity at this value
 
 
 def inert_run_fields(mode: str, task: str | None) -> set[str]:
@@ -115,6 +119,7 @@ class Cell:
     data: str = "pydoc"
     train_updates: int = 1500
     lr: float = 1e-3
+    nproc: int = 1  # > 1: the cell runs under torchrun (hubbench.distributed)
 
     @property
     def model_config(self) -> dict[str, Any]:
@@ -131,12 +136,13 @@ class Cell:
 
     @property
     def identity(self) -> dict[str, Any]:
-        """The fields that define what is measured (not how carefully). Null run fields are left
-        out, so cells keep the ids they had before those fields existed."""
+        """The fields that define what is measured (not how carefully). Null run fields, and
+        nproc at 1, are left out, so cells keep the ids they had before those fields existed."""
         run = {
             k: v
             for k, v in self.run_fields.items()
-            if k not in OPTIONAL_RUN_FIELDS or v is not None
+            if (k not in OPTIONAL_RUN_FIELDS or v is not None)
+            and not (k in ELIDED_DEFAULTS and v == ELIDED_DEFAULTS[k])
         }
         return {**run, **self.model_config}
 
@@ -150,7 +156,7 @@ class Cell:
         from hubbench.variants import display_name
 
         parts = [display_name(self.variant, getattr(self.config, "mixer", None)), f"n={self.seq}"]
-        identity = self.identity
+        identity = {**self.identity, "nproc": self.nproc}  # nproc 1 is not in the identity
         for name in fields:
             value = identity.get(name)
             if name not in ("variant", "seq", "mixer", "mixer_digest") and value is not None:

@@ -22,6 +22,8 @@ MESSAGE_CHARS = 500
 
 def classify(exc: BaseException) -> tuple[str, str]:
     """(status, one-line message) for an exception raised while measuring a cell."""
+    if isinstance(exc, RankFailure):
+        return exc.status, exc.message[:MESSAGE_CHARS]
     text = " ".join(str(exc).split())
     if isinstance(exc, UnavailableError):
         return "skipped", text[:MESSAGE_CHARS]
@@ -34,11 +36,22 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return ("oom" if oom else "error"), message
 
 
-def execute_cell(cell: Cell, build: Callable[..., Any], count_flops: bool = True) -> dict[str, Any]:
+class RankFailure(Exception):
+    """A cell that failed on a rank of its torchrun launch, already classified there."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def execute_cell(
+    cell: Cell, build: Callable[..., Any], count_flops: bool = True, builder: str | None = None
+) -> dict[str, Any]:
     """One round of `cell`: {'outcome': outcome columns, 'round': RoundResult JSON or None}.
 
     The model is built afresh for the round. `count_flops`: count FLOPs on its first warm-up
-    step (the runner asks for it in a cell's first round only).
+    step (the runner asks for it in a cell's first round only). A cell of nproc > 1 runs under
+    torchrun (hubbench.distributed), whose ranks load `builder` (the spec `build` came from).
     """
     from hubbench.env import device_name
 
@@ -49,7 +62,12 @@ def execute_cell(cell: Cell, build: Callable[..., Any], count_flops: bool = True
         _set_threads(cell.threads)
         device = _device(cell)
         outcome["device_name"] = device_name(device)  # failed rows too: plots group by device
-        result = _measure(cell, build, device, outcome["device_name"], count_flops).to_json()
+        if cell.nproc > 1:
+            from hubbench.distributed import launch
+
+            result = launch(cell, builder or "hubbench.models:build", count_flops).to_json()
+        else:
+            result = _measure(cell, build, device, outcome["device_name"], count_flops).to_json()
     except Exception as exc:  # every failure of a cell is its row's status
         outcome["status"], outcome["message"] = classify(exc)
     finally:
@@ -74,11 +92,8 @@ def _device(cell: Cell) -> Any:
 def _measure(
     cell: Cell, build: Callable[..., Any], device: Any, name: str, count_flops: bool
 ) -> RoundResult:
-    from hubbench.env import load_calibration
     from hubbench.flops import count_flops as counted_flops
-    from hubbench.flops import peak_flops
     from hubbench.measure import measure_step, rss_bytes, sentinel_s, trim_heap
-    from hubbench.roofline import bytes_floor, peak_bandwidth
     from hubbench.step import build_step
 
     sentinel = sentinel_s()
@@ -106,6 +121,26 @@ def _measure(
         count=count_flops and not cell.compile,
         mem_baseline=baseline,
     )
+    return round_result(cell, model, step, m, flops, name, sentinel)
+
+
+def round_result(
+    cell: Cell,
+    model: Any,
+    step: Any,
+    m: Any,
+    flops: float | None,
+    name: str,
+    sentinel: float | None,
+    world: int = 1,
+) -> RoundResult:
+    """A timed round's RoundResult from its Measurement `m`. `world` > 1 (hubbench.distributed):
+    `m` holds the slowest rank's step times, and tokens, FLOPs, the byte floor and the peaks
+    are counted over every rank, so MFU and the speed of light stay per-device fractions."""
+    from hubbench.env import load_calibration
+    from hubbench.flops import peak_flops
+    from hubbench.roofline import bytes_floor, peak_bandwidth
+
     # decode: the tokens of a timed call see contexts seq .. seq + decode_tokens - 1
     context = cell.seq + (cell.decode_tokens - 1) / 2 if cell.mode == "decode" else cell.seq
     analytic = (
@@ -113,11 +148,11 @@ def _measure(
         if hasattr(model, "flops_analytic")
         else None
     )
-    analytic = None if analytic is None else float(analytic)
+    analytic = None if analytic is None else float(analytic) * world
     dtype = getattr(model.config, "dtype", "fp32")
-    calibration = load_calibration(device)
-    peak, source = peak_flops(device.type, name, dtype, calibration)
-    bandwidth, bandwidth_source = peak_bandwidth(device.type, name, calibration)
+    calibration = load_calibration(step.device)
+    peak, source = peak_flops(step.device.type, name, dtype, calibration)
+    bandwidth, bandwidth_source = peak_bandwidth(step.device.type, name, calibration)
     state = step.state_bytes() if step.state_bytes else None
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     # decode: a call generates per_call tokens per sequence; a row's step is one of them
@@ -125,7 +160,7 @@ def _measure(
     counted = flops if cell.compile else m.flops_per_step
     return RoundResult(
         samples_s=[t / per for t in m.samples],
-        tokens=m.tokens,
+        tokens=m.tokens * world,
         warmup_s=m.warmup_s,
         warmup_steps=m.warmup_steps,
         warmup_capped=int(m.warmup_capped),
@@ -134,16 +169,17 @@ def _measure(
         peak_mem_reserved_bytes=m.peak_mem_reserved_bytes,
         mem_kind=m.mem_kind,
         mem_baseline_bytes=m.mem_baseline_bytes,
-        flops_per_step=None if counted is None else counted / per,
+        flops_per_step=None if counted is None else counted / per * world,
         flops_per_step_analytic=analytic,
-        peak_flops_per_s=peak,
+        peak_flops_per_s=None if peak is None else peak * world,
         peak_flops_source=source,
         params=int(model.num_params()),
         backends=dict(m.backends),
         state_bytes=state,
-        bytes_per_step_min=bytes_floor(cell.mode, weights, state, cell.batch),
-        peak_bytes_per_s=bandwidth,
+        bytes_per_step_min=bytes_floor(cell.mode, weights, state, cell.batch) * world,
+        peak_bytes_per_s=None if bandwidth is None else bandwidth * world,
         peak_bytes_source=bandwidth_source,
+        world_size=world,
     )
 
 

@@ -52,6 +52,9 @@ class RoundResult:
     state_bytes: int | None = None  # prefill / decode: per sequence after the prompt
     session: float | None = None  # when the run that measured it started (the runner sets it)
     quality: dict[str, Any] | None = None  # quality mode: the quality group's values
+    # nproc > 1 (hubbench.distributed): tokens, FLOPs, byte floor and peaks count every rank,
+    # the step time is the slowest rank's
+    world_size: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -106,6 +109,9 @@ def measurement_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, 
         "tokens_per_s": tokens / s.median,
         "tokens_per_s_p10": tokens / s.p90,
         "tokens_per_s_p90": tokens / s.p10,
+        "world_size": rounds[0].world_size,
+        "tokens_per_s_per_rank": tokens / s.median / rounds[0].world_size,
+        "weak_scaling_efficiency": None,  # across cells: weak_scaling() fills it
         "warmup_s": sum(r.warmup_s for r in rounds),
         "warmup_steps": sum(r.warmup_steps for r in rounds),
         "warmup_capped": sum(int(r.warmup_capped) for r in rounds),
@@ -133,6 +139,24 @@ def measurement_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, 
         "params": rounds[0].params,
     }
     return schema.part("measurement", values, where)
+
+
+def weak_scaling(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Weak-scaling efficiency by cell id: an nproc > 1 row's tokens/s per rank over the tokens/s
+    of the row that measured the same cell (every cell field but nproc) at nproc 1."""
+    fields = [f for f in schema.cell_fields() if f != "nproc"]
+
+    def key(row: Mapping[str, Any]) -> str:
+        return repr([row.get(f) for f in fields])
+
+    single = {key(r): r["tokens_per_s"] for r in rows
+              if r.get("nproc") in (1, None) and r.get("tokens_per_s")}  # fmt: skip
+    out = {}
+    for r in rows:
+        base = single.get(key(r))
+        if (r.get("nproc") or 1) > 1 and r.get("tokens_per_s_per_rank") and base:
+            out[r["cell_id"]] = r["tokens_per_s_per_rank"] / base
+    return out
 
 
 def quality_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, Any]:

@@ -14,6 +14,9 @@ Outcomes, besides what a round's own exception gives (hubbench.execute):
 A cell that fails in any round is done: its row keeps the failure (`round k/R: ...`) and the
 rounds measured before it. Ctrl-C reaches only the runner (the worker has its own session), which
 kills the worker and keeps the rows on disk.
+
+`measure_states` is that loop for any list of cells; a submitit job (hubbench.executors) runs
+it for its share of the cells, so a cell measures the same whichever executor ran it.
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ from hubbench.cell import Cell
 from hubbench.env import TORCH_ENV_KEYS, host_env, utc_now
 from hubbench.errors import HubbenchError
 from hubbench.execute import MESSAGE_CHARS
-from hubbench.metrics import BACKEND_COLUMNS, RoundResult, measurement_columns, quality_columns
+from hubbench.executors import leftover_rows
+from hubbench.metrics import (
+    BACKEND_COLUMNS,
+    RoundResult,
+    measurement_columns,
+    quality_columns,
+    weak_scaling,
+)
 from hubbench.suite import Plan
 from hubbench.worker import (
     DEFAULT_BUILDER,
@@ -54,6 +64,7 @@ class CellState:
     failure: dict[str, Any] | None = None  # the outcome of the round that failed
     device_name: str | None = None
     wall_s: float = 0.0
+    job_lost: bool = False  # failed with its job, not on its own (hubbench.executors)
 
     @property
     def pending(self) -> bool:
@@ -91,9 +102,12 @@ def prepare_run(
         path, run_id = store.reserve_run(results_dir, plan.suite.name)
         return store.RunWriter(path), run_id, [CellState(c) for c in plan.cells], None
     rows = store.read_rows(previous, for_resume=True)
-    by_id = {r["cell_id"]: r for r in rows}
+    writer = store.RunWriter(previous, rows)
+    for row in leftover_rows(previous, rows):  # what jobs wrote that their submitter did not merge
+        writer.put(row)
+    by_id = {r["cell_id"]: r for r in writer.rows}
     states = [_resumed(c, by_id.get(c.cell_id)) for c in plan.cells]
-    return store.RunWriter(previous, rows), previous.stem.rpartition("-")[2], states, previous
+    return writer, previous.stem.rpartition("-")[2], states, previous
 
 
 def _resumed(cell: Cell, row: Mapping[str, Any] | None) -> CellState:
@@ -138,9 +152,10 @@ def _resumed(cell: Cell, row: Mapping[str, Any] | None) -> CellState:
                     if first and row["task"] is not None
                     else None
                 ),
+                world_size=row["world_size"] or 1,
             )
         )
-    if row["status"] not in ("ok", PARTIAL):
+    if row["status"] not in ("ok", PARTIAL) and not row["job_lost"]:
         state.failure = {k: row[k] for k in schema.names("outcome")}
     return state
 
@@ -156,16 +171,25 @@ def schedule(states: list[CellState]) -> Iterator[list[CellState]]:
         yield group
 
 
+LOCAL = {"executor": "local", "job_id": None}  # the execution columns of a cell run here
+
+
 def run_plan(
     plan: Plan,
     results_dir: Path,
     *,
     resume: bool = False,
     builder: str = DEFAULT_BUILDER,
+    executor: Any = None,
     on_start: Callable[[CellState, Progress], None] | None = None,
     on_done: Callable[[dict[str, Any], CellState, Progress], None] | None = None,
+    on_jobs: Callable[[Any], None] | None = None,
 ) -> RunResult:
-    """Measure every pending round of the plan; a cell's row is on disk after each round."""
+    """Measure every pending round of the plan; a cell's row is on disk after each round.
+
+    `executor` (hubbench.executors.ExecutorSpec; None: local) runs the cells in submitit jobs
+    instead of this process' worker; `on_jobs` then hears how the jobs stand.
+    """
     writer, run_id, states, previous = prepare_run(plan, results_dir, resume)
     result = RunResult(
         writer.path,
@@ -174,14 +198,54 @@ def run_plan(
         resumed_from=previous,
         skipped_done=sum(not s.pending for s in states),
     )
+    touched: set[str] = set()
+
+    def put(row: dict[str, Any]) -> None:
+        writer.put(row)
+        touched.add(row["cell_id"])
+
+    previous_handlers = _stop_on_signals()
+    try:
+        if executor is None or executor.kind == "local":
+            result.interrupted = measure_states(
+                states, put, plan.suite.name, run_id, builder, LOCAL, on_start, on_done
+            )
+        else:
+            from hubbench.executors import run_jobs
+
+            result.interrupted = run_jobs(
+                executor, states, put, plan.suite.name, run_id, builder, writer.path,
+                rows=writer.rows, on_done=on_done, on_jobs=on_jobs,
+            )  # fmt: skip
+    finally:
+        _restore(previous_handlers)
+    for cell_id, efficiency in weak_scaling(writer.rows).items():
+        row = next(r for r in writer.rows if r["cell_id"] == cell_id)
+        if row["weak_scaling_efficiency"] != efficiency:
+            put({**row, "weak_scaling_efficiency": efficiency})
+    result.rows = writer.rows
+    result.new_rows = [r for r in writer.rows if r["cell_id"] in touched]
+    return result
+
+
+def measure_states(
+    states: list[CellState],
+    put: Callable[[dict[str, Any]], None],
+    suite: str,
+    run_id: str,
+    builder: str,
+    execution: Mapping[str, Any],
+    on_start: Callable[[CellState, Progress], None] | None = None,
+    on_done: Callable[[dict[str, Any], CellState, Progress], None] | None = None,
+) -> bool:
+    """Every pending round of `states` in this process' isolated worker, passes interleaved
+    (schedule); each round's row goes to `put`. True if Ctrl-C (or SIGTERM) stopped it."""
     env = host_env()
     eta = Eta([s for s in states if s.pending])
     worker: Worker | None = None
     failed_starts = 0
-    touched: set[str] = set()
     started = time.perf_counter()
     session = time.time()  # rounds of one session pair (hubbench.report.stats)
-    previous_handlers = _stop_on_signals()
     try:
         for group in schedule(states):
             for state in group:
@@ -208,23 +272,19 @@ def run_plan(
                 eta.record(state, answer["outcome"])
                 # a worker that never started could not say which torch it had
                 measured_by = worker_env or dict.fromkeys(TORCH_ENV_KEYS)
-                row = make_row(state, plan.suite.name, run_id, {**env, **measured_by})
-                writer.put(row)
-                touched.add(row["cell_id"])
+                row = make_row(state, suite, run_id, {**env, **measured_by}, execution)
+                put(row)
                 if on_done:
                     on_done(row, state, eta.progress(time.perf_counter() - started))
                 if failed_starts >= 2:
                     raise HubbenchError(f"the measuring worker cannot start: {row['message']}")
     except KeyboardInterrupt:
-        result.interrupted = True
         worker = _discard(worker)
+        return True
     finally:
         if worker is not None:
             worker.close()
-        _restore(previous_handlers)
-    result.rows = writer.rows
-    result.new_rows = [r for r in writer.rows if r["cell_id"] in touched]
-    return result
+    return False
 
 
 def _record(state: CellState, answer: Mapping[str, Any], session: float) -> None:
@@ -284,8 +344,15 @@ def _discard(worker: Worker | None) -> None:
     return None
 
 
-def make_row(state: CellState, suite: str, run_id: str, env: Mapping[str, Any]) -> dict[str, Any]:
-    """A cell's row from its rounds so far; schema.row refuses a missing or unknown column."""
+def make_row(
+    state: CellState,
+    suite: str,
+    run_id: str,
+    env: Mapping[str, Any],
+    execution: Mapping[str, Any] = LOCAL,
+) -> dict[str, Any]:
+    """A cell's row from its rounds so far; schema.row refuses a missing or unknown column.
+    `execution`: the executor and job id (job_lost comes from the state)."""
     cell = state.cell
     identity = {
         "schema_version": schema.SCHEMA_VERSION,
@@ -312,6 +379,7 @@ def make_row(state: CellState, suite: str, run_id: str, env: Mapping[str, Any]) 
             **schema.part("identity", identity, where),
             **cell.columns(),
             **schema.part("outcome", outcome, where),
+            **schema.part("execution", {**execution, "job_lost": state.job_lost}, where),
             **measurement,
             **quality,
             **schema.part("env", {**env, "utc_time": utc_now()}, where),

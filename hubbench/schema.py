@@ -12,6 +12,8 @@ Groups, in file order, and who fills them:
   model config field, null where it does not apply (the cell);
 - measure: how carefully (warm-up, repeats, time limits; the cell);
 - outcome: status, message, the device it ran on, wall time (the worker, for every cell);
+- execution: the executor and job that ran the cell, and whether it failed with its job (the
+  runner or the job, hubbench.executors);
 - measurement: backends, step-time statistics, memory, FLOPs, MFU (the worker, ok cells only;
   a quality cell's steps are its training updates);
 - quality: what training bought: losses, accuracy, bits per byte, routing precision, whether it
@@ -37,9 +39,11 @@ from hubbench.errors import ReportError, SchemaError
 # 5: Python, OS, NVIDIA driver and optional package versions (env); plug-in mixer columns
 # 6: the speed of light (hubbench.roofline): its seconds, tokens/s, basis, bytes, bandwidth
 # 7: the quality mode: task run fields and the quality group (hubbench.quality)
-SCHEMA_VERSION = 7
+# 8: executors and torchrun: the nproc run field, the execution group, world size and per-rank
+#    tokens/s with the weak-scaling efficiency (hubbench.executors, hubbench.distributed)
+SCHEMA_VERSION = 8
 
-GROUPS = ("identity", "cell", "measure", "outcome", "measurement", "quality", "env")
+GROUPS = ("identity", "cell", "measure", "outcome", "execution", "measurement", "quality", "env")
 TYPES = ("int64", "float64", "string", "bool", "list<float64>", "list<list<float64>>")
 
 
@@ -131,6 +135,11 @@ COLUMNS: tuple[Column, ...] = (
     _c("message", "string", "outcome", "why a cell is not ok (null when it is)"),
     _c("device_name", "string", "outcome", "GPU or CPU model the cell ran on"),
     _c("wall_s", "float64", "outcome", "cell wall time in the worker: build, warm-up, timing"),
+    _c("executor", "string", "execution", "local | submitit-local | slurm: what ran the cell"),
+    _c("job_id", "string", "execution", "the submitit / Slurm job that measured it (its last round's; null for local)"),
+    _c("job_lost", "bool", "execution",
+       "the row failed with its job (failed, cancelled, killed), not on its own: --resume "
+       "measures it again"),
     _c("backend_attention", "string", "measurement", "attention kernel that ran (observed)"),
     _c("backend_mamba", "string", "measurement", "mamba:ref | mamba:fused (observed)"),
     _c("backend_hub", "string", "measurement", "HubRouter implementation that ran"),
@@ -153,6 +162,12 @@ COLUMNS: tuple[Column, ...] = (
             "tokens/s", True, -1),
     _c("tokens_per_s_p10", "float64", "measurement", "from the p90 step time"),
     _c("tokens_per_s_p90", "float64", "measurement", "from the p10 step time"),
+    _c("world_size", "int64", "measurement",
+       "processes that ran the step together (nproc); tokens_per_s counts all of them"),
+    _c("tokens_per_s_per_rank", "float64", "measurement", "tokens_per_s / world_size"),
+    _c("weak_scaling_efficiency", "float64", "measurement",
+       "tokens_per_s_per_rank over the tokens_per_s of the same cell at nproc 1 in the same "
+       "run (null without one)"),
     _c("warmup_s", "float64", "measurement", "wall time of the untimed steps, FLOP count included"),
     _c("warmup_steps", "int64", "measurement", "untimed steps, all rounds"),
     _c("warmup_capped", "int64", "measurement", "rounds whose warm-up hit warmup_max_s unsettled"),
@@ -345,6 +360,7 @@ GROUP_TITLES = {
     "not apply to the variant or cannot change what it builds)",
     "measure": "measure: how carefully",
     "outcome": "outcome (every cell)",
+    "execution": "execution: the executor and job that ran the cell (every cell)",
     "measurement": "measurement (ok and partial cells; a cell that failed after some rounds "
     "keeps them)",
     "quality": "quality (ok cells of mode quality; docs/quality.md)",

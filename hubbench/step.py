@@ -91,8 +91,13 @@ def build_step(
     seed: int = 0,
     compile: bool = False,
     decode_tokens: int = 64,
+    data_parallel: bool = False,
 ) -> Step:
     """Move `model` to `device` and return its step for `mode` with inputs already built.
+
+    `data_parallel` (inside an initialised torch.distributed process group): the fwd_bwd and
+    train steps run the loss through DistributedDataParallel, so backward all-reduces the
+    gradients; the inference modes run as independent replicas.
 
     prefill: one call runs the prompt (B, seq) and builds the state (no grad). decode: the
     prompt is prefilled here, before timing; one call restores that state and generates
@@ -133,6 +138,8 @@ def build_step(
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if mode == "train" else None
         loss_fn: Callable = torch.compile(model.loss) if compile else model.loss
+        if data_parallel:
+            loss_fn = _data_parallel_loss(model, device)
         update = make_update(model, loss_fn, autocast, optimizer)
 
         def core() -> None:
@@ -148,6 +155,25 @@ def build_step(
         batch=batch,
         seq=seq,
     )
+
+
+class _Loss(nn.Module):
+    """The model's loss as a module's forward, which is what DistributedDataParallel wraps."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(inputs, targets)
+
+
+def _data_parallel_loss(model: nn.Module, device: torch.device) -> Callable:
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    # unused parameters (a MoE expert no token chose) would stall the all-reduce otherwise
+    return DistributedDataParallel(_Loss(model), device_ids=ids, find_unused_parameters=True)
 
 
 def _inference_step(

@@ -247,9 +247,19 @@ def read_run(spec: str | Path, directory: str | Path | None = None) -> pd.DataFr
     return pd.DataFrame(upgraded, columns=list(schema.NAMES))
 
 
+# columns added later whose value in an older row is known, not null
+UPGRADE_DEFAULTS: dict[str, Any] = {"nproc": 1, "executor": "local"}
+
+
 def _upgrade(row: Mapping[str, Any]) -> dict[str, Any]:
-    """A row of an older schema as this one: new columns null, config columns from config_json."""
+    """A row of an older schema as this one: new columns null (UPGRADE_DEFAULTS where an older
+    row's value is known), config columns from config_json."""
     out = {name: row.get(name) for name in schema.NAMES}
+    for key, value in UPGRADE_DEFAULTS.items():
+        if key not in row:
+            out[key] = value
+    if "world_size" not in row and row.get("tokens_per_s") is not None:  # one process measured
+        out["world_size"], out["tokens_per_s_per_rank"] = 1, row["tokens_per_s"]
     if set(schema.NAMES) - set(row) and isinstance(row.get("config_json"), str):
         try:
             config = json.loads(row["config_json"])

@@ -17,12 +17,15 @@ A suite file (see suites/*.toml and the README's "Suites" section):
     attention = "naive"; seq = { gt = 4096 }; reason = "..."
     [[gate.ratio]]                     # ratio rules read by `hubbench gate`
     [[gate.value]]                     # value rules: name, metric, cell = {...}, min / max
+    [executor]                         # how `--executor submitit-local | slurm` shards and
+    cells_per_job = 4; partition = "gpu"; time_min = 120; gpus_per_job = 1; parallelism = 8
 
-A field is a run field (variant, mode, device, batch, seq, compile, threads) or a config field of
-some variant (hubbench.variants). Each cell keeps only the fields its variant has and that can
-change what it builds (variants.inert_fields); the others are null in its row and do not multiply
-cells. CLI overrides (`--seq 1024`, `--set hubs=4,8`) replace a field's values after the device
-overlay. Every cell's config is validated once, here, before anything runs; the cell carries it.
+A field is a run field (variant, mode, device, batch, seq, compile, threads, nproc, ...) or a
+config field of some variant (hubbench.variants). Each cell keeps only the fields its variant
+has and that can change what it builds (variants.inert_fields); the others are null in its row
+and do not multiply cells. CLI overrides (`--seq 1024`, `--set hubs=4,8`) replace a field's
+values after the device overlay. Every cell's config is validated once, here, before anything
+runs; the cell carries it.
 Nothing here imports torch.
 """
 
@@ -82,7 +85,7 @@ from hubbench.variants import (
 )
 
 DEVICE_KINDS = ("cpu", "cuda")
-TOP_KEYS = ("name", "description", "measure", "defaults", "sweep", "exclude", "gate")
+TOP_KEYS = ("name", "description", "measure", "defaults", "sweep", "exclude", "gate", "executor")
 COMPARATORS = {
     "lt": lambda a, b: a < b,
     "le": lambda a, b: a <= b,
@@ -139,6 +142,7 @@ class Suite:
     device_measure: dict[str, dict[str, Any]]
     exclude: list[ExcludeRule] = field(default_factory=list)
     gate: list[GateRule] = field(default_factory=list)
+    executor: dict[str, Any] = field(default_factory=dict)  # [executor] (hubbench.executors)
 
 
 @dataclass
@@ -343,7 +347,18 @@ def parse_suite(data: Mapping[str, Any], path: Path) -> Suite:
         device_measure=device_measure,
         exclude=_exclude_rules(data.get("exclude", []), types, path),
         gate=_gate_rules(data.get("gate", {}), types, path),
+        executor=_executor_table(data, path),
     )
+
+
+def _executor_table(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    from hubbench.executors import spec_from
+
+    table = _table(data, "executor", path)
+    try:
+        return spec_from(table, f"{path}: executor")
+    except ConfigError as exc:
+        raise SuiteError(str(exc)) from None
 
 
 def _unknown(table: Mapping[str, Any], valid: Iterable[str], where: str) -> None:
@@ -651,7 +666,7 @@ def expand(
     if not cells:
         why = f"; {len(excluded)} excluded by the suite's [[exclude]] rules" if excluded else ""
         raise SuiteError(f"{suite.path}: the sweep has no cells to run{why}")
-    varying = schema.varying([c.identity for c in cells], nulls=False)
+    varying = schema.varying([{**c.identity, "nproc": c.nproc} for c in cells], nulls=False)
     return Plan(suite, cells, excluded, merged, tuple(varying))
 
 
@@ -671,7 +686,8 @@ def _make_cell(
     if run["mode"] not in MODES:
         raise fail(f"unknown mode {run['mode']!r}; valid: {', '.join(MODES)}", ["mode"])
     quality = run["mode"] == "quality"
-    checked = ("batch", "seq", "threads") + (("decode_tokens",) if run["mode"] == "decode" else ())
+    checked = ("batch", "seq", "threads", "nproc")
+    checked += ("decode_tokens",) * (run["mode"] == "decode")
     checked += ("train_updates",) * quality + ("kv_pairs",) * (quality and run["task"] == "mqar")
     for key in checked:
         if run[key] < 1:
@@ -713,6 +729,10 @@ def _make_cell(
         if run["compile"]:
             raise fail("mode quality does not run compiled (compile=true)", ["compile"])
         settings = dataclasses.replace(settings, rounds=1)  # one training run is the cell
+    if run["nproc"] > 1 and (quality or run["compile"]):
+        what = "mode quality" if quality else "compile=true"
+        raise fail(f"nproc={run['nproc']} runs the timed step under torchrun; {what} does not "
+                   "(use nproc=1)", ["nproc"])  # fmt: skip
     return Cell(
         index=index,
         variant=variant,
@@ -725,6 +745,7 @@ def _make_cell(
         config=config,
         measure=settings,
         decode_tokens=run["decode_tokens"],
+        nproc=run["nproc"],
         **{k: run[k] for k in QUALITY_FIELDS},
     )
 

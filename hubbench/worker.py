@@ -198,7 +198,7 @@ def worker_main(builder: str) -> None:
         if message.get("op") == "exit":
             break
         cell = Cell.from_json(message["cell"])
-        answer = execute_cell(cell, build, count_flops=message["count_flops"])
+        answer = execute_cell(cell, build, count_flops=message["count_flops"], builder=builder)
         proto.write(json.dumps(answer) + "\n")
 
 

@@ -8,7 +8,8 @@ HUBBENCH_TEST_FAULT: a JSON list of {"fault": F, <conditions>}; a condition is `
 (the input length, checked at each forward), `build` (the model's build count in this worker,
 from 1: a cell's round 2 is its second build) or any config field (`seed`, `attention`, ...).
 F is crash (os._exit), segv, oom, error, hang, unavailable, interrupt (SIGINT to the runner,
-then hang) or threads (an error that says how many torch threads the worker runs with).
+then hang), kill_parent (SIGKILL to the process that started the worker: a submitit job, then
+hang) or threads (an error that says how many torch threads the worker runs with).
 HUBBENCH_TEST_SLOWDOWN: a JSON list of {"slowdown": 0.25, <conditions>} that makes
 the matching cells' steps that fraction slower. Never set either for real measurements.
 """
@@ -132,6 +133,9 @@ def _fail(items: list[dict[str, Any]], seq: int) -> None:
             os.kill(os.getpid(), signal.SIGSEGV)
         if fault == "interrupt":  # Ctrl-C as the runner sees it, mid-cell
             os.kill(os.getppid(), signal.SIGINT)
+            fault = "hang"
+        if fault == "kill_parent":  # the process that started the worker dies (a killed job)
+            os.kill(os.getppid(), signal.SIGKILL)
             fault = "hang"
         if fault == "hang":
             while True:

@@ -86,7 +86,7 @@ def _round_line(row: Mapping[str, Any], state: CellState, progress: Progress, la
 
 
 def _run_with_progress(
-    plan: Plan, results: Path, resume: bool, builder: str, out: Console
+    plan: Plan, results: Path, resume: bool, builder: str, out: Console, executor: Any = None
 ) -> RunResult:
     """A live bar on a terminal; one line per finished round otherwise (CI logs, pipes)."""
     from rich.markup import escape
@@ -121,9 +121,22 @@ def _run_with_progress(
         elif row["status"] not in ("ok", "partial", "skipped"):
             bar.console.print(f"[yellow]{line}[/]", highlight=False, soft_wrap=True)
 
+    def on_jobs(counts: Any) -> None:
+        if live:
+            bar.update(task, description=escape(counts.line()))
+        else:
+            out.print(escape(counts.line()), highlight=False, soft_wrap=True)
+
     with bar:
         return run_plan(
-            plan, results, resume=resume, builder=builder, on_start=on_start, on_done=on_done
+            plan,
+            results,
+            resume=resume,
+            builder=builder,
+            executor=executor,
+            on_start=on_start,
+            on_done=on_done,
+            on_jobs=on_jobs,
         )
 
 
@@ -173,6 +186,26 @@ def register(app: typer.Typer) -> None:
             "--data",
             help=f"Quality mode, task bytes: a text file, or pydoc | shakespeare ({LIST_HELP}).",
         ),
+        nproc: list[str] = typer.Option(
+            None,
+            "--nproc",
+            help=f"Processes per cell under torchrun, data-parallel (DDP; {LIST_HELP}).",
+        ),
+        executor: str = typer.Option(
+            None,
+            "--executor",
+            help="local (default) | submitit-local | slurm: where the cells run (README, "
+            "'Sweeps on a cluster').",
+        ),
+        cells_per_job: int = typer.Option(None, "--cells-per-job", help="Cells per job."),
+        parallelism: int = typer.Option(
+            None, "--parallelism", help="Jobs at once (slurm: the array's limit; local: 1)."
+        ),
+        partition: str = typer.Option(None, "--partition", help="Slurm partition."),
+        job_time: int = typer.Option(None, "--job-time", help="Time limit per job, minutes."),
+        gpus_per_job: int = typer.Option(
+            None, "--gpus-per-job", help="GPUs per job (default: nproc of its cells on CUDA)."
+        ),
         resume: bool = typer.Option(
             False,
             "--resume",
@@ -201,6 +234,9 @@ def register(app: typer.Typer) -> None:
           hubbench run throughput --resume
           hubbench run decode --mode decode --batch 1 --seq 1024,16384
           hubbench run quality --task bytes --data corpus.txt --variant transformer,hub-gpt
+          hubbench run ci --executor submitit-local --cells-per-job 2
+          hubbench run scaling --executor slurm --partition gpu --job-time 120
+          hubbench run ci --nproc 1,2
           hubbench run throughput --seq 512,1024 \\
             --mixer examples/sliding_window.py:SlidingWindowAttention --set window=64,128
         """
@@ -211,7 +247,7 @@ def register(app: typer.Typer) -> None:
             suite,
             axes={"seq": seq, "variant": variant, "device": device, "dtype": dtype, "mode": mode,
                   "batch": batch, "threads": threads, "decode_tokens": decode_tokens,
-                  "task": task, "data": data, "mixer": mixer},
+                  "task": task, "data": data, "mixer": mixer, "nproc": nproc},
             sets=sets,
             measure={"rounds": rounds, "repeats": repeats, "warmup": warmup,
                      "min_time_s": min_time, "timeout_s": timeout},
@@ -234,6 +270,11 @@ def register(app: typer.Typer) -> None:
         if profile:
             _profile(plan, out)
             return
+        from hubbench.executors import make_spec
+
+        spec = make_spec(plan.suite.executor, kind=executor, cells_per_job=cells_per_job,
+                         parallelism=parallelism, partition=partition, time_min=job_time,
+                         gpus_per_job=gpus_per_job)  # fmt: skip
 
         from hubbench import store
         from hubbench.cli.tables import rows_table
@@ -243,10 +284,10 @@ def register(app: typer.Typer) -> None:
         results = store.results_dir(results_dir)
         store.check_writable(results)
         err = console(stderr=True)
-        busy = oversubscribed(max(c.threads for c in plan.cells))
+        busy = oversubscribed(max(c.threads * c.nproc for c in plan.cells))
         if busy:
             err.print(f"[yellow]warning:[/] {escape(busy)}", highlight=False, soft_wrap=True)
-        outcome = _run_with_progress(plan, results, resume, builder, err)
+        outcome = _run_with_progress(plan, results, resume, builder, err, spec)
         if outcome.resumed_from is not None:
             notes.append(
                 f"resumed {outcome.resumed_from.name}: {outcome.skipped_done} cell(s) already "

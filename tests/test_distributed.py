@@ -1,0 +1,113 @@
+"""nproc > 1: a cell's step under torchrun (gloo on CPU), data-parallel, and weak scaling."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from builders import FAULT_ENV, faults
+
+from hubbench import store
+from hubbench.cell import Cell, Measure
+from hubbench.distributed import _first_error, _more_steps
+from hubbench.errors import SuiteError
+from hubbench.execute import execute_cell
+from hubbench.metrics import weak_scaling
+from hubbench.runner import run_plan
+from hubbench.suite import Plan, expand, load_suite, parse_overrides
+from hubbench.variants import make_config
+from hubbench.worker import load_builder
+
+BUILDER = f"{Path(__file__).with_name('builders.py')}:build_tiny"
+
+
+def cell(index: int = 0, nproc: int = 2, mode: str = "fwd_bwd", **measure) -> Cell:
+    settings = {"warmup": 1, "warmup_min_s": 0.0, "warmup_max_s": 0.0, "repeats": 3,
+                "rounds": 1, "timeout_s": 120.0, **measure}  # fmt: skip
+    return Cell(
+        index=index,
+        variant="transformer",
+        mode=mode,
+        device="cpu",
+        batch=2,
+        seq=32,
+        compile=False,
+        threads=1,
+        config=make_config("transformer", vocab=32, d_model=16, n_heads=2, n_layers=1),
+        measure=Measure(**settings),
+        nproc=nproc,
+    )
+
+
+def test_more_steps_reaches_the_target_time() -> None:
+    assert _more_steps(elapsed=1.0, steps=4, target_s=0.5) == 0
+    assert _more_steps(elapsed=1.0, steps=4, target_s=2.0) == 4
+    assert _more_steps(elapsed=0.3, steps=3, target_s=1.0) == 7
+    assert _more_steps(elapsed=0.0, steps=0, target_s=1.0) == 0
+
+
+def test_first_error_finds_the_line_that_says_why() -> None:
+    log = "W1203 warning\nTraceback (most recent call last):\n  File x\nValueError: bad\nend"
+    assert _first_error(log) == "ValueError: bad"
+    assert _first_error("") == "no output"
+
+
+def test_weak_scaling_pairs_each_cell_with_its_single_process_twin() -> None:
+    base = {"variant": "transformer", "seq": 32, "mode": "fwd_bwd"}
+    rows = [
+        {**base, "cell_id": "a", "nproc": 1, "tokens_per_s": 100.0, "tokens_per_s_per_rank": 100.0},
+        {**base, "cell_id": "b", "nproc": 2, "tokens_per_s": 160.0, "tokens_per_s_per_rank": 80.0},
+        {**base, "cell_id": "c", "nproc": 4, "tokens_per_s": None, "tokens_per_s_per_rank": None},
+        {**base, "seq": 64, "cell_id": "d", "nproc": 2, "tokens_per_s": 9.0,
+         "tokens_per_s_per_rank": 4.5},  # no nproc 1 twin at seq 64
+    ]  # fmt: skip
+    assert weak_scaling(rows) == {"b": pytest.approx(0.8)}
+
+
+def test_nproc_is_checked_where_the_suite_is_planned(tmp_path: Path) -> None:
+    path = tmp_path / "q.toml"
+    path.write_text('[defaults]\nvariant = "transformer"\nmode = "quality"\nd_model = 16\n'
+                    'n_heads = 2\nn_layers = 1\nseq = 64\n')  # fmt: skip
+    suite = load_suite(path)
+    with pytest.raises(SuiteError, match="nproc=2 runs the timed step under torchrun; mode qual"):
+        expand(suite, parse_overrides(["nproc=2"]))
+    with pytest.raises(SuiteError, match="nproc must be >= 1"):
+        expand(suite, parse_overrides(["nproc=0"]))
+
+
+@pytest.mark.slow
+def test_a_failing_rank_is_the_cells_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(FAULT_ENV, faults({"fault": "error"}))
+    answer = execute_cell(cell(), load_builder(BUILDER), builder=BUILDER)
+    assert answer["outcome"]["status"] == "error"
+    assert answer["outcome"]["message"].startswith("rank 0/2: ValueError: failing on purpose")
+    monkeypatch.setenv(FAULT_ENV, faults({"fault": "unavailable"}))
+    answer = execute_cell(cell(), load_builder(BUILDER), builder=BUILDER)
+    assert answer["outcome"]["status"] == "skipped"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["train", "fwd"])
+def test_nproc_2_rows_count_both_ranks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    monkeypatch.delenv(FAULT_ENV, raising=False)
+    cells = [cell(0, nproc=1, mode=mode), cell(1, nproc=2, mode=mode, min_time_s=0.05)]
+    result = run_plan(Plan(SimpleNamespace(name="t"), cells, [], 0, ("nproc",)), tmp_path,
+                      builder=BUILDER)  # fmt: skip
+    rows = {r["nproc"]: r for r in store.read_rows(result.path)}
+    assert {r["status"] for r in rows.values()} == {"ok"}, [r["message"] for r in rows.values()]
+    one, two = rows[1], rows[2]
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert two["tokens_per_step"] == 2 * one["tokens_per_step"] == 2 * 2 * 32
+    assert two["tokens_per_s_per_rank"] == pytest.approx(two["tokens_per_s"] / 2)
+    assert two["weak_scaling_efficiency"] == pytest.approx(
+        two["tokens_per_s_per_rank"] / one["tokens_per_s"]
+    )
+    assert one["weak_scaling_efficiency"] is None
+    assert two["flops_per_step_analytic"] == pytest.approx(2 * one["flops_per_step_analytic"])
+    assert two["time_count"] >= 3 and sum(two["samples_s"]) >= 0.05  # min_time_s honoured
+    assert dataclasses.replace(cells[1], nproc=1).cell_id == cells[0].cell_id
+    assert cells[0].cell_id != cells[1].cell_id
