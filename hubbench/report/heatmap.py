@@ -1,20 +1,34 @@
 """Heatmaps of a hub variant over hubs M x council budget k, one panel per sequence length.
 
-One row of panels per metric (throughput; more metrics slot into `metrics`); brighter is better
+One row of panels per metric: throughput, and for quality rows (mode "quality") the task's
+quality (MQAR accuracy or bits per byte) and the routing precision beside it. Brighter is better
 in every panel (the colour map is reversed for lower-is-better metrics). Cells that did not run
 are hatched and carry their status.
+
+Seeds are replicates: a (M, k, n) cell shows the mean over its ok seeds, and the quality panel
+says how many of them converged. A cell whose trained model failed the causality check (or is
+not causal) is hatched red and labelled LEAK, out of the colour scale: its quality is not a
+valid result.
+
+A figure's file stem is the variant plus whatever else tells the facet's grids apart (C=16 vs
+C=32, causal, ...), and the task for quality rows, so no two figures of a run share a name.
 """
 
 from __future__ import annotations
 
+import re
+import statistics
 import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hubbench.report import format as fmt
 from hubbench.report import style
 from hubbench.report.figure import Figured, context, new_figure, title
 from hubbench.report.format import fmt_seq
-from hubbench.report.load import cell_keys, norm_value
+from hubbench.report.load import cell_keys, fmt_value, norm_value, records
+from hubbench.report.quality_figures import quality_metric
 from hubbench.report.series import SYMBOLS, Facet, series_fields
 from hubbench.variants import is_router
 
@@ -22,107 +36,305 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
 
+# pooled into one cell (replicates), or the grid's own axes and panels
+POOLED = ("hubs", "topk", "seed")
+TASK_TEXT = {"mqar": "MQAR", "bytes": "byte LM"}
+LEAK_FACE, LEAK_EDGE, LEAK_TEXT = "#fbe4e1", "#d98b82", "#8e1b10"
+LEAK_BOX = {"boxstyle": "round,pad=0.12", "facecolor": "white", "edgecolor": "none", "alpha": 0.9}
+
+
+@dataclass
+class Metric:
+    column: str
+    label: str  # panel title
+    higher: bool  # higher is better
+    bar: str = ""  # colour bar label (default: label)
+    text: Callable[[float], str] = fmt.si
+
+
+@dataclass
+class Cell:
+    """The rows of one (M, k, n) point of the grid: its seeds."""
+
+    ok: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    quality: bool = False
+
+    def mean(self, column: str) -> float | None:
+        values = [float(r[column]) for r in self.ok if r.get(column) is not None]
+        return statistics.fmean(values) if values else None
+
+    @property
+    def leak(self) -> bool:
+        """A quality cell whose trained model did not pass the causality check."""
+        return self.quality and any(r.get("causal_check") != "pass" for r in self.ok)
+
+    @property
+    def verdicts(self) -> tuple[int, int]:
+        """(seeds converged, ok seeds with a verdict)."""
+        seen = [r["converged"] for r in self.ok if r.get("converged") is not None]
+        return sum(bool(c) for c in seen), len(seen)
+
+
+def _quality(df: pd.DataFrame) -> bool:
+    return "mode" in df.columns and len(df) > 0 and bool((df["mode"] == "quality").all())
+
+
+def _grid_fields(hub: pd.DataFrame) -> list[str]:
+    """The fields that tell one grid from another: every series field but M, k and the seed
+    (seeds are replicates, pooled into each cell). For quality rows `causal` too, as long as no
+    cell then holds both a causal and a non-causal model: the leaking config stays in its grid,
+    marked, rather than vanish into a grid of its own."""
+    others = [f for f in series_fields(hub) if f not in POOLED]
+    if "causal" in others and _quality(hub):
+        rest = [f for f in others if f != "causal"]
+        keys = cell_keys(hub, [*rest, "hubs", "topk", "seq"])
+        if all(len({norm_value(v) for v in g["causal"]}) <= 1 for _, g in hub.groupby(keys)):
+            others = rest
+    return others
+
 
 def heat_groups(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """Per hub variant (and other hub settings): the rows of a hubs x topk grid, if >= 2 cells."""
+    """Per hub variant (and other hub settings): (file stem, the rows of a hubs x topk grid), for
+    grids with >= 2 cells. The stem names the variant and the settings that differ between the
+    grids, so two grids never share a file name."""
     hub = df[[is_router(str(v)) for v in df["variant"]]]
     if len(hub) == 0:
         return []
-    others = [f for f in series_fields(hub) if f not in ("hubs", "topk")]
-    out = []
+    others = _grid_fields(hub)
+    found = []
     for _, g in hub.groupby(cell_keys(hub, others), sort=False):
         combos = {(norm_value(a), norm_value(b)) for a, b in zip(g["hubs"], g["topk"], strict=True)}
         combos.discard((None, None))
         if len(combos) >= 2 and len(g[g["status"] == "ok"]):
-            out.append((str(g["variant"].iloc[0]), g))
+            found.append(g)
+    firsts = [records(g.iloc[:1], others)[0] for g in found]
+    apart = [f for f in others if f != "variant" and len({repr(r.get(f)) for r in firsts}) > 1]
+    out: list[tuple[str, pd.DataFrame]] = []
+    for g, first in zip(found, firsts, strict=True):
+        stem = "-".join([str(g["variant"].iloc[0]), *(_slug(f, first.get(f)) for f in apart)])
+        taken = [s for s, _ in out]
+        if stem in taken:  # settings that read alike once made file-safe: number them
+            stem += f"-{sum(s == stem or s.startswith(stem + '-') for s in taken) + 1}"
+        out.append((stem, g))
     return out
 
 
+def _slug(name: str, value: Any) -> str:
+    """'C16', 'M4' for the paper's symbols, 'causal_False' for other fields, the run id bare."""
+    prefix = "" if name == "run_id" else SYMBOLS.get(name, f"{name}_")
+    return re.sub(r"[^A-Za-z0-9.]+", "_", f"{prefix}{fmt_value(name, value)}").strip("_")
+
+
 def heatmaps(facet: Facet) -> list[Figured]:
-    return [_heatmap(facet, variant, g) for variant, g in heat_groups(facet.df)]
+    out = []
+    for stem, g in heat_groups(facet.df):
+        task = _task(g)
+        if task and "task" not in facet.split:  # else the facet's slug names it
+            stem = f"{stem}-{task}"
+        out.append(_heatmap(facet, str(g["variant"].iloc[0]), stem, g))
+    return out
 
 
-def _heatmap(facet: Facet, variant: str, g: pd.DataFrame) -> Figured:
+def _task(g: pd.DataFrame) -> str | None:
+    if not _quality(g) or "task" not in g.columns:
+        return None
+    tasks = {norm_value(v) for v in g["task"]} - {None}
+    return str(tasks.pop()) if len(tasks) == 1 else None
+
+
+def _metrics(g: pd.DataFrame) -> list[Metric]:
+    if not _quality(g):
+        return [Metric("tokens_per_s", "throughput (tokens/s)", True)]
+    task = _task(g) or "mqar"
+    column, bar, higher = quality_metric(task)
+    out = [
+        Metric("tokens_per_s", "train tokens/s", True, "training throughput (tokens/s)"),
+        Metric(column, "bits per byte" if column == "bits_per_byte" else "MQAR accuracy", higher,
+               bar, fmt.bits if column == "bits_per_byte" else fmt.fraction),
+    ]  # fmt: skip
+    ok = g[g["status"] == "ok"]
+    if "routing_precision" in g.columns and ok["routing_precision"].notna().any():
+        out.append(Metric("routing_precision", "routing precision", True, "", fmt.fraction))
+    return out
+
+
+def _cells(g: pd.DataFrame) -> dict[tuple[int, int, int], Cell]:
+    quality = _quality(g)
+    out: dict[tuple[int, int, int], Cell] = {}
+    wanted = [*POOLED, "seq", "status", "converged", "causal_check"]
+    for r in records(g, dict.fromkeys([*wanted, *(m.column for m in _metrics(g))])):
+        if r.get("hubs") is None or r.get("topk") is None:
+            continue
+        c = out.setdefault((int(r["hubs"]), int(r["topk"]), int(r["seq"])), Cell(quality=quality))
+        (c.ok if r["status"] == "ok" else c.failed).append(r)
+    return out
+
+
+def _heatmap(facet: Facet, variant: str, stem: str, g: pd.DataFrame) -> Figured:
     hubs = sorted({int(norm_value(v)) for v in g["hubs"] if norm_value(v) is not None})
     topk = sorted({int(norm_value(v)) for v in g["topk"] if norm_value(v) is not None})
     seqs = sorted({int(v) for v in g["seq"]})
-    metrics = [("tokens_per_s", "throughput (tokens/s)", True)]
+    metrics = _metrics(g)
+    cells = _cells(g)
+    quality = _quality(g)
+    seeds = max((len(c.ok) + len(c.failed) for c in cells.values()), default=1)
     cols = min(len(seqs), 3)
     rows = -(-len(seqs) // cols) * len(metrics)
     panel_w, panel_h = 0.62 * len(topk) + 1.4, 0.42 * len(hubs) + 1.25
-    fig = new_figure(cols * panel_w + 2.0, rows * panel_h + 1.2)
+    width = min(130, round((cols * panel_w + 2.0) * 72 / (7.5 * 0.52)))  # characters per line
+    text = _note(g, cells, quality, seeds, width)
+    extra = max(0, text.count("\n") - 1) * 0.13  # inches for notes longer than two lines
+    fig = new_figure(cols * panel_w + 2.0, rows * panel_h + 1.2 + extra)
     grid = fig.add_gridspec(
         rows, cols, hspace=0.6, wspace=0.45, left=0.9 / fig.get_figwidth(),
         right=1 - 1.5 / fig.get_figwidth(), top=1 - 0.95 / fig.get_figheight(),
-        bottom=0.75 / fig.get_figheight(),
+        bottom=(0.75 + extra) / fig.get_figheight(),
     )  # fmt: skip
     for mi, metric in enumerate(metrics):
         axes = [
             fig.add_subplot(grid[mi * rows // len(metrics) + k // cols, k % cols])
             for k in range(len(seqs))
         ]
-        _metric_panels(fig, axes, g, seqs, hubs, topk, metric)
+        _metric_panels(fig, axes, cells, seqs, hubs, topk, metric, seeds > 1 and mi == 1)
     others = [
         f"{SYMBOLS.get(f, f)}={norm_value(g[f].iloc[0])}"
         for f in ("neighbours", "chunk")
         if f in g.columns and norm_value(g[f].iloc[0]) is not None
     ]
+    task = _task(g)
     what = f"{variant} over hubs M × topk k" + (f" ({', '.join(others)})" if others else "")
+    if task:
+        what += f" · {TASK_TEXT.get(task, task)}"
     title(fig, what, facet)
-    text = "Brighter is better in every panel."
-    missing = g[g["status"] != "ok"]
-    if len(missing):
-        text += " Hatched cells did not run: " + "; ".join(
-            f"M={norm_value(r['hubs'])} k={norm_value(r['topk'])} n={fmt_seq(int(r['seq']))}: "
-            f"{r['status']}"
-            for _, r in missing.iterrows()
-        )
-        text += "."
-    fig.text(0.02, 0.01, textwrap.fill(text, 130), fontsize=7.5, color="#333333")
+    fig.text(0.02, 0.01, text, fontsize=7.5, color="#333333")
     panels = (
         f"one panel per n ({', '.join(fmt_seq(n) for n in seqs)})"
         if len(seqs) > 1
         else (f"at n = {fmt_seq(seqs[0])}")
     )
-    caption = (
-        f"Throughput (median tokens/s) of {variant} over hubs M × council budget k, {panels}, "
-        f"{context(facet)}; one colour scale, brighter is better"
-        + ("; hatched cells did not run." if len(missing) else ".")
-    )
-    return Figured(fig, variant, [], caption)
+    missing = any(not c.ok for c in cells.values())
+    if quality:
+        shown = ", ".join(m.bar or m.label for m in metrics)
+        caption = (
+            f"{shown[0].upper()}{shown[1:]} of {variant} over hubs M × council budget k, "
+            f"{panels}, {context(facet)}; each cell is the mean over its seeds (up to {seeds}), "
+            "one colour scale per metric, brighter is better"
+            + ("; LEAK cells failed the causality check" if _leaks(cells) else "")
+            + ("; hatched cells did not run." if missing else ".")
+        )
+    else:
+        caption = (
+            f"Throughput (median tokens/s) of {variant} over hubs M × council budget k, {panels}, "
+            f"{context(facet)}; one colour scale, brighter is better"
+            + ("; hatched cells did not run." if missing else ".")
+        )
+    return Figured(fig, stem, [], caption)
+
+
+def _leaks(cells: dict[tuple[int, int, int], Cell]) -> list[tuple[tuple[int, int, int], Cell]]:
+    return [(key, c) for key, c in sorted(cells.items()) if c.leak]
+
+
+def _where(key: tuple[int, int, int]) -> str:
+    m, k, n = key
+    return f"M={m} k={k} n={fmt_seq(n)}"
+
+
+def _note(g: pd.DataFrame, cells: dict[tuple[int, int, int], Cell], quality: bool,
+          seeds: int, width: int) -> str:  # fmt: skip
+    """The text under the panels: colour direction, seeds, leaks and what did not run."""
+    text = "Brighter is better in every panel."
+    if quality or seeds > 1:
+        given = g["converge_threshold"] if "converge_threshold" in g.columns else []
+        threshold = next((str(v) for v in given if norm_value(v) is not None),
+                         "the task's threshold")  # fmt: skip
+        text += f" Each cell: the mean over its ok seeds (up to {seeds})"
+        text += f"; 'c/n conv.': seeds converged ({threshold})." if quality and seeds > 1 else "."
+    if quality:
+        leaks = _leaks(cells)
+        if leaks:
+            checks = [f"{_where(key)}: {_checks(c)}" for key, c in leaks]
+            text += (" LEAK (red hatching, out of the colour scale): the trained model did not "
+                     "pass the causality check, so its numbers are not a valid result: "
+                     + "; ".join(checks) + ".")  # fmt: skip
+    by_seed = len({repr(norm_value(v)) for v in g["seed"]}) > 1 if "seed" in g.columns else False
+
+    def gone(key: tuple[int, int, int], c: Cell) -> str:
+        statuses = dict.fromkeys(str(r["status"]) for r in c.failed)
+        parts = []
+        for status in statuses:
+            seeds = [str(r.get("seed")) for r in c.failed if str(r["status"]) == status]
+            which = f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})" if by_seed else ""
+            parts.append(status + which)
+        return f"{_where(key)}: {', '.join(parts)}"
+
+    dead = [gone(key, c) for key, c in cells.items() if c.failed and not c.ok]
+    lost = [gone(key, c) for key, c in cells.items() if c.failed and c.ok]
+    if dead:
+        text += " Hatched cells did not run: " + "; ".join(dead) + "."
+    if lost:
+        text += " Seeds that did not run (their cells show the rest): " + "; ".join(lost) + "."
+    return textwrap.fill(text, width)
+
+
+def _checks(c: Cell) -> str:
+    """The non-passing causality verdicts of a cell, with their seeds when it has several."""
+    bad = [r for r in c.ok if r.get("causal_check") != "pass"]
+    out = []
+    for check in dict.fromkeys(str(r.get("causal_check") or "not checked") for r in bad):
+        seeds = [
+            str(r.get("seed")) for r in bad if str(r.get("causal_check") or "not checked") == check
+        ]
+        of = f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)} of {len(c.ok)})"
+        out.append(check + (of if len(c.ok) > 1 else ""))
+    return ", ".join(out)
 
 
 def _metric_panels(
-    fig: Any, axes: list[Axes], g: pd.DataFrame, seqs: list[int], hubs: list[int],
-    topk: list[int], metric: tuple[str, str, bool],
+    fig: Any, axes: list[Axes], cells: dict[tuple[int, int, int], Cell], seqs: list[int],
+    hubs: list[int], topk: list[int], metric: Metric, counts: bool,
 ) -> None:  # fmt: skip
-    """One row (or rows) of panels for one metric, sharing one colour scale and one colour bar."""
+    """One row (or rows) of panels for one metric, sharing one colour scale and one colour bar.
+    `counts`: each cell says how many of its seeds converged."""
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
 
-    column, label, higher = metric
-    cmap = colormaps["viridis" if column == "tokens_per_s" else "cividis"]
-    cmap = cmap if higher else cmap.reversed()  # brighter is better either way
-    values = g.loc[g["status"] == "ok", column].astype(float)
-    norm = Normalize(float(values.min()), float(values.max()))
+    cmap = colormaps["viridis" if metric.column == "tokens_per_s" else "cividis"]
+    cmap = cmap if metric.higher else cmap.reversed()  # brighter is better either way
+    means = {key: c.mean(metric.column) for key, c in cells.items()}
+    scale = [v for key, v in means.items() if v is not None and not cells[key].leak]
+    norm = Normalize(min(scale), max(scale)) if scale else Normalize(0.0, 1.0)
     image = None
     for ax, seq in zip(axes, seqs, strict=True):
         mat = np.full((len(hubs), len(topk)), np.nan)  # (M, k)
-        status: dict[tuple[int, int], str] = {}
-        for _, r in g[g["seq"] == seq].iterrows():
-            i, j = hubs.index(int(r["hubs"])), topk.index(int(r["topk"]))
-            if r["status"] == "ok":
-                mat[i, j] = float(r[column])
+        marks: dict[tuple[int, int], tuple[str, str]] = {}  # (i, j) -> (kind, text)
+        for (m, k, n), c in cells.items():
+            if n != seq:
+                continue
+            i, j, v = hubs.index(m), topk.index(k), means[(m, k, n)]
+            if c.leak:
+                marks[(i, j)] = ("leak", "" if v is None else f"({metric.text(v)})")
+            elif v is not None:
+                mat[i, j] = v
+                conv, seen = c.verdicts
+                if counts and seen:
+                    marks[(i, j)] = ("ok", f"{conv}/{seen} conv.")
+                elif counts and len(c.ok) > 1:
+                    marks[(i, j)] = ("ok", f"{len(c.ok)} seeds")
+            elif c.ok:
+                marks[(i, j)] = ("missing", "n/a")
             else:
-                status[(i, j)] = str(r["status"])
+                statuses = dict.fromkeys(str(r["status"]) for r in c.failed)
+                marks[(i, j)] = ("missing", "/".join(statuses))
         image = ax.imshow(mat, cmap=cmap, norm=norm, aspect="auto", origin="lower")
-        _annotate(ax, mat, status, lambda v: cmap(norm(v)), column)
+        _annotate(ax, mat, marks, lambda v: cmap(norm(v)), metric.text)
         ax.set_xticks(range(len(topk)), [str(k) for k in topk])
         ax.set_yticks(range(len(hubs)), [str(m) for m in hubs])
         ax.set_xlabel("council budget k")
         ax.set_ylabel("hubs M")
-        ax.set_title(f"{label} · n = {fmt_seq(seq)}", fontsize=9.5)
+        ax.set_title(f"{metric.label} · n = {fmt_seq(seq)}", fontsize=9.5)
         ax.grid(False)
         for side in ("top", "right"):
             ax.spines[side].set_visible(True)
@@ -131,27 +343,43 @@ def _metric_panels(
     y0, y1 = min(b.y0 for b in boxes), max(b.y1 for b in boxes)
     cax = fig.add_axes((x1 + 0.15 / fig.get_figwidth(), y0, 0.14 / fig.get_figwidth(), y1 - y0))
     bar = fig.colorbar(image, cax=cax)
-    bar.set_label(label)
-    if column == "tokens_per_s":
+    bar.set_label(metric.bar or metric.label)
+    if metric.column == "tokens_per_s":
         bar.ax.yaxis.set_major_formatter(style.si_formatter())
+    elif metric.text is fmt.fraction:
+        bar.ax.yaxis.set_major_formatter(lambda v, _: fmt.fraction(v).replace(".0%", "%"))
 
 
-def _annotate(ax: Axes, mat: Any, status: dict, colour_of: Any, column: str) -> None:
+def _annotate(ax: Axes, mat: Any, marks: dict[tuple[int, int], tuple[str, str]],
+              colour_of: Any, text_of: Callable[[float], str]) -> None:  # fmt: skip
     from matplotlib.patches import Rectangle
 
-    for (i, j), v in _cells(mat):
+    for (i, j), v in _values(mat):
+        kind, extra = marks.get((i, j), ("", ""))
         if v == v:  # not NaN
             r, gr, b, _ = colour_of(v)
             dark = 0.299 * r + 0.587 * gr + 0.114 * b < 0.5  # perceived luminance
-            text = fmt.si(v) if column == "tokens_per_s" else f"{v:.3g}"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color="white" if dark else "black")  # fmt: skip
+            colour = "white" if dark else "black"
+            if extra:
+                ax.text(j, i + 0.1, text_of(v), ha="center", va="bottom", fontsize=8, color=colour)
+                ax.text(j, i - 0.05, extra, ha="center", va="top", fontsize=6.5, color=colour)
+            else:
+                ax.text(j, i, text_of(v), ha="center", va="center", fontsize=8, color=colour)
+        elif kind == "leak":
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=LEAK_FACE,
+                                   edgecolor=LEAK_EDGE, hatch="xx", linewidth=0))  # fmt: skip
+            ax.text(j, i + (0.05 if extra else 0), "LEAK", ha="center",
+                    va="bottom" if extra else "center", fontsize=8, color=LEAK_TEXT,
+                    fontweight="bold", gid="leak", bbox=LEAK_BOX)  # fmt: skip
+            if extra:
+                ax.text(j, i - 0.05, extra, ha="center", va="top", fontsize=6.5, color=LEAK_TEXT,
+                        bbox=LEAK_BOX)  # fmt: skip
         else:
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#eeeeee",
                                    edgecolor="#999999", hatch="///", linewidth=0))  # fmt: skip
-            ax.text(j, i, status.get((i, j), "n/a"), ha="center", va="center", fontsize=7.5,
+            ax.text(j, i, extra or "n/a", ha="center", va="center", fontsize=7.5,
                     color="#333333", fontweight="bold")  # fmt: skip
 
 
-def _cells(mat: Any) -> list[tuple[tuple[int, int], float]]:
+def _values(mat: Any) -> list[tuple[tuple[int, int], float]]:
     return [((i, j), float(mat[i, j])) for i in range(mat.shape[0]) for j in range(mat.shape[1])]
