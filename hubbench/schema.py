@@ -136,7 +136,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("device_name", "string", "outcome", "GPU or CPU model the cell ran on"),
     _c("wall_s", "float64", "outcome", "cell wall time in the worker: build, warm-up, timing"),
     _c("executor", "string", "execution", "local | submitit-local | slurm: what ran the cell"),
-    _c("job_id", "string", "execution", "the submitit / Slurm job that measured it (its last round's; null for local)"),
+    _c("job_id", "string", "execution",
+       "the submitit / Slurm job that measured it (its last round's; null for local)"),
     _c("job_lost", "bool", "execution",
        "the row failed with its job (failed, cancelled, killed), not on its own: --resume "
        "measures it again"),
