@@ -255,9 +255,9 @@ def title_parts(facet: Facet) -> tuple[str, str]:
     if f.get("d_model") is not None:
         shape.append(f"d_model {f['d_model']}")
     if f.get("n_layers") is not None:
-        shape.append(f"{f['n_layers']} layers")
+        shape.append(f"{f['n_layers']} layer{'s' * (f['n_layers'] != 1)}")
     if f.get("n_heads") is not None:
-        shape.append(f"{f['n_heads']} heads")
+        shape.append(f"{f['n_heads']} head{'s' * (f['n_heads'] != 1)}")
     if f.get("mem_kind"):
         shape.append(str(f["mem_kind"]).replace("_", " "))
     return " · ".join(main), " · ".join(shape)
