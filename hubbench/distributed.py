@@ -155,9 +155,11 @@ def measure_rank(cell: Cell, build: Any, count: bool, rank: int, world: int, dev
     memory = PeakMemory(step.device, baseline)
     with memory:
         samples = time_calls(step.fn, device=step.device, repeats=settings.repeats)
-        more = _more_steps(sum(samples), len(samples), settings.min_time_s)
-        more = _agree(min(more, max(0, MAX_REPEATS - len(samples))), device)
-        if more:
+        while True:  # rank 0's estimate, agreed; again until its timed steps reach min_time_s
+            more = _more_steps(sum(samples), len(samples), settings.min_time_s)
+            more = _agree(min(more, max(0, MAX_REPEATS - len(samples))), device)
+            if not more:
+                break
             samples += time_calls(step.fn, device=step.device, repeats=more)
     every = [None] * world
     dist.all_gather_object(every, (samples, memory.peak, memory.reserved))
