@@ -379,8 +379,12 @@ def run_jobs(
         mtime = job.part.stat().st_mtime_ns
         if mtime == job.mtime:
             return
+        try:
+            rows = store.read_rows(job.part)
+        except HubbenchError:  # not whole (a foreign write?): read again next poll; if it never
+            return  # reads, the job's unfinished cells become lost rows when it ends
         job.mtime = mtime
-        for row in store.read_rows(job.part):
+        for row in rows:
             cid = row["cell_id"]
             if job.seen.get(cid) == row:
                 continue

@@ -27,6 +27,7 @@ from hubbench.errors import StoreError
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
 
 RESULTS_ENV = "HUBBENCH_RESULTS"
 DEFAULT_RESULTS_DIR = "results"
@@ -82,12 +83,27 @@ def list_runs(directory: str | Path, suite: str | None = None) -> list[Path]:
     return sorted(paths, key=lambda p: (p.name, str(p)))
 
 
+def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """The table of one parquet file, read through one open file.
+
+    Not `pq.read_table(path)`: that takes the file's size, then opens it again, and a writer's
+    os.replace between the two (a job rewriting its part file while the submitter merges it) gives
+    the new file's bytes read with the old file's size: "Deserializing page header failed".
+    One descriptor holds one inode, so a reader sees the old file or the new one, whole.
+    """
+    import pyarrow.parquet as pq
+
+    with open(path, "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
 def readable(path: Path) -> bool:
     """Whether `path` is an intact parquet file (its footer reads), without reading its rows."""
     import pyarrow.parquet as pq
 
     try:
-        pq.read_metadata(path)
+        with open(path, "rb") as f:
+            pq.read_metadata(f)
     except (OSError, ValueError):
         return False
     return True
@@ -210,10 +226,8 @@ def read_rows(path: Path, for_resume: bool = False) -> list[dict[str, Any]]:
     `for_resume`: the rows will be written back with new ones, so they must be of this
     schema_version exactly (an older file is read, never extended).
     """
-    import pyarrow.parquet as pq
-
     try:
-        table = pq.read_table(path)
+        table = _read_table(path)
     except (OSError, ValueError) as exc:
         raise StoreError(f"cannot read run file {path}: {exc}") from exc
     if "schema_version" not in table.column_names:
@@ -293,10 +307,8 @@ class RunInfo:
 
 
 def run_info(path: Path) -> RunInfo:
-    import pyarrow.parquet as pq
-
     try:
-        statuses = pq.read_table(path, columns=["status"]).column("status").to_pylist()
+        statuses = _read_table(path, ["status"]).column("status").to_pylist()
     except (OSError, ValueError, KeyError) as exc:
         raise StoreError(f"cannot read run file {path}: {exc}") from exc
     counts: dict[str, int] = {}
