@@ -43,17 +43,21 @@ RUN_FIELDS: dict[str, RunField] = {
     "train_updates": RunField(int, "figure", "quality: optimizer updates, the training budget"),
     "lr": RunField(float, "figure", "quality: peak learning rate (AdamW, warm-up, cosine)"),
     "nproc": RunField(
-        int, "figure", "processes the cell ran as, under torchrun (data-parallel; world size)"
+        int, "figure", "processes per node the cell ran as, under torchrun (data-parallel)"
+    ),
+    "nnodes": RunField(
+        int, "figure", "nodes the cell ran on, one cluster job task each (world nnodes x nproc)"
     ),
 }
 RUN_DEFAULTS: dict[str, Any] = {"mode": "fwd_bwd", "device": "auto", "batch": 1, "compile": False,
                                 "decode_tokens": 64, "task": "mqar", "kv_pairs": 4,
                                 "data": "pydoc", "train_updates": 1500,
-                                "lr": 1e-3, "nproc": 1}  # fmt: skip
+                                "lr": 1e-3, "nproc": 1, "nnodes": 1}  # fmt: skip
 # the data's seed is the model config's `seed` (the weights'): seeds are replicates of a cell
 QUALITY_FIELDS = ("task", "kv_pairs", "data", "train_updates", "lr")
 OPTIONAL_RUN_FIELDS = ("decode_tokens", *QUALITY_FIELDS)  # added later: absent when null
-ELIDED_DEFAULTS: dict[str, Any] = {"nproc": 1}  # added later: absent from identity at this value
+# added later: absent from the identity at this value
+ELIDED_DEFAULTS: dict[str, Any] = {"nproc": 1, "nnodes": 1}
 
 
 def inert_run_fields(mode: str, task: str | None) -> set[str]:
@@ -120,6 +124,12 @@ class Cell:
     train_updates: int = 1500
     lr: float = 1e-3
     nproc: int = 1  # > 1: the cell runs under torchrun (hubbench.distributed)
+    nnodes: int = 1  # > 1: torchrun on that many nodes, one job task each (hubbench.executors)
+
+    @property
+    def world(self) -> int:
+        """The processes that run the timed step together."""
+        return self.nproc * self.nnodes
 
     @property
     def model_config(self) -> dict[str, Any]:
@@ -137,7 +147,8 @@ class Cell:
     @property
     def identity(self) -> dict[str, Any]:
         """The fields that define what is measured (not how carefully). Null run fields, and
-        nproc at 1, are left out, so cells keep the ids they had before those fields existed."""
+        nproc and nnodes at 1, are left out, so cells keep the ids they had before those fields
+        existed."""
         run = {
             k: v
             for k, v in self.run_fields.items()
@@ -145,6 +156,11 @@ class Cell:
             and not (k in ELIDED_DEFAULTS and v == ELIDED_DEFAULTS[k])
         }
         return {**run, **self.model_config}
+
+    @property
+    def explicit_identity(self) -> dict[str, Any]:
+        """The identity with the elided run fields at their values (for tables and labels)."""
+        return {**self.identity, **{k: getattr(self, k) for k in ELIDED_DEFAULTS}}
 
     @property
     def cell_id(self) -> str:
@@ -156,7 +172,7 @@ class Cell:
         from hubbench.variants import display_name
 
         parts = [display_name(self.variant, getattr(self.config, "mixer", None)), f"n={self.seq}"]
-        identity = {**self.identity, "nproc": self.nproc}  # nproc 1 is not in the identity
+        identity = self.explicit_identity
         for name in fields:
             value = identity.get(name)
             if name not in ("variant", "seq", "mixer", "mixer_digest") and value is not None:

@@ -18,6 +18,14 @@ JSON; a rank's failure is classified there (oom, skipped, error) and reported wi
 
 Each rank runs with the cell's `threads`; on CPU, nproc x threads should not exceed the cores
 (the run warns when it does).
+
+At nnodes > 1 the cell runs in a cluster job with one task per node (hubbench.executors). Task 0,
+the leader, measures the job's cells as a one-node job does; for each round, `launch` posts the
+round (the cell, the rendezvous address and a free port) as `round-K.json` in the job's mailbox
+folder and runs torchrun as node 0 of nnodes (static rendezvous, no --standalone). The other
+tasks (`follow`) run each posted round, in order, as node 1, 2, ...; a follower gives up on a
+round when the leader posts the next one or the end (the leader's round failed or timed out) and
+stops when the leader's heartbeat goes stale. Only global rank 0, on the leader, writes the round.
 """
 
 from __future__ import annotations
@@ -25,10 +33,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +49,68 @@ from hubbench.execute import RankFailure
 from hubbench.metrics import RoundResult
 
 LOG_TAIL = 2000
+NODES_ENV = "HUBBENCH_NODES"  # a multi-node job's mailbox folder (set by its leader task)
+ADDR_ENV = "HUBBENCH_NODES_ADDR"  # the leader's address, for the rendezvous
+HEARTBEAT_S = 5.0
+STALE_S = 60.0  # a leader silent this long is gone
+JOIN_S = 600.0  # a follower waits this long for its leader to start
 
 
 def torchrun_command(
-    cell: Cell, cell_file: Path, out_file: Path, builder: str, count: bool
+    cell: Cell,
+    cell_file: Path,
+    out_file: Path,
+    builder: str,
+    count: bool,
+    nodes: list[str] | None = None,
 ) -> list[str]:
+    """torchrun for one node of the round: `nodes` is its rendezvous options (default: one node,
+    --standalone)."""
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        sys.executable, "-m", "torch.distributed.run", *(nodes or ["--standalone"]),
         f"--nproc-per-node={cell.nproc}", "-m", "hubbench.distributed",
         str(cell_file), str(out_file), builder, str(int(count)),
     ]  # fmt: skip
 
 
+def node_options(nnodes: int, node: int, addr: str, port: int) -> list[str]:
+    return [f"--nnodes={nnodes}", f"--node-rank={node}", f"--master-addr={addr}",
+            f"--master-port={port}"]  # fmt: skip
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def _post_round(cell: Cell, builder: str, count: bool) -> list[str]:
+    """Post this round to the job's other nodes; node 0's rendezvous options."""
+    box = os.environ.get(NODES_ENV)
+    if not box:
+        raise RankFailure(
+            "error",
+            f"nnodes={cell.nnodes} runs in a cluster job with a task per node: --executor slurm "
+            "(or submitit-local, which runs the nodes as tasks on this host)",
+        )
+    addr = os.environ.get(ADDR_ENV) or socket.gethostname()
+    port = _free_port()
+    folder = Path(box)
+    k = sum(1 for _ in folder.glob("round-*.json"))
+    post = {"cell": cell.to_json(), "builder": builder, "count": count, "addr": addr, "port": port}
+    _write_atomic(folder / f"round-{k:05d}.json", json.dumps(post))
+    return node_options(cell.nnodes, 0, addr, port)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def launch(cell: Cell, builder: str, count_flops: bool) -> RoundResult:
     """One round of `cell` under torchrun; raises RankFailure for a failed rank or launch."""
+    nodes = _post_round(cell, builder, count_flops) if cell.nnodes > 1 else None
     with tempfile.TemporaryDirectory(prefix="hubbench-ddp-") as tmp:
         cell_file, out_file, log_file = (
             Path(tmp, "cell.json"),
@@ -61,7 +121,7 @@ def launch(cell: Cell, builder: str, count_flops: bool) -> RoundResult:
         env = {**os.environ, "OMP_NUM_THREADS": str(cell.threads), "PYTHONUNBUFFERED": "1"}
         with log_file.open("wb") as log:
             code = subprocess.call(
-                torchrun_command(cell, cell_file, out_file, builder, count_flops),
+                torchrun_command(cell, cell_file, out_file, builder, count_flops, nodes),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -74,6 +134,94 @@ def launch(cell: Cell, builder: str, count_flops: bool) -> RoundResult:
             tail = _first_error(log_file.read_text(errors="replace"))
             raise RankFailure("error", f"torchrun exited with code {code}: {tail}")
         return RoundResult.from_json(answer["round"])
+
+
+# ----------------------------------------------------------------------------- nodes of a job
+
+
+@contextmanager
+def leading(box: Path, addr: str) -> Iterator[None]:
+    """The leader task's side: the mailbox set up for `launch`, a heartbeat, the end posted."""
+    box.mkdir(parents=True, exist_ok=True)
+    alive = box / "alive"
+    alive.touch()
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            alive.touch()
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    before = {k: os.environ.get(k) for k in (NODES_ENV, ADDR_ENV)}
+    os.environ[NODES_ENV], os.environ[ADDR_ENV] = str(box), addr
+    try:
+        yield
+    finally:
+        stop.set()
+        (box / "end").touch()
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _leader_gone(box: Path, waited: float) -> bool:
+    alive = box / "alive"
+    if not alive.exists():
+        return waited > JOIN_S
+    return time.time() - alive.stat().st_mtime > STALE_S
+
+
+def follow(box: Path, node: int, poll_s: float = 0.2) -> int:
+    """A follower task's side: run every round the leader posts, as node `node`, until it posts
+    the end or goes silent; the number of rounds run."""
+    started = time.monotonic()
+    k = 0
+    while True:
+        post = box / f"round-{k:05d}.json"
+        if post.exists():
+            _run_as_node(json.loads(post.read_text()), node, box, k, poll_s)
+            k += 1
+            continue
+        if (box / "end").exists() or _leader_gone(box, time.monotonic() - started):
+            return k
+        time.sleep(poll_s)
+
+
+def _run_as_node(post: dict[str, Any], node: int, box: Path, k: int, poll_s: float) -> None:
+    cell = Cell.from_json(post["cell"])
+    nodes = node_options(cell.nnodes, node, post["addr"], post["port"])
+    with tempfile.TemporaryDirectory(prefix="hubbench-node-") as tmp:
+        cell_file = Path(tmp, "cell.json")
+        cell_file.write_text(json.dumps(post["cell"]))
+        command = torchrun_command(cell, cell_file, Path(tmp, "round.json"), post["builder"],
+                                   post["count"], nodes)  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": str(cell.threads), "PYTHONUNBUFFERED": "1"}
+        with (box / f"node-{node}.log").open("ab") as log:
+            log.write(f"== round {k}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)  # fmt: skip
+            try:
+                while proc.poll() is None:
+                    given_up = (box / f"round-{k + 1:05d}.json").exists() or (box / "end").exists()
+                    if given_up or _leader_gone(box, 0.0):  # the leader moved on without us
+                        _kill_group(proc)
+                        break
+                    time.sleep(poll_s)
+            finally:
+                if proc.poll() is None:
+                    _kill_group(proc)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    import signal
+
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _die_with_parent() -> None:

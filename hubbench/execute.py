@@ -62,7 +62,7 @@ def execute_cell(
         _set_threads(cell.threads)
         device = _device(cell)
         outcome["device_name"] = device_name(device)  # failed rows too: plots group by device
-        if cell.nproc > 1:
+        if cell.world > 1:
             from hubbench.distributed import launch
 
             result = launch(cell, builder or "hubbench.models:build", count_flops).to_json()

@@ -23,6 +23,7 @@ measured interleaved on one host. Job logs (submitit's stdout / stderr per job) 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -121,7 +122,7 @@ def comparison_key(cell: Any) -> str:
 
 def shard(states: list[Any], cells_per_job: int) -> list[list[Any]]:
     """States packed into jobs of at most `cells_per_job`, each comparison group whole where it
-    fits, groups in plan order."""
+    fits, groups in plan order; a job's cells all run on the same number of nodes (its tasks)."""
     groups: dict[str, list[Any]] = {}
     for s in states:
         groups.setdefault(comparison_key(s.cell), []).append(s)
@@ -130,7 +131,8 @@ def shard(states: list[Any], cells_per_job: int) -> list[list[Any]]:
     for group in groups.values():
         for start in range(0, len(group), cells_per_job):
             piece = group[start : start + cells_per_job]
-            if current and len(current) + len(piece) > cells_per_job:
+            other_nodes = current and current[0].cell.nnodes != piece[0].cell.nnodes
+            if current and (len(current) + len(piece) > cells_per_job or other_nodes):
                 jobs.append(current)
                 current = []
             current = current + piece
@@ -156,31 +158,53 @@ class JobSpec:
 
 
 def run_job(job: JobSpec) -> dict[str, Any]:
-    """The body of a job: measure its cells with the isolated worker, rows to its part file."""
+    """The body of a job: measure its cells with the isolated worker, rows to its part file.
+
+    A job of nnodes > 1 cells has a task per node: task 0 leads (measures, and posts each round
+    to the others); the others follow (hubbench.distributed).
+    """
     from hubbench import store
     from hubbench.cell import Cell
+    from hubbench.distributed import follow, leading
     from hubbench.runner import _restore, _resumed, _stop_on_signals, measure_states
 
-    job_id = _job_id()
+    job_id, task, tasks = _job_task()
     states = [_resumed(Cell.from_json(c), r) for c, r in zip(job.cells, job.rows, strict=True)]
+    nnodes = max(s.cell.nnodes for s in states)
+    box = nodes_folder(Path(job.part))
+    if nnodes > 1 and tasks != nnodes:
+        raise HubbenchError(f"job {job_id}: nnodes={nnodes} cells need {nnodes} tasks, got {tasks}")
+    if task > 0:
+        rounds = follow(box, task)
+        return {"follower": task, "rounds": rounds, "host": socket.gethostname()}
     writer = store.RunWriter(Path(job.part))
     execution = {"executor": job.executor, "job_id": job_id}
     handlers = _stop_on_signals()
+    # submitit-local runs the "nodes" as tasks on this host
+    addr = "127.0.0.1" if job.executor == "submitit-local" else socket.gethostname()
     try:
-        interrupted = measure_states(
-            states, writer.put, job.suite, job.run_id, job.builder, execution
-        )
+        with leading(box, addr) if nnodes > 1 else contextlib.nullcontext():
+            interrupted = measure_states(
+                states, writer.put, job.suite, job.run_id, job.builder, execution
+            )
     finally:
         _restore(handlers)
     return {"interrupted": interrupted, "host": socket.gethostname(), "job_id": job_id}
 
 
-def _job_id() -> str | None:
+def nodes_folder(part: Path) -> Path:
+    """A multi-node job's mailbox (hubbench.distributed), beside its part file."""
+    return part.with_suffix(".nodes")
+
+
+def _job_task() -> tuple[str | None, int, int]:
+    """The job id, this task's global rank and the job's number of tasks."""
     import submitit
 
     with contextlib.suppress(RuntimeError, KeyError):
-        return str(submitit.JobEnvironment().job_id)
-    return None
+        env = submitit.JobEnvironment()
+        return str(env.job_id), env.global_rank, env.num_tasks
+    return None, 0, 1
 
 
 # ----------------------------------------------------------------------------- the submitter
@@ -247,7 +271,9 @@ def _rounds(row: Mapping[str, Any]) -> int:
     return len(row["round_samples_s"] or [])
 
 
-def _executor(spec: ExecutorSpec, folder: Path, shards: list[list[Any]]) -> Any:
+def _executor(spec: ExecutorSpec, folder: Path, shards: list[list[Any]], nnodes: int) -> Any:
+    """The submitit executor for the jobs of `shards` (all of them `nnodes` nodes): on Slurm,
+    nnodes nodes of one task each; submitit-local runs the nodes as tasks on this host."""
     import submitit
 
     cells = [s.cell for states in shards for s in states]
@@ -256,12 +282,13 @@ def _executor(spec: ExecutorSpec, folder: Path, shards: list[list[Any]]) -> Any:
     gpus = spec.gpus_per_job if spec.gpus_per_job is not None else (nproc if cuda else 0)
     cpus = spec.cpus_per_job or max(c.threads * c.nproc for c in cells)
     executor = submitit.AutoExecutor(folder=folder, cluster=CLUSTER[spec.kind])
+    slurm = spec.kind == "slurm"
     params: dict[str, Any] = {
         "name": "hubbench",
         "timeout_min": spec.time_min,
         "cpus_per_task": cpus,
-        "nodes": 1,
-        "tasks_per_node": 1,
+        "nodes": nnodes if slurm else 1,
+        "tasks_per_node": 1 if slurm else nnodes,
     }
     if gpus:
         params["gpus_per_node"] = gpus
@@ -284,7 +311,6 @@ def _watch_slurm() -> None:
     before writing its result would be waited for forever. squeue keeps finished jobs for
     MinJobAge (300 s by default), so it is polled at most every 10 s.
     """
-    import shutil
     import subprocess
 
     from submitit.slurm import slurm
@@ -351,8 +377,15 @@ def run_jobs(
     jobs = [
         _Job(k, piece, folder / f"part-{attempt}-{k}.parquet") for k, piece in enumerate(shards)
     ]
+
+    def nodes_of(states: list[Any]) -> int:
+        return max(s.cell.nnodes for s in states)  # one value: nnodes is in comparison_key
+
     try:
-        executor = _executor(spec, folder, shards)
+        executors = {
+            n: _executor(spec, folder, [p for p in shards if nodes_of(p) == n], n)
+            for n in sorted({nodes_of(p) for p in shards})
+        }
     except Exception as exc:  # submitit could not set up this executor (no sbatch, ...)
         raise HubbenchError(f"--executor {spec.kind}: {' '.join(str(exc).split())}") from exc
     left = {s.cell.cell_id: s.cell.measure.rounds - len(s.rounds) for s in pending}
@@ -436,18 +469,25 @@ def run_jobs(
             )
             for j in batch
         ]
+        handles: dict[int, Any] = {}
         try:
-            if spec.kind == "slurm":
-                with executor.batch():
-                    handles = [executor.submit(run_job, p) for p in payloads]
-            else:
-                handles = [executor.submit(run_job, p) for p in payloads]
+            for n, executor in executors.items():
+                mine = [(j, p) for j, p in zip(batch, payloads, strict=True)
+                        if nodes_of(j.states) == n]  # fmt: skip
+                if not mine:
+                    continue
+                if spec.kind == "slurm":
+                    with executor.batch():
+                        made = [executor.submit(run_job, p) for _, p in mine]
+                else:
+                    made = [executor.submit(run_job, p) for _, p in mine]
+                handles.update({j.index: h for (j, _), h in zip(mine, made, strict=True)})
         except Exception as exc:  # sbatch refused (no such partition, no Slurm, ...)
             raise HubbenchError(
                 f"--executor {spec.kind}: submitting failed: {' '.join(str(exc).split())}"
             ) from exc
-        for j, h in zip(batch, handles, strict=True):
-            j.handle = h
+        for j in batch:
+            j.handle = h = handles[j.index]
             # a job that ended without a result is waited for this long (submitit: 15 s)
             h._results_timeout_s = 5
 
@@ -490,6 +530,8 @@ def run_jobs(
         # every row is in the run file: this attempt's, and earlier ones' (merged on --resume)
         for part in folder.glob("part-*.parquet"):
             part.unlink(missing_ok=True)
+        for box in folder.glob("part-*.nodes"):
+            shutil.rmtree(box, ignore_errors=True)
     return False
 
 
@@ -510,7 +552,7 @@ def _finish(job: _Job, lose: Callable[[_Job, str], None]) -> None:
     job.finished = True
     reason = None
     try:
-        outcome = job.handle.result()
+        outcome = job.handle.results()[0]  # task 0's (a multi-node job's leader)
     except Exception as exc:  # the job failed, was cancelled or killed
         reason = _why(job, exc)
     else:

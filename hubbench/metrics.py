@@ -142,19 +142,23 @@ def measurement_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, 
 
 
 def weak_scaling(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Weak-scaling efficiency by cell id: an nproc > 1 row's tokens/s per rank over the tokens/s
-    of the row that measured the same cell (every cell field but nproc) at nproc 1."""
-    fields = [f for f in schema.cell_fields() if f != "nproc"]
+    """Weak-scaling efficiency by cell id: a world size > 1 row's tokens/s per rank over the
+    tokens/s of the row that measured the same cell (every cell field but nproc and nnodes) at
+    nproc 1 on one node."""
+    fields = [f for f in schema.cell_fields() if f not in ("nproc", "nnodes")]
 
     def key(row: Mapping[str, Any]) -> str:
         return repr([row.get(f) for f in fields])
 
+    def world(row: Mapping[str, Any]) -> int:
+        return (row.get("nproc") or 1) * (row.get("nnodes") or 1)
+
     single = {key(r): r["tokens_per_s"] for r in rows
-              if r.get("nproc") in (1, None) and r.get("tokens_per_s")}  # fmt: skip
+              if world(r) == 1 and r.get("tokens_per_s")}  # fmt: skip
     out = {}
     for r in rows:
         base = single.get(key(r))
-        if (r.get("nproc") or 1) > 1 and r.get("tokens_per_s_per_rank") and base:
+        if world(r) > 1 and r.get("tokens_per_s_per_rank") and base:
             out[r["cell_id"]] = r["tokens_per_s_per_rank"] / base
     return out
 

@@ -33,7 +33,7 @@ from typing import Any
 from hubbench import schema, store
 from hubbench.cell import Cell
 from hubbench.env import TORCH_ENV_KEYS, host_env, utc_now
-from hubbench.errors import HubbenchError
+from hubbench.errors import ConfigError, HubbenchError
 from hubbench.execute import MESSAGE_CHARS
 from hubbench.executors import leftover_rows
 from hubbench.metrics import (
@@ -190,6 +190,13 @@ def run_plan(
     `executor` (hubbench.executors.ExecutorSpec; None: local) runs the cells in submitit jobs
     instead of this process' worker; `on_jobs` then hears how the jobs stand.
     """
+    if (executor is None or executor.kind == "local") and any(c.nnodes > 1 for c in plan.cells):
+        many = max(c.nnodes for c in plan.cells)
+        raise ConfigError(
+            f"nnodes={many} needs a job with a task per node: --executor slurm (or "
+            "submitit-local, which runs the nodes as tasks on this host)",
+            ("nnodes",),
+        )
     writer, run_id, states, previous = prepare_run(plan, results_dir, resume)
     result = RunResult(
         writer.path,

@@ -41,7 +41,8 @@ from hubbench.errors import ReportError, SchemaError
 # 7: the quality mode: task run fields and the quality group (hubbench.quality)
 # 8: executors and torchrun: the nproc run field, the execution group, world size and per-rank
 #    tokens/s with the weak-scaling efficiency (hubbench.executors, hubbench.distributed)
-SCHEMA_VERSION = 8
+# 9: the nnodes run field (torchrun across a job's nodes)
+SCHEMA_VERSION = 9
 
 GROUPS = ("identity", "cell", "measure", "outcome", "execution", "measurement", "quality", "env")
 TYPES = ("int64", "float64", "string", "bool", "list<float64>", "list<list<float64>>")
@@ -164,10 +165,10 @@ COLUMNS: tuple[Column, ...] = (
     _c("tokens_per_s_p10", "float64", "measurement", "from the p90 step time"),
     _c("tokens_per_s_p90", "float64", "measurement", "from the p10 step time"),
     _c("world_size", "int64", "measurement",
-       "processes that ran the step together (nproc); tokens_per_s counts all of them"),
+       "processes that ran the step together (nnodes x nproc); tokens_per_s counts all of them"),
     _c("tokens_per_s_per_rank", "float64", "measurement", "tokens_per_s / world_size"),
     _c("weak_scaling_efficiency", "float64", "measurement",
-       "tokens_per_s_per_rank over the tokens_per_s of the same cell at nproc 1 in the same "
+       "tokens_per_s_per_rank over the tokens_per_s of the same cell at world size 1 in the same "
        "run (null without one)"),
     _c("warmup_s", "float64", "measurement", "wall time of the untimed steps, FLOP count included"),
     _c("warmup_steps", "int64", "measurement", "untimed steps, all rounds"),

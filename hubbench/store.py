@@ -262,7 +262,7 @@ def read_run(spec: str | Path, directory: str | Path | None = None) -> pd.DataFr
 
 
 # columns added later whose value in an older row is known, not null
-UPGRADE_DEFAULTS: dict[str, Any] = {"nproc": 1, "executor": "local"}
+UPGRADE_DEFAULTS: dict[str, Any] = {"nproc": 1, "nnodes": 1, "executor": "local"}
 
 
 def _upgrade(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,8 +20,8 @@ A suite file (see suites/*.toml and the README's "Suites" section):
     [executor]                         # how `--executor submitit-local | slurm` shards and
     cells_per_job = 4; partition = "gpu"; time_min = 120; gpus_per_job = 1; parallelism = 8
 
-A field is a run field (variant, mode, device, batch, seq, compile, threads, nproc, ...) or a
-config field of some variant (hubbench.variants). Each cell keeps only the fields its variant
+A field is a run field (variant, mode, device, batch, seq, compile, threads, nproc, nnodes, ...)
+or a config field of some variant (hubbench.variants). Each cell keeps only the fields its variant
 has and that can change what it builds (variants.inert_fields); the others are null in its row
 and do not multiply cells. CLI overrides (`--seq 1024`, `--set hubs=4,8`) replace a field's
 values after the device overlay. Every cell's config is validated once, here, before anything
@@ -676,7 +676,7 @@ def expand(
     if not cells:
         why = f"; {len(excluded)} excluded by the suite's [[exclude]] rules" if excluded else ""
         raise SuiteError(f"{suite.path}: the sweep has no cells to run{why}")
-    varying = schema.varying([{**c.identity, "nproc": c.nproc} for c in cells], nulls=False)
+    varying = schema.varying([c.explicit_identity for c in cells], nulls=False)
     return Plan(suite, cells, excluded, merged, tuple(varying))
 
 
@@ -696,7 +696,7 @@ def _make_cell(
     if run["mode"] not in MODES:
         raise fail(f"unknown mode {run['mode']!r}; valid: {', '.join(MODES)}", ["mode"])
     quality = run["mode"] == "quality"
-    checked = ("batch", "seq", "threads", "nproc")
+    checked = ("batch", "seq", "threads", "nproc", "nnodes")
     checked += ("decode_tokens",) * (run["mode"] == "decode")
     checked += ("train_updates",) * quality + ("kv_pairs",) * (quality and run["task"] == "mqar")
     for key in checked:
@@ -739,10 +739,11 @@ def _make_cell(
         if run["compile"]:
             raise fail("mode quality does not run compiled (compile=true)", ["compile"])
         settings = dataclasses.replace(settings, rounds=1)  # one training run is the cell
-    if run["nproc"] > 1 and (quality or run["compile"]):
-        what = "mode quality" if quality else "compile=true"
-        raise fail(f"nproc={run['nproc']} runs the timed step under torchrun; {what} does not "
-                   "(use nproc=1)", ["nproc"])  # fmt: skip
+    for key in ("nproc", "nnodes"):
+        if run[key] > 1 and (quality or run["compile"]):
+            what = "mode quality" if quality else "compile=true"
+            raise fail(f"{key}={run[key]} runs the timed step under torchrun; {what} does not "
+                       f"(use {key}=1)", [key])  # fmt: skip
     return Cell(
         index=index,
         variant=variant,
@@ -756,6 +757,7 @@ def _make_cell(
         measure=settings,
         decode_tokens=run["decode_tokens"],
         nproc=run["nproc"],
+        nnodes=run["nnodes"],
         **{k: run[k] for k in QUALITY_FIELDS},
     )
 

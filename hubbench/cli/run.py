@@ -191,6 +191,11 @@ def register(app: typer.Typer) -> None:
             "--nproc",
             help=f"Processes per cell under torchrun, data-parallel (DDP; {LIST_HELP}).",
         ),
+        nnodes: list[str] = typer.Option(
+            None,
+            "--nnodes",
+            help=f"Nodes per cell, nproc processes each (--executor slurm; {LIST_HELP}).",
+        ),
         executor: str = typer.Option(
             None,
             "--executor",
@@ -237,6 +242,7 @@ def register(app: typer.Typer) -> None:
           hubbench run ci --executor submitit-local --cells-per-job 2
           hubbench run scaling --executor slurm --partition gpu --job-time 120
           hubbench run ci --nproc 1,2
+          hubbench run ci --executor slurm --nnodes 2 --nproc 4 --device cuda
           hubbench run throughput --seq 512,1024 \\
             --mixer examples/sliding_window.py:SlidingWindowAttention --set window=64,128
         """
@@ -247,7 +253,8 @@ def register(app: typer.Typer) -> None:
             suite,
             axes={"seq": seq, "variant": variant, "device": device, "dtype": dtype, "mode": mode,
                   "batch": batch, "threads": threads, "decode_tokens": decode_tokens,
-                  "task": task, "data": data, "mixer": mixer, "nproc": nproc},
+                  "task": task, "data": data, "mixer": mixer, "nproc": nproc,
+                  "nnodes": nnodes},
             sets=sets,
             measure={"rounds": rounds, "repeats": repeats, "warmup": warmup,
                      "min_time_s": min_time, "timeout_s": timeout},

@@ -77,7 +77,7 @@ def suites_table() -> Table:
 def plan_table(plan: Plan) -> Table:
     training = all(c.mode == "quality" for c in plan.cells)  # one training run per cell
     settings = ("timeout_s",) if training else ("rounds", "repeats", "warmup")
-    idents = [{**c.identity, "nproc": c.nproc, **{k: getattr(c.measure, k) for k in settings}}
+    idents = [{**c.explicit_identity, **{k: getattr(c.measure, k) for k in settings}}
               for c in plan.cells]  # fmt: skip
     fields = schema.varying(idents, ("attention", *DETAIL_FIELDS, *settings), nulls=False)
     first = idents[0]

@@ -57,8 +57,9 @@ def run_table(rows: Sequence[Mapping[str, Any]]) -> RunTable:
     the speed of light reached."""
     rows = [{k: norm_value(v) for k, v in r.items()} for r in rows]
     details = schema.varying(rows, DETAIL_FIELDS, nulls=False)
-    if "nproc" not in details and any((r.get("nproc") or 1) > 1 for r in rows):
-        details.append("nproc")  # tok/s counts every process: say how many
+    for name in ("nproc", "nnodes"):  # tok/s counts every process: say how many
+        if name not in details and any((r.get(name) or 1) > 1 for r in rows):
+            details.append(name)
     stateful = any(r.get("state_bytes") is not None for r in rows)
     failed = any(r.get("status") != "ok" for r in rows)
     quality = any(r.get("mode") == "quality" for r in rows)
