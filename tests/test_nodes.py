@@ -128,3 +128,16 @@ def test_two_node_cells_through_submitit_local(
     folder = jobs_folder(result.path)
     assert not list(folder.glob("part-*"))  # parts and mailboxes removed once merged
     assert len(list(folder.glob(f"{two['job_id']}_*_log.out"))) == 2  # a task per node
+
+
+def test_a_slurm_job_of_two_node_cells_asks_for_two_nodes_of_one_task(tmp_path: Path) -> None:
+    from hubbench.executors import _executor
+
+    cuda = dataclasses.replace(nodes_cell(0, 2), device="cuda", nproc=4, threads=2)
+    spec = ExecutorSpec(kind="slurm", partition="gpu")
+    executor = _executor(spec, tmp_path, [[CellState(cuda)]], nnodes=2)
+    script = executor._executor._make_submission_file_text("python -m x", "uid")
+    lines = set(script.splitlines())
+    assert {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=4",
+            "#SBATCH --cpus-per-task=8", "#SBATCH --partition=gpu"} <= lines  # fmt: skip
+    assert any(line.startswith("srun ") for line in lines)  # one task per node, each run_job
