@@ -30,9 +30,12 @@ stops when the leader's heartbeat goes stale. Only global rank 0, on the leader,
 
 from __future__ import annotations
 
+import faulthandler
+import itertools
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -127,10 +130,12 @@ def launch(cell: Cell, builder: str, count_flops: bool) -> RoundResult:
                 env=env,
                 preexec_fn=_die_with_parent,  # the worker killed for a timeout takes it along
             )
+        # Rank 0 writes the answer once every rank has reported, so an answer is the whole
+        # round even where a rank then failed to exit cleanly.
         answer = json.loads(out_file.read_text()) if out_file.exists() else None
         if answer is not None and answer.get("error"):
             raise RankFailure(answer["error"]["status"], answer["error"]["message"])
-        if code != 0 or answer is None:
+        if answer is None:
             tail = _first_error(log_file.read_text(errors="replace"))
             raise RankFailure("error", f"torchrun exited with code {code}: {tail}")
         return RoundResult.from_json(answer["round"])
@@ -230,13 +235,48 @@ def _die_with_parent() -> None:
     die_with_parent()
 
 
+_EXCEPTION = re.compile(
+    r"^(?:\[rank(\d+)\]:\s*)?((?:[A-Za-z_][\w.]*\.)?\w*(?:Error|Exception)\b.*)$"
+)
+_FAULT_FRAME = re.compile(r'^File ".*", line \d+ in ')  # faulthandler's, not a traceback's
+_ROOT_FIELD = re.compile(r"^(rank|exitcode|traceback)\s*:\s*(.*)$")
+
+
 def _first_error(log: str) -> str:
-    """The line of a torchrun log that says what went wrong, else its last line."""
+    """What a failed torchrun's log says went wrong, on one line. torchrun names the rank that
+    failed first (its "Root Cause"); the others only report losing it. That rank's exception if
+    it raised one, else how it ended (a signal, with the frame faulthandler printed: a crash in
+    C code raises nothing); without a root cause, the first exception; else the last line."""
     lines = [line.strip() for line in log.splitlines() if line.strip()]
+    raised: dict[str | None, str] = {}
     for line in lines:
-        if "Error" in line and not line.startswith(("Traceback", "File ")):
-            return line[-400:]
-    return (lines[-1] if lines else "no output")[-400:]
+        found = _EXCEPTION.match(line)
+        if found and "ChildFailedError" not in line:
+            raised.setdefault(found[1], found[2])
+    start = next((i for i, line in enumerate(lines) if line.startswith("Root Cause")), None)
+    if start is None:
+        first = next(iter(raised.items()), None)
+        if first is None:
+            return (lines[-1] if lines else "no output")[-400:]
+        return (f"rank {first[0]}: {first[1]}" if first[0] else first[1])[-400:]
+    root: dict[str, str] = {}
+    for line in lines[start:]:
+        found = _ROOT_FIELD.match(line)
+        if found:
+            root.setdefault(found[1], found[2].strip())
+    rank = root.get("rank", "?").split(" ")[0]
+    if rank in raised:
+        return f"rank {rank}: {raised[rank]}"[-400:]
+    how = root.get("traceback", "")
+    text = f"rank {rank} ended with " + (
+        how if how.startswith("Signal") else f"exit code {root.get('exitcode', '?').split(' ')[0]}"
+    )
+    fatal = next((i for i, line in enumerate(lines) if line.startswith("Fatal Python error")), None)
+    if fatal is not None:
+        block = itertools.takewhile(lambda x: not x.startswith("Extension modules"), lines[fatal:])
+        frame = next((x for x in block if _FAULT_FRAME.match(x)), "")
+        text += f"; {lines[fatal]}" + (f" at {frame}" if frame else "")
+    return text[-400:]
 
 
 # ----------------------------------------------------------------------------- a rank
@@ -336,6 +376,7 @@ def rank_main(cell_file: str, out_file: str, builder: str, count: str) -> None:
     from hubbench.worker import die_with_parent, load_builder
 
     die_with_parent()
+    faulthandler.enable()  # a rank that crashes in C code still says where, in the log
     import torch
     import torch.distributed as dist
 
@@ -366,6 +407,12 @@ def rank_main(cell_file: str, out_file: str, builder: str, count: str) -> None:
         tmp.write_text(json.dumps(answer))
         tmp.replace(out_file)
     dist.destroy_process_group()
+    # Skip the interpreter's teardown: under load, a gloo rank's C++ threads could abort it
+    # ("terminate called without an active exception", SIGABRT) after the answer was written,
+    # failing a round that had measured in full (CI, 1 round in 30 on two busy cores here).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

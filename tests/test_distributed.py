@@ -54,6 +54,64 @@ def test_first_error_finds_the_line_that_says_why() -> None:
     assert _first_error("") == "no output"
 
 
+def torchrun_log(ranks: str, root_rank: int, code: int, signal: str = "") -> str:
+    """The shape of a failed torchrun's output (torch 2.13): what the ranks printed, the agent's
+    own traceback ending in ChildFailedError, then its failure summary with the root cause."""
+    trace = f"Signal {signal} received by PID 99" if signal else "To enable traceback see: ..."
+    return f"""{ranks}
+E1203 17:53:19.903000 5787 api.py:1002] failed (exitcode: {code}) local_rank: {root_rank}
+Traceback (most recent call last):
+  File "torch/distributed/launcher/api.py", line 383, in launch_agent
+    raise ChildFailedError(
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+hubbench.distributed FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  rank      : {1 - root_rank} (local_rank: {1 - root_rank})
+  exitcode  : -15 (pid: 98)  (SIGTERM)
+  traceback : Signal 15 (SIGTERM) received by PID 98
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-03_17:53:19
+  rank      : {root_rank} (local_rank: {root_rank})
+  exitcode  : {code} (pid: 99)
+  error_file: <N/A>
+  traceback : {trace}
+============================================================
+"""
+
+
+def test_first_error_names_the_rank_torchrun_blames_not_its_own_traceback() -> None:
+    # CI's failure read "torchrun exited with code 1: raise ChildFailedError(": the agent's
+    # traceback, which says nothing about the rank.
+    lost = (
+        "[rank0]: Traceback (most recent call last):\n[rank0]:     work.wait()\n"
+        "[rank0]: RuntimeError: [gloo/pair.cc:553] Connection closed by peer [127.0.0.1]:4275"
+    )
+    raised = "[rank1]: Traceback (most recent call last):\n[rank1]: ValueError: rank one fell over"
+    # rank 0 only lost its peer; rank 1 raised first, and torchrun says so
+    assert (
+        _first_error(torchrun_log(lost + "\n" + raised, 1, 1))
+        == "rank 1: ValueError: rank one fell over"
+    )
+    crashed = (
+        "terminate called without an active exception\nFatal Python error: Aborted\n\n"
+        "Thread 0x00007fdb91a6bb80 (most recent call first):\n  <no Python frame>"
+    )
+    assert _first_error(torchrun_log(crashed, 0, -6, "6 (SIGABRT)")) == (
+        "rank 0 ended with Signal 6 (SIGABRT) received by PID 99; Fatal Python error: Aborted"
+    )
+    segv = 'Fatal Python error: Segmentation fault\nCurrent thread 0x1:\n  File "m.py", line 6 in f'
+    assert _first_error(torchrun_log(segv, 1, -11, "11 (SIGSEGV)")) == (
+        "rank 1 ended with Signal 11 (SIGSEGV) received by PID 99; Fatal Python error: "
+        'Segmentation fault at File "m.py", line 6 in f'
+    )
+    assert _first_error(torchrun_log("[rank1]: bye", 1, 3)) == "rank 1 ended with exit code 3"
+
+
 def test_weak_scaling_pairs_each_cell_with_its_single_process_twin() -> None:
     base = {"variant": "transformer", "seq": 32, "mode": "fwd_bwd"}
     rows = [
