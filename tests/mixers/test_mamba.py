@@ -278,6 +278,17 @@ def _saved_storages(fn) -> dict[int, tuple[tuple[int, ...], int]]:
     return seen
 
 
+def _assert_matches_loop_float64(inputs: dict[str, torch.Tensor], chunk: int) -> None:
+    """The chunked scan's output and every gradient equal the token loop's, in float64."""
+    ref = selective_scan_chunked(**inputs, delta_softplus=True, chunk_size=chunk)
+    seq = selective_scan_ref(**inputs, delta_softplus=True)
+    torch.testing.assert_close(ref, seq, **TOL[torch.float64])
+    for name, g_ref, g_seq in zip(inputs, _grads(ref, inputs), _grads(seq, inputs), strict=True):
+        torch.testing.assert_close(
+            g_ref, g_seq, **TOL[torch.float64], msg=lambda m, n=name: f"{n}: {m}"
+        )
+
+
 @pytest.mark.parametrize(
     ("batch", "L", "chunk"), [(1, 1, 64), (2, 50, 64), (3, 200, 16), (1, 37, 8)]
 )
@@ -288,13 +299,33 @@ def test_chunked_scan_all_gradients_match_loop_float64(
     inputs = _scan_inputs(batch, 7, 5, L, torch.float64, seed=L)
     if not optional:
         inputs = {k: inputs[k] for k in ("u", "delta", "A", "B", "C", "z")}
-    ref = selective_scan_chunked(**inputs, delta_softplus=True, chunk_size=chunk)
-    seq = selective_scan_ref(**inputs, delta_softplus=True)
-    torch.testing.assert_close(ref, seq, **TOL[torch.float64])
-    for name, g_ref, g_seq in zip(inputs, _grads(ref, inputs), _grads(seq, inputs), strict=True):
-        torch.testing.assert_close(
-            g_ref, g_seq, **TOL[torch.float64], msg=lambda m, n=name: f"{n}: {m}"
-        )
+    _assert_matches_loop_float64(inputs, chunk)
+
+
+@pytest.mark.parametrize(("elems", "chunk"), [(35, 16), (3 * 35 * 4, 16), (2 * 35 * 3, 12)])
+def test_sub_chunked_scan_matches_loop_float64(
+    monkeypatch: pytest.MonkeyPatch, elems: int, chunk: int
+) -> None:
+    # At large batch a chunk is worked in sub-chunks that fit SCAN_WORK_ELEMS (here 1, 4 and 2
+    # tokens of B 1 x D_inner 7 x N 5; 2 does not divide the 45-token tail evenly into chunks of
+    # 12), the state kept only per chunk and the sub-chunk states rebuilt in backward.
+    monkeypatch.setattr(mamba_mod, "SCAN_WORK_ELEMS", elems)
+    inputs = _scan_inputs(1, 7, 5, 45, torch.float64, seed=3)
+    _assert_matches_loop_float64(inputs, chunk)
+
+
+def test_sub_chunks_are_cache_sized_powers_of_two() -> None:
+    def work(batch: int, d_inner: int, n: int, chunk: int = 64) -> int:
+        u = torch.empty(batch, 1, d_inner)
+        args = mamba_mod._ScanArgs(u, u, torch.empty(d_inner, n), u, u, None, None, None,
+                                   False, torch.float32)  # fmt: skip
+        return mamba_mod._work_tokens(args, chunk)
+
+    assert work(64, 128, 16) == 4  # the quality suite's jamba: 4 x 131072 = 2**19 elements
+    assert work(1, 512, 16) == 64  # batch 1 at d_model 256: whole chunks
+    assert work(8, 128, 16) == 32
+    assert work(1, 128, 16, chunk=12) == 8  # never more than the chunk
+    assert work(64, 1024, 16) == 1  # a buffer bigger than the target still makes progress
 
 
 def test_chunked_scan_with_some_inputs_frozen() -> None:
