@@ -90,11 +90,17 @@ def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
     os.replace between the two (a job rewriting its part file while the submitter merges it) gives
     the new file's bytes read with the old file's size: "Deserializing page header failed".
     One descriptor holds one inode, so a reader sees the old file or the new one, whole.
+
+    Without Arrow's thread pools: a process whose reads had started them sometimes aborted at
+    exit ("terminate called without an active exception", SIGABRT; apache/arrow#34314), 2 in 20
+    processes that read four run files on two busy cores here, which fails a `hubbench` command
+    that had done its work. `pq.read_table` starts a pool even with use_threads=False (it goes
+    through the dataset API); ParquetFile.read without threads or pre-buffering starts none.
     """
     import pyarrow.parquet as pq
 
     with open(path, "rb") as f:
-        return pq.read_table(f, columns=columns)
+        return pq.ParquetFile(f, pre_buffer=False).read(columns=columns, use_threads=False)
 
 
 def readable(path: Path) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -133,6 +135,29 @@ def test_a_reader_sees_a_whole_file_while_a_writer_rewrites_it(tmp_path: Path) -
         done.set()
         thread.join()
     assert counts <= set(range(1, 8))
+
+
+def test_reading_runs_starts_no_arrow_threads(tmp_path: Path) -> None:
+    # A process that had started Arrow's thread pools sometimes aborted at exit with
+    # "terminate called without an active exception" (apache/arrow#34314): 2 in 20 here, each
+    # a finished command exiting 134. Reading runs must leave the threads pyarrow's import makes.
+    path = store.run_path(tmp_path, "s", "aaaa0001")
+    store.write_rows(path, [row(i) for i in range(5)])
+    script = (
+        "import os, sys, pyarrow.parquet\nfrom pathlib import Path\n"
+        "from hubbench import store\n"
+        "count = lambda: len(os.listdir('/proc/self/task'))\n"
+        "before = count()\n"
+        "for _ in range(3):\n"
+        "    p = Path(sys.argv[1]); store.read_rows(p); store.readable(p); store.run_info(p)\n"
+        "print(before, count())\n"
+    )
+    if not Path("/proc/self/task").is_dir():
+        pytest.skip("counts threads through /proc/self/task (Linux)")
+    out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    before, after = map(int, out.stdout.split())
+    assert after == before, out.stdout
 
 
 def test_a_new_run_never_takes_an_existing_id(tmp_path: Path, monkeypatch) -> None:
