@@ -407,9 +407,10 @@ def rank_main(cell_file: str, out_file: str, builder: str, count: str) -> None:
         tmp.write_text(json.dumps(answer))
         tmp.replace(out_file)
     dist.destroy_process_group()
-    # Skip the interpreter's teardown: under load, a gloo rank's C++ threads could abort it
-    # ("terminate called without an active exception", SIGABRT) after the answer was written,
-    # failing a round that had measured in full (CI, 1 round in 30 on two busy cores here).
+    # Skip the interpreter's teardown: under load, a C++ thread of the rank (torch's or gloo's; it
+    # had no Python frame) could abort it ("terminate called without an active exception",
+    # SIGABRT) after the answer was written, failing a round that had measured in full (CI;
+    # 1 round in 30 on two busy cores here).
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
