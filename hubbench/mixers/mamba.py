@@ -17,13 +17,13 @@ tensors of that size (as a plain autograd scan does) costs one 128 MB copy per t
 D_inner 512, N 16, L 4096, and autograd keeps several. Instead the sequence is cut into chunks of
 SCAN_CHUNK tokens, and each chunk into sub-chunks of T tokens whose (B, T, D_inner, N) buffers fit
 in cache (SCAN_WORK_ELEMS); a Python loop runs over sub-chunks (never over tokens), carrying the
-state h across. Inside a sub-chunk, a work-efficient odd/even parallel scan runs in place. Decays are multiplied, never divided: every factor
-is exp(delta * A) <= 1, so no exp(+S) blow-up. A custom autograd Function (delta bias + softplus,
+state h across. Inside a sub-chunk, a work-efficient odd/even parallel scan runs in place.
+Decays are multiplied, never divided: every factor is exp(delta * A) <= 1, so no exp(+S)
+blow-up. A custom autograd Function (delta bias + softplus,
 scan, skip D, SiLU(z) gate, as mamba-ssm's selective_scan_fn) saves only its inputs as passed (bf16
 under autocast) and the chunk-start states; all fp32 work runs chunk by chunk, and the backward
 rebuilds each chunk's sub-chunk start states, then each sub-chunk's states, from the chunk's start
-state, in reverse (reverse scan for dL/dh). The conv +
-SiLU recomputes its conv in backward. docs/mamba.md gives the bytes kept per token.
+state, in reverse (reverse scan for dL/dh). The conv + SiLU recomputes its conv in backward. docs/mamba.md gives the bytes kept per token.
 """
 
 from __future__ import annotations
