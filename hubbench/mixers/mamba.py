@@ -23,7 +23,8 @@ blow-up. A custom autograd Function (delta bias + softplus,
 scan, skip D, SiLU(z) gate, as mamba-ssm's selective_scan_fn) saves only its inputs as passed (bf16
 under autocast) and the chunk-start states; all fp32 work runs chunk by chunk, and the backward
 rebuilds each chunk's sub-chunk start states, then each sub-chunk's states, from the chunk's start
-state, in reverse (reverse scan for dL/dh). The conv + SiLU recomputes its conv in backward. docs/mamba.md gives the bytes kept per token.
+state, in reverse (reverse scan for dL/dh). The conv + SiLU recomputes its conv in backward.
+docs/mamba.md gives the bytes kept per token.
 """
 
 from __future__ import annotations
