@@ -93,9 +93,11 @@ def killed_job(results: Path) -> dict[str, Any]:
     if victim is None:
         proc.kill()
         raise SystemExit("no job wrote a part file within 300 s")
-    try:
-        os.kill(victim, signal.SIGKILL)
-    except ProcessLookupError:
+    try:  # the job id is its launcher's pid; the measuring process is its child: kill both
+        children = Path(f"/proc/{victim}/task/{victim}/children").read_text().split()
+        for pid in [victim, *map(int, children)]:
+            os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, FileNotFoundError):
         print(f"job {victim} had already ended", flush=True)
     proc.wait()
     rows = rows_of(results)
