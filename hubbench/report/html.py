@@ -21,6 +21,7 @@ from hubbench.metrics import BACKEND_COLUMNS
 from hubbench.report import format as fmt
 from hubbench.report.format import fmt_seq
 from hubbench.report.load import labeller, norm_value, run_label
+from hubbench.report.runtable import QUALITY_HEADERS, quality_cells
 from hubbench.variants import display_order
 
 if TYPE_CHECKING:
@@ -83,8 +84,10 @@ def _results_table(df: pd.DataFrame) -> str:
 
     fields = [f for f in join_fields(df) if f != "seq"]
     label_of = labeller(df, fields)
+    quality = bool((df["mode"] == "quality").any())  # the run table's quality columns, too
     head = ["cell", "n", "status", "tokens/s", "step time (p10–p90)", "peak memory", "MFU",
-            "speed of light: tokens/s (reached)", "backends"]  # fmt: skip
+            "speed of light: tokens/s (reached)", "backends",
+            *(QUALITY_HEADERS if quality else ())]  # fmt: skip
     out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     keyed = [
         (display_order(str(r["variant"])), label_of(r), int(r["seq"]), r) for _, r in df.iterrows()
@@ -114,8 +117,33 @@ def _results_table(df: pd.DataFrame) -> str:
             f'<td class="num">{_speed_of_light(r) if ok else "-"}</td>',
             f"<td>{html.escape(backends) or '-'}</td>",
         ]
+        if quality:
+            scores = quality_cells({k: norm_value(v) for k, v in r.items()}) if ok else []
+            scores = scores or ["-"] * len(QUALITY_HEADERS)
+            cells += [
+                f'<td class="{_quality_class(h, v)}">{html.escape(v)}</td>'
+                for h, v in zip(QUALITY_HEADERS, scores, strict=True)
+            ]
         out.append(f'<tr class="{"" if ok else "bad"}">' + "".join(cells) + "</tr>")
-    return "\n".join(out) + "</table>"
+    table = "\n".join(out) + "</table>"
+    if quality:
+        table += (
+            "<p class='sub'>Quality rows: tokens/s and step time are per training update; "
+            "quality is the held-out accuracy (mqar) or bits per byte (bytes), beside the trivial "
+            "model's; routing P/R is the router's precision / recall beside a random "
+            "selection's; causal is <code>verify causal</code> on the trained model "
+            "(docs/quality.md).</p>"
+        )
+    return table
+
+
+def _quality_class(header: str, value: str) -> str:
+    """Colour the verdict columns: converged yes/no, the causal check pass / LEAKS."""
+    if header == "conv" and value in ("yes", "no"):
+        return "ok" if value == "yes" else "warn"
+    if header == "causal" and value != "-":
+        return "ok" if value == "pass" else "fail"
+    return "num" if header != "causal" else ""
 
 
 def _speed_of_light(r: Any) -> str:

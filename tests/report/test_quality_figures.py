@@ -82,3 +82,18 @@ def test_both_kinds_draw_and_the_leak_stays_off_the_front(quality_run) -> None:
 def test_a_throughput_run_has_no_quality_figures() -> None:
     df = check_schema(make_run([cell("transformer", 1024)]), "throughput")
     assert "quality" in supported("pareto", df)
+
+
+def test_the_html_results_table_has_the_quality_columns(quality_run) -> None:
+    from hubbench.report.html import build_html
+    from hubbench.report.runtable import QUALITY_HEADERS
+
+    page = build_html(quality_run)
+    table = page[page.index("<h2>Results</h2>") : page.index("<h2>Environment</h2>")]
+    for header in QUALITY_HEADERS:
+        assert f"<th>{header}</th>" in table
+    assert table.count("<tr") == 1 + len(quality_run)
+    # the scores and the verdicts, the leaking model's included
+    assert ">90.0%<" in table and ">40.0%<" in table and "not causal" in table
+    assert '<td class="ok">pass</td>' in table and '<td class="fail">not causal</td>' in table
+    assert "per training update" in table
