@@ -150,6 +150,36 @@ def rows_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
     return table
 
 
+def seeds_table(rows: Sequence[Mapping[str, Any]]) -> Table | None:
+    """A quality run's configs pooled over seeds (hubbench.report.runtable.seed_table), or None
+    when no config has two seeds."""
+    from rich import box
+
+    from hubbench.report.runtable import seed_table
+
+    data = seed_table(rows)
+    if data is None:
+        return None
+    table = Table(
+        title="over seeds",
+        title_justify="left",
+        caption=escape("; ".join(data.notes)),
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for column in data.columns:
+        table.add_column(column.header, justify="right" if column.numeric else "left",
+                         style=COLUMN_STYLE.get(column.header))  # fmt: skip
+    for row in data.rows:
+        style = "" if row.status == "ok" else STATUS_STYLE.get(row.status, "red")
+        cells = [escape(t) for t in row.cells]
+        if style:
+            cells[2] = f"[{style}]{cells[2]}[/]"
+        table.add_row(*cells)
+    return table
+
+
 def env_table(env: Mapping[str, Any], title: str = "environment") -> Table:
     table = Table(title=title, title_justify="left", show_header=False)
     table.add_column("key", style="bold")

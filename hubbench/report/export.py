@@ -65,7 +65,7 @@ def to_json(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def to_markdown(rows: Sequence[Mapping[str, Any]], title: str) -> str:
     from hubbench.report.noise import noise
-    from hubbench.report.runtable import run_table
+    from hubbench.report.runtable import run_table, seed_table
 
     table = run_table(rows)
     lines = [
@@ -81,6 +81,13 @@ def to_markdown(rows: Sequence[Mapping[str, Any]], title: str) -> str:
             cells[attention] = f"_{cells[attention]}_"
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", table.caption("italic") + "."]
+    pooled = seed_table(rows)
+    if pooled is not None:
+        lines += ["", "#### over seeds", "",
+                  "| " + " | ".join(md_cell(c.header) for c in pooled.columns) + " |",
+                  "|" + "|".join("---:" if c.numeric else "---" for c in pooled.columns) + "|",
+                  *("| " + " | ".join(md_cell(t) for t in r.cells) + " |" for r in pooled.rows),
+                  "", "; ".join(pooled.notes) + "."]  # fmt: skip
     level = noise(rows)
     if level is not None:
         lines += ["", level.line() + "."]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
@@ -31,6 +31,7 @@ class Config:
     variant: str
     attention: str | None
     rows: list[dict[str, Any]]  # its ok quality rows, one per seed
+    failed: list[dict[str, Any]] = field(default_factory=list)  # its other quality rows
 
     @property
     def leaks(self) -> bool:
@@ -52,9 +53,17 @@ def quality_metric(task: str) -> tuple[str, str, bool]:
 def configs(df: pd.DataFrame) -> list[Config]:
     """The facet's ok quality rows grouped into configs (every series field but seed)."""
     rows = [{k: norm_value(v) for k, v in r.items()} for _, r in df.iterrows()]
-    rows = [r for r in rows if r.get("mode") == "quality" and r.get("status") == "ok"]
+    return [c for c in pool_seeds(rows) if c.rows]
+
+
+def pool_seeds(rows: Sequence[dict[str, Any]]) -> list[Config]:
+    """Quality rows grouped into configs: rows that differ only in `seed` are one config. The
+    fields that name a config are those that vary among the ok rows (among all when none is ok);
+    a config keeps its failed rows beside its ok ones."""
+    rows = [r for r in rows if r.get("mode") == "quality"]
+    ok = [r for r in rows if r.get("status") == "ok"]
     fields = [f for f in schema.fields_with_role("series") if f not in ("seed", "variant")]
-    fields = schema.varying(rows, ["seq", *fields], nulls=False)
+    fields = schema.varying(ok or rows, ["seq", *fields], nulls=False)
     out: dict[tuple, Config] = {}
     for r in rows:
         key = (r["variant"], *(r.get(f) for f in fields))
@@ -62,7 +71,7 @@ def configs(df: pd.DataFrame) -> list[Config]:
             extra = " ".join(f"{f}={r[f]}" for f in fields if r.get(f) is not None)
             name = display_name(str(r["variant"]), r.get("mixer"))
             out[key] = Config(f"{name} {extra}".strip(), str(r["variant"]), r.get("attention"), [])
-        out[key].rows.append(r)
+        (out[key].rows if r.get("status") == "ok" else out[key].failed).append(r)
     return list(out.values())
 
 

@@ -141,6 +141,80 @@ def quality_cells(r: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def seed_table(rows: Sequence[Mapping[str, Any]]) -> RunTable | None:
+    """The quality rows pooled over seeds, one line per config (rows that differ only in
+    `seed`): the score's mean and its 95% t-interval (min-max from two seeds), the seeds that
+    converged, the router's mean precision beside a random selection's, the mean training tok/s
+    and the causal checks. None unless some config has two or more seeds."""
+    from hubbench.report.quality_figures import mean_interval, pool_seeds, quality_metric
+
+    rows = [{k: norm_value(v) for k, v in r.items()} for r in rows]
+    pooled = pool_seeds(rows)
+    if not any(len(c.rows) + len(c.failed) > 1 for c in pooled):
+        return None
+    columns = (TableColumn("config"), TableColumn("task"), TableColumn("seeds", True),
+               TableColumn("quality", True), TableColumn("conv", True),
+               TableColumn("routing P", True), TableColumn("random P", True),
+               TableColumn("tok/s", True), TableColumn("causal"))  # fmt: skip
+    out = []
+    for c in pooled:
+        task = str((c.rows or c.failed)[0].get("task") or "mqar")
+        column, _, _ = quality_metric(task)
+        show = fmt.bits if task == "bytes" else fmt.fraction
+        seeds = len(c.rows) + len(c.failed)
+        verdicts = [r.get("converged") for r in c.rows if r.get("converged") is not None]
+        cells = (
+            c.label,
+            task,
+            str(seeds) if not c.failed else f"{len(c.rows)} ok of {seeds}",
+            _pooled(show, [r.get(column) for r in c.rows], mean_interval),
+            f"{sum(map(bool, verdicts))}/{seeds}" if verdicts else "-",
+            _mean(fmt.fraction, [r.get("routing_precision") for r in c.rows]),
+            _mean(fmt.fraction, [r.get("routing_precision_random") for r in c.rows]),
+            _mean(fmt.si, [r.get("tokens_per_s") for r in c.rows]),
+            _causal_verdict([str(r.get("causal_check") or "-") for r in c.rows]),
+        )
+        out.append(TableRow(cells, "ok" if c.rows and not c.failed else "error"))
+    notes = (
+        "one line per config, its seeds pooled; quality: the mean over the ok seeds ± the "
+        "half-width of a 95% t-interval (3+ seeds) or [min, max] (2 seeds)",
+        "conv: seeds that converged of all the config's seeds; routing P, tok/s: means",
+    )
+    return RunTable(columns, tuple(out), notes)
+
+
+def _pooled(show: Any, values: Sequence[Any], interval: Any) -> str:
+    got = [float(v) for v in values if v is not None]
+    if not got:
+        return "-"
+    if len(got) == 1:
+        return show(got[0])
+    mean, low, high, how = interval(got)
+    if how == "min-max":
+        return f"{show(mean)} [{show(low)}, {show(high)}]"
+    return f"{show(mean)} ± {show(high - mean)}"
+
+
+def _mean(show: Any, values: Sequence[Any]) -> str:
+    got = [float(v) for v in values if v is not None]
+    return show(sum(got) / len(got)) if got else "-"
+
+
+def _causal_verdict(checks: Sequence[str]) -> str:
+    """'pass' when every seed passed; else the seeds that did not, by verdict."""
+    if not checks:
+        return "-"
+    bad = [c for c in checks if c != "pass"]
+    if not bad:
+        return "pass"
+    leaks = sum(c.startswith("fail") for c in bad)
+    other = len(bad) - leaks
+    parts = ([f"LEAKS {leaks}/{len(checks)}"] if leaks else []) + (
+        [f"{bad[0] if len(set(bad)) == 1 else 'other'} {other}/{len(checks)}"] if other else []
+    )
+    return ", ".join(parts)
+
+
 def _notes(rows: Sequence[Mapping[str, Any]], stateful: bool) -> tuple[str, ...]:
     notes = []
     if any(r.get("mode") == "quality" for r in rows):

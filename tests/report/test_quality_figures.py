@@ -97,3 +97,34 @@ def test_the_html_results_table_has_the_quality_columns(quality_run) -> None:
     assert ">90.0%<" in table and ">40.0%<" in table and "not causal" in table
     assert '<td class="ok">pass</td>' in table and '<td class="fail">not causal</td>' in table
     assert "per training update" in table
+
+
+def test_the_seed_table_pools_seeds_by_hand(quality_run) -> None:
+    from hubbench.report.runtable import seed_table
+
+    rows = [dict(r) for _, r in quality_run.iterrows()]
+    rows[4]["status"], rows[4]["message"] = "timeout", "over 3600 s"  # hub-gpt seed 1 failed
+    table = seed_table(rows)
+    assert table is not None
+    got = {r.cells[0]: r for r in table.rows}
+    # transformer 0.9 / 0.8 / 0.7: mean 0.8, sd 0.1, t(2) 4.303 -> half-width 0.2484
+    assert list(got) == ["transformer causal=True", "hub-gpt causal=True", "hub-gpt causal=False"]
+    t = got["transformer causal=True"]
+    assert t.cells[2:5] == ("3", "80.0% ± 24.8%", "0/3") and t.status == "ok"
+    # hub-gpt: seeds 0 and 2 ok (0.5, 0.4) -> [min, max]; seed 1 counted, not pooled
+    hub = got["hub-gpt causal=True"]
+    assert hub.cells[2:5] == ("2 ok of 3", "45.0% [40.0%, 50.0%]", "0/3") and hub.status != "ok"
+    assert hub.cells[-1] == "pass"
+    leak = got["hub-gpt causal=False"]
+    assert leak.cells[2:5] == ("1", "100.0%", "1/1") and leak.cells[-1] == "not causal 1/1"
+
+
+def test_no_seed_table_without_replicates_and_the_exports_carry_it(quality_run) -> None:
+    from hubbench.report.export import to_markdown
+    from hubbench.report.runtable import seed_table
+
+    rows = [dict(r) for _, r in quality_run.iterrows()]
+    assert seed_table([rows[0], rows[3]]) is None  # one seed of each config
+    assert seed_table([{**rows[0], "mode": "fwd"}, {**rows[1], "mode": "fwd"}]) is None
+    md = to_markdown(rows, "quality")
+    assert "#### over seeds" in md and "80.0% ± 24.8%" in md
