@@ -158,3 +158,30 @@ def test_the_rows_table_shows_state_and_says_decode_is_per_token() -> None:
     console.print(rows_table([{**base, "mode": "fwd", "state_bytes": None}], "t"))
     plain = console.export_text()
     assert " state " not in plain and "per generated token" not in plain
+
+
+def test_a_quality_table_too_wide_for_80_columns_splits_and_keeps_every_score() -> None:
+    from rich.console import Console
+
+    from hubbench.cli.tables import print_rows
+
+    rows = [
+        {"variant": "hub-gpt", "seq": 64, "status": "ok", "tokens_per_s": 4e4, "cell_index": i,
+         "time_median_s": 0.1, "time_p10_s": 0.09, "time_p90_s": 0.11, "peak_mem_bytes": 2**31,
+         "mode": "quality", "task": "mqar", "hubs": 8, "seed": i, "eval_accuracy": acc,
+         "baseline_quality": 1 / 31, "routing_precision": 0.153, "routing_recall": 0.787,
+         "routing_precision_random": 0.117, "routing_recall_random": 0.602,
+         "converged": acc >= 0.99, "causal_check": "pass"}
+        for i, acc in enumerate((0.405, 0.993, 0.997))
+    ]  # fmt: skip
+    narrow = Console(width=80, record=True)
+    print_rows(narrow, rows, "quality-hubs")
+    text = narrow.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "quality-hubs: quality" in text  # the second table, keyed by #
+    for score in ("40.5%", "99.3%", "99.7%", "15.3%/78.7%", "11.7%/60.2%"):
+        assert score in text, score
+    assert "over seeds" in text and "79.8% ±" in text  # the seeds pooled: mean 0.798
+    wide = Console(width=200, record=True)
+    print_rows(wide, rows, "quality-hubs")
+    assert "quality-hubs: quality" not in wide.export_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -16,11 +17,14 @@ LIST_HELP = "comma list or repeated"
 
 
 def console(stderr: bool = False) -> Console:
-    """Rich console; logs and pipes get 160 columns instead of Rich's default 80."""
+    """Rich console; logs and pipes get 160 columns instead of Rich's default 80, unless
+    COLUMNS says how wide (`COLUMNS=80 hubbench results ... > table.txt`)."""
     from rich.console import Console
 
     out = Console(stderr=stderr, emoji=False)
-    return out if out.is_terminal else Console(stderr=stderr, width=160, emoji=False)
+    if out.is_terminal or os.environ.get("COLUMNS", "").strip().isdigit():
+        return out
+    return Console(stderr=stderr, width=160, emoji=False)
 
 
 def listed(values: Iterable[str] | None) -> list[str] | None:

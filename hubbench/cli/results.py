@@ -129,13 +129,10 @@ def _table_text(rows: Sequence[Mapping[str, Any]]) -> str:
 def _print_table(rows: Sequence[Mapping[str, Any]], printer: Console) -> None:
     from rich.markup import escape
 
-    from hubbench.cli.tables import rows_table, seeds_table
+    from hubbench.cli.tables import print_rows
     from hubbench.report.noise import noise
 
-    printer.print(rows_table(rows, escape(_title(rows))))
-    pooled = seeds_table(rows)
-    if pooled is not None:
-        printer.print(pooled)
+    print_rows(printer, rows, escape(_title(rows)))
     level = noise(rows)
     if level is not None:
         printer.print(f"[dim]{escape(level.line())}[/]", highlight=False)

@@ -284,7 +284,7 @@ def register(app: typer.Typer) -> None:
                          gpus_per_job=gpus_per_job)  # fmt: skip
 
         from hubbench import store
-        from hubbench.cli.tables import rows_table, seeds_table
+        from hubbench.cli.tables import print_rows
         from hubbench.config import oversubscribed
         from hubbench.report.noise import noise
 
@@ -304,10 +304,7 @@ def register(app: typer.Typer) -> None:
             notes.append("--resume: no earlier run of this suite; started a new one")
         title = f"{plan.suite.name} run {outcome.run_id} ({len(outcome.new_rows)} new rows)"
         if outcome.new_rows:
-            out.print(rows_table(outcome.new_rows, escape(title)))
-            pooled = seeds_table(outcome.rows)
-            if pooled is not None:
-                out.print(pooled)
+            print_rows(out, outcome.new_rows, escape(title))
         level = noise(outcome.rows)
         if level is not None:
             notes.append(level.line())

@@ -17,7 +17,10 @@ from hubbench import schema
 from hubbench.report.runtable import DETAIL_FIELDS
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from hubbench.profile import TraceSummary
+    from hubbench.report.runtable import RunTable
     from hubbench.suite import Plan
 
 STATUS_STYLE = {
@@ -109,18 +112,65 @@ def plan_table(plan: Plan) -> Table:
     return table
 
 
-def rows_table(rows: Sequence[Mapping[str, Any]], title: str) -> Table:
+def print_rows(printer: Console, rows: Sequence[Mapping[str, Any]], title: str) -> None:
+    """The rows table, then a quality run's over-seeds table. When the rows table is wider than
+    the console and has quality columns, it is printed as two tables keyed by `#`: what ran and
+    its speed, then its quality (Rich would otherwise squeeze the quality columns out at 80)."""
+    from rich.measure import Measurement
+
+    from hubbench.report.runtable import QUALITY_HEADERS, run_table
+
+    data = run_table(rows)
+    headers = [c.header for c in data.columns]
+    whole = rows_table(rows, title, data=data)
+    unbounded = printer.options.update_width(10**5)  # a measurement is clamped to its width
+    wide = Measurement.get(printer, unbounded, whole).maximum > printer.width
+    quality = [i for i, h in enumerate(headers) if h in QUALITY_HEADERS]
+    if wide and quality:
+        speed = [i for i in range(len(headers)) if i not in quality]
+        printer.print(rows_table(rows, title, data=data, keep=speed))
+        # keyed by # and variant, then as many of n and the detail fields as fit
+        keys = [headers.index("#"), headers.index("variant")]
+        for i in range(headers.index("n"), headers.index("status")):
+            trial = rows_table(rows, "", data=data, keep=[*keys, i, *quality])
+            if Measurement.get(printer, unbounded, trial).maximum > printer.width:
+                break
+            keys.append(i)
+        printer.print(rows_table(rows, f"{title}: quality", data, keys + quality, caption=False))
+    else:
+        printer.print(whole)
+    pooled = seeds_table(rows)
+    if pooled is not None:
+        printer.print(pooled)
+
+
+def rows_table(
+    rows: Sequence[Mapping[str, Any]],
+    title: str,
+    data: RunTable | None = None,
+    keep: Sequence[int] | None = None,
+    caption: bool = True,
+) -> Table:
     """One line per cell: what ran, its status, speed, spread, memory and MFU (columns and cells:
-    hubbench.report.runtable; this adds the styles)."""
+    hubbench.report.runtable; this adds the styles). `keep`: only these columns, by index."""
     from rich import box
 
     from hubbench.report.runtable import run_table
 
-    data = run_table(rows)
+    data = data or run_table(rows)
+    keep = list(range(len(data.columns))) if keep is None else list(keep)
+    if keep != list(range(len(data.columns))):
+        data = dataclasses.replace(
+            data,
+            columns=tuple(data.columns[i] for i in keep),
+            rows=tuple(
+                dataclasses.replace(r, cells=tuple(r.cells[i] for i in keep)) for r in data.rows
+            ),
+        )
     table = Table(
         title=title,
         title_justify="left",
-        caption=escape(data.caption()),
+        caption=escape(data.caption()) if caption else None,
         caption_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
