@@ -56,14 +56,15 @@ def configs(df: pd.DataFrame) -> list[Config]:
     return [c for c in pool_seeds(rows) if c.rows]
 
 
-def pool_seeds(rows: Sequence[dict[str, Any]]) -> list[Config]:
+def pool_seeds(rows: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> list[Config]:
     """Quality rows grouped into configs: rows that differ only in `seed` are one config. The
-    fields that name a config are those that vary among the ok rows (among all when none is ok);
-    a config keeps its failed rows beside its ok ones."""
+    fields that name a config are n, the series fields and `extra` (rows of one facet differ in
+    no others), those that vary among the ok rows (among all when none is ok); a config keeps
+    its failed rows beside its ok ones."""
     rows = [r for r in rows if r.get("mode") == "quality"]
     ok = [r for r in rows if r.get("status") == "ok"]
     fields = [f for f in schema.fields_with_role("series") if f not in ("seed", "variant")]
-    fields = schema.varying(ok or rows, ["seq", *fields], nulls=False)
+    fields = schema.varying(ok or rows, ["seq", *extra, *fields], nulls=False)
     out: dict[tuple, Config] = {}
     for r in rows:
         key = (r["variant"], *(r.get(f) for f in fields))

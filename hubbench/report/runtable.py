@@ -149,7 +149,13 @@ def seed_table(rows: Sequence[Mapping[str, Any]]) -> RunTable | None:
     from hubbench.report.quality_figures import mean_interval, pool_seeds, quality_metric
 
     rows = [{k: norm_value(v) for k, v in r.items()} for r in rows]
-    pooled = pool_seeds(rows)
+    # configs within each task; the figure fields (kv_pairs, vocab, ...) that vary name them too
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("mode") == "quality":
+            by_task.setdefault(str(r.get("task") or "mqar"), []).append(r)
+    figure = [f for f in schema.fields_with_role("figure") if f != "task"]
+    pooled = [c for group in by_task.values() for c in pool_seeds(group, figure)]
     if not any(len(c.rows) + len(c.failed) > 1 for c in pooled):
         return None
     columns = (TableColumn("config"), TableColumn("task"), TableColumn("seeds", True),

@@ -126,5 +126,11 @@ def test_no_seed_table_without_replicates_and_the_exports_carry_it(quality_run) 
     rows = [dict(r) for _, r in quality_run.iterrows()]
     assert seed_table([rows[0], rows[3]]) is None  # one seed of each config
     assert seed_table([{**rows[0], "mode": "fwd"}, {**rows[1], "mode": "fwd"}]) is None
+    # seeds of another task or another grid point at the same n are other configs
+    assert seed_table([rows[0], {**rows[1], "task": "bytes", "bits_per_byte": 2.0}]) is None
+    assert seed_table([rows[0], {**rows[1], "kv_pairs": 8}]) is None
+    kv = seed_table([rows[0], {**rows[1], "kv_pairs": 8}, {**rows[2], "kv_pairs": 8}])
+    assert kv is not None and [r.cells[0] for r in kv.rows] == [
+        "transformer kv_pairs=4", "transformer kv_pairs=8"]  # fmt: skip
     md = to_markdown(rows, "quality")
     assert "#### over seeds" in md and "80.0% ± 24.8%" in md
