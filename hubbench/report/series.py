@@ -76,11 +76,13 @@ class Facet:
 
     @property
     def slug(self) -> str:
-        return "-".join(_slug(f, self.fixed[f]) for f in self.split)
+        values = [(f, self.fixed[f]) for f in self.split]  # unset fields leave no empty slot
+        return "-".join(s for s in (_slug(f, v) for f, v in values if v is not None) if s)
 
 
 def _slug(field: str, value: Any) -> str:
-    prefix = {"batch": "b", "d_model": "d", "n_layers": "L", "n_heads": "h", "vocab": "V"}
+    prefix = {"batch": "b", "d_model": "d", "n_layers": "L", "n_heads": "h", "vocab": "V",
+              "kv_pairs": "kv", "train_updates": "u"}  # fmt: skip
     text = f"{prefix.get(field, '')}{fmt_value(field, value)}"
     return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")
 
