@@ -8,6 +8,7 @@ set their own thread count (the cell's `threads`).
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -15,3 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)
+
+# Ctrl-C tests (a worker's SIGINT to its runner) need SIGINT delivered: a shell that starts
+# pytest in the background (`cmd &` without job control) leaves it ignored, and an ignored
+# signal stays ignored in every process started from here. Restore Python's default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
