@@ -12,6 +12,7 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -22,3 +23,11 @@ torch.set_num_threads(1)
 # signal stays ignored in every process started from here. Restore Python's default.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(autouse=True)
+def _terminal_of_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user's terminal size is not the test's: COLUMNS and LINES are unset, so output goes
+    to a pipe's width (hubbench.cli.common.console), and a test of narrow tables sets its own."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)

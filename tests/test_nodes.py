@@ -130,8 +130,16 @@ def test_two_node_cells_through_submitit_local(
     assert len(list(folder.glob(f"{two['job_id']}_*_log.out"))) == 2  # a task per node
 
 
-def test_a_slurm_job_of_two_node_cells_asks_for_two_nodes_of_one_task(tmp_path: Path) -> None:
+def test_a_slurm_job_of_two_node_cells_asks_for_two_nodes_of_one_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sbatch script of a 2-node job. It only writes text, so it needs no Slurm: submitit's
+    executor refuses to exist where `srun` is not on PATH, and that check alone is faked."""
+    from submitit.slurm import slurm
+
     from hubbench.executors import _executor
+
+    monkeypatch.setattr(slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
 
     cuda = dataclasses.replace(nodes_cell(0, 2), device="cuda", nproc=4, threads=2)
     spec = ExecutorSpec(kind="slurm", partition="gpu")
