@@ -122,7 +122,7 @@ def test_results_lists_and_shows_runs(runner: CliRunner, tmp_path: Path) -> None
     listing = runner.invoke(app, ["results", "--results-dir", str(tmp_path)])
     assert listing.exit_code == 0, listing.output
     assert "beef0001" in listing.output and "1 ok, 1 skipped" in listing.output
-    shown = runner.invoke(app, ["results", "beef", "--results-dir", str(tmp_path)])
+    shown = runner.invoke(app, ["results", "beef", "--wide", "--results-dir", str(tmp_path)])
     assert shown.exit_code == 0, shown.output
     for text in ("hub-gpt", "25.6k", "10.0", "9.00-12.0", "3 MiB", "25.0%", "skipped",
                  "hubbench[flash]"):  # fmt: skip
@@ -139,12 +139,14 @@ def test_env_and_calibration(runner: CliRunner, tmp_path: Path, monkeypatch) -> 
     monkeypatch.setitem(env.CALIBRATION_COPY_BYTES, "cpu", 4 << 20)
     result = runner.invoke(app, ["env", "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert "torch_version" in result.output and "MFU stays empty" in result.output
-    assert "the speed of light is compute-only" in " ".join(result.output.split())
+    flat = " ".join(result.output.split())  # a long value wraps at any terminal width
+    assert "torch_version" in flat and "MFU stays empty" in flat
+    assert "the speed of light is compute-only" in flat
     result = runner.invoke(app, ["env", "--device", "cpu", "--calibrate"])
     assert result.exit_code == 0, result.output
-    assert "calibrated: median of 5 64x64 fp32 matmuls" in result.output
-    assert "calibrated: median of 5 4 MiB copies" in result.output
+    flat = " ".join(result.output.split())
+    assert "calibrated: median of 5 64x64 fp32 matmuls" in flat
+    assert "calibrated: median of 5 4 MiB copies" in flat
     assert (tmp_path / "calibration.json").is_file()
     calibration = env.load_calibration("cpu")
     assert calibration["fp32"]["flops_per_s"] > 0

@@ -16,6 +16,8 @@ from hubbench.cli.common import LIST_HELP, RESULTS_HELP, console, listed
 if TYPE_CHECKING:
     from hubbench.report.gate import GateResult
 
+WIDE_HELP = "Print every column, wider than the terminal if need be."
+SEE = "--wide shows them; {} writes every column"
 RESAMPLES_HELP = "Bootstrap resamples per ratio (>= 100)."
 CONFIDENCE_HELP = "Confidence level of the CI, in [0.5, 1)."
 MIN_EFFECT_HELP = (
@@ -56,6 +58,7 @@ def compare_cmd(
     resamples: int = typer.Option(2000, "--resamples", help=RESAMPLES_HELP),
     confidence: float = typer.Option(0.95, "--confidence", help=CONFIDENCE_HELP),
     results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
+    wide: bool = typer.Option(False, "--wide", help=WIDE_HELP),
 ) -> None:
     """Compare two runs cell by cell: B/A ratios with bootstrap CIs and a verdict per cell.
 
@@ -84,8 +87,13 @@ def compare_cmd(
     if output == "md":
         typer.echo(md)
     else:
+        from hubbench.cli.fit import print_fitted
+        from hubbench.report.compare import rich_columns
+
         printer = console()
-        printer.print(to_rich(cmp))
+        print_fitted(
+            printer, to_rich(cmp), *rich_columns(cmp), wide=wide, see=SEE.format("--format md")
+        )
         for warning in cmp.warnings:
             printer.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if markdown is not None:
@@ -128,6 +136,7 @@ def gate_cmd(
     resamples: int = typer.Option(2000, "--resamples", help=RESAMPLES_HELP),
     confidence: float = typer.Option(0.95, "--confidence", help=CONFIDENCE_HELP),
     results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
+    wide: bool = typer.Option(False, "--wide", help=WIDE_HELP),
 ) -> None:
     """Fail (exit 1) when a metric regresses beyond noise; exit 2 when the input is unusable.
 
@@ -164,8 +173,11 @@ def gate_cmd(
     except HubbenchError as exc:  # unusable input: say why in the summary too, then exit 2
         gate.write_summary(f"### hubbench gate: ⚠️ unusable input\n\n{exc}\n", summary)
         raise
+    from hubbench.cli.fit import print_fitted
+
     printer = console()
-    printer.print(gate.to_rich(result))
+    print_fitted(printer, gate.to_rich(result), *gate.rich_columns(result), wide=wide,
+                 see=SEE.format("--summary FILE"))  # fmt: skip
     gate.write_summary(gate.to_markdown(result), summary)
     for note in result.notes:
         printer.print(f"[yellow]note:[/] {note}", highlight=False)

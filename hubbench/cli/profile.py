@@ -18,11 +18,13 @@ if TYPE_CHECKING:
     from hubbench.profile import ProfileResult
 
 
-def render_profile(result: ProfileResult, out: Console) -> None:
-    """Stage breakdown, top operators and where the traces are, for one profiled cell."""
+def render_profile(result: ProfileResult, out: Console, wide: bool = False) -> None:
+    """Stage breakdown, top operators and where the traces are, for one profiled cell; the
+    tables fitted to the console (the operators' input shapes go first)."""
     from rich.markup import escape
 
-    from hubbench.cli.tables import ops_table, stage_table
+    from hubbench.cli.fit import print_fitted
+    from hubbench.cli.tables import OPS_DROP, OPS_KEEP, ops_table, stage_table
     from hubbench.report.format import binary_bytes, milliseconds
 
     summary = result.summary
@@ -33,10 +35,12 @@ def render_profile(result: ProfileResult, out: Console) -> None:
         "(overhead included; `hubbench run` times without it)",
         highlight=False,
     )
-    out.print(stage_table(summary))
-    out.print(ops_table(summary))
-    if summary.device_ops:
-        out.print(ops_table(summary, device=True))
+    see = "--wide shows them"
+    print_fitted(out, stage_table(summary), ("stage", "time ms", "GPU ms", "share"),
+                 ("", "CPU ms", "of which bwd ms"), wide=wide, see=see)  # fmt: skip
+    for device in (False, True) if summary.device_ops else (False,):
+        print_fitted(out, ops_table(summary, device), OPS_KEEP, OPS_DROP, wide=wide, see=see,
+                     fold=("operator",))  # fmt: skip
     for device, peak in summary.peak_mem_bytes.items():
         out.print(f"peak {device} memory allocated while tracing: {binary_bytes(peak)}")
     for note in result.notes:
@@ -71,7 +75,10 @@ def register(app: typer.Typer) -> None:
         out: str = typer.Option("traces", "--out", help="Trace directory (TensorBoard logdir)."),
         steps: int = typer.Option(3, "--steps", help="Steps traced, after 1 wait + 1 warm-up."),
         memory: bool = typer.Option(False, "--memory", help="Record memory; write its timeline."),
-        top: int = typer.Option(15, "--top", help="Operators listed."),
+        top: int = typer.Option(15, "--top", help="Operators listed (one line each)."),
+        wide: bool = typer.Option(
+            False, "--wide", help="Print every column, wider than the terminal if need be."
+        ),
         decode_tokens: int = typer.Option(
             64, "--decode-tokens", help="Decode mode: tokens one traced step generates."
         ),
@@ -113,7 +120,7 @@ def register(app: typer.Typer) -> None:
             top=top,
             decode_tokens=decode_tokens,
         ))  # fmt: skip
-        render_profile(result, console())
+        render_profile(result, console(), wide)
 
 
 def plugin_fields(variant: str, sets: dict[str, str], mixer: str | None) -> dict[str, str]:

@@ -118,9 +118,16 @@ def report_cmd(
     printer.print(f"[green]wrote[/] {escape(str(target))}", highlight=False)
     rows = headline(df)
     if rows:
-        printer.print(headline_table(rows))
+        from hubbench.cli.fit import print_fitted
+
+        print_fitted(printer, headline_table(rows), HEADLINE_KEEP, HEADLINE_DROP,
+                     see="the report's page shows them")  # fmt: skip
         for line in ratio_lines(rows):
             printer.print(escape(line), highlight=False)
+
+
+HEADLINE_KEEP = ("figure", "hub", "against", "best speedup [95% CI]", "at n")
+HEADLINE_DROP = ("not compared", "ideal", "hub slower at (CI below 1)", "hub faster from")
 
 
 def headline_table(rows: list[HeadlineRow]) -> Table:
@@ -134,7 +141,7 @@ def headline_table(rows: list[HeadlineRow]) -> Table:
     out = Table(title="headline (hub tokens/s over its baselines')", title_justify="left")
     for h in head:
         numeric = ("best speedup [95% CI]", "ideal", "at n")
-        out.add_column(h, justify="right" if h in numeric else "left")
+        out.add_column(h, justify="right" if h in numeric else "left", no_wrap=h in numeric)
     for line in lines:
         out.add_row(*map(escape, line))
     return out

@@ -27,6 +27,9 @@ def register(app: typer.Typer) -> None:
         out_file: Path = typer.Option(
             None, "--out", "-o", help="Write the rows to this file (default: stdout)."
         ),
+        wide: bool = typer.Option(
+            False, "--wide", help="Print every column, wider than the terminal if need be."
+        ),
     ) -> None:
         """List stored runs, or show one run's rows: a table, or CSV / Markdown / JSON to export.
 
@@ -61,7 +64,7 @@ def register(app: typer.Typer) -> None:
                 check_file(out_file, "--out")
             rows = store.read_rows(resolve_path(run, directory))
             if output_format == "table" and out_file is None:
-                _print_table(rows, out)
+                _print_table(rows, out, wide)
                 return
             text = _rendered(rows, output_format)
             if out_file is None:
@@ -78,7 +81,7 @@ def register(app: typer.Typer) -> None:
             return
         table = Table(title=escape(f"runs under {directory}/"), title_justify="left")
         for col in ("suite", "run id", "started (UTC)", "rows", "status", "file"):
-            table.add_column(col)
+            table.add_column(col, no_wrap=col != "status")
         for path in paths:
             try:
                 info = store.run_info(path)
@@ -90,7 +93,10 @@ def register(app: typer.Typer) -> None:
             status = ", ".join(f"{n} {s}" for s, n in sorted(info.status.items()))
             cells = [info.suite, info.run_id, info.stamp, str(info.rows), status, str(path)]
             table.add_row(*map(escape, cells))
-        out.print(table)
+        from hubbench.cli.fit import print_fitted
+
+        print_fitted(out, table, ("suite", "run id", "status"), ("file", "started (UTC)", "rows"),
+                     wide=wide, see="--wide shows them")  # fmt: skip
 
 
 def _title(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -122,17 +128,17 @@ def _table_text(rows: Sequence[Mapping[str, Any]]) -> str:
     from rich.console import Console
 
     buf = io.StringIO()
-    _print_table(rows, Console(file=buf, width=200, color_system=None))
+    _print_table(rows, Console(file=buf, width=200, color_system=None), wide=True)
     return buf.getvalue()
 
 
-def _print_table(rows: Sequence[Mapping[str, Any]], printer: Console) -> None:
+def _print_table(rows: Sequence[Mapping[str, Any]], printer: Console, wide: bool = False) -> None:
     from rich.markup import escape
 
     from hubbench.cli.tables import print_rows
     from hubbench.report.noise import noise
 
-    print_rows(printer, rows, escape(_title(rows)))
+    print_rows(printer, rows, escape(_title(rows)), wide)
     level = noise(rows)
     if level is not None:
         printer.print(f"[dim]{escape(level.line())}[/]", highlight=False)

@@ -219,6 +219,9 @@ def register(app: typer.Typer) -> None:
         ),
         results_dir: Path = typer.Option(None, "--results-dir", help=RESULTS_HELP),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the cells; run nothing."),
+        wide: bool = typer.Option(
+            False, "--wide", help="Print every column, wider than the terminal if need be."
+        ),
         profile: bool = typer.Option(
             False, "--profile", help="Trace each cell with torch.profiler instead of timing it."
         ),
@@ -268,9 +271,9 @@ def register(app: typer.Typer) -> None:
         if plan.merged:
             notes.append(f"{plan.merged} combination(s) merged: their fields do not apply")
         if dry_run:
-            from hubbench.cli.tables import plan_table
+            from hubbench.cli.tables import print_plan
 
-            out.print(plan_table(plan))
+            print_plan(out, plan, wide)
             for note in notes:
                 out.print(f"[dim]{escape(note)}[/]", highlight=False)
             return
@@ -304,7 +307,7 @@ def register(app: typer.Typer) -> None:
             notes.append("--resume: no earlier run of this suite; started a new one")
         title = f"{plan.suite.name} run {outcome.run_id} ({len(outcome.new_rows)} new rows)"
         if outcome.new_rows:
-            print_rows(out, outcome.new_rows, escape(title))
+            print_rows(out, outcome.new_rows, escape(title), wide)
         level = noise(outcome.rows)
         if level is not None:
             notes.append(level.line())

@@ -31,8 +31,7 @@ STATUS_STYLE = {
     "timeout": "yellow",
 }
 COLUMN_STYLE = {"#": "dim", "variant": "bold cyan", "tok/s": "bold"}
-UNWRAPPED = {"#", "variant", "attention", "n", "status", "tok/s", "ms", "p10-p90", "mem", "state",
-             "MFU", "SoL"}  # fmt: skip
+PROSE = {"message"}  # the run table's one column that wraps: every other cell prints whole
 
 
 def variants_table() -> Table:
@@ -77,6 +76,15 @@ def suites_table() -> Table:
     return table
 
 
+def print_plan(printer: Console, plan: Plan, wide: bool = False) -> None:
+    """The plan fitted to the console: every swept field stays, the cell ids go first."""
+    from hubbench.cli.fit import print_fitted
+
+    table = plan_table(plan)
+    keys = [str(c.header) for c in table.columns if c.header != "cell_id"]
+    print_fitted(printer, table, keys, ("cell_id",), wide=wide, see="--wide shows them")
+
+
 def plan_table(plan: Plan) -> Table:
     training = all(c.mode == "quality" for c in plan.cells)  # one training run per cell
     settings = ("timeout_s",) if training else ("rounds", "repeats", "warmup")
@@ -97,9 +105,9 @@ def plan_table(plan: Plan) -> Table:
 
     table.add_column("#", justify="right", style="dim")
     table.add_column("variant", style="bold cyan", no_wrap=True)
-    table.add_column("n", justify="right")
+    table.add_column("n", justify="right", no_wrap=True)
     for name in fields:
-        table.add_column(name)
+        table.add_column(name, no_wrap=True)
     table.add_column("cell_id", style="dim", no_wrap=True)
     for cell, ident in zip(plan.cells, idents, strict=True):
         table.add_row(
@@ -112,36 +120,52 @@ def plan_table(plan: Plan) -> Table:
     return table
 
 
-def print_rows(printer: Console, rows: Sequence[Mapping[str, Any]], title: str) -> None:
-    """The rows table, then a quality run's over-seeds table. When the rows table is wider than
-    the console and has quality columns, it is printed as two tables keyed by `#`: what ran and
-    its speed, then its quality (Rich would otherwise squeeze the quality columns out at 80)."""
-    from rich.measure import Measurement
+# the run table's columns in the order they go when the console is narrow; the names, the swept
+# axes, n, status and tok/s always stay (hubbench.cli.fit)
+SPEED_DROP = ("p10-p90", "ms", "SoL", "MFU", "state", "mem", "message", "attention")
+QUALITY_DROP = ("random P/R", "trivial", "routing P/R", "conv", "causal")
+SEE = "--wide shows them; --format md writes every column"
 
+
+def print_rows(
+    printer: Console, rows: Sequence[Mapping[str, Any]], title: str, wide: bool = False
+) -> None:
+    """The rows table, then a quality run's over-seeds table, fitted to the console
+    (hubbench.cli.fit): the columns that tell rows apart always stay, optional ones are dropped
+    and named. When the table is wider than the console and has quality columns, it is printed
+    as two tables keyed by `#`: what ran and its speed, then its quality."""
+    from hubbench.cli.fit import print_fitted
     from hubbench.report.runtable import QUALITY_HEADERS, run_table
 
     data = run_table(rows)
     headers = [c.header for c in data.columns]
+    axes = headers[headers.index("n") : headers.index("status")]  # n and the swept fields
+    keys = ["#", "variant", *axes]
+    if len({r.cells[headers.index("attention")] for r in data.rows}) > 1:
+        keys.insert(2, "attention")  # it tells rows apart
     whole = rows_table(rows, title, data=data)
-    unbounded = printer.options.update_width(10**5)  # a measurement is clamped to its width
-    wide = Measurement.get(printer, unbounded, whole).maximum > printer.width
     quality = [i for i, h in enumerate(headers) if h in QUALITY_HEADERS]
-    if wide and quality:
-        speed = [i for i in range(len(headers)) if i not in quality]
-        printer.print(rows_table(rows, title, data=data, keep=speed))
-        # keyed by # and variant, then as many of n and the detail fields as fit
-        keys = [headers.index("#"), headers.index("variant")]
-        for i in range(headers.index("n"), headers.index("status")):
-            trial = rows_table(rows, "", data=data, keep=[*keys, i, *quality])
-            if Measurement.get(printer, unbounded, trial).maximum > printer.width:
-                break
-            keys.append(i)
-        printer.print(rows_table(rows, f"{title}: quality", data, keys + quality, caption=False))
+    if wide or not quality or _natural_width(printer, whole) <= printer.width:
+        print_fitted(printer, whole, [*keys, "status", "tok/s", "quality"],
+                     (*SPEED_DROP, *QUALITY_DROP), wide=wide, see=SEE)  # fmt: skip
     else:
-        printer.print(whole)
+        speed = [i for i in range(len(headers)) if i not in quality]
+        table = rows_table(rows, title, data=data, keep=speed)
+        print_fitted(printer, table, [*keys, "status", "tok/s"], SPEED_DROP, see=SEE)
+        named = sorted(headers.index(h) for h in keys)
+        table = rows_table(rows, f"{title}: quality", data, named + quality, caption=False)
+        print_fitted(printer, table, [*keys, "quality"], QUALITY_DROP, see=SEE)
     pooled = seeds_table(rows)
     if pooled is not None:
-        printer.print(pooled)
+        print_fitted(printer, pooled, ("config", "task", "seeds", "quality"),
+                     ("random P", "routing P", "tok/s", "conv"), wide=wide, see=SEE)  # fmt: skip
+
+
+def _natural_width(printer: Console, table: Table) -> int:
+    from rich.measure import Measurement
+
+    unbounded = printer.options.update_width(10**5)  # a measurement is clamped to its width
+    return Measurement.get(printer, unbounded, table).maximum
 
 
 def rows_table(
@@ -183,7 +207,7 @@ def rows_table(
             column.header,
             justify="right" if column.numeric else "left",
             style=COLUMN_STYLE.get(column.header),
-            no_wrap=column.header in UNWRAPPED,
+            no_wrap=column.header not in PROSE,
         )
     headers = [c.header for c in data.columns]
     for row in data.rows:
@@ -220,7 +244,7 @@ def seeds_table(rows: Sequence[Mapping[str, Any]]) -> Table | None:
     )
     for column in data.columns:
         table.add_column(column.header, justify="right" if column.numeric else "left",
-                         style=COLUMN_STYLE.get(column.header))  # fmt: skip
+                         style=COLUMN_STYLE.get(column.header), no_wrap=column.numeric)  # fmt: skip
     for row in data.rows:
         style = "" if row.status == "ok" else STATUS_STYLE.get(row.status, "red")
         cells = [escape(t) for t in row.cells]
@@ -231,9 +255,10 @@ def seeds_table(rows: Sequence[Mapping[str, Any]]) -> Table | None:
 
 
 def env_table(env: Mapping[str, Any], title: str = "environment") -> Table:
-    table = Table(title=title, title_justify="left", show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
+    """Key and value; a long value wraps at spaces (no borders, so a wrapped line reads on)."""
+    table = Table(title=title, title_justify="left", show_header=False, box=None)
+    table.add_column("key", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
     for key, value in env.items():
         table.add_row(key, "-" if value is None else escape(str(value)))
     return table
@@ -275,16 +300,21 @@ def stage_table(summary: TraceSummary) -> Table:
     return table
 
 
+OPS_KEEP = ("operator", "self CPU ms", "self CUDA ms", "of step")
+OPS_DROP = ("input dims (heaviest)", "total CPU ms", "calls")
+
+
 def ops_table(summary: TraceSummary, device: bool = False) -> Table:
+    """One line per operator; a long name folds onto a second line rather than lose its end."""
     rows = summary.device_ops if device else summary.ops
     kind = "CUDA" if device else "CPU"
     table = Table(title=f"top operators by self {kind} time (per step)")
-    table.add_column("operator", no_wrap=True, overflow="ellipsis", max_width=48)
-    table.add_column("calls", justify="right")
-    table.add_column(f"self {kind} ms", justify="right")
-    table.add_column("of step", justify="right")
-    table.add_column("total CPU ms", justify="right")
-    table.add_column("input dims (heaviest)", overflow="fold", style="dim")
+    table.add_column("operator", overflow="fold", max_width=48)
+    table.add_column("calls", justify="right", no_wrap=True)
+    table.add_column(f"self {kind} ms", justify="right", no_wrap=True)
+    table.add_column("of step", justify="right", no_wrap=True)
+    table.add_column("total CPU ms", justify="right", no_wrap=True)
+    table.add_column("input dims (heaviest)", no_wrap=True, style="dim")
     for op in rows:
         own = op.self_device_s if device else op.self_s
         table.add_row(

@@ -224,6 +224,15 @@ def _status_note(c: CellComparison) -> str:
     return f"{a} → {b}"
 
 
+def rich_columns(cmp: Comparison) -> tuple[list[str], list[str]]:
+    """(the headers that must stay, those that may go, least wanted first) when to_rich's
+    table is fitted to a narrow console (hubbench.cli.fit)."""
+    main, *rest = cmp.metrics
+    keep = ["cell", f"B/A {main.label}", "verdict"]
+    drop = ["ideal", f"A {main.label}", *(f"B/A {m.label}" for m in rest), f"B {main.label}"]
+    return keep, [*drop, "status"]
+
+
 def to_rich(cmp: Comparison) -> Table:
     from rich.table import Table
     from rich.text import Text
@@ -232,14 +241,14 @@ def to_rich(cmp: Comparison) -> Table:
         title=f"B / A by cell   A = {cmp.run_a}   B = {cmp.run_b}",
         caption="\\[brackets]: " + _rule(cmp),
     )
-    table.add_column("cell", style="bold")
+    table.add_column("cell", style="bold")  # wraps at spaces, never inside a word
     for i, m in enumerate(cmp.metrics):
         if i == 0:  # values for the main metric only; ratios for the rest keep the table narrow
-            table.add_column(f"A {m.label}", justify="right")
-            table.add_column(f"B {m.label}", justify="right")
-        table.add_column(f"B/A {m.label}", justify="right")
+            table.add_column(f"A {m.label}", justify="right", no_wrap=True)
+            table.add_column(f"B {m.label}", justify="right", no_wrap=True)
+        table.add_column(f"B/A {m.label}", justify="right", no_wrap=True)
         if m.time_power:  # the same ratio at both sides' speed of light
-            table.add_column("ideal", justify="right")
+            table.add_column("ideal", justify="right", no_wrap=True)
     table.add_column("verdict")
     table.add_column("status")
     for c in cmp.cells:

@@ -406,6 +406,15 @@ def to_markdown(result: GateResult) -> str:
     return "\n".join(lines)
 
 
+def rich_columns(result: GateResult) -> tuple[list[str], list[str]]:
+    """(the headers that must stay, those that may go, least wanted first) when to_rich's
+    table is fitted to a narrow console (hubbench.cli.fit)."""
+    ref, value = (
+        ("baseline", "candidate") if result.mode == "baseline" else ("denominator", "numerator")
+    )
+    return ["check", "ratio [CI]", "allowed", "verdict"], ["ideal", ref, value]
+
+
 def to_rich(result: GateResult) -> Table:
     from rich.table import Table
     from rich.text import Text
@@ -427,7 +436,7 @@ def to_rich(result: GateResult) -> Table:
         ("allowed", "right"),
         ("verdict", "left"),
     ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify, no_wrap=justify == "right")  # type: ignore[arg-type]
     styles = {"pass": "green", "regression": "bold red", "inconclusive": "yellow", "missing": "dim"}
     for c in result.checks:
         verdict = c.verdict + (f" ({c.note})" if c.note else "")
