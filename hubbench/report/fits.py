@@ -6,6 +6,10 @@ would flatter attention. Its interval refits the slope on every replicate of the
 bootstrap (hubbench.report.stats), with the points' rounds paired when they come from one run.
 The crossover is where the hub's step time drops below the baseline's and stays below to the end
 of the measured range, interpolated in log-log between the bracketing points.
+
+Both need MIN_POINTS sequence lengths: through two points any line fits exactly, so a slope or an
+interpolated crossing from two would be drawn with more confidence than the data holds. With two,
+there is no exponent, and a crossing is only bracketed ("between 256 and 2k").
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from hubbench.report.stats import (
     n_samples,
     percentile_interval,
 )
+
+MIN_POINTS = 3  # sequence lengths a fitted exponent or an interpolated crossover needs
 
 
 @dataclass(frozen=True)
@@ -46,14 +52,19 @@ class Fit:
 @dataclass(frozen=True)
 class Crossover:
     kind: str  # "cross" | "always" (hub ahead at every n) | "never"
-    n: float | None  # interpolated n of the crossing, for kind == "cross"
+    n: float | None  # interpolated n of the crossing; None below MIN_POINTS common n
     n_lo: int  # the common range that was compared
     n_hi: int
+    between: tuple[int, int] | None = None  # for kind == "cross": the n that bracket it
+    points: int = 0  # common n compared
 
     def text(self) -> str:
         rng = f"{fmt_seq(self.n_lo)}–{fmt_seq(self.n_hi)}"
         if self.kind == "cross" and self.n is not None:
             return f"n ≈ {_round_n(self.n):,}"
+        if self.kind == "cross" and self.between is not None:
+            a, b = (fmt_seq(x) for x in self.between)
+            return f"between {a} and {b} ({self.points} points: not interpolated)"
         if self.kind == "always":
             return f"faster over the whole range ({rng})"
         return f"none in range ({rng})"
@@ -74,7 +85,8 @@ def fit_exponent(
     resamples: int = RESAMPLES,
     confidence: float = CONFIDENCE,
 ) -> Fit | None:
-    """Slope of log t vs log n over the upper half of the points (at least 3, or all of them).
+    """Slope of log t vs log n over the upper half of the points (at least 3); None below
+    MIN_POINTS distinct n.
 
     `rounds` (each point's step times by round) adds the bootstrap interval of the slope.
     """
@@ -82,9 +94,11 @@ def fit_exponent(
     pts = sorted(
         (float(a), float(b), r) for a, b, r in zip(n, t, given, strict=True) if a > 0 and b > 0
     )
-    if len({a for a, _, _ in pts}) < 2:
+    distinct = sorted({a for a, _, _ in pts})  # pooled runs may repeat an n
+    if len(distinct) < MIN_POINTS:
         return None
-    pts = pts[-max(3, math.ceil(len(pts) / 2)) :]
+    cut = distinct[-max(MIN_POINTS, math.ceil(len(distinct) / 2))]
+    pts = [p for p in pts if p[0] >= cut]
     x = np.log([a for a, _, _ in pts])
     slope = float(np.polyfit(x, np.log([b for _, b, _ in pts]), 1)[0])
     fit = Fit(slope, int(pts[0][0]), int(pts[-1][0]), points=len(pts))
@@ -102,7 +116,8 @@ def fit_exponent(
 def crossover(
     n: Sequence[float], t_hub: Sequence[float], t_base: Sequence[float]
 ) -> Crossover | None:
-    """Where the hub overtakes the baseline, on the n both measured; None below two shared n."""
+    """Where the hub overtakes the baseline, on the n both measured; None below two shared n.
+    Below MIN_POINTS shared n a crossing is bracketed, not interpolated (Crossover.n None)."""
     pts = sorted(
         (float(a), float(h), float(b))
         for a, h, b in zip(n, t_hub, t_base, strict=True)
@@ -114,12 +129,15 @@ def crossover(
     d = [math.log(h / b) for _, h, b in pts]  # < 0: hub faster
     lo, hi = int(ns[0]), int(ns[-1])
     if d[-1] >= 0:
-        return Crossover("never", None, lo, hi)
+        return Crossover("never", None, lo, hi, points=len(pts))
     first = len(d) - 1
     while first > 0 and d[first - 1] < 0:
         first -= 1
     if first == 0:
-        return Crossover("always", None, lo, hi)
+        return Crossover("always", None, lo, hi, points=len(pts))
+    if len(pts) < MIN_POINTS:
+        return Crossover("cross", None, lo, hi, (int(ns[first - 1]), int(ns[first])), len(pts))
     x0, x1 = math.log(ns[first - 1]), math.log(ns[first])
     frac = d[first - 1] / (d[first - 1] - d[first])
-    return Crossover("cross", math.exp(x0 + frac * (x1 - x0)), lo, hi)
+    n = math.exp(x0 + frac * (x1 - x0))
+    return Crossover("cross", n, lo, hi, (int(ns[first - 1]), int(ns[first])), len(pts))

@@ -38,7 +38,7 @@ from hubbench.report.figure import (
     split_ran,
     title,
 )
-from hubbench.report.fits import Crossover, Fit, crossover, fit_exponent
+from hubbench.report.fits import MIN_POINTS, Crossover, Fit, crossover, fit_exponent
 from hubbench.report.forest import Row, forest_figure
 from hubbench.report.format import fmt_seq
 from hubbench.report.heatmap import heat_groups, heatmaps
@@ -168,6 +168,7 @@ class Measure:
     band: tuple[str, str] | None = None  # columns of the interval ends (p10, p90)
     band_text: str = ""  # what the band is, for the caption ("p10–p90 of the per-step times")
     binary: bool = False  # bytes: powers-of-two ticks
+    quantity: str = ""  # the values in a caption's words (default: what), never the axis label
 
 
 def _line_figure(
@@ -213,7 +214,7 @@ def _line_figure(
     title(fig, m.what, facet)
     legend(ax)
     bars = f"; error bars span {m.band_text}" if m.band_text else ""
-    caption = f"{m.what} ({m.label}) against sequence length n, {context(facet)}{bars}."
+    caption = f"{m.quantity or m.what} against sequence length n, {context(facet)}{bars}."
     return Figured(fig, "", failure_notes(every), caption)
 
 
@@ -234,16 +235,18 @@ def _forest(
         rows.append(Row(s.label, s.style, float(value), low, high))
     column = "median" if m.band is not None else ""
     fig, _ = forest_figure(rows, m.label, m.formatter, binary=m.binary, column_title=column)
-    what = f"{m.what} at n = {fmt_seq(seq)}"
-    title(fig, what, facet)
+    title(fig, f"{m.what} at n = {fmt_seq(seq)}", facet)
     bars = f"; whiskers span {m.band_text}" if m.band_text else ""
-    caption = f"{m.what} ({m.label}) of each series at n = {fmt_seq(seq)}, {context(facet)}{bars}."
+    caption = (
+        f"{m.quantity or m.what} of each series at n = {fmt_seq(seq)}, {context(facet)}{bars}."
+    )
     return Figured(fig, "", failure_notes(every, "x at the left edge"), caption)
 
 
 THROUGHPUT = Measure(
     "Throughput", "tokens_per_s", "throughput (tokens/s)", style.si_formatter(),
     ("tokens_per_s_p10", "tokens_per_s_p90"), "p10–p90 of the per-step times",
+    quantity="Median throughput (tokens/s)",
 )  # fmt: skip
 
 
@@ -281,16 +284,25 @@ def fits_table(df: pd.DataFrame) -> list[tuple[str, str, Fit]]:
     return out
 
 
+def _timed_seqs(s: Series) -> list[int]:
+    """The n at which the series has a step time: the points an exponent would be fitted to."""
+    return sorted({int(n) for n in s.ok[s.ok["time_median_s"].notna()]["seq"]})
+
+
 def scaling(facet: Facet) -> Figured:
     series = build_series(facet.df)
     fits = {s.label: series_fit(s) for s in series}
+    # series with points but too few for a slope: named, never given an exponent
+    short = [s for s in split_ran(series)[0] if fits[s.label] is None and _timed_seqs(s)]
 
     def suffix(s: Series) -> str:
         f = fits[s.label]
-        if f is None:
-            return ""
-        ci = "" if f.low is None else f" [{f.low:.2f}, {f.high:.2f}]"
-        return f"  ($\\propto n^{{{f.exponent:.2f}}}${ci})"
+        if f is not None:
+            ci = "" if f.low is None else f" [{f.low:.2f}, {f.high:.2f}]"
+            return f"  ($\\propto n^{{{f.exponent:.2f}}}${ci})"
+        mixed = len(short) < len(split_ran(series)[0])  # others have one: say why this has none
+        unfitted = s.label in {x.label for x in short}
+        return f"  ({_points(len(_timed_seqs(s)))}: no exponent)" if unfitted and mixed else ""
 
     decode = facet.fixed.get("mode") == "decode"
     measure = Measure(
@@ -310,18 +322,52 @@ def scaling(facet: Facet) -> Figured:
         else "-"
     )
     what = "Median time per generated token" if decode else "Median step time"
+    ran = split_ran(series)[0]
+    unfitted = f" No exponent fitted{_too_few(short, ran)}." if short else ""
+    exponents = (
+        f" Exponents: least-squares slope of log t on log n over the upper half of each series' "
+        f"points (n in {span}), with 95% bootstrap intervals (rounds resampled, then steps "
+        "within them)."
+        if ranges
+        else ""
+    )
     out.notes[:0] = [
-        f"{what}; error bars p10–p90. Exponents: least-squares slope of log t on log n "
-        f"over the upper half of each series' points (n in {span}), with 95% bootstrap "
-        "intervals (rounds resampled, then steps within them).",
+        f"{what}; error bars p10–p90.{exponents}{unfitted}",
         *_crossover_notes(found, series),
     ]
+    legend_says = ""
+    if ranges:
+        legend_says = ", and the legend gives each fitted exponent with its 95% bootstrap interval"
+        if short:
+            legend_says += f" (no exponent{_too_few(short, ran)})"
+    elif short:
+        legend_says = f"; no exponent is fitted{_too_few(short, ran)}"
     out.caption = (
         f"{what} against sequence length n (log-log), {context(facet)}; error bars span p10–p90 "
-        "of the per-step times, and the legend gives each series' fitted exponent with its 95% "
-        "bootstrap interval." + _crossover_caption(found, series)
+        f"of the per-step times{legend_says}." + _crossover_caption(found, series)
     )
     return out
+
+
+def _too_few(short: list[Series], ran: list[Series]) -> str:
+    """'for hub-gpt: 2 points (n = 256, 2k), a slope needs 3': which series have no exponent
+    and why, the n they have (per series when they differ)."""
+    seqs = {s.label: _timed_seqs(s) for s in short}
+
+    def at(ns: list[int], each: str = "") -> str:
+        return f"{_points(len(ns))}{each} (n = {', '.join(fmt_seq(n) for n in ns)})"
+
+    if len({tuple(ns) for ns in seqs.values()}) == 1:
+        ns = next(iter(seqs.values()))
+        names = "" if len(short) == len(ran) else " for " + ", ".join(seqs)
+        each = " per series" if len(short) > 1 else ""
+        return f"{names}: {at(ns, each)}, a slope needs {MIN_POINTS}"
+    listed = "; ".join(f"{label} {at(ns)}" for label, ns in seqs.items())
+    return f": {listed}; a slope needs {MIN_POINTS}"
+
+
+def _points(k: int) -> str:
+    return f"{k} point{'s' if k != 1 else ''}"
 
 
 def crossovers(series: list[Series]) -> list[tuple[Series, Series, Crossover | None]]:
@@ -349,7 +395,7 @@ def _crossover_notes(
 ) -> list[str]:
     if len(all_seqs(split_ran(series)[0])) < 2:
         return []
-    marked = any(c is not None and c.kind == "cross" for _, _, c in found)
+    marked = any(c is not None and c.n is not None for _, _, c in found)  # a line is drawn
     notes = []
     for hub in dict.fromkeys(h.label for h, _, _ in found):
         parts = [
@@ -357,7 +403,7 @@ def _crossover_notes(
             for h, b, c in found
             if h.label == hub
         ]
-        crossed = any(c is not None and c.kind == "cross" for h, _, c in found if h.label == hub)
+        crossed = any(c is not None and c.n is not None for h, _, c in found if h.label == hub)
         where = " (dashed lines)" if crossed and marked else ""
         marked = marked and not crossed  # said once, on the first hub that crosses
         notes.append(f"Crossover{where}, {hub} faster from: " + "; ".join(parts) + ".")
@@ -367,7 +413,7 @@ def _crossover_notes(
 def _crossover_caption(
     found: list[tuple[Series, Series, Crossover | None]], series: list[Series]
 ) -> str:
-    crossed = [(h, b, c) for h, b, c in found if c is not None and c.kind == "cross"]
+    crossed = [(h, b, c) for h, b, c in found if c is not None and c.n is not None]
     if not crossed or len(all_seqs(split_ran(series)[0])) < 2:
         return ""
     parts = [f"{h.label} overtakes {b.label} at {c.text()}" for h, b, c in crossed]
@@ -383,6 +429,7 @@ def memory(facet: Facet) -> Figured:
         f"peak memory ({what})" if what else "peak memory",
         style.bytes_formatter(),
         binary=True,
+        quantity=f"Peak memory ({what})" if what else "Peak memory",
     )
     out = _line_figure(facet, measure)
     out.caption += " One value per cell (the peak over the timed steps), so no error bars."
@@ -396,6 +443,7 @@ def state(facet: Facet) -> Figured:
         "state or KV cache per sequence",
         style.bytes_formatter(),
         binary=True,
+        quantity="Bytes of decode state or KV cache per sequence",
     )
     out = _line_figure(facet, measure)
     out.notes.insert(
@@ -404,7 +452,7 @@ def state(facet: Facet) -> Figured:
         "(attention), conv + SSM state (Mamba), hub statistics, member slots and the current "
         "chunk (HubRouter), summed over layers.",
     )
-    out.caption += " Bytes carried per sequence into the next token, summed over layers."
+    out.caption += " What a sequence carries into the next token, summed over layers."
     return out
 
 

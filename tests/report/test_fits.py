@@ -24,9 +24,19 @@ def test_exponent_is_fitted_on_the_upper_range():
     assert naive < 1.5 < fit.exponent < 2.0
 
 
-def test_exponent_needs_two_lengths():
+def test_exponent_needs_three_lengths():
+    # through two points any line fits exactly: a slope from them would claim what it cannot
     assert fit_exponent([1024], [1.0]) is None
     assert fit_exponent([1024, 1024], [1.0, 1.1]) is None
+    assert fit_exponent([256, 2048], [1.0, 8.0]) is None
+    assert fit_exponent([256, 2048, 2048, 256], [1.0, 8.0, 8.1, 1.1]) is None  # pooled repeats
+    assert fit_exponent([256, 1024, 2048], [1.0, 4.0, 8.0]).exponent == pytest.approx(1.0)
+
+
+def test_exponent_of_pooled_runs_spans_three_distinct_lengths():
+    ns = [512, 1024, 2048, 4096] * 2  # two runs of the same cells
+    fit = fit_exponent(ns, [n * 1e-6 for n in ns])
+    assert (fit.n_lo, fit.n_hi, fit.points) == (1024, 4096, 6)
 
 
 def test_crossover_interpolates_between_points():
@@ -50,3 +60,13 @@ def test_crossover_none_in_range_and_always():
 def test_crossover_must_hold_to_the_end_of_the_range():
     hub = [1.0, 0.5, 0.5, 2.0, 2.0, 2.0]
     assert crossover(NS, hub, [1.0] * 6).kind == "never"
+
+
+def test_crossover_from_two_points_is_bracketed_not_interpolated():
+    c = crossover([256, 2048], [2.0, 1.0], [1.0, 2.0])  # slower at 256, faster at 2k
+    assert c.kind == "cross" and c.n is None
+    assert c.between == (256, 2048) and c.points == 2
+    assert c.text() == "between 256 and 2k (2 points: not interpolated)"
+    three = crossover([256, 1024, 2048], [2.0, 1.0, 1.0], [1.0, 2.0, 2.0])
+    assert three.n is not None and three.between == (256, 1024)
+    assert crossover([256, 2048], [1.0, 1.0], [2.0, 2.0]).kind == "always"  # observed, not fitted

@@ -63,10 +63,32 @@ def test_scaling_legend_has_exponents_and_crossovers(throughput_run):
     figures, _ = render(throughput_run, ["scaling"])
     fig = figures[0].figure
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert any(lbl.startswith("transformer · naive") and "n^{" in lbl for lbl in labels)
+    assert any(lbl.startswith("transformer · sdpa:flash") and "n^{" in lbl for lbl in labels)
+    # naive fails at 16k and hub-jamba is skipped at 4k: two points each, no slope claimed
+    assert "transformer · naive  (2 points: no exponent)" in labels
+    assert "hub-jamba  (2 points: no exponent)" in labels
     notes = " ".join(" ".join(_texts(fig)).split())
+    assert "No exponent fitted: transformer · naive 2 points (n = 1k, 4k); hub-jamba 2 points " \
+        "(n = 1k, 16k); a slope needs 3." in notes  # fmt: skip
     assert "Crossover (dashed lines), hub-gpt faster from:" in notes
-    assert "vs transformer · naive" in notes and "hub-jamba faster from: vs jamba" in notes
+    assert "vs transformer · naive: between 1k and 4k (2 points: not interpolated)" in notes
+    assert "hub-jamba faster from: vs jamba" in notes
+
+
+def test_two_lengths_give_no_exponent_and_no_crossover_line():
+    """The ci suite's shape: every series at two n. The figure says why it fits nothing."""
+    df = check_schema(make_run(grid(("transformer", "hub-gpt"), (256, 16384))), "ci")
+    (sc,), _ = render(df, ["scaling"])
+    ax = sc.figure.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["transformer · naive", "transformer · sdpa:flash", "hub-gpt"]
+    texts = " ".join(" ".join(_texts(sc.figure)).split())
+    assert "No exponent fitted: 2 points per series (n = 256, 16k), a slope needs 3." in texts
+    assert "between 256 and 16k (2 points: not interpolated)" in texts
+    assert "Exponents:" not in texts and "(dashed lines)" not in texts
+    assert not [ln for ln in ax.get_lines() if ln.get_gid() == "crossover"]
+    assert "no exponent is fitted: 2 points per series" in sc.caption
+    assert "legend gives" not in sc.caption and "Dashed" not in sc.caption
 
 
 def test_speedup_names_its_baseline(throughput_run):
