@@ -5,6 +5,13 @@ quality (MQAR accuracy or bits per byte) and the routing precision beside it. Br
 in every panel (the colour map is reversed for lower-is-better metrics). Cells that did not run
 are hatched and carry their status.
 
+A colour scale stretched over cells that differ by noise paints the noise: tokens/s that a rerun
+could reorder would span the whole map. So in a throughput panel each cell is compared with the
+best cell at its n (stats.metric_ratio: the 95% bootstrap interval of their ratio, rounds paired
+within a run, as in speedups and the gate); a cell whose interval contains 1 reads "≈ best" and
+takes the best's colour, and only cells that differ beyond their intervals take their own.
+Cells that pool several seeds, or have too few samples to resample, keep their own colour.
+
 Seeds are replicates: a (M, k, n) cell shows the mean over its ok seeds, and the quality panel
 says how many of them converged. A cell whose trained model failed the causality check (or is
 not causal) is hatched red and labelled LEAK, out of the colour scale: its quality is not a
@@ -23,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from hubbench import schema
 from hubbench.report import format as fmt
 from hubbench.report import style
 from hubbench.report.figure import Figured, context, new_figure, title
@@ -30,6 +38,7 @@ from hubbench.report.format import fmt_seq
 from hubbench.report.load import cell_keys, fmt_value, norm_value, records
 from hubbench.report.quality_figures import quality_metric
 from hubbench.report.series import SYMBOLS, Facet, series_fields
+from hubbench.report.stats import metric_ratio
 from hubbench.variants import is_router
 
 if TYPE_CHECKING:
@@ -41,6 +50,14 @@ POOLED = ("hubs", "topk", "seed")
 TASK_TEXT = {"mqar": "MQAR", "bytes": "byte LM"}
 LEAK_FACE, LEAK_EDGE, LEAK_TEXT = "#fbe4e1", "#d98b82", "#8e1b10"
 LEAK_BOX = {"boxstyle": "round,pad=0.12", "facecolor": "white", "edgecolor": "none", "alpha": 0.9}
+TIME_METRICS = ("tokens_per_s",)  # panels whose cells have rounds to tell noise from a difference
+# what metric_ratio reads from a row: the value, its rounds, and whether two rows pair
+RATIO_FIELDS = ("run_id", "time_median_s", "samples_s", "round_samples_s", "round_sessions")
+TIE_TEXT = (
+    "≈ best: the cell's tokens/s is within noise of the best cell at its n (the 95% bootstrap "
+    "interval of their ratio, rounds paired, contains 1), so it takes the best's colour; only "
+    "cells that differ beyond their intervals take their own."
+)
 
 
 @dataclass
@@ -162,7 +179,7 @@ def _metrics(g: pd.DataFrame) -> list[Metric]:
 def _cells(g: pd.DataFrame) -> dict[tuple[int, int, int], Cell]:
     quality = _quality(g)
     out: dict[tuple[int, int, int], Cell] = {}
-    wanted = [*POOLED, "seq", "status", "converged", "causal_check"]
+    wanted = [*POOLED, "seq", "status", "converged", "causal_check", *RATIO_FIELDS]
     for r in records(g, dict.fromkeys([*wanted, *(m.column for m in _metrics(g))])):
         if r.get("hubs") is None or r.get("topk") is None:
             continue
@@ -178,12 +195,14 @@ def _heatmap(facet: Facet, variant: str, stem: str, g: pd.DataFrame) -> Figured:
     metrics = _metrics(g)
     cells = _cells(g)
     quality = _quality(g)
+    ties = {m.column: _ties(cells, m) for m in metrics}
+    tied = any(ties.values())
     seeds = max((len(c.ok) + len(c.failed) for c in cells.values()), default=1)
     cols = min(len(seqs), 3)
     rows = -(-len(seqs) // cols) * len(metrics)
     panel_w, panel_h = 0.62 * len(topk) + 1.4, 0.42 * len(hubs) + 1.25
     width = min(130, round((cols * panel_w + 2.0) * 72 / (7.5 * 0.52)))  # characters per line
-    text = _note(g, cells, quality, seeds, width)
+    text = _note(g, cells, quality, seeds, width, tied)
     extra = max(0, text.count("\n") - 1) * 0.13  # inches for notes longer than two lines
     fig = new_figure(cols * panel_w + 2.0, rows * panel_h + 1.2 + extra)
     grid = fig.add_gridspec(
@@ -196,7 +215,8 @@ def _heatmap(facet: Facet, variant: str, stem: str, g: pd.DataFrame) -> Figured:
             fig.add_subplot(grid[mi * rows // len(metrics) + k // cols, k % cols])
             for k in range(len(seqs))
         ]
-        _metric_panels(fig, axes, cells, seqs, hubs, topk, metric, seeds > 1 and mi == 1)
+        _metric_panels(fig, axes, cells, seqs, hubs, topk, metric, seeds > 1 and mi == 1,
+                       ties[metric.column])  # fmt: skip
     others = [
         f"{SYMBOLS.get(f, f)}={norm_value(g[f].iloc[0])}"
         for f in ("neighbours", "chunk")
@@ -220,6 +240,11 @@ def _heatmap(facet: Facet, variant: str, stem: str, g: pd.DataFrame) -> Figured:
             f"{shown[0].upper()}{shown[1:]} of {variant} over hubs M × council budget k, "
             f"{panels}, {context(facet)}; each cell is the mean over its seeds (up to {seeds}), "
             "one colour scale per metric, brighter is better"
+            + (
+                "; ≈ best cells are within noise of the best at their n and take its colour"
+                if tied
+                else ""
+            )
             + ("; LEAK cells failed the causality check" if _leaks(cells) else "")
             + ("; hatched cells did not run." if missing else ".")
         )
@@ -227,9 +252,46 @@ def _heatmap(facet: Facet, variant: str, stem: str, g: pd.DataFrame) -> Figured:
         caption = (
             f"Throughput (median tokens/s) of {variant} over hubs M × council budget k, {panels}, "
             f"{context(facet)}; one colour scale, brighter is better"
+            + (
+                "; ≈ best cells are within noise of the best at their n (95% bootstrap interval "
+                "of the ratio) and take its colour"
+                if tied
+                else ""
+            )
             + ("; hatched cells did not run." if missing else ".")
         )
     return Figured(fig, stem, [], caption)
+
+
+Key = tuple[int, int, int]  # (M, k, n)
+
+
+def _ties(cells: dict[Key, Cell], metric: Metric) -> dict[Key, Key]:
+    """Cell -> the best cell at its n, for that best and each cell within noise of it (module
+    docstring); empty for a metric without rounds, or an n where a cell pools several seeds."""
+    if metric.column not in TIME_METRICS:
+        return {}
+    column = schema.metric(metric.column)
+    sign = 1 if metric.higher else -1
+    out: dict[Key, Key] = {}
+    for seq in sorted({key[2] for key in cells}):
+        here = {
+            key: c
+            for key, c in cells.items()
+            if key[2] == seq and c.ok and not c.leak and c.mean(metric.column) is not None
+        }
+        if len(here) < 2 or any(len(c.ok) > 1 for c in here.values()):
+            continue
+        best = max(here, key=lambda key: sign * (here[key].mean(metric.column) or 0.0))
+        same = [key for key, c in here.items()
+                if key != best and _within_noise(column, c.ok[0], here[best].ok[0])]  # fmt: skip
+        out.update({key: best for key in ([best, *same] if same else [])})
+    return out
+
+
+def _within_noise(column: Any, row: dict[str, Any], best: dict[str, Any]) -> bool:
+    ci = metric_ratio(column, row, best)
+    return ci is not None and ci.bootstrapped and ci.excludes(1.0) == 0
 
 
 def _leaks(cells: dict[tuple[int, int, int], Cell]) -> list[tuple[tuple[int, int, int], Cell]]:
@@ -242,9 +304,9 @@ def _where(key: tuple[int, int, int]) -> str:
 
 
 def _note(g: pd.DataFrame, cells: dict[tuple[int, int, int], Cell], quality: bool,
-          seeds: int, width: int) -> str:  # fmt: skip
-    """The text under the panels: colour direction, seeds, leaks and what did not run."""
-    text = "Brighter is better in every panel."
+          seeds: int, width: int, tied: bool = False) -> str:  # fmt: skip
+    """The text under the panels: colour direction, noise, seeds, leaks and what did not run."""
+    text = "Brighter is better in every panel." + (f" {TIE_TEXT}" if tied else "")
     if quality or seeds > 1:
         given = g["converge_threshold"] if "converge_threshold" in g.columns else []
         threshold = next((str(v) for v in given if norm_value(v) is not None),
@@ -294,9 +356,12 @@ def _checks(c: Cell) -> str:
 def _metric_panels(
     fig: Any, axes: list[Axes], cells: dict[tuple[int, int, int], Cell], seqs: list[int],
     hubs: list[int], topk: list[int], metric: Metric, counts: bool,
+    ties: dict[Key, Key] | None = None,
 ) -> None:  # fmt: skip
     """One row (or rows) of panels for one metric, sharing one colour scale and one colour bar.
-    `counts`: each cell says how many of its seeds converged."""
+    `counts`: each cell says how many of its seeds converged; `ties`: the cells within noise of
+    their n's best (_ties), drawn in its colour."""
+    ties = ties or {}
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
@@ -308,7 +373,8 @@ def _metric_panels(
     norm = Normalize(min(scale), max(scale)) if scale else Normalize(0.0, 1.0)
     image = None
     for ax, seq in zip(axes, seqs, strict=True):
-        mat = np.full((len(hubs), len(topk)), np.nan)  # (M, k)
+        mat = np.full((len(hubs), len(topk)), np.nan)  # (M, k): the value each colour shows
+        own: dict[tuple[int, int], float] = {}  # (i, j) -> the value its text reads
         marks: dict[tuple[int, int], tuple[str, str]] = {}  # (i, j) -> (kind, text)
         for (m, k, n), c in cells.items():
             if n != seq:
@@ -317,25 +383,33 @@ def _metric_panels(
             if c.leak:
                 marks[(i, j)] = ("leak", "" if v is None else f"({metric.text(v)})")
             elif v is not None:
-                mat[i, j] = v
+                best = ties.get((m, k, n))
+                mat[i, j] = v if best is None else means[best]
+                own[(i, j)] = v
                 conv, seen = c.verdicts
                 if counts and seen:
                     marks[(i, j)] = ("ok", f"{conv}/{seen} conv.")
                 elif counts and len(c.ok) > 1:
                     marks[(i, j)] = ("ok", f"{len(c.ok)} seeds")
+                elif best is not None:
+                    marks[(i, j)] = ("ok", "best" if best == (m, k, n) else "≈ best")
             elif c.ok:
                 marks[(i, j)] = ("missing", "n/a")
             else:
                 statuses = dict.fromkeys(str(r["status"]) for r in c.failed)
                 marks[(i, j)] = ("missing", "/".join(statuses))
         image = ax.imshow(mat, cmap=cmap, norm=norm, aspect="auto", origin="lower")
-        _annotate(ax, mat, marks, lambda v: cmap(norm(v)), metric.text)
+        _annotate(ax, mat, marks, lambda v: cmap(norm(v)), metric.text, own)
         ax.set_xticks(range(len(topk)), [str(k) for k in topk])
         ax.set_yticks(range(len(hubs)), [str(m) for m in hubs])
         ax.set_xlabel("council budget k")
         ax.set_ylabel("hubs M")
         ax.set_title(f"{metric.label} · n = {fmt_seq(seq)}", fontsize=9.5)
         ax.grid(False)
+        for edge in range(1, len(topk)):  # cells of one colour (≈ best) stay told apart
+            ax.axvline(edge - 0.5, color="white", linewidth=1.0)
+        for edge in range(1, len(hubs)):
+            ax.axhline(edge - 0.5, color="white", linewidth=1.0)
         for side in ("top", "right"):
             ax.spines[side].set_visible(True)
     boxes = [ax.get_position() for ax in axes]
@@ -351,7 +425,9 @@ def _metric_panels(
 
 
 def _annotate(ax: Axes, mat: Any, marks: dict[tuple[int, int], tuple[str, str]],
-              colour_of: Any, text_of: Callable[[float], str]) -> None:  # fmt: skip
+              colour_of: Any, text_of: Callable[[float], str],
+              own: dict[tuple[int, int], float]) -> None:  # fmt: skip
+    """Each cell's value (`own`, in a colour `mat` gives) and its mark, or its hatching."""
     from matplotlib.patches import Rectangle
 
     for (i, j), v in _values(mat):
@@ -360,11 +436,12 @@ def _annotate(ax: Axes, mat: Any, marks: dict[tuple[int, int], tuple[str, str]],
             r, gr, b, _ = colour_of(v)
             dark = 0.299 * r + 0.587 * gr + 0.114 * b < 0.5  # perceived luminance
             colour = "white" if dark else "black"
+            value = text_of(own.get((i, j), v))
             if extra:
-                ax.text(j, i + 0.1, text_of(v), ha="center", va="bottom", fontsize=8, color=colour)
+                ax.text(j, i + 0.1, value, ha="center", va="bottom", fontsize=8, color=colour)
                 ax.text(j, i - 0.05, extra, ha="center", va="top", fontsize=6.5, color=colour)
             else:
-                ax.text(j, i, text_of(v), ha="center", va="center", fontsize=8, color=colour)
+                ax.text(j, i, value, ha="center", va="center", fontsize=8, color=colour)
         elif kind == "leak":
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=LEAK_FACE,
                                    edgecolor=LEAK_EDGE, hatch="xx", linewidth=0))  # fmt: skip
