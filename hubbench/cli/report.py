@@ -57,7 +57,7 @@ def plot_cmd(
     from rich.markup import escape
 
     from hubbench.report.load import load_runs
-    from hubbench.report.plots import DEFAULT_FORMATS, plot_run
+    from hubbench.report.plots import DEFAULT_FORMATS, not_drawn, plot_run
 
     df = load_runs(runs, results_dir)
     out_dir = out or Path("plots") / "+".join(str(r) for r in dict.fromkeys(df["run_id"]))
@@ -66,10 +66,14 @@ def plot_cmd(
     printer = console()
     for path in outcome.written:
         printer.print(f"[green]wrote[/] {escape(str(path))}", highlight=False)
-    for name, why in outcome.skipped.items():
-        printer.print(f"[yellow]no {name} plot:[/] {escape(why)}", highlight=False)
+    missing = not_drawn(outcome.skipped, df)
+    if missing:  # one line; a kind asked for by --kind raises with the suite that gives it
+        printer.print(f"[yellow]not drawn:[/] {escape(missing)}; --kind KIND says which suite "
+                      "gives it", highlight=False)  # fmt: skip
     if any(path.stem.startswith("scaling") for path in outcome.written):
-        printer.print(fits_table_rich(df))
+        table = fits_table_rich(df)
+        if table.row_count:  # series with fewer than 3 n have none; the figure says why
+            printer.print(table)
 
 
 def fits_table_rich(df: pd.DataFrame) -> Table:

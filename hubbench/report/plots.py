@@ -95,6 +95,36 @@ HINTS = {
 }
 
 
+# what a run lacks for a kind, in a few words: `plot` names every kind it left out in one line
+LACKS = {
+    "throughput": "no tokens/s",
+    "scaling": "one n per series",
+    "speedup": "no hub beside its baseline",
+    "heatmap": "no hubs × topk grid",
+    "memory": "no peak memory",
+    "state": "no state bytes",
+    "pareto": "no ok quality cells",
+    "curves": "no learning curves",
+    "recall": "fewer than two (n, kv_pairs) points",
+    "convergence": "no hubs values with two or more seeds",
+}
+QUALITY_KINDS = ("pareto", "curves", "recall", "convergence")
+
+
+def not_drawn(skipped: dict[str, str], df: pd.DataFrame) -> str:
+    """'heatmap (no hubs × topk grid)': the kinds left out that the run's modes could give, or
+    ''. Kinds of other modes go unsaid: a timed run has no learning curves, and a training run
+    no decode state, by design."""
+    modes = {str(m) for m in df["mode"]} if "mode" in df.columns else set()
+
+    def could(kind: str) -> bool:
+        if kind in QUALITY_KINDS:
+            return "quality" in modes
+        return kind != "state" or bool(modes & {"prefill", "decode"})
+
+    return "; ".join(f"{k} ({LACKS[k]})" for k in skipped if could(k))
+
+
 # ---- support checks: a kind is drawable when at least one facet has what it needs ----
 
 QUALITY_CHECKS = {  # they take the facet's rows

@@ -108,6 +108,18 @@ def test_plot_writes_files_and_explains_skipped_kinds(runner, results_dir, runs,
     assert heat.exit_code == 2 and "run `hubbench run hubs`" in heat.output
 
 
+def test_plot_names_the_kinds_it_left_out_in_one_line(runner, results_dir, runs, tmp_path):
+    result = _invoke(runner, results_dir, "plot", "aaaa0001", "--format", "png", "--out",
+                     str(tmp_path / "p"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert said.count("not drawn") == 1
+    assert "not drawn: heatmap (no hubs × topk grid); --kind KIND says which suite gives it" in said
+    for kind in ("state", "pareto", "curves", "recall", "convergence"):  # not this run's modes
+        assert kind not in said, kind
+    assert "scaling exponents" not in said  # two n per series: nothing fitted, nothing to list
+
+
 def test_plot_run_with_only_failed_cells(runner, results_dir):
     dead = make_run(
         [cell("hub-gpt", 1024)], run_id="ffff0006", status={("hub-gpt", "sdpa", 1024): "error"}

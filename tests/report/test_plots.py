@@ -8,7 +8,7 @@ from synthetic_runs import cell, grid, make_run
 
 from hubbench.errors import ReportError
 from hubbench.report.load import check_schema
-from hubbench.report.plots import plot_run, render, supported
+from hubbench.report.plots import not_drawn, plot_run, render, supported
 from hubbench.report.series import build_series, facets
 from hubbench.report.style import series_style
 
@@ -131,6 +131,16 @@ def test_explicit_kind_without_data_says_what_would_produce_it(throughput_run, h
     assert "memory needs peak_mem_bytes" in supported("memory", no_mem)
     with pytest.raises(ReportError, match="unknown plot kind 'pie'"):
         render(throughput_run, ["pie"])
+
+
+def test_not_drawn_names_only_kinds_the_runs_modes_could_give(throughput_run):
+    skipped = dict.fromkeys(("heatmap", "state", "pareto", "curves"), "the long hint")
+    assert not_drawn(skipped, throughput_run) == "heatmap (no hubs × topk grid)"
+    decode = throughput_run.assign(mode="decode")
+    assert not_drawn(skipped, decode) == "heatmap (no hubs × topk grid); state (no state bytes)"
+    quality = throughput_run.assign(mode="quality")
+    assert not_drawn(skipped, quality).endswith("curves (no learning curves)")
+    assert not_drawn({}, throughput_run) == ""
 
 
 def test_only_failed_cells_is_an_error():
