@@ -239,7 +239,8 @@ def run_models(seqs: list[int], repeats: int) -> dict:
 def speed_of_light_s(step, n: int) -> float | None:
     """The step's ideal time (hubbench.roofline) at this machine's calibrated peaks; None
     until `hubbench env --calibrate` has run with this thread count."""
-    from hubbench.env import device_name, load_calibration
+    from hubbench.calibration import load_calibration
+    from hubbench.env import device_name
     from hubbench.flops import peak_flops
     from hubbench.roofline import bytes_floor, peak_bandwidth, speed_of_light
 

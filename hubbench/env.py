@@ -1,24 +1,15 @@
-"""The environment a row was measured in, and the calibrated matmul peak (`hubbench env`).
+"""The environment a row was measured in (`hubbench env`).
 
 The pieces are those torch.utils.collect_env reports that cost no subprocess per call: Python,
 OS, platform, the NVIDIA driver (from /proc, nvidia-smi only where /proc has none), and the
-versions of the optional packages, read from their metadata without importing them.
-
-Calibration times a large square matmul per dtype with measure.time_calls (the one timing
-loop) and stores the median rate in a JSON file, keyed by host, device name, thread count and
-torch version, so MFU on machines missing from flops.PEAK_TABLE (every CPU) has a denominator.
-It also times a large copy (bytes read + written per second, the "memory" entry): the bandwidth
-the speed of light's memory term divides by where roofline.BANDWIDTH_TABLE has no entry.
-File: $HUBBENCH_CACHE/calibration.json, else $XDG_CACHE_HOME/hubbench/calibration.json, else
-~/.cache/hubbench/calibration.json.
+versions of the optional packages, read from their metadata without importing them. The
+calibrated peaks that `hubbench env --calibrate` measures are hubbench.calibration's.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
-import json
-import os
 import platform
 import re
 import shutil
@@ -28,12 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import hubbench
-from hubbench.roofline import MEMORY_KEY
-
-CACHE_ENV = "HUBBENCH_CACHE"
-CALIBRATION_SIZES = {"cpu": 2048, "cuda": 8192}  # square matmul sides
-CALIBRATION_REPEATS = {"cpu": 5, "cuda": 20}
-CALIBRATION_COPY_BYTES = {"cpu": 256 << 20, "cuda": 2 << 30}  # the bandwidth copy's buffer
 
 
 def utc_now() -> str:
@@ -185,112 +170,3 @@ def device_name(device: Any) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return cpu_model()
-
-
-# ----------------------------------------------------------------------------- calibration
-
-
-def cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "hubbench"
-
-
-def calibration_path() -> Path:
-    return cache_dir() / "calibration.json"
-
-
-def calibration_key(device: Any) -> str:
-    import torch
-
-    return (
-        f"{socket.gethostname()}|{device_name(device)}|threads={torch.get_num_threads()}"
-        f"|torch={torch.__version__}"
-    )
-
-
-def load_calibration(device: Any) -> dict[str, Any]:
-    """dtype -> {flops_per_s, what, utc_time} and "memory" -> {bytes_per_s, what, utc_time}
-    for this host and device, or {}."""
-    try:
-        data = json.loads(calibration_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    return data.get(calibration_key(device), {})
-
-
-def calibrate(device: Any, dtypes: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Time a large matmul per dtype and a large copy on `device`; save and return the entries
-    (dtype -> matmul rate, "memory" -> copy bandwidth)."""
-    import torch
-
-    from hubbench.measure import summarize, time_calls
-    from hubbench.step import TORCH_DTYPES
-
-    device = torch.device(device)
-    kind = device.type
-    dtypes = dtypes or (("fp32", "bf16", "fp16") if kind == "cuda" else ("fp32", "bf16"))
-    n = CALIBRATION_SIZES[kind]
-    out: dict[str, Any] = {}
-    for name in dtypes:
-        a = torch.randn(n, n, device=device).to(TORCH_DTYPES[name])
-        b = torch.randn(n, n, device=device).to(TORCH_DTYPES[name])
-        c = torch.empty(n, n, device=device, dtype=TORCH_DTYPES[name])
-        torch.mm(a, b, out=c)  # warm-up: kernel selection, page faults
-        samples = time_calls(
-            lambda a=a, b=b, c=c: torch.mm(a, b, out=c),
-            device=device,
-            repeats=CALIBRATION_REPEATS[kind],
-        )
-        median = summarize(samples).median
-        out[name] = {
-            "flops_per_s": 2 * n**3 / median,
-            "what": f"median of {len(samples)} {n}x{n} {name} matmuls",
-            "utc_time": utc_now(),
-        }
-        del a, b, c
-    out[MEMORY_KEY] = _copy_bandwidth(device)
-    _save_calibration(calibration_key(device), out)
-    return out
-
-
-def _copy_bandwidth(device: Any) -> dict[str, Any]:
-    """A stream-style copy of a buffer far larger than any cache: bytes read + written per s."""
-    import torch
-
-    from hubbench.measure import summarize, time_calls
-
-    elements = CALIBRATION_COPY_BYTES[device.type] // 4
-    src = torch.ones(elements, device=device)
-    dst = torch.empty_like(src)
-    dst.copy_(src)  # warm-up: page faults
-    samples = time_calls(
-        lambda: dst.copy_(src), device=device, repeats=CALIBRATION_REPEATS[device.type]
-    )
-    size = CALIBRATION_COPY_BYTES[device.type]
-    return {
-        "bytes_per_s": 2 * size / summarize(samples).median,
-        "what": f"median of {len(samples)} {size >> 20} MiB copies",
-        "utc_time": utc_now(),
-    }
-
-
-def _save_calibration(key: str, entry: dict[str, Any]) -> None:
-    from hubbench.errors import StoreError
-
-    path = calibration_path()
-    try:
-        data = json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        data = {}
-    data[key] = entry
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise StoreError(
-            f"cannot write calibration file {path}: {exc.strerror} (set {CACHE_ENV})"
-        ) from exc

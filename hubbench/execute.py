@@ -137,7 +137,7 @@ def round_result(
     """A timed round's RoundResult from its Measurement `m`. `world` > 1 (hubbench.distributed):
     `m` holds the slowest rank's step times, and tokens, FLOPs, the byte floor and the peaks
     are counted over every rank, so MFU and the speed of light stay per-device fractions."""
-    from hubbench.env import load_calibration
+    from hubbench.calibration import load_calibration
     from hubbench.flops import peak_flops
     from hubbench.roofline import bytes_floor, peak_bandwidth
 
@@ -185,7 +185,7 @@ def round_result(
 
 def _quality(cell: Cell, model: Any, device: Any, name: str, sentinel: float) -> RoundResult:
     """A quality cell's one round: the training run, its updates as the step samples."""
-    from hubbench.env import load_calibration
+    from hubbench.calibration import load_calibration
     from hubbench.flops import peak_flops
     from hubbench.quality.train import train_and_evaluate
     from hubbench.roofline import bytes_floor, peak_bandwidth

@@ -119,9 +119,11 @@ def peak_flops(
         key = table_entry(device_name)
         if key is not None and dtype in PEAK_TABLE[key]:
             return PEAK_TABLE[key][dtype], f"table: {key} {dtype} dense"
+    from hubbench.calibration import source
+
     entry = (calibration or {}).get(dtype)
     if entry:
-        return float(entry["flops_per_s"]), f"calibrated: {entry['what']} ({entry['utc_time']})"
+        return float(entry["flops_per_s"]), source(entry)
     return None, None
 
 

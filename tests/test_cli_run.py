@@ -131,28 +131,6 @@ def test_results_lists_and_shows_runs(runner: CliRunner, tmp_path: Path) -> None
     assert empty.exit_code == 0 and "no runs" in empty.output
 
 
-def test_env_and_calibration(runner: CliRunner, tmp_path: Path, monkeypatch) -> None:
-    from hubbench import env
-
-    monkeypatch.setenv(env.CACHE_ENV, str(tmp_path))
-    monkeypatch.setitem(env.CALIBRATION_SIZES, "cpu", 64)
-    monkeypatch.setitem(env.CALIBRATION_COPY_BYTES, "cpu", 4 << 20)
-    result = runner.invoke(app, ["env", "--device", "cpu"])
-    assert result.exit_code == 0, result.output
-    flat = " ".join(result.output.split())  # a long value wraps at any terminal width
-    assert "torch_version" in flat and "MFU stays empty" in flat
-    assert "the speed of light is compute-only" in flat
-    result = runner.invoke(app, ["env", "--device", "cpu", "--calibrate"])
-    assert result.exit_code == 0, result.output
-    flat = " ".join(result.output.split())
-    assert "calibrated: median of 5 64x64 fp32 matmuls" in flat
-    assert "calibrated: median of 5 4 MiB copies" in flat
-    assert (tmp_path / "calibration.json").is_file()
-    calibration = env.load_calibration("cpu")
-    assert calibration["fp32"]["flops_per_s"] > 0
-    assert calibration["memory"]["bytes_per_s"] > 0
-
-
 def test_suites_table_shows_every_suite_with_axes() -> None:
     console = Console(width=200, record=True)
     console.print(suites_table())

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hubbench.report.stats import RatioCI
@@ -27,6 +28,16 @@ def si(value: float | None) -> str:
         if abs(value) >= scale:
             return f"{_three(value / scale)}{suffix}"
     return _three(value)
+
+
+def si_unit(value: float | None, unit: str) -> str:
+    """A rate in SI prefixes with its unit: 2.6e8, 'FLOP/s' -> '260 MFLOP/s' (never '0.00 T')."""
+    if _missing(value):
+        return "-"
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{_three(value / scale)} {prefix}{unit}"
+    return f"{_three(value)} {unit}"
 
 
 def binary_bytes(value: float | None) -> str:
@@ -71,6 +82,36 @@ def fraction(value: float | None) -> str:
     return f"{100 * float(value):.1f}%"
 
 
+OVER_PEAK = ">100%!"  # an MFU or speed-of-light fraction over 1: the peak is wrong, not the cell
+
+
+def efficiency(value: float | None) -> str:
+    """MFU or a fraction of the speed of light: '25.3%', or OVER_PEAK above 100%, which no
+    cell can reach: the peak it divides by is too low (peak_note says which, and what to do)."""
+    from hubbench.roofline import beyond_peak
+
+    if not _missing(value) and beyond_peak(float(value)):  # type: ignore[arg-type]
+        return OVER_PEAK
+    return fraction(value)
+
+
+def peak_note(
+    rows: Iterable[Mapping[str, Any]],
+    lead: str = f"{OVER_PEAK}: MFU or SoL over 100%, faster than the speed of light",
+) -> str | None:
+    """The caption line for rows whose MFU or speed-of-light fraction is over 100%, naming the
+    peaks (source and date) that are too low; None when no row has one."""
+    from hubbench.roofline import too_low_peaks
+
+    sources = list(dict.fromkeys(s for r in rows for s in too_low_peaks(r)))
+    if not sources:
+        return None
+    return (
+        f"{lead}: the peak it divides by is too low ({'; '.join(sources)}), a stale calibration "
+        "or one taken on a busy machine; rerun `hubbench env --calibrate` on a quiet machine"
+    )
+
+
 def bits(value: float | None) -> str:
     """Bits per byte: '2.134'."""
     return "-" if _missing(value) else f"{float(value):.3f}"
@@ -81,6 +122,8 @@ def metric_value(metric: Column, value: float | None) -> str:
         return binary_bytes(value)
     if metric.unit == "s":
         return seconds(value)
+    if metric.name in ("mfu", "speed_of_light_fraction"):
+        return efficiency(value)
     if metric.unit == "fraction":
         return fraction(value)
     if metric.unit in ("bits", "nats"):
@@ -117,16 +160,31 @@ def ratio(ci: RatioCI | None) -> str:
     return f"{times(ci.point)} {interval(ci)}"
 
 
-def ideal(ci: RatioCI | None) -> str:
-    """The ratio at both sides' speed of light: '3.30×', or '-' where a side has none."""
-    return "-" if ci is None or ci.ideal is None else times(ci.ideal)
+STALE_IDEAL = "stale?"  # an ideal ratio where a side is over 100% of its speed of light
 
 
-def measured_and_ideal(ci: RatioCI | None) -> str:
-    """'2.41× measured, 3.30× ideal' (the ideal left out where it is unknown)."""
+def ideal(ci: RatioCI | None, stale: bool = False) -> str:
+    """The ratio at both sides' speed of light: '3.30×', or '-' where a side has none.
+    `stale`: a side beat its speed of light, so the ideal rests on a peak that is too low."""
+    if ci is None or ci.ideal is None:
+        return "-"
+    return STALE_IDEAL if stale else times(ci.ideal)
+
+
+def measured_and_ideal(ci: RatioCI | None, stale: bool = False) -> str:
+    """'2.41× measured, 3.30× ideal' (the ideal left out where it is unknown, and said to be
+    unknown where a side beat its speed of light)."""
     if ci is None:
         return "-"
-    return f"{times(ci.point)} measured" + ("" if ci.ideal is None else f", {ideal(ci)} ideal")
+    measured = f"{times(ci.point)} measured"
+    if ci.ideal is None:
+        return measured
+    if stale:
+        return (
+            f"{measured}, ideal unknown (a cell beat its speed of light: its peak is too low; "
+            "rerun `hubbench env --calibrate`)"
+        )
+    return f"{measured}, {ideal(ci)} ideal"
 
 
 def pct_change(r: float) -> str:
