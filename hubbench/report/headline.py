@@ -22,6 +22,7 @@ from hubbench.report import format as fmt
 from hubbench.report.fits import Crossover, crossover
 from hubbench.report.format import fmt_seq
 from hubbench.report.stats import RatioCI, metric_ratio
+from hubbench.roofline import too_low_peaks
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,6 +36,7 @@ METRIC = "tokens_per_s"
 class Point:
     seq: int
     ci: RatioCI  # hub tokens/s over baseline tokens/s at this n
+    stale: bool = False  # a side beat its speed of light: the ideal rests on a too-low peak
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,7 @@ def versus(hub: Series, base: Series) -> Versus:
         ci = metric_ratio(metric, h, b)
         if ci is None:
             continue
-        points.append(Point(seq, ci))
+        points.append(Point(seq, ci, bool(too_low_peaks(h) or too_low_peaks(b))))
         times.append((seq, float(h["time_median_s"]), float(b["time_median_s"])))
     cross = crossover(*zip(*times, strict=True)) if len(times) >= 2 else None
     return Versus(base.label, tuple(points), cross, tuple(gaps))
@@ -142,8 +144,9 @@ NOTE = (
     "one (SDPA / flash) that ran; best over the n both measured. Brackets: 95% CI from the "
     "two-stage bootstrap, rounds paired within the run, as in `hubbench compare` and the ratio "
     "gate. Ideal: the same ratio at both cells' speed of light (the step time their FLOPs and "
-    "bytes allow at the measured peaks, docs/measurement.md): how much of it the code delivers. "
-    "The crossover is where the hub's step time drops below the baseline's and stays below."
+    "bytes allow at the measured peaks, docs/measurement.md): how much of it the code delivers "
+    f"({fmt.STALE_IDEAL} where a cell beat its speed of light: its peak is too low). The "
+    "crossover is where the hub's step time drops below the baseline's and stays below."
 )
 
 
@@ -159,7 +162,7 @@ def ratio_lines(rows: Sequence[HeadlineRow]) -> list[str]:
             where = f"{r.facet}: " if len({x.facet for x in rows}) > 1 else ""
             out.append(
                 f"{where}{r.hub} / {vs.baseline} at n={fmt_seq(best.seq)}: "
-                f"{fmt.measured_and_ideal(best.ci)}"
+                f"{fmt.measured_and_ideal(best.ci, best.stale)}"
             )
     return out
 
@@ -179,7 +182,7 @@ def table(rows: Sequence[HeadlineRow]) -> tuple[list[str], list[list[str]]]:
                 r.hub,
                 f"{kind}: {vs.baseline}",
                 fmt.ratio(None if best is None else best.ci),
-                fmt.ideal(None if best is None else best.ci),
+                fmt.ideal(None if best is None else best.ci, best is not None and best.stale),
                 "-" if best is None else fmt_seq(best.seq),
                 "-" if vs.crossover is None else vs.crossover.text(),
                 ", ".join(fmt_seq(n) for n in vs.loses) or "none",

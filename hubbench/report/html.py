@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from hubbench.report import format as fmt
 from hubbench.report.format import fmt_seq
 from hubbench.report.load import labeller, norm_value, run_label
 from hubbench.report.runtable import QUALITY_HEADERS, quality_cells
+from hubbench.roofline import beyond_peak
 from hubbench.variants import display_order
 
 if TYPE_CHECKING:
@@ -113,8 +115,8 @@ def _results_table(df: pd.DataFrame) -> str:
             f'<td class="num">{fmt.si(_f(r["tokens_per_s"]))}</td>',
             f'<td class="num">{spread}</td>',
             f'<td class="num">{fmt.binary_bytes(_f(r["peak_mem_bytes"]))}</td>',
-            f'<td class="num">{fmt.fraction(mfu)}</td>',
-            f'<td class="num">{_speed_of_light(r) if ok else "-"}</td>',
+            f'<td class="{_efficiency_class(mfu)}">{html.escape(fmt.efficiency(mfu))}</td>',
+            _speed_of_light(r) if ok else '<td class="num">-</td>',
             f"<td>{html.escape(backends) or '-'}</td>",
         ]
         if quality:
@@ -126,6 +128,9 @@ def _results_table(df: pd.DataFrame) -> str:
             ]
         out.append(f'<tr class="{"" if ok else "bad"}">' + "".join(cells) + "</tr>")
     table = "\n".join(out) + "</table>"
+    over = fmt.peak_note(r for _, r in df.iterrows())
+    if over:
+        table += f"<p class='fail'>{_code(html.escape(over))}.</p>"
     if quality:
         table += (
             "<p class='sub'>Quality rows: tokens/s and step time are per training update; "
@@ -147,12 +152,25 @@ def _quality_class(header: str, value: str) -> str:
 
 
 def _speed_of_light(r: Any) -> str:
-    """'1.2M (31%, compute)': the ideal tokens/s, the fraction of it reached, the bound."""
+    """'1.2M (31%, compute)': the ideal tokens/s, the fraction of it reached, the bound; a
+    fraction over 100% is flagged (fmt.efficiency), in red."""
     ideal = _f(r["speed_of_light_tokens_per_s"])
     if ideal is None:
-        return "-"
+        return '<td class="num">-</td>'
     basis = html.escape(str(norm_value(r["speed_of_light_basis"]) or ""))
-    return f"{fmt.si(ideal)} ({fmt.fraction(_f(r['speed_of_light_fraction']))}, {basis})"
+    reached = _f(r["speed_of_light_fraction"])
+    text = f"{fmt.si(ideal)} ({html.escape(fmt.efficiency(reached))}, {basis})"
+    return f'<td class="{_efficiency_class(reached)}">{text}</td>'
+
+
+def _efficiency_class(value: float | None) -> str:
+    """Red for an MFU or speed-of-light fraction over 100%: the peak is wrong, not the cell."""
+    return "num fail" if beyond_peak(value) else "num"
+
+
+def _code(text: str) -> str:
+    """`hubbench ...` in an escaped note as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
 
 
 def _f(value: Any) -> float | None:

@@ -10,6 +10,7 @@ status beside it, and a footnote naming it. Legends sit outside the axes so they
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from hubbench.report.figure import (
 )
 from hubbench.report.fits import MIN_POINTS, Crossover, Fit, crossover, fit_exponent
 from hubbench.report.forest import Row, forest_figure
-from hubbench.report.format import fmt_seq
+from hubbench.report.format import fmt_seq, peak_note
 from hubbench.report.heatmap import heat_groups, heatmaps
 from hubbench.report.load import norm_value, require_ok, run_label
 from hubbench.report.quality_figures import has_curves, has_pareto
@@ -65,6 +66,7 @@ from hubbench.report.series import (
 )
 from hubbench.report.stats import RatioCI, metric_ratio, paired, rounds_of
 from hubbench.report.ticks import log_axis
+from hubbench.roofline import too_low_peaks
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -510,8 +512,50 @@ def _speedup_points(hub: Series, base: Series) -> list[tuple[int, RatioCI | None
             continue
         # the one ratio of two cells (compare, the gate and the report's headline use it too)
         ci = metric_ratio(schema.metric("tokens_per_s"), h, b)
+        if ci is not None and (too_low_peaks(h) or too_low_peaks(b)):
+            ci = dataclasses.replace(ci, ideal=None)  # from a peak the cell beat: not drawn
         out.append((int(b["seq"]), ci, "" if ci is not None else "no tokens/s"))
     return sorted(out, key=lambda p: p[0])
+
+
+STALE_LEAD = "No ideal is drawn where a cell ran faster than its speed of light"
+
+
+def _ideal_notes(
+    pairs: list[tuple[Series, Series, str]],
+    points: dict[tuple[str, str], list[tuple[int, RatioCI | None, str]]],
+) -> list[str]:
+    """Why an ideal is missing, or below the measured ratio, where either happens."""
+    notes = []
+    series = {s.label: s for h, b, _ in pairs for s in (h, b)}
+    over = [(s.label, r) for s in series.values() for _, r in s.ok.iterrows() if too_low_peaks(r)]
+    if over:
+        where = _listed([f"{label} n={fmt_seq(int(r['seq']))}" for label, r in over])
+        lead = f"{STALE_LEAD} ({where})"
+        notes.append(f"{peak_note([r for _, r in over], lead)}.")
+    above = [f"{h.label} over {b.label} n={fmt_seq(n)}" for h, b, _ in pairs
+             for n, ci, _ in points[(h.label, b.label)]
+             if ci is not None and ci.ideal is not None and ci.point > ci.ideal]  # fmt: skip
+    if above:
+        notes.append(
+            f"Measured above the ideal ({_listed(above)}): the hub reaches more of its speed of "
+            "light than the baseline does of its own; the ideal is the ratio at both speeds of "
+            "light, not a bound on the measured one."
+        )
+    return notes
+
+
+def _stale_caption(notes: list[str]) -> str:
+    if not any(n.startswith(STALE_LEAD) for n in notes):
+        return ""
+    return (
+        " No ideal is drawn where a cell ran faster than its speed of light: the peak it divides "
+        "by is too low (rerun `hubbench env --calibrate`)."
+    )
+
+
+def _listed(items: list[str], most: int = 4) -> str:
+    return "; ".join(items[:most]) + ("; ..." if len(items) > most else "")
 
 
 def speedup(facet: Facet) -> Figured:
@@ -539,7 +583,7 @@ def speedup(facet: Facet) -> Figured:
                     linestyle=":" if kind == "native" else "-", elinewidth=0.9,
                     label=f"{hub.label} over {base.label} ({kind})")  # fmt: skip
         ideal = tuple((n, round(ci.ideal, 9)) for n, ci in done if ci.ideal is not None)
-        if ideal:  # what the two cells' FLOPs and bytes allow: the ceiling of this ratio
+        if ideal:  # the ratio at both cells' speed of light (none where a cell beat it)
             drawn = ideals.get((hub.label, ideal))
             if drawn is not None:  # naive and SDPA share their FLOPs: one ceiling, one line
                 drawn.set_label(f"{hub.label} over {base.label.split(' · ')[0]}, ideal "
@@ -561,7 +605,7 @@ def speedup(facet: Facet) -> Figured:
     mark_failures(ax, marks)
     title(fig, "Speedup over attention baselines", facet)
     legend(ax)
-    notes = [SPEEDUP_NOTE]
+    notes = [SPEEDUP_NOTE, *_ideal_notes(pairs, points)]
     if gaps:
         notes.append("Undefined (x at the foot of the axes; a side did not run): "
                      + "; ".join(gaps) + ".")  # fmt: skip
@@ -572,7 +616,7 @@ def speedup(facet: Facet) -> Figured:
         "the ratio, dashed lines the ideal ratio at both cells' speed of light, and the grey "
         "line is parity."
     )
-    return Figured(fig, "", notes, caption)
+    return Figured(fig, "", notes, caption + _stale_caption(notes))
 
 
 def _speedup_forest(
@@ -600,7 +644,7 @@ def _speedup_forest(
                            parity=1.0, column_title="ratio",
                            text=lambda v: f"{v:.2f}×")  # fmt: skip
     title(fig, f"Speedup over attention baselines at n = {fmt_seq(seq)}", facet)
-    notes = [SPEEDUP_NOTE]
+    notes = [SPEEDUP_NOTE, *_ideal_notes(pairs, points)]
     if gaps:
         notes.append("Undefined (a side did not run): " + "; ".join(gaps) + ".")
     notes += not_run_note(never)
@@ -609,7 +653,7 @@ def _speedup_forest(
         f"time / hub step time), {context(facet)}; whiskers are 95% bootstrap intervals of the "
         "ratio (', ideal' rows: the ratio at both cells' speed of light), the grey line is parity."
     )
-    return Figured(fig, "", notes, caption)
+    return Figured(fig, "", notes, caption + _stale_caption(notes))
 
 
 # ---- entry point ----

@@ -101,8 +101,8 @@ def run_table(rows: Sequence[Mapping[str, Any]]) -> RunTable:
             del cells[-2 - stateful]  # the spread
         else:
             cells += [
-                fmt.fraction(r.get("mfu")),
-                fmt.fraction(r.get("speed_of_light_fraction")) if ok else "-",
+                fmt.efficiency(r.get("mfu")),
+                fmt.efficiency(r.get("speed_of_light_fraction")) if ok else "-",
             ]
         if quality:
             cells += quality_cells(r) if ok else ["-"] * len(QUALITY_HEADERS)
@@ -233,4 +233,7 @@ def _notes(rows: Sequence[Mapping[str, Any]], stateful: bool) -> tuple[str, ...]
         notes.append("decode rows: tok/s and ms per generated token")
     if stateful:
         notes.append("state: the state or KV cache per sequence after the prompt")
+    over = fmt.peak_note(rows)
+    if over:
+        notes.append(over)
     return tuple(notes)
