@@ -168,6 +168,15 @@ def warm_up(
         count += 1
 
 
+def warmup_estimate_s(step_s: float, *, steps: int, min_s: float, max_s: float) -> float:
+    """About how long `warm_up` runs for steps of `step_s` seconds that settle at once, for the
+    runner's time-left estimates: the rule above, met by the fewest steps it can judge."""
+    if max_s <= 0:
+        return steps * step_s
+    judged = max(min_s, 2 * SETTLE_WINDOW * step_s)
+    return max(steps * step_s, min(judged, max_s))
+
+
 def measure_step(
     step: Any,
     *,

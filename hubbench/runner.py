@@ -34,6 +34,7 @@ from hubbench import schema, store
 from hubbench.cell import Cell
 from hubbench.env import TORCH_ENV_KEYS, host_env, utc_now
 from hubbench.errors import ConfigError, HubbenchError
+from hubbench.eta import Eta, Progress
 from hubbench.execute import MESSAGE_CHARS
 from hubbench.executors import leftover_rows
 from hubbench.metrics import (
@@ -69,16 +70,6 @@ class CellState:
     @property
     def pending(self) -> bool:
         return self.failure is None and len(self.rounds) < self.cell.measure.rounds
-
-
-@dataclass
-class Progress:
-    """Where a run stands, for progress lines; seconds are estimates from measured rounds."""
-
-    done: int  # cell-rounds finished
-    total: int
-    elapsed_s: float
-    remaining_s: float | None  # None until a round has been timed
 
 
 @dataclass
@@ -393,48 +384,3 @@ def make_row(
         },
         where,
     )
-
-
-# ----------------------------------------------------------------------------- progress
-
-
-def expected_cost(cell: Cell) -> float:
-    """A cell round's cost in arbitrary units, before anything is measured: the steps it will
-    take times a step's rough FLOPs (linear maps ~ n d^2, attention ~ n^2 d, backward x2)."""
-    config = cell.config
-    d, layers = config.d_model, config.n_layers
-    step = cell.batch * layers * cell.seq * d * (d + cell.seq / 8)
-    steps = cell.measure.warmup + cell.measure.repeats + 1
-    return step * steps * (1 if cell.mode == "fwd" else 3)
-
-
-class Eta:
-    """Remaining time weighted by each cell's cost: measured rounds give a cell's own seconds,
-    the others its expected cost scaled by how measured cells compared with theirs."""
-
-    def __init__(self, states: list[CellState]) -> None:
-        self.left = {s.cell.cell_id: s.cell.measure.rounds - len(s.rounds) for s in states}
-        self.cost = {s.cell.cell_id: expected_cost(s.cell) for s in states}
-        self.seconds: dict[str, float] = {}
-        self.total = sum(self.left.values())
-        self.done = 0
-
-    def record(self, state: CellState, outcome: Mapping[str, Any]) -> None:
-        key = state.cell.cell_id
-        self.done += 1
-        if state.failure is not None:  # no further rounds
-            self.done += self.left[key] - 1
-            self.left[key] = 0
-            return
-        self.left[key] -= 1
-        if outcome["wall_s"]:
-            self.seconds[key] = float(outcome["wall_s"])
-
-    def progress(self, elapsed: float) -> Progress:
-        remaining = None
-        if self.seconds:
-            scale = sum(self.seconds.values()) / sum(self.cost[k] for k in self.seconds)
-            remaining = sum(
-                n * self.seconds.get(k, self.cost[k] * scale) for k, n in self.left.items()
-            )
-        return Progress(self.done, self.total, elapsed, remaining)

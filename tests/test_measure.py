@@ -16,7 +16,7 @@ from torch import nn
 
 from hubbench import schema
 from hubbench.flops import PEAK_TABLE, count_flops, peak_flops, table_entry
-from hubbench.measure import measure_step, rss_bytes, summarize, time_calls
+from hubbench.measure import measure_step, rss_bytes, summarize, time_calls, warmup_estimate_s
 from hubbench.metrics import RoundResult, measurement_columns
 from hubbench.step import build_step
 from hubbench.variants import make_config
@@ -236,6 +236,29 @@ def test_warm_up_runs_until_step_times_settle(monkeypatch) -> None:
     clock.now = 0.0
     w = measure.warm_up(_steps(clock, [0.3] * 5), steps=3, min_s=0.0, max_s=0.0)
     assert (w.steps, w.capped) == (3, False)
+
+
+@pytest.mark.parametrize(
+    ("step", "steps", "min_s", "max_s"),
+    [
+        (0.1, 2, 0.0, 0.0),  # max_s 0: exactly `steps` steps
+        (0.01, 1, 0.0, 1.0),  # settled after two windows
+        (0.01, 1, 0.5, 1.0),  # ... held to min_s
+        (0.4, 1, 0.0, 1.0),  # capped by max_s before two windows
+        (2.0, 2, 0.0, 1.0),  # steps longer than max_s: `steps` of them
+    ],
+)
+def test_the_warmup_estimate_is_what_warm_up_takes_on_steady_steps(
+    monkeypatch, step: float, steps: int, min_s: float, max_s: float
+) -> None:
+    from hubbench import measure
+
+    clock = _Clock()
+    monkeypatch.setattr(measure.time, "perf_counter", clock)
+    w = measure.warm_up(_steps(clock, [step] * 200), steps=steps, min_s=min_s, max_s=max_s)
+    # warm_up stops at the first step boundary past its limits: within one step of the estimate
+    estimate = warmup_estimate_s(step, steps=steps, min_s=min_s, max_s=max_s)
+    assert estimate <= w.seconds + 1e-9 < estimate + step
 
 
 def test_sentinel_times_a_fixed_workload() -> None:

@@ -292,23 +292,6 @@ def test_the_thread_setting_reaches_the_worker(tmp_path: Path, monkeypatch) -> N
     assert df["threads"].tolist() == [2, 1]
 
 
-def test_eta_weights_cells_by_their_cost() -> None:
-    from hubbench.runner import Eta, expected_cost
-
-    small, big = cell(0, seq=32, rounds=2), cell(1, seq=2048, rounds=2)
-    assert expected_cost(big) > 50 * expected_cost(small)
-    states = [CellState(small), CellState(big)]
-    eta = Eta(states)
-    assert eta.progress(0.0).remaining_s is None  # nothing measured yet
-    states[0].rounds.append(None)
-    eta.record(states[0], {"wall_s": 1.0})
-    left = eta.progress(1.0)
-    assert left.done == 1 and left.total == 4
-    # one more small round (1 s) and two big ones, each costing what its size predicts
-    ratio = expected_cost(big) / expected_cost(small)
-    assert left.remaining_s == pytest.approx(1.0 + 2 * ratio)
-
-
 def test_a_cell_that_fails_in_a_later_round_keeps_its_earlier_rounds(tmp_path, monkeypatch):
     monkeypatch.setenv(FAULT_ENV, faults({"build": 2, "fault": "error"}))
     result = run_plan(plan([cell(0, rounds=3)]), tmp_path, builder=BUILDER)

@@ -1,0 +1,132 @@
+"""Time left in a run, for its progress lines: every round still to come, predicted in parts.
+
+A round's wall time is a fixed part (the noise sentinel, building the model, a decode cell's
+prompt, round 1's FLOP count of a compiled cell), the warm-up and the timed steps. A measured
+round gives the fixed part (wall time less warm-up and timed steps) and the step time; the
+warm-up is then predicted by the warm-up rule (hubbench.measure), so round 1's FLOP-counting
+step, which sits in its warm-up, is never taken for the cost of the rounds after it. A cell
+predicts its rounds from its own latest round; a cell not yet measured borrows from the cells
+of its kind (mode and device) measured so far: their mean fixed part, and a step time scaled
+from theirs by `step_cost`.
+
+Kinds never borrow from each other: a decode step (decode_tokens tokens against a cache, each
+a few small kernels) and a prefill or training step are not one FLOP scale apart on any device;
+extrapolating one from the other put the decode suite's first estimate at 161 min for a 9 min
+run (issue 27). So there is no estimate until every kind with rounds left has a measured round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hubbench.measure import warmup_estimate_s
+
+if TYPE_CHECKING:
+    from hubbench.cell import Cell
+    from hubbench.metrics import RoundResult
+    from hubbench.runner import CellState
+
+
+@dataclass
+class Progress:
+    """Where a run stands, for progress lines; seconds are estimates from measured rounds."""
+
+    done: int  # cell-rounds finished
+    total: int
+    elapsed_s: float
+    remaining_s: float | None  # None until a round of every kind left has been timed
+
+
+@dataclass
+class Timing:
+    """What a measured round says about the rounds of its cell to come."""
+
+    fixed_s: float  # wall time outside the warm-up and the timed steps
+    step_s: float  # median step (decode: a call generating decode_tokens tokens)
+
+
+def kind(cell: Cell) -> tuple[str, str]:
+    """The cells whose step times `step_cost` may scale into one another."""
+    return cell.mode, cell.device
+
+
+def step_cost(cell: Cell) -> float:
+    """A step's cost in arbitrary units, comparable within a kind only: linear maps ~ n d^2,
+    attention ~ n^2 d; a decode step is decode_tokens tokens, each against an n-token context."""
+    config = cell.config
+    d = config.d_model
+    tokens = cell.decode_tokens if cell.mode == "decode" else cell.seq
+    return cell.batch * config.n_layers * tokens * d * (d + cell.seq / 8)
+
+
+def per_call(cell: Cell) -> int:
+    """A step's samples_s are per generated token in decode mode (hubbench.execute)."""
+    return cell.decode_tokens if cell.mode == "decode" else 1
+
+
+def measured_timing(cell: Cell, result: RoundResult, wall_s: float) -> Timing:
+    ordered = sorted(result.samples_s)
+    step = ordered[len(ordered) // 2] * per_call(cell)
+    timed = sum(result.samples_s) * per_call(cell)
+    return Timing(max(wall_s - result.warmup_s - timed, 0.0), step)
+
+
+def round_s(cell: Cell, timing: Timing) -> float:
+    """A round's predicted seconds: a quality round trains for its updates, without warm-up."""
+    step, m = timing.step_s, cell.measure
+    if cell.mode == "quality":
+        return timing.fixed_s + cell.train_updates * step
+    warm = warmup_estimate_s(step, steps=m.warmup, min_s=m.warmup_min_s, max_s=m.warmup_max_s)
+    return timing.fixed_s + warm + max(m.repeats * step, m.min_time_s)
+
+
+class Eta:
+    """Rounds left per cell and what measured rounds predict for them (module docstring)."""
+
+    def __init__(self, states: list[CellState]) -> None:
+        self.cells = {s.cell.cell_id: s.cell for s in states}
+        self.left = {s.cell.cell_id: s.cell.measure.rounds - len(s.rounds) for s in states}
+        self.timing: dict[str, Timing] = {}
+        self.total = sum(self.left.values())
+        self.done = 0
+
+    def record(self, state: CellState, outcome: Mapping[str, Any]) -> None:
+        key = state.cell.cell_id
+        self.done += 1
+        if state.failure is not None:  # no further rounds
+            self.done += self.left[key] - 1
+            self.left[key] = 0
+            return
+        self.left[key] -= 1
+        if outcome["wall_s"] and state.rounds:
+            self.timing[key] = measured_timing(state.cell, state.rounds[-1], outcome["wall_s"])
+
+    def progress(self, elapsed: float) -> Progress:
+        return Progress(self.done, self.total, elapsed, self.remaining_s())
+
+    def remaining_s(self) -> float | None:
+        peers: dict[tuple[str, str], list[str]] = {}
+        for key in self.timing:
+            peers.setdefault(kind(self.cells[key]), []).append(key)
+        total = 0.0
+        for key, rounds in self.left.items():
+            if not rounds:
+                continue
+            cell = self.cells[key]
+            timing = self.timing.get(key) or self._borrowed(cell, peers.get(kind(cell), []))
+            if timing is None:
+                return None
+            total += rounds * round_s(cell, timing)
+        return total
+
+    def _borrowed(self, cell: Cell, keys: list[str]) -> Timing | None:
+        """A timing for an unmeasured cell from the measured cells of its kind (`keys`)."""
+        if not keys:
+            return None
+        fixed = sum(self.timing[k].fixed_s for k in keys) / len(keys)
+        per_unit = sum(self.timing[k].step_s for k in keys) / sum(
+            step_cost(self.cells[k]) for k in keys
+        )
+        return Timing(fixed, step_cost(cell) * per_unit)
