@@ -492,10 +492,34 @@ SPEEDUP_NOTE = (
     "Speedup = baseline step time / hub step time (= tokens/s ratio) against the hub's own "
     "baseline (hub-gpt: transformer, hub-jamba: jamba), same cell otherwise; native = naive "
     "attention, optimised = SDPA / flash. Error bars: 95% CI of the ratio of median step "
-    "times, from a bootstrap over rounds paired within the run (rounds, then steps). Dashed: "
-    "the ideal, the same ratio at both cells' speed of light (the step time their FLOPs and "
-    "bytes allow at the measured peaks; docs/measurement.md)."
+    "times, from a bootstrap over rounds paired within the run (rounds, then steps)."
 )
+IDEAL_NOTE = (
+    " {what}: the ideal, the same ratio at both cells' speed of light (the step time their FLOPs "
+    "and bytes allow at the measured peaks; docs/measurement.md)."
+)
+NO_IDEAL_NOTE = (
+    " No ideal is drawn: no cell has a speed of light (the device's peak FLOP/s and bandwidth "
+    "are unknown: `hubbench env --calibrate` measures them; docs/measurement.md)."
+)
+
+
+def _has_ideal(points: dict[tuple[str, str], list[tuple[int, RatioCI | None, str]]]) -> bool:
+    """Whether any ratio has its ideal beside it: only then is one drawn, and captioned."""
+    return any(ci is not None and ci.ideal is not None for p in points.values() for _, ci, _ in p)
+
+
+def _ideal_said(
+    pairs: list[tuple[Series, Series, str]],
+    points: dict[tuple[str, str], list[tuple[int, RatioCI | None, str]]],
+    what: str,
+) -> str:
+    """The notes' sentence on the ideal: what `what` (the dashed lines, the ', ideal' rows)
+    shows, or that the run has no speed of light to draw one from."""
+    if _has_ideal(points):
+        return IDEAL_NOTE.format(what=what)
+    rows = [s.ok for h, b, _ in pairs for s in (h, b) if "speed_of_light_s" in s.ok]
+    return "" if any(r["speed_of_light_s"].notna().any() for r in rows) else NO_IDEAL_NOTE
 
 
 def _speedup_points(hub: Series, base: Series) -> list[tuple[int, RatioCI | None, str]]:
@@ -606,15 +630,16 @@ def speedup(facet: Facet) -> Figured:
     title(fig, "Speedup over attention baselines", facet)
     legend(ax)
     notes = [SPEEDUP_NOTE, *_ideal_notes(pairs, points)]
+    notes[0] += _ideal_said(pairs, points, "Dashed")
     if gaps:
         notes.append("Undefined (x at the foot of the axes; a side did not run): "
                      + "; ".join(gaps) + ".")  # fmt: skip
     notes += not_run_note(never)
+    dashed = ", dashed lines the ideal ratio at both cells' speed of light," if ideals else ""
     caption = (
-        "Speedup of each hub variant over its own baseline (baseline step time / hub step time) "
-        f"against sequence length n, {context(facet)}; error bars are 95% bootstrap intervals of "
-        "the ratio, dashed lines the ideal ratio at both cells' speed of light, and the grey "
-        "line is parity."
+        "Speedup of each hub variant over its own baseline (the baseline's step time over the "
+        f"hub's) against sequence length n, {context(facet)}; error bars are 95% bootstrap "
+        f"intervals of the ratio{dashed} and the grey line is parity."
     )
     return Figured(fig, "", notes, caption + _stale_caption(notes))
 
@@ -645,13 +670,16 @@ def _speedup_forest(
                            text=lambda v: f"{v:.2f}×")  # fmt: skip
     title(fig, f"Speedup over attention baselines at n = {fmt_seq(seq)}", facet)
     notes = [SPEEDUP_NOTE, *_ideal_notes(pairs, points)]
+    notes[0] += _ideal_said(pairs, points, "', ideal' rows")
     if gaps:
         notes.append("Undefined (a side did not run): " + "; ".join(gaps) + ".")
     notes += not_run_note(never)
+    rows_say = " (', ideal' rows: the ratio at both cells' speed of light)" if _has_ideal(
+        points) else ""  # fmt: skip
     caption = (
-        f"Speedup of each hub variant over its own baseline at n = {fmt_seq(seq)} (baseline step "
-        f"time / hub step time), {context(facet)}; whiskers are 95% bootstrap intervals of the "
-        "ratio (', ideal' rows: the ratio at both cells' speed of light), the grey line is parity."
+        f"Speedup of each hub variant over its own baseline at n = {fmt_seq(seq)} (the "
+        f"baseline's step time over the hub's), {context(facet)}; whiskers are 95% bootstrap "
+        f"intervals of the ratio{rows_say}, the grey line is parity."
     )
     return Figured(fig, "", notes, caption + _stale_caption(notes))
 

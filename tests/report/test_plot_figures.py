@@ -227,6 +227,10 @@ def test_every_figure_has_a_caption(rendered):
             assert "n = 1k" in r.caption, r.caption
     by_kind = {r.kind: r.caption for r in figures if r.kind == "heatmap" or "fwd-bf16" in r.stem}
     assert "p10–p90" in by_kind["throughput"]
+    assert by_kind["throughput"].startswith("Median throughput (tokens/s) ")
+    assert by_kind["memory"].startswith("Peak memory (CUDA allocated) ")
+    for r in figures:  # "Throughput (throughput (tokens/s))": a word said twice in a row
+        assert not re.search(r"\b(\w+) \(\1\b", r.caption, re.IGNORECASE), r.caption
     assert "95% bootstrap" in by_kind["speedup"]
     assert "hubs M × council budget k" in by_kind["heatmap"]
     if which == "multi":

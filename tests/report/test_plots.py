@@ -237,3 +237,20 @@ def test_speedup_draws_the_ideal_ratio_dashed_in_the_pairs_colour(throughput_run
     seqs = sorted(set(throughput_run["seq"]))
     # synthetic ceilings: linear for the hub, x (1 + n/4096) for the baseline
     assert list(ideal.get_ydata()) == pytest.approx([1 + n / 4096 for n in seqs])
+
+
+@pytest.mark.parametrize("seqs", [SEQS, (1024,)], ids=["lines", "rows"])
+def test_speedup_captions_the_ideal_only_where_one_is_drawn(seqs):
+    df = check_schema(make_run(grid(seqs=seqs)), "throughput")
+    (drawn,), _ = render(df, ["speedup"])
+    assert "the ideal ratio at both cells' speed of light" in drawn.caption or (
+        "', ideal' rows: the ratio at both cells' speed of light" in drawn.caption
+    )
+    (bare,), _ = render(df.assign(speed_of_light_s=np.nan), ["speedup"])  # a CPU run: no peaks
+    ax = bare.figure.axes[0]
+    assert not [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert not [t for t in ax.get_yticklabels() if "ideal" in t.get_text()]
+    assert "ideal" not in bare.caption and "dashed" not in bare.caption.lower()
+    notes = " ".join(" ".join(_texts(bare.figure)).split())
+    assert "No ideal is drawn: no cell has a speed of light" in notes
+    assert "Dashed: the ideal" not in notes
