@@ -150,6 +150,30 @@ def test_profile_traces_each_cell(runner: CliRunner, tmp_path: Path, monkeypatch
     assert not (tmp_path / "results").exists()  # profiling times nothing and stores no rows
 
 
+def test_an_interrupted_run_says_which_rows_are_whole(tmp_path: Path) -> None:
+    """Issue 27: '6 finished row(s) kept' was printed for rows with rounds still to measure."""
+    from hubbench.cli.run import kept_line, plan_suite
+    from hubbench.runner import RunResult
+
+    plan = plan_suite("ci", axes={})
+    ids = [c.cell_id for c in plan.cells]
+    path = tmp_path / "r.parquet"
+
+    def kept(*statuses: str) -> str:
+        rows = [
+            {"cell_id": i, "status": s, "job_lost": False}
+            for i, s in zip(ids, statuses, strict=False)
+        ]
+        return kept_line(RunResult(path, "r", rows), plan)
+
+    assert kept("ok", "partial", "partial", "error") == (
+        f"4 row(s) kept in {path}: 1 complete, 2 partial, 1 error, 2 cell(s) not started; "
+        "--resume measures the rest"
+    )
+    assert kept(*["ok"] * 5, "timeout") == f"6 row(s) kept in {path}: 5 complete, 1 timeout; done"
+    assert kept() == "no cell had finished; nothing was written"
+
+
 def test_interrupted_run_keeps_rows_and_resumes(
     runner: CliRunner, tmp_path: Path, monkeypatch
 ) -> None:
@@ -161,7 +185,9 @@ def test_interrupted_run_keeps_rows_and_resumes(
         app, ["run", str(path), "--results-dir", str(results), "--builder", BUILDER]
     )
     assert first.exit_code == 130, first.output
-    assert "interrupted" in first.stderr and "--resume" in first.stderr
+    kept = " ".join(first.stderr.split())
+    assert "interrupted: 3 row(s) kept in" in kept
+    assert ": 3 partial, 5 cell(s) not started; --resume measures the rest" in kept
     [run_file] = store.list_runs(results)
     df = pd.read_parquet(run_file)
     assert df["status"].tolist() == ["partial"] * 3  # interrupted in the first pass

@@ -85,6 +85,26 @@ def _round_line(row: Mapping[str, Any], state: CellState, progress: Progress, la
     return f"[{progress.done:>{width}}/{progress.total}] {what}: {result} ({clock})"
 
 
+def kept_line(outcome: RunResult, plan: Plan) -> str:
+    """What an interrupted run left on disk: its rows by status (a partial row has rounds still
+    to measure), the cells it never reached, and whether --resume has anything to do (failed
+    cells are not retried, unless lost with their job)."""
+    from collections import Counter
+
+    if not outcome.rows:
+        return "no cell had finished; nothing was written"
+    counts = Counter("complete" if r["status"] == "ok" else str(r["status"]) for r in outcome.rows)
+    first = ("complete", "partial")
+    parts = [f"{counts[s]} {s}" for s in first if counts[s]]
+    parts += [f"{n} {s}" for s, n in sorted(counts.items()) if s not in first]
+    unstarted = len({c.cell_id for c in plan.cells} - {r["cell_id"] for r in outcome.rows})
+    if unstarted:
+        parts.append(f"{unstarted} cell(s) not started")
+    lost = any(r.get("job_lost") for r in outcome.rows)  # lost with their job: run again
+    rest = "--resume measures the rest" if counts["partial"] or unstarted or lost else "done"
+    return f"{len(outcome.rows)} row(s) kept in {outcome.path}: {', '.join(parts)}; {rest}"
+
+
 def _run_with_progress(
     plan: Plan, results: Path, resume: bool, builder: str, out: Console, executor: Any = None
 ) -> RunResult:
@@ -314,12 +334,7 @@ def register(app: typer.Typer) -> None:
         for note in notes:
             out.print(f"[dim]{escape(note)}[/]", highlight=False)
         if outcome.interrupted:
-            kept = (
-                f"{len(outcome.rows)} finished row(s) kept in {outcome.path}; continue with "
-                "--resume"
-                if outcome.rows
-                else "no cell had finished; nothing was written"
-            )
+            kept = kept_line(outcome, plan)
             err.print(f"[yellow]interrupted[/]: {escape(kept)}", highlight=False, soft_wrap=True)
             raise typer.Exit(130)
         out.print(
