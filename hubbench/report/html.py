@@ -208,7 +208,7 @@ def _gate_section(df: pd.DataFrame) -> str:
 def build_html(df: pd.DataFrame) -> str:
     """The page for one run (or several pooled runs) as a string."""
     from hubbench.errors import ReportError
-    from hubbench.report.plots import render
+    from hubbench.report.plots import render, worth_saying
 
     try:
         figures, skipped = render(df)
@@ -231,6 +231,7 @@ def build_html(df: pd.DataFrame) -> str:
             f"<figure><img alt='{html.escape(r.stem)}' src='{_png_data_uri(r.figure)}'>"
             f"<figcaption>{html.escape(r.caption or r.stem)}</figcaption></figure>"
         )
+    skipped = worth_saying(skipped, df)  # no 'no learning curves' on a timed run's page
     if skipped:
         items = "".join(f"<li><b>{k}</b>: {html.escape(v)}</li>" for k, v in skipped.items())
         parts.append(f"<p>Not drawn for this run:</p><ul>{items}</ul>")

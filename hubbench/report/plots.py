@@ -113,10 +113,10 @@ LACKS = {
 QUALITY_KINDS = ("pareto", "curves", "recall", "convergence")
 
 
-def not_drawn(skipped: dict[str, str], df: pd.DataFrame) -> str:
-    """'heatmap (no hubs × topk grid)': the kinds left out that the run's modes could give, or
-    ''. Kinds of other modes go unsaid: a timed run has no learning curves, and a training run
-    no decode state, by design."""
+def worth_saying(skipped: dict[str, str], df: pd.DataFrame) -> dict[str, str]:
+    """The kinds left out that the run's modes could have given, with why. Kinds of other modes
+    go unsaid: a timed run has no learning curves, and a training run no decode state, by
+    design."""
     modes = {str(m) for m in df["mode"]} if "mode" in df.columns else set()
 
     def could(kind: str) -> bool:
@@ -124,7 +124,12 @@ def not_drawn(skipped: dict[str, str], df: pd.DataFrame) -> str:
             return "quality" in modes
         return kind != "state" or bool(modes & {"prefill", "decode"})
 
-    return "; ".join(f"{k} ({LACKS[k]})" for k in skipped if could(k))
+    return {k: why for k, why in skipped.items() if could(k)}
+
+
+def not_drawn(skipped: dict[str, str], df: pd.DataFrame) -> str:
+    """'heatmap (no hubs × topk grid)': worth_saying in one line, or ''."""
+    return "; ".join(f"{k} ({LACKS.get(k, why)})" for k, why in worth_saying(skipped, df).items())
 
 
 # ---- support checks: a kind is drawable when at least one facet has what it needs ----

@@ -139,6 +139,8 @@ def test_report_is_one_self_contained_page(runner, results_dir, runs, tmp_path):
     assert base64.b64decode(images[0])[:4] == b"\x89PNG"
     assert not re.search(r"(src|href)=['\"]https?://", page)
     assert "NVIDIA H200" in page and "<h2>Environment</h2>" in page
+    assert "<li><b>heatmap</b>: heatmap needs several hubs x topk values" in page
+    assert "<b>curves</b>" not in page and "<b>state</b>" not in page  # not this run's modes
 
 
 RATIO_SUITE = """
