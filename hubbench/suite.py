@@ -1,6 +1,6 @@
 """Suites: TOML files parsed once into dataclasses, validated, and expanded into cells.
 
-A suite file (see suites/*.toml and the README's "Suites" section):
+A suite file (see suites/*.toml and docs/reference.md, "Suite files"):
 
     name = "throughput"                # optional; must equal the file stem when given
     description = "..."

@@ -219,8 +219,7 @@ def register(app: typer.Typer) -> None:
         executor: str = typer.Option(
             None,
             "--executor",
-            help="local (default) | submitit-local | slurm: where the cells run (README, "
-            "'Sweeps on a cluster').",
+            help="local (default) | submitit-local | slurm: where the cells run (docs/cluster.md).",
         ),
         cells_per_job: int = typer.Option(None, "--cells-per-job", help="Cells per job."),
         parallelism: int = typer.Option(

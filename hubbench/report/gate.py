@@ -274,8 +274,8 @@ def gate_ratios(
     """Each rule's numerator/denominator ratio within `run` against its min / max."""
     if not rules:
         raise ReportError(
-            f"suite {suite_name!r} declares no gate.ratio rules; add some (see README) "
-            "or gate against a baseline with --baseline"
+            f"suite {suite_name!r} declares no gate.ratio rules; add some (docs/reference.md, "
+            "'Gate') or gate against a baseline with --baseline"
         )
     require_ok(run, run_label(run))
     checks = []
