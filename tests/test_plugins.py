@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import typer
 from typer.testing import CliRunner
 
 from hubbench import models, store
@@ -46,6 +47,20 @@ def test_specs_parse_as_files_or_modules() -> None:
     module = parse_spec("mypkg.layers:Mixer")
     assert (module.is_file, module.target, module.name) == (False, "mypkg.layers", "Mixer")
     assert display_name("a/b.py:Foo") == "Foo" and display_name(None) is None
+
+
+def test_the_docs_name_plugin_rows_as_the_tables_do() -> None:
+    """Issue 27: rows read 'SlidingWindowAttention-gpt' where the README said only mixer-gpt."""
+    from hubbench.variants import display_name as row_name
+
+    shown = row_name("mixer-gpt", "examples/sliding_window.py:SlidingWindowAttention")
+    assert shown == "SlidingWindowAttention-gpt"
+    for doc in ("README.md", "docs/reference.md"):
+        text = " ".join((ROOT / doc).read_text().split())
+        assert f"`{shown}" in text and "`mixer-gpt`" in text, doc
+    run = typer.main.get_command(app).commands["run"]
+    [mixer] = [p for p in run.params if p.name == "mixer"]
+    assert "mixer-gpt" in mixer.help and "shown as Class-gpt" in mixer.help
 
 
 @pytest.mark.parametrize("text", ["no_colon", "file.py:", ":Class", "file.py:not-an-id", "a b:C"])

@@ -170,7 +170,8 @@ def register(app: typer.Typer) -> None:
             None,
             "--mixer",
             help="Plug-in mixer FILE.py:Class or module:Class (repeatable): adds mixer-gpt "
-            "(and mixer-jamba when the suite has jamba) built around it; its options via --set.",
+            "(and mixer-jamba when the suite has jamba) built around it, shown as Class-gpt "
+            "(Class-jamba); its options via --set.",
         ),
         device: list[str] = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
         dtype: list[str] = typer.Option(None, "--dtype", help=f"fp32, bf16, fp16 ({LIST_HELP})."),
