@@ -238,8 +238,9 @@ def _heatmap(facet: Facet, variant: str, stem: str, g: pd.DataFrame) -> Figured:
         shown = ", ".join(m.bar or m.label for m in metrics)
         caption = (
             f"{shown[0].upper()}{shown[1:]} of {variant} over hubs M × council budget k, "
-            f"{panels}, {context(facet)}; each cell is the mean over its seeds (up to {seeds}), "
-            "one colour scale per metric, brighter is better"
+            f"{panels}, {context(facet)}; "
+            + (f"each cell is the mean over its seeds (up to {seeds}), " if seeds > 1 else "")
+            + "one colour scale per metric, brighter is better"
             + (
                 "; ≈ best cells are within noise of the best at their n and take its colour"
                 if tied
@@ -307,12 +308,12 @@ def _note(g: pd.DataFrame, cells: dict[tuple[int, int, int], Cell], quality: boo
           seeds: int, width: int, tied: bool = False) -> str:  # fmt: skip
     """The text under the panels: colour direction, noise, seeds, leaks and what did not run."""
     text = "Brighter is better in every panel." + (f" {TIE_TEXT}" if tied else "")
-    if quality or seeds > 1:
+    if seeds > 1:  # one seed: a cell is that seed's value, nothing pooled to explain
         given = g["converge_threshold"] if "converge_threshold" in g.columns else []
         threshold = next((str(v) for v in given if norm_value(v) is not None),
                          "the task's threshold")  # fmt: skip
         text += f" Each cell: the mean over its ok seeds (up to {seeds})"
-        text += f"; 'c/n conv.': seeds converged ({threshold})." if quality and seeds > 1 else "."
+        text += f"; 'c/n conv.': seeds converged ({threshold})." if quality else "."
     if quality:
         leaks = _leaks(cells)
         if leaks:

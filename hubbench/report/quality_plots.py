@@ -299,7 +299,7 @@ def recall(facet: Facet) -> Figured:
                         **line.style.kwargs())  # fmt: skip
         else:
             ax.plot([], [], label=label + " (no ok cells)", **line.style.kwargs())
-    _chance(ax, rows, at)
+    chance = _chance(ax, rows, at)
     ax.set_xticks(range(len(points)), [_tick(p) for p in points])
     ax.set_xlim(-0.5, len(points) - 0.5)
     ax.set_ylim(0, 1.04)
@@ -313,8 +313,9 @@ def recall(facet: Facet) -> Figured:
     how = _hows(pooled)
     trained = setup(facet)
     notes = [
-        f"Mean held-out accuracy over seeds; error bars: {how}, cut at 0 and 100%. Dashed: "
-        "chance (1 / the number of values)." + (f" Trained: {trained}." if trained else ""),
+        f"Mean held-out accuracy over seeds; error bars: {how}, cut at 0 and 100%."
+        + (" Dashed: chance (1 / the number of values)." if chance else "")
+        + (f" Trained: {trained}." if trained else ""),
         *_gap_note(gaps),
     ]
     if any(line.leaks for line in found):
@@ -322,8 +323,8 @@ def recall(facet: Facet) -> Figured:
                      "causal, so its accuracy is not a valid result.")  # fmt: skip
     caption = (
         "Held-out MQAR accuracy of each config at every (sequence length n, key-value pairs) "
-        f"point of the run, the mean over its seeds with {how} as error bars; the dashed line is "
-        "chance."
+        f"point of the run, the mean over its seeds with {how} as error bars"
+        + ("; the dashed line is chance." if chance else ".")
     )
     return Figured(fig, "", notes, caption)
 
@@ -332,7 +333,8 @@ def _tick(point: tuple[int, int]) -> str:
     return f"{fmt_seq(point[0])}/{point[1]}"
 
 
-def _chance(ax: Axes, rows: list[dict[str, Any]], at: dict[tuple[int, int], int]) -> None:
+def _chance(ax: Axes, rows: list[dict[str, Any]], at: dict[tuple[int, int], int]) -> bool:
+    """The dashed chance line, where the rows record it; whether one was drawn."""
     base = {}
     for r in rows:
         p = (r.get("seq"), r.get(GRID_FIELD))
@@ -342,6 +344,7 @@ def _chance(ax: Axes, rows: list[dict[str, Any]], at: dict[tuple[int, int], int]
         xs = sorted(base)
         ax.plot(xs, [base[x] for x in xs], color="#999999", linestyle="--", linewidth=1,
                 marker="none", zorder=1, label="chance")  # fmt: skip
+    return bool(base)
 
 
 def _percent() -> Any:
@@ -529,22 +532,33 @@ def pareto(facet: Facet) -> Figured:
     how = _hows(pooled)
     seeds = max((p.n for p in pooled), default=0)
     what = "accuracy" if higher else "bits per byte"
-    notes = [
+    floor = "chance" if higher else "the unigram model (bits per byte of the byte frequencies)"
+    first = (
         f"One point per config, its seeds pooled (up to {seeds}): x the median training tokens/s "
         f"(bars: lowest p10 to highest p90 of its updates), y the mean held-out {what} (bars: "
-        f"{how}). Grey line (two or more on it): the Pareto front, the configs no other beats "
-        "on both axes; dashed: "
-        f"{'chance' if higher else 'the unigram model (bits per byte of the byte frequencies)'}.",
-        *_gap_note(gaps, "not drawn"),
-    ]
+        f"{how})."
+    )
+    if len(front) > 1:
+        first += " Grey line: the Pareto front, the configs no other beats on both axes."
+    if base is not None:
+        first += f" Dashed: {floor}."
+    notes = [first, *_gap_note(gaps, "not drawn")]
     if any(leaks):
         notes.append("Hollow, (leaks): the trained model failed the causality checks or is "
                      "not causal; its quality is not a valid result, and it stays off the "
                      "front.")  # fmt: skip
+    said = [f"the mean over its seeds with {how} as error bars"]  # only what is drawn
+    if len(front) > 1:
+        said.append("the grey line joins the configs no other config beats on both")
+    if any(leaks):
+        said.append("hollow points (not causal) stay off it" if len(front) > 1 else
+                    "hollow points are not causal")  # fmt: skip
+    if base is not None:
+        said.append(f"the dashed line is {'chance' if higher else 'the unigram model'}")
     caption = (
         f"Held-out {what} against training throughput, {context(facet)}: one point per config, "
-        f"the mean over its seeds with {how} as error bars; the grey line joins the configs no "
-        "other config beats on both, and hollow points (not causal) stay off it."
+        + "; ".join(said)
+        + "."
     )
     return Figured(fig, task, notes, caption)
 

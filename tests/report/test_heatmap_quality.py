@@ -224,3 +224,10 @@ def test_the_throughput_heatmap_keeps_its_one_row_and_its_name(tmp_path) -> None
     assert "LEAK" not in texts and not any("conv." in t for t in texts)
     assert _note(fig.figure).endswith("Brighter is better in every panel.")
     assert fig.caption.startswith("Throughput (median tokens/s) of hub-gpt over hubs M")
+
+
+def test_one_seed_is_not_called_a_mean_over_seeds() -> None:
+    (r,) = _heatmaps(quality_sweep(seeds=(0,)))
+    assert "seeds" not in r.caption and "up to 1" not in _note(r.figure), r.caption
+    (pooled,) = _heatmaps(quality_sweep())
+    assert "each cell is the mean over its seeds (up to 3)" in pooled.caption

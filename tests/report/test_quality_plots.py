@@ -256,3 +256,17 @@ def test_bytes_pareto_says_lower_is_better_and_fronts_the_lowest() -> None:
     assert "unigram model" in ax.get_legend_handles_labels()[1]
     (front,) = [x for x in ax.get_lines() if x.get_label() == "Pareto front"]
     assert sorted(front.get_ydata()) == [1.5, 2.0]  # slower but lower, and faster but higher
+
+
+def test_quality_captions_name_only_lines_that_are_drawn() -> None:
+    """No 'dashed line is chance' when the rows record no chance level, no front or hollow
+    points in the words when the figure has none."""
+    with_chance = check_schema(quality_run(hubs=(4, 8)), "quality")
+    without = with_chance.assign(baseline_quality=float("nan"))
+    for df, chance in ((with_chance, True), (without, False)):
+        figures, _ = render(df, ["recall", "pareto"])
+        for r in figures:
+            labels = [ln.get_label() for ln in r.figure.axes[0].get_lines()]
+            assert ("chance" in labels) == chance, r.stem
+            assert ("dashed line is chance" in r.caption) == chance, r.caption
+            assert "hollow" not in r.caption, r.caption  # no config leaks here
