@@ -119,7 +119,7 @@ def test_results_lists_and_shows_runs(runner: CliRunner, tmp_path: Path) -> None
                  attention="flash", seq=256, status="skipped", message="needs 'hubbench[flash]'"),
     ]  # fmt: skip
     store.write_rows(path, rows)
-    listing = runner.invoke(app, ["results", "--results-dir", str(tmp_path)])
+    listing = runner.invoke(app, ["results", "--wide", "--results-dir", str(tmp_path)])
     assert listing.exit_code == 0, listing.output
     assert "beef0001" in listing.output and "1 ok, 1 skipped" in listing.output
     shown = runner.invoke(app, ["results", "beef", "--wide", "--results-dir", str(tmp_path)])
