@@ -251,7 +251,7 @@ def _heatmap(facet: Facet, variant: str, stem: str, g: pd.DataFrame) -> Figured:
         )
     else:
         caption = (
-            f"Throughput (median tokens/s) of {variant} over hubs M × council budget k, {panels}, "
+            f"Median throughput (tokens/s) of {variant} over hubs M × council budget k, {panels}, "
             f"{context(facet)}; one colour scale, brighter is better"
             + (
                 "; ≈ best cells are within noise of the best at their n (95% bootstrap interval "

@@ -223,7 +223,7 @@ def test_the_throughput_heatmap_keeps_its_one_row_and_its_name(tmp_path) -> None
     texts = [t for ax in fig.figure.axes for t in _texts(ax)]
     assert "LEAK" not in texts and not any("conv." in t for t in texts)
     assert _note(fig.figure).endswith("Brighter is better in every panel.")
-    assert fig.caption.startswith("Throughput (median tokens/s) of hub-gpt over hubs M")
+    assert fig.caption.startswith("Median throughput (tokens/s) of hub-gpt over hubs M")
 
 
 def test_one_seed_is_not_called_a_mean_over_seeds() -> None:
