@@ -20,7 +20,7 @@ are set here. rich is pinned in constraints.txt and tests/cli/test_fit.py render
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -89,13 +89,17 @@ def print_fitted(
     wide: bool = False,
     see: str = "--wide shows them",
     fold: Collection[str] = ("message",),
+    caption: Callable[[list[str]], str] | None = None,
 ) -> Fitted:
     """Print `table` fitted to the console (every column with `wide`), then one line naming the
-    columns left out and `see`, how to show them."""
+    columns left out and `see`, how to show them. `caption(shown headers)`, when given, writes
+    the table's caption for the columns that are left."""
     if wide:
         fitted = Fitted(max(printer.width, _natural(printer, table)), ())
     else:
         fitted = fit(printer, table, keep, drop, fold)
+    if caption is not None:
+        table.caption = caption([_header(c) for c in table.columns])
     saved = printer.width
     printer.width = fitted.width  # print(width=) would be clamped to the console's width
     try:

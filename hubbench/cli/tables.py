@@ -145,13 +145,18 @@ def print_rows(
         keys.insert(2, "attention")  # it tells rows apart
     whole = rows_table(rows, title, data=data)
     quality = [i for i, h in enumerate(headers) if h in QUALITY_HEADERS]
+
+    def caption(shown: list[str]) -> str:
+        return escape(data.caption(shown=shown))
+
     if wide or not quality or _natural_width(printer, whole) <= printer.width:
         print_fitted(printer, whole, [*keys, "status", "tok/s", "quality"],
-                     (*SPEED_DROP, *QUALITY_DROP), wide=wide, see=SEE)  # fmt: skip
+                     (*SPEED_DROP, *QUALITY_DROP), wide=wide, see=SEE, caption=caption)  # fmt: skip
     else:
         speed = [i for i in range(len(headers)) if i not in quality]
         table = rows_table(rows, title, data=data, keep=speed)
-        print_fitted(printer, table, [*keys, "status", "tok/s"], SPEED_DROP, see=SEE)
+        print_fitted(printer, table, [*keys, "status", "tok/s"], SPEED_DROP, see=SEE,
+                     caption=caption)  # fmt: skip
         named = sorted(headers.index(h) for h in keys)
         table = rows_table(rows, f"{title}: quality", data, named + quality, caption=False)
         print_fitted(printer, table, [*keys, "quality"], QUALITY_DROP, see=SEE)

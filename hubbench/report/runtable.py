@@ -8,7 +8,7 @@ renderer's; what is shown is decided here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,15 +41,18 @@ class RunTable:
     rows: tuple[TableRow, ...]
     notes: tuple[str, ...]  # what the caption adds for these rows (decode, state)
 
-    def caption(self, requested: str = "dim") -> str:
-        """The key to the columns; `requested`: how the renderer marks a requested backend."""
-        sol = any(c.header == "SoL" for c in self.columns)
-        return "; ".join((
-            f"attention: the kernel that ran ({requested}: requested, did not run)",
-            "ms: median step", "mem: peak over the timed steps",
-            *(["SoL: the speed of light's step time over the measured one"] if sol else []),
-            *self.notes,
-        ))  # fmt: skip
+    def caption(self, requested: str = "dim", shown: Collection[str] | None = None) -> str:
+        """The key to the columns; `requested`: how the renderer marks a requested backend;
+        `shown`: the headers printed (default: every column), so that a column left out of a
+        narrow table is not explained under it."""
+        shown = {c.header for c in self.columns} if shown is None else set(shown)
+        keys = (
+            ("attention", f"attention: the kernel that ran ({requested}: requested, did not run)"),
+            ("ms", "ms: median step"),
+            ("mem", "mem: peak over the timed steps"),
+            ("SoL", "SoL: the speed of light's step time over the measured one"),
+        )
+        return "; ".join((*(text for header, text in keys if header in shown), *self.notes))
 
 
 def run_table(rows: Sequence[Mapping[str, Any]]) -> RunTable:
