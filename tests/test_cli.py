@@ -8,6 +8,7 @@ holds what is common to all of them.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,24 @@ def test_errors_are_one_line_and_debug_shows_the_traceback() -> None:
     debug = runner.invoke(app, ["--debug", "run", "nope"])
     assert isinstance(debug.exception, SuiteError)  # re-raised, so Python prints the traceback
     assert "unknown suite 'nope'" in str(debug.exception)
+
+
+def test_a_closed_pipe_stops_quietly(monkeypatch) -> None:
+    """Issue 27: `hubbench compare --help | head` said 'internal error: BrokenPipeError ... (a
+    bug in hubbench)'. The reader going away is no error: no word, and 141 as for SIGPIPE."""
+    env = {**os.environ, "COLUMNS": "80"}
+    argv = [sys.executable, "-m", "hubbench", "list"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader is gone before the first line
+    _, err = proc.communicate(timeout=120)
+    assert (proc.returncode, err.decode()) == (141, "")
+
+    def closed(*_args, **_kwargs):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("hubbench.cli.tables.variants_table", closed)  # a write in a command
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 141 and "internal error" not in result.output
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,8 @@ a `HubbenchError` becomes one line on stderr and its exit code; `--debug` re-rai
 
 Exit codes, for every command: 0 success; 1 only for a real regression (`gate`) or a real leak
 (`verify causal`); 2 for unusable input and for any internal error (a bug: one line naming the
-exception, the traceback with --debug); 130 when interrupted.
+exception, the traceback with --debug); 130 when interrupted; 141, silently, when the reader of
+the output went away (`hubbench list | head`), as for any tool killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from hubbench.cli.common import broken_pipe
 from hubbench.errors import HubbenchError
 
 err_console = Console(stderr=True, emoji=False)  # ":name:" in paths is not an emoji
@@ -44,6 +46,8 @@ class _BoundaryGroup(TyperGroup):
                 raise
             _say("interrupted", "stopped by Ctrl-C")
             ctx.exit(INTERRUPTED)
+        except BrokenPipeError:  # `hubbench compare --help | head`: the reader had enough
+            broken_pipe()
         except Exception as exc:  # a bug: one line, never exit 1 (that means "regression")
             if ctx.params.get("debug"):
                 raise

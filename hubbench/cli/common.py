@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import sys
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from hubbench.config import parse_assignments, split_list
 from hubbench.errors import ConfigError
@@ -16,15 +19,37 @@ RESULTS_HELP = "Results directory (default: $HUBBENCH_RESULTS, else ./results)."
 LIST_HELP = "comma list or repeated"
 
 
+BROKEN_PIPE = 141  # 128 + SIGPIPE: what `yes | head` leaves `yes` with
+
+
+def broken_pipe() -> NoReturn:
+    """The reader of stdout went away (`hubbench list | head`): stop without a word, pointing
+    stdout at /dev/null so that the interpreter's last flush does not fail again."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # CliRunner's has no fd
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    raise SystemExit(BROKEN_PIPE)
+
+
+@functools.cache
+def _console_class() -> type[Console]:
+    from rich.console import Console
+
+    class QuietOnBrokenPipe(Console):
+        def on_broken_pipe(self) -> None:  # Rich's own exits 1, which means "regression" here
+            self.quiet = True
+            broken_pipe()
+
+    return QuietOnBrokenPipe
+
+
 def console(stderr: bool = False) -> Console:
     """Rich console; logs and pipes get 160 columns instead of Rich's default 80, unless
     COLUMNS says how wide (`COLUMNS=80 hubbench results ... > table.txt`)."""
-    from rich.console import Console
-
-    out = Console(stderr=stderr, emoji=False)
+    cls = _console_class()
+    out = cls(stderr=stderr, emoji=False)
     if out.is_terminal or os.environ.get("COLUMNS", "").strip().isdigit():
         return out
-    return Console(stderr=stderr, width=160, emoji=False)
+    return cls(stderr=stderr, width=160, emoji=False)
 
 
 def listed(values: Iterable[str] | None) -> list[str] | None:
