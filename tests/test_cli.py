@@ -67,6 +67,20 @@ def test_a_closed_pipe_stops_quietly(monkeypatch) -> None:
     assert result.exit_code == 141 and "internal error" not in result.output
 
 
+def test_every_command_summary_is_one_line() -> None:
+    """Typer keeps a docstring's line breaks: a two-line summary broke mid-sentence in the
+    `hubbench --help` command list ('heatmaps, memory, and' / 'the decode state ...')."""
+    import typer
+
+    def summaries(command, name: str = "hubbench"):
+        for sub_name, sub in getattr(command, "commands", {}).items():
+            yield f"{name} {sub_name}", (sub.help or "").strip().split("\n\n")[0]
+            yield from summaries(sub, f"{name} {sub_name}")
+
+    broken = {n: s for n, s in summaries(typer.main.get_command(app)) if "\n" in s}
+    assert broken == {}
+
+
 @pytest.mark.parametrize(
     "argv",
     [["--help"], ["list"], ["run", "throughput", "--dry-run"], ["run", "--help"]],

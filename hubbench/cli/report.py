@@ -49,8 +49,7 @@ def plot_cmd(
     ),
     results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
 ) -> None:
-    """Plot runs: tokens/s, scaling exponents, speedups, hubs x topk heatmaps, memory, and
-    the decode state per sequence.
+    """Plot runs: tokens/s, scaling, speedups, hubs x topk heatmaps, memory, decode state.
 
     Example: hubbench plot --kind scaling,speedup --out plots/
     """
@@ -101,8 +100,10 @@ def report_cmd(
     ),
     results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
 ) -> None:
-    """Write one self-contained HTML page for a run: headline, figures, ratio gate, results,
-    environment; print the headline (each hub variant's best speedup, crossover, losses).
+    """Write one self-contained HTML page for a run and print its headline.
+
+    The page: headline, figures, ratio gate, results, environment.
+    The headline: each hub variant's best speedup, crossover and losses.
 
     Example: hubbench report latest --out reports/latest.html
     """
