@@ -2,17 +2,18 @@
 
 A round's wall time is a fixed part (the noise sentinel, building the model, a decode cell's
 prompt, round 1's FLOP count of a compiled cell), the warm-up and the timed steps. A measured
-round gives the fixed part (wall time less warm-up and timed steps) and the step time; the
-warm-up is then predicted by the warm-up rule (hubbench.measure), so round 1's FLOP-counting
-step, which sits in its warm-up, is never taken for the cost of the rounds after it. A cell
-predicts its rounds from its own latest round; a cell not yet measured borrows from the cells
-of its kind (mode and device) measured so far: their mean fixed part, and a step time scaled
-from theirs by `step_cost`.
+round gives the fixed part (wall time less warm-up and timed steps), the step time and, after
+round 1, the warm-up; round 1's warm-up holds the FLOP-counting step, so the rounds after it
+are given the warm-up rule's time instead (hubbench.measure). A cell predicts its rounds from
+its own latest round; a cell not yet measured borrows from the cells of its kind (mode, device
+and variant) measured so far: their mean fixed part, a step time scaled from theirs by
+`step_cost`, and the warm-up rule's time for that step.
 
 Kinds never borrow from each other: a decode step (decode_tokens tokens against a cache, each
-a few small kernels) and a prefill or training step are not one FLOP scale apart on any device;
-extrapolating one from the other put the decode suite's first estimate at 161 min for a 9 min
-run (issue 27). So there is no estimate until every kind with rounds left has a measured round.
+a few small kernels) and a prefill or training step are not one FLOP scale apart on any device,
+nor are a Mamba scan and a matmul; extrapolating one from the other put the decode suite's
+first estimate at 161 min for a 9 min run (issue 27). So there is no estimate until every kind
+with rounds left has a measured round.
 """
 
 from __future__ import annotations
@@ -45,11 +46,12 @@ class Timing:
 
     fixed_s: float  # wall time outside the warm-up and the timed steps
     step_s: float  # median step (decode: a call generating decode_tokens tokens)
+    warmup_s: float | None = None  # measured, when no FLOP-counting step was part of it
 
 
-def kind(cell: Cell) -> tuple[str, str]:
+def kind(cell: Cell) -> tuple[str, str, str]:
     """The cells whose step times `step_cost` may scale into one another."""
-    return cell.mode, cell.device
+    return cell.mode, cell.device, cell.variant
 
 
 def step_cost(cell: Cell) -> float:
@@ -66,11 +68,13 @@ def per_call(cell: Cell) -> int:
     return cell.decode_tokens if cell.mode == "decode" else 1
 
 
-def measured_timing(cell: Cell, result: RoundResult, wall_s: float) -> Timing:
+def measured_timing(cell: Cell, result: RoundResult, wall_s: float, counted: bool) -> Timing:
+    """`counted`: the round's warm-up began with the FLOP-counting step (round 1)."""
     ordered = sorted(result.samples_s)
     step = ordered[len(ordered) // 2] * per_call(cell)
     timed = sum(result.samples_s) * per_call(cell)
-    return Timing(max(wall_s - result.warmup_s - timed, 0.0), step)
+    fixed = max(wall_s - result.warmup_s - timed, 0.0)
+    return Timing(fixed, step, None if counted else result.warmup_s)
 
 
 def round_s(cell: Cell, timing: Timing) -> float:
@@ -78,7 +82,9 @@ def round_s(cell: Cell, timing: Timing) -> float:
     step, m = timing.step_s, cell.measure
     if cell.mode == "quality":
         return timing.fixed_s + cell.train_updates * step
-    warm = warmup_estimate_s(step, steps=m.warmup, min_s=m.warmup_min_s, max_s=m.warmup_max_s)
+    warm = timing.warmup_s
+    if warm is None:
+        warm = warmup_estimate_s(step, steps=m.warmup, min_s=m.warmup_min_s, max_s=m.warmup_max_s)
     return timing.fixed_s + warm + max(m.repeats * step, m.min_time_s)
 
 
@@ -101,7 +107,9 @@ class Eta:
             return
         self.left[key] -= 1
         if outcome["wall_s"] and state.rounds:
-            self.timing[key] = measured_timing(state.cell, state.rounds[-1], outcome["wall_s"])
+            counted = len(state.rounds) == 1  # the runner counts FLOPs in a cell's first round
+            last, wall = state.rounds[-1], outcome["wall_s"]
+            self.timing[key] = measured_timing(state.cell, last, wall, counted)
 
     def progress(self, elapsed: float) -> Progress:
         return Progress(self.done, self.total, elapsed, self.remaining_s())

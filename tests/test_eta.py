@@ -13,9 +13,11 @@ from hubbench.variants import make_config
 MEASURE = Measure(warmup=1, warmup_min_s=0.0, warmup_max_s=0.0, repeats=3, rounds=3)
 
 
-def cell(index: int, mode: str = "prefill", seq: int = 1024, **fields) -> Cell:
-    config = make_config("transformer", d_model=256, n_heads=4, n_layers=4)
-    return Cell(index=index, variant="transformer", mode=mode, device="cpu", batch=1, seq=seq,
+def cell(
+    index: int, mode: str = "prefill", seq: int = 1024, variant: str = "transformer", **fields
+) -> Cell:
+    config = make_config(variant, d_model=256, n_heads=4, n_layers=4)
+    return Cell(index=index, variant=variant, mode=mode, device="cpu", batch=1, seq=seq,
                 compile=False, threads=1, config=config, measure=MEASURE, **fields)  # fmt: skip
 
 
@@ -48,6 +50,9 @@ def test_round_one_flop_count_is_not_the_cost_of_later_rounds() -> None:
     measured(state, eta, step_s=0.1, warmup_s=5.0, wall_s=5.5)
     # two rounds left: fixed 0.2 s (5.5 - 5.0 - 0.3), one warm-up step, three timed steps
     assert eta.progress(5.5).remaining_s == pytest.approx(2 * (0.2 + 0.1 + 0.3))
+    # round 2 counted nothing: its own warm-up (0.7 s, steps that took long to settle) stands
+    measured(state, eta, step_s=0.1, warmup_s=0.7, wall_s=1.2)
+    assert eta.progress(6.7).remaining_s == pytest.approx(0.2 + 0.7 + 0.3)
 
 
 def test_an_unmeasured_cell_scales_its_kind_step_not_the_fixed_part() -> None:
@@ -57,6 +62,14 @@ def test_an_unmeasured_cell_scales_its_kind_step_not_the_fixed_part() -> None:
     step = 0.1 * step_cost(big.cell) / step_cost(small.cell)
     want = 2 * (1.1 + 0.1 + 0.3) + 3 * (1.1 + step + 3 * step)
     assert eta.progress(1.5).remaining_s == pytest.approx(want)
+
+
+def test_variants_do_not_borrow_from_each_other() -> None:
+    """A Mamba scan and a matmul are not one FLOP scale apart either."""
+    transformer, jamba = CellState(cell(0)), CellState(cell(1, variant="jamba"))
+    eta = Eta([transformer, jamba])
+    measured(transformer, eta, step_s=0.1, warmup_s=0.1, wall_s=1.0)
+    assert eta.progress(1.0).remaining_s is None
 
 
 def test_a_decode_step_is_its_tokens_not_its_prompt() -> None:
