@@ -112,6 +112,8 @@ def print_fitted(
 
 
 def hidden_line(hidden: Sequence[str], width: int, see: str) -> str:
+    """'not shown at 80 columns: ms, MFU (--wide shows them)'; 'it' for one column."""
+    see = see.replace("them", "it") if len(hidden) == 1 else see
     return escape(f"not shown at {width} columns: {', '.join(hidden)} ({see})")
 
 
