@@ -28,8 +28,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from hubbench.runner import run_plan
-from hubbench.suite import expand, load_suite, parse_overrides
+from hubbench.plan.suite import expand, load_suite, parse_overrides
+from hubbench.run.runner import run_plan
 
 
 def load() -> str:

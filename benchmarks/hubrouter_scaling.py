@@ -7,10 +7,11 @@
 Three parts (d_model 256, 4 heads, batch 1; HubRouter M=8, k=64, C=64, r=1):
 
 - model: hub-gpt against transformer (causal SDPA), 4 layers, one training step each
-  (forward, backward, AdamW) from `hubbench.step.build_step`, so exactly the step the runner
+  (forward, backward, AdamW) from `hubbench.measure.step.build_step`, so exactly the step the runner
   times. The two models' steps are interleaved (the order flips every repeat) so drift on a
   shared machine hits both; the ratio is of medians. Targets: >= 3x at 8192, >= 5x at 16384.
-  Beside it, the ideal ratio: the two steps' speed of light (hubbench.roofline: analytic FLOPs
+  Beside it, the ideal ratio: the two steps' speed of light (hubbench.measure.roofline:
+analytic FLOPs
   at the calibrated matmul peak, the byte floor at the calibrated bandwidth), shown once
   `hubbench env --calibrate` has run here.
 - layer: one HubRouter layer, forward + backward (`y.sum().backward()`), over n = 1k..16k;
@@ -28,7 +29,7 @@ Three parts (d_model 256, 4 heads, batch 1; HubRouter M=8, k=64, C=64, r=1):
   ru_maxrss. The fitted exponent of that against n has target <= 1.1. One child per council,
   so the split council's saving over the masked one is read off the same run.
 
-Correctness first: before timing, the script runs `hubbench.causality.check_mixer` on a small
+Correctness first: before timing, the script runs `hubbench.verify.causality.check_mixer` on a small
 HubRouter with the same options and refuses to report speed if it leaks.
 """
 
@@ -45,7 +46,7 @@ import time
 import torch
 from torch import nn
 
-from hubbench.measure import extra_peak_rss
+from hubbench.measure.timing import extra_peak_rss
 from hubbench.mixers.hubrouter import COUNCIL_IMPLS, HubRouter
 
 D_MODEL, HEADS, LAYERS = 256, 4, 4
@@ -98,7 +99,7 @@ def fit_exponent(ns: list[int], values: list[float]) -> float:
 
 
 def check_correctness() -> None:
-    from hubbench.causality import check_mixer
+    from hubbench.verify.causality import check_mixer
 
     small = HubRouter(32, 4, hubs=4, topk=4, neighbours=1, chunk=8)
     report = check_mixer(small, n=40, seeds=(0,))
@@ -184,8 +185,8 @@ def run_memory(seqs: list[int], councils: list[str]) -> dict:
 
 
 def run_models(seqs: list[int], repeats: int) -> dict:
+    from hubbench.measure.step import build_step
     from hubbench.models import build_model
-    from hubbench.step import build_step
 
     rows = []
     for n in seqs:
@@ -237,12 +238,12 @@ def run_models(seqs: list[int], repeats: int) -> dict:
 
 
 def speed_of_light_s(step, n: int) -> float | None:
-    """The step's ideal time (hubbench.roofline) at this machine's calibrated peaks; None
+    """The step's ideal time (hubbench.measure.roofline) at this machine's calibrated peaks; None
     until `hubbench env --calibrate` has run with this thread count."""
-    from hubbench.calibration import load_calibration
-    from hubbench.env import device_name
-    from hubbench.flops import peak_flops
-    from hubbench.roofline import bytes_floor, peak_bandwidth, speed_of_light
+    from hubbench.measure.calibration import load_calibration
+    from hubbench.measure.env import device_name
+    from hubbench.measure.flops import peak_flops
+    from hubbench.measure.roofline import bytes_floor, peak_bandwidth, speed_of_light
 
     calibration = load_calibration("cpu")
     peak, _ = peak_flops("cpu", device_name("cpu"), "fp32", calibration)

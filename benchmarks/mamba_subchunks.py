@@ -26,9 +26,9 @@ from collections.abc import Callable
 import torch
 
 import hubbench.mixers.mamba as mamba
+from hubbench.measure.step import build_step
 from hubbench.models import build
-from hubbench.step import build_step
-from hubbench.variants import make_config
+from hubbench.plan.variants import make_config
 
 
 def main() -> None:

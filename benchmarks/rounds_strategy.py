@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from hubbench.cell import DEVICE_MEASURE
-from hubbench.measure import time_calls, warm_up
+from hubbench.measure.step import build_step
+from hubbench.measure.timing import time_calls, warm_up
 from hubbench.models import build
-from hubbench.step import build_step
-from hubbench.suite import expand, load_suite
+from hubbench.plan.cell import DEVICE_MEASURE
+from hubbench.plan.suite import expand, load_suite
 
 
 def measure(cells, rounds: int, kept: bool) -> tuple[dict, float]:

@@ -1,4 +1,4 @@
-"""Blocks and language models for the variants of hubbench.variants: how each one is built.
+"""Blocks and language models for the variants of hubbench.plan.variants: how each one is built.
 
 Choices (written down because results depend on them):
 - Pre-norm residual blocks with RMSNorm: cheaper than LayerNorm (no mean, no bias) and what
@@ -31,7 +31,7 @@ from torch.profiler import record_function
 
 from hubbench.errors import ConfigError
 from hubbench.mixers.attention import Attention
-from hubbench.variants import (
+from hubbench.plan.variants import (
     BaseConfig,
     HubFields,
     JambaConfig,
@@ -335,14 +335,14 @@ def _hubrouter(config: BaseConfig, rope: bool) -> nn.Module:
 
 
 class PluginMixer(nn.Module):
-    """A plug-in mixer (hubbench.plugins) held to its contract: it gets (d_model, n_heads,
+    """A plug-in mixer (hubbench.plan.plugins) held to its contract: it gets (d_model, n_heads,
     causal=True, **options) and must map (B, n, d) to a tensor of the same shape, else a
     PluginError names it. Its decode path and FLOPs are used when it has them."""
 
     def __init__(
         self, spec: str, options: str, d_model: int, n_heads: int, digest: str = ""
     ) -> None:
-        from hubbench.plugins import (
+        from hubbench.plan.plugins import (
             PluginError,
             decode_options,
             inspect_mixer,
@@ -372,7 +372,7 @@ class PluginMixer(nn.Module):
         return self._checked(self.inner(x), x, "forward")
 
     def _checked(self, y: Any, x: torch.Tensor, what: str) -> torch.Tensor:
-        from hubbench.plugins import PluginError
+        from hubbench.plan.plugins import PluginError
 
         if not isinstance(y, torch.Tensor) or y.shape != x.shape:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
@@ -509,7 +509,7 @@ def _build_jamba(variant: str, config: JambaConfig) -> LanguageModel:
     return LanguageModel(variant, config, blocks)
 
 
-# variant -> the function that builds it; what each variant is lives in hubbench.variants
+# variant -> the function that builds it; what each variant is lives in hubbench.plan.variants
 BUILDERS: dict[str, Callable[[str, BaseConfig], LanguageModel]] = {
     "transformer": _build_gpt,
     "jamba": _build_jamba,

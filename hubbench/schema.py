@@ -4,7 +4,7 @@ This is the one place the columns are listed. The store writes exactly these col
 assembles a row from its groups and `row()` refuses an unknown or a missing key at the point it
 is made; the CLI tables, compare, gate, plots and the HTML report read their field lists and
 metric metadata from here. Model config columns are not listed by hand: every field of every
-variant in `hubbench.variants` is a column, typed and grouped by its own metadata.
+variant in `hubbench.plan.variants` is a column, typed and grouped by its own metadata.
 
 Groups, in file order, and who fills them:
 - identity: which run and which cell (the runner);
@@ -13,7 +13,7 @@ Groups, in file order, and who fills them:
 - measure: how carefully (warm-up, repeats, time limits; the cell);
 - outcome: status, message, the device it ran on, wall time (the worker, for every cell);
 - execution: the executor and job that ran the cell, and whether it failed with its job (the
-  runner or the job, hubbench.executors);
+  runner or the job, hubbench.run.executors);
 - measurement: backends, step-time statistics, memory, FLOPs, MFU (the worker, ok cells only;
   a quality cell's steps are its training updates);
 - quality: what training bought: losses, accuracy, bits per byte, routing precision, whether it
@@ -33,14 +33,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hubbench.config import INT64_MAX
 from hubbench.errors import ReportError, SchemaError
+from hubbench.plan.fields import INT64_MAX
 
 # 5: Python, OS, NVIDIA driver and optional package versions (env); plug-in mixer columns
-# 6: the speed of light (hubbench.roofline): its seconds, tokens/s, basis, bytes, bandwidth
+# 6: the speed of light (hubbench.measure.roofline): its seconds, tokens/s, basis, bytes, bandwidth
 # 7: the quality mode: task run fields and the quality group (hubbench.quality)
 # 8: executors and torchrun: the nproc run field, the execution group, world size and per-rank
-#    tokens/s with the weak-scaling efficiency (hubbench.executors, hubbench.distributed)
+#    tokens/s with the weak-scaling efficiency (hubbench.run.executors, hubbench.measure.ranks)
 # 9: the nnodes run field (torchrun across a job's nodes)
 SCHEMA_VERSION = 9
 
@@ -73,7 +73,7 @@ ARROW = {int: "int64", float: "float64", bool: "bool", str: "string"}
 
 
 def _run_columns() -> tuple[Column, ...]:
-    from hubbench.cell import RUN_FIELDS
+    from hubbench.plan.cell import RUN_FIELDS
 
     return tuple(
         _c(name, ARROW[f.type], "cell", f.doc, role=f.role) for name, f in RUN_FIELDS.items()
@@ -81,7 +81,7 @@ def _run_columns() -> tuple[Column, ...]:
 
 
 def _config_columns() -> tuple[Column, ...]:
-    from hubbench.variants import all_fields
+    from hubbench.plan.variants import all_fields
 
     role = {"shape": "figure", "mixer": "series"}
     return tuple(
@@ -93,7 +93,7 @@ def _config_columns() -> tuple[Column, ...]:
 def _measure_columns() -> tuple[Column, ...]:
     import dataclasses
 
-    from hubbench.cell import Measure
+    from hubbench.plan.cell import Measure
 
     return tuple(
         _c(f.name, ARROW[type(f.default)], "measure", f.metadata["doc"])
@@ -102,7 +102,7 @@ def _measure_columns() -> tuple[Column, ...]:
 
 
 def _package_columns() -> tuple[Column, ...]:
-    from hubbench.env import OPTIONAL_PACKAGES
+    from hubbench.measure.env import OPTIONAL_PACKAGES
 
     return tuple(
         _c(f"{name}_version", "string", "env",

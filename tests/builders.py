@@ -2,7 +2,7 @@
 
 They build a model and, when the test asks through the environment, plant a fault or a slowdown
 in its forward pass, so a test can make one chosen cell crash, hang or run slower while the
-measured code (hubbench.step, hubbench.execute) carries no test hooks at all.
+measured code (hubbench.measure.step, hubbench.measure.cell) carries no test hooks at all.
 
 HUBBENCH_TEST_FAULT: a JSON list of {"fault": F, <conditions>}; a condition is `variant`, `seq`
 (the input length, checked at each forward), `build` (the model's build count in this worker,

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from hubbench import calibration as cal
-from hubbench import measure
 from hubbench.errors import ConfigError
-from hubbench.flops import peak_flops
-from hubbench.roofline import MEMORY_KEY, peak_bandwidth
+from hubbench.measure import calibration as cal
+from hubbench.measure import timing as measure
+from hubbench.measure.flops import peak_flops
+from hubbench.measure.roofline import MEMORY_KEY, peak_bandwidth
 
 
 @pytest.fixture

@@ -7,16 +7,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hubbench.causality import (
+from hubbench.cli import app
+from hubbench.errors import HubbenchError
+from hubbench.mixers.hubrouter import HubRouter, LeakyGlobalTopK
+from hubbench.verify.causality import (
     CausalityError,
     check_causality,
     check_mixer,
     claims_causal,
     default_times,
 )
-from hubbench.cli import app
-from hubbench.errors import HubbenchError
-from hubbench.mixers.hubrouter import HubRouter, LeakyGlobalTopK
 
 
 def causal_cumsum(x: torch.Tensor) -> torch.Tensor:

@@ -100,7 +100,10 @@ def test_planning_and_listing_import_neither_torch_nor_pandas(argv: list[str]) -
 
 
 def test_the_config_layer_imports_no_torch() -> None:
-    modules = "hubbench.config, hubbench.variants, hubbench.schema, hubbench.cell, hubbench.suite"
+    modules = (
+        "hubbench.plan.fields, hubbench.plan.variants, hubbench.schema, hubbench.plan.cell, "
+        "hubbench.plan.suite"
+    )
     code = f"import sys, {modules}; print('torch' in sys.modules, 'pandas' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False False"

@@ -153,7 +153,7 @@ def test_profile_traces_each_cell(runner: CliRunner, tmp_path: Path, monkeypatch
 def test_an_interrupted_run_says_which_rows_are_whole(tmp_path: Path) -> None:
     """Issue 27: '6 finished row(s) kept' was printed for rows with rounds still to measure."""
     from hubbench.cli.run import kept_line, plan_suite
-    from hubbench.runner import RunResult
+    from hubbench.run.runner import RunResult
 
     plan = plan_suite("ci", axes={})
     ids = [c.cell_id for c in plan.cells]

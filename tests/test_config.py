@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from hubbench import config
 from hubbench.errors import ConfigError
+from hubbench.plan import fields as config
 
 
 def test_coerce_accepts_what_fits_and_names_what_does_not() -> None:

@@ -8,11 +8,11 @@ import torch
 from typer.testing import CliRunner
 
 from hubbench.cli import app
-from hubbench.decoding import ATOL, check_decode, default_prefixes
 from hubbench.mixers.attention import KVCache
 from hubbench.mixers.hubrouter import HubRouter
 from hubbench.mixers.mamba import Mamba
 from hubbench.models import build_model
+from hubbench.verify.decoding import ATOL, check_decode, default_prefixes
 
 SMALL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "mlp_ratio": 2.0}
 HUB = {"hubs": 4, "topk": 4, "neighbours": 1, "chunk": 8}

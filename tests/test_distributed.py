@@ -10,15 +10,15 @@ import pytest
 from builders import FAULT_ENV, faults
 
 from hubbench import store
-from hubbench.cell import Cell, Measure
-from hubbench.distributed import _first_error, _more_steps
 from hubbench.errors import SuiteError
-from hubbench.execute import execute_cell
-from hubbench.metrics import weak_scaling
-from hubbench.runner import run_plan
-from hubbench.suite import Plan, expand, load_suite, parse_overrides
-from hubbench.variants import make_config
-from hubbench.worker import load_builder
+from hubbench.measure.cell import execute_cell
+from hubbench.measure.metrics import weak_scaling
+from hubbench.measure.ranks import _first_error, _more_steps
+from hubbench.plan.cell import Cell, Measure
+from hubbench.plan.suite import Plan, expand, load_suite, parse_overrides
+from hubbench.plan.variants import make_config
+from hubbench.run.runner import run_plan
+from hubbench.run.worker import load_builder
 
 BUILDER = f"{Path(__file__).with_name('builders.py')}:build_tiny"
 
@@ -65,7 +65,7 @@ Traceback (most recent call last):
     raise ChildFailedError(
 torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
 ============================================================
-hubbench.distributed FAILED
+hubbench.measure.ranks FAILED
 ------------------------------------------------------------
 Failures:
 [1]:

@@ -9,8 +9,9 @@ import time
 
 from typer.testing import CliRunner
 
-from hubbench import env, schema
+from hubbench import schema
 from hubbench.cli import app
+from hubbench.measure import env
 
 
 def test_host_and_worker_env_fill_every_env_column() -> None:
@@ -27,7 +28,7 @@ def test_host_and_worker_env_fill_every_env_column() -> None:
 def test_package_versions_come_from_metadata_without_importing() -> None:
     assert env.package_version(("no-such-distribution-xyz",)) == env.NOT_INSTALLED
     code = (
-        "import sys; from hubbench import env; v = env.package_versions(); "
+        "import sys; from hubbench.measure import env; v = env.package_versions(); "
         "print(v['torch_tb_profiler_version'], 'torch_tb_profiler' in sys.modules, "
         "'numpy' in sys.modules)"
     )
@@ -55,7 +56,7 @@ def test_env_command_shows_the_new_pieces() -> None:
 
 def _small_calibration(tmp_path, monkeypatch) -> None:
     """A private cache, tiny sides, and the busy limits out of the way (the box is shared)."""
-    from hubbench import calibration as cal
+    from hubbench.measure import calibration as cal
 
     monkeypatch.setenv(cal.CACHE_ENV, str(tmp_path))
     monkeypatch.setitem(cal.MATMUL_SIZES, "cpu", 64)
@@ -92,8 +93,8 @@ def test_env_calibrates_fp32_with_progress_and_prints_small_peaks_in_si(
 
 
 def test_env_refuses_a_busy_machine_in_one_line_unless_forced(tmp_path, monkeypatch) -> None:
-    from hubbench import calibration as cal
-    from hubbench import measure
+    from hubbench.measure import calibration as cal
+    from hubbench.measure import timing as measure
 
     _small_calibration(tmp_path, monkeypatch)
     monkeypatch.setattr(cal, "SHARE_LIMIT", 0.8)

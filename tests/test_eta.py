@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from hubbench.cell import Cell, Measure
-from hubbench.eta import Eta, Timing, round_s, step_cost
-from hubbench.metrics import RoundResult
-from hubbench.runner import CellState
-from hubbench.variants import make_config
+from hubbench.measure.metrics import RoundResult
+from hubbench.plan.cell import Cell, Measure
+from hubbench.plan.variants import make_config
+from hubbench.run.eta import Eta, Timing, round_s, step_cost
+from hubbench.run.runner import CellState
 
 MEASURE = Measure(warmup=1, warmup_min_s=0.0, warmup_max_s=0.0, repeats=3, rounds=3)
 

@@ -16,9 +16,10 @@ from test_runner import ENV, plan
 from test_runner import cell as runner_cell
 
 from hubbench import store
-from hubbench.cell import Cell
 from hubbench.errors import ConfigError, SuiteError
-from hubbench.executors import (
+from hubbench.plan.cell import Cell
+from hubbench.plan.suite import load_suite
+from hubbench.run.executors import (
     ExecutorSpec,
     JobCounts,
     comparison_key,
@@ -27,8 +28,7 @@ from hubbench.executors import (
     shard,
     spec_from,
 )
-from hubbench.runner import CellState, _resumed, make_row, run_plan
-from hubbench.suite import load_suite
+from hubbench.run.runner import CellState, _resumed, make_row, run_plan
 
 BUILDER = f"{Path(__file__).with_name('builders.py')}:build_tiny"
 
@@ -194,7 +194,7 @@ def test_the_executor_option_is_checked_before_anything_runs(tmp_path: Path) -> 
 def test_resume_merges_the_part_files_a_dead_submitter_left(
     tmp_path: Path, no_faults: None
 ) -> None:
-    from hubbench.runner import prepare_run
+    from hubbench.run.runner import prepare_run
 
     cells = [cell(0, rounds=1), cell(1, rounds=1, attention="sdpa")]
     done = run_plan(plan(cells), tmp_path, builder=BUILDER)

@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from hubbench import schema, store
 from hubbench.cli import app
 from hubbench.errors import HubbenchError
-from hubbench.suite import TOP_KEYS, expand, field_types, parse_overrides, parse_suite
+from hubbench.plan.suite import TOP_KEYS, expand, field_types, parse_overrides, parse_suite
 
 SCALE = int(os.environ.get("HUBBENCH_FUZZ_SCALE", "1"))
 

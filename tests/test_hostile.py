@@ -389,7 +389,7 @@ def test_markup_characters_in_paths_are_printed_as_they_are(tmp_path: Path) -> N
 
 
 def test_interrupt_during_worker_start_up_says_nothing_was_written(tmp_path: Path) -> None:
-    from hubbench.runner import RunResult
+    from hubbench.run.runner import RunResult
 
     result = RunResult(tmp_path / "x.parquet", "r", rows=[], interrupted=True)
     assert not result.rows  # the CLI then says "no cell had finished; nothing was written"

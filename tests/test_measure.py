@@ -15,11 +15,17 @@ from builders import build_tiny
 from torch import nn
 
 from hubbench import schema
-from hubbench.flops import PEAK_TABLE, count_flops, peak_flops, table_entry
-from hubbench.measure import measure_step, rss_bytes, summarize, time_calls, warmup_estimate_s
-from hubbench.metrics import RoundResult, measurement_columns
-from hubbench.step import build_step
-from hubbench.variants import make_config
+from hubbench.measure.flops import PEAK_TABLE, count_flops, peak_flops, table_entry
+from hubbench.measure.metrics import RoundResult, measurement_columns
+from hubbench.measure.step import build_step
+from hubbench.measure.timing import (
+    measure_step,
+    rss_bytes,
+    summarize,
+    time_calls,
+    warmup_estimate_s,
+)
+from hubbench.plan.variants import make_config
 
 
 def tiny(attention: str = "sdpa") -> nn.Module:
@@ -118,7 +124,8 @@ def test_peak_memory_grows_with_activations() -> None:
     # A fresh process: in this one, glibc may already hold freed pages from earlier tests and
     # serve the big cell from them, so its resident peak would not grow.
     code = (
-        "from hubbench.measure import measure_step; from hubbench.step import build_step;"
+        "from hubbench.measure.timing import measure_step;"
+        "from hubbench.measure.step import build_step;"
         "from hubbench.models import build_model;"
         "tiny = lambda: build_model('transformer', attention='naive', d_model=32, n_heads=2,"
         " n_layers=1);"
@@ -137,7 +144,7 @@ def test_extra_peak_rss_sees_a_transient_allocation() -> None:
     # In a fresh process, for the same reason as above; the 64 MiB are freed before fn returns,
     # so only a peak (not the RSS after) can see them.
     code = (
-        "import torch\nfrom hubbench.measure import extra_peak_rss\n"
+        "import torch\nfrom hubbench.measure.timing import extra_peak_rss\n"
         "def f():\n t = torch.ones(16 * 2**20); t.add_(1); del t\n"
         "print(*extra_peak_rss(f))"
     )
@@ -216,7 +223,7 @@ def _steps(clock: _Clock, durations):
 
 
 def test_warm_up_runs_until_step_times_settle(monkeypatch) -> None:
-    from hubbench import measure
+    from hubbench.measure import timing as measure
 
     clock = _Clock()
     monkeypatch.setattr(measure.time, "perf_counter", clock)
@@ -251,7 +258,7 @@ def test_warm_up_runs_until_step_times_settle(monkeypatch) -> None:
 def test_the_warmup_estimate_is_what_warm_up_takes_on_steady_steps(
     monkeypatch, step: float, steps: int, min_s: float, max_s: float
 ) -> None:
-    from hubbench import measure
+    from hubbench.measure import timing as measure
 
     clock = _Clock()
     monkeypatch.setattr(measure.time, "perf_counter", clock)
@@ -262,7 +269,7 @@ def test_the_warmup_estimate_is_what_warm_up_takes_on_steady_steps(
 
 
 def test_sentinel_times_a_fixed_workload() -> None:
-    from hubbench.measure import sentinel_s
+    from hubbench.measure.timing import sentinel_s
 
     first, second = sentinel_s(), sentinel_s()
     assert 0 < first < 1 and 0 < second < 1

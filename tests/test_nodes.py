@@ -1,4 +1,4 @@
-"""nnodes > 1: a cell's torchrun across a job's tasks, one per node (hubbench.distributed).
+"""nnodes > 1: a cell's torchrun across a job's tasks, one per node (hubbench.measure.ranks).
 
 On this machine the "nodes" are submitit-local tasks on one host: the leader posts each round,
 the followers join its rendezvous as node 1, 2, ...; on Slurm the same code runs one task per
@@ -19,12 +19,13 @@ import pytest
 from builders import FAULT_ENV, faults
 from test_distributed import BUILDER, cell
 
-from hubbench import distributed, store
+from hubbench import store
 from hubbench.errors import ConfigError
-from hubbench.execute import RankFailure
-from hubbench.executors import ExecutorSpec, jobs_folder, shard
-from hubbench.runner import CellState, run_plan
-from hubbench.suite import Plan
+from hubbench.measure import ranks as distributed
+from hubbench.measure.cell import RankFailure
+from hubbench.plan.suite import Plan
+from hubbench.run.executors import ExecutorSpec, jobs_folder, shard
+from hubbench.run.runner import CellState, run_plan
 
 
 def nodes_cell(index: int, nnodes: int, seq: int = 32, **measure):
@@ -137,7 +138,7 @@ def test_a_slurm_job_of_two_node_cells_asks_for_two_nodes_of_one_task(
     executor refuses to exist where `srun` is not on PATH, and that check alone is faked."""
     from submitit.slurm import slurm
 
-    from hubbench.executors import _executor
+    from hubbench.run.executors import _executor
 
     monkeypatch.setattr(slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
 

@@ -1,4 +1,5 @@
-"""Plug-in mixers (hubbench.plugins): specs, the contract, planning, building, the checks, a run.
+"""Plug-in mixers (hubbench.plan.plugins): specs, the contract, planning, building, the checks,
+a run.
 
 `test_a_plugin_runs_next_to_the_built_in_variants` is the one test here that starts a worker.
 """
@@ -15,10 +16,10 @@ import typer
 from typer.testing import CliRunner
 
 from hubbench import models, store
-from hubbench import suite as suites
 from hubbench.cli import app
 from hubbench.errors import ConfigError, SuiteError
-from hubbench.plugins import PluginError, display_name, inspect_mixer, parse_spec
+from hubbench.plan import suite as suites
+from hubbench.plan.plugins import PluginError, display_name, inspect_mixer, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SWA = f"{ROOT / 'examples' / 'sliding_window.py'}:SlidingWindowAttention"
@@ -51,7 +52,7 @@ def test_specs_parse_as_files_or_modules() -> None:
 
 def test_the_docs_name_plugin_rows_as_the_tables_do() -> None:
     """Issue 27: rows read 'SlidingWindowAttention-gpt' where the README said only mixer-gpt."""
-    from hubbench.variants import display_name as row_name
+    from hubbench.plan.variants import display_name as row_name
 
     shown = row_name("mixer-gpt", "examples/sliding_window.py:SlidingWindowAttention")
     assert shown == "SlidingWindowAttention-gpt"

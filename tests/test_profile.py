@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from hubbench.cli import app
 from hubbench.cli.common import single_values
 from hubbench.errors import ConfigError, ReportError
-from hubbench.profile import (
+from hubbench.measure.step import build_step
+from hubbench.profile.trace import (
     OPTIMIZER,
     OTHER,
     TRACE_SUFFIX,
@@ -21,7 +22,6 @@ from hubbench.profile import (
     run_name,
     trace_step,
 )
-from hubbench.step import build_step
 
 TINY_HUB = ["d_model=32", "n_heads=2", "n_layers=2", "hubs=4", "topk=4", "chunk=8"]
 
@@ -293,8 +293,8 @@ def test_cli_profiles_hub_gpt_with_memory(tmp_path: Path) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_profile_uses_kernel_time(tmp_path: Path) -> None:
-    from hubbench.profile import profile_cell
-    from hubbench.variants import make_config
+    from hubbench.plan.variants import make_config
+    from hubbench.profile.trace import profile_cell
 
     config = make_config("hub-gpt", **dict(s.split("=") for s in TINY_HUB))
     result = profile_cell("hub-gpt", config, seq=64, device="cuda", out_dir=tmp_path, steps=1)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hubbench.metrics import RoundResult, measurement_columns
-from hubbench.roofline import bytes_floor, peak_bandwidth, speed_of_light
+from hubbench.measure.metrics import RoundResult, measurement_columns
+from hubbench.measure.roofline import bytes_floor, peak_bandwidth, speed_of_light
 
 
 def test_bytes_floor_per_mode() -> None:

@@ -17,14 +17,14 @@ import torch
 from builders import FAULT_ENV, faults
 
 from hubbench import schema, store
-from hubbench.cell import Cell, Measure
 from hubbench.errors import HubbenchError, SchemaError, UnavailableError
-from hubbench.execute import classify, execute_cell
-from hubbench.metrics import RoundResult
-from hubbench.runner import CellState, make_row, prepare_run, run_plan, schedule
-from hubbench.suite import Plan
-from hubbench.variants import make_config
-from hubbench.worker import load_builder
+from hubbench.measure.cell import classify, execute_cell
+from hubbench.measure.metrics import RoundResult
+from hubbench.plan.cell import Cell, Measure
+from hubbench.plan.suite import Plan
+from hubbench.plan.variants import make_config
+from hubbench.run.runner import CellState, make_row, prepare_run, run_plan, schedule
+from hubbench.run.worker import load_builder
 
 BUILDER = f"{Path(__file__).with_name('builders.py')}:build_tiny"
 
@@ -164,7 +164,7 @@ def test_make_row_nulls_fields_a_variant_lacks() -> None:
 
 
 def test_make_row_refuses_unknown_and_missing_keys(build, monkeypatch) -> None:
-    from hubbench import metrics
+    from hubbench.measure import metrics
 
     c = cell(0)
     with pytest.raises(SchemaError, match="unknown: nope"):
@@ -336,8 +336,8 @@ def test_resume_rebuilds_a_row_exactly(tmp_path: Path) -> None:
 
 
 def test_a_decode_cell_times_per_generated_token(monkeypatch) -> None:
-    from hubbench import measure
-    from hubbench.metrics import measurement_columns
+    from hubbench.measure import timing as measure
+    from hubbench.measure.metrics import measurement_columns
 
     monkeypatch.setattr(measure, "time_calls", lambda *a, **k: [1.6, 3.2])  # per call of 16
     real = load_builder("hubbench.models:build")

@@ -6,8 +6,9 @@ import dataclasses
 
 import pytest
 
-from hubbench import schema, variants
+from hubbench import schema
 from hubbench.errors import ReportError, SchemaError
+from hubbench.plan import variants
 
 
 def test_every_config_field_of_every_variant_is_a_typed_cell_column() -> None:

@@ -18,9 +18,9 @@ from builders import FAULT_ENV, faults
 from test_executors import grid
 
 from hubbench import store
-from hubbench.executors import ExecutorSpec
-from hubbench.runner import run_plan
-from hubbench.suite import Plan
+from hubbench.plan.suite import Plan
+from hubbench.run.executors import ExecutorSpec
+from hubbench.run.runner import run_plan
 
 BUILDER = f"{Path(__file__).with_name('builders.py')}:build_tiny"
 PARTITION_ENV = "HUBBENCH_SLURM_PARTITION"

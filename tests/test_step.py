@@ -3,7 +3,7 @@ import torch
 
 from hubbench import models
 from hubbench.errors import ConfigError, UnavailableError
-from hubbench.step import build_step, torch_device
+from hubbench.measure.step import build_step, torch_device
 
 
 def _model(**extra: object) -> models.LanguageModel:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hubbench.errors import SuiteError
-from hubbench.suite import (
+from hubbench.plan.suite import (
     Cell,
     available_suites,
     expand,

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from hubbench import variants
 from hubbench.errors import ConfigError
+from hubbench.plan import variants
 
 
 def test_registry_metadata() -> None:

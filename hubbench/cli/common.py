@@ -9,8 +9,8 @@ import sys
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NoReturn
 
-from hubbench.config import parse_assignments, split_list
 from hubbench.errors import ConfigError
+from hubbench.plan.fields import parse_assignments, split_list
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -41,16 +41,16 @@ def register(app: typer.Typer) -> None:
         import torch
         from rich.markup import escape
 
-        from hubbench import calibration as cal
-        from hubbench import env as envmod
         from hubbench.cli.common import console, listed
         from hubbench.cli.tables import env_table
-        from hubbench.config import default_threads, resolve_device, usable_cpus
         from hubbench.errors import ConfigError
-        from hubbench.flops import peak_flops
+        from hubbench.measure import calibration as cal
+        from hubbench.measure import env as envmod
+        from hubbench.measure.flops import peak_flops
+        from hubbench.measure.roofline import MEMORY_KEY, peak_bandwidth
+        from hubbench.measure.step import torch_device
+        from hubbench.plan.fields import default_threads, resolve_device, usable_cpus
         from hubbench.report import format as fmt
-        from hubbench.roofline import MEMORY_KEY, peak_bandwidth
-        from hubbench.step import torch_device
 
         out = console()
         if threads is not None and threads < 1:

@@ -1,7 +1,7 @@
 """`hubbench profile`: trace one variant's step and show where the time goes.
 
 `render_profile` is shared with `hubbench run SUITE --profile`, which traces each cell through
-`hubbench.profile.profile_cell` and prints the same tables.
+`hubbench.profile.trace.profile_cell` and prints the same tables.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hubbench.errors import ConfigError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from hubbench.profile import ProfileResult
+    from hubbench.profile.trace import ProfileResult
 
 
 def render_profile(result: ProfileResult, out: Console, wide: bool = False) -> None:
@@ -96,9 +96,9 @@ def register(app: typer.Typer) -> None:
           hubbench profile mixer-gpt --mixer examples/sliding_window.py:SlidingWindowAttention
         """
         from hubbench.cli.common import console, single_values
-        from hubbench.config import resolve_device
-        from hubbench.profile import profile_cell
-        from hubbench.variants import check_length, make_config
+        from hubbench.plan.fields import resolve_device
+        from hubbench.plan.variants import check_length, make_config
+        from hubbench.profile.trace import profile_cell
 
         if seq < 1 or batch < 1 or top < 1 or decode_tokens < 1:
             raise ConfigError(
@@ -125,10 +125,10 @@ def register(app: typer.Typer) -> None:
 
 def plugin_fields(variant: str, sets: dict[str, str], mixer: str | None) -> dict[str, str]:
     """`--set` fields for one variant, a plug-in's options folded into its mixer_options."""
-    from hubbench.config import parse_text
-    from hubbench.plugins import encode_options, parse_spec
-    from hubbench.suite import mixer_info
-    from hubbench.variants import is_plugin
+    from hubbench.plan.fields import parse_text
+    from hubbench.plan.plugins import encode_options, parse_spec
+    from hubbench.plan.suite import mixer_info
+    from hubbench.plan.variants import is_plugin
 
     fields = dict(sets)
     if not is_plugin(variant):
@@ -152,8 +152,8 @@ def plugin_fields(variant: str, sets: dict[str, str], mixer: str | None) -> dict
 def guard_plugin(variant: str, config: object, call: Any) -> Any:
     """call(); a plug-in that raises in it is a one-line PluginError naming it, not a bug."""
     from hubbench.errors import HubbenchError
-    from hubbench.plugins import PluginError, display_name
-    from hubbench.variants import is_plugin
+    from hubbench.plan.plugins import PluginError, display_name
+    from hubbench.plan.variants import is_plugin
 
     try:
         return call()

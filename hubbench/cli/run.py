@@ -1,7 +1,7 @@
 """`hubbench run`: plan a suite, print the plan or measure it (or profile it), show the rows.
 
-Parsing and rendering only: suites are read and expanded by hubbench.suite, cells run by
-hubbench.runner, rows stored by hubbench.store. A dry run imports neither torch nor pandas.
+Parsing and rendering only: suites are read and expanded by hubbench.plan.suite, cells run by
+hubbench.run.runner, rows stored by hubbench.store. A dry run imports neither torch nor pandas.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from hubbench.cli.common import LIST_HELP, RESULTS_HELP, console
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from hubbench.runner import CellState, Progress, RunResult
-    from hubbench.suite import Plan
+    from hubbench.plan.suite import Plan
+    from hubbench.run.runner import CellState, Progress, RunResult
 
 
 def plan_suite(
@@ -29,7 +29,7 @@ def plan_suite(
     measure: Mapping[str, float | int | None] | None = None,
 ) -> Plan:
     """The suite's cells after the command line's overrides, every one validated."""
-    from hubbench import suite as suites
+    from hubbench.plan import suite as suites
 
     loaded = suites.load_suite(suite_name)
     axis = loaded.axes.get("mixer")
@@ -43,7 +43,7 @@ def _profile(plan: Plan, out: Console) -> None:
 
     from hubbench.cli.profile import render_profile
     from hubbench.errors import UnavailableError
-    from hubbench.profile import profile_cell
+    from hubbench.profile.trace import profile_cell
 
     for cell in plan.cells:
         try:
@@ -112,7 +112,7 @@ def _run_with_progress(
     from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from hubbench.runner import run_plan
+    from hubbench.run.runner import run_plan
 
     live = out.is_terminal
     bar = Progress(
@@ -300,7 +300,7 @@ def register(app: typer.Typer) -> None:
         if profile:
             _profile(plan, out)
             return
-        from hubbench.executors import make_spec
+        from hubbench.run.executors import make_spec
 
         spec = make_spec(plan.suite.executor, kind=executor, cells_per_job=cells_per_job,
                          parallelism=parallelism, partition=partition, time_min=job_time,
@@ -308,7 +308,7 @@ def register(app: typer.Typer) -> None:
 
         from hubbench import store
         from hubbench.cli.tables import print_rows
-        from hubbench.config import oversubscribed
+        from hubbench.plan.fields import oversubscribed
         from hubbench.report.noise import noise
 
         results = store.results_dir(results_dir)

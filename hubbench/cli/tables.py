@@ -1,6 +1,6 @@
 """Rich tables that more than one command prints; numbers go through hubbench.report.format.
 
-Field lists come from hubbench.schema and hubbench.variants, so a new config field or column
+Field lists come from hubbench.schema and hubbench.plan.variants, so a new config field or column
 shows up here without an edit.
 """
 
@@ -19,9 +19,9 @@ from hubbench.report.runtable import DETAIL_FIELDS
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from hubbench.profile import TraceSummary
+    from hubbench.plan.suite import Plan
+    from hubbench.profile.trace import TraceSummary
     from hubbench.report.runtable import RunTable
-    from hubbench.suite import Plan
 
 STATUS_STYLE = {
     "ok": "green",
@@ -35,7 +35,7 @@ PROSE = {"message"}  # the run table's one column that wraps: every other cell p
 
 
 def variants_table() -> Table:
-    from hubbench.variants import REGISTRY
+    from hubbench.plan.variants import REGISTRY
 
     table = Table(title="model variants", show_lines=True)
     table.add_column("variant", style="bold cyan")
@@ -52,8 +52,8 @@ def variants_table() -> Table:
 
 def suites_table() -> Table:
     """Every suite with its description, swept axes and its cell count on this machine."""
-    from hubbench import suite as suites
     from hubbench.errors import HubbenchError
+    from hubbench.plan import suite as suites
 
     table = Table(title="suites (hubbench run SUITE)", show_lines=True)
     table.add_column("suite", style="bold cyan")
@@ -101,7 +101,7 @@ def plan_table(plan: Plan) -> Table:
         caption="every cell: " + " ".join(same),
         caption_justify="left",
     )
-    from hubbench.variants import display_name
+    from hubbench.plan.variants import display_name
 
     table.add_column("#", justify="right", style="dim")
     table.add_column("variant", style="bold cyan", no_wrap=True)

@@ -1,7 +1,7 @@
 """`hubbench verify causal`: prove (or refute) that each variant's output t ignores inputs after t.
 
 Builds each variant small, in float64 and eval mode, and runs the checks of
-`hubbench.causality` (Jacobian, perturbation, prefix recompute, batch independence) through
+`hubbench.verify.causality` (Jacobian, perturbation, prefix recompute, batch independence) through
 `LanguageModel.forward_embeddings`. A variant whose config says `causal=false` is reported as
 "non-causal (expected to leak)" and does not fail the command.
 """
@@ -18,8 +18,8 @@ from hubbench.errors import ConfigError
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from hubbench.causality import CausalityReport
-    from hubbench.decoding import DecodeReport
+    from hubbench.verify.causality import CausalityReport
+    from hubbench.verify.decoding import DecodeReport
 
 # Small enough for ~30 s over all variants on 2 CPU cores; the hub fields make chunk boundaries
 # (C-1, C, C+1, 2C-1, 2C, 2C+1) and several members fall inside the default sequence.
@@ -45,9 +45,9 @@ def variant_fields(
     mixer); it is applied to those that have it (so `--set chunk=4` over all variants reaches
     the hub variants only). A plug-in variant is checked once per mixer in `mixers`.
     """
-    from hubbench.plugins import encode_options
-    from hubbench.suite import mixer_info, plugin_option_types
-    from hubbench.variants import config_fields, display_name, is_plugin
+    from hubbench.plan.plugins import encode_options
+    from hubbench.plan.suite import mixer_info, plugin_option_types
+    from hubbench.plan.variants import config_fields, display_name, is_plugin
 
     mixers = mixers or []
     plugin_option_types(mixers, "--mixer")  # the checks `run` makes: clashing names and types
@@ -79,7 +79,7 @@ def variant_fields(
 
 
 def _typed(info: Any, key: str, text: str) -> object:
-    from hubbench.config import parse_text
+    from hubbench.plan.fields import parse_text
 
     return parse_text(text, info.options[key].type, f"--set {key}")
 
@@ -90,8 +90,8 @@ def selected(
     """The variants a verify command checks (default: every built-in variant; with --mixer,
     the plug-in variants built around each mixer), each with its small config fields."""
     from hubbench.cli.common import single_values
-    from hubbench.config import split_list
-    from hubbench.variants import REGISTRY, get_spec, is_plugin
+    from hubbench.plan.fields import split_list
+    from hubbench.plan.variants import REGISTRY, get_spec, is_plugin
 
     specs = split_list(mixers or [])
     if variants:
@@ -119,7 +119,7 @@ def _guarded(target: Target, check: Any, out: Any, broken: list[str]) -> tuple[A
     from rich.markup import escape
 
     from hubbench.models import build
-    from hubbench.variants import is_plugin, make_config
+    from hubbench.plan.variants import is_plugin, make_config
 
     try:
         model = build(target.variant, make_config(target.variant, **target.fields))
@@ -134,7 +134,7 @@ def _guarded(target: Target, check: Any, out: Any, broken: list[str]) -> tuple[A
 
 def _raise_broken(broken: list[str]) -> None:
     if broken:
-        from hubbench.plugins import PluginError
+        from hubbench.plan.plugins import PluginError
 
         raise PluginError(f"plug-in check(s) could not run: {'; '.join(broken)}")
 
@@ -210,9 +210,9 @@ def register(app: typer.Typer) -> None:
 
         Example: hubbench verify causal hub-gpt transformer --seq 40 --set chunk=8
         """
-        from hubbench.causality import CausalityError, check_model, claims_causal
         from hubbench.cli.common import console
-        from hubbench.variants import is_plugin
+        from hubbench.plan.variants import is_plugin
+        from hubbench.verify.causality import CausalityError, check_model, claims_causal
 
         if seq < 3:
             raise ConfigError(f"--seq must be >= 3 (got {seq})")
@@ -294,8 +294,8 @@ def decode_cmd(
     """
 
     from hubbench.cli.common import console
-    from hubbench.decoding import DecodeMismatch, check_decode
-    from hubbench.variants import make_config
+    from hubbench.plan.variants import make_config
+    from hubbench.verify.decoding import DecodeMismatch, check_decode
 
     if seq < 2:
         raise ConfigError(f"--seq must be >= 2 (got {seq})")

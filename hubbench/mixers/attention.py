@@ -29,7 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from hubbench.errors import ConfigError, UnavailableError
 from hubbench.mixers.rope import rotary
 from hubbench.mixers.state import check_step_input, compute_dtype
-from hubbench.variants import ATTENTION_BACKENDS, SDPA_KERNELS
+from hubbench.plan.variants import ATTENTION_BACKENDS, SDPA_KERNELS
 
 try:
     from flash_attn import flash_attn_func

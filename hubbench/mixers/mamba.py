@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from hubbench.errors import ConfigError, UnavailableError
 from hubbench.mixers.state import check_step_input, compute_dtype
-from hubbench.variants import MAMBA_IMPLS
+from hubbench.plan.variants import MAMBA_IMPLS
 
 try:
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn

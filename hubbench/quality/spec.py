@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hubbench.config import TASKS
 from hubbench.errors import ConfigError
+from hubbench.plan.fields import TASKS
 
 CORPORA = ("pydoc", "shakespeare")  # `data` names that are not files (quality.tasks.load_corpus)
 BYTE_VOCAB = 256

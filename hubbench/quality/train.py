@@ -1,6 +1,7 @@
 """The quality mode: train a model from scratch on a task for a budget of updates, evaluate it.
 
-One update is `hubbench.step.make_update`, the function the train and fwd_bwd steps time, with
+One update is `hubbench.measure.step.make_update`, the function the train and fwd_bwd steps
+time, with
 AdamW (weight decay 0.1 on matrices, none on vectors and `_no_weight_decay` parameters), a
 linear warm-up over the first 10% of the updates (at most 200) and a cosine decay to 10% of the
 peak learning rate, and the gradient norm clipped to 1. The budget is the number of updates
@@ -18,7 +19,7 @@ Evaluation, after the last update, on data the training never saw:
   unigram baseline of the training split.
 The learning curve records, CURVE_POINTS times, the mean training loss since the last point and
 a small held-out score. Last, a model that claims to be causal is put through the causality
-checks (hubbench.causality.check_model) as trained: a leak found there marks the row.
+checks (hubbench.verify.causality.check_model) as trained: a leak found there marks the row.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hubbench.cell import Cell
+from hubbench.measure.step import TORCH_DTYPES, autocast_for, make_update
+from hubbench.plan.cell import Cell
 from hubbench.quality.routing import RoutingCounts, routing_counts
 from hubbench.quality.tasks import (
     TaskBatch,
@@ -42,7 +44,6 @@ from hubbench.quality.tasks import (
     mqar_chance_accuracy,
     unigram_bits_per_byte,
 )
-from hubbench.step import TORCH_DTYPES, autocast_for, make_update
 
 MQAR_THRESHOLD = 0.99  # eval accuracy that counts as converged
 EVAL_SEQUENCES = 1024  # mqar held-out sequences
@@ -232,7 +233,7 @@ def evaluate(
 
 def causal_verdict(model: nn.Module, seq: int) -> str:
     """pass | fail: <checks> | not causal, for the model as trained."""
-    from hubbench.causality import check_model, claims_causal
+    from hubbench.verify.causality import check_model, claims_causal
 
     if not claims_causal(model):
         return "not causal"
@@ -244,7 +245,7 @@ def causal_verdict(model: nn.Module, seq: int) -> str:
 
 def train_and_evaluate(cell: Cell, model: nn.Module, device: torch.device) -> QualityRun:
     """Train `model` (fresh from the builder) on the cell's task, evaluate it; see the module."""
-    from hubbench.measure import PeakMemory, rss_bytes
+    from hubbench.measure.timing import PeakMemory, rss_bytes
 
     started = time.perf_counter()
     task = make_task(cell)

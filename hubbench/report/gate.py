@@ -347,7 +347,7 @@ def value_check(run: pd.DataFrame, rule: Any, m: schema.Column) -> Check:
 def load_rules(run: pd.DataFrame, suite_file: str | None) -> tuple[list[Any], str]:
     """The gate rules for a run: from --suite FILE, else from the suite named in the run."""
     try:
-        from hubbench.suite import load_suite
+        from hubbench.plan.suite import load_suite
     except ModuleNotFoundError as exc:
         raise ReportError(f"cannot load suites: {exc}") from exc
     if suite_file is not None:

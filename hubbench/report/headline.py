@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
+from hubbench.measure.roofline import too_low_peaks
 from hubbench.report import format as fmt
 from hubbench.report.fits import Crossover, crossover
 from hubbench.report.format import fmt_seq
 from hubbench.report.stats import RatioCI, metric_ratio
-from hubbench.roofline import too_low_peaks
 
 if TYPE_CHECKING:
     import pandas as pd

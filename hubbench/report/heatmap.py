@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
+from hubbench.plan.variants import is_router
 from hubbench.report import format as fmt
 from hubbench.report import style
 from hubbench.report.figure import Figured, context, new_figure, title
@@ -39,7 +40,6 @@ from hubbench.report.load import cell_keys, fmt_value, norm_value, records
 from hubbench.report.quality_figures import quality_metric
 from hubbench.report.series import SYMBOLS, Facet, series_fields
 from hubbench.report.stats import metric_ratio
-from hubbench.variants import is_router
 
 if TYPE_CHECKING:
     import pandas as pd

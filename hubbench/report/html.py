@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
 from hubbench.errors import HubbenchError
-from hubbench.metrics import BACKEND_COLUMNS
+from hubbench.measure.metrics import BACKEND_COLUMNS
+from hubbench.measure.roofline import beyond_peak
+from hubbench.plan.variants import display_order
 from hubbench.report import format as fmt
 from hubbench.report.format import fmt_seq
 from hubbench.report.load import labeller, norm_value, run_label
 from hubbench.report.runtable import QUALITY_HEADERS, quality_cells
-from hubbench.roofline import beyond_peak
-from hubbench.variants import display_order
 
 if TYPE_CHECKING:
     import pandas as pd

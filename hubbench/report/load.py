@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
 from hubbench.errors import ReportError
+from hubbench.plan.variants import display_name
 from hubbench.report.format import fmt_seq
-from hubbench.variants import display_name
 
 if TYPE_CHECKING:
     import pandas as pd

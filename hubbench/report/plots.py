@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
-from hubbench.config import INFERENCE_MODES
 from hubbench.errors import ReportError
+from hubbench.measure.roofline import too_low_peaks
+from hubbench.plan.fields import INFERENCE_MODES
 from hubbench.report import style
 from hubbench.report.figure import (
     Figured,
@@ -66,7 +67,6 @@ from hubbench.report.series import (
 )
 from hubbench.report.stats import RatioCI, metric_ratio, paired, rounds_of
 from hubbench.report.ticks import log_axis
-from hubbench.roofline import too_low_peaks
 
 if TYPE_CHECKING:
     import pandas as pd

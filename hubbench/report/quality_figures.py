@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
+from hubbench.plan.variants import display_name
 from hubbench.report.load import norm_value
-from hubbench.variants import display_name
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
+from hubbench.plan.variants import display_name, display_order
 from hubbench.report import style
 from hubbench.report.figure import (
     Figured,
@@ -35,7 +36,6 @@ from hubbench.report.load import fmt_value, label_fields, norm_value, records
 from hubbench.report.quality_figures import mean_interval, pareto_front, quality_metric
 from hubbench.report.series import SYMBOLS, Facet, facets
 from hubbench.report.ticks import log_axis
-from hubbench.variants import display_name, display_order
 
 if TYPE_CHECKING:
     import pandas as pd

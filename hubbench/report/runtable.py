@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hubbench import schema
+from hubbench.plan.variants import display_name
 from hubbench.report import format as fmt
 from hubbench.report.load import norm_value
-from hubbench.variants import display_name
 
 # besides variant, attention and n (their own columns): cell fields that may tell rows apart
 DETAIL_FIELDS = tuple(f for f in schema.cell_fields() if f not in ("variant", "attention", "seq"))

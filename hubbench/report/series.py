@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
+from hubbench.plan.variants import baseline_of, display_name, display_order, is_baseline, is_router
 from hubbench.report.load import (
     cell_keys,
     fmt_value,
@@ -23,7 +24,6 @@ from hubbench.report.load import (
     varying_fields,
 )
 from hubbench.report.style import SeriesStyle, family, series_style, sibling_style
-from hubbench.variants import baseline_of, display_name, display_order, is_baseline, is_router
 
 if TYPE_CHECKING:
     import pandas as pd

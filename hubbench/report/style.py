@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hubbench.variants import is_router
+from hubbench.plan.variants import is_router
 
 ORANGE, SKY, GREEN, BLUE, VERMILLION, PURPLE, BLACK, GREY = (
     "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#000000", "#999999",

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import hubbench.mixers.hubrouter as hubrouter_module
-from hubbench.causality import check_mixer
 from hubbench.errors import ConfigError
 from hubbench.mixers.hubrouter import (
     HubRouter,
@@ -22,6 +21,7 @@ from hubbench.mixers.hubrouter import (
     rank_key,
 )
 from hubbench.mixers.rope import rotary
+from hubbench.verify.causality import check_mixer
 
 
 def _make(seed: int = 0, **kw) -> HubRouter:
@@ -439,7 +439,7 @@ def test_analytic_flops_count_the_member_slots_that_run(chunks: int) -> None:
     the counted FLOPs do. At n <= C (one chunk) chunk 0 has no earlier chunk to draw members
     from, `_members` allocates no slot and topk changes nothing (the count had min(k, n) (1 + r)
     phantom slots before: +58% at n = C for the ci settings)."""
-    from hubbench.flops import count_flops
+    from hubbench.measure.flops import count_flops
 
     d, C = 64, 32
     x = torch.randn(1, chunks * C, d)

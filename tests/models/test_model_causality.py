@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from hubbench import models, variants
-from hubbench.causality import check_model
+from hubbench import models
+from hubbench.plan import variants
+from hubbench.verify.causality import check_model
 
 TINY = {"d_model": 16, "n_layers": 2, "n_heads": 2, "mlp_ratio": 2.0}
 HUB = {"hubs": 3, "topk": 3, "neighbours": 2, "chunk": 6}  # r=2 crosses chunk ends

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from hubbench import models, variants
+from hubbench import models
 from hubbench.errors import ConfigError
+from hubbench.plan import variants
 
 TINY = {"d_model": 32, "n_heads": 2, "n_layers": 2, "vocab": 61}
 HUB = {"hubs": 4, "topk": 4, "chunk": 8}
@@ -85,7 +86,7 @@ def test_layer_layouts() -> None:
 )  # fmt: skip
 def test_replace_rounds_half_up_and_never_to_zero(n_layers: int, replace: float, count: int):
     """Half-to-even made 0.25 of 2 layers and 0.125 of 4 zero HubRouter layers, silently."""
-    from hubbench import variants
+    from hubbench.plan import variants
 
     assert variants.replaced_count(n_layers, replace) == count
     assert len(variants.replaced_layers(n_layers, replace)) == count

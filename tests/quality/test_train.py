@@ -13,11 +13,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hubbench.cell import Cell, Measure
 from hubbench.cli import app
 from hubbench.models import build
+from hubbench.plan.cell import Cell, Measure
+from hubbench.plan.variants import make_config
 from hubbench.quality.train import lr_factor, train_and_evaluate
-from hubbench.variants import make_config
 
 SMALL = dict(d_model=32, n_layers=2, n_heads=2, vocab=32)
 

@@ -6,6 +6,7 @@ import pytest
 from synthetic_runs import cell, grid, make_run
 
 from hubbench.errors import ReportError
+from hubbench.plan.suite import GateRule
 from hubbench.report.gate import (
     gate_baseline,
     gate_ratios,
@@ -14,7 +15,6 @@ from hubbench.report.gate import (
     write_summary,
 )
 from hubbench.report.load import check_schema
-from hubbench.suite import GateRule
 
 
 def _run(run_id="a", seed=1, **kw):

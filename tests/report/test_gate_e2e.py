@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from hubbench import store
 from hubbench.cli import app
-from hubbench.runner import run_plan
-from hubbench.suite import expand, load_suite
+from hubbench.plan.suite import expand, load_suite
+from hubbench.run.runner import run_plan
 
 BUILDER = f"{Path(__file__).with_name('gate_e2e_builder.py')}:build"
 # ~15 ms per step on one CPU thread; 12 rounds x 10 timed steps per condition (8 x 6 once gave a

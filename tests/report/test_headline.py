@@ -10,12 +10,12 @@ from typer.testing import CliRunner
 
 from hubbench import schema
 from hubbench.cli import app
+from hubbench.plan.suite import GateRule
 from hubbench.report import format as fmt
 from hubbench.report.gate import gate_ratios
 from hubbench.report.headline import headline, ratio_lines, table
 from hubbench.report.html import build_html
 from hubbench.report.stats import metric_ratio
-from hubbench.suite import GateRule
 
 SEQS = (1024, 4096, 16384)
 

@@ -11,19 +11,19 @@ import pandas as pd
 import pytest
 from synthetic_runs import grid, make_run
 
-from hubbench import calibration as cal
-from hubbench.cell import Cell, Measure
-from hubbench.env import host_env, torch_env
-from hubbench.execute import execute_cell
-from hubbench.metrics import RoundResult
+from hubbench.measure import calibration as cal
+from hubbench.measure.cell import execute_cell
+from hubbench.measure.env import host_env, torch_env
+from hubbench.measure.metrics import RoundResult
+from hubbench.plan.cell import Cell, Measure
+from hubbench.plan.variants import make_config
 from hubbench.report import format as fmt
 from hubbench.report.headline import headline, ratio_lines, table
 from hubbench.report.html import build_html
 from hubbench.report.plots import render
 from hubbench.report.runtable import run_table
-from hubbench.runner import CellState, make_row
-from hubbench.variants import make_config
-from hubbench.worker import load_builder
+from hubbench.run.runner import CellState, make_row
+from hubbench.run.worker import load_builder
 
 BUILDER = f"{Path(__file__).resolve().parent.parent / 'builders.py'}:build_tiny"
 LOADED = "2026-01-02T03:04:05Z"  # the date the stale calibration carries

@@ -208,7 +208,7 @@ class MixerInfo:
             if o.default is not inspect.Parameter.empty
         }
         out.update(values)
-        from hubbench.config import coerce
+        from hubbench.plan.fields import coerce
 
         try:  # typed as declared: a float option's default 1 and --set 1.0 are one value
             return {n: coerce(v, self.options[n].type, f"option {n}") for n, v in out.items()}

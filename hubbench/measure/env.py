@@ -3,7 +3,7 @@
 The pieces are those torch.utils.collect_env reports that cost no subprocess per call: Python,
 OS, platform, the NVIDIA driver (from /proc, nvidia-smi only where /proc has none), and the
 versions of the optional packages, read from their metadata without importing them. The
-calibrated peaks that `hubbench env --calibrate` measures are hubbench.calibration's.
+calibrated peaks that `hubbench env --calibrate` measures are hubbench.measure.calibration's.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ A suite file (see suites/*.toml and docs/reference.md, "Suite files"):
     cells_per_job = 4; partition = "gpu"; time_min = 120; gpus_per_job = 1; parallelism = 8
 
 A field is a run field (variant, mode, device, batch, seq, compile, threads, nproc, nnodes, ...)
-or a config field of some variant (hubbench.variants). Each cell keeps only the fields its variant
+or a config field of some variant (hubbench.plan.variants). Each cell keeps only the fields its
+variant
 has and that can change what it builds (variants.inert_fields); the others are null in its row
 and do not multiply cells. CLI overrides (`--seq 1024`, `--set hubs=4,8`) replace a field's
 values after the device overlay. Every cell's config is validated once, here, before anything
@@ -42,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from hubbench import schema
-from hubbench.cell import (
+from hubbench.errors import ConfigError, SuiteError
+from hubbench.plan.cell import (
     DEVICE_MEASURE,
     MEASURE_FIELDS,
     QUALITY_FIELDS,
@@ -51,7 +53,7 @@ from hubbench.cell import (
     Measure,
     run_defaults,
 )
-from hubbench.config import (
+from hubbench.plan.fields import (
     INFERENCE_MODES,
     MODES,
     coerce,
@@ -61,9 +63,8 @@ from hubbench.config import (
     resolve_device,
     split_list,
 )
-from hubbench.config import cuda_available as probe_cuda
-from hubbench.errors import ConfigError, SuiteError
-from hubbench.plugins import (
+from hubbench.plan.fields import cuda_available as probe_cuda
+from hubbench.plan.plugins import (
     MixerInfo,
     PluginError,
     encode_options,
@@ -71,8 +72,7 @@ from hubbench.plugins import (
     parse_spec,
     source_digest,
 )
-from hubbench.quality.spec import check_quality
-from hubbench.variants import (
+from hubbench.plan.variants import (
     CHOICES,
     PLUGIN_HOSTS,
     REGISTRY,
@@ -83,6 +83,7 @@ from hubbench.variants import (
     is_plugin,
     make_config,
 )
+from hubbench.quality.spec import check_quality
 
 DEVICE_KINDS = ("cpu", "cuda")
 TOP_KEYS = ("name", "description", "measure", "defaults", "sweep", "exclude", "gate", "executor")
@@ -142,7 +143,7 @@ class Suite:
     device_measure: dict[str, dict[str, Any]]
     exclude: list[ExcludeRule] = field(default_factory=list)
     gate: list[GateRule] = field(default_factory=list)
-    executor: dict[str, Any] = field(default_factory=dict)  # [executor] (hubbench.executors)
+    executor: dict[str, Any] = field(default_factory=dict)  # [executor] (hubbench.run.executors)
 
 
 @dataclass
@@ -165,7 +166,7 @@ def suite_dirs() -> list[Path]:
     if os.environ.get(SUITES_ENV):
         dirs.append(Path(os.environ[SUITES_ENV]))
     dirs.append(Path.cwd() / "suites")
-    dirs.append(Path(__file__).resolve().parent.parent / "suites")
+    dirs.append(Path(__file__).resolve().parents[2] / "suites")
     seen: list[Path] = []
     for d in dirs:
         if d.is_dir() and d.resolve() not in [s.resolve() for s in seen]:
@@ -352,7 +353,7 @@ def parse_suite(data: Mapping[str, Any], path: Path) -> Suite:
 
 
 def _executor_table(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    from hubbench.executors import spec_from
+    from hubbench.run.executors import spec_from
 
     table = _table(data, "executor", path)
     try:
@@ -764,7 +765,7 @@ def _make_cell(
 
 def _plugin_options(given: Mapping[str, Any], fields: Mapping[str, Any]) -> str:
     """A plug-in cell's options: mixer_options (JSON) updated by the option axes it has."""
-    from hubbench.plugins import decode_options
+    from hubbench.plan.plugins import decode_options
 
     info = mixer_info(str(given["mixer"]))
     values = decode_options(str(given.get("mixer_options", "{}")))

@@ -1,12 +1,13 @@
 """Metric assembly: a cell's rounds -> the measurement columns of its row.
 
-The worker measures one round of a cell at a time (hubbench.execute) and answers a RoundResult;
+The worker measures one round of a cell at a time (hubbench.measure.cell) and answers a RoundResult;
 the runner collects a cell's rounds and calls `measurement_columns` after each one, so the row on
 disk always holds every round measured so far. Derived quantities are computed here and nowhere
 else: step-time statistics over all rounds' samples, tokens/s from their median (and its p10 /
 p90 spread from the p90 / p10 times), FLOPs per token, achieved FLOP/s and MFU. MFU uses the
 model's analytic, causal-aware FLOPs when it has them (model FLOPs utilisation), else the counted
-ones; `mfu_basis` says which. The speed of light (hubbench.roofline) takes the same FLOPs and
+ones; `mfu_basis` says which. The speed of light (hubbench.measure.roofline) takes the same
+FLOPs and
 peak, and the step's byte floor at the peak bandwidth. Peak memory is the highest of the rounds.
 """
 
@@ -18,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hubbench import schema
-from hubbench.measure import summarize
-from hubbench.roofline import speed_of_light
+from hubbench.measure.roofline import speed_of_light
+from hubbench.measure.timing import summarize
 
 # backend column -> the key the model reports it under (LanguageModel.backends)
 BACKEND_COLUMNS = {"backend_attention": "attention", "backend_mamba": "mamba",
@@ -52,7 +53,7 @@ class RoundResult:
     state_bytes: int | None = None  # prefill / decode: per sequence after the prompt
     session: float | None = None  # when the run that measured it started (the runner sets it)
     quality: dict[str, Any] | None = None  # quality mode: the quality group's values
-    # nproc > 1 (hubbench.distributed): tokens, FLOPs, byte floor and peaks count every rank,
+    # nproc > 1 (hubbench.measure.ranks): tokens, FLOPs, byte floor and peaks count every rank,
     # the step time is the slowest rank's
     world_size: int = 1
 

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hubbench.config import DTYPES, coerce, parse_text, scalar_type
 from hubbench.errors import ConfigError
+from hubbench.plan.fields import DTYPES, coerce, parse_text, scalar_type
 
 ATTENTION_BACKENDS = ("naive", "sdpa", "flash")
 SDPA_KERNELS = ("auto", "flash", "efficient", "math", "cudnn")
@@ -146,7 +146,7 @@ class PluginFields:
     )
 
     def validate_plugin(self) -> None:
-        from hubbench.plugins import decode_options, parse_spec
+        from hubbench.plan.plugins import decode_options, parse_spec
 
         if not self.mixer:
             raise ConfigError("a plug-in variant needs mixer=FILE.py:Class (--mixer)", ("mixer",))
@@ -311,7 +311,7 @@ def display_name(variant: str, mixer: str | None = None) -> str:
     """What tables and figures call a variant: a plug-in variant by its mixer's class name
     (mixer-gpt with examples/swa.py:SlidingWindow -> 'SlidingWindow-gpt')."""
     if is_plugin(variant) and mixer:
-        from hubbench.plugins import display_name as class_name
+        from hubbench.plan.plugins import display_name as class_name
 
         name = class_name(mixer)
         if name:

@@ -1,6 +1,7 @@
 """The measuring worker process and the protocol the runner speaks with it.
 
-`python -m hubbench.worker BUILDER` imports torch once and then measures cell rounds sent to it as
+`python -m hubbench.run.worker BUILDER` imports torch once and then measures cell rounds sent
+to it as
 JSON lines on stdin, answering one JSON line each ({"outcome": ..., "round": ...}) on a
 private copy of stdout; stray prints go to its stderr, kept in a temp file for error messages.
 The worker runs in its own session, so Ctrl-C reaches only the runner, which kills it.
@@ -28,8 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hubbench.cell import Cell
-from hubbench.execute import MESSAGE_CHARS
+from hubbench.measure.cell import MESSAGE_CHARS
+from hubbench.plan.cell import Cell
 
 DEFAULT_BUILDER = "hubbench.models:build"
 STARTUP_TIMEOUT_S = 120.0
@@ -55,7 +56,7 @@ class Worker:
 
     def start(self, timeout: float = STARTUP_TIMEOUT_S) -> Worker:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hubbench.worker", self.builder],
+            [sys.executable, "-m", "hubbench.run.worker", self.builder],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -70,7 +71,7 @@ class Worker:
         return self.proc is not None and self.proc.poll() is None
 
     def run(self, cell: Cell, timeout: float, count_flops: bool = True) -> dict[str, Any]:
-        """One round of `cell` (hubbench.execute.execute_cell's answer)."""
+        """One round of `cell` (hubbench.measure.cell.execute_cell's answer)."""
         assert self.proc is not None and self.proc.stdin is not None
         message = {"cell": cell.to_json(), "count_flops": count_flops}
         try:
@@ -182,9 +183,9 @@ def worker_main(builder: str) -> None:
     # Protocol on a private copy of stdout; anything else printed lands in the stderr log.
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
-    from hubbench.env import torch_env
-    from hubbench.execute import execute_cell
-    from hubbench.flops import prime
+    from hubbench.measure.cell import execute_cell
+    from hubbench.measure.env import torch_env
+    from hubbench.measure.flops import prime
 
     build = load_builder(builder)
     prime()
@@ -206,4 +207,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 2:
         worker_main(sys.argv[1])
     else:
-        sys.exit("usage: python -m hubbench.worker MODULE:FUNCTION")
+        sys.exit("usage: python -m hubbench.run.worker MODULE:FUNCTION")

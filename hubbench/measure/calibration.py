@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubbench.config import DTYPES
-from hubbench.env import device_name, utc_now
 from hubbench.errors import ConfigError, HubbenchError
-from hubbench.roofline import MEMORY_KEY
+from hubbench.measure.env import device_name, utc_now
+from hubbench.measure.roofline import MEMORY_KEY
+from hubbench.plan.fields import DTYPES
 
 CACHE_ENV = "HUBBENCH_CACHE"
 DEFAULT_DTYPES = ("fp32",)  # what the suites run; bf16 / fp16 on request (--dtype)
@@ -184,7 +184,7 @@ class Load:
             self.asked_s += (time.perf_counter() - wall) * self.threads
 
     def read_sentinel(self) -> None:
-        from hubbench.measure import sentinel_s
+        from hubbench.measure.timing import sentinel_s
 
         with self.watch():
             self.sentinel_s.append(sentinel_s())
@@ -258,8 +258,8 @@ def calibrate(
 def _matmul_rate(device: Any, name: str, load: Load, say: Progress) -> dict[str, Any]:
     import torch
 
-    from hubbench.measure import summarize, time_calls
-    from hubbench.step import TORCH_DTYPES
+    from hubbench.measure.step import TORCH_DTYPES
+    from hubbench.measure.timing import summarize, time_calls
 
     n = MATMUL_SIZES[device.type]
     while True:
@@ -294,7 +294,7 @@ def _copy_bandwidth(device: Any, load: Load, say: Progress) -> dict[str, Any]:
     """A stream-style copy of a buffer far larger than any cache: bytes read + written per s."""
     import torch
 
-    from hubbench.measure import summarize, time_calls
+    from hubbench.measure.timing import summarize, time_calls
 
     size = COPY_BYTES[device.type]
     say(f"memory: timing {size >> 20} MiB copies on {device}, at least {MIN_TIME_S:g} s")

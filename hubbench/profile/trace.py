@@ -1,6 +1,7 @@
 """Profile the one step: one torch.profiler trace for TensorBoard and Perfetto; where time goes.
 
-Tracing wraps `Step.fn` from `hubbench.step.build_step`, the same step and inputs the runner times,
+Tracing wraps `Step.fn` from `hubbench.measure.step.build_step`, the same step and inputs the
+runner times,
 under a wait / warm-up / active schedule; there is no second training or timing loop here. Each
 active step is a `ProfilerStep#N` range (from `prof.step()`), and that range is the step time.
 
@@ -47,12 +48,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubbench.config import MODES
 from hubbench.errors import ConfigError, ReportError
-from hubbench.variants import BaseConfig, config_dict, get_spec
+from hubbench.plan.fields import MODES
+from hubbench.plan.variants import BaseConfig, config_dict, get_spec
 
 if TYPE_CHECKING:
-    from hubbench.step import Step
+    from hubbench.measure.step import Step
 
 # record_function labels the models and mixers emit, in display order. Unknown labels are
 # transparent: their time goes to the nearest enclosing known label.
@@ -65,7 +66,7 @@ STAGES: tuple[str, ...] = (
     "hub.decode",
     "hub.select",
     "hub.council",
-    "mixer",  # a plug-in mixer (hubbench.plugins)
+    "mixer",  # a plug-in mixer (hubbench.plan.plugins)
     "mlp",
     "moe",
     "lm_head",
@@ -259,8 +260,8 @@ def profile_cell(
     where a results row's step is one). Raises ConfigError for a bad mode, UnavailableError
     for a missing device.
     """
+    from hubbench.measure.step import build_step
     from hubbench.models import build
-    from hubbench.step import build_step
 
     if mode not in MODES:
         raise ConfigError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")

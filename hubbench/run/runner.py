@@ -7,7 +7,7 @@ the statistics (hubbench.report.stats) see the drift as between-round variance. 
 builds the cell's model afresh in the worker (docs/measurement.md says why), and the cell's row
 is rewritten after each of its rounds, so an interrupted run keeps every round measured.
 
-Outcomes, besides what a round's own exception gives (hubbench.execute):
+Outcomes, besides what a round's own exception gives (hubbench.measure.cell):
 - the worker dies (segfault, os._exit, killed for memory): `error` with its exit signal and the
   tail of its stderr; a fresh worker takes the next cell;
 - no answer within the cell's timeout (per round): the worker is killed, the row is `timeout`.
@@ -15,7 +15,7 @@ A cell that fails in any round is done: its row keeps the failure (`round k/R: .
 rounds measured before it. Ctrl-C reaches only the runner (the worker has its own session), which
 kills the worker and keeps the rows on disk.
 
-`measure_states` is that loop for any list of cells; a submitit job (hubbench.executors) runs
+`measure_states` is that loop for any list of cells; a submitit job (hubbench.run.executors) runs
 it for its share of the cells, so a cell measures the same whichever executor ran it.
 """
 
@@ -31,21 +31,21 @@ from pathlib import Path
 from typing import Any
 
 from hubbench import schema, store
-from hubbench.cell import Cell
-from hubbench.env import TORCH_ENV_KEYS, host_env, utc_now
 from hubbench.errors import ConfigError, HubbenchError
-from hubbench.eta import Eta, Progress
-from hubbench.execute import MESSAGE_CHARS
-from hubbench.executors import leftover_rows
-from hubbench.metrics import (
+from hubbench.measure.cell import MESSAGE_CHARS
+from hubbench.measure.env import TORCH_ENV_KEYS, host_env, utc_now
+from hubbench.measure.metrics import (
     BACKEND_COLUMNS,
     RoundResult,
     measurement_columns,
     quality_columns,
     weak_scaling,
 )
-from hubbench.suite import Plan
-from hubbench.worker import (
+from hubbench.plan.cell import Cell
+from hubbench.plan.suite import Plan
+from hubbench.run.eta import Eta, Progress
+from hubbench.run.executors import leftover_rows
+from hubbench.run.worker import (
     DEFAULT_BUILDER,
     STARTUP_TIMEOUT_S,
     Worker,
@@ -65,7 +65,7 @@ class CellState:
     failure: dict[str, Any] | None = None  # the outcome of the round that failed
     device_name: str | None = None
     wall_s: float = 0.0
-    job_lost: bool = False  # failed with its job, not on its own (hubbench.executors)
+    job_lost: bool = False  # failed with its job, not on its own (hubbench.run.executors)
 
     @property
     def pending(self) -> bool:
@@ -178,7 +178,7 @@ def run_plan(
 ) -> RunResult:
     """Measure every pending round of the plan; a cell's row is on disk after each round.
 
-    `executor` (hubbench.executors.ExecutorSpec; None: local) runs the cells in submitit jobs
+    `executor` (hubbench.run.executors.ExecutorSpec; None: local) runs the cells in submitit jobs
     instead of this process' worker; `on_jobs` then hears how the jobs stand.
     """
     if (executor is None or executor.kind == "local") and any(c.nnodes > 1 for c in plan.cells):
@@ -209,7 +209,7 @@ def run_plan(
                 states, put, plan.suite.name, run_id, builder, LOCAL, on_start, on_done
             )
         else:
-            from hubbench.executors import run_jobs
+            from hubbench.run.executors import run_jobs
 
             result.interrupted = run_jobs(
                 executor, states, put, plan.suite.name, run_id, builder, writer.path,

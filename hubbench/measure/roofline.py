@@ -24,7 +24,8 @@ than its baseline does of its own beats the ideal.
 
 A step cannot beat its speed of light, nor reach an MFU over 1. A fraction over PEAK_LIMIT
 says the peak it was divided by is too low (a calibration that is stale or was taken on a busy
-machine, hubbench.calibration) or the counts too high: `too_low_peaks` names the peaks, and the
+machine, hubbench.measure.calibration) or the counts too high: `too_low_peaks` names the peaks,
+and the
 report flags such a fraction instead of printing it as a result.
 """
 
@@ -54,8 +55,8 @@ def peak_bandwidth(
     device_kind: str, device_name: str, calibration: dict[str, Any] | None = None
 ) -> tuple[float | None, str | None]:
     """(peak bytes/s, where it came from): the GPU table first, then a calibrated copy rate."""
-    from hubbench.calibration import source
-    from hubbench.flops import table_entry
+    from hubbench.measure.calibration import source
+    from hubbench.measure.flops import table_entry
 
     if device_kind == "cuda":
         key = table_entry(device_name)

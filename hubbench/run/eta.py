@@ -4,7 +4,7 @@ A round's wall time is a fixed part (the noise sentinel, building the model, a d
 prompt, round 1's FLOP count of a compiled cell), the warm-up and the timed steps. A measured
 round gives the fixed part (wall time less warm-up and timed steps), the step time and, after
 round 1, the warm-up; round 1's warm-up holds the FLOP-counting step, so the rounds after it
-are given the warm-up rule's time instead (hubbench.measure). A cell predicts its rounds from
+are given the warm-up rule's time instead (hubbench.measure.timing). A cell predicts its rounds from
 its own latest round; a cell not yet measured borrows from the cells of its kind (mode, device
 and variant) measured so far: their mean fixed part, a step time scaled from theirs by
 `step_cost`, and the warm-up rule's time for that step.
@@ -22,12 +22,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hubbench.measure import warmup_estimate_s
+from hubbench.measure.timing import warmup_estimate_s
 
 if TYPE_CHECKING:
-    from hubbench.cell import Cell
-    from hubbench.metrics import RoundResult
-    from hubbench.runner import CellState
+    from hubbench.measure.metrics import RoundResult
+    from hubbench.plan.cell import Cell
+    from hubbench.run.runner import CellState
 
 
 @dataclass
@@ -64,7 +64,7 @@ def step_cost(cell: Cell) -> float:
 
 
 def per_call(cell: Cell) -> int:
-    """A step's samples_s are per generated token in decode mode (hubbench.execute)."""
+    """A step's samples_s are per generated token in decode mode (hubbench.measure.cell)."""
     return cell.decode_tokens if cell.mode == "decode" else 1
 
 

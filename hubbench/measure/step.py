@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from hubbench.config import DEVICE_PATTERN, DTYPES, INFERENCE_MODES, MODES
 from hubbench.errors import ConfigError, UnavailableError
+from hubbench.plan.fields import DEVICE_PATTERN, DTYPES, INFERENCE_MODES, MODES
 
 TORCH_DTYPES = dict(zip(DTYPES, (torch.float32, torch.bfloat16, torch.float16), strict=True))
 

@@ -13,8 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hubbench.config import default_threads
-from hubbench.variants import BaseConfig, config_dict, config_from_dict, inert_fields
+from hubbench.plan.fields import default_threads
+from hubbench.plan.variants import BaseConfig, config_dict, config_from_dict, inert_fields
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,8 @@ class Cell:
     data: str = "pydoc"
     train_updates: int = 1500
     lr: float = 1e-3
-    nproc: int = 1  # > 1: the cell runs under torchrun (hubbench.distributed)
-    nnodes: int = 1  # > 1: torchrun on that many nodes, one job task each (hubbench.executors)
+    nproc: int = 1  # > 1: the cell runs under torchrun (hubbench.measure.ranks)
+    nnodes: int = 1  # > 1: torchrun on that many nodes, one job task each (hubbench.run.executors)
 
     @property
     def world(self) -> int:
@@ -169,7 +169,7 @@ class Cell:
 
     def label(self, fields: Iterable[str] = ()) -> str:
         """'hub-gpt n=1024 attention=sdpa' style; `fields` adds the swept fields that apply."""
-        from hubbench.variants import display_name
+        from hubbench.plan.variants import display_name
 
         parts = [display_name(self.variant, getattr(self.config, "mixer", None)), f"n={self.seq}"]
         identity = self.explicit_identity

@@ -4,7 +4,7 @@ Timing. Each sample is one call of the step, from launch to completion; steps ne
 CPU: `time.perf_counter` around the call. CUDA: a pair of CUDA events around the call and a
 synchronisation after it, so a sample is device time between the events (CPU launch gaps
 included when the GPU waits for them). No clock is read inside the step; inputs and optimizer
-exist before timing (hubbench.step).
+exist before timing (hubbench.measure.step).
 
 Order for a round of a cell: when FLOPs are to be counted (round 1), the first warm-up step runs
 under FlopCounterMode (with warmup = 0 that is one extra untimed step). Then warm-up by time and
@@ -192,7 +192,7 @@ def measure_step(
 
     With warmup_min_s = warmup_max_s = 0 the warm-up is exactly `warmup` steps.
     """
-    from hubbench.flops import count_flops
+    from hubbench.measure.flops import count_flops
 
     flops = None
     start = time.perf_counter()

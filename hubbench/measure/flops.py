@@ -119,7 +119,7 @@ def peak_flops(
         key = table_entry(device_name)
         if key is not None and dtype in PEAK_TABLE[key]:
             return PEAK_TABLE[key][dtype], f"table: {key} {dtype} dense"
-    from hubbench.calibration import source
+    from hubbench.measure.calibration import source
 
     entry = (calibration or {}).get(dtype)
     if entry:

@@ -1,7 +1,7 @@
 """Executors: where a run's cells are measured. `local` is this process' isolated worker
-(hubbench.runner); `submitit-local` and `slurm` shard the cells into submitit jobs.
+(hubbench.run.runner); `submitit-local` and `slurm` shard the cells into submitit jobs.
 
-A job runs its cells exactly as a local run does (hubbench.runner.measure_states: the same
+A job runs its cells exactly as a local run does (hubbench.run.runner.measure_states: the same
 isolated worker, rounds interleaved across the job's cells) and writes each row, after each
 round, to its own part file `<run>.jobs/part-<attempt>-<k>.parquet`. The submitting process
 polls the jobs, merges every new or grown row of a part into the one run file (rewritten
@@ -161,12 +161,12 @@ def run_job(job: JobSpec) -> dict[str, Any]:
     """The body of a job: measure its cells with the isolated worker, rows to its part file.
 
     A job of nnodes > 1 cells has a task per node: task 0 leads (measures, and posts each round
-    to the others); the others follow (hubbench.distributed).
+    to the others); the others follow (hubbench.measure.ranks).
     """
     from hubbench import store
-    from hubbench.cell import Cell
-    from hubbench.distributed import follow, leading
-    from hubbench.runner import _restore, _resumed, _stop_on_signals, measure_states
+    from hubbench.measure.ranks import follow, leading
+    from hubbench.plan.cell import Cell
+    from hubbench.run.runner import _restore, _resumed, _stop_on_signals, measure_states
 
     job_id, task, tasks = _job_task()
     states = [_resumed(Cell.from_json(c), r) for c, r in zip(job.cells, job.rows, strict=True)]
@@ -193,7 +193,7 @@ def run_job(job: JobSpec) -> dict[str, Any]:
 
 
 def nodes_folder(part: Path) -> Path:
-    """A multi-node job's mailbox (hubbench.distributed), beside its part file."""
+    """A multi-node job's mailbox (hubbench.measure.ranks), beside its part file."""
     return part.with_suffix(".nodes")
 
 
@@ -363,7 +363,7 @@ def run_jobs(
 ) -> bool:
     """Measure the pending states in submitit jobs (module docstring); True if interrupted."""
     from hubbench import store
-    from hubbench.runner import Progress, _resumed
+    from hubbench.run.runner import Progress, _resumed
 
     pending = [s for s in states if s.pending]
     if not pending:
@@ -429,8 +429,8 @@ def run_jobs(
 
     def lose(job: _Job, reason: str) -> None:
         """Every cell the job left unfinished: an error row with the job's reason."""
-        from hubbench.env import TORCH_ENV_KEYS, host_env
-        from hubbench.runner import make_row
+        from hubbench.measure.env import TORCH_ENV_KEYS, host_env
+        from hubbench.run.runner import make_row
 
         for s in job.states:
             cid = s.cell.cell_id
@@ -542,7 +542,7 @@ def _env_names() -> tuple[str, ...]:
 
 
 def _final_states(job: _Job) -> list[Any]:
-    from hubbench.runner import _resumed
+    from hubbench.run.runner import _resumed
 
     return [_resumed(s.cell, job.seen.get(s.cell.cell_id)) for s in job.states]
 

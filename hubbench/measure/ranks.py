@@ -1,8 +1,8 @@
 """A cell at nproc > 1: its timed step run by `nproc` processes under torchrun, data-parallel.
 
-The worker (hubbench.execute) calls `launch`, which runs
+The worker (hubbench.measure.cell) calls `launch`, which runs
 
-    python -m torch.distributed.run --standalone --nproc-per-node N -m hubbench.distributed ...
+    python -m torch.distributed.run --standalone --nproc-per-node N -m hubbench.measure.ranks ...
 
 and waits. Every rank builds the model with the cell's builder (same seed, so the same weights),
 joins the process group (gloo on CPU, NCCL on CUDA, one GPU per rank: cuda:LOCAL_RANK) and
@@ -13,13 +13,14 @@ steps (collectives need it): the warm-up is `warmup` steps, plus more while rank
 for less than warmup_min_s; the timing is `repeats` steps, plus more while rank 0 has timed less
 than min_time_s (warmup_max_s's settling rule does not apply). Each timed step's time is the
 slowest rank's, since the step is done only when every rank is; tokens and FLOPs count every
-rank (hubbench.execute.round_result), memory is the largest rank's. Rank 0 writes the round as
+rank (hubbench.measure.cell.round_result), memory is the largest rank's. Rank 0 writes the round as
 JSON; a rank's failure is classified there (oom, skipped, error) and reported with its rank.
 
 Each rank runs with the cell's `threads`; on CPU, nproc x threads should not exceed the cores
 (the run warns when it does).
 
-At nnodes > 1 the cell runs in a cluster job with one task per node (hubbench.executors). Task 0,
+At nnodes > 1 the cell runs in a cluster job with one task per node (hubbench.run.executors).
+Task 0,
 the leader, measures the job's cells as a one-node job does; for each round, `launch` posts the
 round (the cell, the rendezvous address and a free port) as `round-K.json` in the job's mailbox
 folder and runs torchrun as node 0 of nnodes (static rendezvous, no --standalone). The other
@@ -47,9 +48,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from hubbench.cell import Cell
-from hubbench.execute import RankFailure
-from hubbench.metrics import RoundResult
+from hubbench.measure.cell import RankFailure
+from hubbench.measure.metrics import RoundResult
+from hubbench.plan.cell import Cell
 
 LOG_TAIL = 2000
 NODES_ENV = "HUBBENCH_NODES"  # a multi-node job's mailbox folder (set by its leader task)
@@ -71,7 +72,7 @@ def torchrun_command(
     --standalone)."""
     return [
         sys.executable, "-m", "torch.distributed.run", *(nodes or ["--standalone"]),
-        f"--nproc-per-node={cell.nproc}", "-m", "hubbench.distributed",
+        f"--nproc-per-node={cell.nproc}", "-m", "hubbench.measure.ranks",
         str(cell_file), str(out_file), builder, str(int(count)),
     ]  # fmt: skip
 
@@ -230,7 +231,7 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _die_with_parent() -> None:
-    from hubbench.worker import die_with_parent
+    from hubbench.run.worker import die_with_parent
 
     die_with_parent()
 
@@ -303,9 +304,10 @@ def measure_rank(cell: Cell, build: Any, count: bool, rank: int, world: int, dev
     """This rank's part of the round: (RoundResult fields of rank 0's view, samples, peak)."""
     import torch.distributed as dist
 
-    from hubbench.env import device_name
-    from hubbench.execute import round_result
-    from hubbench.measure import (
+    from hubbench.measure.cell import round_result
+    from hubbench.measure.env import device_name
+    from hubbench.measure.step import build_step
+    from hubbench.measure.timing import (
         MAX_REPEATS,
         Measurement,
         PeakMemory,
@@ -315,8 +317,7 @@ def measure_rank(cell: Cell, build: Any, count: bool, rank: int, world: int, dev
         time_calls,
         trim_heap,
     )
-    from hubbench.measure import _synced as synced
-    from hubbench.step import build_step
+    from hubbench.measure.timing import _synced as synced
 
     sentinel = sentinel_s() if rank == 0 else None
     trim_heap()
@@ -328,7 +329,7 @@ def measure_rank(cell: Cell, build: Any, count: bool, rank: int, world: int, dev
     started = time.perf_counter()
     flops = None
     if count:
-        from hubbench.flops import count_flops
+        from hubbench.measure.flops import count_flops
 
         flops = count_flops(synced(step))
     run = synced(step)
@@ -373,14 +374,14 @@ def measure_rank(cell: Cell, build: Any, count: bool, rank: int, world: int, dev
 
 def rank_main(cell_file: str, out_file: str, builder: str, count: str) -> None:
     """The body of one torchrun rank (module docstring)."""
-    from hubbench.worker import die_with_parent, load_builder
+    from hubbench.run.worker import die_with_parent, load_builder
 
     die_with_parent()
     faulthandler.enable()  # a rank that crashes in C code still says where, in the log
     import torch
     import torch.distributed as dist
 
-    from hubbench.execute import classify
+    from hubbench.measure.cell import classify
 
     cell = Cell.from_json(json.loads(Path(cell_file).read_text()))
     torch.set_num_threads(cell.threads)
@@ -418,5 +419,5 @@ def rank_main(cell_file: str, out_file: str, builder: str, count: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 5:
-        sys.exit("usage: torchrun ... -m hubbench.distributed CELL.json OUT.json BUILDER COUNT")
+        sys.exit("usage: torchrun ... -m hubbench.measure.ranks CELL.json OUT.json BUILDER COUNT")
     rank_main(*sys.argv[1:])

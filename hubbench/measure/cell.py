@@ -2,7 +2,7 @@
 
 Every failure of a cell is its outcome: `oom` (CPU allocator / CUDA OOM / MemoryError), `skipped`
 (UnavailableError: no CUDA, no flash-attn, no mamba-ssm) or `error` (any other exception). The
-worker (hubbench.worker) calls this for each cell it is sent.
+worker (hubbench.run.worker) calls this for each cell it is sent.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from hubbench import schema
-from hubbench.cell import Cell
 from hubbench.errors import UnavailableError
-from hubbench.metrics import RoundResult
+from hubbench.measure.metrics import RoundResult
+from hubbench.plan.cell import Cell
 
 MESSAGE_CHARS = 500
 
@@ -51,9 +51,9 @@ def execute_cell(
 
     The model is built afresh for the round. `count_flops`: count FLOPs on its first warm-up
     step (the runner asks for it in a cell's first round only). A cell of nproc > 1 runs under
-    torchrun (hubbench.distributed), whose ranks load `builder` (the spec `build` came from).
+    torchrun (hubbench.measure.ranks), whose ranks load `builder` (the spec `build` came from).
     """
-    from hubbench.env import device_name
+    from hubbench.measure.env import device_name
 
     start = time.perf_counter()  # bookkeeping (wall_s); step timing is measure.py's alone
     outcome: dict[str, Any] = {"status": "ok", "message": None, "device_name": None}
@@ -63,7 +63,7 @@ def execute_cell(
         device = _device(cell)
         outcome["device_name"] = device_name(device)  # failed rows too: plots group by device
         if cell.world > 1:
-            from hubbench.distributed import launch
+            from hubbench.measure.ranks import launch
 
             result = launch(cell, builder or "hubbench.models:build", count_flops).to_json()
         else:
@@ -84,7 +84,7 @@ def _set_threads(threads: int) -> None:
 
 
 def _device(cell: Cell) -> Any:
-    from hubbench.step import torch_device
+    from hubbench.measure.step import torch_device
 
     return torch_device(cell.device)
 
@@ -92,9 +92,9 @@ def _device(cell: Cell) -> Any:
 def _measure(
     cell: Cell, build: Callable[..., Any], device: Any, name: str, count_flops: bool
 ) -> RoundResult:
-    from hubbench.flops import count_flops as counted_flops
-    from hubbench.measure import measure_step, rss_bytes, sentinel_s, trim_heap
-    from hubbench.step import build_step
+    from hubbench.measure.flops import count_flops as counted_flops
+    from hubbench.measure.step import build_step
+    from hubbench.measure.timing import measure_step, rss_bytes, sentinel_s, trim_heap
 
     sentinel = sentinel_s()
     gc.collect()
@@ -134,12 +134,12 @@ def round_result(
     sentinel: float | None,
     world: int = 1,
 ) -> RoundResult:
-    """A timed round's RoundResult from its Measurement `m`. `world` > 1 (hubbench.distributed):
+    """A timed round's RoundResult from its Measurement `m`. `world` > 1 (hubbench.measure.ranks):
     `m` holds the slowest rank's step times, and tokens, FLOPs, the byte floor and the peaks
     are counted over every rank, so MFU and the speed of light stay per-device fractions."""
-    from hubbench.calibration import load_calibration
-    from hubbench.flops import peak_flops
-    from hubbench.roofline import bytes_floor, peak_bandwidth
+    from hubbench.measure.calibration import load_calibration
+    from hubbench.measure.flops import peak_flops
+    from hubbench.measure.roofline import bytes_floor, peak_bandwidth
 
     # decode: the tokens of a timed call see contexts seq .. seq + decode_tokens - 1
     context = cell.seq + (cell.decode_tokens - 1) / 2 if cell.mode == "decode" else cell.seq
@@ -185,10 +185,10 @@ def round_result(
 
 def _quality(cell: Cell, model: Any, device: Any, name: str, sentinel: float) -> RoundResult:
     """A quality cell's one round: the training run, its updates as the step samples."""
-    from hubbench.calibration import load_calibration
-    from hubbench.flops import peak_flops
+    from hubbench.measure.calibration import load_calibration
+    from hubbench.measure.flops import peak_flops
+    from hubbench.measure.roofline import bytes_floor, peak_bandwidth
     from hubbench.quality.train import train_and_evaluate
-    from hubbench.roofline import bytes_floor, peak_bandwidth
 
     run = train_and_evaluate(cell, model, device)
     analytic = model.flops_analytic(cell.batch, cell.seq, "train")

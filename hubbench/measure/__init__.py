@@ -1,0 +1,1 @@
+"""The worker side: one cell measured (timing, step, FLOPs, roofline, environment)."""

@@ -1,0 +1,1 @@
+"""Profile the one step: torch.profiler traces and where the time goes."""

@@ -1,0 +1,1 @@
+"""Correctness checks of a model: causality and decode equivalence."""
