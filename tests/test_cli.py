@@ -155,6 +155,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], text:
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # starts workers
 def test_two_runs_at_once_write_two_intact_files(tmp_path: Path) -> None:
     """Two real `hubbench run` processes started together on one results directory."""
     suite = tmp_path / "one.toml"

@@ -174,6 +174,7 @@ def test_an_interrupted_run_says_which_rows_are_whole(tmp_path: Path) -> None:
     assert kept() == "no cell had finished; nothing was written"
 
 
+@pytest.mark.slow  # starts workers
 def test_interrupted_run_keeps_rows_and_resumes(
     runner: CliRunner, tmp_path: Path, monkeypatch
 ) -> None:

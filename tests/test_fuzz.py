@@ -29,6 +29,8 @@ from hubbench.cli import app
 from hubbench.errors import HubbenchError
 from hubbench.plan.suite import TOP_KEYS, expand, field_types, parse_overrides, parse_suite
 
+pytestmark = pytest.mark.slow  # hypothesis drives hundreds of examples per test
+
 SCALE = int(os.environ.get("HUBBENCH_FUZZ_SCALE", "1"))
 
 
