@@ -101,9 +101,19 @@ def _measure_columns() -> tuple[Column, ...]:
     )
 
 
-def _package_columns() -> tuple[Column, ...]:
-    from hubbench.measure.env import OPTIONAL_PACKAGES
+# column <name>_version -> the distributions that provide it (first one installed wins); the
+# worker reads their versions (hubbench.measure.env.package_versions)
+OPTIONAL_PACKAGES: dict[str, tuple[str, ...]] = {
+    "numpy": ("numpy",),
+    "triton": ("triton", "pytorch-triton", "pytorch-triton-rocm"),
+    "flash_attn": ("flash-attn",),
+    "mamba_ssm": ("mamba-ssm",),
+    "causal_conv1d": ("causal-conv1d",),
+    "torch_tb_profiler": ("torch-tb-profiler",),
+}
 
+
+def _package_columns() -> tuple[Column, ...]:
     return tuple(
         _c(f"{name}_version", "string", "env",
            f"{' or '.join(dists)} version, or 'not installed' (read from package metadata)")

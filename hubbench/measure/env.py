@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import hubbench
+from hubbench.schema import OPTIONAL_PACKAGES
 
 
 def utc_now() -> str:
@@ -60,15 +61,6 @@ def git_info() -> tuple[str | None, bool | None]:
 
 
 NOT_INSTALLED = "not installed"
-# results column <name>_version -> the distributions that provide it (first one installed wins)
-OPTIONAL_PACKAGES: dict[str, tuple[str, ...]] = {
-    "numpy": ("numpy",),
-    "triton": ("triton", "pytorch-triton", "pytorch-triton-rocm"),
-    "flash_attn": ("flash-attn",),
-    "mamba_ssm": ("mamba-ssm",),
-    "causal_conv1d": ("causal-conv1d",),
-    "torch_tb_profiler": ("torch-tb-profiler",),
-}
 
 
 def package_version(distributions: tuple[str, ...]) -> str:
