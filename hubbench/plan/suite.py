@@ -72,6 +72,7 @@ from hubbench.plan.plugins import (
     parse_spec,
     source_digest,
 )
+from hubbench.plan.quality import check_quality
 from hubbench.plan.variants import (
     CHOICES,
     PLUGIN_HOSTS,
@@ -83,7 +84,6 @@ from hubbench.plan.variants import (
     is_plugin,
     make_config,
 )
-from hubbench.quality.spec import check_quality
 
 DEVICE_KINDS = ("cpu", "cuda")
 TOP_KEYS = ("name", "description", "measure", "defaults", "sweep", "exclude", "gate", "executor")

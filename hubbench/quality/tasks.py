@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from hubbench.errors import ConfigError
-from hubbench.quality.spec import BYTE_VOCAB, mqar_problem
+from hubbench.plan.quality import BYTE_VOCAB, mqar_problem
 
 IGNORE = -100  # F.cross_entropy's ignore_index
 MIN_CORPUS_BYTES = 4096

@@ -1,8 +1,8 @@
 """What a quality cell may ask for, checked when it is planned (torch-free: planning stays fast).
 
-The tasks themselves (data, training, evaluation) import torch and live beside this module; the
-rules that decide whether a cell can run at all are here, so `hubbench run --dry-run` refuses a
-bad cell before anything is built.
+The tasks themselves (data, training, evaluation) import torch and live in hubbench.quality; the
+rules that decide whether a cell can run at all are here, with the planning, so that
+`hubbench run --dry-run` refuses a bad cell before anything is built.
 """
 
 from __future__ import annotations
