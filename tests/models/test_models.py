@@ -57,16 +57,16 @@ def models_dtype(name: str) -> torch.dtype:
 
 
 def test_layer_layouts() -> None:
-    assert models.jamba_attention_layers(8) == {4}
-    assert models.jamba_attention_layers(16) == {4, 12}
+    assert variants.jamba_attention_layers(8) == {4}
+    assert variants.jamba_attention_layers(16) == {4, 12}
     # Jamba's i % 8 == 4 at every depth, partial groups included
-    assert models.jamba_attention_layers(13) == {4, 12}
-    assert models.jamba_attention_layers(5) == {4}
-    assert models.jamba_attention_layers(7) == {4}
-    assert models.jamba_attention_layers(20) == {4, 12}
+    assert variants.jamba_attention_layers(13) == {4, 12}
+    assert variants.jamba_attention_layers(5) == {4}
+    assert variants.jamba_attention_layers(7) == {4}
+    assert variants.jamba_attention_layers(20) == {4, 12}
     # the short-stack rule: no index satisfies it, one attention layer in the middle
-    assert models.jamba_attention_layers(4) == {2}
-    assert models.jamba_attention_layers(1) == {0}
+    assert variants.jamba_attention_layers(4) == {2}
+    assert variants.jamba_attention_layers(1) == {0}
     jamba = models.build_model("jamba", d_model=32, n_heads=2, n_layers=8)
     assert jamba.layer_kinds == ["mamba"] * 4 + ["attention"] + ["mamba"] * 3
     hub_jamba = models.build_model("hub-jamba", d_model=32, n_heads=2, n_layers=8)
