@@ -18,16 +18,9 @@ from test_runner import cell as runner_cell
 from hubbench import store
 from hubbench.errors import ConfigError, SuiteError
 from hubbench.plan.cell import Cell
+from hubbench.plan.executor import ExecutorSpec, make_spec, spec_from
 from hubbench.plan.suite import load_suite
-from hubbench.run.executors import (
-    ExecutorSpec,
-    JobCounts,
-    comparison_key,
-    jobs_folder,
-    make_spec,
-    shard,
-    spec_from,
-)
+from hubbench.run.executors import JobCounts, comparison_key, jobs_folder, shard
 from hubbench.run.runner import CellState, _resumed, make_row, run_plan
 
 BUILDER = f"{Path(__file__).with_name('builders.py')}:build_tiny"

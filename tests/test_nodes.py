@@ -23,8 +23,9 @@ from hubbench import store
 from hubbench.errors import ConfigError
 from hubbench.measure import ranks as distributed
 from hubbench.measure.cell import RankFailure
+from hubbench.plan.executor import ExecutorSpec
 from hubbench.plan.suite import Plan
-from hubbench.run.executors import ExecutorSpec, jobs_folder, shard
+from hubbench.run.executors import jobs_folder, shard
 from hubbench.run.runner import CellState, run_plan
 
 

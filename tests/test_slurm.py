@@ -18,8 +18,8 @@ from builders import FAULT_ENV, faults
 from test_executors import grid
 
 from hubbench import store
+from hubbench.plan.executor import ExecutorSpec
 from hubbench.plan.suite import Plan
-from hubbench.run.executors import ExecutorSpec
 from hubbench.run.runner import run_plan
 
 BUILDER = f"{Path(__file__).with_name('builders.py')}:build_tiny"

@@ -300,7 +300,7 @@ def register(app: typer.Typer) -> None:
         if profile:
             _profile(plan, out)
             return
-        from hubbench.run.executors import make_spec
+        from hubbench.plan.executor import make_spec
 
         spec = make_spec(plan.suite.executor, kind=executor, cells_per_job=cells_per_job,
                          parallelism=parallelism, partition=partition, time_min=job_time,

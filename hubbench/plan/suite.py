@@ -53,6 +53,7 @@ from hubbench.plan.cell import (
     Measure,
     run_defaults,
 )
+from hubbench.plan.executor import spec_from
 from hubbench.plan.fields import (
     INFERENCE_MODES,
     MODES,
@@ -143,7 +144,7 @@ class Suite:
     device_measure: dict[str, dict[str, Any]]
     exclude: list[ExcludeRule] = field(default_factory=list)
     gate: list[GateRule] = field(default_factory=list)
-    executor: dict[str, Any] = field(default_factory=dict)  # [executor] (hubbench.run.executors)
+    executor: dict[str, Any] = field(default_factory=dict)  # [executor] (hubbench.plan.executor)
 
 
 @dataclass
@@ -353,8 +354,6 @@ def parse_suite(data: Mapping[str, Any], path: Path) -> Suite:
 
 
 def _executor_table(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
-    from hubbench.run.executors import spec_from
-
     table = _table(data, "executor", path)
     try:
         return spec_from(table, f"{path}: executor")

@@ -27,87 +27,14 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubbench.errors import ConfigError, HubbenchError
+from hubbench.errors import HubbenchError
+from hubbench.plan.executor import ExecutorSpec
 
-EXECUTORS = ("local", "submitit-local", "slurm")
 CLUSTER = {"submitit-local": "local", "slurm": "slurm"}  # submitit.AutoExecutor(cluster=...)
-
-
-@dataclass(frozen=True)
-class ExecutorSpec:
-    """How a run is executed: the `[executor]` table of a suite, then the command line."""
-
-    kind: str = "local"
-    cells_per_job: int = 4
-    parallelism: int | None = None  # jobs at once (slurm: the array's %N); local default 1
-    partition: str | None = None  # slurm
-    time_min: int = 60  # each job's time limit
-    gpus_per_job: int | None = None  # default: nproc of its cells on CUDA, else 0
-    cpus_per_job: int | None = None  # default: the most threads x nproc of its cells
-    mem_gb: float | None = None
-    poll_s: float = 1.0
-
-    def check(self, where: str = "executor") -> ExecutorSpec:
-        if self.kind not in EXECUTORS:
-            raise ConfigError(
-                f"{where}: unknown executor {self.kind!r}; valid: {', '.join(EXECUTORS)}",
-                ("executor",),
-            )
-        for name in ("cells_per_job", "parallelism", "time_min", "cpus_per_job"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{where}: {name} must be >= 1 (got {value})", (name,))
-        for name in ("gpus_per_job", "mem_gb"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"{where}: {name} must be >= 0 (got {value})", (name,))
-        if not self.poll_s > 0:
-            raise ConfigError(f"{where}: poll_s must be > 0 (got {self.poll_s})", ("poll_s",))
-        if self.partition is not None and self.kind != "slurm":
-            raise ConfigError(f"{where}: partition applies to --executor slurm only")
-        return self
-
-    @property
-    def jobs_at_once(self) -> int:
-        return self.parallelism or (1 if self.kind == "submitit-local" else 16)
-
-
-SPEC_TYPES: dict[str, tuple[type, ...]] = {
-    "kind": (str,),
-    "cells_per_job": (int,),
-    "parallelism": (int,),
-    "partition": (str,),
-    "time_min": (int,),
-    "gpus_per_job": (int,),
-    "cpus_per_job": (int,),
-    "mem_gb": (int, float),
-    "poll_s": (int, float),
-}
-
-
-def spec_from(table: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """A suite's `[executor]` table, checked key by key (its values; the kind may be absent)."""
-    valid = [f.name for f in fields(ExecutorSpec)]
-    for key, value in table.items():
-        if key not in SPEC_TYPES:
-            raise ConfigError(f"{where}: unknown key {key!r}; valid: {', '.join(valid)}")
-        types = SPEC_TYPES[key]
-        if isinstance(value, bool) or not isinstance(value, types):
-            raise ConfigError(
-                f"{where}: {key} must be {' or '.join(t.__name__ for t in types)} (got {value!r})"
-            )
-    ExecutorSpec(**{"kind": "slurm", **table}).check(where)
-    return dict(table)
-
-
-def make_spec(table: Mapping[str, Any], **options: Any) -> ExecutorSpec:
-    """The suite's table with the command line's options (None: not given) on top."""
-    given = {k: v for k, v in options.items() if v is not None}
-    return ExecutorSpec(**{**table, **given}).check()
 
 
 # ----------------------------------------------------------------------------- sharding

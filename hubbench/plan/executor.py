@@ -1,0 +1,90 @@
+"""The executor a run asks for: a suite's `[executor]` table, then the command line's options.
+
+Planning only: the spec says where cells are to be measured and how they are sharded into jobs;
+hubbench.run.executors submits the jobs. A suite file's table is checked here, key by key, when
+the suite is loaded, so a typo fails before anything runs (docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from hubbench.errors import ConfigError
+
+EXECUTORS = ("local", "submitit-local", "slurm")
+
+
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """How a run is executed: the `[executor]` table of a suite, then the command line."""
+
+    kind: str = "local"
+    cells_per_job: int = 4
+    parallelism: int | None = None  # jobs at once (slurm: the array's %N); local default 1
+    partition: str | None = None  # slurm
+    time_min: int = 60  # each job's time limit
+    gpus_per_job: int | None = None  # default: nproc of its cells on CUDA, else 0
+    cpus_per_job: int | None = None  # default: the most threads x nproc of its cells
+    mem_gb: float | None = None
+    poll_s: float = 1.0
+
+    def check(self, where: str = "executor") -> ExecutorSpec:
+        if self.kind not in EXECUTORS:
+            raise ConfigError(
+                f"{where}: unknown executor {self.kind!r}; valid: {', '.join(EXECUTORS)}",
+                ("executor",),
+            )
+        for name in ("cells_per_job", "parallelism", "time_min", "cpus_per_job"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{where}: {name} must be >= 1 (got {value})", (name,))
+        for name in ("gpus_per_job", "mem_gb"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{where}: {name} must be >= 0 (got {value})", (name,))
+        if not self.poll_s > 0:
+            raise ConfigError(f"{where}: poll_s must be > 0 (got {self.poll_s})", ("poll_s",))
+        if self.partition is not None and self.kind != "slurm":
+            raise ConfigError(f"{where}: partition applies to --executor slurm only")
+        return self
+
+    @property
+    def jobs_at_once(self) -> int:
+        return self.parallelism or (1 if self.kind == "submitit-local" else 16)
+
+
+def accepted_types(annotation: Any) -> tuple[type, ...]:
+    """The TOML value types a field of this annotation takes: `int | None` -> (int,); a float
+    field takes an int as well (`mem_gb = 8`)."""
+    kinds = tuple(t for t in typing.get_args(annotation) or (annotation,) if t is not type(None))
+    return (int, *kinds) if float in kinds and int not in kinds else kinds
+
+
+_HINTS = typing.get_type_hints(ExecutorSpec)
+# field -> the types its value may have in a suite file, read from the dataclass
+SPEC_TYPES: dict[str, tuple[type, ...]] = {
+    f.name: accepted_types(_HINTS[f.name]) for f in fields(ExecutorSpec)
+}
+
+
+def spec_from(table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A suite's `[executor]` table, checked key by key (its values; the kind may be absent)."""
+    for key, value in table.items():
+        if key not in SPEC_TYPES:
+            raise ConfigError(f"{where}: unknown key {key!r}; valid: {', '.join(SPEC_TYPES)}")
+        types = SPEC_TYPES[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ConfigError(
+                f"{where}: {key} must be {' or '.join(t.__name__ for t in types)} (got {value!r})"
+            )
+    ExecutorSpec(**{"kind": "slurm", **table}).check(where)
+    return dict(table)
+
+
+def make_spec(table: Mapping[str, Any], **options: Any) -> ExecutorSpec:
+    """The suite's table with the command line's options (None: not given) on top."""
+    given = {k: v for k, v in options.items() if v is not None}
+    return ExecutorSpec(**{**table, **given}).check()
