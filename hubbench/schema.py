@@ -29,12 +29,15 @@ are read with the newer columns null (config columns filled from `config_json`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from hubbench.errors import ReportError, SchemaError
 from hubbench.plan.fields import INT64_MAX
+from hubbench.plan.runfields import RUN_FIELDS, Measure
+from hubbench.plan.variants import all_fields
 
 # 5: Python, OS, NVIDIA driver and optional package versions (env); plug-in mixer columns
 # 6: the speed of light (hubbench.measure.roofline): its seconds, tokens/s, basis, bytes, bandwidth
@@ -73,16 +76,12 @@ ARROW = {int: "int64", float: "float64", bool: "bool", str: "string"}
 
 
 def _run_columns() -> tuple[Column, ...]:
-    from hubbench.plan.cell import RUN_FIELDS
-
     return tuple(
         _c(name, ARROW[f.type], "cell", f.doc, role=f.role) for name, f in RUN_FIELDS.items()
     )
 
 
 def _config_columns() -> tuple[Column, ...]:
-    from hubbench.plan.variants import all_fields
-
     role = {"shape": "figure", "mixer": "series"}
     return tuple(
         _c(f.name, ARROW[f.type], "cell", f"model config: {f.doc}", role=role[f.role])
@@ -91,10 +90,6 @@ def _config_columns() -> tuple[Column, ...]:
 
 
 def _measure_columns() -> tuple[Column, ...]:
-    import dataclasses
-
-    from hubbench.plan.cell import Measure
-
     return tuple(
         _c(f.name, ARROW[type(f.default)], "measure", f.metadata["doc"])
         for f in dataclasses.fields(Measure)

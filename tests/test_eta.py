@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hubbench.measure.metrics import RoundResult
-from hubbench.plan.cell import Cell, Measure
+from hubbench.plan.cell import Cell
+from hubbench.plan.runfields import Measure
 from hubbench.plan.variants import make_config
 from hubbench.run.eta import Eta, Timing, round_s, step_cost
 from hubbench.run.runner import CellState

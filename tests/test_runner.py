@@ -20,7 +20,8 @@ from hubbench import schema, store
 from hubbench.errors import HubbenchError, SchemaError, UnavailableError
 from hubbench.measure.cell import classify, execute_cell
 from hubbench.measure.metrics import RoundResult
-from hubbench.plan.cell import Cell, Measure
+from hubbench.plan.cell import Cell
+from hubbench.plan.runfields import Measure
 from hubbench.plan.suite import Plan
 from hubbench.plan.variants import make_config
 from hubbench.run.runner import CellState, make_row, prepare_run, run_plan, schedule

@@ -44,15 +44,7 @@ from typing import Any
 
 from hubbench import schema
 from hubbench.errors import ConfigError, SuiteError
-from hubbench.plan.cell import (
-    DEVICE_MEASURE,
-    MEASURE_FIELDS,
-    QUALITY_FIELDS,
-    RUN_FIELDS,
-    Cell,
-    Measure,
-    run_defaults,
-)
+from hubbench.plan.cell import Cell
 from hubbench.plan.executor import spec_from
 from hubbench.plan.fields import (
     INFERENCE_MODES,
@@ -74,6 +66,14 @@ from hubbench.plan.plugins import (
     source_digest,
 )
 from hubbench.plan.quality import check_quality
+from hubbench.plan.runfields import (
+    DEVICE_MEASURE,
+    MEASURE_FIELDS,
+    QUALITY_FIELDS,
+    RUN_FIELDS,
+    Measure,
+    run_defaults,
+)
 from hubbench.plan.variants import (
     CHOICES,
     PLUGIN_HOSTS,

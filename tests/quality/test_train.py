@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from hubbench.cli import app
 from hubbench.models import build
-from hubbench.plan.cell import Cell, Measure
+from hubbench.plan.cell import Cell
+from hubbench.plan.runfields import Measure
 from hubbench.plan.variants import make_config
 from hubbench.quality.train import lr_factor, train_and_evaluate
 

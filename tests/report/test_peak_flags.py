@@ -15,7 +15,8 @@ from hubbench.measure import calibration as cal
 from hubbench.measure.cell import execute_cell
 from hubbench.measure.env import host_env, torch_env
 from hubbench.measure.metrics import RoundResult
-from hubbench.plan.cell import Cell, Measure
+from hubbench.plan.cell import Cell
+from hubbench.plan.runfields import Measure
 from hubbench.plan.variants import make_config
 from hubbench.report import format as fmt
 from hubbench.report.headline import headline, ratio_lines, table
