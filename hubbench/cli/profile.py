@@ -15,7 +15,7 @@ from hubbench.errors import ConfigError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from hubbench.profile.trace import ProfileResult
+    from hubbench.profile import ProfileResult
 
 
 def render_profile(result: ProfileResult, out: Console, wide: bool = False) -> None:
@@ -98,7 +98,7 @@ def register(app: typer.Typer) -> None:
         from hubbench.cli.common import console, single_values
         from hubbench.plan.fields import resolve_device
         from hubbench.plan.variants import check_length, make_config
-        from hubbench.profile.trace import profile_cell
+        from hubbench.profile import profile_cell
 
         if seq < 1 or batch < 1 or top < 1 or decode_tokens < 1:
             raise ConfigError(

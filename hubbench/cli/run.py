@@ -43,7 +43,7 @@ def _profile(plan: Plan, out: Console) -> None:
 
     from hubbench.cli.profile import render_profile
     from hubbench.errors import UnavailableError
-    from hubbench.profile.trace import profile_cell
+    from hubbench.profile import profile_cell
 
     for cell in plan.cells:
         try:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from hubbench.plan.suite import Plan
-    from hubbench.profile.trace import TraceSummary
+    from hubbench.profile import TraceSummary
     from hubbench.report.runtable import RunTable
 
 STATUS_STYLE = {

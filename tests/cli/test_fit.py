@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from hubbench.cli import app
 from hubbench.cli.fit import fit, print_fitted
 from hubbench.cli.tables import ops_table, print_rows
-from hubbench.profile.trace import OpRow, StageRow, TraceSummary
+from hubbench.profile import OpRow, StageRow, TraceSummary
 from hubbench.report import format as fmt
 
 
