@@ -1,10 +1,9 @@
 """The quality mode: train a model from scratch on a task for a budget of updates, evaluate it.
 
 One update is `hubbench.measure.step.make_update`, the function the train and fwd_bwd steps
-time, with
-AdamW (weight decay 0.1 on matrices, none on vectors and `_no_weight_decay` parameters), a
-linear warm-up over the first 10% of the updates (at most 200) and a cosine decay to 10% of the
-peak learning rate, and the gradient norm clipped to 1. The budget is the number of updates
+time, with AdamW (weight decay 0.1 on matrices, none on vectors and `_no_weight_decay`
+parameters), a linear warm-up over the first 10% of the updates (at most 200) and a cosine decay
+to 10% of the peak learning rate, and the gradient norm clipped to 1. The budget is the number of updates
 (`train_updates`), never epochs: a small data set cannot silently starve the optimizer.
 
 Data comes from hubbench.quality.tasks, seeded by the model config's `seed`, so a seed is one
@@ -243,6 +242,31 @@ def causal_verdict(model: nn.Module, seq: int) -> str:
     return "pass" if report.passed else f"fail: {report.summary()}"
 
 
+@dataclass
+class Curve:
+    """The learning curve: at each mark, the mean training loss since the last mark and the
+    task's held-out score on the small evaluation set."""
+
+    marks: set[int]
+    updates: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    since: int = 0  # index into the losses of the first one after the last mark
+
+    @classmethod
+    def for_updates(cls, total: int) -> Curve:
+        return cls({max(1, round(total * (i + 1) / CURVE_POINTS)) for i in range(CURVE_POINTS)})
+
+    def record(self, losses: list[Tensor], task: Task, small: Evaluation) -> None:
+        window = torch.stack(losses[self.since :]).float()
+        if not torch.isfinite(window).all():
+            raise FloatingPointError(f"training loss is not finite by update {len(losses)}")
+        self.since = len(losses)
+        self.updates.append(float(len(losses)))
+        self.train_loss.append(float(window.mean()))
+        self.scores.append(task.score(small.loss, small.accuracy))
+
+
 def train_and_evaluate(cell: Cell, model: nn.Module, device: torch.device) -> QualityRun:
     """Train `model` (fresh from the builder) on the cell's task, evaluate it; see the module."""
     from hubbench.measure.timing import PeakMemory, rss_bytes
@@ -251,61 +275,16 @@ def train_and_evaluate(cell: Cell, model: nn.Module, device: torch.device) -> Qu
     task = make_task(cell)
     model = model.to(device)
     model.train()
-    dtype = TORCH_DTYPES[getattr(model.config, "dtype", "fp32")]
-    autocast = autocast_for(device, dtype)
+    autocast = autocast_for(device, TORCH_DTYPES[getattr(model.config, "dtype", "fp32")])
     optimizer = optimizer_for(model, cell.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda u: lr_factor(u, cell.train_updates)
     )
     update = make_update(model, model.loss, autocast, optimizer, clip=CLIP)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    gen = torch.Generator().manual_seed(int(cell.config.seed))
-    marks = sorted({max(1, round(cell.train_updates * (i + 1) / CURVE_POINTS))
-                    for i in range(CURVE_POINTS)})  # fmt: skip
-    samples: list[float] = []
-    losses: list[Tensor] = []
-    curve_updates: list[float] = []
-    curve_loss: list[float] = []
-    curve_eval: list[float] = []
-    since = 0
     memory = PeakMemory(device, rss_bytes() if device.type == "cpu" else None)
     with memory:
-        for u in range(cell.train_updates):
-            batch = task.train_batch(gen)
-            inputs, targets = batch.inputs.to(device), batch.targets.to(device)
-            sync()
-            t0 = time.perf_counter()
-            loss = update(inputs, targets)
-            sync()
-            samples.append(time.perf_counter() - t0)
-            schedule.step()
-            losses.append(loss.detach())
-            if u + 1 in marks:
-                window = torch.stack(losses[since:]).float()
-                if not torch.isfinite(window).all():
-                    raise FloatingPointError(f"training loss is not finite by update {u + 1}")
-                since = len(losses)
-                small = evaluate(model, task.eval_batches(small=True), device, autocast, False)
-                curve_updates.append(float(u + 1))
-                curve_loss.append(float(window.mean()))
-                curve_eval.append(task.score(small.loss, small.accuracy))
-    tail = torch.stack(losses[-max(1, len(losses) // 10) :]).float()
-    final = evaluate(model, task.eval_batches(small=False), device, autocast, task.name == "mqar")
-    values: dict[str, Any] = {
-        "train_loss": float(tail.mean()),
-        "eval_loss": final.loss,
-        "eval_accuracy": final.accuracy if task.name == "mqar" else None,
-        "bits_per_byte": final.loss / math.log(2) if task.name == "bytes" else None,
-        "baseline_quality": task.baseline,
-        **_routing_values(final.routing),
-        "converge_threshold": task.threshold,
-        "eval_tokens": final.tokens,
-        "curve_updates": curve_updates,
-        "curve_train_loss": curve_loss,
-        "curve_eval": curve_eval,
-        "data_description": task.description,
-    }
-    values["converged"] = task.converged(values)
+        samples, losses, curve = train(cell, model, task, device, autocast, update, schedule)
+    values = final_values(model, task, device, autocast, losses, curve)
     backends = dict(model.backends()) if hasattr(model, "backends") else {}
     values["causal_check"] = causal_verdict(model, cell.seq)
     values["train_wall_s"] = time.perf_counter() - started
@@ -318,6 +297,67 @@ def train_and_evaluate(cell: Cell, model: nn.Module, device: torch.device) -> Qu
         mem_baseline_bytes=memory.baseline,
         backends=backends,
     )
+
+
+def train(
+    cell: Cell,
+    model: nn.Module,
+    task: Task,
+    device: torch.device,
+    autocast: Any,
+    update: Any,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[list[float], list[Tensor], Curve]:
+    """Run the cell's updates: each one's time (its batch made before the clock starts), each
+    one's loss (no host sync), and the learning curve."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    gen = torch.Generator().manual_seed(int(cell.config.seed))
+    curve = Curve.for_updates(cell.train_updates)
+    samples: list[float] = []
+    losses: list[Tensor] = []
+    for u in range(cell.train_updates):
+        batch = task.train_batch(gen)
+        inputs, targets = batch.inputs.to(device), batch.targets.to(device)
+        sync()
+        t0 = time.perf_counter()
+        loss = update(inputs, targets)
+        sync()
+        samples.append(time.perf_counter() - t0)
+        schedule.step()
+        losses.append(loss.detach())
+        if u + 1 in curve.marks:
+            small = evaluate(model, task.eval_batches(small=True), device, autocast, False)
+            curve.record(losses, task, small)
+    return samples, losses, curve
+
+
+def final_values(
+    model: nn.Module,
+    task: Task,
+    device: torch.device,
+    autocast: Any,
+    losses: list[Tensor],
+    curve: Curve,
+) -> dict[str, Any]:
+    """The row's quality values from the held-out evaluation after the last update."""
+    tail = torch.stack(losses[-max(1, len(losses) // 10) :]).float()
+    final = evaluate(model, task.eval_batches(small=False), device, autocast, task.name == "mqar")
+    values: dict[str, Any] = {
+        "train_loss": float(tail.mean()),
+        "eval_loss": final.loss,
+        "eval_accuracy": final.accuracy if task.name == "mqar" else None,
+        "bits_per_byte": final.loss / math.log(2) if task.name == "bytes" else None,
+        "baseline_quality": task.baseline,
+        **_routing_values(final.routing),
+        "converge_threshold": task.threshold,
+        "eval_tokens": final.tokens,
+        "curve_updates": curve.updates,
+        "curve_train_loss": curve.train_loss,
+        "curve_eval": curve.scores,
+        "data_description": task.description,
+    }
+    values["converged"] = task.converged(values)
+    return values
 
 
 def _routing_values(layers: list[RoutingCounts] | None) -> dict[str, Any]:

@@ -37,6 +37,7 @@ def run(c: Cell, data: str | None = None):
     return train_and_evaluate(c, build(c.variant, c.config), torch.device("cpu"))
 
 
+@pytest.mark.slow  # 60 updates: 2-3 s
 def test_a_few_dozen_updates_drive_the_mqar_loss_down() -> None:
     r = run(cell("transformer"))
     q = r.quality
@@ -51,6 +52,7 @@ def test_a_few_dozen_updates_drive_the_mqar_loss_down() -> None:
     assert q["converged"] == (q["eval_accuracy"] >= 0.99)
 
 
+@pytest.mark.slow  # two hub-gpt trainings: 4-5 s
 def test_hub_models_get_routing_precision_and_the_bidirectional_one_is_flagged() -> None:
     q = run(cell("hub-gpt", updates=20, hubs=4, topk=4, chunk=8)).quality
     for key in ("routing_precision", "routing_recall", "routing_precision_random"):
@@ -115,6 +117,7 @@ min = 0.999
 """
 
 
+@pytest.mark.slow  # starts workers
 def test_quality_rows_through_the_runner_store_table_and_gate(tmp_path: Path) -> None:
     suite = tmp_path / "tinyq.toml"
     suite.write_text(SUITE)
