@@ -21,11 +21,11 @@ from hubbench.measure.step import build_step
 from hubbench.measure.timing import (
     measure_step,
     rss_bytes,
-    summarize,
     time_calls,
     warmup_estimate_s,
 )
 from hubbench.plan.variants import make_config
+from hubbench.stats import summarize
 
 
 def tiny(attention: str = "sdpa") -> nn.Module:

@@ -36,7 +36,7 @@ def _bootstrap(resamples: int, confidence: float, min_effect: str | None) -> dic
     """The shared bootstrap options, checked."""
     from hubbench.report.compare import MIN_EFFECT
     from hubbench.report.format import percent
-    from hubbench.report.stats import check_settings
+    from hubbench.report.ratios import check_settings
 
     check_settings(resamples, confidence)
     effect = MIN_EFFECT if min_effect is None else percent(min_effect, "--min-effect")

@@ -20,7 +20,7 @@ from typing import Any
 
 from hubbench import schema
 from hubbench.measure.roofline import speed_of_light
-from hubbench.measure.timing import summarize
+from hubbench.stats import summarize
 
 # backend column -> the key the model reports it under (LanguageModel.backends)
 BACKEND_COLUMNS = {"backend_attention": "attention", "backend_mamba": "mamba",

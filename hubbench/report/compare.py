@@ -19,14 +19,8 @@ from hubbench import schema
 from hubbench.errors import ReportError
 from hubbench.report import format as fmt
 from hubbench.report.load import join_fields, labeller, norm_value, run_label
-from hubbench.report.stats import (
-    CONFIDENCE,
-    RESAMPLES,
-    SEED,
-    RatioCI,
-    metric_ratio,
-    row_metric,
-)
+from hubbench.report.ratios import metric_ratio, row_metric
+from hubbench.stats import CONFIDENCE, RESAMPLES, SEED, RatioCI
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -3,7 +3,7 @@
 The exponent is a least-squares slope of log t against log n over the upper part of the range:
 at small n fixed costs (launches, the LM head) hide the mixer's order, so a fit over every point
 would flatter attention. Its interval refits the slope on every replicate of the two-stage
-bootstrap (hubbench.report.stats), with the points' rounds paired when they come from one run.
+bootstrap (hubbench.stats), with the points' rounds paired when they come from one run.
 The crossover is where the hub's step time drops below the baseline's and stays below to the end
 of the measured range, interpolated in log-log between the bracketing points.
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hubbench.report.format import fmt_seq
-from hubbench.report.stats import (
+from hubbench.stats import (
     CONFIDENCE,
     RESAMPLES,
     Rounds,

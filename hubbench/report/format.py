@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from hubbench.report.stats import RatioCI
     from hubbench.schema import Column
+    from hubbench.stats import RatioCI
 
 
 def _missing(value: float | None) -> bool:

@@ -35,14 +35,8 @@ from hubbench.report.load import (
     run_label,
     varying_fields,
 )
-from hubbench.report.stats import (
-    CONFIDENCE,
-    MIN_SAMPLES,
-    RESAMPLES,
-    SEED,
-    RatioCI,
-    metric_ratio,
-)
+from hubbench.report.ratios import metric_ratio
+from hubbench.stats import CONFIDENCE, MIN_SAMPLES, RESAMPLES, SEED, RatioCI
 
 if TYPE_CHECKING:
     import pandas as pd

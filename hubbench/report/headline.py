@@ -22,7 +22,8 @@ from hubbench.measure.roofline import too_low_peaks
 from hubbench.report import format as fmt
 from hubbench.report.fits import Crossover, crossover
 from hubbench.report.format import fmt_seq
-from hubbench.report.stats import RatioCI, metric_ratio
+from hubbench.report.ratios import metric_ratio
+from hubbench.stats import RatioCI
 
 if TYPE_CHECKING:
     import pandas as pd

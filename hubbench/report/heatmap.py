@@ -38,8 +38,8 @@ from hubbench.report.figure import Figured, context, new_figure, title
 from hubbench.report.format import fmt_seq
 from hubbench.report.load import cell_keys, fmt_value, norm_value, records
 from hubbench.report.quality_figures import quality_metric
+from hubbench.report.ratios import metric_ratio
 from hubbench.report.series import SYMBOLS, Facet, series_fields
-from hubbench.report.stats import metric_ratio
 
 if TYPE_CHECKING:
     import pandas as pd

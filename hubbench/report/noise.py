@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from hubbench.measure.timing import summarize
+from hubbench.stats import summarize
 
 SLOW = 0.25  # a round whose sentinel took 25% longer than the run's median is flagged
 

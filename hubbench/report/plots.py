@@ -57,6 +57,7 @@ from hubbench.report.quality_plots import (
     seq_facets,
     with_setup,
 )
+from hubbench.report.ratios import metric_ratio, paired, rounds_of
 from hubbench.report.series import (
     Facet,
     Series,
@@ -65,8 +66,8 @@ from hubbench.report.series import (
     speedup_pairs,
     title_parts,
 )
-from hubbench.report.stats import RatioCI, metric_ratio, paired, rounds_of
 from hubbench.report.ticks import log_axis
+from hubbench.stats import RatioCI
 
 if TYPE_CHECKING:
     import pandas as pd

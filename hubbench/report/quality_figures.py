@@ -1,5 +1,5 @@
-"""What the quality figures (quality_plots.py) share: configs pooled over seeds, the mean and
-interval over seeds, the Pareto front, each task's headline metric.
+"""What the quality figures (quality_plots.py) share: configs pooled over seeds, the Pareto
+front, each task's headline metric (the mean and interval over seeds: hubbench.stats).
 
 A config is a facet's rows that agree on every series field but `seed`. The Pareto front joins
 the configs that no other config beats on both throughput and quality; a config whose trained
@@ -9,8 +9,6 @@ model is not causal (causal_check 'fail: ...' or 'not causal') is drawn hollow, 
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -21,8 +19,6 @@ from hubbench.report.load import norm_value
 
 if TYPE_CHECKING:
     import pandas as pd
-
-T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306}
 
 
 @dataclass
@@ -74,15 +70,6 @@ def pool_seeds(rows: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> lis
             out[key] = Config(f"{name} {extra}".strip(), str(r["variant"]), r.get("attention"), [])
         (out[key].rows if r.get("status") == "ok" else out[key].failed).append(r)
     return list(out.values())
-
-
-def mean_interval(values: Sequence[float]) -> tuple[float, float, float, str]:
-    """(mean, low, high, how): a 95% t-interval from 3+ values, else their min-max."""
-    mean = statistics.fmean(values)
-    if len(values) < 3:
-        return mean, min(values), max(values), "min-max"
-    half = T95.get(len(values), 1.96) * statistics.stdev(values) / math.sqrt(len(values))
-    return mean, mean - half, mean + half, "95% t"
 
 
 def pareto_front(points: Sequence[tuple[float, float]], higher: bool) -> list[int]:

@@ -33,9 +33,10 @@ from hubbench.report.figure import (
 )
 from hubbench.report.format import fmt_seq
 from hubbench.report.load import fmt_value, label_fields, norm_value, records
-from hubbench.report.quality_figures import mean_interval, pareto_front, quality_metric
+from hubbench.report.quality_figures import pareto_front, quality_metric
 from hubbench.report.series import SYMBOLS, Facet, facets
 from hubbench.report.ticks import log_axis
+from hubbench.stats import mean_interval
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -174,7 +174,8 @@ def test_the_noise_floor_widens_a_tighter_max_regression():
 
 def test_in_run_ratios_pair_the_rounds_of_a_pass():
     """Both sides of a ratio rule saw the same passes: pairing keeps the drift out of the CI."""
-    from hubbench.report.stats import ratio_ci, rounds_of
+    from hubbench.report.ratios import rounds_of
+    from hubbench.stats import ratio_ci
 
     run = _run(rounds=5, drift=0.08, noise=0.01)
     check = gate_ratios(run, [RULE], "throughput").checks[0]

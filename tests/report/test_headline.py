@@ -15,7 +15,7 @@ from hubbench.report import format as fmt
 from hubbench.report.gate import gate_ratios
 from hubbench.report.headline import headline, ratio_lines, table
 from hubbench.report.html import build_html
-from hubbench.report.stats import metric_ratio
+from hubbench.report.ratios import metric_ratio
 
 SEQS = (1024, 4096, 16384)
 

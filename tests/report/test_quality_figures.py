@@ -7,7 +7,7 @@ from synthetic_runs import cell, make_run
 
 from hubbench.report.load import check_schema
 from hubbench.report.plots import render, supported
-from hubbench.report.quality_figures import configs, mean_interval, pareto_front
+from hubbench.report.quality_figures import configs, pareto_front
 
 CURVE = [float(u) for u in range(50, 1001, 50)]
 
@@ -45,14 +45,6 @@ def test_pareto_front_by_hand() -> None:
     pts = [(1.0, 0.9), (2.0, 0.5), (3.0, 0.4), (1.5, 0.3), (2.0, 0.5)]
     assert pareto_front(pts, higher=True) == [0, 1, 4, 2]  # (1.5, .3) is beaten; ties stay
     assert pareto_front([(1.0, 3.0), (2.0, 2.0), (3.0, 2.5), (2.5, 2.6)], higher=False) == [1, 2]
-
-
-def test_mean_interval_by_hand() -> None:
-    mean, lo, hi, how = mean_interval([0.9, 0.8, 0.7])
-    # sd 0.1, t(2) = 4.303: half-width 4.303 * 0.1 / sqrt(3) = 0.2484
-    assert (mean, how) == (pytest.approx(0.8), "95% t")
-    assert hi - mean == pytest.approx(0.24844, abs=1e-4) and mean - lo == pytest.approx(hi - mean)
-    assert mean_interval([0.2, 0.4])[1:] == (0.2, 0.4, "min-max")
 
 
 def test_seeds_pool_into_configs_and_the_leak_is_flagged(quality_run) -> None:

@@ -1,17 +1,65 @@
-"""The two-stage bootstrap: coverage with between-round drift, pairing, the classic checks."""
+"""hubbench.stats: Student-t quantiles and intervals over seeds; the two-stage bootstrap
+(coverage with between-round drift, pairing, the classic checks)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
 
-from hubbench.report.stats import (
+from hubbench.stats import (
     RatioCI,
     bootstrap_medians,
+    mean_interval,
     percentile_interval,
     ratio_ci,
-    rounds_of,
+    t_quantile,
 )
+
+# two-sided 95% (p = 0.975) Student-t quantiles for df 1..30, as printed in every t-table
+T975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("df", range(1, 31))
+def test_t_quantile_matches_the_table(df: int) -> None:
+    assert t_quantile(0.975, df) == pytest.approx(T975[df - 1], abs=5e-4)
+    assert t_quantile(0.025, df) == -t_quantile(0.975, df)
+
+
+def test_t_quantile_at_other_levels_and_large_df() -> None:
+    assert t_quantile(0.975, 1) == pytest.approx(12.7062047, rel=1e-8)  # tan(pi * 0.475)
+    assert t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-10)
+    assert t_quantile(0.975, 2) == pytest.approx(4.30265273, rel=1e-8)  # closed form for df 2
+    assert t_quantile(0.95, 10) == pytest.approx(1.812, abs=5e-4)
+    assert t_quantile(0.995, 5) == pytest.approx(4.032, abs=5e-4)
+    assert t_quantile(0.5, 7) == pytest.approx(0.0, abs=1e-9)
+    for df, t in ((60, 2.000), (120, 1.980), (1000, 1.962)):
+        assert t_quantile(0.975, df) == pytest.approx(t, abs=5e-4)
+    for df in (1e5, 1e6, 1e12):  # tends to the normal quantile, from above
+        assert 1.95996398 < t_quantile(0.975, df) == pytest.approx(1.959964, abs=3e-5)
+    with pytest.raises(ValueError, match="0 < p < 1"):
+        t_quantile(1.0, 3)
+
+
+def test_mean_interval_by_hand() -> None:
+    mean, lo, hi, how = mean_interval([0.9, 0.8, 0.7])
+    # sd 0.1, t(2) = 4.303: half-width 4.303 * 0.1 / sqrt(3) = 0.2484
+    assert (mean, how) == (pytest.approx(0.8), "95% t")
+    assert hi - mean == pytest.approx(0.24844, abs=1e-4) and mean - lo == pytest.approx(hi - mean)
+    assert mean_interval([0.2, 0.4])[1:] == (0.2, 0.4, "min-max")
+
+
+def test_mean_interval_at_ten_seeds_takes_t9_not_the_normal_quantile() -> None:
+    values = [float(v) for v in range(10)]  # mean 4.5, sd sqrt(55 / 6)
+    mean, lo, hi, _ = mean_interval(values)
+    half = 2.262157 * math.sqrt(55 / 6) / math.sqrt(10)
+    assert (mean, hi - mean) == (pytest.approx(4.5), pytest.approx(half, rel=1e-6))
+    assert mean - lo == pytest.approx(half, rel=1e-6)  # 1.96 in place of 2.262 was 13% short
 
 
 def _rounds(rng, median, rounds=5, n=5, drift=None, noise=0.02, drift_sd=0.05):
@@ -96,15 +144,6 @@ def test_point_only_without_samples_or_for_memory():
     assert not mem.bootstrapped and mem.point == 1.5
 
 
-def test_rounds_of_reads_rows_old_and_new():
-    new = {"round_samples_s": [[1e-2, 2e-2], [float("nan"), 3e-2, -1.0]], "samples_s": [9.0]}
-    assert [list(r) for r in rounds_of(new)] == [[1e-2, 2e-2], [3e-2]]
-    old = {"round_samples_s": None, "samples_s": [1e-2, float("nan"), 2e-2]}
-    assert [list(r) for r in rounds_of(old)] == [[1e-2, 2e-2]]
-    for missing in (None, float("nan")):
-        assert rounds_of({"samples_s": missing}) == []
-
-
 def test_uneven_rounds_and_pairing_rules():
     rng = np.random.default_rng(5)
     uneven = [rng.random(3) + 1, rng.random(7) + 1]
@@ -122,24 +161,3 @@ def test_excludes_and_beyond():
     assert RatioCI(1.0, 0.95, 1.05, 5, 5, True).excludes(1.0) == 0
     assert RatioCI(0.97, 0.96, 0.98, 5, 5, True).beyond(0.03) == 0  # excludes 1, not 1 - 3%
     assert RatioCI(0.9, 0.88, 0.92, 5, 5, True).beyond(0.03) == -1
-
-
-def test_the_ideal_ratio_is_the_metric_at_both_sides_speed_of_light():
-    """Hand-computed: 1000 tokens in 2 s and 1 s measured; ceilings 0.5 s and 0.25 s."""
-    from hubbench import schema
-    from hubbench.report.stats import at_speed_of_light, ideal_ratio, metric_ratio
-
-    def row(median: float, sol: float | None) -> dict:
-        return {"tokens_per_s": 1000 / median, "time_median_s": median, "speed_of_light_s": sol,
-                "peak_mem_bytes": 10, "samples_s": [median] * 5}  # fmt: skip
-
-    tps, time = schema.metric("tokens_per_s"), schema.metric("time_median_s")
-    slow, fast = row(2.0, 0.5), row(1.0, 0.25)
-    assert at_speed_of_light(tps, slow) == pytest.approx(2000.0)  # 1000 tokens / 0.5 s
-    assert at_speed_of_light(time, slow) == pytest.approx(0.5)
-    assert ideal_ratio(tps, fast, slow) == pytest.approx(2.0)  # 4000 / 2000 tokens/s
-    assert ideal_ratio(time, fast, slow) == pytest.approx(0.5)
-    assert metric_ratio(tps, fast, slow).ideal == pytest.approx(2.0)
-    assert ideal_ratio(schema.metric("peak_mem_bytes"), fast, slow) is None  # not time-derived
-    assert ideal_ratio(tps, fast, row(2.0, None)) is None
-    assert ideal_ratio(tps, fast, row(2.0, float("nan"))) is None
