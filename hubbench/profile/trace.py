@@ -34,6 +34,8 @@ from hubbench.plan.variants import BaseConfig, config_dict, get_spec
 from hubbench.profile.analyse import TraceSummary, analyse_trace
 
 if TYPE_CHECKING:
+    import torch
+
     from hubbench.measure.step import Step
 
 TRACE_SUFFIX = ".pt.trace.json"
@@ -87,8 +89,6 @@ def trace_step(
     memory: bool = False,
 ) -> TraceFiles:
     """Run `step.fn` wait + warmup + active times under torch.profiler; write the traces."""
-    from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
-
     if active < 1 or wait < 0 or warmup < 0:
         raise ConfigError(
             f"profile schedule needs steps >= 1, wait/warmup >= 0 "
@@ -104,7 +104,23 @@ def trace_step(
     except OSError as exc:
         raise ReportError(f"cannot create trace directory {run_dir}: {exc.strerror}") from exc
     before = set(run_dir.glob(f"*{TRACE_SUFFIX}*"))
+    prof = _profile(step, run_dir, (wait, warmup, active), memory)
+    written = sorted(set(run_dir.glob(f"*{TRACE_SUFFIX}*")) - before)
+    if not written:
+        raise ReportError(f"the profiler wrote no trace into {run_dir}")
+    if not memory:
+        return TraceFiles(written[-1], None)
+    memory_path = out_dir / f"{name}.memory.html"
+    note = _memory_timeline(prof, memory_path, step.device)
+    return TraceFiles(written[-1], None if note else memory_path, [note] if note else [])
 
+
+def _profile(step: Step, run_dir: Path, plan: tuple[int, int, int], memory: bool) -> Any:
+    """The profiler after `step` ran under its (wait, warmup, active) schedule; the trace of the
+    active steps is in `run_dir`."""
+    from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+    wait, warmup, active = plan
     activities = [ProfilerActivity.CPU]
     if step.device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
@@ -120,25 +136,19 @@ def trace_step(
             step.fn()
             step.sync()
             prof.step()
+    return prof
 
-    written = sorted(set(run_dir.glob(f"*{TRACE_SUFFIX}*")) - before)
-    if not written:
-        raise ReportError(f"the profiler wrote no trace into {run_dir}")
-    trace = written[-1]
 
-    notes: list[str] = []
-    memory_path = None
-    if memory:
-        memory_path = out_dir / f"{name}.memory.html"
-        device = "cpu" if step.device.type == "cpu" else f"cuda:{step.device.index or 0}"
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # deprecated in torch, still the only HTML view
-                prof.export_memory_timeline(str(memory_path), device=device)
-        except Exception as exc:  # the timeline is a bonus; the trace above is the product
-            notes.append(f"memory timeline not written ({type(exc).__name__}: {exc})")
-            memory_path = None
-    return TraceFiles(trace, memory_path, notes)
+def _memory_timeline(prof: Any, path: Path, device: torch.device) -> str | None:
+    """Write the memory timeline's HTML to `path`; a note on why not, or None."""
+    where = "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deprecated in torch, still the only HTML view
+            prof.export_memory_timeline(str(path), device=where)
+    except Exception as exc:  # the timeline is a bonus; the trace is the product
+        return f"memory timeline not written ({type(exc).__name__}: {exc})"
+    return None
 
 
 def profile_cell(
