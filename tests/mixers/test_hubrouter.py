@@ -4,23 +4,20 @@ that must fail the perturbation check."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from leaky_hubrouter import LeakyGlobalTopK
 
-import hubbench.mixers.hubrouter as hubrouter_module
 from hubbench.errors import ConfigError
 from hubbench.mixers.hubrouter import (
     HubRouter,
-    LeakyGlobalTopK,
     expand_members,
+    hubrouter_ref,
     ortho_loss,
     prefix_combine,
     prefix_combine_blocked,
-    rank_key,
 )
-from hubbench.mixers.rope import rotary
+from hubbench.mixers.hubrouter import council as hub_council
 from hubbench.verify.causality import check_mixer
 
 
@@ -29,72 +26,6 @@ def _make(seed: int = 0, **kw) -> HubRouter:
     args = {"d_model": 16, "n_heads": 2, "hubs": 4, "topk": 3, "neighbours": 1, "chunk": 8}
     args.update(kw)
     return HubRouter(**args).double()
-
-
-def reference(m: HubRouter, x: torch.Tensor) -> torch.Tensor:
-    """The spec written as plain loops over tokens (slow, obviously right), x (B, n, d)."""
-    B, n, d = x.shape
-    h, M, dh, C = m.n_heads, m.hubs, m.d_head, m.chunk if m.causal else n
-    sc = 1.0 / math.sqrt(dh)
-    q_hub = m.hub_query(m.hub_embed).view(M, h, dh)  # (M, h, d_h)
-    k_enc = m.enc_key(x).view(B, n, h, dh)
-    v_enc = m.enc_value(x).view(B, n, h, dh)
-    q_dec = m.dec_query(x).view(B, n, h, dh)
-    w = m.in_proj.weight
-    bias = m.in_proj.bias
-    ck, cv, cq, gate = (
-        x @ w[i * d : (i + 1) * d].t() + bias[i * d : (i + 1) * d] for i in range(4)
-    )
-    s_tok = x @ w[4 * d] + bias[4 * d]  # (B, n)
-    if m.rope:
-        pos = torch.arange(n)
-        cq = rotary(cq.view(B, n, h, dh).transpose(1, 2), pos).transpose(1, 2).reshape(B, n, d)
-        ck = rotary(ck.view(B, n, h, dh).transpose(1, 2), pos).transpose(1, 2).reshape(B, n, d)
-    out = torch.zeros(B, n, d, dtype=x.dtype)
-    for b in range(B):
-        states = {}
-        readout = torch.zeros(n, d, dtype=x.dtype)
-        s = torch.zeros(n, dtype=x.dtype)
-        for t in range(n):
-            start = (t // C) * C if m.causal else n  # hubs see tokens before `start`
-            if start not in states:
-                st = torch.zeros(h, M, dh, dtype=x.dtype)
-                for hh in range(h):
-                    for mm in range(M):
-                        logits = [m.init_logit[hh, mm]]
-                        vals = [m.init_state[hh, mm]]
-                        for j in range(start):
-                            logits.append(q_hub[mm, hh] @ k_enc[b, j, hh] * sc)
-                            vals.append(v_enc[b, j, hh])
-                        a = torch.softmax(torch.stack(logits), 0)
-                        st[hh, mm] = (a[:, None] * torch.stack(vals)).sum(0)
-                states[start] = st
-            st = states[start]
-            fp = torch.zeros(M, dtype=x.dtype)
-            for hh in range(h):
-                a = torch.softmax(st[hh] @ q_dec[b, t, hh] * sc, 0)  # (M,)
-                readout[t, hh * dh : (hh + 1) * dh] = a @ st[hh]
-                fp += a / h
-            s[t] = s_tok[b, t] + m.score_fp.weight[0] @ fp
-        for t in range(n):
-            start = (t // C) * C if m.causal else n
-            k = min(m.topk, start)
-            key = rank_key(s[:start]).tolist()  # ranked by rounded score, then position
-            top = sorted(sorted(range(start), key=lambda p: (-key[p], p))[:k])
-            members = sorted({p + j for p in top for j in range(m.neighbours + 1) if p + j < start})
-            keys = list(members)
-            scale = [torch.sigmoid(s[p]) for p in members]
-            if m.causal:
-                keys += list(range(start, t + 1))
-                scale += [torch.tensor(1.0, dtype=x.dtype)] * (t + 1 - start)
-            council = torch.zeros(d, dtype=x.dtype)
-            for hh in range(h):
-                sl = slice(hh * dh, (hh + 1) * dh)
-                logits = torch.stack([cq[b, t, sl] @ ck[b, j, sl] * sc for j in keys])
-                a = torch.softmax(logits, 0)
-                council[sl] = sum(a[i] * cv[b, j, sl] * scale[i] for i, j in enumerate(keys))
-            out[b, t] = m.out_proj(readout[t] + council) * torch.sigmoid(gate[b, t])
-    return out
 
 
 @pytest.mark.parametrize(
@@ -117,7 +48,7 @@ def test_matches_loop_reference(kw: dict, council: str) -> None:
     m = _make(**kw, council=council).eval()
     x = torch.randn(2, 19, 16, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(m(x), reference(m, x), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(m(x), hubrouter_ref(m, x), rtol=1e-10, atol=1e-10)
     if m.causal:
         assert m.last_backend == f"hubrouter:causal:{council}-council"
 
@@ -138,7 +69,7 @@ def test_split_council_gradients_equal_the_masked_council(
 ) -> None:
     """The log-sum-exp split and the dense-mask council: same outputs and every gradient,
     whether the members are gathered for all chunks at once or slice by slice."""
-    monkeypatch.setattr(hubrouter_module, "_SLICE_ELEMENTS", slice_elements)
+    monkeypatch.setattr(hub_council, "SLICE_ELEMENTS", slice_elements)
     x = torch.randn(2, n, 16, dtype=torch.float64)
     grads = {}
     for council in ("split", "masked"):

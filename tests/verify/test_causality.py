@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from leaky_hubrouter import LeakyGlobalTopK
 from typer.testing import CliRunner
 
 from hubbench.cli import app
 from hubbench.errors import HubbenchError
-from hubbench.mixers.hubrouter import HubRouter, LeakyGlobalTopK
+from hubbench.mixers.hubrouter import HubRouter
 from hubbench.verify.causality import (
     CausalityError,
     check_causality,

@@ -58,7 +58,7 @@ def test_default_prefixes_cover_chunk_boundaries() -> None:
 def test_tied_scores_pick_the_same_members_in_both_paths(monkeypatch) -> None:
     """The text probe repeats tokens inside chunks, so layer 0 scores tie exactly; with
     torch.topk's arbitrary tie-breaking the two paths pick different members."""
-    from hubbench.mixers import hubrouter
+    from hubbench.mixers.hubrouter import scans as hubrouter
 
     model = _model("hub-gpt")
     assert check_decode(model, n=43, seeds=()).passed  # the text probe alone
