@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-import hubbench.mixers.mamba as mamba
+import hubbench.mixers.mamba.scan as mamba
 from hubbench.measure.step import build_step
 from hubbench.models import build
 from hubbench.plan.variants import make_config
@@ -42,14 +42,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    scan = mamba._selective_scan_bld
+    scan = mamba.selective_scan_bld
     default_elems = mamba.SCAN_WORK_ELEMS
     chunk = [mamba.SCAN_CHUNK]
 
     def with_chunk(*a: object, chunk_size: int | None = None, **k: object) -> object:
         return scan(*a, chunk_size=chunk[0], **k)  # type: ignore[arg-type]
 
-    mamba._selective_scan_bld = with_chunk  # type: ignore[assignment]
+    mamba.selective_scan_bld = with_chunk  # type: ignore[assignment]
 
     def update(variant: str) -> Callable[[], None]:
         torch.manual_seed(0)
@@ -60,9 +60,9 @@ def main() -> None:
 
     jamba, transformer = update("jamba"), update("transformer")
     d_inner, u = 2 * args.d_model, torch.empty(args.batch, 1, 2 * args.d_model)
-    shape = mamba._ScanArgs(u, u, torch.empty(d_inner, 16), u, u, None, None, None, False,
+    shape = mamba.ScanArgs(u, u, torch.empty(d_inner, 16), u, u, None, None, None, False,
                             torch.float32)  # fmt: skip
-    work = mamba._work_tokens(shape, mamba.SCAN_CHUNK)
+    work = mamba.work_tokens(shape, mamba.SCAN_CHUNK)
     settings: dict[str, tuple[Callable[[], None], int, int]] = {
         "whole chunks": (jamba, mamba.SCAN_CHUNK, 1 << 62),
         f"sub-chunks of {work} (default)": (jamba, mamba.SCAN_CHUNK, default_elems),

@@ -5,17 +5,18 @@ import torch
 import torch.nn.functional as F
 
 from hubbench.errors import ConfigError, UnavailableError
-from hubbench.mixers import mamba as mamba_mod
 from hubbench.mixers.mamba import (
     INSTALL_HINT,
     Mamba,
     selective_scan_chunked,
     selective_scan_ref,
 )
+from hubbench.mixers.mamba import block as mamba_block
+from hubbench.mixers.mamba import scan as mamba_scan
 
 NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 NEEDS_MAMBA_SSM = pytest.mark.skipif(
-    mamba_mod.selective_scan_fn is None, reason="needs mamba-ssm: pip install 'hubbench[mamba]'"
+    mamba_block.selective_scan_fn is None, reason="needs mamba-ssm: pip install 'hubbench[mamba]'"
 )
 TOL = {torch.float64: {"rtol": 1e-9, "atol": 1e-10}, torch.float32: {"rtol": 1e-4, "atol": 1e-4}}
 
@@ -125,7 +126,7 @@ def test_init_follows_mamba_ssm() -> None:
     torch.testing.assert_close(block.A_log.detach(), expected_a_log)
     torch.testing.assert_close(block.D.detach(), torch.ones(128))
     dt = F.softplus(block.dt_proj.bias.detach())
-    assert dt.min() >= mamba_mod.DT_MIN * 0.999 and dt.max() <= mamba_mod.DT_MAX * 1.001
+    assert dt.min() >= mamba_block.DT_MIN * 0.999 and dt.max() <= mamba_block.DT_MAX * 1.001
     assert dt.max() / dt.min() > 10  # log-uniform over two decades, not a constant
     bound = block.dt_rank**-0.5
     assert block.dt_proj.weight.abs().max() <= bound and block.dt_proj.weight.std() > bound / 4
@@ -174,14 +175,14 @@ def test_bf16_autocast_forward_runs_on_cpu() -> None:
 
 
 def test_fused_without_mamba_ssm_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mamba_mod, "selective_scan_fn", None)
+    monkeypatch.setattr(mamba_block, "selective_scan_fn", None)
     with pytest.raises(UnavailableError, match=r"pip install 'hubbench\[mamba\]'"):
         Mamba(16, impl="fused")
     assert "CUDA" in INSTALL_HINT
 
 
 def test_fused_on_cpu_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mamba_mod, "selective_scan_fn", selective_scan_chunked)
+    monkeypatch.setattr(mamba_block, "selective_scan_fn", selective_scan_chunked)
     with pytest.raises(UnavailableError, match="CUDA only"):
         Mamba(16, impl="fused")(torch.randn(1, 8, 16))
 
@@ -199,9 +200,9 @@ def test_fused_wiring_with_stand_in_kernels(
 ) -> None:
     # mamba-ssm's kernels share selective_scan_chunked's signature, so ours can stand in for
     # them here: this checks the fused path's layouts and arguments on CPU.
-    monkeypatch.setattr(mamba_mod, "selective_scan_fn", selective_scan_chunked)
+    monkeypatch.setattr(mamba_block, "selective_scan_fn", selective_scan_chunked)
     conv = _conv1d_silu_stand_in if with_conv_kernel else None
-    monkeypatch.setattr(mamba_mod, "causal_conv1d_fn", conv)
+    monkeypatch.setattr(mamba_block, "causal_conv1d_fn", conv)
     block = _block(impl="fused")
     x = torch.randn(2, 70, 16, dtype=torch.float64)
     torch.testing.assert_close(
@@ -234,7 +235,7 @@ def test_fused_scan_matches_ref_on_gpu() -> None:
         k: v.detach().cuda().requires_grad_()
         for k, v in _scan_inputs(2, 64, 16, 300, torch.float32).items()
     }
-    fused = mamba_mod.selective_scan_fn(**inputs, delta_softplus=True)
+    fused = mamba_block.selective_scan_fn(**inputs, delta_softplus=True)
     ref = selective_scan_chunked(**inputs, delta_softplus=True)
     torch.testing.assert_close(fused, ref, rtol=1e-3, atol=1e-3)
     for g_fused, g_ref in zip(_grads(fused, inputs), _grads(ref, inputs), strict=True):
@@ -309,7 +310,7 @@ def test_sub_chunked_scan_matches_loop_float64(
     # At large batch a chunk is worked in sub-chunks that fit SCAN_WORK_ELEMS (here 1, 4 and 2
     # tokens of B 1 x D_inner 7 x N 5; 2 does not divide the 45-token tail evenly into chunks of
     # 12), the state kept only per chunk and the sub-chunk states rebuilt in backward.
-    monkeypatch.setattr(mamba_mod, "SCAN_WORK_ELEMS", elems)
+    monkeypatch.setattr(mamba_scan, "SCAN_WORK_ELEMS", elems)
     inputs = _scan_inputs(1, 7, 5, 45, torch.float64, seed=3)
     _assert_matches_loop_float64(inputs, chunk)
 
@@ -317,9 +318,9 @@ def test_sub_chunked_scan_matches_loop_float64(
 def test_sub_chunks_are_cache_sized_powers_of_two() -> None:
     def work(batch: int, d_inner: int, n: int, chunk: int = 64) -> int:
         u = torch.empty(batch, 1, d_inner)
-        args = mamba_mod._ScanArgs(u, u, torch.empty(d_inner, n), u, u, None, None, None,
+        args = mamba_scan.ScanArgs(u, u, torch.empty(d_inner, n), u, u, None, None, None,
                                    False, torch.float32)  # fmt: skip
-        return mamba_mod._work_tokens(args, chunk)
+        return mamba_scan.work_tokens(args, chunk)
 
     assert work(64, 128, 16) == 4  # the quality suite's jamba: 4 x 131072 = 2**19 elements
     assert work(1, 512, 16) == 64  # batch 1 at d_model 256: whole chunks
