@@ -1,4 +1,8 @@
-"""Sequence mixers, one per file, one interface: `(B, n, d) -> (B, n, d)`.
+"""Sequence mixers, one interface: `(B, n, d) -> (B, n, d)` (the Protocols in base.py).
+
+One mixer per module or package: attention.py (multi-head attention, three backends),
+hubrouter/ and mamba/ (each split by job, its fast path beside a slow `naive` reference), and
+plugin.py (a user's mixer held to the same contract). rope.py and state.py are what they share.
 
 Every mixer has a `causal` flag and, after a forward, `last_backend` naming what actually ran
 (so a result row records the kernel, not the request). Mixers with an auxiliary loss set
