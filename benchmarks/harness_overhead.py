@@ -28,7 +28,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from hubbench.plan.suite import expand, load_suite, parse_overrides
+from hubbench.plan import expand, load_suite, parse_overrides
 from hubbench.run.runner import run_plan
 
 

@@ -25,8 +25,8 @@ import torch
 from hubbench.measure.step import build_step
 from hubbench.measure.timing import time_calls, warm_up
 from hubbench.models import build
+from hubbench.plan import expand, load_suite
 from hubbench.plan.runfields import DEVICE_MEASURE
-from hubbench.plan.suite import expand, load_suite
 
 
 def measure(cells, rounds: int, kept: bool) -> tuple[dict, float]:

@@ -14,9 +14,9 @@ from hubbench.errors import SuiteError
 from hubbench.measure.cell import execute_cell
 from hubbench.measure.metrics import weak_scaling
 from hubbench.measure.ranks import _first_error, _more_steps
+from hubbench.plan import Plan, expand, load_suite, parse_overrides
 from hubbench.plan.cell import Cell
 from hubbench.plan.runfields import Measure
-from hubbench.plan.suite import Plan, expand, load_suite, parse_overrides
 from hubbench.plan.variants import make_config
 from hubbench.run.runner import run_plan
 from hubbench.run.worker import load_builder

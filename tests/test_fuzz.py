@@ -27,7 +27,8 @@ from typer.testing import CliRunner
 from hubbench import schema, store
 from hubbench.cli import app
 from hubbench.errors import HubbenchError
-from hubbench.plan.suite import TOP_KEYS, expand, field_types, parse_overrides, parse_suite
+from hubbench.plan import expand, field_types, parse_overrides, parse_suite
+from hubbench.plan.suite import TOP_KEYS
 
 pytestmark = pytest.mark.slow  # hypothesis drives hundreds of examples per test
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from hubbench import models, store
 from hubbench.cli import app
 from hubbench.errors import ConfigError, SuiteError
-from hubbench.plan import suite as suites
+from hubbench.plan import expand, load_suite, mixer_info, parse_overrides, with_mixers
 from hubbench.plan.plugins import PluginError, display_name, inspect_mixer, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,9 +107,9 @@ def test_the_example_declares_its_options_and_flops() -> None:
 
 
 def test_mixer_adds_plugin_twins_and_its_options_sweep() -> None:
-    loaded = suites.load_suite("throughput")
-    overrides = suites.parse_overrides(["window=32,64"], seq="128", mixer=SWA)
-    plan = suites.expand(loaded, suites.with_mixers(loaded, overrides), cuda_available=False)
+    loaded = load_suite("throughput")
+    overrides = parse_overrides(["window=32,64"], seq="128", mixer=SWA)
+    plan = expand(loaded, with_mixers(loaded, overrides), cuda_available=False)
     plugged = [c for c in plan.cells if c.variant.startswith("mixer-")]
     assert sorted((c.variant, c.config.mixer_options) for c in plugged) == [
         ("mixer-gpt", '{"window":32}'),
@@ -123,9 +123,9 @@ def test_mixer_adds_plugin_twins_and_its_options_sweep() -> None:
     ids = {
         c.cell_id
         for opts in ([], ["window=128"])
-        for c in suites.expand(
+        for c in expand(
             loaded,
-            suites.with_mixers(loaded, suites.parse_overrides(opts, seq="128", mixer=SWA)),
+            with_mixers(loaded, parse_overrides(opts, seq="128", mixer=SWA)),
             cuda_available=False,
         ).cells
         if c.variant == "mixer-gpt"
@@ -135,20 +135,20 @@ def test_mixer_adds_plugin_twins_and_its_options_sweep() -> None:
 
 def test_plugin_options_are_typed_and_checked() -> None:
     with pytest.raises(SuiteError, match="window"):
-        suites.parse_overrides(["window=wide"], seq="128", mixer=SWA)
+        parse_overrides(["window=wide"], seq="128", mixer=SWA)
     with pytest.raises(SuiteError, match="unknown field 'window'"):
-        suites.parse_overrides(["window=64"], seq="128")  # no plug-in: no such field
+        parse_overrides(["window=64"], seq="128")  # no plug-in: no such field
     with pytest.raises(SuiteError, match="constructor lacks"):
-        suites.parse_overrides([], seq="128", mixer=spec("NoContract"))
+        parse_overrides([], seq="128", mixer=spec("NoContract"))
     # --set mixer=SPEC brings its options too
-    axes = suites.parse_overrides([f"mixer={SWA}", "window=16"], seq="128")
+    axes = parse_overrides([f"mixer={SWA}", "window=16"], seq="128")
     assert axes["window"].values == (16,)
 
 
 def plugin_ids(mixer: str, *sets: str, variant: str = "mixer-gpt") -> set[str]:
-    loaded = suites.load_suite("throughput")
-    overrides = suites.parse_overrides(list(sets), seq="128", mixer=mixer, variant=variant)
-    cells = suites.expand(loaded, suites.with_mixers(loaded, overrides), cuda_available=False).cells
+    loaded = load_suite("throughput")
+    overrides = parse_overrides(list(sets), seq="128", mixer=mixer, variant=variant)
+    cells = expand(loaded, with_mixers(loaded, overrides), cuda_available=False).cells
     return {c.cell_id for c in cells if c.variant == "mixer-gpt"}
 
 
@@ -169,12 +169,12 @@ def test_equal_builds_are_one_cell_and_edited_code_a_new_one(tmp_path: Path) -> 
     try:
         same = plugin_ids(f"{rel}:CausalMean"), plugin_ids("./m.py:CausalMean")
         assert same[0] == same[1]
-        suites.mixer_info.cache_clear()
+        mixer_info.cache_clear()
         source.write_text(source.read_text() + "\n# edited\n")
         assert plugin_ids("m.py:CausalMean") != same[0]  # the digest moved
     finally:
         os.chdir(here)
-        suites.mixer_info.cache_clear()
+        mixer_info.cache_clear()
 
 
 def test_mixer_with_variants_that_cannot_take_it_is_an_error() -> None:
@@ -183,10 +183,10 @@ def test_mixer_with_variants_that_cannot_take_it_is_an_error() -> None:
 
 
 def test_a_plugin_variant_needs_its_mixer() -> None:
-    loaded = suites.load_suite("throughput")
-    overrides = suites.parse_overrides([], seq="128", variant="mixer-gpt")
+    loaded = load_suite("throughput")
+    overrides = parse_overrides([], seq="128", variant="mixer-gpt")
     with pytest.raises(SuiteError, match="needs mixer="):
-        suites.expand(loaded, overrides, cuda_available=False)
+        expand(loaded, overrides, cuda_available=False)
 
 
 # ----------------------------------------------------------------------------- building

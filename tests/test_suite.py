@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 from hubbench.errors import SuiteError
-from hubbench.plan.suite import (
-    Cell,
+from hubbench.plan import (
     available_suites,
     expand,
     load_suite,
     measure_overrides,
     parse_overrides,
 )
+from hubbench.plan.cell import Cell
 
 SHIPPED = ("throughput", "scaling", "hubs", "replace", "ci", "decode")
 

@@ -125,9 +125,9 @@ def register(app: typer.Typer) -> None:
 
 def plugin_fields(variant: str, sets: dict[str, str], mixer: str | None) -> dict[str, str]:
     """`--set` fields for one variant, a plug-in's options folded into its mixer_options."""
+    from hubbench.plan import mixer_info
     from hubbench.plan.fields import parse_text
     from hubbench.plan.plugins import encode_options, parse_spec
-    from hubbench.plan.suite import mixer_info
     from hubbench.plan.variants import is_plugin
 
     fields = dict(sets)

@@ -29,7 +29,7 @@ def plan_suite(
     measure: Mapping[str, float | int | None] | None = None,
 ) -> Plan:
     """The suite's cells after the command line's overrides, every one validated."""
-    from hubbench.plan import suite as suites
+    from hubbench import plan as suites
 
     loaded = suites.load_suite(suite_name)
     axis = loaded.axes.get("mixer")

@@ -52,8 +52,8 @@ def variants_table() -> Table:
 
 def suites_table() -> Table:
     """Every suite with its description, swept axes and its cell count on this machine."""
+    from hubbench import plan as suites
     from hubbench.errors import HubbenchError
-    from hubbench.plan import suite as suites
 
     table = Table(title="suites (hubbench run SUITE)", show_lines=True)
     table.add_column("suite", style="bold cyan")

@@ -45,8 +45,8 @@ def variant_fields(
     mixer); it is applied to those that have it (so `--set chunk=4` over all variants reaches
     the hub variants only). A plug-in variant is checked once per mixer in `mixers`.
     """
+    from hubbench.plan import mixer_info, plugin_option_types
     from hubbench.plan.plugins import encode_options
-    from hubbench.plan.suite import mixer_info, plugin_option_types
     from hubbench.plan.variants import config_fields, display_name, is_plugin
 
     mixers = mixers or []

@@ -6,7 +6,7 @@ import pytest
 from synthetic_runs import cell, grid, make_run
 
 from hubbench.errors import ReportError
-from hubbench.plan.suite import GateRule
+from hubbench.plan import GateRule
 from hubbench.report.gate import (
     gate_baseline,
     gate_ratios,

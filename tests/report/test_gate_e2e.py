@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from hubbench import store
 from hubbench.cli import app
-from hubbench.plan.suite import expand, load_suite
+from hubbench.plan import expand, load_suite
 from hubbench.run.runner import run_plan
 
 BUILDER = f"{Path(__file__).with_name('gate_e2e_builder.py')}:build"

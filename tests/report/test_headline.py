@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from hubbench import schema
 from hubbench.cli import app
-from hubbench.plan.suite import GateRule
+from hubbench.plan import GateRule
 from hubbench.report import format as fmt
 from hubbench.report.gate import gate_ratios
 from hubbench.report.headline import headline, ratio_lines, table
