@@ -37,7 +37,6 @@ def run(c: Cell, data: str | None = None):
     return train_and_evaluate(c, build(c.variant, c.config), torch.device("cpu"))
 
 
-@pytest.mark.slow  # 60 updates: 2-3 s
 def test_a_few_dozen_updates_drive_the_mqar_loss_down() -> None:
     r = run(cell("transformer"))
     q = r.quality
