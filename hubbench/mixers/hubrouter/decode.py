@@ -169,22 +169,27 @@ class HubDecoding:
         state.buf_x[:, i : i + 1], state.buf_z[:, i : i + 1] = x, z
         state.buf_k[:, i : i + 1], state.buf_v[:, i : i + 1] = k_c, v_c
         state.buf_s[:, i : i + 1] = s
-        keys = torch.cat((state.slot_k, state.buf_k[:, : i + 1]), 1)  # (B, L, d)
-        values = torch.cat((state.slot_v, state.buf_v[:, : i + 1]), 1)
-        ones = state.slot_valid.new_ones(B, i + 1)
-        mask = torch.cat((state.slot_valid, ones), 1).view(B, 1, 1, -1)
-        L = keys.shape[1]
-        qh = q_c.view(B, 1, h, d_h).transpose(1, 2)  # (B, h, 1, d_h)
-        kh = keys.view(B, L, h, d_h).transpose(1, 2)
-        vh = values.view(B, L, h, d_h).transpose(1, 2)
-        council = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
-        council = council.transpose(1, 2).reshape(B, 1, d)
+        council = self._step_council(q_c, state, i)  # (B, 1, d)
         y = self.out_proj(readout.to(council.dtype) + council) * torch.sigmoid(gate)
         state.pos = t + 1
         if state.pos % C == 0:
             self._boundary(state, x.dtype)
         self.last_backend = "hubrouter:recurrent"
         return y
+
+    def _step_council(self, q: Tensor, state: HubState, i: int) -> Tensor:
+        """Query q (B, 1, d) over the member slots and the chunk's first i + 1 tokens."""
+        B, d, h, d_h = q.shape[0], self.d_model, self.n_heads, self.d_head
+        keys = torch.cat((state.slot_k, state.buf_k[:, : i + 1]), 1)  # (B, L, d)
+        values = torch.cat((state.slot_v, state.buf_v[:, : i + 1]), 1)
+        ones = state.slot_valid.new_ones(B, i + 1)
+        mask = torch.cat((state.slot_valid, ones), 1).view(B, 1, 1, -1)
+        L = keys.shape[1]
+        qh = q.view(B, 1, h, d_h).transpose(1, 2)  # (B, h, 1, d_h)
+        kh = keys.view(B, L, h, d_h).transpose(1, 2)
+        vh = values.view(B, L, h, d_h).transpose(1, 2)
+        council = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
+        return council.transpose(1, 2).reshape(B, 1, d)
 
     def decode_flops(self, context: int) -> float:
         """Forward FLOPs of one decoded token (matmuls), the chunk-boundary work amortised.

@@ -112,21 +112,26 @@ class Mamba(MambaDecoding, nn.Module):
         self.x_proj = nn.Linear(d_inner, self.dt_rank + 2 * n, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
-        # Model-level weight init must keep the dt init below (models._init_weights honours this).
-        self.dt_proj._no_reinit = True
-        self.dt_proj.bias._no_reinit = True
-        std = self.dt_rank**-0.5
-        nn.init.uniform_(self.dt_proj.weight, -std, std)
-        log_dt = torch.rand(d_inner) * (math.log(DT_MAX) - math.log(DT_MIN)) + math.log(DT_MIN)
-        dt = log_dt.exp().clamp(min=DT_INIT_FLOOR)
-        with torch.no_grad():
-            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self._init_dt()
         # S4D-real init: A = -(1..N) for every channel, kept as log so A stays negative.
         A = torch.arange(1, n + 1, dtype=torch.float32).repeat(d_inner, 1)  # (D_inner, N)
         self.A_log = nn.Parameter(torch.log(A))
         self.D = nn.Parameter(torch.ones(d_inner))
         self.A_log._no_weight_decay = True
         self.D._no_weight_decay = True
+
+    def _init_dt(self) -> None:
+        """mamba-ssm's dt projection init: weights uniform in +-dt_rank^-0.5, and a bias whose
+        softplus is log-uniform in [DT_MIN, DT_MAX]. The model's weight init keeps it
+        (hubbench/models/lm.py honours `_no_reinit`)."""
+        self.dt_proj._no_reinit = True
+        self.dt_proj.bias._no_reinit = True
+        std = self.dt_rank**-0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        log_dt = torch.rand(self.d_inner) * (math.log(DT_MAX) - math.log(DT_MIN)) + math.log(DT_MIN)
+        dt = log_dt.exp().clamp(min=DT_INIT_FLOOR)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.impl == "fused":
