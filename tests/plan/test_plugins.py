@@ -1,7 +1,8 @@
 """Plug-in mixers (hubbench.plan.plugins): specs, the contract, planning, building, the checks,
 a run.
 
-`test_a_plugin_runs_next_to_the_built_in_variants` is the one test here that starts a worker.
+`test_a_plugin_runs_next_to_the_built_in_variants` is the one test here that starts a worker; it
+and the causality check of two models per mixer are marked slow.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from hubbench.errors import ConfigError, SuiteError
 from hubbench.plan import expand, load_suite, mixer_info, parse_overrides, with_mixers
 from hubbench.plan.plugins import PluginError, display_name, inspect_mixer, parse_spec
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SWA = f"{ROOT / 'examples' / 'sliding_window.py'}:SlidingWindowAttention"
-MIXERS = Path(__file__).with_name("plugins") / "mixers.py"
+MIXERS = ROOT / "tests" / "plugins" / "mixers.py"
 
 
 def spec(name: str) -> str:
@@ -235,6 +236,7 @@ def test_labels_name_the_mixer_and_its_options() -> None:
 # ----------------------------------------------------------------------------- checks, a run
 
 
+@pytest.mark.slow
 def test_verify_causal_passes_the_example_and_fails_a_leak(runner: CliRunner) -> None:
     ok = runner.invoke(app, ["verify", "causal", "--mixer", SWA, "--set", "window=4"])
     assert ok.exit_code == 0, ok.output
@@ -329,6 +331,7 @@ variant = ["transformer"]
 """
 
 
+@pytest.mark.slow
 def test_a_plugin_runs_next_to_the_built_in_variants(runner: CliRunner, tmp_path: Path) -> None:
     suite = tmp_path / "tiny.toml"
     suite.write_text(TINY)

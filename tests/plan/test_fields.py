@@ -1,0 +1,75 @@
+"""Values at the boundary: coercion, CLI text, `key=v1,v2` items, list options, device names."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hubbench.errors import ConfigError
+from hubbench.plan import fields
+
+
+def test_coerce_accepts_what_fits_and_names_what_does_not() -> None:
+    assert fields.coerce(3, float, "x") == 3.0 and isinstance(fields.coerce(3, float, "x"), float)
+    assert fields.coerce(True, bool, "x") is True
+    with pytest.raises(ConfigError, match="x: expected int, got True"):
+        fields.coerce(True, int, "x")  # a bool is not a number here
+    with pytest.raises(ConfigError, match=r"x: expected int, got 2\.5"):
+        fields.coerce(2.5, int, "x")
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ConfigError, match="expected a finite number"):
+            fields.coerce(bad, float, "x")
+    with pytest.raises(ConfigError, match="out of range"):
+        fields.coerce(2**63, int, "x")
+    assert fields.coerce(2**63 - 1, int, "x") == 2**63 - 1
+
+
+def test_parse_text() -> None:
+    assert fields.parse_text(" 1024 ", int, "--seq") == 1024
+    assert fields.parse_text("TRUE", bool, "--set causal") is True
+    assert fields.parse_text("0.25", float, "--set replace") == 0.25
+    assert fields.parse_text("sdpa", str, "--set attention") == "sdpa"
+    with pytest.raises(ConfigError, match="--seq: '1k' is not a valid int"):
+        fields.parse_text("1k", int, "--seq")
+    with pytest.raises(ConfigError, match="--set compile: 'yes' is not a valid bool"):
+        fields.parse_text("yes", bool, "--set compile")
+    with pytest.raises(ConfigError, match="finite"):
+        fields.parse_text("inf", float, "--timeout")
+
+
+def test_parse_assignments_and_split_list() -> None:
+    assert fields.parse_assignments(["hubs=4,8", "topk = 16"]) == {
+        "hubs": ["4", "8"],
+        "topk": ["16"],
+    }
+    with pytest.raises(ConfigError, match="given twice"):
+        fields.parse_assignments(["hubs=4", "hubs=8"])
+    with pytest.raises(ConfigError, match="expected key=v1,v2"):
+        fields.parse_assignments(["=4"])
+    with pytest.raises(ConfigError, match="no value given"):
+        fields.parse_assignments(["hubs=,"])
+    assert fields.split_list(["a,b", "c", "a"]) == ["a", "b", "c"]
+    assert fields.split_list(None) == []
+
+
+def test_resolve_device(monkeypatch) -> None:
+    assert fields.resolve_device("cpu") == "cpu"
+    assert fields.resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(ConfigError, match="--device: unknown device 'tpu'"):
+        fields.resolve_device("tpu", "--device")
+    monkeypatch.setattr(fields, "cuda_available", lambda: True)
+    assert fields.resolve_device("auto") == "cuda"
+    monkeypatch.setattr(fields, "cuda_available", lambda: False)
+    assert fields.resolve_device("auto") == "cpu"
+
+
+def test_cuda_probe_agrees_with_torch_here(monkeypatch) -> None:
+    import torch
+
+    fields.cuda_available.cache_clear()
+    assert fields.cuda_available() == torch.cuda.is_available()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    fields.cuda_available.cache_clear()
+    assert fields.cuda_available() is False
+    fields.cuda_available.cache_clear()
