@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from hubbench.errors import ConfigError
+from hubbench.plan.fields import coerce
 
 CONTRACT = ("d_model", "n_heads", "causal")
 OPTION_TYPES = (bool, int, float, str)
@@ -208,8 +209,6 @@ class MixerInfo:
             if o.default is not inspect.Parameter.empty
         }
         out.update(values)
-        from hubbench.plan.fields import coerce
-
         try:  # typed as declared: a float option's default 1 and --set 1.0 are one value
             return {n: coerce(v, self.options[n].type, f"option {n}") for n, v in out.items()}
         except ConfigError as exc:

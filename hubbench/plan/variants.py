@@ -22,6 +22,8 @@ from typing import Any
 
 from hubbench.errors import ConfigError
 from hubbench.plan.fields import DTYPES, coerce, parse_text, scalar_type
+from hubbench.plan.plugins import decode_options, parse_spec
+from hubbench.plan.plugins import display_name as class_name
 
 ATTENTION_BACKENDS = ("naive", "sdpa", "flash")
 SDPA_KERNELS = ("auto", "flash", "efficient", "math", "cudnn")
@@ -146,8 +148,6 @@ class PluginFields:
     )
 
     def validate_plugin(self) -> None:
-        from hubbench.plan.plugins import decode_options, parse_spec
-
         if not self.mixer:
             raise ConfigError("a plug-in variant needs mixer=FILE.py:Class (--mixer)", ("mixer",))
         parse_spec(self.mixer, "mixer")
@@ -311,8 +311,6 @@ def display_name(variant: str, mixer: str | None = None) -> str:
     """What tables and figures call a variant: a plug-in variant by its mixer's class name
     (mixer-gpt with examples/swa.py:SlidingWindow -> 'SlidingWindow-gpt')."""
     if is_plugin(variant) and mixer:
-        from hubbench.plan.plugins import display_name as class_name
-
         name = class_name(mixer)
         if name:
             return f"{name}-{variant.removeprefix('mixer-')}"
