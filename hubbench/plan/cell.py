@@ -1,7 +1,8 @@
 """A cell: one point of a sweep, with its typed model config, validated once when it is planned.
 
 The cell crosses the worker pipe as JSON (`to_json` / `from_json`); the worker rebuilds the
-config without validating it again. `columns()` is the cell's part of its results row.
+config without validating it again. `columns()` is the cell's part of its results row. What its
+run fields and measure settings are (types, defaults, meaning): hubbench.plan.runfields.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hubbench import schema
 from hubbench.plan.runfields import (
     ELIDED_DEFAULTS,
     OPTIONAL_RUN_FIELDS,
+    RUN_DEFAULTS,
     RUN_FIELDS,
     Measure,
     inert_run_fields,
@@ -42,15 +44,16 @@ class Cell:
     threads: int  # torch intra-op threads in the worker
     config: BaseConfig  # validated; every field, inert ones included
     measure: Measure
-    decode_tokens: int = 64  # decode mode only; part of what is measured (the amortisation)
+    # decode mode only; part of what is measured (the amortisation)
+    decode_tokens: int = RUN_DEFAULTS["decode_tokens"]
     # quality mode only (RUN_FIELDS says what each is)
-    task: str = "mqar"
-    kv_pairs: int = 4
-    data: str = "pydoc"
-    train_updates: int = 1500
-    lr: float = 1e-3
-    nproc: int = 1  # > 1: the cell runs under torchrun (hubbench.measure.ranks)
-    nnodes: int = 1  # > 1: torchrun on that many nodes, one job task each (hubbench.run.executors)
+    task: str = RUN_DEFAULTS["task"]
+    kv_pairs: int = RUN_DEFAULTS["kv_pairs"]
+    data: str = RUN_DEFAULTS["data"]
+    train_updates: int = RUN_DEFAULTS["train_updates"]
+    lr: float = RUN_DEFAULTS["lr"]
+    nproc: int = RUN_DEFAULTS["nproc"]  # > 1: the cell runs under torchrun (measure.ranks)
+    nnodes: int = RUN_DEFAULTS["nnodes"]  # > 1: torchrun on that many nodes, one job task each
 
     @property
     def world(self) -> int:
