@@ -242,8 +242,8 @@ def speed_of_light_s(step, n: int) -> float | None:
     until `hubbench env --calibrate` has run with this thread count."""
     from hubbench.measure.calibration import load_calibration
     from hubbench.measure.env import device_name
-    from hubbench.measure.flops import peak_flops
-    from hubbench.measure.roofline import bytes_floor, peak_bandwidth, speed_of_light
+    from hubbench.measure.peaks import peak_bandwidth, peak_flops
+    from hubbench.measure.roofline import bytes_floor, speed_of_light
 
     calibration = load_calibration("cpu")
     peak, _ = peak_flops("cpu", device_name("cpu"), "fp32", calibration)

@@ -107,6 +107,10 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, ...]] = {
     "torch_tb_profiler": ("torch-tb-profiler",),
 }
 
+# backend column -> the key the model reports it under (LanguageModel.backends)
+BACKEND_COLUMNS = {"backend_attention": "attention", "backend_mamba": "mamba",
+                   "backend_hub": "hubrouter"}  # fmt: skip
+
 
 def _package_columns() -> tuple[Column, ...]:
     return tuple(

@@ -12,8 +12,8 @@ import pytest
 from hubbench.errors import ConfigError
 from hubbench.measure import calibration as cal
 from hubbench.measure import timing as measure
-from hubbench.measure.flops import peak_flops
-from hubbench.measure.roofline import MEMORY_KEY, peak_bandwidth
+from hubbench.measure.calibration import MEMORY_KEY
+from hubbench.measure.peaks import peak_bandwidth, peak_flops
 
 
 @pytest.fixture

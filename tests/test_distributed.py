@@ -12,14 +12,14 @@ from builders import FAULT_ENV, faults
 from hubbench import store
 from hubbench.errors import SuiteError
 from hubbench.measure.cell import execute_cell
+from hubbench.measure.launch import first_error
 from hubbench.measure.metrics import weak_scaling
-from hubbench.measure.ranks import _first_error, _more_steps
+from hubbench.measure.process import load_builder
 from hubbench.plan import Plan, expand, load_suite, parse_overrides
 from hubbench.plan.cell import Cell
 from hubbench.plan.runfields import Measure
 from hubbench.plan.variants import make_config
 from hubbench.run.runner import run_plan
-from hubbench.run.worker import load_builder
 
 BUILDER = f"{Path(__file__).with_name('builders.py')}:build_tiny"
 
@@ -42,17 +42,10 @@ def cell(index: int = 0, nproc: int = 2, mode: str = "fwd_bwd", **measure) -> Ce
     )
 
 
-def test_more_steps_reaches_the_target_time() -> None:
-    assert _more_steps(elapsed=1.0, steps=4, target_s=0.5) == 0
-    assert _more_steps(elapsed=1.0, steps=4, target_s=2.0) == 4
-    assert _more_steps(elapsed=0.3, steps=3, target_s=1.0) == 7
-    assert _more_steps(elapsed=0.0, steps=0, target_s=1.0) == 0
-
-
 def test_first_error_finds_the_line_that_says_why() -> None:
     log = "W1203 warning\nTraceback (most recent call last):\n  File x\nValueError: bad\nend"
-    assert _first_error(log) == "ValueError: bad"
-    assert _first_error("") == "no output"
+    assert first_error(log) == "ValueError: bad"
+    assert first_error("") == "no output"
 
 
 def torchrun_log(ranks: str, root_rank: int, code: int, signal: str = "") -> str:
@@ -95,22 +88,22 @@ def test_first_error_names_the_rank_torchrun_blames_not_its_own_traceback() -> N
     raised = "[rank1]: Traceback (most recent call last):\n[rank1]: ValueError: rank one fell over"
     # rank 0 only lost its peer; rank 1 raised first, and torchrun says so
     assert (
-        _first_error(torchrun_log(lost + "\n" + raised, 1, 1))
+        first_error(torchrun_log(lost + "\n" + raised, 1, 1))
         == "rank 1: ValueError: rank one fell over"
     )
     crashed = (
         "terminate called without an active exception\nFatal Python error: Aborted\n\n"
         "Thread 0x00007fdb91a6bb80 (most recent call first):\n  <no Python frame>"
     )
-    assert _first_error(torchrun_log(crashed, 0, -6, "6 (SIGABRT)")) == (
+    assert first_error(torchrun_log(crashed, 0, -6, "6 (SIGABRT)")) == (
         "rank 0 ended with Signal 6 (SIGABRT) received by PID 99; Fatal Python error: Aborted"
     )
     segv = 'Fatal Python error: Segmentation fault\nCurrent thread 0x1:\n  File "m.py", line 6 in f'
-    assert _first_error(torchrun_log(segv, 1, -11, "11 (SIGSEGV)")) == (
+    assert first_error(torchrun_log(segv, 1, -11, "11 (SIGSEGV)")) == (
         "rank 1 ended with Signal 11 (SIGSEGV) received by PID 99; Fatal Python error: "
         'Segmentation fault at File "m.py", line 6 in f'
     )
-    assert _first_error(torchrun_log("[rank1]: bye", 1, 3)) == "rank 1 ended with exit code 3"
+    assert first_error(torchrun_log("[rank1]: bye", 1, 3)) == "rank 1 ended with exit code 3"
 
 
 def test_weak_scaling_pairs_each_cell_with_its_single_process_twin() -> None:

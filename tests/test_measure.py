@@ -15,10 +15,12 @@ from builders import build_tiny
 from torch import nn
 
 from hubbench import schema
-from hubbench.measure.flops import PEAK_TABLE, count_flops, peak_flops, table_entry
+from hubbench.measure.flops import count_flops
 from hubbench.measure.metrics import RoundResult, measurement_columns
+from hubbench.measure.peaks import PEAK_TABLE, peak_flops, table_entry
 from hubbench.measure.step import build_step
 from hubbench.measure.timing import (
+    Group,
     measure_step,
     rss_bytes,
     time_calls,
@@ -118,6 +120,33 @@ def test_warmup_zero_still_counts_outside_the_timed_region() -> None:
     assert len(calls) == 5  # the counted step is the first of the three warm-up steps
 
 
+def test_a_group_takes_rank_0s_steps_and_each_steps_slowest_time() -> None:
+    """Under torchrun every rank runs measure_step in a Group (hubbench.measure.ranks): its loops
+    go by rank 0's decisions, and a timed step lasts as long as its slowest rank's."""
+    asked: list[int] = []
+    answers = iter([1, 0])  # rank 0: warm after `warmup` steps; no timed steps past `repeats`
+    mine: list = []
+
+    def agree(value: int) -> int:
+        asked.append(value)
+        return next(answers)
+
+    def gather(value: tuple) -> list:
+        mine.append(value)
+        samples, peak, reserved = value
+        return [value, ([2 * t for t in samples], None if peak is None else peak + 1, reserved)]
+
+    step = build_step(tiny(), "fwd", 1, 16)
+    m = measure_step(step, warmup=2, warmup_min_s=60.0, warmup_max_s=60.0, repeats=3,
+                     min_time_s=60.0, count=False, group=Group(0, 2, agree, gather))  # fmt: skip
+    assert asked == [0, 1]  # alone, this process would have warmed up and timed for minutes
+    assert (m.warmup_steps, m.stats.count) == (2, 3)
+    samples, peak, _ = mine[0]
+    assert m.samples == [2 * t for t in samples]  # the other rank was slower at every step
+    assert m.peak_mem_bytes == (None if peak is None else peak + 1)
+
+
+@pytest.mark.slow  # a fresh process
 def test_peak_memory_grows_with_activations() -> None:
     if rss_bytes() is None:
         pytest.skip("needs /proc")
@@ -138,6 +167,7 @@ def test_peak_memory_grows_with_activations() -> None:
     assert big - small > 8 * 2**20
 
 
+@pytest.mark.slow  # a fresh process
 def test_extra_peak_rss_sees_a_transient_allocation() -> None:
     if rss_bytes() is None:
         pytest.skip("needs /proc")

@@ -1,4 +1,4 @@
-"""nnodes > 1: a cell's torchrun across a job's tasks, one per node (hubbench.measure.ranks).
+"""nnodes > 1: a cell's torchrun across a job's tasks, one per node (hubbench.run.nodes).
 
 On this machine the "nodes" are submitit-local tasks on one host: the leader posts each round,
 the followers join its rendezvous as node 1, 2, ...; on Slurm the same code runs one task per
@@ -21,10 +21,11 @@ from test_distributed import BUILDER, cell
 
 from hubbench import store
 from hubbench.errors import ConfigError
-from hubbench.measure import ranks as distributed
-from hubbench.measure.cell import RankFailure
+from hubbench.measure import launch
+from hubbench.measure.outcome import RankFailure
 from hubbench.plan.executor import ExecutorSpec
 from hubbench.plan.suite import Plan
+from hubbench.run import nodes
 from hubbench.run.executors import jobs_folder, shard
 from hubbench.run.runner import CellState, run_plan
 
@@ -50,7 +51,7 @@ def test_nnodes_needs_a_cluster_executor(tmp_path: Path) -> None:
         run_plan(plan([nodes_cell(0, 1), nodes_cell(1, 2)]), tmp_path, builder=BUILDER)
     assert not list(tmp_path.rglob("*.parquet"))  # refused before a run file exists
     with pytest.raises(RankFailure, match="nnodes=2 runs in a cluster job"):
-        distributed.launch(nodes_cell(0, 2), BUILDER, False)  # a worker outside a job
+        launch.launch(nodes_cell(0, 2), BUILDER, False)  # a worker outside a job
 
 
 def test_a_job_never_mixes_node_counts() -> None:
@@ -71,14 +72,14 @@ def test_a_follower_stops_at_the_end_or_when_its_leader_is_gone(
     box = _box(tmp_path)
     (box / "alive").touch()
     (box / "end").touch()
-    assert distributed.follow(box, 1, poll_s=0.01) == 0
+    assert nodes.follow(box, 1, poll_s=0.01) == 0
     (box / "end").unlink()
-    old = time.time() - distributed.STALE_S - 1
+    old = time.time() - nodes.STALE_S - 1
     os.utime(box / "alive", (old, old))  # the leader stopped beating
-    assert distributed.follow(box, 1, poll_s=0.01) == 0
+    assert nodes.follow(box, 1, poll_s=0.01) == 0
     (box / "alive").unlink()
-    monkeypatch.setattr(distributed, "JOIN_S", 0.05)  # a leader that never started
-    assert distributed.follow(box, 1, poll_s=0.01) == 0
+    monkeypatch.setattr(nodes, "JOIN_S", 0.05)  # a leader that never started
+    assert nodes.follow(box, 1, poll_s=0.01) == 0
 
 
 @pytest.mark.slow
@@ -89,10 +90,10 @@ def test_a_follower_gives_up_a_round_its_leader_moved_past(tmp_path: Path) -> No
     (box / "alive").touch()
     one = nodes_cell(0, 2)
     post = {"cell": one.to_json(), "builder": BUILDER, "count": False, "addr": "127.0.0.1",
-            "port": distributed._free_port()}  # fmt: skip
+            "port": launch.free_port()}  # fmt: skip
     (box / "round-00000.json").write_text(json.dumps(post))
     done: list[int] = []
-    thread = threading.Thread(target=lambda: done.append(distributed.follow(box, 1, 0.05)))
+    thread = threading.Thread(target=lambda: done.append(nodes.follow(box, 1, 0.05)))
     started = time.monotonic()
     thread.start()
     time.sleep(3)

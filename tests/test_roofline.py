@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hubbench.measure.metrics import RoundResult, measurement_columns
-from hubbench.measure.roofline import bytes_floor, peak_bandwidth, speed_of_light
+from hubbench.measure.peaks import peak_bandwidth
+from hubbench.measure.roofline import bytes_floor, speed_of_light
 
 
 def test_bytes_floor_per_mode() -> None:

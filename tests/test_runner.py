@@ -18,14 +18,15 @@ from builders import FAULT_ENV, faults
 
 from hubbench import schema, store
 from hubbench.errors import HubbenchError, SchemaError, UnavailableError
-from hubbench.measure.cell import classify, execute_cell
+from hubbench.measure.cell import execute_cell
 from hubbench.measure.metrics import RoundResult
+from hubbench.measure.outcome import classify
+from hubbench.measure.process import load_builder
 from hubbench.plan.cell import Cell
 from hubbench.plan.runfields import Measure
 from hubbench.plan.suite import Plan
 from hubbench.plan.variants import make_config
 from hubbench.run.runner import CellState, make_row, prepare_run, run_plan, schedule
-from hubbench.run.worker import load_builder
 
 BUILDER = f"{Path(__file__).with_name('builders.py')}:build_tiny"
 

@@ -3,7 +3,8 @@ import torch
 
 from hubbench import models
 from hubbench.errors import ConfigError, UnavailableError
-from hubbench.measure.step import build_step, torch_device
+from hubbench.measure.device import torch_device
+from hubbench.measure.step import build_step
 
 
 def _model(**extra: object) -> models.LanguageModel:

@@ -46,9 +46,9 @@ def register(app: typer.Typer) -> None:
         from hubbench.errors import ConfigError
         from hubbench.measure import calibration as cal
         from hubbench.measure import env as envmod
-        from hubbench.measure.flops import peak_flops
-        from hubbench.measure.roofline import MEMORY_KEY, peak_bandwidth
-        from hubbench.measure.step import torch_device
+        from hubbench.measure.calibration import MEMORY_KEY
+        from hubbench.measure.device import torch_device
+        from hubbench.measure.peaks import peak_bandwidth, peak_flops
         from hubbench.plan.fields import default_threads, resolve_device, usable_cpus
         from hubbench.report import format as fmt
 

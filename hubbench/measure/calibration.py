@@ -2,9 +2,9 @@
 storing one.
 
 MFU and the speed of light divide by a peak: NVIDIA's data sheet on a known GPU
-(flops.PEAK_TABLE, roofline.BANDWIDTH_TABLE), else what this module measured here. It times a
+(peaks.PEAK_TABLE, peaks.BANDWIDTH_TABLE), else what this module measured here. It times a
 large square matmul per dtype (fp32, the suites' dtype, unless asked for others) and a large copy
-(bytes read + written per second, the "memory" entry) with measure.time_calls, the one timing
+(bytes read + written per second, the "memory" entry) with timing.time_calls, the one timing
 loop, and stores the best call's rate in a JSON file keyed by host, device name, thread count and
 torch version. File: $HUBBENCH_CACHE/calibration.json, else
 $XDG_CACHE_HOME/hubbench/calibration.json, else ~/.cache/hubbench/calibration.json. A dtype whose
@@ -14,7 +14,7 @@ smaller side, so no dtype takes minutes.
 Busy machine. A peak timed while other processes held the CPUs is too low, and every MFU and
 speed-of-light fraction divided by it later comes out too high (143-312% in issue 27). Two
 readings guard it:
-- the noise sentinel (measure.sentinel_s, the fixed workload the runner times before every
+- the noise sentinel (timing.sentinel_s, the fixed workload the runner times before every
   round), read before, between and after the timed calls: a spread (max / min - 1) over
   SPREAD_LIMIT means a load came or went;
 - the CPU share: this process's CPU time over wall time x threads while it measured the
@@ -39,10 +39,10 @@ from typing import Any
 
 from hubbench.errors import ConfigError, HubbenchError
 from hubbench.measure.env import device_name, utc_now
-from hubbench.measure.roofline import MEMORY_KEY
 from hubbench.plan.fields import DTYPES
 
 CACHE_ENV = "HUBBENCH_CACHE"
+MEMORY_KEY = "memory"  # the entry of the copy bandwidth (beside the dtypes' matmul rates)
 DEFAULT_DTYPES = ("fp32",)  # what the suites run; bf16 / fp16 on request (--dtype)
 MATMUL_SIZES = {"cpu": 2048, "cuda": 8192}  # square matmul sides: large enough for the peak
 MIN_SIZE = 256  # the smallest side a slow dtype is shrunk to
@@ -232,7 +232,9 @@ def calibrate(
     what is being measured before it is."""
     import torch
 
-    device = torch.device(device)
+    from hubbench.measure.device import torch_device
+
+    device = torch_device(device)
     say = progress or (lambda _: None)
     load = Load(torch.get_num_threads(), _load_average())
     say(f"reading the noise sentinel {SENTINEL_READINGS}x: is the machine quiet?")
@@ -259,7 +261,8 @@ def _matmul_rate(device: Any, name: str, load: Load, say: Progress) -> dict[str,
     import torch
 
     from hubbench.measure.step import TORCH_DTYPES
-    from hubbench.measure.timing import summarize, time_calls
+    from hubbench.measure.timing import time_calls
+    from hubbench.stats import summarize
 
     n = MATMUL_SIZES[device.type]
     while True:
@@ -294,7 +297,8 @@ def _copy_bandwidth(device: Any, load: Load, say: Progress) -> dict[str, Any]:
     """A stream-style copy of a buffer far larger than any cache: bytes read + written per s."""
     import torch
 
-    from hubbench.measure.timing import summarize, time_calls
+    from hubbench.measure.timing import time_calls
+    from hubbench.stats import summarize
 
     size = COPY_BYTES[device.type]
     say(f"memory: timing {size >> 20} MiB copies on {device}, at least {MIN_TIME_S:g} s")

@@ -156,9 +156,12 @@ def torch_env() -> dict[str, Any]:
 
 
 def device_name(device: Any) -> str:
+    """A device's name as rows record it: the GPU's, else the CPU model."""
     import torch
 
-    device = torch.device(device)
+    from hubbench.measure.device import torch_device
+
+    device = torch_device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return cpu_model()

@@ -1,4 +1,4 @@
-"""FLOPs per step from torch's FlopCounterMode, and the peak FLOP/s that MFU divides by.
+"""FLOPs per step from torch's FlopCounterMode (the peak they are divided by: measure.peaks).
 
 What the counter counts (torch 2.13, checked): matmul-class ops only (mm, bmm, addmm, baddbmm,
 convolutions, the CUDA SDPA kernels, flex attention), 2 FLOPs per multiply-add, forward and
@@ -21,34 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-# Dense peak FLOP/s per (GPU, dtype), from NVIDIA's data sheets (no 2:4 sparsity). fp32 is the
-# non-tensor-core rate: PyTorch does not use TF32 for matmuls unless asked to.
-PEAK_TABLE: dict[str, dict[str, float]] = {
-    "H100 SXM": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
-    "H100 PCIe": {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12},
-    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12},
-    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12},
-    "L4": {"bf16": 121e12, "fp16": 121e12, "fp32": 30.3e12},
-    "A10": {"bf16": 125e12, "fp16": 125e12, "fp32": 31.2e12},
-}
-
 _registered = False
-
-
-def table_entry(device_name: str) -> str | None:
-    """The PEAK_TABLE key for a CUDA device name ('NVIDIA H100 80GB HBM3' -> 'H100 SXM')."""
-    name = device_name.upper()
-    if "H200" in name:
-        return "H200"
-    if "H100" in name:
-        return "H100 PCIe" if "PCIE" in name else "H100 SXM"
-    if "A100" in name:
-        return "A100"
-    if "L4" in name.split() or name.endswith(" L4"):
-        return "L4"
-    if "A10" in name.split() or "A10G" in name:
-        return "A10"
-    return None
 
 
 def register_formulas() -> None:
@@ -109,22 +82,6 @@ def count_flops(fn: Callable[[], None]) -> float:
     with counter:
         fn()
     return float(counter.get_total_flops())
-
-
-def peak_flops(
-    device_kind: str, device_name: str, dtype: str, calibration: dict[str, Any] | None = None
-) -> tuple[float | None, str | None]:
-    """(peak FLOP/s, where it came from): the GPU table first, then a calibrated matmul rate."""
-    if device_kind == "cuda":
-        key = table_entry(device_name)
-        if key is not None and dtype in PEAK_TABLE[key]:
-            return PEAK_TABLE[key][dtype], f"table: {key} {dtype} dense"
-    from hubbench.measure.calibration import source
-
-    entry = (calibration or {}).get(dtype)
-    if entry:
-        return float(entry["flops_per_s"]), source(entry)
-    return None, None
 
 
 def prime() -> None:

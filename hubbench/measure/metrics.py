@@ -22,10 +22,6 @@ from hubbench import schema
 from hubbench.measure.roofline import speed_of_light
 from hubbench.stats import summarize
 
-# backend column -> the key the model reports it under (LanguageModel.backends)
-BACKEND_COLUMNS = {"backend_attention": "attention", "backend_mamba": "mamba",
-                   "backend_hub": "hubrouter"}  # fmt: skip
-
 
 @dataclass
 class RoundResult:
@@ -93,7 +89,7 @@ def measurement_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, 
     values = {
         **{
             col: _joined([r.backends.get(key) for r in rounds])
-            for col, key in BACKEND_COLUMNS.items()
+            for col, key in schema.BACKEND_COLUMNS.items()
         },
         "time_median_s": s.median,
         "time_min_s": s.min,

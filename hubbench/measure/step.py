@@ -14,8 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from hubbench.errors import ConfigError, UnavailableError
-from hubbench.plan.fields import DEVICE_PATTERN, DTYPES, INFERENCE_MODES, MODES
+from hubbench.errors import ConfigError
+from hubbench.measure.device import torch_device
+from hubbench.plan.fields import DTYPES, INFERENCE_MODES, MODES
 
 TORCH_DTYPES = dict(zip(DTYPES, (torch.float32, torch.bfloat16, torch.float16), strict=True))
 
@@ -33,21 +34,6 @@ class Step:
     per_call: int = 1  # tokens per sequence one call of `fn` generates (decode); else 1
     # bytes of the state or cache per sequence after a prompt of `seq` (prefill, decode)
     state_bytes: Callable[[], int] | None = None
-
-
-def torch_device(name: str) -> torch.device:
-    """'cpu', 'cuda' or 'cuda:N' as a torch device; a missing GPU is an UnavailableError."""
-    if not DEVICE_PATTERN.fullmatch(name):
-        raise ConfigError(f"unknown device {name!r}; valid: cpu, cuda, cuda:N")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UnavailableError(f"device {name!r} requested but CUDA is not available here")
-        index = int(name.partition(":")[2] or 0)
-        if index >= torch.cuda.device_count():
-            raise UnavailableError(
-                f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) exist"
-            )
-    return torch.device(name)
 
 
 def autocast_for(device: torch.device, dtype: torch.dtype) -> Callable[[], Any]:
@@ -107,7 +93,7 @@ def build_step(
         raise ConfigError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
     if batch < 1 or seq < 1:
         raise ConfigError(f"batch and seq must be >= 1 (got batch={batch}, seq={seq})")
-    device = torch_device(device) if isinstance(device, str) else device
+    device = torch_device(device)
     model = model.to(device)
     config = getattr(model, "config", None)
     vocab = getattr(config, "vocab", 256)

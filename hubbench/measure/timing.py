@@ -1,4 +1,5 @@
-"""The project's only timing code: warm-up, timed repeats, statistics, memory, FLOP counting.
+"""The project's only timing code: warm-up, timed repeats, memory, FLOP counting (statistics:
+hubbench.stats).
 
 Timing. Each sample is one call of the step, from launch to completion; steps never overlap.
 CPU: `time.perf_counter` around the call. CUDA: a pair of CUDA events around the call and a
@@ -32,25 +33,16 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from hubbench.stats import Stats, median, summarize
 
 MAX_REPEATS = 10_000  # a ceiling for min_time_s on very fast steps
 SETTLE_WINDOW = 3  # warm-up steps per window of the stability rule
 SETTLE_TOLERANCE = 0.05  # consecutive window medians this close: step times have settled
 SENTINEL_SIZE, SENTINEL_CALLS = 192, 100  # about 10 ms of fp32 matmuls on one CPU thread
-
-
-@dataclass
-class Stats:
-    median: float
-    min: float
-    p10: float
-    p90: float
-    mean: float
-    std: float  # sample standard deviation (ddof 1); 0 for one sample
-    count: int
 
 
 @dataclass
@@ -73,30 +65,29 @@ class Measurement:
         return self.tokens / self.stats.median
 
 
-def summarize(samples: list[float]) -> Stats:
-    if not samples:
-        raise ValueError("no samples to summarise")
-    ordered = sorted(samples)
-    n = len(ordered)
-    mean = sum(ordered) / n
-    var = sum((x - mean) ** 2 for x in ordered) / (n - 1) if n > 1 else 0.0
-    return Stats(
-        median=_quantile(ordered, 0.5),
-        min=ordered[0],
-        p10=_quantile(ordered, 0.1),
-        p90=_quantile(ordered, 0.9),
-        mean=mean,
-        std=math.sqrt(var),
-        count=n,
-    )
+def alone(value: int) -> int:
+    """One process agrees with itself."""
+    return value
 
 
-def _quantile(ordered: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    pos = q * (len(ordered) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+def gathered(value: Any) -> list[Any]:
+    """One process's values, gathered: its own."""
+    return [value]
+
+
+@dataclass(frozen=True)
+class Group:
+    """The processes that time one step together: torchrun's ranks (hubbench.measure.ranks), or
+    one process alone (ALONE). Every decision of the loops below is `agree`d, so all of them take
+    the same steps (collectives need it); `gather` collects a value from each, in rank order."""
+
+    rank: int = 0
+    world: int = 1
+    agree: Callable[[int], int] = alone  # rank 0's value on every rank
+    gather: Callable[[Any], list[Any]] = gathered
+
+
+ALONE = Group()
 
 
 def time_calls(
@@ -105,15 +96,23 @@ def time_calls(
     device: Any = None,
     repeats: int = 5,
     min_time_s: float = 0.0,
+    agree: Callable[[int], int] = alone,
 ) -> list[float]:
-    """Seconds per call of `fn`: `repeats` calls, more while their sum is under `min_time_s`."""
+    """Seconds per call of `fn`: `repeats` calls, more while their sum is under `min_time_s`
+    (`agree`d after each call past `repeats`: Group)."""
     cuda = device is not None and getattr(device, "type", str(device)).startswith("cuda")
     samples: list[float] = []
+
+    def more() -> bool:
+        if len(samples) < repeats:
+            return True
+        return bool(agree(int(sum(samples) < min_time_s and len(samples) < MAX_REPEATS)))
+
     if cuda:
         import torch
 
         torch.cuda.synchronize(device)
-        while len(samples) < repeats or (sum(samples) < min_time_s and len(samples) < MAX_REPEATS):
+        while more():
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             start.record()
@@ -123,7 +122,7 @@ def time_calls(
             samples.append(start.elapsed_time(end) / 1e3)
         return samples
     clock = time.perf_counter
-    while len(samples) < repeats or (sum(samples) < min_time_s and len(samples) < MAX_REPEATS):
+    while more():
         t0 = clock()
         fn()
         samples.append(clock() - t0)
@@ -142,14 +141,21 @@ def settled(times: list[float]) -> bool:
     w = SETTLE_WINDOW
     if len(times) < 2 * w:
         return False
-    last, before = _median(times[-w:]), _median(times[-2 * w : -w])
+    last, before = median(times[-w:]), median(times[-2 * w : -w])
     return abs(last / before - 1) <= SETTLE_TOLERANCE
 
 
 def warm_up(
-    run: Callable[[], Any], *, steps: int, min_s: float, max_s: float, done: int = 0
+    run: Callable[[], Any],
+    *,
+    steps: int,
+    min_s: float,
+    max_s: float,
+    done: int = 0,
+    agree: Callable[[int], int] = alone,
 ) -> Warmup:
-    """Call `run` (one synced step) until the rule of the module docstring says it is warm.
+    """Call `run` (one synced step) until the rule of the module docstring says it is warm
+    (`agree`d after each step past `steps`: Group).
 
     `done` steps already ran (the FLOP-counting one); they count towards `steps`, not towards
     the stability windows, since counting slows a step.
@@ -160,7 +166,8 @@ def warm_up(
     while True:
         elapsed = time.perf_counter() - start
         steady = max_s <= 0 or settled(times)  # max_s = 0: exactly `steps` steps, no rule
-        if count >= steps and (elapsed >= max_s or (elapsed >= min_s and steady)):
+        warm = elapsed >= max_s or (elapsed >= min_s and steady)
+        if count >= steps and agree(int(warm)):
             return Warmup(count, elapsed, capped=not steady)
         t0 = time.perf_counter()
         run()
@@ -187,10 +194,13 @@ def measure_step(
     min_time_s: float = 0.0,
     count: bool = True,
     mem_baseline: int | None = None,
+    group: Group = ALONE,
 ) -> Measurement:
     """Warm up (counting FLOPs on the first step), then time `step.fn`; see the module doc.
 
-    With warmup_min_s = warmup_max_s = 0 the warm-up is exactly `warmup` steps.
+    With warmup_min_s = warmup_max_s = 0 the warm-up is exactly `warmup` steps. A `group` of
+    processes (torchrun's ranks) takes the same steps, as rank 0 decides; each timed step's time
+    is the slowest process's, the peak memory the largest; the rest is this process's.
     """
     from hubbench.measure.flops import count_flops
 
@@ -198,22 +208,24 @@ def measure_step(
     start = time.perf_counter()
     if count:
         flops = count_flops(_synced(step))
-    warm = warm_up(
-        _synced(step), steps=warmup, min_s=warmup_min_s, max_s=warmup_max_s, done=int(count)
-    )
+    warm = warm_up(_synced(step), steps=warmup, min_s=warmup_min_s, max_s=warmup_max_s,
+                   done=int(count), agree=group.agree)  # fmt: skip
     warmup_s = time.perf_counter() - start
     model = step.model
     backends = dict(model.backends()) if hasattr(model, "backends") else {}
 
     memory = PeakMemory(step.device, mem_baseline)
     with memory:
-        samples = time_calls(step.fn, device=step.device, repeats=repeats, min_time_s=min_time_s)
+        samples = time_calls(step.fn, device=step.device, repeats=repeats, min_time_s=min_time_s,
+                             agree=group.agree)  # fmt: skip
+    every = group.gather((samples, memory.peak, memory.reserved))
+    samples = [max(times) for times in zip(*(e[0] for e in every), strict=True)]
     return Measurement(
         samples=samples,
         stats=summarize(samples),
         tokens=step.tokens,
-        peak_mem_bytes=memory.peak,
-        peak_mem_reserved_bytes=memory.reserved,
+        peak_mem_bytes=_largest(e[1] for e in every),
+        peak_mem_reserved_bytes=_largest(e[2] for e in every),
         mem_kind=memory.kind,
         mem_baseline_bytes=memory.baseline,
         flops_per_step=flops,
@@ -244,8 +256,9 @@ def sentinel_s() -> float:
     return best
 
 
-def _median(values: list[float]) -> float:
-    return _quantile(sorted(values), 0.5)
+def _largest(values: Iterable[int | None]) -> int | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
 
 
 def _synced(step: Any) -> Callable[[], None]:

@@ -88,7 +88,7 @@ OVER_PEAK = ">100%!"  # an MFU or speed-of-light fraction over 1: the peak is wr
 def efficiency(value: float | None) -> str:
     """MFU or a fraction of the speed of light: '25.3%', or OVER_PEAK above 100%, which no
     cell can reach: the peak it divides by is too low (peak_note says which, and what to do)."""
-    from hubbench.measure.roofline import beyond_peak
+    from hubbench.report.peaks import beyond_peak
 
     if not _missing(value) and beyond_peak(float(value)):  # type: ignore[arg-type]
         return OVER_PEAK
@@ -101,7 +101,7 @@ def peak_note(
 ) -> str | None:
     """The caption line for rows whose MFU or speed-of-light fraction is over 100%, naming the
     peaks (source and date) that are too low; None when no row has one."""
-    from hubbench.measure.roofline import too_low_peaks
+    from hubbench.report.peaks import too_low_peaks
 
     sources = list(dict.fromkeys(s for r in rows for s in too_low_peaks(r)))
     if not sources:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
-from hubbench.measure.roofline import too_low_peaks
 from hubbench.report import format as fmt
 from hubbench.report.fits import Crossover, crossover
 from hubbench.report.format import fmt_seq
+from hubbench.report.peaks import too_low_peaks
 from hubbench.report.ratios import metric_ratio
 from hubbench.stats import RatioCI
 

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
 from hubbench.errors import HubbenchError
-from hubbench.measure.metrics import BACKEND_COLUMNS
-from hubbench.measure.roofline import beyond_peak
 from hubbench.plan.variants import display_order
 from hubbench.report import format as fmt
 from hubbench.report.format import fmt_seq
 from hubbench.report.load import labeller, norm_value, run_label
+from hubbench.report.peaks import beyond_peak
 from hubbench.report.runtable import QUALITY_HEADERS, quality_cells
+from hubbench.schema import BACKEND_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd

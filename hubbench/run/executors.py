@@ -91,8 +91,8 @@ def run_job(job: JobSpec) -> dict[str, Any]:
     to the others); the others follow (hubbench.measure.ranks).
     """
     from hubbench import store
-    from hubbench.measure.ranks import follow, leading
     from hubbench.plan.cell import Cell
+    from hubbench.run.nodes import follow, leading
     from hubbench.run.runner import _restore, _resumed, _stop_on_signals, measure_states
 
     job_id, task, tasks = _job_task()

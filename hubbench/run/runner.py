@@ -32,15 +32,14 @@ from typing import Any
 
 from hubbench import schema, store
 from hubbench.errors import ConfigError, HubbenchError
-from hubbench.measure.cell import MESSAGE_CHARS
 from hubbench.measure.env import TORCH_ENV_KEYS, host_env, utc_now
 from hubbench.measure.metrics import (
-    BACKEND_COLUMNS,
     RoundResult,
     measurement_columns,
     quality_columns,
     weak_scaling,
 )
+from hubbench.measure.outcome import MESSAGE_CHARS
 from hubbench.plan.cell import Cell
 from hubbench.plan.suite import Plan
 from hubbench.run.eta import Eta, Progress
@@ -52,6 +51,7 @@ from hubbench.run.worker import (
     WorkerDied,
     WorkerTimeout,
 )
+from hubbench.schema import BACKEND_COLUMNS
 
 PARTIAL = "partial"  # the status of a cell with rounds still to come
 

@@ -1,22 +1,14 @@
-"""The measuring worker process and the protocol the runner speaks with it.
+"""The parent's handle on a measuring worker process (hubbench.measure.entry).
 
-`python -m hubbench.run.worker BUILDER` imports torch once and then measures cell rounds sent
-to it as
-JSON lines on stdin, answering one JSON line each ({"outcome": ..., "round": ...}) on a
-private copy of stdout; stray prints go to its stderr, kept in a temp file for error messages.
-The worker runs in its own session, so Ctrl-C reaches only the runner, which kills it.
-
-BUILDER is 'package.module:function' or 'path/to/file.py:function', called as
-`build(variant, config)` with the cell's validated config; tests plant faults and slowdowns
-through it, so nothing test-only sits in the measured code.
+The runner starts `python -m hubbench.measure.entry BUILDER`, sends it one cell round at a time
+as a JSON line on its stdin and reads one JSON line back per round; the worker's stderr is kept
+in a temp file for error messages. The worker runs in its own session, so Ctrl-C reaches only the
+runner, which kills it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
-import importlib
-import importlib.util
 import json
 import os
 import select
@@ -25,14 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from hubbench.measure.cell import MESSAGE_CHARS
+from hubbench.measure.outcome import MESSAGE_CHARS
+from hubbench.measure.process import DEFAULT_BUILDER
 from hubbench.plan.cell import Cell
 
-DEFAULT_BUILDER = "hubbench.models:build"
 STARTUP_TIMEOUT_S = 120.0
 
 
@@ -56,7 +46,7 @@ class Worker:
 
     def start(self, timeout: float = STARTUP_TIMEOUT_S) -> Worker:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hubbench.run.worker", self.builder],
+            [sys.executable, "-m", "hubbench.measure.entry", self.builder],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -143,68 +133,3 @@ class Worker:
                 pipe.close()
         self._stderr.close()
         self.proc = None
-
-
-# ----------------------------------------------------------------------------- worker side
-
-
-def load_builder(spec: str) -> Callable[..., Any]:
-    """'package.module:function' or 'path/to/file.py:function'."""
-    module_name, _, attr = spec.rpartition(":")
-    if module_name.endswith(".py"):
-        loader = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
-        if loader is None or loader.loader is None:
-            raise ImportError(f"cannot load builder file {module_name}")
-        module = importlib.util.module_from_spec(loader)
-        loader.loader.exec_module(module)
-    else:
-        module = importlib.import_module(module_name)
-    return getattr(module, attr)
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when its parent dies, however the parent dies
-    (SIGKILL included), so a killed `hubbench run` never leaves a worker spinning on a cell."""
-    import ctypes
-    import ctypes.util
-
-    pr_set_pdeathsig = 1
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the runner still kills its worker on exit
-        return
-    if os.getppid() == 1:  # the parent died before the request took effect
-        os._exit(1)
-
-
-def worker_main(builder: str) -> None:
-    die_with_parent()
-    # Protocol on a private copy of stdout; anything else printed lands in the stderr log.
-    proto = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    from hubbench.measure.cell import execute_cell
-    from hubbench.measure.env import torch_env
-    from hubbench.measure.flops import prime
-
-    build = load_builder(builder)
-    prime()
-    # Everything alive now lives as long as the worker; freezing it keeps the per-cell
-    # gc.collect() (which frees the previous cell's autograd cycles) at milliseconds.
-    gc.collect()
-    gc.freeze()
-    proto.write(json.dumps({"ready": True, "env": torch_env()}) + "\n")
-    for line in sys.stdin:
-        message = json.loads(line)
-        if message.get("op") == "exit":
-            break
-        cell = Cell.from_json(message["cell"])
-        answer = execute_cell(cell, build, count_flops=message["count_flops"], builder=builder)
-        proto.write(json.dumps(answer) + "\n")
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 2:
-        worker_main(sys.argv[1])
-    else:
-        sys.exit("usage: python -m hubbench.run.worker MODULE:FUNCTION")

@@ -15,6 +15,7 @@ from hubbench.measure import calibration as cal
 from hubbench.measure.cell import execute_cell
 from hubbench.measure.env import host_env, torch_env
 from hubbench.measure.metrics import RoundResult
+from hubbench.measure.process import load_builder
 from hubbench.plan.cell import Cell
 from hubbench.plan.runfields import Measure
 from hubbench.plan.variants import make_config
@@ -24,7 +25,6 @@ from hubbench.report.html import build_html
 from hubbench.report.plots import render
 from hubbench.report.runtable import run_table
 from hubbench.run.runner import CellState, make_row
-from hubbench.run.worker import load_builder
 
 BUILDER = f"{Path(__file__).resolve().parent.parent / 'builders.py'}:build_tiny"
 LOADED = "2026-01-02T03:04:05Z"  # the date the stale calibration carries
