@@ -149,7 +149,7 @@ def seed_table(rows: Sequence[Mapping[str, Any]]) -> RunTable | None:
     `seed`): the score's mean and its 95% t-interval (min-max from two seeds), the seeds that
     converged, the router's mean precision beside a random selection's, the mean training tok/s
     and the causal checks. None unless some config has two or more seeds."""
-    from hubbench.report.quality_figures import pool_seeds, quality_metric
+    from hubbench.report.seeds import pool_seeds, quality_metric
     from hubbench.stats import mean_interval
 
     rows = [{k: norm_value(v) for k, v in r.items()} for r in rows]

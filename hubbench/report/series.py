@@ -130,7 +130,7 @@ def build_series(df: pd.DataFrame) -> list[Series]:
     for _, g in df.groupby(keys, sort=False):
         first = g.iloc[0]
         variant = str(first["variant"])
-        rank = (display_order(variant), variant, *(_sortable(first[f]) for f in fields))
+        rank = (display_order(variant), variant, *(sortable(first[f]) for f in fields))
         found.append((rank, first, g))
     found.sort(key=lambda t: t[0])
     # siblings: series sharing a variant's base style (hub-gpt at M = 4, 8, 16 ...)
@@ -164,7 +164,7 @@ def _base(variant: str, attention: str | None) -> tuple[str, str | None]:
     return (variant, None if is_router(variant) else family(attention))
 
 
-def _sortable(value: Any) -> tuple[int, Any]:
+def sortable(value: Any) -> tuple[int, Any]:
     """Numbers before strings, numerically (M=4 before M=16); nulls first."""
     v = norm_value(value)
     if v is None:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 from synthetic_runs import cell, make_run
 
-from hubbench.report.heatmap import TIE_TEXT
 from hubbench.report.load import check_schema
 from hubbench.report.plots import render
+from hubbench.report.plots.heatmap import TIE_TEXT
 
 HUBS, TOPK = (4, 8, 16), (32, 40, 128)  # k=128 costs twice the others: a real difference
 

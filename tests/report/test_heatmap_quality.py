@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from synthetic_runs import cell, make_run
 
-from hubbench.report.heatmap import heat_groups
 from hubbench.report.load import check_schema
 from hubbench.report.plots import plot_run, render
+from hubbench.report.plots.heatmap import heat_groups
 from hubbench.report.series import facets
 
 HUBS, TOPK, SEQS, SEEDS = (4, 8, 16), (4, 8), (64, 128), (0, 1, 2)

@@ -16,8 +16,8 @@ from hubbench.errors import ReportError
 from hubbench.report.fits import crossover
 from hubbench.report.load import check_schema
 from hubbench.report.plots import plot_run, render
+from hubbench.report.plots.ticks import nice_ticks
 from hubbench.report.series import build_series
-from hubbench.report.ticks import nice_ticks
 
 MULTI = (512, 2048, 8192, 32768)
 SINGLE = (1024,)

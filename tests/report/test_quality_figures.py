@@ -7,7 +7,7 @@ from synthetic_runs import cell, make_run
 
 from hubbench.report.load import check_schema
 from hubbench.report.plots import render, supported
-from hubbench.report.quality_figures import configs, pareto_front
+from hubbench.report.seeds import configs, pareto_front
 
 CURVE = [float(u) for u in range(50, 1001, 50)]
 

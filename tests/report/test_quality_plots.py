@@ -7,14 +7,10 @@ from synthetic_runs import cell, make_run
 
 from hubbench.report.load import check_schema
 from hubbench.report.plots import render, supported
-from hubbench.report.quality_plots import (
-    converged_counts,
-    front_of,
-    grid_facets,
-    lines,
-    pool,
-    quality_rows,
-)
+from hubbench.report.plots.convergence import converged_counts
+from hubbench.report.plots.pareto import front_of
+from hubbench.report.plots.quality import lines, pool, quality_rows
+from hubbench.report.plots.recall import grid_facets
 
 CURVE = [float(u) for u in range(50, 1001, 50)]
 GRID = ((64, 4), (64, 8), (128, 8))

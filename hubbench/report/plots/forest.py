@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hubbench.report import style
-from hubbench.report.figure import BOTTOM, TOP, new_figure
-from hubbench.report.ticks import log_axis
+from hubbench.report.plots.figure import BOTTOM, TOP, new_figure
+from hubbench.report.plots.ticks import log_axis
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -34,11 +34,12 @@ from hubbench import schema
 from hubbench.plan.variants import is_router
 from hubbench.report import format as fmt
 from hubbench.report import style
-from hubbench.report.figure import Figured, context, new_figure, title
 from hubbench.report.format import fmt_seq
 from hubbench.report.load import cell_keys, fmt_value, norm_value, records
-from hubbench.report.quality_figures import quality_metric
+from hubbench.report.plots.figure import Figured, context, new_figure, title
+from hubbench.report.plots.registry import Kind, register
 from hubbench.report.ratios import metric_ratio
+from hubbench.report.seeds import quality_metric
 from hubbench.report.series import SYMBOLS, Facet, series_fields
 
 if TYPE_CHECKING:
@@ -461,3 +462,14 @@ def _annotate(ax: Axes, mat: Any, marks: dict[tuple[int, int], tuple[str, str]],
 
 def _values(mat: Any) -> list[tuple[tuple[int, int], float]]:
     return [((i, j), float(mat[i, j])) for i in range(mat.shape[0]) for j in range(mat.shape[1])]
+
+
+def has_heatmap(df: pd.DataFrame) -> bool:
+    return bool(heat_groups(df))
+
+
+register(Kind(
+    "heatmap", heatmaps, has_heatmap,
+    hint="heatmap needs several hubs x topk values: run `hubbench run hubs`",
+    lacks="no hubs × topk grid",
+))  # fmt: skip

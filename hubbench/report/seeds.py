@@ -1,5 +1,6 @@
-"""What the quality figures (quality_plots.py) share: configs pooled over seeds, the Pareto
-front, each task's headline metric (the mean and interval over seeds: hubbench.stats).
+"""Quality rows pooled over seeds, for the tables and the figures (hubbench.report.plots.pareto,
+curves, heatmap): configs, each task's headline metric, the Pareto front (the mean and interval
+over seeds: hubbench.stats).
 
 A config is a facet's rows that agree on every series field but `seed`. The Pareto front joins
 the configs that no other config beats on both throughput and quality; a config whose trained
@@ -31,10 +32,11 @@ class Config:
 
     @property
     def leaks(self) -> bool:
-        return any(_leaks(r) for r in self.rows)
+        return any(leaking(r) for r in self.rows)
 
 
-def _leaks(row: dict[str, Any]) -> bool:
+def leaking(row: dict[str, Any]) -> bool:
+    """Whether a quality row's trained model failed the causality checks or is not causal."""
     check = str(row.get("causal_check") or "")
     return check.startswith("fail") or check == "not causal"
 
@@ -86,22 +88,3 @@ def pareto_front(points: Sequence[tuple[float, float]], higher: bool) -> list[in
         if not beaten:
             front.append(i)
     return sorted(front, key=lambda i: points[i][0])
-
-
-def has_pareto(df: pd.DataFrame) -> bool:
-    return any(c.rows for c in configs(df))
-
-
-def has_curves(df: pd.DataFrame) -> bool:
-    return any(len(_list(r.get("curve_updates"))) for c in configs(df) for r in c.rows)
-
-
-def _list(value: Any) -> list[float]:
-    return [] if value is None else [float(v) for v in value]
-
-
-def _first(df: pd.DataFrame, name: str) -> Any:
-    if name not in df.columns:
-        return None
-    values = [norm_value(v) for v in df[name]]
-    return next((v for v in values if v is not None), None)

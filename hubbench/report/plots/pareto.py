@@ -1,0 +1,134 @@
+"""pareto: held-out quality against training throughput, one point per config (its seeds
+pooled), and the front of the configs no other beats on both; a config that leaks stays off it."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from hubbench.report import style
+from hubbench.report.plots.figure import Figured, context, legend, line_axes, new_figure, title
+from hubbench.report.plots.quality import (
+    facet_task,
+    gap_note,
+    hows,
+    lines,
+    percent,
+    pool,
+    quality_rows,
+    seq_facets,
+    unmeasured,
+    with_setup,
+)
+from hubbench.report.plots.registry import Kind, register
+from hubbench.report.plots.ticks import log_axis
+from hubbench.report.seeds import configs, pareto_front, quality_metric
+from hubbench.report.series import Facet
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def front_of(
+    points: Sequence[tuple[float, float]], leaks: Sequence[bool], higher: bool
+) -> list[int]:
+    """Indices (into points) of the Pareto front of the points that do not leak, sorted by x:
+    a model that is not causal can look better than any valid one, so it never joins."""
+    valid = [i for i, leak in enumerate(leaks) if not leak]
+    return [valid[j] for j in pareto_front([points[i] for i in valid], higher)]
+
+
+def pareto(facet: Facet) -> Figured:
+    task = facet_task(facet)
+    column, label, higher = quality_metric(task)
+    rows = quality_rows(facet.df)
+    found = lines(rows, ())
+    fig = new_figure()
+    ax = line_axes(fig)
+    points, leaks, drawn, pooled, gaps, xs_all = [], [], [], [], [], []
+    for line in found:
+        got = pool(r.get(column) for r in line.ok)
+        gaps += unmeasured(line, line.rows, 0, "")[1]
+        hollow = line.leaks
+        name = f"{line.label} (leaks)" if hollow else line.label
+        speed = [float(r["tokens_per_s"]) for r in line.ok if r.get("tokens_per_s") is not None]
+        if got is None or not speed:
+            ax.plot([], [], label=name + " (no ok cells)", linestyle="none",
+                    marker=line.style.marker, color=line.style.color)  # fmt: skip
+            continue
+        x = statistics.median(speed)
+        lo = min(float(r.get("tokens_per_s_p10") or r["tokens_per_s"]) for r in line.ok)
+        hi = max(float(r.get("tokens_per_s_p90") or r["tokens_per_s"]) for r in line.ok)
+        y_lo, y_hi = (max(got.low, 0.0), min(got.high, 1.0)) if higher else (got.low, got.high)
+        ax.errorbar(x, got.mean, xerr=[[x - lo], [hi - x]],
+                    yerr=[[got.mean - y_lo], [y_hi - got.mean]], color=line.style.color,
+                    marker=line.style.marker, markersize=7, linestyle="none", capsize=3,
+                    elinewidth=0.9, markerfacecolor="white" if hollow else line.style.color,
+                    label=name)  # fmt: skip
+        points.append((x, got.mean))
+        leaks.append(hollow)
+        drawn.append(line)
+        pooled.append(got)
+        xs_all += [lo, hi]
+    front = front_of(points, leaks, higher)
+    if len(front) > 1:
+        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="#777777",
+                linewidth=1, zorder=0, label="Pareto front")  # fmt: skip
+    base = next((r["baseline_quality"] for r in rows if r.get("baseline_quality") is not None),
+                None)  # fmt: skip
+    if base is not None:
+        ax.axhline(float(base), color="#999999", linestyle="--", linewidth=1,
+                   label="chance" if higher else "unigram model")  # fmt: skip
+    log_axis(ax, xs_all, style.si_formatter(), axis="x")
+    ax.set_xlabel("training throughput (tokens/s)")
+    ax.set_ylabel(label)
+    if higher:
+        ax.yaxis.set_major_formatter(percent())
+    title(fig, f"Quality against training speed: {task}", facet)
+    legend(ax)
+    how = hows(pooled)
+    seeds = max((p.n for p in pooled), default=0)
+    what = "accuracy" if higher else "bits per byte"
+    floor = "chance" if higher else "the unigram model (bits per byte of the byte frequencies)"
+    first = (
+        f"One point per config, its seeds pooled (up to {seeds}): x the median training tokens/s "
+        f"(bars: lowest p10 to highest p90 of its updates), y the mean held-out {what} (bars: "
+        f"{how})."
+    )
+    if len(front) > 1:
+        first += " Grey line: the Pareto front, the configs no other beats on both axes."
+    if base is not None:
+        first += f" Dashed: {floor}."
+    notes = [first, *gap_note(gaps, "not drawn")]
+    if any(leaks):
+        notes.append("Hollow, (leaks): the trained model failed the causality checks or is "
+                     "not causal; its quality is not a valid result, and it stays off the "
+                     "front.")  # fmt: skip
+    said = [f"the mean over its seeds with {how} as error bars"]  # only what is drawn
+    if len(front) > 1:
+        said.append("the grey line joins the configs no other config beats on both")
+    if any(leaks):
+        said.append("hollow points (not causal) stay off it" if len(front) > 1 else
+                    "hollow points are not causal")  # fmt: skip
+    if base is not None:
+        said.append(f"the dashed line is {'chance' if higher else 'the unigram model'}")
+    caption = (
+        f"Held-out {what} against training throughput, {context(facet)}: one point per config, "
+        + "; ".join(said)
+        + "."
+    )
+    return Figured(fig, task, notes, caption)
+
+
+def has_pareto(df: pd.DataFrame) -> bool:
+    return any(c.rows for c in configs(df))
+
+
+register(Kind(
+    "pareto", with_setup(pareto), has_pareto,
+    hint="pareto needs ok quality cells: run `hubbench run quality`",
+    lacks="no ok quality cells",
+    modes=frozenset({"quality"}),
+    split=seq_facets,
+))  # fmt: skip
