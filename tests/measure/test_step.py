@@ -1,9 +1,10 @@
+"""The one step function per mode: what a call runs, its tokens, the state it leaves."""
+
 import pytest
 import torch
 
 from hubbench import models
-from hubbench.errors import ConfigError, UnavailableError
-from hubbench.measure.device import torch_device
+from hubbench.errors import ConfigError
 from hubbench.measure.step import build_step
 
 
@@ -47,18 +48,6 @@ def test_bad_mode_and_shape() -> None:
         build_step(_model(), "generate", batch=1, seq=8)
     with pytest.raises(ConfigError, match="seq must be >= 1"):
         build_step(_model(), "fwd", batch=1, seq=0)
-
-
-def test_devices() -> None:
-    assert torch_device("cpu").type == "cpu"
-    with pytest.raises(ConfigError, match="unknown device 'tpu'"):
-        torch_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(UnavailableError, match="CUDA is not available"):
-            torch_device("cuda")
-    else:
-        with pytest.raises(UnavailableError, match="GPU"):
-            torch_device(f"cuda:{torch.cuda.device_count()}")
 
 
 def test_prefill_step_builds_the_state_and_counts_the_prompt() -> None:

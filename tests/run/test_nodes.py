@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 from builders import FAULT_ENV, faults
-from test_distributed import BUILDER, cell
+from torchrun_cells import BUILDER, cell
 
 from hubbench import store
 from hubbench.errors import ConfigError
@@ -26,8 +26,10 @@ from hubbench.measure.outcome import RankFailure
 from hubbench.plan.executor import ExecutorSpec
 from hubbench.plan.suite import Plan
 from hubbench.run import nodes
-from hubbench.run.executors import jobs_folder, shard
-from hubbench.run.runner import CellState, run_plan
+from hubbench.run.jobs import shard
+from hubbench.run.parts import jobs_folder
+from hubbench.run.rows import CellState
+from hubbench.run.runner import run_plan
 
 
 def nodes_cell(index: int, nnodes: int, seq: int = 32, **measure):
@@ -140,7 +142,7 @@ def test_a_slurm_job_of_two_node_cells_asks_for_two_nodes_of_one_task(
     executor refuses to exist where `srun` is not on PATH, and that check alone is faked."""
     from submitit.slurm import slurm
 
-    from hubbench.run.executors import _executor
+    from hubbench.run.jobs import submitit_executor as _executor
 
     monkeypatch.setattr(slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 2))
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 from builders import FAULT_ENV, faults
+from torchrun_cells import BUILDER, cell
 
 from hubbench import store
 from hubbench.errors import SuiteError
@@ -16,30 +17,7 @@ from hubbench.measure.launch import first_error
 from hubbench.measure.metrics import weak_scaling
 from hubbench.measure.process import load_builder
 from hubbench.plan import Plan, expand, load_suite, parse_overrides
-from hubbench.plan.cell import Cell
-from hubbench.plan.runfields import Measure
-from hubbench.plan.variants import make_config
 from hubbench.run.runner import run_plan
-
-BUILDER = f"{Path(__file__).with_name('builders.py')}:build_tiny"
-
-
-def cell(index: int = 0, nproc: int = 2, mode: str = "fwd_bwd", **measure) -> Cell:
-    settings = {"warmup": 1, "warmup_min_s": 0.0, "warmup_max_s": 0.0, "repeats": 3,
-                "rounds": 1, "timeout_s": 120.0, **measure}  # fmt: skip
-    return Cell(
-        index=index,
-        variant="transformer",
-        mode=mode,
-        device="cpu",
-        batch=2,
-        seq=32,
-        compile=False,
-        threads=1,
-        config=make_config("transformer", vocab=32, d_model=16, n_heads=2, n_layers=1),
-        measure=Measure(**settings),
-        nproc=nproc,
-    )
 
 
 def test_first_error_finds_the_line_that_says_why() -> None:

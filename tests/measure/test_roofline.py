@@ -1,11 +1,10 @@
-"""The speed of light: the byte floor per mode, the bound that wins, the bandwidth's source."""
+"""The speed of light: the byte floor per mode, the bound that wins, the row's columns."""
 
 from __future__ import annotations
 
 import pytest
 
 from hubbench.measure.metrics import RoundResult, measurement_columns
-from hubbench.measure.peaks import peak_bandwidth
 from hubbench.measure.roofline import bytes_floor, speed_of_light
 
 
@@ -32,15 +31,6 @@ def test_the_larger_bound_sets_the_speed_of_light() -> None:
     assert bare is not None and bare.basis == "compute (no bandwidth)"
     assert speed_of_light(None, None, None, None) is None
     assert speed_of_light(2e12, None, None, 1e11) is None  # no peak, no bytes: nothing
-
-
-def test_bandwidth_from_the_gpu_table_or_the_calibration() -> None:
-    assert peak_bandwidth("cuda", "NVIDIA H200", None) == (4.8e12, "table: H200 HBM")
-    assert peak_bandwidth("cuda", "NVIDIA H100 80GB HBM3", None)[0] == 3.35e12
-    assert peak_bandwidth("cpu", "AMD EPYC", None) == (None, None)
-    cal = {"memory": {"bytes_per_s": 2e10, "what": "copies", "utc_time": "t"}}
-    value, source = peak_bandwidth("cpu", "AMD EPYC", cal)
-    assert value == 2e10 and source == "calibrated: copies (t)"
 
 
 def _round(**kw: object) -> RoundResult:
