@@ -20,7 +20,7 @@ from typing import Any
 
 from hubbench import schema
 from hubbench.measure.roofline import speed_of_light
-from hubbench.stats import summarize
+from hubbench.stats import Stats, summarize
 
 
 @dataclass
@@ -75,17 +75,6 @@ def measurement_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, 
     """The row's measurement group for a cell's rounds so far, checked against the schema."""
     samples = [t for r in rounds for t in r.samples_s]
     s = summarize(samples)
-    tokens = rounds[0].tokens
-    analytic = _first([r.flops_per_step_analytic for r in rounds])
-    counted = _first([r.flops_per_step for r in rounds])
-    peak = _first([r.peak_flops_per_s for r in rounds])
-    basis = analytic if analytic else counted
-    achieved = basis / s.median if basis else None
-    bytes_min = _first([r.bytes_per_step_min for r in rounds])
-    bandwidth = _first([r.peak_bytes_per_s for r in rounds])
-    light = speed_of_light(basis, peak, bytes_min, bandwidth)
-    memory = [r.peak_mem_bytes for r in rounds if r.peak_mem_bytes is not None]
-    reserved = [r.peak_mem_reserved_bytes for r in rounds if r.peak_mem_reserved_bytes is not None]
     values = {
         **{
             col: _joined([r.backends.get(key) for r in rounds])
@@ -102,6 +91,42 @@ def measurement_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, 
         "round_samples_s": [list(r.samples_s) for r in rounds],
         "time_rounds": len(rounds),
         "round_sessions": [r.session for r in rounds],
+        "warmup_s": sum(r.warmup_s for r in rounds),
+        "warmup_steps": sum(r.warmup_steps for r in rounds),
+        "warmup_capped": sum(int(r.warmup_capped) for r in rounds),
+        "round_sentinel_s": [r.sentinel_s for r in rounds],
+        **_memory_columns(rounds),
+        **_rate_columns(rounds, s),
+        "params": rounds[0].params,
+    }
+    return schema.part("measurement", values, where)
+
+
+def _memory_columns(rounds: Sequence[RoundResult]) -> dict[str, Any]:
+    """Peak memory is the highest of the rounds."""
+    memory = [r.peak_mem_bytes for r in rounds if r.peak_mem_bytes is not None]
+    reserved = [r.peak_mem_reserved_bytes for r in rounds if r.peak_mem_reserved_bytes is not None]
+    return {
+        "peak_mem_bytes": max(memory) if memory else None,
+        "peak_mem_reserved_bytes": max(reserved) if reserved else None,
+        "mem_kind": _first([r.mem_kind for r in rounds]),
+        "mem_baseline_bytes": _first([r.mem_baseline_bytes for r in rounds]),
+        "state_bytes": _first([r.state_bytes for r in rounds]),
+    }
+
+
+def _rate_columns(rounds: Sequence[RoundResult], s: Stats) -> dict[str, Any]:
+    """Tokens/s, FLOPs, MFU and the speed of light, from the median step time `s.median`."""
+    tokens = rounds[0].tokens
+    analytic = _first([r.flops_per_step_analytic for r in rounds])
+    counted = _first([r.flops_per_step for r in rounds])
+    peak = _first([r.peak_flops_per_s for r in rounds])
+    basis = analytic if analytic else counted
+    achieved = basis / s.median if basis else None
+    bytes_min = _first([r.bytes_per_step_min for r in rounds])
+    bandwidth = _first([r.peak_bytes_per_s for r in rounds])
+    light = speed_of_light(basis, peak, bytes_min, bandwidth)
+    return {
         "tokens_per_step": tokens,
         "tokens_per_s": tokens / s.median,
         "tokens_per_s_p10": tokens / s.p90,
@@ -109,15 +134,6 @@ def measurement_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, 
         "world_size": rounds[0].world_size,
         "tokens_per_s_per_rank": tokens / s.median / rounds[0].world_size,
         "weak_scaling_efficiency": None,  # across cells: weak_scaling() fills it
-        "warmup_s": sum(r.warmup_s for r in rounds),
-        "warmup_steps": sum(r.warmup_steps for r in rounds),
-        "warmup_capped": sum(int(r.warmup_capped) for r in rounds),
-        "round_sentinel_s": [r.sentinel_s for r in rounds],
-        "peak_mem_bytes": max(memory) if memory else None,
-        "peak_mem_reserved_bytes": max(reserved) if reserved else None,
-        "mem_kind": _first([r.mem_kind for r in rounds]),
-        "mem_baseline_bytes": _first([r.mem_baseline_bytes for r in rounds]),
-        "state_bytes": _first([r.state_bytes for r in rounds]),
         "flops_per_step": counted,
         "flops_per_step_analytic": analytic,
         "flops_per_token": basis / tokens if basis else None,
@@ -133,9 +149,7 @@ def measurement_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, 
         "speed_of_light_tokens_per_s": tokens / light.seconds if light else None,
         "speed_of_light_basis": light.basis if light else None,
         "speed_of_light_fraction": light.seconds / s.median if light else None,
-        "params": rounds[0].params,
     }
-    return schema.part("measurement", values, where)
 
 
 def weak_scaling(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:

@@ -109,28 +109,13 @@ def build_step(
         if compile:
             raise ConfigError(f"mode {mode} does not run compiled")
         return _inference_step(model, mode, inputs, device, autocast, sync, decode_tokens)
-    forward: Callable = torch.compile(model) if compile else model
-
+    if mode == "quality":
+        raise ConfigError("mode quality trains on a task: hubbench.quality.train runs it")
     if mode == "fwd":
-        model.eval()
-
-        def core() -> None:
-            with torch.no_grad(), autocast():
-                forward(inputs)
-
+        core = _forward(model, inputs, autocast, compile)
     else:
-        if mode == "quality":
-            raise ConfigError("mode quality trains on a task: hubbench.quality.train runs it")
-        model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if mode == "train" else None
-        loss_fn: Callable = torch.compile(model.loss) if compile else model.loss
-        if data_parallel:
-            loss_fn = _data_parallel_loss(model, device)
-        update = make_update(model, loss_fn, autocast, optimizer)
-
-        def core() -> None:
-            update(inputs, targets)
-
+        parallel = device if data_parallel else None
+        core = _update(model, mode, inputs, targets, autocast, compile, parallel)
     return Step(
         fn=core,
         tokens=batch * seq,
@@ -141,6 +126,44 @@ def build_step(
         batch=batch,
         seq=seq,
     )
+
+
+def _forward(
+    model: nn.Module, inputs: torch.Tensor, autocast: Callable, compile: bool
+) -> Callable[[], None]:
+    """fwd: one forward pass, no gradients."""
+    forward: Callable = torch.compile(model) if compile else model
+    model.eval()
+
+    def core() -> None:
+        with torch.no_grad(), autocast():
+            forward(inputs)
+
+    return core
+
+
+def _update(
+    model: nn.Module,
+    mode: str,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    autocast: Callable,
+    compile: bool,
+    parallel: torch.device | None,
+) -> Callable[[], None]:
+    """fwd_bwd: forward and backward; train: and the AdamW step (make_update). `parallel`: this
+    rank's device, the loss data-parallel across the process group."""
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4) if mode == "train" else None
+    loss_fn: Callable = torch.compile(model.loss) if compile else model.loss
+    if parallel is not None:
+        loss_fn = _data_parallel_loss(model, parallel)
+    update = make_update(model, loss_fn, autocast, optimizer)
+
+    def core() -> None:
+        update(inputs, targets)
+
+    return core
 
 
 class _Loss(nn.Module):
@@ -177,39 +200,10 @@ def _inference_step(
         raise ConfigError(f"decode_tokens must be >= 1 (got {decode_tokens})")
     model.eval()
     batch, seq = inputs.shape
-    capacity = seq + (decode_tokens if mode == "decode" else 0)
-    held: dict[str, Any] = {}
-
     if mode == "prefill":
-
-        def per_sequence() -> int:  # the state the last call left
-            return held["state"].nbytes() // batch
-
-        def core() -> None:
-            held.pop("state", None)  # the last call's cache is freed before the next one
-            with torch.no_grad(), autocast():
-                held["state"] = model.prefill(inputs, capacity)[1]
-
-        per_call = 1
+        core, per_sequence = _prefill(model, inputs, autocast)
     else:
-        with torch.no_grad(), autocast():
-            logits, state = model.prefill(inputs, capacity)
-        held["state"] = state
-        first = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
-        snap = state.snapshot()
-
-        def core() -> None:
-            state.restore(snap)
-            token = first
-            with torch.no_grad(), autocast():
-                for _ in range(decode_tokens):
-                    token = model.decode(token, state)[:, -1].argmax(-1, keepdim=True)
-
-        def per_sequence() -> int:  # the state at the prompt, not after a call
-            state.restore(snap)
-            return state.nbytes() // batch
-
-        per_call = decode_tokens
+        core, per_sequence = _decode(model, inputs, autocast, decode_tokens)
     return Step(
         fn=core,
         tokens=batch * (seq if mode == "prefill" else 1),
@@ -219,6 +213,47 @@ def _inference_step(
         sync=sync,
         batch=batch,
         seq=seq,
-        per_call=per_call,
+        per_call=decode_tokens if mode == "decode" else 1,
         state_bytes=per_sequence,
     )
+
+
+def _prefill(
+    model: nn.Module, inputs: torch.Tensor, autocast: Callable
+) -> tuple[Callable[[], None], Callable[[], int]]:
+    """A call runs the prompt and builds its state; the bytes per sequence of the last one."""
+    held: dict[str, Any] = {}
+
+    def core() -> None:
+        held.pop("state", None)  # the last call's cache is freed before the next one
+        with torch.no_grad(), autocast():
+            held["state"] = model.prefill(inputs, inputs.shape[1])[1]
+
+    def per_sequence() -> int:  # the state the last call left
+        return held["state"].nbytes() // inputs.shape[0]
+
+    return core, per_sequence
+
+
+def _decode(
+    model: nn.Module, inputs: torch.Tensor, autocast: Callable, tokens: int
+) -> tuple[Callable[[], None], Callable[[], int]]:
+    """The prompt prefilled now; a call restores its state and generates `tokens` tokens
+    greedily. The bytes per sequence of the state at the prompt."""
+    with torch.no_grad(), autocast():
+        logits, state = model.prefill(inputs, inputs.shape[1] + tokens)
+    first = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
+    snap = state.snapshot()
+
+    def core() -> None:
+        state.restore(snap)
+        token = first
+        with torch.no_grad(), autocast():
+            for _ in range(tokens):
+                token = model.decode(token, state)[:, -1].argmax(-1, keepdim=True)
+
+    def per_sequence() -> int:  # the state at the prompt, not after a call
+        state.restore(snap)
+        return state.nbytes() // inputs.shape[0]
+
+    return core, per_sequence
