@@ -16,26 +16,13 @@ from hubbench.measure.calibration import MEMORY_KEY
 from hubbench.measure.peaks import peak_bandwidth, peak_flops
 
 
-@pytest.fixture
-def small(tmp_path: Path, monkeypatch) -> Path:
-    """A private cache, tiny sides and buffers, and the busy limits out of the way (the test box
-    is shared: a test that is not about load must not be refused for it)."""
-    monkeypatch.setenv(cal.CACHE_ENV, str(tmp_path))
-    monkeypatch.setitem(cal.MATMUL_SIZES, "cpu", 64)
-    monkeypatch.setitem(cal.COPY_BYTES, "cpu", 1 << 20)
-    monkeypatch.setattr(cal, "MIN_TIME_S", 0.01)
-    monkeypatch.setattr(cal, "SHARE_LIMIT", 0.0)
-    monkeypatch.setattr(cal, "SPREAD_LIMIT", float("inf"))
-    return tmp_path / "calibration.json"
-
-
 def _sentinel(readings: list[float], monkeypatch) -> None:
     """measure.sentinel_s answers these readings in turn, then the last one again."""
     left = list(readings)
     monkeypatch.setattr(measure, "sentinel_s", lambda: left.pop(0) if len(left) > 1 else left[0])
 
 
-def test_fp32_by_default_saying_what_it_measures_before_it_does(small: Path) -> None:
+def test_fp32_by_default_saying_what_it_measures_before_it_does(small_calibration: Path) -> None:
     said: list[str] = []
     entries = cal.calibrate("cpu", progress=said.append)
     assert set(entries) == {"fp32", MEMORY_KEY}  # the suites' dtype only: no bf16 unless asked
@@ -53,7 +40,7 @@ def test_fp32_by_default_saying_what_it_measures_before_it_does(small: Path) -> 
     assert value == fp32["flops_per_s"] and "busy" not in source
 
 
-def test_a_dtype_calibrated_alone_keeps_the_others(small: Path) -> None:
+def test_a_dtype_calibrated_alone_keeps_the_others(small_calibration: Path) -> None:
     cal.calibrate("cpu", ("fp32",))
     first = cal.load_calibration("cpu")["fp32"]
     cal.calibrate("cpu", ("bf16",))
@@ -61,7 +48,7 @@ def test_a_dtype_calibrated_alone_keeps_the_others(small: Path) -> None:
     assert both["fp32"] == first and both["bf16"]["what"].endswith("bf16 matmuls")
 
 
-def test_a_slow_dtype_is_timed_at_a_smaller_side(small: Path, monkeypatch) -> None:
+def test_a_slow_dtype_is_timed_at_a_smaller_side(small_calibration: Path, monkeypatch) -> None:
     """bf16 emulated on an AVX2 CPU ran 0.26 GFLOP/s: 2048^3 matmuls took minutes each."""
     monkeypatch.setitem(cal.MATMUL_SIZES, "cpu", 128)
     monkeypatch.setattr(cal, "MIN_SIZE", 32)
@@ -74,27 +61,31 @@ def test_a_slow_dtype_is_timed_at_a_smaller_side(small: Path, monkeypatch) -> No
     ]
 
 
-def test_a_busy_machine_is_refused_before_anything_is_timed(small: Path, monkeypatch) -> None:
+def test_a_busy_machine_is_refused_before_anything_is_timed(
+    small_calibration: Path, monkeypatch
+) -> None:
     """A sentinel that waits instead of computing is what a process without a CPU sees."""
     monkeypatch.setattr(cal, "SHARE_LIMIT", 0.8)
     monkeypatch.setattr(measure, "sentinel_s", lambda: time.sleep(0.02) or 0.02)
     said: list[str] = []
     with pytest.raises(cal.BusyError, match=r"busy before calibrating: .* got \d+% of the CPU"):
         cal.calibrate("cpu", progress=said.append)
-    assert len(said) == 1 and not small.exists()  # nothing timed, nothing stored
+    assert len(said) == 1 and not small_calibration.exists()  # nothing timed, nothing stored
 
 
-def test_a_load_that_comes_while_calibrating_is_refused(small: Path, monkeypatch) -> None:
+def test_a_load_that_comes_while_calibrating_is_refused(
+    small_calibration: Path, monkeypatch
+) -> None:
     monkeypatch.setattr(cal, "SPREAD_LIMIT", 0.25)
     _sentinel([0.010, 0.010, 0.010, 0.016], monkeypatch)  # 60% slower after the matmuls
     with pytest.raises(
         cal.BusyError, match="busy while calibrating: the noise sentinel varied 60%"
     ):
         cal.calibrate("cpu")
-    assert not small.exists()
+    assert not small_calibration.exists()
 
 
-def test_force_stores_a_busy_calibration_marked_busy(small: Path, monkeypatch) -> None:
+def test_force_stores_a_busy_calibration_marked_busy(small_calibration: Path, monkeypatch) -> None:
     monkeypatch.setattr(cal, "SPREAD_LIMIT", 0.25)
     _sentinel([0.010, 0.013, 0.010, 0.016], monkeypatch)
     entries = cal.calibrate("cpu", force=True)

@@ -54,22 +54,9 @@ def test_env_command_shows_the_new_pieces() -> None:
         assert key in result.output
 
 
-def _small_calibration(tmp_path, monkeypatch) -> None:
-    """A private cache, tiny sides, and the busy limits out of the way (the box is shared)."""
-    from hubbench.measure import calibration as cal
-
-    monkeypatch.setenv(cal.CACHE_ENV, str(tmp_path))
-    monkeypatch.setitem(cal.MATMUL_SIZES, "cpu", 64)
-    monkeypatch.setitem(cal.COPY_BYTES, "cpu", 4 << 20)
-    monkeypatch.setattr(cal, "MIN_TIME_S", 0.01)
-    monkeypatch.setattr(cal, "SHARE_LIMIT", 0.0)
-    monkeypatch.setattr(cal, "SPREAD_LIMIT", float("inf"))
-
-
 def test_env_calibrates_fp32_with_progress_and_prints_small_peaks_in_si(
-    tmp_path, monkeypatch
+    small_calibration,
 ) -> None:
-    _small_calibration(tmp_path, monkeypatch)
     result = CliRunner().invoke(app, ["env", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     flat = " ".join(result.output.split())  # a long value wraps at any terminal width
@@ -78,12 +65,12 @@ def test_env_calibrates_fp32_with_progress_and_prints_small_peaks_in_si(
     assert result.exit_code == 0, result.output
     flat = " ".join(result.output.split())
     assert "calibrating: fp32: timing 64x64 matmuls on cpu" in flat  # said while measuring
-    assert "calibrating: memory: timing 4 MiB copies" in flat
+    assert "calibrating: memory: timing 1 MiB copies" in flat
     assert "calibrated: best of" in flat and " 64x64 fp32 matmuls (" in flat
     assert "TFLOP/s" not in flat  # a 64x64 matmul runs at MFLOP/s to GFLOP/s: no '0.00 T'
     assert re.search(r"peak fp32 \d[\d.]* [MG]FLOP/s \(calibrated", flat)
     assert re.search(r"peak bf16 unknown", flat)  # fp32 only unless --dtype asks
-    assert re.search(r"peak bandwidth \d[\d.]* [MG]B/s \(calibrated: best of \d+ 4 MiB", flat)
+    assert re.search(r"peak bandwidth \d[\d.]* [MG]B/s \(calibrated: best of \d+ 1 MiB", flat)
     assert "calibration load noise sentinel spread" in flat
     result = CliRunner().invoke(app, ["env", "--device", "cpu", "--calibrate", "--dtype", "bf16"])
     assert result.exit_code == 0, result.output
@@ -92,18 +79,19 @@ def test_env_calibrates_fp32_with_progress_and_prints_small_peaks_in_si(
     )
 
 
-def test_env_refuses_a_busy_machine_in_one_line_unless_forced(tmp_path, monkeypatch) -> None:
+def test_env_refuses_a_busy_machine_in_one_line_unless_forced(
+    small_calibration, monkeypatch
+) -> None:
     from hubbench.measure import calibration as cal
     from hubbench.measure import timing as measure
 
-    _small_calibration(tmp_path, monkeypatch)
     monkeypatch.setattr(cal, "SHARE_LIMIT", 0.8)
     monkeypatch.setattr(measure, "sentinel_s", lambda: time.sleep(0.02) or 0.02)  # no CPU
     result = CliRunner().invoke(app, ["env", "--device", "cpu", "--calibrate"])
     assert result.exit_code == 2
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "the machine is busy before calibrating" in errors[0]
-    assert not (tmp_path / "calibration.json").exists()
+    assert not small_calibration.exists()
     result = CliRunner().invoke(app, ["env", "--device", "cpu", "--calibrate", "--force"])
     assert result.exit_code == 0, result.output
     flat = " ".join(result.output.split())

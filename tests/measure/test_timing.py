@@ -143,12 +143,18 @@ def test_a_group_takes_rank_0s_steps_and_each_steps_slowest_time() -> None:
     assert m.peak_mem_bytes == (None if peak is None else peak + 1)
 
 
-@pytest.mark.slow  # a fresh process
-def test_peak_memory_grows_with_activations() -> None:
+def in_a_fresh_process(code: str) -> list[str]:
+    """What `code` prints, run in a process of its own: in this one, glibc may already hold freed
+    pages from earlier tests and serve a test's allocations from them, so its resident peak would
+    not grow. Linux only (/proc)."""
     if rss_bytes() is None:
         pytest.skip("needs /proc")
-    # A fresh process: in this one, glibc may already hold freed pages from earlier tests and
-    # serve the big cell from them, so its resident peak would not grow.
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+@pytest.mark.slow  # a fresh process
+def test_peak_memory_grows_with_activations() -> None:
     code = (
         "from hubbench.measure.timing import measure_step;"
         "from hubbench.measure.step import build_step;"
@@ -158,25 +164,20 @@ def test_peak_memory_grows_with_activations() -> None:
         "m = lambda n: measure_step(build_step(tiny(), 'fwd_bwd', 1, n), repeats=2).peak_mem_bytes;"
         "print(m(64), m(2048))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    small, big = map(int, out.stdout.split())
+    small, big = map(int, in_a_fresh_process(code))
     # 2048^2 fp32 scores, softmax and mask saved for backward: many MiB more than at n = 64
     assert big - small > 8 * 2**20
 
 
 @pytest.mark.slow  # a fresh process
 def test_extra_peak_rss_sees_a_transient_allocation() -> None:
-    if rss_bytes() is None:
-        pytest.skip("needs /proc")
-    # In a fresh process, for the same reason as above; the 64 MiB are freed before fn returns,
-    # so only a peak (not the RSS after) can see them.
+    # the 64 MiB are freed before fn returns, so only a peak (not the RSS after) can see them
     code = (
         "import torch\nfrom hubbench.measure.timing import extra_peak_rss\n"
         "def f():\n t = torch.ones(16 * 2**20); t.add_(1); del t\n"
         "print(*extra_peak_rss(f))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    extra, method = out.stdout.split()
+    extra, method = in_a_fresh_process(code)
     assert method in ("clear_refs/VmHWM", "ru_maxrss")
     assert 60 * 2**20 < int(extra) < 200 * 2**20
 
