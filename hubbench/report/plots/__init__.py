@@ -2,7 +2,7 @@
 hubbench.report.plots.registry; `render` draws every kind a run's rows support.
 
 - `registry`: the Kind (name, what a run needs, how to draw a facet) and the kinds registered;
-- `render`: a run's figures, one per kind and facet, saved as PNG / SVG / PDF;
+- `draw`: a run's figures (`render`), one per kind and facet, saved as PNG / SVG / PDF;
 - kinds: `throughput`, `scaling`, `speedup`, `heatmap`, `memory` (memory and state), `pareto`,
   `curves`, `recall`, `convergence`; `lines` and `quality` hold what several of them share;
 - drawing helpers: `figure` (axes, titles, failures, footnotes), `forest` (one row per series),
@@ -27,8 +27,7 @@ from hubbench.report.plots import (  # noqa: F401  (importing a kind's module re
 )
 
 # isort: on
-from hubbench.report.plots.registry import KINDS, Kind, register
-from hubbench.report.plots.render import (
+from hubbench.report.plots.draw import (
     DEFAULT_FORMATS,
     FORMATS,
     PlotOutcome,
@@ -40,6 +39,7 @@ from hubbench.report.plots.render import (
     supported,
     worth_saying,
 )
+from hubbench.report.plots.registry import KINDS, Kind, register
 from hubbench.report.plots.scaling import fits_table
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The figure kinds: each module of this package that draws one registers it here, with what a
 run needs for it and how to draw it; `hubbench plot --kind`, the HTML report and the line of
-kinds left out read them from here (hubbench.report.plots.render).
+kinds left out read them from here (hubbench.report.plots.draw).
 
 Adding a kind: a module beside the others that builds a `Kind` and calls `register`, and its
 name in the package's import line (hubbench/report/plots/__init__.py), whose order is the order

@@ -1,4 +1,5 @@
-"""Quality figures: the Pareto front, seeds pooled, leaks kept off the front, both kinds draw."""
+"""Quality rows pooled over seeds (hubbench.report.seeds): configs, the Pareto front with the
+leak kept off it; the pareto and curves kinds draw them and the seed table shows them."""
 
 from __future__ import annotations
 

@@ -196,6 +196,7 @@ def test_seeds_no_longer_give_three_figures_of_one_name(tmp_path) -> None:
     assert [p.name for p in out.written] == ["heatmap-hub-gpt-mqar.png"]
 
 
+@pytest.mark.slow  # about 3.5 s: four grids drawn, eight files written
 def test_every_heatmap_of_a_run_has_its_own_file_name(tmp_path) -> None:
     df = quality_sweep(tasks=("mqar", "bytes"), chunks=(16, 32))
     figures = _heatmaps(df)
