@@ -46,7 +46,7 @@ import time
 import torch
 from torch import nn
 
-from hubbench.measure.timing import extra_peak_rss
+from hubbench.measure.memory import extra_peak_rss
 from hubbench.mixers.hubrouter import COUNCIL_IMPLS, HubRouter
 
 D_MODEL, HEADS, LAYERS = 256, 4, 4

@@ -39,7 +39,7 @@ import sys
 
 import torch
 
-from hubbench.measure.timing import extra_peak_rss
+from hubbench.measure.memory import extra_peak_rss
 
 D_MODEL = 256
 GIB = 2**30

@@ -20,20 +20,13 @@ from hubbench.measure.device import torch_device
 from hubbench.measure.env import device_name
 from hubbench.measure.flops import count_flops as counted_flops
 from hubbench.measure.launch import launch
+from hubbench.measure.memory import rss_bytes, trim_heap
 from hubbench.measure.metrics import RoundResult
 from hubbench.measure.outcome import classify
 from hubbench.measure.process import DEFAULT_BUILDER
 from hubbench.measure.result import round_result
 from hubbench.measure.step import build_step
-from hubbench.measure.timing import (
-    ALONE,
-    Group,
-    Measurement,
-    measure_step,
-    rss_bytes,
-    sentinel_s,
-    trim_heap,
-)
+from hubbench.measure.timing import ALONE, Group, Measurement, measure_step, sentinel_s
 from hubbench.plan.cell import Cell
 from hubbench.quality.train import train_and_evaluate
 from hubbench.stats import summarize

@@ -269,7 +269,7 @@ class Curve:
 
 def train_and_evaluate(cell: Cell, model: nn.Module, device: torch.device) -> QualityRun:
     """Train `model` (fresh from the builder) on the cell's task, evaluate it; see the module."""
-    from hubbench.measure.timing import PeakMemory, rss_bytes
+    from hubbench.measure.memory import PeakMemory, rss_bytes
 
     started = time.perf_counter()
     task = make_task(cell)

@@ -14,12 +14,12 @@ from builders import build_tiny
 from torch import nn
 
 from hubbench import schema
+from hubbench.measure.memory import rss_bytes
 from hubbench.measure.metrics import RoundResult, measurement_columns
 from hubbench.measure.step import build_step
 from hubbench.measure.timing import (
     Group,
     measure_step,
-    rss_bytes,
     time_calls,
     warmup_estimate_s,
 )
@@ -173,7 +173,7 @@ def test_peak_memory_grows_with_activations() -> None:
 def test_extra_peak_rss_sees_a_transient_allocation() -> None:
     # the 64 MiB are freed before fn returns, so only a peak (not the RSS after) can see them
     code = (
-        "import torch\nfrom hubbench.measure.timing import extra_peak_rss\n"
+        "import torch\nfrom hubbench.measure.memory import extra_peak_rss\n"
         "def f():\n t = torch.ones(16 * 2**20); t.add_(1); del t\n"
         "print(*extra_peak_rss(f))"
     )
