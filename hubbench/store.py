@@ -3,9 +3,13 @@
 Layout: <results>/<suite>/<YYYYmmddTHHMMSSZ>-<run_id>.parquet. The file is rewritten after
 every finished cell, atomically (a temp file in the same directory, then os.replace), so an
 interrupted or crashed run leaves every finished row readable, and two runs at once write two
-files. The store knows columns (hubbench.schema), not models: rows arrive as plain dicts, and
-each is checked against the schema before it is written. Files are created with the permissions
-the umask allows (0644 under the usual 022), so a group can read a shared results directory.
+files. The store knows columns (hubbench.schema), not models: rows arrive as plain dicts.
+A row is checked against the schema once: where it is made (hubbench.run.rows), by
+`write_rows` when it comes from elsewhere, or when it is read from a file to be written back
+(`read_rows(for_resume=True)`); `RunWriter` rewrites rows already checked without checking them
+again. Which of two rows of one cell a run keeps is `supersedes`, the one merge policy. Files are
+created with the permissions the umask allows (0644 under the usual 022), so a group can read a
+shared results directory.
 """
 
 from __future__ import annotations
@@ -169,15 +173,22 @@ def _umask() -> int:
 
 
 def write_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Write `rows` as the whole run file, atomically (temp file + rename)."""
+    """Write `rows`, each checked against the schema, as the whole run file, atomically."""
+    _write(path, [schema.row(r, f"{path.name} row {i}") for i, r in enumerate(rows)])
+
+
+def _write(path: Path, rows: list[dict[str, Any]], token: str | None = None) -> None:
+    """Write rows already checked as the whole run file: a temp file, then os.replace.
+    `token` goes into the file's metadata: the writer then knows the file for its own."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    full = [schema.row(r, f"{path.name} row {i}") for i, r in enumerate(rows)]
     try:
-        table = pa.Table.from_pylist(full, schema=schema.arrow_schema())
+        table = pa.Table.from_pylist(rows, schema=schema.arrow_schema())
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise StoreError(f"rows do not fit the results schema: {exc}") from exc
+    if token is not None:
+        table = table.replace_schema_metadata({WRITER_KEY: token})
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +241,9 @@ def read_rows(path: Path, for_resume: bool = False) -> list[dict[str, Any]]:
     """A run file as plain dicts (None for nulls), every column of this schema present.
 
     `for_resume`: the rows will be written back with new ones, so they must be of this
-    schema_version exactly (an older file is read, never extended).
+    schema_version exactly (an older file is read, never extended) and fit the schema: a file
+    another program wrote is checked row by row here, one of this schema's columns and types is
+    not (Arrow kept every value to its column's type).
     """
     try:
         table = _read_table(path)
@@ -246,7 +259,10 @@ def read_rows(path: Path, for_resume: bool = False) -> list[dict[str, Any]]:
             f"{path} was written with schema_version {', '.join(map(str, sorted(versions)))}; "
             f"--resume extends only schema_version {schema.SCHEMA_VERSION} runs: start a new run"
         )
-    return [_upgrade(r) for r in rows]
+    rows = [_upgrade(r) for r in rows]
+    if for_resume and not table.schema.equals(schema.arrow_schema()):
+        rows = [schema.row(r, f"{path.name} row {i}") for i, r in enumerate(rows)]
+    return rows
 
 
 def read_run(spec: str | Path, directory: str | Path | None = None) -> pd.DataFrame:
@@ -324,19 +340,37 @@ def run_info(path: Path) -> RunInfo:
     return RunInfo(path, path.parent.name, run_id, stamp, len(statuses), counts)
 
 
+def supersedes(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
+    """Whether `new` replaces `old`, two rows of one cell: the one merge policy of a run file
+    (its writers, the part files of jobs, --resume). The row that measured more wins: more
+    rounds, or as many with the cell ended (ok, or its own failure) where the other's has not
+    (partial, or lost with its job); between rows as far along, the newer."""
+    return old is None or _progress(new) >= _progress(old)
+
+
+def _progress(row: Mapping[str, Any]) -> tuple[int, bool]:
+    ended = row["status"] != "partial" and not row["job_lost"]
+    return len(row["round_samples_s"] or []), ended
+
+
+WRITER_KEY = b"hubbench.writer"  # file metadata: the RunWriter write that made the file
+
+
 class RunWriter:
     """Holds a run's rows and rewrites its file after each change.
 
     Writers of one run may run at once (two `--resume` of it): each write locks the run's
-    directory (flock, held for the write only), reads what is on disk and merges in this
-    writer's rows by cell, so no writer drops another's rows. A cell both measured keeps the row
-    written last.
+    directory (flock, held for the write only) and, unless the file on disk is the one this
+    writer wrote last, reads it and merges in this writer's rows by cell (`supersedes`), so no
+    writer drops another's rows. Rows given to `put` were checked where they were made
+    (hubbench.run.rows) or read (read_rows): they are not checked again.
     """
 
     def __init__(self, path: Path, rows: Iterable[Mapping[str, Any]] = ()) -> None:
         self.path = path
         self.rows: list[dict[str, Any]] = [dict(r) for r in rows]
         self.mine: dict[str, dict[str, Any]] = {}  # rows this writer wrote, by cell id
+        self.token: str | None = None  # in the metadata of the file this writer wrote last
         if path.parent.is_dir():
             clean_stale(path.parent)
 
@@ -344,11 +378,19 @@ class RunWriter:
         """Add `row`, or replace the row of the same cell (a cell's row grows round by round)."""
         self.mine[row["cell_id"]] = dict(row)
         with self._locked():
-            on_disk = read_rows(self.path) if self.path.exists() else self.rows
-            merged = {r["cell_id"]: r for r in on_disk}
-            merged.update(self.mine)
+            ours = self.token is not None and _writer_token(self.path) == self.token
+            if self.path.exists() and not ours:  # another writer's, or this writer's first put
+                merged = {r["cell_id"]: r for r in read_rows(self.path, for_resume=True)}
+                news = self.mine
+            else:
+                merged = {r["cell_id"]: r for r in self.rows}
+                news = {row["cell_id"]: self.mine[row["cell_id"]]}
+            for cell_id, mine in news.items():
+                if supersedes(mine, merged.get(cell_id)):
+                    merged[cell_id] = mine
             self.rows = list(merged.values())
-            write_rows(self.path, self.rows)
+            self.token = secrets.token_hex(8)
+            _write(self.path, self.rows, self.token)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -364,3 +406,16 @@ class RunWriter:
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+
+def _writer_token(path: Path) -> str | None:
+    """The token of the RunWriter write that made `path` (None: another program's file)."""
+    import pyarrow.parquet as pq
+
+    try:
+        with open(path, "rb") as f:
+            metadata = pq.read_metadata(f).metadata or {}
+    except (OSError, ValueError):
+        return None
+    token = metadata.get(WRITER_KEY)
+    return token.decode() if token is not None else None

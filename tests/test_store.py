@@ -108,6 +108,7 @@ def test_concurrent_writers_each_keep_an_intact_file(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("s/.*.tmp"))
 
 
+@pytest.mark.slow  # 300 reads against a busy writer: 2-3 s
 def test_a_reader_sees_a_whole_file_while_a_writer_rewrites_it(tmp_path: Path) -> None:
     # a submitter merges a job's part file while the job rewrites it round by round: every read
     # is of the old file or the new one (a path read that takes the size, then opens again,
@@ -227,3 +228,36 @@ def test_results_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv(store.RESULTS_ENV, str(tmp_path))
     assert store.results_dir(None) == tmp_path
     assert store.results_dir(tmp_path / "x") == tmp_path / "x"
+
+
+def test_two_writers_of_one_run_keep_each_others_rows(tmp_path: Path) -> None:
+    path = store.run_path(tmp_path, "s", "aaaa0001")
+    first, second = store.RunWriter(path), store.RunWriter(path)
+    first.put(row(0))
+    second.put(row(1))
+    first.put(row(2))  # its own file no longer: it reads the other's row first
+    assert sorted(r["cell_id"] for r in store.read_rows(path)) == ["c0", "c1", "c2"]
+    first.put(row(0, message="again"))
+    assert {r["cell_id"]: r["message"] for r in store.read_rows(path)}["c0"] == "again"
+
+
+def test_one_merge_policy_the_row_that_measured_more_wins() -> None:
+    def cell_row(rounds: int, status: str = "partial", lost: bool = False) -> dict:
+        return row(0, status=status, job_lost=lost, round_samples_s=[[0.5]] * rounds)
+
+    partial, lost = cell_row(2), cell_row(2, "error", lost=True)
+    assert store.supersedes(partial, None)
+    assert store.supersedes(cell_row(3), partial) and not store.supersedes(partial, cell_row(3))
+    assert store.supersedes(cell_row(2, "oom"), partial)  # the cell ended in round 3
+    assert not store.supersedes(partial, cell_row(2, "ok"))
+    assert store.supersedes(lost, partial) and store.supersedes(partial, lost)  # the newer
+    assert not store.supersedes(cell_row(1), lost)  # a lost row keeps its rounds
+
+
+def test_rows_read_to_be_written_back_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "s" / "20250101T000000Z-abc11111.parquet"
+    path.parent.mkdir(parents=True)
+    pd.DataFrame([row(0, seq="long")]).to_parquet(path)  # another program's file
+    assert store.read_rows(path)[0]["seq"] == "long"  # read as it is
+    with pytest.raises(SchemaError, match="row 0: column seq is int64, got 'long'"):
+        store.read_rows(path, for_resume=True)
