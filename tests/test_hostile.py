@@ -141,6 +141,7 @@ def test_the_baseline_gate_refuses_a_candidate_that_lacks_cells(two_runs) -> Non
 # ----------------------------------------------------------------------------- 3. concurrent resume
 
 
+@pytest.mark.slow  # starts a worker
 def test_two_resumes_of_one_run_at_once_keep_every_row(tmp_path: Path) -> None:
     path = suite(tmp_path, seqs=(16, 32, 48, 64, 80, 96))
     results = tmp_path / "results"
@@ -178,6 +179,7 @@ def _alive(pid: int) -> bool:
     return stat.split(") ", 1)[1][0] != "Z"  # a zombie is dead, only not yet reaped
 
 
+@pytest.mark.slow  # starts a worker
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_killing_the_run_leaves_no_worker_behind(tmp_path: Path, sig: signal.Signals) -> None:
     path = suite(tmp_path, seqs=(16, 32), timeout=600)
@@ -247,6 +249,7 @@ def test_a_suite_folder_that_is_a_file_fails_before_anything_runs(tmp_path: Path
     assert "is not writable" in one_line(result)
 
 
+@pytest.mark.slow  # starts a worker
 def test_a_failed_write_stops_the_run_with_a_resume_hint(tmp_path: Path, monkeypatch) -> None:
     import pyarrow.parquet as pq
 
@@ -388,6 +391,7 @@ def test_markup_characters_in_paths_are_printed_as_they_are(tmp_path: Path) -> N
 # ----------------------------------------------------------------------------- 8. messages
 
 
+@pytest.mark.slow  # starts a worker
 def test_interrupt_during_worker_start_up_says_nothing_was_written(tmp_path: Path) -> None:
     from hubbench.run.runner import RunResult
 

@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from hubbench.plan.suite import Plan
-    from hubbench.run.runner import CellState, Progress, RunResult
+    from hubbench.run.eta import Progress
+    from hubbench.run.rows import CellState
+    from hubbench.run.runner import RunResult
 
 
 def plan_suite(

@@ -14,11 +14,18 @@ a few small kernels) and a prefill or training step are not one FLOP scale apart
 nor are a Mamba scan and a matmul; extrapolating one from the other put the decode suite's
 first estimate at 161 min for a 9 min run (issue 27). So there is no estimate until every kind
 with rounds left has a measured round.
+
+A local run records each round as its worker answers it. Cluster jobs are read by their
+submitter (hubbench.run.executors), a row at a time, which may hold several new rounds
+(`catch_up`); their jobs run side by side, so the time left is the longest job's, or the work
+shared among the jobs that run at once where that is longer (`progress(jobs=...)`). The time a
+job waits in the cluster's queue is not predicted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +34,7 @@ from hubbench.measure.timing import warmup_estimate_s
 if TYPE_CHECKING:
     from hubbench.measure.metrics import RoundResult
     from hubbench.plan.cell import Cell
-    from hubbench.run.runner import CellState
+    from hubbench.run.rows import CellState
 
 
 @dataclass
@@ -111,15 +118,44 @@ class Eta:
             last, wall = state.rounds[-1], outcome["wall_s"]
             self.timing[key] = measured_timing(state.cell, last, wall, counted)
 
-    def progress(self, elapsed: float) -> Progress:
-        return Progress(self.done, self.total, elapsed, self.remaining_s())
+    def catch_up(self, before: CellState, after: CellState) -> None:
+        """Record what a cell's row read from its job adds to its state `before`: the rounds
+        measured since (sharing the wall time between them), then its failure, or its loss
+        with the job (`after.job_lost`: no further rounds in this run)."""
+        new = len(after.rounds) - len(before.rounds)
+        ended = after.failure is not None
+        wall = (after.wall_s - before.wall_s) / max(new + ended, 1)
+        for k in range(len(before.rounds) + 1, len(after.rounds) + 1):
+            so_far = dataclasses.replace(after, rounds=after.rounds[:k], failure=None)
+            self.record(so_far, {"wall_s": wall})
+        if ended:
+            self.record(after, {"wall_s": wall})
 
-    def remaining_s(self) -> float | None:
+    def progress(
+        self, elapsed: float, jobs: list[list[str]] | None = None, at_once: int = 1
+    ) -> Progress:
+        """`jobs`: the cells (ids) of each job, run `at_once` jobs at a time, each job's cells one
+        after another; None: every cell one after another."""
+        left = self.remaining_s() if jobs is None else self._spread(jobs, at_once)
+        return Progress(self.done, self.total, elapsed, left)
+
+    def _spread(self, jobs: list[list[str]], at_once: int) -> float | None:
+        """Time left in jobs that run side by side: at least the longest job's, and at least
+        the work left shared among the jobs that run at once."""
+        each = [self.remaining_s(job) for job in jobs]
+        if None in each:
+            return None
+        busy = [t for t in each if t]
+        return max(max(busy), sum(busy) / min(at_once, len(busy))) if busy else 0.0
+
+    def remaining_s(self, keys: Iterable[str] | None = None) -> float | None:
+        """Seconds the rounds left take, of the cells `keys` (default: all), one by one."""
         peers: dict[tuple[str, str], list[str]] = {}
         for key in self.timing:
             peers.setdefault(kind(self.cells[key]), []).append(key)
         total = 0.0
-        for key, rounds in self.left.items():
+        for key in self.left if keys is None else keys:
+            rounds = self.left.get(key, 0)
             if not rounds:
                 continue
             cell = self.cells[key]

@@ -24,7 +24,7 @@ from hubbench.report.headline import headline, ratio_lines, table
 from hubbench.report.html import build_html
 from hubbench.report.plots import render
 from hubbench.report.runtable import run_table
-from hubbench.run.runner import CellState, make_row
+from hubbench.run.rows import CellState, make_row
 
 BUILDER = f"{Path(__file__).resolve().parent.parent / 'builders.py'}:build_tiny"
 LOADED = "2026-01-02T03:04:05Z"  # the date the stale calibration carries

@@ -173,7 +173,7 @@ def test_rows_the_runner_makes_from_a_shipped_suite_plot_in_one_figure_per_kind(
     from hubbench import schema
     from hubbench.measure.metrics import RoundResult
     from hubbench.plan import expand, load_suite
-    from hubbench.run.runner import CellState, make_row
+    from hubbench.run.rows import CellState, make_row
 
     plan = expand(load_suite("throughput"), cuda_available=False)
     env = dict.fromkeys(schema.names("env"))

@@ -1,4 +1,5 @@
-"""Time left in a run: per-kind estimates, the fixed part of a round, round 1's FLOP count."""
+"""Time left in a run: per-kind estimates, the fixed part of a round, round 1's FLOP count, and
+jobs that run side by side."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from hubbench.plan.cell import Cell
 from hubbench.plan.runfields import Measure
 from hubbench.plan.variants import make_config
 from hubbench.run.eta import Eta, Timing, round_s, step_cost
-from hubbench.run.runner import CellState
+from hubbench.run.rows import CellState
 
 MEASURE = Measure(warmup=1, warmup_min_s=0.0, warmup_max_s=0.0, repeats=3, rounds=3)
 
@@ -99,3 +100,34 @@ def test_failed_cells_leave_nothing_to_estimate() -> None:
     eta.record(state, {"wall_s": 1.0})
     progress = eta.progress(1.0)
     assert (progress.done, progress.total, progress.remaining_s) == (3, 3, 0.0)
+
+
+def test_a_row_read_from_a_job_may_bring_several_rounds() -> None:
+    """A submitter reads a job's row when it polls: two rounds at once share the wall time."""
+    import dataclasses
+
+    state = CellState(cell(0))
+    eta, other = Eta([state]), Eta([CellState(cell(0))])
+    measured(state, eta, step_s=0.1, warmup_s=5.0, wall_s=5.5)
+    measured(state, eta, step_s=0.1, warmup_s=0.7, wall_s=1.2)
+    after = dataclasses.replace(state, wall_s=6.7)
+    other.catch_up(CellState(cell(0)), after)
+    assert other.done == 2 and other.left == eta.left
+    # the round left takes as long as each of the two did: half their wall time
+    assert other.progress(6.7).remaining_s == pytest.approx(6.7 / 2)
+    failed = dataclasses.replace(after, failure={"status": "error"})
+    other.catch_up(after, failed)  # no further rounds
+    assert (other.done, other.progress(7.0).remaining_s) == (3, 0.0)
+
+
+def test_jobs_side_by_side_take_the_longest_job_or_the_work_shared() -> None:
+    states = [CellState(cell(i, seq=1024 * (i + 1))) for i in range(4)]
+    eta = Eta(states)
+    for state in states:
+        measured(state, eta, step_s=0.1, warmup_s=0.1, wall_s=1.0)  # 2 rounds left, 1 s each
+    ids = [[s.cell.cell_id] for s in states]
+    assert eta.progress(1.0).remaining_s == pytest.approx(4 * 2.0)  # one after another
+    assert eta.progress(1.0, jobs=ids, at_once=4).remaining_s == pytest.approx(2.0)
+    assert eta.progress(1.0, jobs=ids, at_once=2).remaining_s == pytest.approx(4.0)
+    longest = [ids[0][0:1], [i for [i] in ids[1:]]]
+    assert eta.progress(1.0, jobs=longest, at_once=4).remaining_s == pytest.approx(3 * 2.0)

@@ -1,8 +1,9 @@
-"""Executors: cells sharded into submitit jobs, rows assembled into one run file, lost jobs.
+"""Executors: cells submitted as submitit jobs, rows merged into one run file, lost jobs.
 
-The end-to-end tests submit real jobs through submitit's local executor (subprocesses running
-the same code a Slurm job runs) with the test builder (tests/builders.py); the Slurm tests are
-in test_slurm.py.
+The end-to-end tests (slow) submit real jobs through submitit's local executor (subprocesses
+running the same code a Slurm job runs) with the test builder (tests/builders.py); the Slurm
+tests are in test_slurm.py. The submitter's own logic is tested without submitting, against a
+job that has ended.
 """
 
 from __future__ import annotations
@@ -12,46 +13,18 @@ from pathlib import Path
 
 import pytest
 from builders import FAULT_ENV, faults
-from test_runner import ENV, plan
-from test_runner import cell as runner_cell
+from cells import BUILDER, ENV, cell, grid, measured, plan
 
 from hubbench import store
 from hubbench.errors import ConfigError, SuiteError
-from hubbench.plan.cell import Cell
 from hubbench.plan.executor import ExecutorSpec, make_spec, spec_from
 from hubbench.plan.suite import load_suite
-from hubbench.run.executors import JobCounts, comparison_key, jobs_folder, shard
-from hubbench.run.runner import CellState, _resumed, make_row, run_plan
-
-BUILDER = f"{Path(__file__).with_name('builders.py')}:build_tiny"
-
-
-def cell(index: int, rounds: int = 2, **fields) -> Cell:
-    return runner_cell(index, rounds=rounds, **fields)
-
-
-def grid() -> list[Cell]:
-    """Two comparison groups (seq 32, 64), each a transformer with two attention kernels."""
-    cells = []
-    for seq in (32, 64):
-        for attention in ("naive", "sdpa"):
-            cells.append(cell(len(cells), seq=seq, attention=attention))
-    return cells
-
+from hubbench.run.executors import JobCounts, Submitter
+from hubbench.run.parts import jobs_folder
+from hubbench.run.rows import CellState, make_row, state_from_row
+from hubbench.run.runner import run_plan
 
 # ----------------------------------------------------------------------------- specs
-
-
-def test_shard_packs_comparison_groups_into_one_job() -> None:
-    states = [CellState(c) for c in grid()]
-    jobs = shard(states, cells_per_job=2)
-    assert [[s.cell.seq for s in job] for job in jobs] == [[32, 32], [64, 64]]
-    assert comparison_key(states[0].cell) == comparison_key(states[1].cell)
-    assert comparison_key(states[0].cell) != comparison_key(states[2].cell)
-    # three per job: a group is split only where it does not fit
-    assert [len(j) for j in shard(states, cells_per_job=3)] == [2, 2]
-    assert [len(j) for j in shard(states, cells_per_job=1)] == [1, 1, 1, 1]
-    assert [len(j) for j in shard(states, cells_per_job=8)] == [4]
 
 
 def test_executor_spec_checks_every_key() -> None:
@@ -88,17 +61,62 @@ def test_job_counts_line() -> None:
     )
 
 
-def test_a_row_lost_with_its_job_is_measured_again_on_resume() -> None:
-    c = cell(0)
-    state = CellState(c)
-    state.failure = {"status": "error", "message": "job 7 failed", "device_name": None,
-                     "wall_s": 0.0}  # fmt: skip
-    state.job_lost = True
-    row = make_row(state, "t", "feed0001", ENV, {"executor": "slurm", "job_id": "7"})
-    assert (row["status"], row["job_lost"], row["executor"]) == ("error", True, "slurm")
-    assert _resumed(c, row).pending
-    state.job_lost = False  # the cell's own failure stays a failure
-    assert not _resumed(c, make_row(state, "t", "feed0001", ENV)).pending
+# ----------------------------------------------------------------------------- the submitter
+
+
+class FakeHandle:
+    """A submitit job that has ended: with `result`, or without one (killed)."""
+
+    job_id = "77"
+    state = "CANCELLED"
+
+    def __init__(self, result: dict | None) -> None:
+        self.result = result
+
+    def done(self) -> bool:
+        return True
+
+    def results(self) -> list[dict]:
+        from submitit.core.utils import UncompletedJobError
+
+        if self.result is None:
+            raise UncompletedJobError("job 77 has no result")
+        return [self.result]
+
+    def stderr(self) -> str:
+        return "slurmstepd: error: *** JOB 77 CANCELLED ***\n"
+
+
+def test_the_submitter_merges_what_a_job_wrote_and_loses_the_rest(tmp_path: Path, build) -> None:
+    """Without submitting: a job's part file holds one cell's first round, then the job is
+    killed; both cells get their rows, the lost one measured again on resume."""
+    cells = [cell(0, rounds=2), cell(1, rounds=2, attention="naive")]
+    states = [CellState(c) for c in cells]
+    rows, heard = [], []
+    submitter = Submitter(ExecutorSpec(kind="submitit-local"), states, rows.append,
+                          tmp_path / "t" / "run.parquet", [],
+                          {"suite": "t", "run_id": "feed0001", "builder": BUILDER})  # fmt: skip
+    submitter.on_done = lambda row, state, progress: heard.append(progress)
+    [job] = submitter.jobs
+    execution = {"executor": "submitit-local", "job_id": "77"}
+    first = make_row(measured(cells[0], build), "t", "feed0001", ENV, execution)
+    store.write_rows(job.part.path, [first])
+    job.handle, submitter.waiting = FakeHandle(None), []  # as if submitted, then killed
+    submitter.merge(job)
+    submitter.finish(job)
+    submitter.tell_counts()
+    assert rows[0] == first
+    assert [(r["cell_id"], r["status"], r["job_lost"]) for r in rows[1:]] == [
+        (cells[0].cell_id, "error", True),
+        (cells[1].cell_id, "error", True),
+    ]
+    assert rows[1]["round_samples_s"] == first["round_samples_s"]  # its round is kept
+    assert rows[1]["message"].startswith("job 77 ended without a result (state CANCELLED)")
+    assert "JOB 77 CANCELLED" in rows[1]["message"]
+    assert [p.done for p in heard] == [1, 2, 4]  # every round of the job is accounted for
+    assert heard[-1].remaining_s == 0.0
+    assert all(state_from_row(c, r).pending for c, r in zip(cells, rows[1:], strict=True))
+    assert submitter.counts == JobCounts(failed=1)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -182,21 +200,3 @@ def test_the_executor_option_is_checked_before_anything_runs(tmp_path: Path) -> 
     assert "unknown executor 'kube'; valid: local, submitit-local, slurm" in out.output
     assert not list(tmp_path.rglob("*.parquet"))
     assert os.listdir(tmp_path) == []
-
-
-def test_resume_merges_the_part_files_a_dead_submitter_left(
-    tmp_path: Path, no_faults: None
-) -> None:
-    from hubbench.run.runner import prepare_run
-
-    cells = [cell(0, rounds=1), cell(1, rounds=1, attention="sdpa")]
-    done = run_plan(plan(cells), tmp_path, builder=BUILDER)
-    rows = store.read_rows(done.path)
-    folder = jobs_folder(done.path)
-    folder.mkdir()
-    store.write_rows(folder / "part-1-0.parquet", rows[:1])  # merged by nobody
-    store.write_rows(done.path, rows[1:])
-    _, _, states, previous = prepare_run(plan(cells), tmp_path, resume=True)
-    assert previous == done.path
-    assert not any(s.pending for s in states)  # nothing to measure again
-    assert {r["cell_id"] for r in store.read_rows(done.path)} == {c.cell_id for c in cells}

@@ -15,14 +15,13 @@ from types import SimpleNamespace
 
 import pytest
 from builders import FAULT_ENV, faults
-from test_executors import grid
+from cells import BUILDER, grid
 
 from hubbench import store
 from hubbench.plan.executor import ExecutorSpec
 from hubbench.plan.suite import Plan
 from hubbench.run.runner import run_plan
 
-BUILDER = f"{Path(__file__).with_name('builders.py')}:build_tiny"
 PARTITION_ENV = "HUBBENCH_SLURM_PARTITION"
 
 
