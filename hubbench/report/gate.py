@@ -159,37 +159,14 @@ def gate_baseline(
     label = labeller(pd.concat([baseline, candidate], ignore_index=True), joined.fields)
     allowed = max(max_regression, min_effect)
     lo, hi = (1 - allowed, None) if m.higher_is_better else (None, 1 + allowed)
-    checks = []
-    for key, rb in base.items():
-        rc = cand.get(key)
-        check = Check(label(rb), m, ref=_num(rb, m), value=None, ci=None,
-                      min=lo, max=hi)  # fmt: skip
-        if rc is None or rc["status"] == "partial":
-            check.verdict = "missing"
-            check.note = ABSENT if rc is None else f"{ABSENT} in full: {rc['message']}"
-        elif rb["status"] != "ok":
-            check.value = _num(rc, m)
-            check.verdict = "missing"
-            check.note = f"baseline {rb['status']} → {rc['status']}; nothing to compare"
-        elif rc["status"] != "ok":
-            check.verdict, check.note = "regression", f"ok → {rc['status']}: {rc['message']}"
-        else:
-            check.value = _num(rc, m)
-            check.ci = metric_ratio(
-                m, rc, rb, resamples=resamples, confidence=confidence, seed=seed
-            )
-            if check.ci is None:
-                check.verdict, check.note = "missing", f"{m.name} not recorded"
-            judge(check)
-        checks.append(check)
-    absent = [c for c in checks if c.note.startswith(ABSENT)]
-    if absent and not allow_missing:
-        names = ", ".join(c.name for c in absent[:4]) + (", ..." if len(absent) > 4 else "")
-        raise ReportError(
-            f"the candidate ({run_label(candidate)}) lacks {len(absent)} of {len(checks)} "
-            f"baseline cells ({names}): an interrupted run? continue it with --resume, or pass "
-            "--allow-missing to gate the cells it has"
-        )
+    settings = {"resamples": resamples, "confidence": confidence, "seed": seed}
+    checks = [
+        _baseline_check(Check(label(rb), m, ref=_num(rb, m), value=None, ci=None, min=lo, max=hi),
+                        rb, cand.get(key), settings)
+        for key, rb in base.items()
+    ]  # fmt: skip
+    if not allow_missing:
+        _refuse_missing(checks, candidate)
     _require_judgeable(checks, "gate")
     word = "drop" if m.higher_is_better else "rise"
     why = (
@@ -210,6 +187,40 @@ def gate_baseline(
             for w in [*mismatch, *env_mismatch(baseline, candidate, ENV_WARN)]
         ],
     )
+
+
+def _baseline_check(check: Check, rb: Any, rc: Any, settings: dict[str, Any]) -> Check:
+    """A baseline cell (rb) against the candidate's (rc: None where it has none), judged;
+    `settings` are the bootstrap's (resamples, confidence, seed)."""
+    m = check.metric
+    if rc is None or rc["status"] == "partial":
+        check.verdict = "missing"
+        check.note = ABSENT if rc is None else f"{ABSENT} in full: {rc['message']}"
+    elif rb["status"] != "ok":
+        check.value = _num(rc, m)
+        check.verdict = "missing"
+        check.note = f"baseline {rb['status']} → {rc['status']}; nothing to compare"
+    elif rc["status"] != "ok":
+        check.verdict, check.note = "regression", f"ok → {rc['status']}: {rc['message']}"
+    else:
+        check.value = _num(rc, m)
+        check.ci = metric_ratio(m, rc, rb, **settings)
+        if check.ci is None:
+            check.verdict, check.note = "missing", f"{m.name} not recorded"
+        judge(check)
+    return check
+
+
+def _refuse_missing(checks: list[Check], candidate: pd.DataFrame) -> None:
+    """A ReportError where the candidate lacks baseline cells (an interrupted run)."""
+    absent = [c for c in checks if c.note.startswith(ABSENT)]
+    if absent:
+        names = ", ".join(c.name for c in absent[:4]) + (", ..." if len(absent) > 4 else "")
+        raise ReportError(
+            f"the candidate ({run_label(candidate)}) lacks {len(absent)} of {len(checks)} "
+            f"baseline cells ({names}): an interrupted run? continue it with --resume, or pass "
+            "--allow-missing to gate the cells it has"
+        )
 
 
 def _num(row: Any, m: schema.Column) -> float | None:

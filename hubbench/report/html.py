@@ -95,37 +95,8 @@ def _results_table(df: pd.DataFrame) -> str:
         (display_order(str(r["variant"])), label_of(r), int(r["seq"]), r) for _, r in df.iterrows()
     ]
     for _, label, _, r in sorted(keyed, key=lambda k: k[:3]):
-        label = html.escape(label)
         ok = r["status"] == "ok"
-        backends = ", ".join(
-            str(norm_value(r[c])) for c in BACKEND_COLUMNS if norm_value(r[c]) is not None
-        )
-        spread = (
-            f"{fmt.seconds(_f(r['time_median_s']))} "
-            f"({fmt.seconds(_f(r['time_p10_s']))}–{fmt.seconds(_f(r['time_p90_s']))})"
-            if ok
-            else "-"
-        )
-        mfu = _f(r["mfu"])
-        status = _e(r["status"]) + ("" if ok else f": {_e(r['message'])}")
-        cells = [
-            f"<td>{label}</td>",
-            f'<td class="num">{fmt_seq(int(r["seq"]))}</td>',
-            f'<td class="{"ok" if ok else "fail"}">{status}</td>',
-            f'<td class="num">{fmt.si(_f(r["tokens_per_s"]))}</td>',
-            f'<td class="num">{spread}</td>',
-            f'<td class="num">{fmt.binary_bytes(_f(r["peak_mem_bytes"]))}</td>',
-            f'<td class="{_efficiency_class(mfu)}">{html.escape(fmt.efficiency(mfu))}</td>',
-            _speed_of_light(r) if ok else '<td class="num">-</td>',
-            f"<td>{html.escape(backends) or '-'}</td>",
-        ]
-        if quality:
-            scores = quality_cells({k: norm_value(v) for k, v in r.items()}) if ok else []
-            scores = scores or ["-"] * len(QUALITY_HEADERS)
-            cells += [
-                f'<td class="{_quality_class(h, v)}">{html.escape(v)}</td>'
-                for h, v in zip(QUALITY_HEADERS, scores, strict=True)
-            ]
+        cells = _result_cells(r, html.escape(label), quality)
         out.append(f'<tr class="{"" if ok else "bad"}">' + "".join(cells) + "</tr>")
     table = "\n".join(out) + "</table>"
     over = fmt.peak_note(r for _, r in df.iterrows())
@@ -140,6 +111,41 @@ def _results_table(df: pd.DataFrame) -> str:
             "(docs/quality.md).</p>"
         )
     return table
+
+
+def _result_cells(r: Any, label: str, quality: bool) -> list[str]:
+    """A row's cells in the results table: its numbers, backends and (quality) scores."""
+    ok = r["status"] == "ok"
+    backends = ", ".join(
+        str(norm_value(r[c])) for c in BACKEND_COLUMNS if norm_value(r[c]) is not None
+    )
+    spread = (
+        f"{fmt.seconds(_f(r['time_median_s']))} "
+        f"({fmt.seconds(_f(r['time_p10_s']))}–{fmt.seconds(_f(r['time_p90_s']))})"
+        if ok
+        else "-"
+    )
+    mfu = _f(r["mfu"])
+    status = _e(r["status"]) + ("" if ok else f": {_e(r['message'])}")
+    cells = [
+        f"<td>{label}</td>",
+        f'<td class="num">{fmt_seq(int(r["seq"]))}</td>',
+        f'<td class="{"ok" if ok else "fail"}">{status}</td>',
+        f'<td class="num">{fmt.si(_f(r["tokens_per_s"]))}</td>',
+        f'<td class="num">{spread}</td>',
+        f'<td class="num">{fmt.binary_bytes(_f(r["peak_mem_bytes"]))}</td>',
+        f'<td class="{_efficiency_class(mfu)}">{html.escape(fmt.efficiency(mfu))}</td>',
+        _speed_of_light(r) if ok else '<td class="num">-</td>',
+        f"<td>{html.escape(backends) or '-'}</td>",
+    ]
+    if quality:
+        scores = quality_cells({k: norm_value(v) for k, v in r.items()}) if ok else []
+        scores = scores or ["-"] * len(QUALITY_HEADERS)
+        cells += [
+            f'<td class="{_quality_class(h, v)}">{html.escape(v)}</td>'
+            for h, v in zip(QUALITY_HEADERS, scores, strict=True)
+        ]
+    return cells
 
 
 def _quality_class(header: str, value: str) -> str:

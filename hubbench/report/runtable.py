@@ -78,43 +78,54 @@ def run_table(rows: Sequence[Mapping[str, Any]]) -> RunTable:
     out = []
     previous = None
     for r in rows:
-        ran = r.get("backend_attention")
-        attention = str(ran or r.get("attention") or "-")
         status = str(r.get("status") or "?")
         ok = status == "ok"
-        spread = (
-            f"{fmt.milliseconds(r.get('time_p10_s'))}-{fmt.milliseconds(r.get('time_p90_s'))}"
-            if ok and r.get("time_p10_s") is not None
-            else "-"
-        )
-        cells = [
-            str(r.get("cell_index", "")),
-            display_name(str(r.get("variant")), r.get("mixer")),  # a plug-in by its class
-            attention,
-            str(r.get("seq")),
-            *["-" if r.get(f) is None else str(r.get(f)) for f in details],
-            status,
-            fmt.si(r.get("tokens_per_s")) if ok else "-",
-            fmt.milliseconds(r.get("time_median_s")) if ok else "-",
-            spread,
-            fmt.binary_bytes(r.get("peak_mem_bytes")) if ok else "-",
-            *([fmt.binary_bytes(r.get("state_bytes")) if ok else "-"] if stateful else []),
-        ]
-        if not speed:
-            del cells[-2 - stateful]  # the spread
-        else:
-            cells += [
-                fmt.efficiency(r.get("mfu")),
-                fmt.efficiency(r.get("speed_of_light_fraction")) if ok else "-",
-            ]
-        if quality:
-            cells += quality_cells(r) if ok else ["-"] * len(QUALITY_HEADERS)
+        cells = _cells(r, details, stateful, speed, quality)
         if failed:
             message = None if ok else str(r.get("message") or "")
             cells.append(SAME_MESSAGE if message and message == previous else message or "")
             previous = message or previous
+        ran = r.get("backend_attention")
         out.append(TableRow(tuple(cells), status, not ran and bool(r.get("attention"))))
     return RunTable(tuple(columns), tuple(out), _notes(rows, stateful))
+
+
+def _cells(
+    r: Mapping[str, Any], details: list[str], stateful: bool, speed: bool, quality: bool
+) -> list[str]:
+    """A row's table cells up to its message: what ran, its status and its numbers (the
+    spread, MFU and SoL where the run has timed modes; state and quality where it has them)."""
+    attention = str(r.get("backend_attention") or r.get("attention") or "-")
+    status = str(r.get("status") or "?")
+    ok = status == "ok"
+    spread = (
+        f"{fmt.milliseconds(r.get('time_p10_s'))}-{fmt.milliseconds(r.get('time_p90_s'))}"
+        if ok and r.get("time_p10_s") is not None
+        else "-"
+    )
+    cells = [
+        str(r.get("cell_index", "")),
+        display_name(str(r.get("variant")), r.get("mixer")),  # a plug-in by its class
+        attention,
+        str(r.get("seq")),
+        *["-" if r.get(f) is None else str(r.get(f)) for f in details],
+        status,
+        fmt.si(r.get("tokens_per_s")) if ok else "-",
+        fmt.milliseconds(r.get("time_median_s")) if ok else "-",
+        spread,
+        fmt.binary_bytes(r.get("peak_mem_bytes")) if ok else "-",
+        *([fmt.binary_bytes(r.get("state_bytes")) if ok else "-"] if stateful else []),
+    ]
+    if not speed:
+        del cells[-2 - stateful]  # the spread
+    else:
+        cells += [
+            fmt.efficiency(r.get("mfu")),
+            fmt.efficiency(r.get("speed_of_light_fraction")) if ok else "-",
+        ]
+    if quality:
+        cells += quality_cells(r) if ok else ["-"] * len(QUALITY_HEADERS)
+    return cells
 
 
 QUALITY_HEADERS = ("quality", "trivial", "routing P/R", "random P/R", "conv", "causal")

@@ -3,8 +3,9 @@ hubbench.report.plots.registry; `render` draws every kind a run's rows support.
 
 - `registry`: the Kind (name, what a run needs, how to draw a facet) and the kinds registered;
 - `draw`: a run's figures (`render`), one per kind and facet, saved as PNG / SVG / PDF;
-- kinds: `throughput`, `scaling`, `speedup`, `heatmap`, `memory` (memory and state), `pareto`,
-  `curves`, `recall`, `convergence`; `lines` and `quality` hold what several of them share;
+- kinds: `throughput`, `scaling`, `speedup`, `heatmap` (its panels: `heatgrid`), `memory`
+  (memory and state), `pareto`, `curves`, `recall`, `convergence`; `lines` and `quality` hold
+  what several of them share;
 - drawing helpers: `figure` (axes, titles, failures, footnotes), `forest` (one row per series),
   `ticks` (log axes); colours and formatters are hubbench.report.style, facets and series
   hubbench.report.series.

@@ -16,7 +16,9 @@ from hubbench.report.plots.figure import (
     title,
 )
 from hubbench.report.plots.quality import (
+    Line,
     gap_note,
+    leak_note,
     lines,
     percent,
     quality_rows,
@@ -28,6 +30,7 @@ from hubbench.report.series import Facet
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.axes import Axes
 
 
 def converged_counts(rows: Iterable[dict[str, Any]]) -> tuple[int, int]:
@@ -53,8 +56,6 @@ def has_convergence(df: pd.DataFrame) -> bool:
 
 
 def convergence(facet: Facet) -> Figured:
-    from matplotlib.ticker import NullFormatter, NullLocator
-
     rows = _hub_rows(facet.df)
     hubs = sorted({int(r["hubs"]) for r in rows})
     fig = new_figure()
@@ -64,43 +65,12 @@ def convergence(facet: Facet) -> Figured:
     taken: dict[tuple[int, float], int] = {}  # (M, fraction) -> labels already there
     for i, line in enumerate(found):
         dodge = 2 ** (0.04 * (i - (len(found) - 1) / 2))
-        xs, ys, counts = [], [], []
-        for m in hubs:
-            here = [r for r in line.rows if r["hubs"] == m]
-            k, n = converged_counts(here)
-            more_marks, more_gaps = unmeasured(line, here, m * dodge, f"M={m}")
-            marks += more_marks
-            gaps += more_gaps
-            if n == 0:
-                continue
-            xs.append(m * dodge)
-            ys.append(k / n)
-            counts.append(f"{k}/{n}")
-        hollow = line.leaks
-        label = f"{line.label} (leaks)" if hollow else line.label
-        if not xs:
-            ax.plot([], [], label=label + " (no ok cells)", **line.style.kwargs())
-            continue
-        ax.plot(xs, ys, label=label, markersize=5.5,
-                markerfacecolor="white" if hollow else line.style.color,
-                **line.style.kwargs())  # fmt: skip
-        for x, y, text in zip(xs, ys, counts, strict=True):
-            spot = (round(math.log2(x)), round(y, 3))
-            level = taken.get(spot, 0)  # lines that meet: their counts stack, not overlap
-            taken[spot] = level + 1
-            below = y > 0.8
-            ax.annotate(text, (x, y), xytext=(6, (-9 - 8 * level) if below else (5 + 8 * level)),
-                        textcoords="offset points", fontsize=style.NOTE_SIZE,
-                        color=line.style.color, ha="left", va="center",
-                        annotation_clip=False)  # fmt: skip
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(hubs, [str(m) for m in hubs])
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlim(hubs[0] / 1.4, hubs[-1] * 1.4)
+        more_marks, more_gaps = _line(ax, line, [(m, m * dodge) for m in hubs], taken)
+        marks += more_marks
+        gaps += more_gaps
+    _hubs_axis(ax, hubs)
     ax.set_ylim(-0.04, 1.06)
     ax.yaxis.set_major_formatter(percent())
-    ax.set_xlabel("hubs M")
     ax.set_ylabel("seeds converged")
     mark_failures(ax, marks, log_y=False)
     title(fig, "Convergence against the number of hubs", facet)
@@ -113,15 +83,60 @@ def convergence(facet: Facet) -> Figured:
         + (f" Trained: {trained}." if trained else ""),
         *_without_hubs(facet.df),
         *gap_note(gaps),
+        *leak_note(found, "convergence"),
     ]
-    if any(line.leaks for line in found):
-        notes.append("Hollow, (leaks): the trained model failed the causality checks or is not "
-                     "causal, so its convergence is not a valid result.")  # fmt: skip
     caption = (
         f"Fraction of seeds that converged ({threshold}) against the number of hubs M, one line "
         "per config; each point is labelled converged/seeds."
     )
     return Figured(fig, str(facet.fixed.get("task") or ""), notes, caption)
+
+
+def _line(
+    ax: Axes, line: Line, at: list[tuple[int, float]], taken: dict[tuple[int, float], int]
+) -> tuple[list[tuple[float, str, str]], list[str]]:
+    """Draw one config's fraction converged at each M (at: M and where its point goes), each
+    point labelled converged/seeds; the marks and notes of its cells that gave no verdict."""
+    marks, gaps, xs, ys, counts = [], [], [], [], []
+    for m, x in at:
+        here = [r for r in line.rows if r["hubs"] == m]
+        k, n = converged_counts(here)
+        more_marks, more_gaps = unmeasured(line, here, x, f"M={m}")
+        marks += more_marks
+        gaps += more_gaps
+        if n == 0:
+            continue
+        xs.append(x)
+        ys.append(k / n)
+        counts.append(f"{k}/{n}")
+    if not xs:
+        ax.plot([], [], label=line.name + " (no ok cells)", **line.style.kwargs())
+        return marks, gaps
+    ax.plot(xs, ys, label=line.name, markersize=5.5,
+            markerfacecolor="white" if line.leaks else line.style.color,
+            **line.style.kwargs())  # fmt: skip
+    for x, y, text in zip(xs, ys, counts, strict=True):
+        spot = (round(math.log2(x)), round(y, 3))
+        level = taken.get(spot, 0)  # lines that meet: their counts stack, not overlap
+        taken[spot] = level + 1
+        below = y > 0.8
+        ax.annotate(text, (x, y), xytext=(6, (-9 - 8 * level) if below else (5 + 8 * level)),
+                    textcoords="offset points", fontsize=style.NOTE_SIZE,
+                    color=line.style.color, ha="left", va="center",
+                    annotation_clip=False)  # fmt: skip
+    return marks, gaps
+
+
+def _hubs_axis(ax: Axes, hubs: list[int]) -> None:
+    """M on a log2 axis, ticked at the values the run has."""
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(hubs, [str(m) for m in hubs])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(hubs[0] / 1.4, hubs[-1] * 1.4)
+    ax.set_xlabel("hubs M")
 
 
 def _without_hubs(df: pd.DataFrame) -> list[str]:

@@ -38,8 +38,7 @@ def curves(facet: Facet) -> Figured:
     gaps, seeds = [], 0
     for line in lines(quality_rows(facet.df), ()):
         gaps += unmeasured(line, line.rows, 0, "")[1]
-        hollow = line.leaks
-        name = f"{line.label} (leaks)" if hollow else line.label
+        name = line.name
         shown = [r for r in line.ok if _floats(r.get("curve_updates"))]
         seeds = max(seeds, len(shown))
         kw = {"color": line.style.color, "linestyle": line.style.linestyle, "linewidth": 1.0,

@@ -19,24 +19,22 @@ valid result.
 
 A figure's file stem is the variant plus whatever else tells the facet's grids apart (C=16 vs
 C=32, causal, ...), and the task for quality rows, so no two figures of a run share a name.
+The panels themselves are drawn by hubbench.report.plots.heatgrid.
 """
 
 from __future__ import annotations
 
 import re
-import statistics
 import textwrap
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
 from hubbench.plan.variants import is_router
 from hubbench.report import format as fmt
-from hubbench.report import style
 from hubbench.report.format import fmt_seq
 from hubbench.report.load import cell_keys, fmt_value, norm_value, records
 from hubbench.report.plots.figure import Figured, context, new_figure, title
+from hubbench.report.plots.heatgrid import Cell, Key, Metric, draw_panels
 from hubbench.report.plots.registry import Kind, register
 from hubbench.report.ratios import metric_ratio
 from hubbench.report.seeds import quality_metric
@@ -44,13 +42,10 @@ from hubbench.report.series import SYMBOLS, Facet, series_fields
 
 if TYPE_CHECKING:
     import pandas as pd
-    from matplotlib.axes import Axes
 
 # pooled into one cell (replicates), or the grid's own axes and panels
 POOLED = ("hubs", "topk", "seed")
 TASK_TEXT = {"mqar": "MQAR", "bytes": "byte LM"}
-LEAK_FACE, LEAK_EDGE, LEAK_TEXT = "#fbe4e1", "#d98b82", "#8e1b10"
-LEAK_BOX = {"boxstyle": "round,pad=0.12", "facecolor": "white", "edgecolor": "none", "alpha": 0.9}
 TIME_METRICS = ("tokens_per_s",)  # panels whose cells have rounds to tell noise from a difference
 # what metric_ratio reads from a row: the value, its rounds, and whether two rows pair
 RATIO_FIELDS = ("run_id", "time_median_s", "samples_s", "round_samples_s", "round_sessions")
@@ -59,39 +54,6 @@ TIE_TEXT = (
     "interval of their ratio, rounds paired, contains 1), so it takes the best's colour; only "
     "cells that differ beyond their intervals take their own."
 )
-
-
-@dataclass
-class Metric:
-    column: str
-    label: str  # panel title
-    higher: bool  # higher is better
-    bar: str = ""  # colour bar label (default: label)
-    text: Callable[[float], str] = fmt.si
-
-
-@dataclass
-class Cell:
-    """The rows of one (M, k, n) point of the grid: its seeds."""
-
-    ok: list[dict[str, Any]] = field(default_factory=list)
-    failed: list[dict[str, Any]] = field(default_factory=list)
-    quality: bool = False
-
-    def mean(self, column: str) -> float | None:
-        values = [float(r[column]) for r in self.ok if r.get(column) is not None]
-        return statistics.fmean(values) if values else None
-
-    @property
-    def leak(self) -> bool:
-        """A quality cell whose trained model did not pass the causality check."""
-        return self.quality and any(r.get("causal_check") != "pass" for r in self.ok)
-
-    @property
-    def verdicts(self) -> tuple[int, int]:
-        """(seeds converged, ok seeds with a verdict)."""
-        seen = [r["converged"] for r in self.ok if r.get("converged") is not None]
-        return sum(bool(c) for c in seen), len(seen)
 
 
 def _quality(df: pd.DataFrame) -> bool:
@@ -216,8 +178,16 @@ def _heatmap(facet: Facet, variant: str, stem: str, g: pd.DataFrame) -> Figured:
             fig.add_subplot(grid[mi * rows // len(metrics) + k // cols, k % cols])
             for k in range(len(seqs))
         ]
-        _metric_panels(fig, axes, cells, seqs, hubs, topk, metric, seeds > 1 and mi == 1,
+        draw_panels(fig, axes, cells, seqs, hubs, topk, metric, seeds > 1 and mi == 1,
                        ties[metric.column])  # fmt: skip
+    title(fig, _what(variant, g), facet)
+    fig.text(0.02, 0.01, text, fontsize=7.5, color="#333333")
+    caption = _caption(facet, variant, seqs, metrics, cells, quality, seeds, tied)
+    return Figured(fig, stem, [], caption)
+
+
+def _what(variant: str, g: pd.DataFrame) -> str:
+    """The title: the variant over M x k, its other hub settings, and the task."""
     others = [
         f"{SYMBOLS.get(f, f)}={norm_value(g[f].iloc[0])}"
         for f in ("neighbours", "chunk")
@@ -227,8 +197,14 @@ def _heatmap(facet: Facet, variant: str, stem: str, g: pd.DataFrame) -> Figured:
     what = f"{variant} over hubs M × topk k" + (f" ({', '.join(others)})" if others else "")
     if task:
         what += f" · {TASK_TEXT.get(task, task)}"
-    title(fig, what, facet)
-    fig.text(0.02, 0.01, text, fontsize=7.5, color="#333333")
+    return what
+
+
+def _caption(
+    facet: Facet, variant: str, seqs: list[int], metrics: list[Metric],
+    cells: dict[Key, Cell], quality: bool, seeds: int, tied: bool,
+) -> str:  # fmt: skip
+    """What the figure shows, for the report: its metrics, panels, pooling, ties and gaps."""
     panels = (
         f"one panel per n ({', '.join(fmt_seq(n) for n in seqs)})"
         if len(seqs) > 1
@@ -262,10 +238,7 @@ def _heatmap(facet: Facet, variant: str, stem: str, g: pd.DataFrame) -> Figured:
             )
             + ("; hatched cells did not run." if missing else ".")
         )
-    return Figured(fig, stem, [], caption)
-
-
-Key = tuple[int, int, int]  # (M, k, n)
+    return caption
 
 
 def _ties(cells: dict[Key, Cell], metric: Metric) -> dict[Key, Key]:
@@ -353,115 +326,6 @@ def _checks(c: Cell) -> str:
         of = f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)} of {len(c.ok)})"
         out.append(check + (of if len(c.ok) > 1 else ""))
     return ", ".join(out)
-
-
-def _metric_panels(
-    fig: Any, axes: list[Axes], cells: dict[tuple[int, int, int], Cell], seqs: list[int],
-    hubs: list[int], topk: list[int], metric: Metric, counts: bool,
-    ties: dict[Key, Key] | None = None,
-) -> None:  # fmt: skip
-    """One row (or rows) of panels for one metric, sharing one colour scale and one colour bar.
-    `counts`: each cell says how many of its seeds converged; `ties`: the cells within noise of
-    their n's best (_ties), drawn in its colour."""
-    ties = ties or {}
-    import numpy as np
-    from matplotlib import colormaps
-    from matplotlib.colors import Normalize
-
-    cmap = colormaps["viridis" if metric.column == "tokens_per_s" else "cividis"]
-    cmap = cmap if metric.higher else cmap.reversed()  # brighter is better either way
-    means = {key: c.mean(metric.column) for key, c in cells.items()}
-    scale = [v for key, v in means.items() if v is not None and not cells[key].leak]
-    norm = Normalize(min(scale), max(scale)) if scale else Normalize(0.0, 1.0)
-    image = None
-    for ax, seq in zip(axes, seqs, strict=True):
-        mat = np.full((len(hubs), len(topk)), np.nan)  # (M, k): the value each colour shows
-        own: dict[tuple[int, int], float] = {}  # (i, j) -> the value its text reads
-        marks: dict[tuple[int, int], tuple[str, str]] = {}  # (i, j) -> (kind, text)
-        for (m, k, n), c in cells.items():
-            if n != seq:
-                continue
-            i, j, v = hubs.index(m), topk.index(k), means[(m, k, n)]
-            if c.leak:
-                marks[(i, j)] = ("leak", "" if v is None else f"({metric.text(v)})")
-            elif v is not None:
-                best = ties.get((m, k, n))
-                mat[i, j] = v if best is None else means[best]
-                own[(i, j)] = v
-                conv, seen = c.verdicts
-                if counts and seen:
-                    marks[(i, j)] = ("ok", f"{conv}/{seen} conv.")
-                elif counts and len(c.ok) > 1:
-                    marks[(i, j)] = ("ok", f"{len(c.ok)} seeds")
-                elif best is not None:
-                    marks[(i, j)] = ("ok", "best" if best == (m, k, n) else "≈ best")
-            elif c.ok:
-                marks[(i, j)] = ("missing", "n/a")
-            else:
-                statuses = dict.fromkeys(str(r["status"]) for r in c.failed)
-                marks[(i, j)] = ("missing", "/".join(statuses))
-        image = ax.imshow(mat, cmap=cmap, norm=norm, aspect="auto", origin="lower")
-        _annotate(ax, mat, marks, lambda v: cmap(norm(v)), metric.text, own)
-        ax.set_xticks(range(len(topk)), [str(k) for k in topk])
-        ax.set_yticks(range(len(hubs)), [str(m) for m in hubs])
-        ax.set_xlabel("council budget k")
-        ax.set_ylabel("hubs M")
-        ax.set_title(f"{metric.label} · n = {fmt_seq(seq)}", fontsize=9.5)
-        ax.grid(False)
-        for edge in range(1, len(topk)):  # cells of one colour (≈ best) stay told apart
-            ax.axvline(edge - 0.5, color="white", linewidth=1.0)
-        for edge in range(1, len(hubs)):
-            ax.axhline(edge - 0.5, color="white", linewidth=1.0)
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(True)
-    boxes = [ax.get_position() for ax in axes]
-    x1 = max(b.x1 for b in boxes)
-    y0, y1 = min(b.y0 for b in boxes), max(b.y1 for b in boxes)
-    cax = fig.add_axes((x1 + 0.15 / fig.get_figwidth(), y0, 0.14 / fig.get_figwidth(), y1 - y0))
-    bar = fig.colorbar(image, cax=cax)
-    bar.set_label(metric.bar or metric.label)
-    if metric.column == "tokens_per_s":
-        bar.ax.yaxis.set_major_formatter(style.si_formatter())
-    elif metric.text is fmt.fraction:
-        bar.ax.yaxis.set_major_formatter(lambda v, _: fmt.fraction(v).replace(".0%", "%"))
-
-
-def _annotate(ax: Axes, mat: Any, marks: dict[tuple[int, int], tuple[str, str]],
-              colour_of: Any, text_of: Callable[[float], str],
-              own: dict[tuple[int, int], float]) -> None:  # fmt: skip
-    """Each cell's value (`own`, in a colour `mat` gives) and its mark, or its hatching."""
-    from matplotlib.patches import Rectangle
-
-    for (i, j), v in _values(mat):
-        kind, extra = marks.get((i, j), ("", ""))
-        if v == v:  # not NaN
-            r, gr, b, _ = colour_of(v)
-            dark = 0.299 * r + 0.587 * gr + 0.114 * b < 0.5  # perceived luminance
-            colour = "white" if dark else "black"
-            value = text_of(own.get((i, j), v))
-            if extra:
-                ax.text(j, i + 0.1, value, ha="center", va="bottom", fontsize=8, color=colour)
-                ax.text(j, i - 0.05, extra, ha="center", va="top", fontsize=6.5, color=colour)
-            else:
-                ax.text(j, i, value, ha="center", va="center", fontsize=8, color=colour)
-        elif kind == "leak":
-            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor=LEAK_FACE,
-                                   edgecolor=LEAK_EDGE, hatch="xx", linewidth=0))  # fmt: skip
-            ax.text(j, i + (0.05 if extra else 0), "LEAK", ha="center",
-                    va="bottom" if extra else "center", fontsize=8, color=LEAK_TEXT,
-                    fontweight="bold", gid="leak", bbox=LEAK_BOX)  # fmt: skip
-            if extra:
-                ax.text(j, i - 0.05, extra, ha="center", va="top", fontsize=6.5, color=LEAK_TEXT,
-                        bbox=LEAK_BOX)  # fmt: skip
-        else:
-            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="#eeeeee",
-                                   edgecolor="#999999", hatch="///", linewidth=0))  # fmt: skip
-            ax.text(j, i, extra or "n/a", ha="center", va="center", fontsize=7.5,
-                    color="#333333", fontweight="bold")  # fmt: skip
-
-
-def _values(mat: Any) -> list[tuple[tuple[int, int], float]]:
-    return [((i, j), float(mat[i, j])) for i in range(mat.shape[0]) for j in range(mat.shape[1])]
 
 
 def has_heatmap(df: pd.DataFrame) -> bool:

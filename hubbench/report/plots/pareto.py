@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hubbench.report import style
 from hubbench.report.plots.figure import Figured, context, legend, line_axes, new_figure, title
 from hubbench.report.plots.quality import (
+    Line,
+    Pooled,
     facet_task,
     gap_note,
     hows,
@@ -28,6 +31,7 @@ from hubbench.report.series import Facet
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.axes import Axes
 
 
 def front_of(
@@ -43,34 +47,18 @@ def pareto(facet: Facet) -> Figured:
     task = facet_task(facet)
     column, label, higher = quality_metric(task)
     rows = quality_rows(facet.df)
-    found = lines(rows, ())
     fig = new_figure()
     ax = line_axes(fig)
-    points, leaks, drawn, pooled, gaps, xs_all = [], [], [], [], [], []
-    for line in found:
-        got = pool(r.get(column) for r in line.ok)
+    points, leaks, pooled, gaps, xs_all = [], [], [], [], []
+    for line in lines(rows, ()):
         gaps += unmeasured(line, line.rows, 0, "")[1]
-        hollow = line.leaks
-        name = f"{line.label} (leaks)" if hollow else line.label
-        speed = [float(r["tokens_per_s"]) for r in line.ok if r.get("tokens_per_s") is not None]
-        if got is None or not speed:
-            ax.plot([], [], label=name + " (no ok cells)", linestyle="none",
-                    marker=line.style.marker, color=line.style.color)  # fmt: skip
-            continue
-        x = statistics.median(speed)
-        lo = min(float(r.get("tokens_per_s_p10") or r["tokens_per_s"]) for r in line.ok)
-        hi = max(float(r.get("tokens_per_s_p90") or r["tokens_per_s"]) for r in line.ok)
-        y_lo, y_hi = (max(got.low, 0.0), min(got.high, 1.0)) if higher else (got.low, got.high)
-        ax.errorbar(x, got.mean, xerr=[[x - lo], [hi - x]],
-                    yerr=[[got.mean - y_lo], [y_hi - got.mean]], color=line.style.color,
-                    marker=line.style.marker, markersize=7, linestyle="none", capsize=3,
-                    elinewidth=0.9, markerfacecolor="white" if hollow else line.style.color,
-                    label=name)  # fmt: skip
-        points.append((x, got.mean))
-        leaks.append(hollow)
-        drawn.append(line)
-        pooled.append(got)
-        xs_all += [lo, hi]
+        drawn = _config(ax, line, column, higher)
+        if drawn is not None:
+            point, got, bar = drawn
+            points.append(point)
+            leaks.append(line.leaks)
+            pooled.append(got)
+            xs_all += bar
     front = front_of(points, leaks, higher)
     if len(front) > 1:
         ax.plot([points[i][0] for i in front], [points[i][1] for i in front], color="#777777",
@@ -87,6 +75,48 @@ def pareto(facet: Facet) -> Figured:
         ax.yaxis.set_major_formatter(percent())
     title(fig, f"Quality against training speed: {task}", facet)
     legend(ax)
+    shown = Shown(len(front) > 1, any(leaks), base is not None)
+    notes, caption = _words(facet, higher, pooled, gaps, shown)
+    return Figured(fig, task, notes, caption)
+
+
+def _config(
+    ax: Axes, line: Line, column: str, higher: bool
+) -> tuple[tuple[float, float], Pooled, list[float]] | None:
+    """Draw one config's point: the median training tokens/s (bars: its lowest p10 to highest
+    p90) against its seeds' mean quality; ((x, y), the pooled quality, the bar's ends), or None
+    (then only its name is drawn) when it has no quality or no tokens/s."""
+    got = pool(r.get(column) for r in line.ok)
+    speed = [float(r["tokens_per_s"]) for r in line.ok if r.get("tokens_per_s") is not None]
+    if got is None or not speed:
+        ax.plot([], [], label=line.name + " (no ok cells)", linestyle="none",
+                marker=line.style.marker, color=line.style.color)  # fmt: skip
+        return None
+    x = statistics.median(speed)
+    lo = min(float(r.get("tokens_per_s_p10") or r["tokens_per_s"]) for r in line.ok)
+    hi = max(float(r.get("tokens_per_s_p90") or r["tokens_per_s"]) for r in line.ok)
+    y_lo, y_hi = (max(got.low, 0.0), min(got.high, 1.0)) if higher else (got.low, got.high)
+    ax.errorbar(x, got.mean, xerr=[[x - lo], [hi - x]],
+                yerr=[[got.mean - y_lo], [y_hi - got.mean]], color=line.style.color,
+                marker=line.style.marker, markersize=7, linestyle="none", capsize=3,
+                elinewidth=0.9, markerfacecolor="white" if line.leaks else line.style.color,
+                label=line.name)  # fmt: skip
+    return (x, got.mean), got, [lo, hi]
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What a pareto figure draws besides its points, for its notes and caption."""
+
+    front: bool  # the Pareto front, a grey line (two or more configs on it)
+    leaks: bool  # hollow points: configs that are not causal
+    base: bool  # the dashed line of chance or the unigram model
+
+
+def _words(
+    facet: Facet, higher: bool, pooled: list[Pooled], gaps: list[str], shown: Shown
+) -> tuple[list[str], str]:
+    """The figure's notes and caption, naming only what it draws."""
     how = hows(pooled)
     seeds = max((p.n for p in pooled), default=0)
     what = "accuracy" if higher else "bits per byte"
@@ -96,29 +126,29 @@ def pareto(facet: Facet) -> Figured:
         f"(bars: lowest p10 to highest p90 of its updates), y the mean held-out {what} (bars: "
         f"{how})."
     )
-    if len(front) > 1:
+    if shown.front:
         first += " Grey line: the Pareto front, the configs no other beats on both axes."
-    if base is not None:
+    if shown.base:
         first += f" Dashed: {floor}."
     notes = [first, *gap_note(gaps, "not drawn")]
-    if any(leaks):
+    if shown.leaks:
         notes.append("Hollow, (leaks): the trained model failed the causality checks or is "
                      "not causal; its quality is not a valid result, and it stays off the "
                      "front.")  # fmt: skip
     said = [f"the mean over its seeds with {how} as error bars"]  # only what is drawn
-    if len(front) > 1:
+    if shown.front:
         said.append("the grey line joins the configs no other config beats on both")
-    if any(leaks):
-        said.append("hollow points (not causal) stay off it" if len(front) > 1 else
+    if shown.leaks:
+        said.append("hollow points (not causal) stay off it" if shown.front else
                     "hollow points are not causal")  # fmt: skip
-    if base is not None:
+    if shown.base:
         said.append(f"the dashed line is {'chance' if higher else 'the unigram model'}")
     caption = (
         f"Held-out {what} against training throughput, {context(facet)}: one point per config, "
         + "; ".join(said)
         + "."
     )
-    return Figured(fig, task, notes, caption)
+    return notes, caption
 
 
 def has_pareto(df: pd.DataFrame) -> bool:

@@ -48,6 +48,11 @@ class Line:
     def leaks(self) -> bool:
         return any(leaking(r) for r in self.ok)
 
+    @property
+    def name(self) -> str:
+        """The legend's name: the label, marked "(leaks)" when the trained model is not causal."""
+        return f"{self.label} (leaks)" if self.leaks else self.label
+
 
 @dataclass(frozen=True)
 class Pooled:
@@ -204,6 +209,14 @@ def gap_note(gaps: list[str], where: str = "x at the foot of the axes") -> list[
         return []
     more = f"; +{len(gaps) - 8} more" if len(gaps) > 8 else ""
     return [f"Not measured ({where}): " + "; ".join(gaps[:8]) + more + "."]
+
+
+def leak_note(found: Iterable[Line], what: str) -> list[str]:
+    """The note on hollow points, where a line leaks: `what` (its accuracy, ...) is not valid."""
+    if not any(line.leaks for line in found):
+        return []
+    return [f"Hollow, (leaks): the trained model failed the causality checks or is not causal, "
+            f"so its {what} is not a valid result."]  # fmt: skip
 
 
 def hows(pooled: Iterable[Pooled]) -> str:

@@ -18,8 +18,11 @@ from hubbench.report.plots.figure import (
     title,
 )
 from hubbench.report.plots.quality import (
+    Line,
+    Pooled,
     gap_note,
     hows,
+    leak_note,
     lines,
     percent,
     pool,
@@ -72,28 +75,10 @@ def recall(facet: Facet) -> Figured:
     marks, gaps, pooled = [], [], []
     for i, line in enumerate(found):
         dodge = 0.06 * (i - (len(found) - 1) / 2)  # error bars side by side, not on top
-        xs, ys, lo, hi = [], [], [], []
-        for p in points:
-            here = [r for r in line.rows if (r["seq"], r[GRID_FIELD]) == p]
-            got = pool(r.get("eval_accuracy") for r in here if r.get("status") == "ok")
-            more_marks, more_gaps = unmeasured(line, here, at[p] + dodge, _tick(p))
-            marks += more_marks
-            gaps += more_gaps
-            if got is None:
-                continue
-            pooled.append(got)
-            xs.append(at[p] + dodge)
-            ys.append(got.mean)
-            lo.append(got.mean - max(got.low, 0.0))  # an accuracy stays within 0-100%
-            hi.append(min(got.high, 1.0) - got.mean)
-        hollow = line.leaks
-        label = f"{line.label} (leaks)" if hollow else line.label
-        if xs:
-            ax.errorbar(xs, ys, yerr=[lo, hi], label=label, elinewidth=0.9, capsize=2.5,
-                        markerfacecolor="white" if hollow else line.style.color,
-                        **line.style.kwargs())  # fmt: skip
-        else:
-            ax.plot([], [], label=label + " (no ok cells)", **line.style.kwargs())
+        more_marks, more_gaps, more_pooled = _line(ax, line, [(p, at[p] + dodge) for p in points])
+        marks += more_marks
+        gaps += more_gaps
+        pooled += more_pooled
     chance = _chance(ax, rows, at)
     ax.set_xticks(range(len(points)), [_tick(p) for p in points])
     ax.set_xlim(-0.5, len(points) - 0.5)
@@ -112,16 +97,43 @@ def recall(facet: Facet) -> Figured:
         + (" Dashed: chance (1 / the number of values)." if chance else "")
         + (f" Trained: {trained}." if trained else ""),
         *gap_note(gaps),
+        *leak_note(found, "accuracy"),
     ]
-    if any(line.leaks for line in found):
-        notes.append("Hollow, (leaks): the trained model failed the causality checks or is not "
-                     "causal, so its accuracy is not a valid result.")  # fmt: skip
     caption = (
         "Held-out MQAR accuracy of each config at every (sequence length n, key-value pairs) "
         f"point of the run, the mean over its seeds with {how} as error bars"
         + ("; the dashed line is chance." if chance else ".")
     )
     return Figured(fig, "", notes, caption)
+
+
+def _line(
+    ax: Axes, line: Line, at: list[tuple[tuple[int, int], float]]
+) -> tuple[list[tuple[float, str, str]], list[str], list[Pooled]]:
+    """Draw one config's mean accuracy over its seeds at each grid point (at: the point and
+    where it goes on the x axis); the marks and notes of its cells that gave no accuracy, and
+    the pooled values drawn."""
+    marks, gaps, pooled, xs, ys, lo, hi = [], [], [], [], [], [], []
+    for p, x in at:
+        here = [r for r in line.rows if (r["seq"], r[GRID_FIELD]) == p]
+        got = pool(r.get("eval_accuracy") for r in here if r.get("status") == "ok")
+        more_marks, more_gaps = unmeasured(line, here, x, _tick(p))
+        marks += more_marks
+        gaps += more_gaps
+        if got is None:
+            continue
+        pooled.append(got)
+        xs.append(x)
+        ys.append(got.mean)
+        lo.append(got.mean - max(got.low, 0.0))  # an accuracy stays within 0-100%
+        hi.append(min(got.high, 1.0) - got.mean)
+    if xs:
+        ax.errorbar(xs, ys, yerr=[lo, hi], label=line.name, elinewidth=0.9, capsize=2.5,
+                    markerfacecolor="white" if line.leaks else line.style.color,
+                    **line.style.kwargs())  # fmt: skip
+    else:
+        ax.plot([], [], label=line.name + " (no ok cells)", **line.style.kwargs())
+    return marks, gaps, pooled
 
 
 def _tick(point: tuple[int, int]) -> str:

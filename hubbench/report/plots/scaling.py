@@ -4,6 +4,7 @@ the HTML report."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hubbench.report import style
@@ -58,16 +59,6 @@ def scaling(facet: Facet) -> Figured:
     fits = {s.label: series_fit(s) for s in series}
     # series with points but too few for a slope: named, never given an exponent
     short = [s for s in split_ran(series)[0] if fits[s.label] is None and _timed_seqs(s)]
-
-    def suffix(s: Series) -> str:
-        f = fits[s.label]
-        if f is not None:
-            ci = "" if f.low is None else f" [{f.low:.2f}, {f.high:.2f}]"
-            return f"  ($\\propto n^{{{f.exponent:.2f}}}${ci})"
-        mixed = len(short) < len(split_ran(series)[0])  # others have one: say why this has none
-        unfitted = s.label in {x.label for x in short}
-        return f"  ({_points(len(_timed_seqs(s)))}: no exponent)" if unfitted and mixed else ""
-
     decode = facet.fixed.get("mode") == "decode"
     measure = Measure(
         "Scaling",
@@ -78,15 +69,46 @@ def scaling(facet: Facet) -> Figured:
         "p10–p90 of the per-step times",
     )
     found = crossovers(series)
-    out = line_figure(facet, measure, suffix, crossing_marks(found))
+    out = line_figure(facet, measure, _suffix(series, fits, short), crossing_marks(found))
+    what = "Median time per generated token" if decode else "Median step time"
+    said, legend_says = _exponent_words(fits, short, split_ran(series)[0])
+    out.notes[:0] = [f"{what}; error bars p10–p90.{said}", *crossover_notes(found, series)]
+    out.caption = (
+        f"{what} against sequence length n (log-log), {context(facet)}; error bars span p10–p90 "
+        f"of the per-step times{legend_says}." + crossover_caption(found, series)
+    )
+    return out
+
+
+def _suffix(
+    series: list[Series], fits: dict[str, Fit | None], short: list[Series]
+) -> Callable[[Series], str]:
+    """A series' legend label ends with its exponent and interval, or, where other series have
+    one, with why it has none."""
+
+    def suffix(s: Series) -> str:
+        f = fits[s.label]
+        if f is not None:
+            ci = "" if f.low is None else f" [{f.low:.2f}, {f.high:.2f}]"
+            return f"  ($\\propto n^{{{f.exponent:.2f}}}${ci})"
+        mixed = len(short) < len(split_ran(series)[0])  # others have one: say why this has none
+        unfitted = s.label in {x.label for x in short}
+        return f"  ({_points(len(_timed_seqs(s)))}: no exponent)" if unfitted and mixed else ""
+
+    return suffix
+
+
+def _exponent_words(
+    fits: dict[str, Fit | None], short: list[Series], ran: list[Series]
+) -> tuple[str, str]:
+    """What the notes say of the exponents (how they were fitted, which series have none), and
+    what the caption says the legend gives."""
     ranges = {(f.n_lo, f.n_hi) for f in fits.values() if f is not None}
     span = (
         f"{fmt_seq(min(r[0] for r in ranges))}–{fmt_seq(max(r[1] for r in ranges))}"
         if ranges
         else "-"
     )
-    what = "Median time per generated token" if decode else "Median step time"
-    ran = split_ran(series)[0]
     unfitted = f" No exponent fitted{_too_few(short, ran)}." if short else ""
     exponents = (
         f" Exponents: least-squares slope of log t on log n over the upper half of each series' "
@@ -95,10 +117,6 @@ def scaling(facet: Facet) -> Figured:
         if ranges
         else ""
     )
-    out.notes[:0] = [
-        f"{what}; error bars p10–p90.{exponents}{unfitted}",
-        *crossover_notes(found, series),
-    ]
     legend_says = ""
     if ranges:
         legend_says = ", and the legend gives each fitted exponent with its 95% bootstrap interval"
@@ -106,11 +124,7 @@ def scaling(facet: Facet) -> Figured:
             legend_says += f" (no exponent{_too_few(short, ran)})"
     elif short:
         legend_says = f"; no exponent is fitted{_too_few(short, ran)}"
-    out.caption = (
-        f"{what} against sequence length n (log-log), {context(facet)}; error bars span p10–p90 "
-        f"of the per-step times{legend_says}." + crossover_caption(found, series)
-    )
-    return out
+    return exponents + unfitted, legend_says
 
 
 def _too_few(short: list[Series], ran: list[Series]) -> str:

@@ -33,6 +33,7 @@ from hubbench.stats import RatioCI
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.axes import Axes
 
 SPEEDUP_NOTE = (
     "Speedup = baseline step time / hub step time (= tokens/s ratio) against the hub's own "
@@ -141,29 +142,9 @@ def speedup(facet: Facet) -> Figured:
     marks, gaps, values = [], [], [1.0]
     ideals: dict[tuple[str, tuple], Any] = {}
     for i, (hub, base, kind) in enumerate(pairs):
-        pts = points[(hub.label, base.label)]
-        done = [(n, ci) for n, ci, _ in pts if ci is not None]
         dodge = 2 ** (0.035 * (i - (len(pairs) - 1) / 2))  # error bars side by side, not on top
-        xs = [n * dodge for n, _ in done]
-        ys = [ci.point for _, ci in done]
-        values += [v for _, ci in done for v in (ci.low, ci.high)]
-        ax.errorbar(xs, ys, yerr=[[ci.point - ci.low for _, ci in done],
-                                  [ci.high - ci.point for _, ci in done]],
-                    color=base.style.color, marker=hub.style.marker,
-                    linestyle=":" if kind == "native" else "-", elinewidth=0.9,
-                    label=f"{hub.label} over {base.label} ({kind})")  # fmt: skip
-        ideal = tuple((n, round(ci.ideal, 9)) for n, ci in done if ci.ideal is not None)
-        if ideal:  # the ratio at both cells' speed of light (none where a cell beat it)
-            drawn = ideals.get((hub.label, ideal))
-            if drawn is not None:  # naive and SDPA share their FLOPs: one ceiling, one line
-                drawn.set_label(f"{hub.label} over {base.label.split(' · ')[0]}, ideal "
-                                "(native and optimised)")  # fmt: skip
-            else:
-                ideals[(hub.label, ideal)] = ax.plot(
-                    [n for n, _ in ideal], [v for _, v in ideal], color=base.style.color,
-                    linestyle="--", linewidth=1.0, alpha=0.7,
-                    label=f"{hub.label} over {base.label} ({kind}), ideal")[0]  # fmt: skip
-            values += [v for _, v in ideal]
+        pts = points[(hub.label, base.label)]
+        values += _pair(ax, (hub, base, kind), pts, dodge, ideals)
         for n, _, why in pts:
             if why:
                 marks.append((n, why.split()[-1], base.style.color))
@@ -188,6 +169,41 @@ def speedup(facet: Facet) -> Figured:
         f"intervals of the ratio{dashed} and the grey line is parity."
     )
     return Figured(fig, "", notes, caption + _stale_caption(notes))
+
+
+def _pair(
+    ax: Axes,
+    pair: tuple[Series, Series, str],
+    pts: list[tuple[int, RatioCI | None, str]],
+    dodge: float,
+    ideals: dict[tuple[str, tuple], Any],
+) -> list[float]:
+    """Draw one hub over its baseline: the ratios with their intervals, and the ideal beside
+    them as a dashed line (one line for ideals that two baselines share: `ideals` holds those
+    drawn). The values drawn, for the axis."""
+    hub, base, kind = pair
+    done = [(n, ci) for n, ci, _ in pts if ci is not None]
+    xs = [n * dodge for n, _ in done]
+    ys = [ci.point for _, ci in done]
+    values = [v for _, ci in done for v in (ci.low, ci.high)]
+    ax.errorbar(xs, ys, yerr=[[ci.point - ci.low for _, ci in done],
+                              [ci.high - ci.point for _, ci in done]],
+                color=base.style.color, marker=hub.style.marker,
+                linestyle=":" if kind == "native" else "-", elinewidth=0.9,
+                label=f"{hub.label} over {base.label} ({kind})")  # fmt: skip
+    ideal = tuple((n, round(ci.ideal, 9)) for n, ci in done if ci.ideal is not None)
+    if ideal:  # the ratio at both cells' speed of light (none where a cell beat it)
+        drawn = ideals.get((hub.label, ideal))
+        if drawn is not None:  # naive and SDPA share their FLOPs: one ceiling, one line
+            drawn.set_label(f"{hub.label} over {base.label.split(' · ')[0]}, ideal "
+                            "(native and optimised)")  # fmt: skip
+        else:
+            ideals[(hub.label, ideal)] = ax.plot(
+                [n for n, _ in ideal], [v for _, v in ideal], color=base.style.color,
+                linestyle="--", linewidth=1.0, alpha=0.7,
+                label=f"{hub.label} over {base.label} ({kind}), ideal")[0]  # fmt: skip
+        values += [v for _, v in ideal]
+    return values
 
 
 def _speedup_forest(
