@@ -21,17 +21,16 @@ from hubbench.report.series import Facet, build_series
 if TYPE_CHECKING:
     import pandas as pd
 
-THROUGHPUT = Measure(
-    "Throughput", "tokens_per_s", "throughput (tokens/s)", style.si_formatter(),
-    ("tokens_per_s_p10", "tokens_per_s_p90"), "p10–p90 of the per-step times",
-    quantity="Median throughput (tokens/s)",
-)  # fmt: skip
-
 
 def throughput(facet: Facet) -> Figured:
+    measure = Measure(
+        "Throughput", "tokens_per_s", "throughput (tokens/s)", style.si_formatter(),
+        ("tokens_per_s_p10", "tokens_per_s_p90"), "p10–p90 of the per-step times",
+        quantity="Median throughput (tokens/s)",
+    )  # fmt: skip
     series = build_series(facet.df)
     found = crossovers(series)
-    out = line_figure(facet, THROUGHPUT, crossings=crossing_marks(found))
+    out = line_figure(facet, measure, crossings=crossing_marks(found))
     out.notes[:0] = [
         "Median tokens/s; error bars span p10–p90 of the per-step times.",
         *crossover_notes(found, series),

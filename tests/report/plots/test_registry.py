@@ -55,3 +55,14 @@ def _drawn_named_and_skipped_like_the_others() -> None:
     assert "dots" in skipped and "dots (fewer than three cells)" in not_drawn(skipped, two)
     decode = two.assign(mode="decode")
     assert "dots" not in not_drawn(render(decode)[1], decode)  # a decode run could not give it
+
+
+def test_plot_help_names_every_kind() -> None:
+    """`hubbench plot --kind`'s help lists the kinds by hand: a kind registered here is named."""
+    import typer
+
+    from hubbench.cli import app
+
+    command = typer.main.get_command(app).commands["plot"]  # type: ignore[attr-defined]
+    (option,) = [p for p in command.params if "--kind" in p.opts]
+    assert [k for k in KINDS if k not in option.help.split()] == []
