@@ -85,7 +85,7 @@ def test_the_optimised_baseline_is_the_fastest_that_ran(run):
     assert _row(headline(both), "optimised").baseline == "transformer · flash"
 
 
-@pytest.mark.slow  # about 2.5 s: the page draws every figure
+@pytest.mark.slow  # 1.3-2.5 s on this box: the page draws every figure of the run
 def test_the_report_opens_with_the_headline(run):
     page = build_html(run)
     assert page.index("<h2>Headline</h2>") < page.index("<h2>Figures</h2>")
@@ -102,7 +102,7 @@ def test_a_run_without_a_hub_says_so():
     assert "No hub variant ran next to its baseline" in page
 
 
-@pytest.mark.slow  # about 2.5 s: the page draws every figure
+@pytest.mark.slow  # 1.3-2.5 s on this box: the page draws every figure of the run
 def test_report_prints_the_headline(results_dir, tmp_path, run):
     write_run(run, results_dir)
     result = CliRunner().invoke(
