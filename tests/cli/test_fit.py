@@ -167,3 +167,16 @@ def test_compare_and_gate_at_80_columns_keep_cells_and_ratios_whole(
         assert "not shown at 80 columns" in " ".join(text.split())
     wide = runner.invoke(app, ["compare", "runa0001", "runb0002", "--wide", *common])
     assert "A tokens/s" in wide.stdout and "not shown" not in wide.stdout
+
+
+def test_a_dry_run_at_80_columns_shows_every_swept_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    result = CliRunner().invoke(
+        app, ["run", "hubs", "--set", "hubs=4,8", "--set", "topk=32,64", "--seq", "1024,16384",
+              "--dry-run"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    head = header_line(result.stdout.replace("┃", " "), "#")
+    assert head[:5] == ["#", "variant", "n", "hubs", "topk"]
+    assert "16384" in result.stdout and "…" not in result.stdout
+    assert max(map(len, result.stdout.splitlines())) <= 80
