@@ -9,6 +9,7 @@ set their own thread count (the cell's `threads`).
 from __future__ import annotations
 
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,3 +32,33 @@ def _terminal_of_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
     to a pipe's width (hubbench.cli.common.console), and a test of narrow tables sets its own."""
     monkeypatch.delenv("COLUMNS", raising=False)
     monkeypatch.delenv("LINES", raising=False)
+
+
+# what makes a test slow by definition: a process that measures (the worker, torchrun ranks, a
+# `hubbench run` that starts them) or a submitit job. The fast tier (`pytest -m "not slow"`)
+# starts none of them.
+MEASURING_MODULES = ("hubbench.measure", "torch.distributed", "submitit")
+
+
+def starts_a_measuring_process(args: object) -> bool:
+    argv = [str(a) for a in args] if isinstance(args, (list, tuple)) else str(args).split()
+    modules = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-m"]
+    if "hubbench" in modules and "run" in argv and "--dry-run" not in argv:
+        return True
+    return any(m == p or m.startswith(p + ".") for m in modules for p in MEASURING_MODULES)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_worker(request: pytest.FixtureRequest, monkeypatch) -> None:
+    """A test not marked `slow` that starts a worker, torchrun or a submitit job fails here,
+    so the fast tier cannot quietly grow slow."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    popen_init = subprocess.Popen.__init__
+
+    def guarded(self, args, *rest, **kwargs):  # type: ignore[no-untyped-def]
+        if starts_a_measuring_process(args):
+            raise RuntimeError(f"{request.node.nodeid} starts {args!r}: mark it @pytest.mark.slow")
+        popen_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
