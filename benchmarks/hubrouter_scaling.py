@@ -7,12 +7,11 @@
 Three parts (d_model 256, 4 heads, batch 1; HubRouter M=8, k=64, C=64, r=1):
 
 - model: hub-gpt against transformer (causal SDPA), 4 layers, one training step each
-  (forward, backward, AdamW) from `hubbench.measure.step.build_step`, so exactly the step the runner
-  times. The two models' steps are interleaved (the order flips every repeat) so drift on a
-  shared machine hits both; the ratio is of medians. Targets: >= 3x at 8192, >= 5x at 16384.
-  Beside it, the ideal ratio: the two steps' speed of light (hubbench.measure.roofline:
-analytic FLOPs
-  at the calibrated matmul peak, the byte floor at the calibrated bandwidth), shown once
+  (forward, backward, AdamW) from `hubbench.measure.step.build_step`, so exactly the step the
+  runner times. The two models' steps are interleaved (the order flips every repeat) so drift on
+  a shared machine hits both; the ratio is of medians. Targets: >= 3x at 8192, >= 5x at 16384.
+  Beside it, the ideal ratio: the two steps' speed of light (hubbench.measure.roofline: analytic
+  FLOPs at the calibrated matmul peak, the byte floor at the calibrated bandwidth), shown once
   `hubbench env --calibrate` has run here.
 - layer: one HubRouter layer, forward + backward (`y.sum().backward()`), over n = 1k..16k;
   the log-log slope of median time against n (target <= 1.15). Next to it, at each n, the

@@ -106,7 +106,7 @@ def model_saved_per_token(module: str, n: int, cfg: dict) -> tuple[float, int]:
     from hubbench.models import build_model
 
     mamba_mod_saved = mamba_mod.Mamba
-    mamba_mod.Mamba = mamba_class(module)  # models._mamba imports it at build time
+    mamba_mod.Mamba = mamba_class(module)  # models.builders imports it at build time
     try:
         torch.manual_seed(0)
         model = build_model(

@@ -13,7 +13,7 @@ Groups, in file order, and who fills them:
 - measure: how carefully (warm-up, repeats, time limits; the cell);
 - outcome: status, message, the device it ran on, wall time (the worker, for every cell);
 - execution: the executor and job that ran the cell, and whether it failed with its job (the
-  runner or the job, hubbench.run.executors);
+  runner or the job, hubbench.run.jobs);
 - measurement: backends, step-time statistics, memory, FLOPs, MFU (the worker, ok cells only;
   a quality cell's steps are its training updates);
 - quality: what training bought: losses, accuracy, bits per byte, routing precision, whether it
@@ -43,7 +43,7 @@ from hubbench.plan.variants import all_fields
 # 6: the speed of light (hubbench.measure.roofline): its seconds, tokens/s, basis, bytes, bandwidth
 # 7: the quality mode: task run fields and the quality group (hubbench.quality)
 # 8: executors and torchrun: the nproc run field, the execution group, world size and per-rank
-#    tokens/s with the weak-scaling efficiency (hubbench.run.executors, hubbench.measure.ranks)
+#    tokens/s with the weak-scaling efficiency (hubbench.run.jobs, hubbench.measure.ranks)
 # 9: the nnodes run field (torchrun across a job's nodes)
 SCHEMA_VERSION = 9
 

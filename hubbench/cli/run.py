@@ -1,6 +1,6 @@
 """`hubbench run`: plan a suite, print the plan or measure it (or profile it), show the rows.
 
-Parsing and rendering only: suites are read and expanded by hubbench.plan.suite, cells run by
+Parsing and rendering only: suites are read and expanded by hubbench.plan, cells run by
 hubbench.run.runner, rows stored by hubbench.store. A dry run imports neither torch nor pandas.
 """
 

@@ -8,7 +8,7 @@ and waits; rank 0 writes the round as JSON (hubbench.measure.ranks), or the firs
 failure, already classified (oom, skipped, error) and naming its rank. Without an answer, the
 cause is read from torchrun's log (`first_error`).
 
-At nnodes > 1 the cell runs in a cluster job with one task per node (hubbench.run.executors).
+At nnodes > 1 the cell runs in a cluster job with one task per node (hubbench.run.jobs).
 Task 0, the leader, measures the job's cells as a one-node job does; for each round, `launch`
 posts the round (the cell, the rendezvous address and a free port) as `round-K.json` in the
 job's mailbox folder (NODES_ENV, set by the leader task: hubbench.run.nodes) and runs torchrun

@@ -7,8 +7,8 @@ else: step-time statistics over all rounds' samples, tokens/s from their median 
 p90 spread from the p90 / p10 times), FLOPs per token, achieved FLOP/s and MFU. MFU uses the
 model's analytic, causal-aware FLOPs when it has them (model FLOPs utilisation), else the counted
 ones; `mfu_basis` says which. The speed of light (hubbench.measure.roofline) takes the same
-FLOPs and
-peak, and the step's byte floor at the peak bandwidth. Peak memory is the highest of the rounds.
+FLOPs and peak, and the step's byte floor at the peak bandwidth. Peak memory is the highest of
+the rounds.
 """
 
 from __future__ import annotations

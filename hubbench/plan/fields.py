@@ -4,7 +4,7 @@ Every value that comes from a suite file or the command line passes through `coe
 values) or `parse_text` (CLI strings) exactly once; `parse_assignments` is the one `--set`
 parser. Device names are resolved here without importing torch (`cuda_available` probes the
 installed torch build and the NVIDIA driver), so planning and listing stay fast; the worker that
-measures confirms the device with torch itself (`hubbench.measure.step.torch_device`).
+measures confirms the device with torch itself (`hubbench.measure.device.torch_device`).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 One update is `hubbench.measure.step.make_update`, the function the train and fwd_bwd steps
 time, with AdamW (weight decay 0.1 on matrices, none on vectors and `_no_weight_decay`
 parameters), a linear warm-up over the first 10% of the updates (at most 200) and a cosine decay
-to 10% of the peak learning rate, and the gradient norm clipped to 1. The budget is the number of updates
-(`train_updates`), never epochs: a small data set cannot silently starve the optimizer.
+to 10% of the peak learning rate, and the gradient norm clipped to 1. The budget is the number of
+updates (`train_updates`), never epochs: a small data set cannot silently starve the optimizer.
 
 Data comes from hubbench.quality.tasks, seeded by the model config's `seed`, so a seed is one
 replicate: the same weights and the same batches. The update times are the round's step samples

@@ -5,7 +5,7 @@ folder, a heartbeat, and the end posted when it is done. For each round its work
 round as `round-K.json` and runs torchrun as node 0 (hubbench.measure.launch). The other tasks
 `follow`: they run each posted round, in order, as node 1, 2, ...; a follower gives up on a round
 when the leader posts the next one or the end (the leader's round failed or timed out), and
-stops when the leader's heartbeat goes stale. hubbench.run.executors starts both.
+stops when the leader's heartbeat goes stale. hubbench.run.jobs.run_job starts both.
 """
 
 from __future__ import annotations

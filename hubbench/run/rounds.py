@@ -66,7 +66,7 @@ def measure_states(
     eta = Eta([s for s in states if s.pending])
     worker = _Workers(builder)
     started = time.perf_counter()
-    session = time.time()  # rounds of one session pair (hubbench.report.stats)
+    session = time.time()  # rounds of one session pair (hubbench.report.ratios)
     try:
         for group in schedule(states):
             for state in (s for s in group if s.pending):  # not failed in an earlier pass

@@ -1,5 +1,5 @@
-"""Plug-in mixers (hubbench.plan.plugins): specs, the contract, planning, building, the checks,
-a run.
+"""Plug-in mixers (hubbench.plan.plugins): specs, the contract, planning, building, the
+checks, a run.
 
 `test_a_plugin_runs_next_to_the_built_in_variants` is the one test here that starts a worker; it
 and the causality check of two models per mixer are marked slow.
