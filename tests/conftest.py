@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiers import starts_a_measuring_process
 
 sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)
@@ -32,20 +33,6 @@ def _terminal_of_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
     to a pipe's width (hubbench.cli.common.console), and a test of narrow tables sets its own."""
     monkeypatch.delenv("COLUMNS", raising=False)
     monkeypatch.delenv("LINES", raising=False)
-
-
-# what makes a test slow by definition: a process that measures (the worker, torchrun ranks, a
-# `hubbench run` that starts them) or a submitit job. The fast tier (`pytest -m "not slow"`)
-# starts none of them.
-MEASURING_MODULES = ("hubbench.measure", "torch.distributed", "submitit")
-
-
-def starts_a_measuring_process(args: object) -> bool:
-    argv = [str(a) for a in args] if isinstance(args, (list, tuple)) else str(args).split()
-    modules = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-m"]
-    if "hubbench" in modules and "run" in argv and "--dry-run" not in argv:
-        return True
-    return any(m == p or m.startswith(p + ".") for m in modules for p in MEASURING_MODULES)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import starts_a_measuring_process
+from tiers import starts_a_measuring_process
 
 PY = sys.executable
 
