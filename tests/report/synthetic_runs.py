@@ -119,14 +119,22 @@ def make_run(
     extra: dict[str, Any] | None = None,
     rounds: int | None = None,
     drift: float = 0.0,
+    sentinel: float | None = None,
+    machine: float = 1.0,
 ) -> pd.DataFrame:
     """Rows for `cells`; status[(variant, attention, seq)] marks failures ('oom', ...).
 
     With `rounds`, each cell's `samples` are split into that many rounds measured in one session,
     and round r of every cell shares the run's drift of pass r (log-normal, sd `drift`), as the
     runner's interleaved passes would see a machine that slows and recovers.
+
+    With `sentinel` (its median seconds on the machine), each row records a noise-sentinel
+    reading per round (`round_sentinel_s`), sharing its pass's drift, with noise `noise` drawn
+    apart (the step times are those of the same run without a sentinel). `machine` is how much
+    slower the machine ran: it stretches every step and the sentinel alike.
     """
     rng = np.random.default_rng(seed)
+    readings = np.random.default_rng(seed + 10_000)
     passes = rng.normal(0.0, drift, rounds) if rounds else None
     rows = []
     for i, c in enumerate(cells):
@@ -153,7 +161,7 @@ def make_run(
         elif c["attention"] == "sdpa":
             row["backend_attention"] = "sdpa:flash"
         if st == "ok":
-            t = _median_time(c) * (1.0 + (slowdown or {}).get(c["variant"], 0.0))
+            t = _median_time(c) * (1.0 + (slowdown or {}).get(c["variant"], 0.0)) * machine
             s = t * np.exp(rng.normal(0.0, noise, size=samples))
             by_round = None
             if passes is not None:
@@ -201,6 +209,12 @@ def make_run(
             )
         else:
             row.update(samples_s=[], time_count=0)
+        if sentinel is not None:
+            shift = passes if passes is not None else np.zeros(1)
+            wobble = readings.normal(0.0, noise, len(shift))
+            row["round_sentinel_s"] = [
+                float(x) for x in sentinel * machine * np.exp(shift + wobble)
+            ]
         row.update(extra or {})
         rows.append(full_row(**row))
     return pd.DataFrame(rows, columns=list(schema.NAMES))
