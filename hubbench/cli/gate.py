@@ -150,8 +150,9 @@ def gate_cmd(
     from hubbench.errors import HubbenchError, ReportError
     from hubbench.report import gate
     from hubbench.report.format import percent
+    from hubbench.report.summary import summary_targets, write_summary
 
-    gate.summary_targets(summary)  # an unwritable summary is unusable input: say so first
+    summary_targets(summary)  # an unwritable summary is unusable input: say so first
     try:
         if (baseline is None) == (ratios is None):
             raise ReportError("give either --baseline RUN (with --candidate RUN) or --ratios RUN")
@@ -171,14 +172,14 @@ def gate_cmd(
             del options["min_effect"]  # ratio rules carry their own thresholds
             result = _gate_ratios(ratios, suite, results_dir, **options)
     except HubbenchError as exc:  # unusable input: say why in the summary too, then exit 2
-        gate.write_summary(f"### hubbench gate: ⚠️ unusable input\n\n{exc}\n", summary)
+        write_summary(f"### hubbench gate: ⚠️ unusable input\n\n{exc}\n", summary)
         raise
     from hubbench.cli.fit import print_fitted
 
     printer = console()
     print_fitted(printer, gate.to_rich(result), *gate.rich_columns(result), wide=wide,
                  see=SEE.format("--summary FILE"))  # fmt: skip
-    gate.write_summary(gate.to_markdown(result), summary)
+    write_summary(gate.to_markdown(result), summary)
     for note in result.notes:
         printer.print(f"[yellow]note:[/] {note}", highlight=False)
     if not result.passed:
@@ -187,6 +188,13 @@ def gate_cmd(
         raise gate.GateFailure(
             f"{len(result.failed)} check(s) regressed beyond noise: {names}{more}"
         )
+    if result.held and result.machine is not None:  # exit 0: a slower machine says nothing
+        printer.print(
+            f"[yellow]gate inconclusive[/]: {result.held} check(s) would have regressed, but "
+            f"{result.machine.words()}; see the note above",
+            highlight=False,
+        )
+        return
     printer.print(f"[green]gate passed[/]: {len(result.checks)} check(s)", highlight=False)
 
 

@@ -11,10 +11,8 @@ Outcomes: pass (exit 0), regression (GateFailure, exit 1), unusable input (Repor
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
@@ -35,6 +33,7 @@ from hubbench.report.load import (
     run_label,
     varying_fields,
 )
+from hubbench.report.machine import Machine, machine_change
 from hubbench.report.ratios import metric_ratio
 from hubbench.stats import CONFIDENCE, MIN_SAMPLES, RESAMPLES, SEED, RatioCI
 
@@ -42,7 +41,6 @@ if TYPE_CHECKING:
     import pandas as pd
     from rich.table import Table
 
-SUMMARY_ENV = "GITHUB_STEP_SUMMARY"
 ABSENT = "cell not in the candidate run"
 
 
@@ -76,6 +74,8 @@ class GateResult:
     resamples: int
     threshold: str  # one line saying what was enforced
     notes: list[str] = field(default_factory=list)
+    machine: Machine | None = None  # baseline mode: what the sentinels say about the machine
+    held: int = 0  # checks that would have failed, inconclusive because the machine was slower
 
     @property
     def failed(self) -> list[Check]:
@@ -140,7 +140,9 @@ def gate_baseline(
     """Every baseline cell against the same cell in the candidate run.
 
     The allowed worsening is the larger of `max_regression` and `min_effect` (the noise floor of
-    A/A runs). Runs measured in different environments are refused unless allowed.
+    A/A runs). Runs measured in different environments are refused unless allowed. Where the
+    noise sentinel says the candidate's machine was slower (report.machine), a time metric's
+    check that would have failed is inconclusive: the gate cannot tell that from the code.
     """
     import pandas as pd
 
@@ -168,6 +170,8 @@ def gate_baseline(
     if not allow_missing:
         _refuse_missing(checks, candidate)
     _require_judgeable(checks, "gate")
+    machine = machine_change(baseline, candidate, **settings)
+    held = _hold(checks, machine) if machine.slower else 0
     word = "drop" if m.higher_is_better else "rise"
     why = (
         f"the larger of --max-regression {100 * max_regression:g}% and --min-effect "
@@ -183,10 +187,28 @@ def gate_baseline(
         threshold=f"{m.name}: fail when the CI of candidate/baseline lies entirely beyond a "
         f"{100 * allowed:g}% {word} ({why})",
         notes=[
-            f"Environments differ: {w}."
-            for w in [*mismatch, *env_mismatch(baseline, candidate, ENV_WARN)]
+            *([machine.line()] if machine.changed else []),
+            *(
+                f"Environments differ: {w}."
+                for w in [*mismatch, *env_mismatch(baseline, candidate, ENV_WARN)]
+            ),
         ],
+        machine=machine,
+        held=held,
     )
+
+
+def _hold(checks: list[Check], machine: Machine) -> int:
+    """Make the time checks that point worse inconclusive, saying how much slower the machine
+    was; how many would have failed. Memory and a cell that stopped running stay judged."""
+    held = 0
+    for c in checks:
+        if c.ci is None or not c.ci.bootstrapped or c.metric.time_power == 0:
+            continue
+        if c.verdict in ("regression", "inconclusive"):
+            held += c.verdict == "regression"
+            c.verdict, c.note = "inconclusive", machine.words()
+    return held
 
 
 def _baseline_check(check: Check, rb: Any, rc: Any, settings: dict[str, Any]) -> Check:
@@ -377,6 +399,8 @@ VERDICT_MARK = {"pass": "✅", "regression": "❌", "inconclusive": "⚠️", "m
 def to_markdown(result: GateResult) -> str:
     conf = f"{100 * result.confidence:g}%"
     status = "✅ pass" if result.passed else f"❌ {len(result.failed)} regression(s)"
+    if result.held and result.machine is not None:
+        status += f", ⚠️ {result.held} inconclusive: {result.machine.words()}"
     ref_head = "baseline" if result.mode == "baseline" else "denominator"
     val_head = "candidate" if result.mode == "baseline" else "numerator"
     lines = [
@@ -466,28 +490,3 @@ def allowed_range(c: Check) -> str:
     if c.max is not None:
         return f"≤ {c.max:g}{unit}"
     return "-"
-
-
-def summary_targets(path: Path | None) -> list[tuple[Path, str, bool]]:
-    """(file, what names it, append) for --summary and $GITHUB_STEP_SUMMARY, checked up front."""
-    from hubbench.outputs import check_file
-
-    targets = []
-    if path is not None:
-        targets.append((path, "--summary", False))
-    if os.environ.get(SUMMARY_ENV):
-        targets.append((Path(os.environ[SUMMARY_ENV]), f"${SUMMARY_ENV}", True))
-    for target, what, _ in targets:
-        check_file(target, what)
-    return targets
-
-
-def write_summary(markdown: str, path: Path | None) -> list[Path]:
-    """Write to --summary FILE and append to $GITHUB_STEP_SUMMARY when set."""
-    from hubbench.outputs import write_text
-
-    written = []
-    for target, what, append in summary_targets(path):
-        write_text(target, markdown + ("\n" if append else ""), what, append=append)
-        written.append(target)
-    return written

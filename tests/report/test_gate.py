@@ -12,9 +12,9 @@ from hubbench.report.gate import (
     gate_ratios,
     to_markdown,
     to_rich,
-    write_summary,
 )
 from hubbench.report.load import check_schema
+from hubbench.report.summary import write_summary
 
 
 def _run(run_id="a", seed=1, **kw):

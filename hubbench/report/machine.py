@@ -1,0 +1,152 @@
+"""Whether the machine changed between two runs, from what the runs recorded about it: the guard
+of the baseline gate, compare and the headline against a slower machine passing for a slower
+commit.
+
+The noise sentinel (a fixed matmul, timed before every round: report.noise) does the same work
+in every run, so the ratio of its medians, candidate over baseline, is how much slower the
+machine was, whatever the code did. Its interval comes from the two-stage bootstrap
+(hubbench.stats.ratio_ci) with the readings of one pass (round r of every cell) as a round, the
+runs resampled independently. The machine changed when that interval lies entirely beyond
+1 ± FLOOR. The runs' own spread is already in the interval (a run whose sentinel wandered
+gets a wide one, which claims no change it cannot show), so it is not added to the band: a
+band as wide as the noisier run's p10-p90 spread would let a loaded candidate hide its own
+load (its spread is the load being judged). FLOOR is the gate's own noise floor (MIN_EFFECT in
+report.compare): a shift smaller than that cannot by itself carry a check past the gate's
+threshold. Thread counts that differ are a change too. A host name that differs alone is not
+(CI runners of one kind), only said beside a change. Rows do not record the load average, so
+it is not read.
+
+A changed machine decides nothing about the code: a check the machine could explain is
+inconclusive, never a failure (docs/measurement.md, "Which gate when").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hubbench.report.load import norm_value
+from hubbench.stats import CONFIDENCE, RESAMPLES, SEED, RatioCI, ratio_ci
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# As compare.MIN_EFFECT (the A/A noise floor of a cell). Quiet `ci` runs on the 2-core dev box
+# differ by under 1% in sentinel median, with CIs inside it (docs/measurement.md).
+FLOOR = 0.05
+ADVICE = (
+    "rerun both on a quiet machine, or gate within one run (`hubbench gate --ratios RUN`: both "
+    "sides of each ratio saw the same load); a same-run A/B of two commits is planned (issue 29)"
+)
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What the two runs say about their machine; `reasons` empty: no change seen."""
+
+    factor: float | None  # candidate's sentinel median over the baseline's (> 1: it was slower)
+    ci: RatioCI | None
+    tolerance: float
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.reasons)
+
+    @property
+    def slower(self) -> bool:
+        """Changed, and not known to be faster: what can make a candidate look worse."""
+        return self.changed and (self.factor is None or self.factor > 1)
+
+    def words(self) -> str:
+        """'the machine was 1.52× slower in the candidate run', for a verdict's note."""
+        if self.factor is None or self.ci is None:
+            return "the machine changed in the candidate run (" + "; ".join(self.reasons) + ")"
+        if self.factor >= 1:
+            return f"the machine was {self.factor:.2f}× slower in the candidate run"
+        return f"the machine was {1 / self.factor:.2f}× faster in the candidate run"
+
+    def short(self) -> str:
+        """'machine changed, 1.52× slower', for compare's verdict column."""
+        if self.factor is None or self.ci is None:
+            return "machine changed (" + "; ".join(self.reasons) + ")"
+        return f"machine changed, {max(self.factor, 1 / self.factor):.2f}× " + (
+            "slower" if self.factor >= 1 else "faster"
+        )
+
+    def line(self) -> str:
+        """The note under a table: what changed, and what to do."""
+        return f"Machine changed: {'; '.join(self.reasons)}. {ADVICE[0].upper()}{ADVICE[1:]}."
+
+
+def passes(rows: Iterable[Mapping[str, Any]]) -> dict[Any, list[np.ndarray]]:
+    """Sentinel readings by thread count, one array per pass (round r of every cell)."""
+    out: dict[Any, dict[int, list[float]]] = {}
+    for row in rows:
+        readings = row.get("round_sentinel_s")
+        if readings is None or np.isscalar(readings):
+            continue
+        by_round = out.setdefault(norm_value(row.get("threads")), {})
+        for r, value in enumerate(readings):
+            v = norm_value(value)
+            if v is not None and v > 0:
+                by_round.setdefault(r, []).append(float(v))
+    return {t: [np.array(v) for _, v in sorted(rounds.items())] for t, rounds in out.items()}
+
+
+def _values(df: pd.DataFrame, field: str) -> set[str]:
+    if field not in df.columns:
+        return set()
+    return {str(v) for v in map(norm_value, df[field]) if v is not None}
+
+
+def machine_change(
+    baseline: pd.DataFrame,
+    candidate: pd.DataFrame,
+    *,
+    floor: float = FLOOR,
+    resamples: int = RESAMPLES,
+    confidence: float = CONFIDENCE,
+    seed: int = SEED,
+) -> Machine:
+    """Did the machine change from `baseline` to `candidate`, beyond 1 ± `floor`?"""
+    rows_b, rows_c = baseline.to_dict("records"), candidate.to_dict("records")
+    reasons = []
+    threads = (_values(baseline, "threads"), _values(candidate, "threads"))
+    if all(threads) and threads[0] != threads[1]:
+        reasons.append(
+            f"threads: the baseline ran {', '.join(sorted(threads[0]))}, the candidate "
+            f"{', '.join(sorted(threads[1]))}"
+        )
+    ci = _sentinel_ratio(passes(rows_b), passes(rows_c), resamples, confidence, seed)
+    if ci is not None and ci.bootstrapped and ci.beyond(floor):
+        reasons.insert(
+            0,
+            f"the noise sentinel took {ci.point:.2f}× the baseline's time "
+            f"[{ci.low:.2f}, {ci.high:.2f}], beyond 1 ± {100 * floor:g}%",
+        )
+    hosts = (_values(baseline, "host"), _values(candidate, "host"))
+    if reasons and all(hosts) and hosts[0] != hosts[1]:
+        reasons.append(f"host: {', '.join(sorted(hosts[0]))} → {', '.join(sorted(hosts[1]))}")
+    return Machine(None if ci is None else ci.point, ci, floor, tuple(reasons))
+
+
+def _sentinel_ratio(
+    base: dict[Any, list[np.ndarray]],
+    cand: dict[Any, list[np.ndarray]],
+    resamples: int,
+    confidence: float,
+    seed: int,
+) -> RatioCI | None:
+    """Candidate over baseline sentinel median, at the thread count where it moved most."""
+    out = None
+    for threads in base.keys() & cand.keys():
+        b, c = base[threads], cand[threads]
+        den, num = float(np.median(np.concatenate(b))), float(np.median(np.concatenate(c)))
+        ci = ratio_ci(num, den, c, b, 1, resamples=resamples, confidence=confidence, seed=seed)
+        if out is None or abs(np.log(ci.point)) > abs(np.log(out.point)):
+            out = ci
+    return out

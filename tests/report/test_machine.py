@@ -1,0 +1,103 @@
+"""The baseline gate when the machine changed between the runs (issue 29): a slower
+machine, seen by the noise sentinel, makes a check inconclusive, never a failure; a real
+slowdown on an unchanged machine still fails; on a changed machine it cannot be told apart."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from synthetic_runs import grid, make_run, write_run
+from typer.testing import CliRunner
+
+from hubbench.cli import app
+from hubbench.report.gate import gate_baseline, to_markdown
+from hubbench.report.load import check_schema
+from hubbench.report.machine import FLOOR, machine_change
+
+SENTINEL = 0.012  # seconds, the sentinel's median on the synthetic machine
+HUB = {"hub-gpt n=1k", "hub-gpt n=4k"}
+
+
+def _run(run_id="a", seed=1, **kw):
+    kw = {"rounds": 5, "drift": 0.02, "sentinel": SENTINEL, **kw}
+    return check_schema(make_run(grid(seqs=(1024, 4096)), run_id=run_id, seed=seed, **kw), run_id)
+
+
+def _by_verdict(result, verdict):
+    return {c.name for c in result.checks if c.verdict == verdict}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_quiet_aa_sees_no_change(seed):
+    machine = machine_change(_run(seed=seed), _run("b", seed=seed + 50))
+    assert not machine.changed and machine.tolerance >= FLOOR
+    assert machine.ci.low < 1 < machine.ci.high
+
+
+def test_aa_on_a_machine_one_and_a_half_times_slower_is_inconclusive_not_a_failure():
+    base, slow = _run(), _run("b", seed=51, machine=1.5)
+    result = gate_baseline(base, slow)
+    assert result.passed and result.held == len(result.checks)
+    assert _by_verdict(result, "inconclusive") == {c.name for c in result.checks}
+    note = re.compile(r"the machine was 1\.(4[5-9]|5[0-5])× slower in the candidate run")
+    assert all(note.fullmatch(c.note) for c in result.checks), result.checks[0].note
+    md = to_markdown(result)
+    assert f"⚠️ {result.held} inconclusive: {result.checks[0].note}" in md
+    assert "Machine changed: the noise sentinel took 1." in md and "gate --ratios" in md
+    # the same runs without a sentinel: the gate fails them all, which is the bug fixed here
+    blind = gate_baseline(_run(sentinel=None), _run("b", seed=51, machine=1.5, sentinel=None))
+    assert len(blind.failed) == len(blind.checks)
+
+
+def test_a_real_slowdown_on_an_unchanged_machine_still_fails_naming_it():
+    result = gate_baseline(_run(), _run("b", seed=52, slowdown={"hub-gpt": 0.25}))
+    assert not result.machine.changed and result.held == 0
+    assert {c.name for c in result.failed} == HUB
+
+
+def test_a_real_slowdown_on_a_slower_machine_cannot_be_told_apart():
+    """What the same-run A/B (issue 29 part 1) is for: the baseline gate says inconclusive."""
+    result = gate_baseline(_run(), _run("b", seed=53, machine=1.5, slowdown={"hub-gpt": 0.25}))
+    assert result.passed and _by_verdict(result, "inconclusive") >= HUB
+
+
+def test_a_faster_machine_holds_nothing_back():
+    result = gate_baseline(_run(), _run("b", seed=54, machine=0.6, slowdown={"hub-gpt": 1.0}))
+    assert result.machine.changed and not result.machine.slower and result.held == 0
+    assert {c.name for c in result.failed} == HUB
+    assert "0.60× the baseline's time" in to_markdown(result)
+
+
+def test_a_cell_that_stopped_running_fails_on_any_machine():
+    slow = _run("b", seed=55, machine=1.5, status={("transformer", "naive", 4096): "oom"})
+    result = gate_baseline(_run(), slow)
+    assert [c.name for c in result.failed] == ["transformer attention=naive n=4k"]
+
+
+def test_other_thread_counts_are_a_changed_machine():
+    base, cand = _run(), _run("b", seed=56, machine=1.5)
+    cand["threads"] = 8
+    result = gate_baseline(base, cand, allow_env_mismatch=True)
+    assert result.passed and result.machine.factor is None
+    assert result.checks[0].note.startswith("the machine changed in the candidate run (threads")
+
+
+def test_cli_exits_0_on_a_slower_machine_and_1_on_a_real_slowdown(tmp_path):
+    results = tmp_path / "results"
+    a = write_run(_run("aaaa0001"), results, "20250101T0000Z")
+    b = write_run(_run("bbbb0002", seed=57, machine=1.5), results, "20250102T0000Z")
+    c = write_run(_run("cccc0003", seed=58, slowdown={"hub-gpt": 0.25}), results, "20250103T0000Z")
+    runner = CliRunner()
+
+    def gate(candidate):
+        return runner.invoke(app, ["gate", "--baseline", str(a), "--candidate", str(candidate),
+                                   "--results-dir", str(results), "--wide"])  # fmt: skip
+
+    held = gate(b)
+    assert held.exit_code == 0, held.output
+    text = " ".join(held.output.split())
+    assert "gate inconclusive" in text and "slower in the candidate run" in text
+    assert "Rerun both on a quiet machine" in text and "gate --ratios" in text
+    failed = gate(c)
+    assert failed.exit_code == 1 and "hub-gpt n=1k" in failed.output
