@@ -6,7 +6,9 @@ lies beyond 1 +/- min_effect (MIN_EFFECT, chosen from A/A runs: docs/measurement
 no per-step samples and is deterministic enough that a fixed tolerance stands in. Verdicts are
 words (better / worse / same), so they read without colour in pipes and CI logs. Rows measured
 in different environments still join, with a warning; `gate` refuses those that differ in what
-measures (ENV_REFUSE: device, torch, CUDA, threads) and only notes a different host.
+measures (ENV_REFUSE: device, torch, CUDA, threads) and only notes a different host. When the
+noise sentinel says B's machine was slower (report.machine), a time metric that got worse is
+not called worse: the verdict says 'machine changed, N× slower' instead.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from hubbench import schema
 from hubbench.errors import ReportError
 from hubbench.report import format as fmt
 from hubbench.report.load import join_fields, labeller, norm_value, run_label
+from hubbench.report.machine import Machine, machine_change
 from hubbench.report.ratios import metric_ratio, row_metric
 from hubbench.stats import CONFIDENCE, RESAMPLES, SEED, RatioCI
 
@@ -60,6 +63,12 @@ class Comparison:
     resamples: int
     min_effect: float = MIN_EFFECT
     warnings: list[str] = field(default_factory=list)
+    machine: Machine | None = None  # what the sentinels say about B's machine against A's
+
+    def held(self, metric: schema.Column, moved: int) -> bool:
+        """A time metric called worse that B's slower machine could explain: not called."""
+        slower = self.machine is not None and self.machine.slower
+        return moved < 0 and metric.time_power != 0 and slower
 
 
 def env_mismatch(a: pd.DataFrame, b: pd.DataFrame, fields: Sequence[str]) -> list[str]:
@@ -182,8 +191,10 @@ def compare_runs(
     warnings = [
         f"different environments: {w}" for w in env_mismatch(a, b, (*ENV_REFUSE, *ENV_WARN))
     ]
+    machine = machine_change(a, b, resamples=resamples, confidence=confidence, seed=seed)
+    warnings += [machine.line()] if machine.changed else []
     return Comparison(
-        run_label(a), run_label(b), ms, cells, confidence, resamples, min_effect, warnings
+        run_label(a), run_label(b), ms, cells, confidence, resamples, min_effect, warnings, machine
     )
 
 
@@ -193,7 +204,9 @@ def verdicts(cmp: Comparison, c: CellComparison) -> str:
     for m in cmp.metrics:
         ci = c.ratios.get(m.name)
         moved = change(m, ci, cmp.min_effect, c.mem_kind) if ci is not None else 0
-        if moved:
+        if cmp.held(m, moved) and cmp.machine is not None:
+            calls.append(f"{m.label}: {cmp.machine.short()}")
+        elif moved:
             calls.append(f"{m.label} {VERDICT[moved]}")
     if not c.ratios:
         return "-"
@@ -253,9 +266,8 @@ def to_rich(cmp: Comparison) -> Table:
                 cells += [fmt.metric_value(m, va), fmt.metric_value(m, vb)]
             ci = c.ratios.get(m.name)
             moved = change(m, ci, cmp.min_effect, c.mem_kind) if ci else 0
-            cells.append(
-                Text(fmt.ratio(ci), style={1: "bold green", -1: "bold red"}.get(moved, ""))
-            )
+            worse = "yellow" if cmp.held(m, moved) else "bold red"
+            cells.append(Text(fmt.ratio(ci), style={1: "bold green", -1: worse}.get(moved, "")))
             if m.time_power:
                 cells.append(fmt.ideal(ci))
         cells += [Text(verdicts(cmp, c)), _status_note(c)]
@@ -279,7 +291,7 @@ def to_markdown(cmp: Comparison) -> str:
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] + ["---:"] * (len(head) - 2) + ["---"]) + "|",
     ]
-    n_better = n_worse = 0
+    n_better = n_worse = n_held = 0
     for c in cmp.cells:
         cells = [c.label]
         for i, m in enumerate(cmp.metrics):
@@ -290,6 +302,8 @@ def to_markdown(cmp: Comparison) -> str:
             text = fmt.ratio(ci)
             if ci is not None:
                 moved = change(m, ci, cmp.min_effect, c.mem_kind)
+                n_held += cmp.held(m, moved)
+                moved = 0 if cmp.held(m, moved) else moved
                 n_better += moved > 0
                 n_worse += moved < 0
                 mark = {1: "🟢 **", -1: "🔴 **"}.get(moved, "")
@@ -300,7 +314,9 @@ def to_markdown(cmp: Comparison) -> str:
         lines.append("| " + " | ".join(fmt.md_cell(x) for x in cells) + " |")
     lines += [
         "",
-        f"{n_better} better, {n_worse} worse beyond noise. Brackets: {_rule(cmp)}.",
+        f"{n_better} better, {n_worse} worse beyond noise"
+        + (f", {n_held} not called: {cmp.machine.words()}" if n_held and cmp.machine else "")
+        + f". Brackets: {_rule(cmp)}.",
         "",
     ]
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 from synthetic_runs import grid, make_run
@@ -121,3 +122,23 @@ def test_time_derived_ratios_carry_their_ideal():
     header = next(line for line in md.splitlines() if line.startswith("| cell"))
     assert header.count("ideal") == 1  # tokens/s only
     assert "| 2.000× |" in md
+
+
+def _sentinel_run(run_id, seed, **kw):
+    run = make_run(grid(seqs=(1024, 4096)), run_id=run_id, seed=seed, rounds=5, drift=0.02,
+                   sentinel=0.012, **kw)  # fmt: skip
+    return check_schema(run, run_id)
+
+
+def test_compare_says_machine_changed_instead_of_worse():
+    """B's machine 1.5x slower (sentinel and steps): no cell is called worse (issue 29)."""
+    a, b = (_sentinel_run(r, seed, machine=m) for r, seed, m in (("a", 1, 1.0), ("b", 59, 1.5)))
+    cmp = compare_runs(a, b, ["tokens_per_s"])
+    called = {verdicts(cmp, c) for c in cmp.cells}
+    assert len(called) == 1 and re.fullmatch(r"tokens/s: machine changed, 1\.5\d× slower", *called)
+    md = to_markdown(cmp)
+    assert "0 better, 0 worse beyond noise" in md and "12 not called: the machine" in md
+    b = _sentinel_run("b", 60, slowdown={"hub-gpt": 0.25})
+    quiet = compare_runs(a, b, ["tokens_per_s"])
+    worse = {c.label for c in quiet.cells if verdicts(quiet, c) == "tokens/s worse"}
+    assert worse == {"hub-gpt n=1k", "hub-gpt n=4k"} and quiet.machine.changed is False
