@@ -90,10 +90,12 @@ def print_fitted(
     see: str = "--wide shows them",
     fold: Collection[str] = ("message",),
     caption: Callable[[list[str]], str] | None = None,
+    elsewhere: Collection[str] = (),
 ) -> Fitted:
     """Print `table` fitted to the console (every column with `wide`), then one line naming the
     columns left out and `see`, how to show them. `caption(shown headers)`, when given, writes
-    the table's caption for the columns that are left."""
+    the table's caption for the columns that are left; a column in `elsewhere` is shown another
+    way by the caller when it is left out, so the line does not name it."""
     if wide:
         fitted = Fitted(max(printer.width, _natural(printer, table)), ())
     else:
@@ -106,8 +108,9 @@ def print_fitted(
         printer.print(table)
     finally:
         printer.width = saved
-    if fitted.hidden:
-        printer.print(hidden_line(fitted.hidden, printer.width, see), highlight=False)
+    named = [h for h in fitted.hidden if h not in elsewhere]
+    if named:
+        printer.print(hidden_line(named, printer.width, see), highlight=False)
     return fitted
 
 

@@ -122,7 +122,7 @@ def plan_table(plan: Plan) -> Table:
 
 # the run table's columns in the order they go when the console is narrow; the names, the swept
 # axes, n, status and tok/s always stay (hubbench.cli.fit)
-SPEED_DROP = ("p10-p90", "ms", "SoL", "MFU", "state", "mem", "message", "attention")
+SPEED_DROP = ("p10-p90", "SoL", "MFU", "state", "message", "ms", "mem", "attention")
 QUALITY_DROP = ("random P/R", "trivial", "routing P/R", "conv", "causal")
 SEE = "--wide shows them; --format md writes every column"
 
@@ -149,14 +149,20 @@ def print_rows(
     def caption(shown: list[str]) -> str:
         return escape(data.caption(shown=shown))
 
-    if wide or not quality or _natural_width(printer, whole) <= printer.width:
-        print_fitted(printer, whole, [*keys, "status", "tok/s", "quality"],
-                     (*SPEED_DROP, *QUALITY_DROP), wide=wide, see=SEE, caption=caption)  # fmt: skip
+    split = bool(quality) and not wide and _natural_width(printer, whole) > printer.width
+    if not split:
+        fitted = print_fitted(printer, whole, [*keys, "status", "tok/s", "quality"],
+                              (*SPEED_DROP, *QUALITY_DROP), wide=wide, see=SEE, caption=caption,
+                              elsewhere=("message",))  # fmt: skip
     else:
         speed = [i for i in range(len(headers)) if i not in quality]
         table = rows_table(rows, title, data=data, keep=speed)
-        print_fitted(printer, table, [*keys, "status", "tok/s"], SPEED_DROP, see=SEE,
-                     caption=caption)  # fmt: skip
+        fitted = print_fitted(printer, table, [*keys, "status", "tok/s"], SPEED_DROP, see=SEE,
+                              caption=caption, elsewhere=("message",))  # fmt: skip
+    if "message" in fitted.hidden:  # the numbers took the room: each failure's reason below
+        for line in message_notes(rows):
+            printer.print(escape(line), highlight=False)
+    if split:
         named = sorted(headers.index(h) for h in keys)
         table = rows_table(rows, f"{title}: quality", data, named + quality, caption=False)
         print_fitted(printer, table, [*keys, "quality"], QUALITY_DROP, see=SEE)
@@ -164,6 +170,18 @@ def print_rows(
     if pooled is not None:
         print_fitted(printer, pooled, ("config", "task", "seeds", "quality"),
                      ("random P", "routing P", "tok/s", "conv"), wide=wide, see=SEE)  # fmt: skip
+
+
+def message_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """'#2, #5 skipped: attention backend ...': one line per distinct reason a cell did not
+    finish, for a table too narrow for its message column."""
+    by_message: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        if r.get("status") != "ok" and r.get("message"):
+            key = (str(r.get("status")), str(r.get("message")))
+            by_message.setdefault(key, []).append(f"#{r.get('cell_index', '?')}")
+    return [f"{', '.join(cells)} {status}: {message}"
+            for (status, message), cells in by_message.items()]  # fmt: skip
 
 
 def _natural_width(printer: Console, table: Table) -> int:
