@@ -125,6 +125,14 @@ def save_calibration(key: str, entries: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- the load
 
 
+def usable_threads(threads: int) -> int:
+    """The threads that can run at once: no more than the CPUs this process may use (taskset,
+    a cgroup), so that oversubscription is not read as another process holding the CPUs."""
+    import os
+
+    return max(1, min(threads, len(os.sched_getaffinity(0))))
+
+
 @dataclass
 class Load:
     """What the machine did while calibrating: the sentinel's readings, this process's CPU."""
@@ -236,7 +244,7 @@ def calibrate(
 
     device = torch_device(device)
     say = progress or (lambda _: None)
-    load = Load(torch.get_num_threads(), _load_average())
+    load = Load(usable_threads(torch.get_num_threads()), _load_average())
     say(f"reading the noise sentinel {SENTINEL_READINGS}x: is the machine quiet?")
     for _ in range(SENTINEL_READINGS):
         load.read_sentinel()
@@ -274,7 +282,7 @@ def _matmul_rate(device: Any, name: str, load: Load, say: Progress) -> dict[str,
         def mm(a: Any = a, b: Any = b, c: Any = c) -> None:
             torch.mm(a, b, out=c)
 
-        first = time_calls(mm, device=device)[0]  # also kernel selection and page faults
+        first = time_calls(mm, device=device, repeats=1)[0]  # kernel selection, page faults
         if first <= CALL_LIMIT_S or n // 2 < MIN_SIZE:
             break
         n //= 2  # a slow (emulated) dtype: an eighth of the work per call
