@@ -12,6 +12,10 @@ MEASURING_MODULES = ("hubbench.measure", "torch.distributed", "submitit")
 def starts_a_measuring_process(args: object) -> bool:
     argv = [str(a) for a in args] if isinstance(args, (list, tuple)) else str(args).split()
     modules = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-m"]
-    if "hubbench" in modules and "run" in argv and "--dry-run" not in argv:
+    program = argv[0].rsplit("/", 1)[-1] if argv else ""
+    if program == "torchrun":
+        return True
+    cli = "hubbench" in modules or program == "hubbench"
+    if cli and "run" in argv and "--dry-run" not in argv:
         return True
     return any(m == p or m.startswith(p + ".") for m in modules for p in MEASURING_MODULES)

@@ -68,6 +68,11 @@ def make_update(
     return update
 
 
+def tokens_per_call(mode: str, decode_tokens: int) -> int:
+    """Tokens per sequence one call of a step generates: its samples are per token (decode)."""
+    return decode_tokens if mode == "decode" else 1
+
+
 def build_step(
     model: nn.Module,
     mode: str,
@@ -213,7 +218,7 @@ def _inference_step(
         sync=sync,
         batch=batch,
         seq=seq,
-        per_call=decode_tokens if mode == "decode" else 1,
+        per_call=tokens_per_call(mode, decode_tokens),
         state_bytes=per_sequence,
     )
 

@@ -305,10 +305,6 @@ def analyse_trace(path: str | Path, top: int = 15) -> TraceSummary:
     )
 
 
-def _is_launch(e: _Event) -> bool:
-    return e.kind == "launch" and "correlation" in e.args
-
-
 def _stage_rows(inside: list[_Event], steps: _Steps) -> dict[str, StageRow]:
     """Each node's exclusive CPU time, per step, by stage; `other` is the step time no node
     covers (the step minus the union of the outermost nodes' intervals)."""

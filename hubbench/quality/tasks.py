@@ -249,10 +249,3 @@ def unigram_bits_per_byte(train: Tensor, held_out: Tensor) -> float:
     counts = torch.bincount(train.long(), minlength=BYTE_VOCAB).double() + 1
     logp = (counts / counts.sum()).log2()
     return float(-logp[held_out.long()].mean())
-
-
-def entropy_bits(counts: Tensor) -> float:
-    """Shannon entropy in bits of a histogram."""
-    p = counts.double() / counts.sum()
-    p = p[p > 0]
-    return float(-(p * p.log2()).sum()) if p.numel() else math.nan

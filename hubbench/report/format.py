@@ -187,10 +187,6 @@ def measured_and_ideal(ci: RatioCI | None, stale: bool = False) -> str:
     return f"{measured}, {ideal(ci)} ideal"
 
 
-def pct_change(r: float) -> str:
-    return f"{100 * (r - 1):+.1f}%"
-
-
 def percent(text: str, option: str = "--max-regression") -> float:
     """'5%' -> 0.05, '0.05' -> 0.05; a bare number >= 1 is ambiguous and rejected."""
     from hubbench.errors import ReportError

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hubbench.measure.step import tokens_per_call
 from hubbench.measure.timing import warmup_estimate_s
 
 if TYPE_CHECKING:
@@ -71,8 +72,8 @@ def step_cost(cell: Cell) -> float:
 
 
 def per_call(cell: Cell) -> int:
-    """A step's samples_s are per generated token in decode mode (hubbench.measure.cell)."""
-    return cell.decode_tokens if cell.mode == "decode" else 1
+    """A step's samples_s are per generated token in decode mode (hubbench.measure.step)."""
+    return tokens_per_call(cell.mode, cell.decode_tokens)
 
 
 def measured_timing(cell: Cell, result: RoundResult, wall_s: float, counted: bool) -> Timing:
@@ -109,7 +110,7 @@ class Eta:
         key = state.cell.cell_id
         self.done += 1
         if state.failure is not None:  # no further rounds
-            self.done += self.left[key] - 1
+            self.done += max(self.left[key] - 1, 0)
             self.left[key] = 0
             return
         self.left[key] -= 1

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hubbench import schema
+from hubbench.errors import SchemaError
 from hubbench.measure.env import utc_now
 from hubbench.measure.metrics import (
     RoundResult,
@@ -75,6 +76,13 @@ def make_row(
         **quality_columns(measured, where),
         **schema.part("env", {**env, "utc_time": utc_now()}, where),
     }
+    unknown = sorted(set(values) - set(schema.NAMES))
+    missing = sorted(set(schema.NAMES) - set(values))
+    if unknown or missing:  # the groups checked their columns' types; here only the names
+        raise SchemaError(
+            f"{where}: a row's columns do not match the schema (unknown: "
+            f"{', '.join(unknown) or '-'}; missing: {', '.join(missing) or '-'})"
+        )
     return {name: values[name] for name in schema.NAMES}
 
 

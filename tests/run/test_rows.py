@@ -61,6 +61,13 @@ def test_make_row_refuses_unknown_and_missing_keys(build, monkeypatch) -> None:
     with pytest.raises(SchemaError, match="unknown: extra_metric"):
         make_row(state, "s", "rid", ENV)
     monkeypatch.undo()
+    import hubbench.run.rows as rows
+
+    real_quality = rows.quality_columns
+    monkeypatch.setattr(rows, "quality_columns", lambda *a: {**real_quality(*a), "stray": 1})
+    with pytest.raises(SchemaError, match="unknown: stray"):  # a group that skips its check
+        make_row(state, "s", "rid", ENV)
+    monkeypatch.undo()
     state.rounds[0].params = "many"
     with pytest.raises(SchemaError, match="column params is int64"):
         make_row(state, "s", "rid", ENV)
