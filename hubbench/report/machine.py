@@ -4,17 +4,20 @@ commit.
 
 The noise sentinel (a fixed matmul, timed before every round: report.noise) does the same work
 in every run, so the ratio of its medians, candidate over baseline, is how much slower the
-machine was, whatever the code did. Its interval comes from the two-stage bootstrap
-(hubbench.stats.ratio_ci) with the readings of one pass (round r of every cell) as a round, the
-runs resampled independently. The machine changed when that interval lies entirely beyond
-1 ± FLOOR. The runs' own spread is already in the interval (a run whose sentinel wandered
-gets a wide one, which claims no change it cannot show), so it is not added to the band: a
-band as wide as the noisier run's p10-p90 spread would let a loaded candidate hide its own
-load (its spread is the load being judged). FLOOR is the gate's own noise floor (MIN_EFFECT in
-report.compare): a shift smaller than that cannot by itself carry a check past the gate's
-threshold. Thread counts that differ are a change too. A host name that differs alone is not
-(CI runners of one kind), only said beside a change. Rows do not record the load average, so
-it is not read.
+machine was, whatever the code did. Its interval comes from hubbench.stats.ratio_ci with each
+reading as a round of its own (a bootstrap of the readings), the runs resampled independently.
+Not the pass (round r of every cell) as the round: a loaded machine's readings jump between
+~12 ms (the worker got a core) and 16-20 ms (it shared one) within a pass, so five passes gave
+intervals like [1.00, 1.46] for a machine 1.31x slower, which the gate took for no change and
+failed three transformer cells on (benchmarks/gate_under_load.py, docs/measurement.md).
+
+The machine changed when that interval lies entirely beyond 1 ± FLOOR. The runs' own spread is
+already in the interval (a run whose sentinel wandered gets a wide one), so it is not added to
+the band: a band as wide as the noisier run's p10-p90 spread would let a loaded candidate hide
+its own load. FLOOR is the gate's noise floor (MIN_EFFECT in report.compare): a smaller shift
+cannot by itself carry a check past the gate's threshold. Thread counts that differ are a
+change too. A host name that differs alone is not (CI runners of one kind), only said beside a
+change. Rows do not record the load average, so it is not read.
 
 A changed machine decides nothing about the code: a check the machine could explain is
 inconclusive, never a failure (docs/measurement.md, "Which gate when").
@@ -82,19 +85,18 @@ class Machine:
         return f"Machine changed: {'; '.join(self.reasons)}. {ADVICE[0].upper()}{ADVICE[1:]}."
 
 
-def passes(rows: Iterable[Mapping[str, Any]]) -> dict[Any, list[np.ndarray]]:
-    """Sentinel readings by thread count, one array per pass (round r of every cell)."""
-    out: dict[Any, dict[int, list[float]]] = {}
+def readings(rows: Iterable[Mapping[str, Any]]) -> dict[Any, list[np.ndarray]]:
+    """Sentinel readings by thread count, each as a one-reading round (for stats.ratio_ci)."""
+    out: dict[Any, list[np.ndarray]] = {}
     for row in rows:
-        readings = row.get("round_sentinel_s")
-        if readings is None or np.isscalar(readings):
+        values = row.get("round_sentinel_s")
+        if values is None or np.isscalar(values):
             continue
-        by_round = out.setdefault(norm_value(row.get("threads")), {})
-        for r, value in enumerate(readings):
-            v = norm_value(value)
-            if v is not None and v > 0:
-                by_round.setdefault(r, []).append(float(v))
-    return {t: [np.array(v) for _, v in sorted(rounds.items())] for t, rounds in out.items()}
+        found = [norm_value(v) for v in values]
+        out.setdefault(norm_value(row.get("threads")), []).extend(
+            np.array([float(v)]) for v in found if v is not None and v > 0
+        )
+    return out
 
 
 def _values(df: pd.DataFrame, field: str) -> set[str]:
@@ -121,7 +123,7 @@ def machine_change(
             f"threads: the baseline ran {', '.join(sorted(threads[0]))}, the candidate "
             f"{', '.join(sorted(threads[1]))}"
         )
-    ci = _sentinel_ratio(passes(rows_b), passes(rows_c), resamples, confidence, seed)
+    ci = _sentinel_ratio(readings(rows_b), readings(rows_c), resamples, confidence, seed)
     if ci is not None and ci.bootstrapped and ci.beyond(floor):
         reasons.insert(
             0,
