@@ -37,8 +37,9 @@ from hubbench.stats import CONFIDENCE, RESAMPLES, SEED, RatioCI, ratio_ci
 if TYPE_CHECKING:
     import pandas as pd
 
-# As compare.MIN_EFFECT (the A/A noise floor of a cell). Quiet `ci` runs on the 2-core dev box
-# differ by under 1% in sentinel median, with CIs inside it (docs/measurement.md).
+# As compare.MIN_EFFECT (the A/A noise floor of a cell). Quiet `ci` A/A pairs on the 2-core box:
+# sentinel medians 0.97-1.00x, intervals within [0.95, 1.03]; loaded 1.29-1.70x when the load
+# bit (docs/measurement.md, "Which gate when").
 FLOOR = 0.05
 ADVICE = (
     "rerun both on a quiet machine, or gate within one run (`hubbench gate --ratios RUN`: both "
