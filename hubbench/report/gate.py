@@ -399,8 +399,9 @@ VERDICT_MARK = {"pass": "✅", "regression": "❌", "inconclusive": "⚠️", "m
 def to_markdown(result: GateResult) -> str:
     conf = f"{100 * result.confidence:g}%"
     status = "✅ pass" if result.passed else f"❌ {len(result.failed)} regression(s)"
-    if result.held and result.machine is not None:
-        status += f", ⚠️ {result.held} inconclusive: {result.machine.words()}"
+    if result.held and result.machine is not None:  # a pass that judged nothing says so
+        status = "" if result.passed else status + ", "
+        status += f"⚠️ {result.held} inconclusive: {result.machine.words()}"
     ref_head = "baseline" if result.mode == "baseline" else "denominator"
     val_head = "candidate" if result.mode == "baseline" else "numerator"
     lines = [
