@@ -58,6 +58,17 @@ def test_token_by_token_and_prefill_then_decode_match_the_forward(name: str) -> 
             torch.testing.assert_close(torch.cat([y, *rest], 1), full, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", list(MIXERS))
+def test_an_empty_prompt_prefills_to_a_state_that_decodes_as_the_forward(name: str) -> None:
+    mod, x = _prepared(name), _x(2, 13)
+    with torch.no_grad():
+        full = mod(x)
+        y, state = mod.prefill(x[:, :0], 13)
+        assert y.shape == (2, 0, D)
+        steps = torch.cat([mod.step(x[:, t : t + 1], state) for t in range(13)], 1)
+    torch.testing.assert_close(steps, full, rtol=0, atol=1e-12)
+
+
 def test_mamba_prefill_longer_than_a_scan_chunk_carries_the_state() -> None:
     mod, x = _prepared("mamba"), _x(1, 150)  # the scan runs in chunks of 64 tokens
     with torch.no_grad():

@@ -43,6 +43,32 @@ def test_every_variant_decodes_as_its_forward(variant: str, extra: dict) -> None
     assert names[0] == "token by token" and len(names) > 3
 
 
+@pytest.mark.parametrize(
+    ("variant", "extra"),
+    [
+        ("transformer", {}),
+        ("jamba", {"n_layers": 8}),
+        ("hub-jamba", {"n_layers": 8}),
+        ("hub-gpt", {}),
+        ("hub-gpt", {"replace": 0.5, "n_layers": 4}),
+        ("jamba", {"n_layers": 8, "moe": True}),
+    ],
+)
+def test_an_empty_prompt_prefills_to_the_empty_state(variant: str, extra: dict) -> None:
+    """Prefill of a (B, 0) prompt gives no logits and a state to decode from: the k tokens
+    decoded after it match the forward over those k tokens (Mamba's conv and HubRouter's chunk
+    split raised a RuntimeError on an empty prompt)."""
+    model = _model(variant, **extra).double().eval()
+    idx = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(idx)
+        for all_logits in (False, True):
+            logits, state = model.prefill(idx[:, :0], 11, all_logits=all_logits)
+            assert logits.shape == (2, 0, 256) and state.pos == 0
+        steps = torch.cat([model.decode(idx[:, t : t + 1], state) for t in range(11)], 1)
+    torch.testing.assert_close(steps, full, rtol=0, atol=1e-12)
+
+
 def test_state_bytes_per_kind_are_reported() -> None:
     report = check_decode(_model("hub-jamba", n_layers=8), n=20, seeds=(0,))
     assert set(report.state_bytes) == {"mamba", "hubrouter"}

@@ -117,6 +117,8 @@ class HubDecoding:
         before the current chunk, and the tokens of the incomplete last chunk.
         """
         self._check_decodable(x)
+        if x.shape[1] == 0:  # an empty prompt leaves the empty state (the forward needs a chunk)
+            return self.out_proj(x), self.empty_state(x.shape[0], capacity, x)
         y, parts = self._forward(x)
         B, n, _ = x.shape
         C = self.chunk

@@ -57,6 +57,9 @@ class MambaDecoding:
         """
         del capacity
         L = x.shape[1]
+        if L == 0:  # an empty prompt leaves the empty state (the conv refuses a zero length)
+            empty = self.out_proj(x.new_zeros(x.shape[0], 0, self.d_inner))
+            return empty, self.empty_state(x.shape[0], 0, x)
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, D_inner) each
         conv_in = xs.transpose(1, 2)  # (B, D_inner, L)
         keep = self.d_conv - 1
