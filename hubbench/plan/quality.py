@@ -17,6 +17,61 @@ from hubbench.plan.fields import TASKS
 
 CORPORA = ("pydoc", "shakespeare")  # `data` names that are not files (quality.tasks.load_corpus)
 BYTE_VOCAB = 256
+MIN_CORPUS_BYTES = 4096  # the fewest bytes a `bytes` corpus may hold (quality.tasks.load_corpus)
+HELD_OUT_FRACTION = 0.1  # the held-out tail's share of a corpus (quality.tasks.byte_corpus)
+
+
+def held_out_bytes(size: int, fraction: float = HELD_OUT_FRACTION) -> int:
+    """The bytes of a `size`-byte corpus kept as its held-out tail (at least one)."""
+    return max(1, int(size * fraction))
+
+
+def corpus_bytes_needed(seq: int) -> int:
+    """The fewest bytes a `bytes` cell at `seq` can run on: MIN_CORPUS_BYTES, and enough that
+    the held-out tail and the training part each hold one window of seq + 1 bytes."""
+    window = seq + 1
+
+    def enough(size: int) -> bool:
+        tail = held_out_bytes(size)
+        return size >= MIN_CORPUS_BYTES and tail >= window and size - tail >= window
+
+    size = max(MIN_CORPUS_BYTES, math.ceil(window / HELD_OUT_FRACTION))
+    while not enough(size):  # the float product may round either way: step to the exact bound
+        size += 1
+    while size > MIN_CORPUS_BYTES and enough(size - 1):
+        size -= 1
+    return size
+
+
+def check_data_file(data: str, seq: int) -> None:
+    """A ConfigError if the file `data` cannot be read or holds fewer bytes than the cell needs
+    (the task reads it in the worker, where the same error would end the cell as an error row)."""
+    path = Path(data)
+    if not path.is_file():
+        why = "is a directory" if path.is_dir() else "does not exist"
+        raise ConfigError(
+            f"data file {data!r} {why} (and is not a corpus: {', '.join(CORPORA)})",
+            fields=["data"],
+        )
+    try:
+        with path.open("rb"):
+            size = path.stat().st_size
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ConfigError(f"data file {data!r} cannot be read: {why}", fields=["data"]) from None
+    need = corpus_bytes_needed(seq)
+    if size >= need:
+        return
+    if need == MIN_CORPUS_BYTES:
+        raise ConfigError(
+            f"data file {data!r} holds {size} bytes; task bytes needs at least {need}",
+            fields=["data"],
+        )
+    raise ConfigError(
+        f"data file {data!r} holds {size} bytes; task bytes at seq={seq} needs at least {need} "
+        f"(a held-out tail of {HELD_OUT_FRACTION:.0%} holding one window of seq + 1 = {seq + 1})",
+        fields=["data", "seq"],
+    )
 
 
 def mqar_problem(seq: int, kv_pairs: int, vocab: int) -> str | None:
@@ -56,9 +111,5 @@ def check_quality(run: Mapping[str, Any], config: Any) -> None:
             f"task bytes needs vocab >= {BYTE_VOCAB} (one token per byte; got {vocab})",
             fields=["vocab"],
         )
-    data = run["data"]
-    if data not in CORPORA and not Path(data).is_file():
-        raise ConfigError(
-            f"data {data!r} is neither a corpus ({', '.join(CORPORA)}) nor a file",
-            fields=["data"],
-        )
+    if run["data"] not in CORPORA:
+        check_data_file(run["data"], run["seq"])

@@ -41,10 +41,15 @@ import torch
 from torch import Tensor
 
 from hubbench.errors import ConfigError
-from hubbench.plan.quality import BYTE_VOCAB, mqar_problem
+from hubbench.plan.quality import (
+    BYTE_VOCAB,
+    HELD_OUT_FRACTION,
+    MIN_CORPUS_BYTES,
+    held_out_bytes,
+    mqar_problem,
+)
 
 IGNORE = -100  # F.cross_entropy's ignore_index
-MIN_CORPUS_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -199,7 +204,7 @@ def load_corpus(data: str) -> tuple[bytes, str]:
     return raw, f"{name}, {len(raw):,} bytes, sha1 {digest}"
 
 
-def byte_corpus(data: str, held_out_fraction: float = 0.1) -> ByteCorpus:
+def byte_corpus(data: str, held_out_fraction: float = HELD_OUT_FRACTION) -> ByteCorpus:
     """The corpus split into training bytes and the held-out tail."""
     if not 0 < held_out_fraction < 1:
         raise ConfigError(
@@ -208,7 +213,7 @@ def byte_corpus(data: str, held_out_fraction: float = 0.1) -> ByteCorpus:
         )
     raw, description = load_corpus(data)
     tensor = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-    cut = len(raw) - max(1, int(len(raw) * held_out_fraction))
+    cut = len(raw) - held_out_bytes(len(raw), held_out_fraction)
     tail = f"{description}, held-out tail {len(raw) - cut:,}"
     return ByteCorpus(tensor[:cut], tensor[cut:], tail)
 
