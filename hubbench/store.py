@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
 from hubbench.errors import StoreError
+from hubbench.plan.find import BASELINES_DIR, suite_name_problem
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 
 RESULTS_ENV = "HUBBENCH_RESULTS"
 DEFAULT_RESULTS_DIR = "results"
-BASELINES_DIR = "baselines"  # <results>/baselines/ holds pinned copies for the gate, not runs
 LATEST = re.compile(r"latest(?:~(\d+))?")
 
 
@@ -64,7 +64,17 @@ def new_run_id() -> str:
     return secrets.token_hex(4)
 
 
+def check_suite(suite: str, runs_go_there: bool = True) -> str:
+    """`suite` as the one folder under the results directory its runs are in (hubbench.plan.find
+    says what may name one), so that no caller reads or writes a run outside it."""
+    problem = suite_name_problem(suite, runs_go_there=runs_go_there)
+    if problem:
+        raise StoreError(f"suite name {suite!r} {problem}: it cannot name a folder of runs")
+    return suite
+
+
 def run_path(directory: Path, suite: str, run_id: str, when: dt.datetime | None = None) -> Path:
+    check_suite(suite)
     when = when or dt.datetime.now(dt.UTC)
     return directory / suite / f"{when.strftime('%Y%m%dT%H%M%SZ')}-{run_id}.parquet"
 
@@ -82,8 +92,12 @@ def reserve_run(directory: Path, suite: str) -> tuple[Path, str]:
 def list_runs(directory: str | Path, suite: str | None = None) -> list[Path]:
     """Run files under `directory`, oldest first (names start with the UTC stamp)."""
     directory = Path(directory)
-    pattern = f"{suite}/*.parquet" if suite else "*/*.parquet"
-    paths = [p for p in directory.glob(pattern) if not p.name.startswith(".") and p.is_file()]
+    # the suite's folder by name, never as a pattern: a suite `c*` must not list ci's runs
+    if suite:
+        found = (directory / check_suite(suite, runs_go_there=False)).glob("*.parquet")
+    else:
+        found = directory.glob("*/*.parquet")
+    paths = [p for p in found if not p.name.startswith(".") and p.is_file()]
     return sorted(paths, key=lambda p: (p.name, str(p)))
 
 

@@ -261,3 +261,25 @@ def test_rows_read_to_be_written_back_are_checked(tmp_path: Path) -> None:
     assert store.read_rows(path)[0]["seq"] == "long"  # read as it is
     with pytest.raises(SchemaError, match="row 0: column seq is int64, got 'long'"):
         store.read_rows(path, for_resume=True)
+
+
+@pytest.mark.parametrize("suite", ["", ".", "..", "../x", "a/b", "/abs", ".hidden", "a\\b", "a\nb"])
+def test_a_suite_that_is_not_one_safe_folder_never_names_a_path(tmp_path: Path, suite: str):
+    """No caller can put a run outside <results>/<suite>/ or list runs from outside it."""
+    with pytest.raises(StoreError, match="suite name"):
+        store.run_path(tmp_path / "results", suite, "aaaa0001")
+    with pytest.raises(StoreError, match="suite name"):
+        store.reserve_run(tmp_path / "results", suite)
+    if suite:  # an empty --suite lists every suite's runs
+        with pytest.raises(StoreError, match="suite name"):
+            store.list_runs(tmp_path / "results", suite)
+    with pytest.raises(StoreError, match=r"suite name .*pinned baselines"):
+        store.run_path(tmp_path, store.BASELINES_DIR, "aaaa0001")
+    assert store.list_runs(tmp_path, store.BASELINES_DIR) == []  # listing them is fine
+
+
+def test_a_suite_name_is_a_folder_never_a_pattern(tmp_path: Path) -> None:
+    ci = store.run_path(tmp_path, "ci", "aaaa0001")
+    store.write_rows(ci, [row(0)])
+    assert store.list_runs(tmp_path, "ci") == [ci]
+    assert store.list_runs(tmp_path, "c*") == [] and store.latest_run(tmp_path, "c?") is None

@@ -9,6 +9,25 @@ from pathlib import Path
 from hubbench.errors import SuiteError
 
 SUITES_ENV = "HUBBENCH_SUITES"
+BASELINES_DIR = "baselines"  # <results>/baselines/ holds pinned copies for the gate, not runs
+
+
+def suite_name_problem(name: str, *, runs_go_there: bool = True) -> str | None:
+    """What keeps `name` from being the one folder under <results>/ that a suite's runs go to,
+    or None: it must be a single path component that is not hidden (so never `.` or `..`, which
+    the stems of `..toml` and `...toml` are) and has no control characters; where runs are
+    written (`runs_go_there`), not the pinned baselines' folder either."""
+    if not name:
+        return "is empty"
+    if name.startswith("."):
+        return "starts with '.' (., .. and hidden folders cannot hold a suite's runs)"
+    if "/" in name or "\\" in name:
+        return "contains a path separator"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "contains a control character"
+    if runs_go_there and name == BASELINES_DIR:
+        return f"is reserved: <results>/{BASELINES_DIR}/ holds pinned baselines, not runs"
+    return None
 
 
 def suite_dirs() -> list[Path]:

@@ -39,7 +39,7 @@ from hubbench.errors import ConfigError, SuiteError
 from hubbench.plan.axes import Axis, check_keys, field_types, plugin_option_types, typed
 from hubbench.plan.cell import Cell
 from hubbench.plan.executor import spec_from
-from hubbench.plan.find import find_suite
+from hubbench.plan.find import find_suite, suite_name_problem
 from hubbench.plan.rules import ExcludeRule, GateRule, exclude_rules, gate_rules
 from hubbench.plan.runfields import MEASURE_FIELDS
 
@@ -95,6 +95,9 @@ def parse_suite(data: Mapping[str, Any], path: Path) -> Suite:
     name = typed(data.get("name", path.stem), str, f"{path}: name")
     if name != path.stem:
         raise SuiteError(f"{path}: name {name!r} must equal the file name {path.stem!r}")
+    problem = suite_name_problem(name)
+    if problem:
+        raise SuiteError(f"{path}: suite name {name!r} {problem}; rename the file")
     description = typed(data.get("description", ""), str, f"{path}: description")
 
     defaults = _table(data, "defaults", path)

@@ -6,6 +6,8 @@ expansion into cells: test_expand.py.
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,24 @@ def test_bad_measure_values(tmp_path: Path) -> None:
         measure_overrides(timeout_s=0)
     with pytest.raises(SuiteError, match=r"--timeout: expected a finite number"):
         measure_overrides(timeout_s=float("inf"))
+
+
+@pytest.mark.parametrize(
+    ("stem", "problem"),
+    [
+        (".", "starts with '.'"),  # ..toml: runs went to results/ itself
+        ("..", "starts with '.'"),  # ...toml: runs went to results/'s parent
+        (".hidden", "starts with '.'"),
+        ("a\\b", "path separator"),
+        ("a\tb", "control character"),
+        ("baselines", "reserved"),  # runs would sit among the pinned baselines
+    ],
+)
+def test_a_suite_name_must_be_one_safe_results_folder(
+    tmp_path: Path, stem: str, problem: str
+) -> None:
+    message = rf"{re.escape(stem)}\.toml: suite name .* {problem}"
+    with pytest.raises(SuiteError, match=message):
+        load_suite(write(tmp_path, "", name=stem))
+    with pytest.raises(SuiteError, match=message):  # the name key says the same
+        load_suite(write(tmp_path, f"name = {json.dumps(stem)}\n", name=stem))
