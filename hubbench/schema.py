@@ -45,7 +45,9 @@ from hubbench.plan.variants import all_fields
 # 8: executors and torchrun: the nproc run field, the execution group, world size and per-rank
 #    tokens/s with the weak-scaling efficiency (hubbench.run.jobs, hubbench.measure.ranks)
 # 9: the nnodes run field (torchrun across a job's nodes)
-SCHEMA_VERSION = 9
+# 10: the field's mixers (their config fields and backend columns), the same-run A/B of two
+#     commits (side, its commit), MQAR's recall-free ceilings and protocol columns
+SCHEMA_VERSION = 10
 
 GROUPS = ("identity", "cell", "measure", "outcome", "execution", "measurement", "quality", "env")
 TYPES = ("int64", "float64", "string", "bool", "list<float64>", "list<list<float64>>")
