@@ -63,26 +63,36 @@ class MoE(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x)).
 
-    def __init__(self, kind: str, mixer: nn.Module, mlp: nn.Module, d_model: int) -> None:
+    `mlp=None` is a mixer-only block (mlp_ratio 0: Zoology's attention baseline for recall has
+    no MLP, and a model that must recall cannot then store the answers in MLP weights).
+    """
+
+    def __init__(self, kind: str, mixer: nn.Module, mlp: nn.Module | None, d_model: int) -> None:
         super().__init__()
         self.kind = kind
-        self.norm1, self.norm2 = nn.RMSNorm(d_model), nn.RMSNorm(d_model)
+        self.norm1 = nn.RMSNorm(d_model)
+        self.norm2 = nn.RMSNorm(d_model) if mlp is not None else None
         self.mixer, self.mlp = mixer, mlp
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mlp is None or self.norm2 is None:
+            return x
+        return x + self.mlp(self.norm2(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with record_function(self.kind):
             x = x + self.mixer(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        return self._mlp(x)
 
     def prefill(self, x: torch.Tensor, capacity: int) -> tuple[torch.Tensor, Any]:
         with record_function(self.kind):
             y, state = self.mixer.prefill(self.norm1(x), capacity)
             x = x + y
-        return x + self.mlp(self.norm2(x)), state
+        return self._mlp(x), state
 
     def step(self, x: torch.Tensor, state: Any) -> torch.Tensor:
         with record_function(self.kind):
             x = x + self.mixer.step(self.norm1(x), state)
-        return x + self.mlp(self.norm2(x))
+        return self._mlp(x)

@@ -78,7 +78,9 @@ def _plugin(config: BaseConfig) -> PluginMixer:
     )
 
 
-def _mlp_for(config: BaseConfig, layer: int) -> nn.Module:
+def _mlp_for(config: BaseConfig, layer: int) -> nn.Module | None:
+    if config.mlp_ratio == 0:
+        return None
     if isinstance(config, JambaConfig) and config.moe and layer % 2 == 1:
         return MoE(config.d_model, config.mlp_ratio, config.n_experts, config.moe_topk)
     return MLP(config.d_model, config.mlp_ratio)

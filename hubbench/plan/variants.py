@@ -51,7 +51,9 @@ class BaseConfig:
     d_model: int = _f(256, "model width")
     n_layers: int = _f(4, "blocks")
     n_heads: int = _f(4, "attention / HubRouter heads")
-    mlp_ratio: float = _f(4.0, "MLP hidden width = mlp_ratio * d_model")
+    mlp_ratio: float = _f(
+        4.0, "MLP hidden width = mlp_ratio * d_model; 0: no MLP (Zoology's recall baselines)"
+    )
     attention: str = _f("sdpa", "naive | sdpa | flash", "mixer")
     sdpa_kernel: str = _f("auto", "auto | flash | efficient | math | cudnn (sdpa only)", "mixer")
     dtype: str = _f("fp32", "autocast compute dtype; parameters stay fp32")
@@ -64,8 +66,8 @@ class BaseConfig:
                 f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}",
                 ("d_model", "n_heads"),
             )
-        if self.mlp_ratio <= 0:
-            raise ConfigError(f"mlp_ratio must be > 0 (got {self.mlp_ratio})", ("mlp_ratio",))
+        if self.mlp_ratio < 0:
+            raise ConfigError(f"mlp_ratio must be >= 0 (got {self.mlp_ratio})", ("mlp_ratio",))
         _choice(self, "attention", ATTENTION_BACKENDS)
         _choice(self, "sdpa_kernel", SDPA_KERNELS)
         _choice(self, "dtype", DTYPES)
