@@ -1,0 +1,12 @@
+"""Causal sliding-window attention (docs/mixers/swa.md). One module per job:
+- layer.py: SlidingWindow, the parameters and the blocked forward (`window_attention`);
+- decode.py: WindowState, a ring buffer of the last `window` keys and values, and the
+  recurrent decoding (empty_state, prefill, step);
+- naive.py: `swa_ref`, the per-token loop the blocked forward is tested against.
+"""
+
+from hubbench.mixers.swa.decode import WindowState
+from hubbench.mixers.swa.layer import SlidingWindow, window_attention
+from hubbench.mixers.swa.naive import swa_ref
+
+__all__ = ["SlidingWindow", "WindowState", "swa_ref", "window_attention"]

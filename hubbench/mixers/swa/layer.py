@@ -1,0 +1,126 @@
+"""Sliding-window attention: query t attends keys max(0, t - window + 1) .. t.
+
+`window` counts the query itself, so window 1 is each token attending only to itself and a
+window >= n is causal full attention. The forward is blocked: queries in blocks of `window`
+tokens, each block against its own key block and the one before it (2 * window keys, one
+(window, 2 * window) mask shared by every block), so time and memory are O(n * window) and no
+path holds an n x n tensor.
+
+`causal=False` is the family's leaky control, the classic band bug: the mask written as
+|t - s| < window, which lets each query see window - 1 keys of its future.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hubbench.errors import ConfigError
+from hubbench.mixers.rope import rotary
+from hubbench.mixers.swa.decode import WindowDecoding
+
+
+def _positive_int(who: str, name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{who}: {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, causal: bool = True) -> Tensor:
+    """Blocked sliding-window attention over (B, h, n, d_h) -> (B, h, n, d_h).
+
+    q, k, v are already rotated. Causal: keys t - window < s <= t. Leaky (`causal=False`):
+    |t - s| < window, so each query block also reads the next key block. Softmax in >= fp32.
+    """
+    B, h, n, dh = q.shape
+    w = window
+    nb = -(-n // w)  # query blocks
+    ahead = 0 if causal else 1  # key blocks after the query's own
+    span = (2 + ahead) * w  # keys each query block reads
+    qb = F.pad(q, (0, 0, 0, nb * w - n)).view(B, h, nb, w, dh)
+    pad = (0, 0, w, (nb + ahead) * w - n)  # one empty block before, up to `ahead` after
+    kb = F.pad(k, pad).view(B, h, nb + 1 + ahead, w, dh)
+    vb = F.pad(v, pad).view(B, h, nb + 1 + ahead, w, dh)
+    k_cat = torch.cat([kb[:, :, j : j + nb] for j in range(2 + ahead)], dim=3)  # (B,h,nb,span,dh)
+    v_cat = torch.cat([vb[:, :, j : j + nb] for j in range(2 + ahead)], dim=3)
+    t = torch.arange(nb * w, device=q.device).view(nb, w, 1)  # query positions
+    s = (torch.arange(nb, device=q.device) * w - w).view(nb, 1, 1) + torch.arange(
+        span, device=q.device
+    )  # (nb, 1, span) key positions
+    if causal:
+        # keys past n only ever meet padded queries, whose own (zero) key keeps the row finite
+        allowed = (s > t - w) & (s <= t) & (s >= 0)  # (nb, w, span)
+    else:
+        allowed = ((s - t).abs() < w) & (s >= 0) & (s < n)
+    scores = (qb @ k_cat.transpose(-2, -1)) * (1.0 / math.sqrt(dh))  # (B, h, nb, w, span)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    acc = torch.promote_types(scores.dtype, torch.float32)
+    p = torch.softmax(scores.to(acc), dim=-1).to(v.dtype)
+    y = p @ v_cat  # (B, h, nb, w, d_h)
+    return y.view(B, h, nb * w, dh)[:, :, :n]
+
+
+class SlidingWindow(WindowDecoding, nn.Module):
+    """Multi-head sliding-window attention: x (B, n, d) -> (B, n, d)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        window: int = 256,
+        rope: bool = True,
+        causal: bool = True,
+    ) -> None:
+        super().__init__()
+        who = "swa"
+        _positive_int(who, "d_model", d_model)
+        _positive_int(who, "n_heads", n_heads)
+        if d_model % n_heads:
+            raise ConfigError(f"{who}: d_model={d_model} must be divisible by n_heads={n_heads}")
+        if rope and (d_model // n_heads) % 2:
+            raise ConfigError(f"{who}: rope needs an even head width, got {d_model // n_heads}")
+        self.window = _positive_int(who, "window", window)
+        self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
+        self.rope, self.causal = rope, causal
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.last_backend: str | None = None
+        self.aux_loss: Tensor | None = None
+
+    def _heads(self, x: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v (B, h, n, d_h) of x (B, n, d) at positions start.., q and k rotated."""
+        B, n, _ = x.shape
+        q, k, v = self.qkv(x).view(B, n, 3, self.n_heads, self.d_head).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, n, d_h)
+        if self.rope:
+            pos = torch.arange(start, start + n, device=x.device)
+            q, k = rotary(q, pos), rotary(k, pos)
+        return q, k, v
+
+    def _merge(self, y: Tensor) -> Tensor:
+        B, _, n, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(B, n, self.d_model))
+
+    def _window(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        self.last_backend = "blocked"
+        return window_attention(q, k, v, self.window, self.causal)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._merge(self._window(*self._heads(x, 0)))
+
+    def visible_keys(self, seq: int) -> int:
+        """Keys summed over the queries of one sequence (the useful ones, not the padding)."""
+        w = self.window
+        causal = seq * (seq + 1) // 2 if seq <= w else w * (w + 1) // 2 + (seq - w) * w
+        return causal if self.causal else 2 * causal - seq  # the band mirrors the window
+
+    def analytic_flops(self, seq: int) -> float:
+        """Forward FLOPs of one sequence: projections, then QK^T and AV over the visible keys
+        only (attention.py's convention; the blocked path computes 2 * window scores per query,
+        about twice the useful ones once seq >> window)."""
+        proj = 2 * seq * self.d_model * 4 * self.d_model
+        return float(proj + 2 * 2 * self.visible_keys(seq) * self.d_model)
