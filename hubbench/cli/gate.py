@@ -22,8 +22,8 @@ RESAMPLES_HELP = "Bootstrap resamples per ratio (>= 100)."
 CONFIDENCE_HELP = "Confidence level of the CI, in [0.5, 1)."
 MIN_EFFECT_HELP = (
     "Smallest change called (e.g. 3% or 0.03): a CI must clear 1 ± this "
-    "(default from A/A runs, see docs/measurement.md; baseline mode only for gate, whose ratio "
-    "rules carry their own thresholds)."
+    "(default from A/A runs, see docs/measurement.md; baseline and --ab modes only for gate, whose "
+    "ratio rules carry their own thresholds)."
 )
 
 
@@ -112,12 +112,18 @@ def gate_cmd(
     ratios: str | None = typer.Option(
         None, "--ratios", help="Gate the ratio rules of this run's suite ('latest' allowed)."
     ),
+    ab: str | None = typer.Option(
+        None,
+        "--ab",
+        help="Gate a same-run A/B (`run SUITE --against REF`): each cell's candidate against its "
+        "baseline from paired rounds ('latest' allowed).",
+    ),
     suite: str | None = typer.Option(
         None, "--suite", help="Suite (name or TOML) whose gate table applies (ratio mode)."
     ),
-    metric: str = typer.Option("tokens_per_s", "--metric", help="Metric (baseline mode)."),
+    metric: str = typer.Option("tokens_per_s", "--metric", help="Metric (baseline, --ab)."),
     max_regression: str = typer.Option(
-        "5%", "--max-regression", help="Allowed worsening, e.g. 5% or 0.05 (baseline mode)."
+        "5%", "--max-regression", help="Allowed worsening, e.g. 5% or 0.05 (baseline, --ab)."
     ),
     min_effect: str | None = typer.Option(None, "--min-effect", help=MIN_EFFECT_HELP),
     allow_env_mismatch: bool = typer.Option(
@@ -146,6 +152,7 @@ def gate_cmd(
       hubbench gate --baseline results/baselines/ci.parquet --candidate latest --max-regression 5%
       hubbench gate --baseline latest~1 --candidate latest
       hubbench gate --ratios latest --summary gate.md
+      hubbench gate --ab latest        # after: hubbench run ci --against main
     """  # fmt: skip
     from hubbench.errors import HubbenchError, ReportError
     from hubbench.report import gate
@@ -154,10 +161,15 @@ def gate_cmd(
 
     summary_targets(summary)  # an unwritable summary is unusable input: say so first
     try:
-        if (baseline is None) == (ratios is None):
-            raise ReportError("give either --baseline RUN (with --candidate RUN) or --ratios RUN")
+        if sum(x is not None for x in (baseline, ratios, ab)) != 1:
+            raise ReportError(
+                "give one of --baseline RUN (with --candidate RUN), --ratios RUN or --ab RUN"
+            )
         options = _bootstrap(resamples, confidence, min_effect)
-        if baseline is not None:
+        if ab is not None:
+            result = _gate_ab(ab, metric, percent(max_regression, "--max-regression"),
+                              results_dir, **options)  # fmt: skip
+        elif baseline is not None:
             result = _gate_baseline(
                 baseline,
                 candidate,
@@ -209,7 +221,7 @@ def _gate_baseline(
     from hubbench import store
     from hubbench.errors import ReportError, StoreError
     from hubbench.report.gate import gate_baseline
-    from hubbench.report.load import load_run
+    from hubbench.report.load import load_run, run_label
 
     try:
         base = load_run(baseline, results_dir)
@@ -227,7 +239,25 @@ def _gate_baseline(
     else:
         cand_spec = candidate
     cand = load_run(cand_spec, results_dir)
+    from hubbench.report.gate_ab import is_ab
+
+    for run, which in ((base, "baseline"), (cand, "candidate")):
+        if is_ab(run):
+            raise ReportError(
+                f"the {which} ({run_label(run)}) is a same-run A/B, two code versions in one run: "
+                "gate it with --ab RUN"
+            )
     return gate_baseline(base, cand, metric, max_regression, **options)
+
+
+def _gate_ab(
+    ab: str, metric: str, max_regression: float, results_dir: Path | None, **options: Any
+) -> GateResult:
+    from hubbench.report.gate_ab import gate_ab
+    from hubbench.report.load import load_run
+
+    run = load_run(None if ab == "latest" else ab, results_dir)
+    return gate_ab(run, metric, max_regression, **options)
 
 
 def _gate_ratios(

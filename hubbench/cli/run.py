@@ -99,7 +99,9 @@ def kept_line(outcome: RunResult, plan: Plan) -> str:
     first = ("complete", "partial")
     parts = [f"{counts[s]} {s}" for s in first if counts[s]]
     parts += [f"{n} {s}" for s, n in sorted(counts.items()) if s not in first]
-    unstarted = len({c.cell_id for c in plan.cells} - {r["cell_id"] for r in outcome.rows})
+    sides = {str(r["cell_id"]).partition("/")[2] for r in outcome.rows} - {""}
+    wanted = {c.cell_id + (f"/{s}" if s else "") for c in plan.cells for s in sides or {""}}
+    unstarted = len(wanted - {r["cell_id"] for r in outcome.rows})
     if unstarted:
         parts.append(f"{unstarted} cell(s) not started")
     lost = any(r.get("job_lost") for r in outcome.rows)  # lost with their job: run again
@@ -108,7 +110,13 @@ def kept_line(outcome: RunResult, plan: Plan) -> str:
 
 
 def _run_with_progress(
-    plan: Plan, results: Path, resume: bool, builder: str, out: Console, executor: Any = None
+    plan: Plan,
+    results: Path,
+    resume: bool,
+    builder: str,
+    out: Console,
+    executor: Any = None,
+    sides: Any = (),
 ) -> RunResult:
     """A live bar on a terminal; one line per finished round otherwise (CI logs, pipes)."""
     from rich.markup import escape
@@ -128,8 +136,12 @@ def _run_with_progress(
     )
     task = bar.add_task("starting worker", total=None, clock="")
 
+    def label_of(state: CellState) -> str:
+        side = f" [{state.side.name}]" if state.side else ""
+        return state.cell.label(plan.varying) + side
+
     def on_start(state: CellState, progress: Any) -> None:
-        label = state.cell.label(plan.varying)
+        label = label_of(state)
         round_ = f"round {len(state.rounds) + 1}/{state.cell.measure.rounds}"
         clock = f"~{_clock(progress.remaining_s)} left"
         bar.update(task, total=progress.total, completed=progress.done, clock=clock,
@@ -137,7 +149,7 @@ def _run_with_progress(
 
     def on_done(row: Mapping[str, Any], state: CellState, progress: Any) -> None:
         bar.update(task, completed=progress.done)
-        line = escape(_round_line(row, state, progress, state.cell.label(plan.varying)))
+        line = escape(_round_line(row, state, progress, label_of(state)))
         if not live:
             out.print(line, highlight=False, soft_wrap=True)
         elif row["status"] not in ("ok", "partial", "skipped"):
@@ -159,7 +171,20 @@ def _run_with_progress(
             on_start=on_start,
             on_done=on_done,
             on_jobs=on_jobs,
+            sides=sides,
         )
+
+
+def _sides(against: str | None, resume: bool, results: Path, suite: str, builder: str) -> list:
+    """The code versions of a same-run A/B: --against REF's, or with --resume alone the latest
+    run's baseline commit when that run is an A/B; none for an ordinary run."""
+    from hubbench.run.against import sides
+    from hubbench.run.runner import resumed_baseline
+
+    ref = against
+    if ref is None and resume:
+        ref = resumed_baseline(results, suite)
+    return sides(ref, builder) if ref else []
 
 
 def register(app: typer.Typer) -> None:
@@ -252,6 +277,13 @@ def register(app: typer.Typer) -> None:
             "--builder",
             help="MODULE:FUNCTION or FILE.py:FUNCTION that builds a model from (variant, config).",
         ),
+        against: str = typer.Option(
+            None,
+            "--against",
+            help="Same-run A/B: measure every cell under this code and under REF (branch, tag, "
+            "sha, HEAD~1; checked out into a cached worktree), rounds paired; judge it with "
+            "`hubbench gate --ab RUN`.",
+        ),
     ) -> None:
         """Run a benchmark suite: one row per cell, saved to results/<suite>/<stamp>-<id>.parquet.
 
@@ -262,6 +294,7 @@ def register(app: typer.Typer) -> None:
           hubbench run hubs --set hubs=4,8 --set topk=32,64 --dry-run
           hubbench run scaling --device cuda --dtype bf16
           hubbench run throughput --resume
+          hubbench run ci --against main
           hubbench run decode --mode decode --batch 1 --seq 1024,16384
           hubbench run quality --task bytes --data corpus.txt --variant transformer,hub-gpt
           hubbench run ci --executor submitit-local --cells-per-job 2
@@ -319,7 +352,15 @@ def register(app: typer.Typer) -> None:
         busy = oversubscribed(max(c.threads * c.nproc for c in plan.cells))
         if busy:
             err.print(f"[yellow]warning:[/] {escape(busy)}", highlight=False, soft_wrap=True)
-        outcome = _run_with_progress(plan, results, resume, builder, err, spec)
+        sides = _sides(against, resume, results, plan.suite.name, builder)
+        if sides:
+            base = sides[1]
+            err.print(
+                escape(f"same-run A/B: candidate {sides[0].commit[:12]} (this tree) against "
+                       f"baseline {base.commit[:12]} ({base.root})"),
+                highlight=False, soft_wrap=True,
+            )  # fmt: skip
+        outcome = _run_with_progress(plan, results, resume, builder, err, spec, sides)
         if outcome.resumed_from is not None:
             notes.append(
                 f"resumed {outcome.resumed_from.name}: {outcome.skipped_done} cell(s) already "

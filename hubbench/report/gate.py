@@ -66,7 +66,7 @@ class Check:
 
 @dataclass
 class GateResult:
-    mode: str  # "baseline" | "ratio"
+    mode: str  # "baseline" | "ratio" | "ab" (a same-run A/B, hubbench.report.gate_ab)
     reference: str  # baseline run / suite that holds the rules
     candidate: str
     checks: list[Check]
@@ -393,6 +393,8 @@ def load_rules(run: pd.DataFrame, suite_file: str | None) -> tuple[list[Any], st
     return list(suite.gate), name
 
 
+ESTIMATE = {"baseline": "ratio of medians", "ratio": "ratio of medians",
+            "ab": "median over the paired rounds of each round's ratio of medians"}  # fmt: skip
 VERDICT_MARK = {"pass": "✅", "regression": "❌", "inconclusive": "⚠️", "missing": "➖"}
 
 
@@ -402,8 +404,7 @@ def to_markdown(result: GateResult) -> str:
     if result.held and result.machine is not None:  # a pass that judged nothing says so
         status = "" if result.passed else status + ", "
         status += f"⚠️ {result.held} inconclusive: {result.machine.words()}"
-    ref_head = "baseline" if result.mode == "baseline" else "denominator"
-    val_head = "candidate" if result.mode == "baseline" else "numerator"
+    ref_head, val_head = heads(result)
     lines = [
         f"### hubbench gate ({result.mode}): {status}",
         "",
@@ -427,21 +428,25 @@ def to_markdown(result: GateResult) -> str:
     lines += [
         "",
         f"CI: {conf} two-stage bootstrap ({result.resamples} resamples of the rounds, then of the "
-        "steps within them; rounds of one run paired), ratio of medians. A check fails only when "
-        "its whole CI lies beyond the allowed range. Ideal: the same ratio at both sides' speed "
-        "of light (docs/measurement.md), shown, never gated.",
+        f"steps within them; rounds of one run paired), {ESTIMATE[result.mode]}. A check fails "
+        "only when its whole CI lies beyond the allowed range. Ideal: the same ratio at both "
+        "sides' speed of light (docs/measurement.md), shown, never gated.",
         *result.notes,
         "",
     ]
     return "\n".join(lines)
 
 
+def heads(result: GateResult) -> tuple[str, str]:
+    """The two value columns' headers: a ratio rule's sides, or the two code versions (a
+    baseline run's, or a same-run A/B's, whose commits the title names)."""
+    return ("denominator", "numerator") if result.mode == "ratio" else ("baseline", "candidate")
+
+
 def rich_columns(result: GateResult) -> tuple[list[str], list[str]]:
     """(the headers that must stay, those that may go, least wanted first) when to_rich's
     table is fitted to a narrow console (hubbench.cli.fit)."""
-    ref, value = (
-        ("baseline", "candidate") if result.mode == "baseline" else ("denominator", "numerator")
-    )
+    ref, value = heads(result)
     return ["check", "ratio [CI]", "allowed", "verdict"], ["ideal", ref, value]
 
 
@@ -455,8 +460,7 @@ def to_rich(result: GateResult) -> Table:
         caption=f"{result.threshold}; CI: {conf} two-stage bootstrap over rounds, "
         f"{result.resamples} resamples",
     )
-    ref_head = "baseline" if result.mode == "baseline" else "denominator"
-    val_head = "candidate" if result.mode == "baseline" else "numerator"
+    ref_head, val_head = heads(result)
     for name, justify in (
         ("check", "left"),
         (ref_head, "right"),

@@ -251,4 +251,14 @@ def _notes(rows: Sequence[Mapping[str, Any]], stateful: bool) -> tuple[str, ...]
     over = fmt.peak_note(rows)
     if over:
         notes.append(over)
+    sides = side_commits(rows)
+    if sides:
+        said = ", ".join(f"{side} {str(commit)[:12]}" for side, commit in sides.items())
+        notes.append(f"side: a same-run A/B ({said}); `hubbench gate --ab` judges it")
     return tuple(notes)
+
+
+def side_commits(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """A same-run A/B's sides and their commits (candidate first); empty for other runs."""
+    found = {norm_value(r.get("side")): norm_value(r.get("side_commit")) for r in rows}
+    return {s: found[s] for s in ("candidate", "baseline") if s in found}

@@ -100,14 +100,14 @@ class Eta:
     """Rounds left per cell and what measured rounds predict for them (module docstring)."""
 
     def __init__(self, states: list[CellState]) -> None:
-        self.cells = {s.cell.cell_id: s.cell for s in states}
-        self.left = {s.cell.cell_id: s.cell.measure.rounds - len(s.rounds) for s in states}
+        self.cells = {s.key: s.cell for s in states}
+        self.left = {s.key: s.cell.measure.rounds - len(s.rounds) for s in states}
         self.timing: dict[str, Timing] = {}
         self.total = sum(self.left.values())
         self.done = 0
 
     def record(self, state: CellState, outcome: Mapping[str, Any]) -> None:
-        key = state.cell.cell_id
+        key = state.key  # a cell and its side (same-run A/B)
         self.done += 1
         if state.failure is not None:  # no further rounds
             self.done += max(self.left[key] - 1, 0)

@@ -17,6 +17,12 @@ kills the worker and keeps the rows on disk; SIGTERM and SIGHUP do the same (`st
 
 A local run (hubbench.run.runner) and each submitit job (hubbench.run.jobs) run `measure_states`
 for their cells, so a cell measures the same whichever executor ran it.
+
+A same-run A/B (hubbench.run.against) gives each cell a state per side. Each side has its own
+worker (the baseline's imports REF's worktree; each worker's hello must name the tree and commit
+its side expects), and a pass measures a cell's two rounds back to back, the side that goes first
+alternating from cell to cell and pass to pass: drift then hits both sides of a cell alike, and
+round r of the two sides is a pair (hubbench.report.gate_ab).
 """
 
 from __future__ import annotations
@@ -27,13 +33,16 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from hubbench.errors import HubbenchError
+from hubbench.measure.entry import PROTOCOL
 from hubbench.measure.env import TORCH_ENV_KEYS, host_env
 from hubbench.measure.metrics import RoundResult
 from hubbench.measure.outcome import MESSAGE_CHARS
 from hubbench.plan.cell import Cell
+from hubbench.run.against import BASELINE, CANDIDATE, Side
 from hubbench.run.eta import Eta, Progress
 from hubbench.run.rows import CellState, make_row
 from hubbench.run.worker import STARTUP_TIMEOUT_S, Worker, WorkerDied, WorkerTimeout
@@ -47,7 +56,23 @@ def schedule(states: list[CellState]) -> Iterator[list[CellState]]:
         group = [s for s in states if s.pending and len(s.rounds) == p]
         if p > 0:
             random.Random(p).shuffle(group)
-        yield group
+        yield paired_sides(group, p)
+
+
+def paired_sides(group: list[CellState], p: int) -> list[CellState]:
+    """A same-run A/B's pass: each cell's sides back to back where its first side came, the
+    candidate first in every other cell, and the other way round in the next pass."""
+    if not any(s.side for s in group):
+        return group
+    by_cell: dict[str, list[CellState]] = {}
+    for s in group:
+        by_cell.setdefault(s.cell.cell_id, []).append(s)
+    out: list[CellState] = []
+    for k, pair in enumerate(by_cell.values()):
+        first = CANDIDATE if (p + k) % 2 == 0 else BASELINE
+        pair.sort(key=lambda s: s.side is None or s.side.name != first)
+        out.extend(pair)
+    return out
 
 
 def measure_states(
@@ -64,7 +89,7 @@ def measure_states(
     (schedule); each round's row goes to `put`. True if Ctrl-C (or SIGTERM) stopped it."""
     env = host_env()
     eta = Eta([s for s in states if s.pending])
-    worker = _Workers(builder)
+    workers: dict[str | None, _Workers] = {}
     started = time.perf_counter()
     session = time.time()  # rounds of one session pair (hubbench.report.ratios)
     try:
@@ -72,6 +97,8 @@ def measure_states(
             for state in (s for s in group if s.pending):  # not failed in an earlier pass
                 if on_start:
                     on_start(state, eta.progress(time.perf_counter() - started))
+                side = state.side
+                worker = workers.setdefault(side and side.name, _Workers(builder, side))
                 answer, measured_by = worker.run(state)
                 _record(state, answer, session)
                 eta.record(state, answer["outcome"])
@@ -82,18 +109,21 @@ def measure_states(
                 if worker.failed_starts >= 2:
                     raise HubbenchError(f"the measuring worker cannot start: {row['message']}")
     except KeyboardInterrupt:
-        worker.discard()
+        for w in workers.values():
+            w.discard()
         return True
     finally:
-        worker.close()
+        for w in workers.values():
+            w.close()
     return False
 
 
 class _Workers:
     """The worker measuring the rounds, replaced by a fresh one when it dies or hangs."""
 
-    def __init__(self, builder: str) -> None:
-        self.builder = builder
+    def __init__(self, builder: str, side: Side | None = None) -> None:
+        self.builder = side.builder if side else builder
+        self.side = side
         self.worker: Worker | None = None
         self.failed_starts = 0  # in a row
 
@@ -101,12 +131,15 @@ class _Workers:
         """One round of the cell: the worker's answer, and the torch environment it ran in."""
         if self.worker is not None and not self.worker.alive:
             self.discard()
-        worker = self.worker = self.worker or Worker(self.builder)
+        pythonpath = self.side.pythonpath if self.side else None
+        worker = self.worker = self.worker or Worker(self.builder, pythonpath)
         cell = state.cell
         try:
             if not worker.env:
                 worker.start()
                 self.failed_starts = 0
+                if self.side is not None:
+                    check_hello(worker.hello, self.side)
             answer = worker.run(cell, cell.measure.timeout_s, count_flops=not state.rounds)
             measured_by = worker.env
         except (WorkerTimeout, WorkerDied) as exc:
@@ -126,6 +159,22 @@ class _Workers:
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()
+
+
+def check_hello(hello: Mapping[str, Any], side: Side) -> None:
+    """A side's worker must have imported its side's tree at its commit, speaking our protocol:
+    otherwise its rows would be labelled with code they did not measure."""
+    module = Path(str(hello.get("module") or "?")).resolve()
+    inside = module.is_relative_to(side.root.resolve())
+    problems = [f"it imported {module}, not the {side.name}'s tree {side.root}"] * (not inside)
+    if hello.get("protocol") != PROTOCOL:
+        problems.append(f"it speaks protocol {hello.get('protocol')}, not {PROTOCOL}")
+    if hello.get("commit") != side.commit:
+        problems.append(f"its tree is at {hello.get('commit')}, not {side.commit}")
+    if problems:
+        raise HubbenchError(
+            f"the {side.name}'s worker is not the code meant: {'; '.join(problems)}"
+        )
 
 
 def _record(state: CellState, answer: Mapping[str, Any], session: float) -> None:

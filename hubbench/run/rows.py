@@ -5,6 +5,10 @@ turns it into the cell's row after every round, `state_from_row` turns a stored 
 the state: for --resume (hubbench.run.runner), and for the rows a job wrote (the submitter,
 hubbench.run.executors). `make_row(state_from_row(cell, row))` is `row` again, utc_time aside
 (tests/run/test_rows.py). Which of two rows of a cell a run keeps is hubbench.store.supersedes.
+
+In a same-run A/B (hubbench.run.against) each cell has a state per side: its rows carry `side`
+and `side_commit`, the commit in `git_commit`, and a cell_id ending in `/candidate` or
+`/baseline`, so the two sides are two rows to the store's merge, --resume and every report.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from hubbench.measure.metrics import (
     quality_columns,
 )
 from hubbench.plan.cell import Cell
+from hubbench.run.against import BASELINE, Side
 
 PARTIAL = "partial"  # the status of a cell with rounds still to come
 LOCAL = {"executor": "local", "job_id": None}  # the execution columns of a cell run here
@@ -37,6 +42,12 @@ class CellState:
     device_name: str | None = None
     wall_s: float = 0.0
     job_lost: bool = False  # failed with its job, not on its own (hubbench.run.lost)
+    side: Side | None = None  # which code version measures it (same-run A/B only)
+
+    @property
+    def key(self) -> str:
+        """The cell_id of its row: the cell's, with the side where there is one."""
+        return self.cell.cell_id + (self.side.suffix() if self.side else "")
 
     @property
     def pending(self) -> bool:
@@ -64,17 +75,18 @@ def make_row(
         "run_id": run_id,
         "suite": suite,
         "cell_index": cell.index,
-        "cell_id": cell.cell_id,
+        "cell_id": state.key,
     }
     measured = state.rounds
     values = {
         **schema.part("identity", identity, where),
         **cell.columns(),
+        **_side_columns(state.side),
         **schema.part("outcome", _outcome(state), where),
         **schema.part("execution", {**execution, "job_lost": state.job_lost}, where),
         **(measurement_columns(measured, where) if measured else schema.empty("measurement")),
         **quality_columns(measured, where),
-        **schema.part("env", {**env, "utc_time": utc_now()}, where),
+        **schema.part("env", {**env, **_side_env(state.side), "utc_time": utc_now()}, where),
     }
     unknown = sorted(set(values) - set(schema.NAMES))
     missing = sorted(set(schema.NAMES) - set(values))
@@ -84,6 +96,19 @@ def make_row(
             f"{', '.join(unknown) or '-'}; missing: {', '.join(missing) or '-'})"
         )
     return {name: values[name] for name in schema.NAMES}
+
+
+def _side_columns(side: Side | None) -> dict[str, Any]:
+    if side is None:
+        return {}
+    return {"side": side.name, "side_commit": side.commit}
+
+
+def _side_env(side: Side | None) -> dict[str, Any]:
+    """The baseline's rows were measured by REF's clean worktree, not the runner's tree."""
+    if side is None or side.name != BASELINE:
+        return {}
+    return {"git_commit": side.commit, "git_dirty": False}
 
 
 def _outcome(state: CellState) -> dict[str, Any]:
@@ -100,10 +125,12 @@ def env_of(row: Mapping[str, Any]) -> dict[str, Any]:
     return {name: row[name] for name in schema.names("env")}
 
 
-def state_from_row(cell: Cell, row: Mapping[str, Any] | None) -> CellState:
+def state_from_row(
+    cell: Cell, row: Mapping[str, Any] | None, side: Side | None = None
+) -> CellState:
     """A cell's state from its stored row (None: nothing measured). A row lost with its job is
     pending again: its rounds are kept, its failure is not."""
-    state = CellState(cell)
+    state = CellState(cell, side=side)
     if row is None:
         return state
     state.device_name, state.wall_s = row["device_name"], row["wall_s"] or 0.0

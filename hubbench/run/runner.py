@@ -7,11 +7,15 @@ A local run measures the cells in this process' isolated worker, rounds interlea
 row is on disk after each of its rounds (hubbench.store.RunWriter), so an interrupted run keeps
 every round measured and `--resume` measures only what is left: each cell's state is rebuilt
 from its row (hubbench.run.rows).
+
+`sides` (a same-run A/B, hubbench.run.against) measures every cell under both code versions:
+a state per cell and side, in two workers, the sides' rounds paired pass by pass; --resume
+continues such a run only against the same baseline commit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from hubbench.measure.metrics import weak_scaling
 from hubbench.measure.process import DEFAULT_BUILDER
 from hubbench.plan.executor import ExecutorSpec
 from hubbench.plan.suite import Plan
+from hubbench.run.against import BASELINE, Side
 from hubbench.run.eta import Progress
 from hubbench.run.executors import JobCounts, run_jobs
 from hubbench.run.parts import leftover_rows
@@ -41,21 +46,53 @@ class RunResult:
 
 
 def prepare_run(
-    plan: Plan, results_dir: Path, resume: bool = False
+    plan: Plan, results_dir: Path, resume: bool = False, sides: Sequence[Side] = ()
 ) -> tuple[store.RunWriter, str, list[CellState], Path | None]:
-    """The run file (new, or the suite's latest with --resume) and each cell's state."""
+    """The run file (new, or the suite's latest with --resume) and each cell's state: one per
+    cell, or one per cell and side (`sides`: a same-run A/B)."""
     store.check_writable(results_dir / plan.suite.name)  # a file or read-only folder there too
     previous = store.latest_run(results_dir, plan.suite.name) if resume else None
     if previous is None:
         path, run_id = store.reserve_run(results_dir, plan.suite.name)
-        return store.RunWriter(path), run_id, [CellState(c) for c in plan.cells], None
+        states = [CellState(c, side=side) for c in plan.cells for side in sides or (None,)]
+        return store.RunWriter(path), run_id, states, None
     rows = store.read_rows(previous, for_resume=True)
+    check_resumed_sides(previous, rows, sides)
     writer = store.RunWriter(previous, rows)
     for row in leftover_rows(previous, rows):  # what jobs wrote that their submitter did not merge
         writer.put(row)
     by_id = {r["cell_id"]: r for r in writer.rows}
-    states = [state_from_row(c, by_id.get(c.cell_id)) for c in plan.cells]
+    states = []
+    for cell in plan.cells:
+        for side in sides or (None,):
+            key = cell.cell_id + (side.suffix() if side else "")
+            states.append(state_from_row(cell, by_id.get(key), side))
     return writer, previous.stem.rpartition("-")[2], states, previous
+
+
+def check_resumed_sides(path: Path, rows: list[dict[str, Any]], sides: Sequence[Side]) -> None:
+    """--resume continues a run with the code versions it started with: an A/B run only as the
+    same A/B (its baseline commit), an ordinary run only as an ordinary one."""
+    had = {r.get("side_commit") for r in rows if r.get("side") == BASELINE}
+    now = {s.commit for s in sides if s.name == BASELINE}
+    if had == now:
+        return
+    if not had:
+        raise ConfigError(f"--resume: {path.name} is an ordinary run; --against cannot continue it")
+    raise ConfigError(
+        f"--resume: {path.name} is a same-run A/B against {', '.join(sorted(had))}; continue it "
+        f"with --against {sorted(had)[0]}" + (f", not {sorted(now)[0]}" if now else "")
+    )
+
+
+def resumed_baseline(results_dir: Path, suite: str) -> str | None:
+    """The baseline commit of the suite's latest run if it is a same-run A/B (what --resume
+    continues without --against), else None."""
+    previous = store.latest_run(results_dir, suite)
+    if previous is None:
+        return None
+    rows = store.read_rows(previous, for_resume=True)
+    return next((r["side_commit"] for r in rows if r.get("side") == BASELINE), None)
 
 
 def run_plan(
@@ -68,16 +105,23 @@ def run_plan(
     on_start: Callable[[CellState, Progress], None] | None = None,
     on_done: Callable[[dict[str, Any], CellState, Progress], None] | None = None,
     on_jobs: Callable[[JobCounts], None] | None = None,
+    sides: Sequence[Side] = (),
 ) -> RunResult:
     """Measure every pending round of the plan; a cell's row is on disk after each round.
 
     `executor` (None: local) runs the cells in submitit jobs instead of this process' worker;
-    `on_jobs` then hears how the jobs stand.
+    `on_jobs` then hears how the jobs stand. `sides`: a same-run A/B (local only).
     """
     local = executor is None or executor.kind == "local"
     if local:
         _one_node(plan)
-    writer, run_id, states, previous = prepare_run(plan, results_dir, resume)
+    elif sides:
+        raise ConfigError(
+            "--against measures both code versions in this process' workers: use the local "
+            "executor",
+            ("executor",),
+        )
+    writer, run_id, states, previous = prepare_run(plan, results_dir, resume, sides)
     skipped = sum(not s.pending for s in states)
     result = RunResult(
         writer.path, run_id, writer.rows, resumed_from=previous, skipped_done=skipped

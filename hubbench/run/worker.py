@@ -3,7 +3,8 @@
 The runner starts `python -m hubbench.measure.entry BUILDER`, sends it one cell round at a time
 as a JSON line on its stdin and reads one JSON line back per round; the worker's stderr is kept
 in a temp file for error messages. The worker runs in its own session, so Ctrl-C reaches only the
-runner, which kills it.
+runner, which kills it. A same-run A/B's baseline worker gets `pythonpath` (REF's worktree) ahead
+of the installed package; its hello (`hello`) says which file and commit it imported.
 """
 
 from __future__ import annotations
@@ -37,23 +38,32 @@ class WorkerTimeout(Exception):
 class Worker:
     """The parent's handle on one measuring subprocess."""
 
-    def __init__(self, builder: str = DEFAULT_BUILDER) -> None:
+    def __init__(self, builder: str = DEFAULT_BUILDER, pythonpath: str | None = None) -> None:
         self.builder = builder
+        self.pythonpath = pythonpath
         self.proc: subprocess.Popen | None = None
         self.env: dict[str, Any] = {}
+        self.hello: dict[str, Any] = {}
         self._buf = b""
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the worker
 
     def start(self, timeout: float = STARTUP_TIMEOUT_S) -> Worker:
+        env, isolate = None, []
+        if self.pythonpath is not None:  # -P: the cwd's hubbench must not come first either
+            env, isolate = dict(os.environ), ["-P"]
+            env["PYTHONPATH"] = os.pathsep.join(
+                p for p in (self.pythonpath, env.get("PYTHONPATH")) if p
+            )
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hubbench.measure.entry", self.builder],
+            [sys.executable, *isolate, "-m", "hubbench.measure.entry", self.builder],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
             start_new_session=True,  # Ctrl-C goes to the runner only
+            env=env,
         )
-        hello = self._read(timeout)
-        self.env = hello.get("env", {})
+        self.hello = self._read(timeout)
+        self.env = self.hello.get("env", {})
         return self
 
     @property

@@ -1,0 +1,238 @@
+"""Same-run A/B (`hubbench run SUITE --against REF`): the two code versions a run measures.
+
+The candidate is the code this process runs from; the baseline is REF, checked out into a
+detached git worktree cached by its full commit ($HUBBENCH_CACHE/worktrees/<sha>, else
+~/.cache/hubbench/worktrees/<sha>) and imported by its own worker through PYTHONPATH, ahead of
+the installed package. Everything that can make the baseline's rows mean something other than
+"REF's code on this environment" is refused here, before a run file exists (one line, exit 2):
+no git repository, an unknown REF, a tree without the worker entry point, another worker
+protocol, or declared dependencies that the installed packages do not meet (installing REF's own
+dependencies is out of scope).
+
+The worktree is made under an exclusive lock on `<sha>.lock`, so two runs at once never make
+(or repair) it together; a worktree that is present, at its commit and clean is reused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import hubbench
+from hubbench.errors import ConfigError
+from hubbench.measure.entry import PROTOCOL
+
+CANDIDATE, BASELINE = "candidate", "baseline"
+ENTRY = "hubbench/measure/entry.py"
+CACHE_ENV = "HUBBENCH_CACHE"
+SCOPE = "installing the baseline's own dependencies is out of scope for --against"
+
+
+@dataclass(frozen=True)
+class Side:
+    """One code version of an A/B run: which side, its commit, and how its worker starts."""
+
+    name: str  # CANDIDATE | BASELINE
+    commit: str  # full sha
+    root: Path  # the tree its worker imports hubbench from
+    builder: str
+    pythonpath: str | None = None  # put ahead of the installed package (the baseline's tree)
+
+    def suffix(self) -> str:
+        """What a row's cell_id gets, so that a cell's two sides are two rows everywhere."""
+        return f"/{self.name}"
+
+
+class AgainstError(ConfigError):
+    """--against cannot measure REF on this machine; exit 2, nothing written."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"--against: {message}")
+
+
+def git(root: Path, *args: str) -> str | None:
+    """git's stdout in `root` (stripped), None when git fails or is missing."""
+    try:
+        out = subprocess.run(
+            ["git", "--no-optional-locks", "-C", str(root), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def source_repo(cwd: Path | None = None) -> Path:
+    """The repository hubbench runs from, else the cwd's; AgainstError when neither is one."""
+    installed = Path(hubbench.__file__).resolve().parent.parent
+    for where in (installed, cwd or Path.cwd()):
+        top = git(where, "rev-parse", "--show-toplevel")
+        if top:
+            return Path(top)
+    raise AgainstError(
+        f"neither the tree hubbench runs from ({installed}) nor the current directory is in a "
+        "git repository, so REF cannot be resolved"
+    )
+
+
+def resolve(repo: Path, ref: str) -> str:
+    """REF (branch, tag, sha, HEAD~1) as a full commit sha."""
+    sha = git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    if not sha:
+        raise AgainstError(f"{ref!r} is not a commit in {repo}")
+    return sha
+
+
+def cache_dir() -> Path:
+    base = os.environ.get(CACHE_ENV)
+    root = Path(base) if base else Path.home() / ".cache" / "hubbench"
+    return root / "worktrees"
+
+
+def show(repo: Path, sha: str, path: str) -> str | None:
+    """A file of commit `sha`, None when its tree lacks it."""
+    return git(repo, "show", f"{sha}:{path}")
+
+
+def protocol_of(entry_source: str) -> int | None:
+    """The worker protocol a tree's entry.py declares (`PROTOCOL = N`), None if none."""
+    found = re.search(r"^PROTOCOL\s*=\s*(\d+)", entry_source, re.MULTILINE)
+    return int(found.group(1)) if found else None
+
+
+def check_tree(repo: Path, sha: str) -> None:
+    """Refuse a commit whose worker this code cannot drive or whose dependencies differ."""
+    short = sha[:12]
+    entry = show(repo, sha, ENTRY)
+    if entry is None:
+        raise AgainstError(f"commit {short} has no {ENTRY}: it has no worker to measure with")
+    theirs = protocol_of(entry)
+    if theirs != PROTOCOL:
+        said = "declares no worker protocol" if theirs is None else f"speaks protocol {theirs}"
+        raise AgainstError(
+            f"commit {short}'s worker {said}, this hubbench speaks {PROTOCOL}: its rounds "
+            "cannot be exchanged with this runner"
+        )
+    unmet = unmet_dependencies(
+        show(repo, sha, "pyproject.toml"), show(repo, sha, "constraints.txt")
+    )
+    if unmet:
+        raise AgainstError(
+            f"commit {short} declares dependencies the installed packages do not meet "
+            f"({'; '.join(unmet[:4])}); {SCOPE}"
+        )
+
+
+def unmet_dependencies(pyproject: str | None, constraints: str | None) -> list[str]:
+    """What of a tree's declared dependencies the installed distributions do not meet: each
+    `[project] dependencies` requirement, and each constraints.txt pin of an installed one."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    declared: list[str] = []
+    if pyproject:
+        try:
+            declared = tomllib.loads(pyproject).get("project", {}).get("dependencies", [])
+        except tomllib.TOMLDecodeError:
+            return ["its pyproject.toml does not parse"]
+    pins = [line.split("#")[0].strip() for line in (constraints or "").splitlines()]
+    unmet = []
+    for text, must_exist in [(d, True) for d in declared] + [(p, False) for p in pins if p]:
+        try:
+            req = Requirement(text)
+        except InvalidRequirement:
+            unmet.append(f"cannot read {text!r}")
+            continue
+        try:
+            have = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            if must_exist:
+                unmet.append(f"{req} (not installed)")
+            continue
+        if req.specifier and not req.specifier.contains(have, prereleases=True):
+            unmet.append(f"{req} (installed {have})")
+    return unmet
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _usable(tree: Path, sha: str) -> bool:
+    """A cached worktree at its commit with no change to tracked files."""
+    if not (tree / ENTRY).is_file() or git(tree, "rev-parse", "HEAD") != sha:
+        return False
+    return git(tree, "status", "--porcelain", "--untracked-files=no") == ""
+
+
+def worktree(repo: Path, sha: str) -> Path:
+    """REF's detached worktree, made (or repaired) under a lock, reused when clean."""
+    tree = cache_dir() / sha
+    with _locked(tree.with_name(f"{sha}.lock")):
+        if _usable(tree, sha):
+            return tree
+        if tree.exists():  # damaged or edited: made again from the commit
+            git(repo, "worktree", "remove", "--force", str(tree))
+            shutil.rmtree(tree, ignore_errors=True)
+        git(repo, "worktree", "prune")
+        made = git(repo, "worktree", "add", "--detach", str(tree), sha)
+        if made is None or not _usable(tree, sha):
+            raise AgainstError(f"could not check out {sha[:12]} into {tree} (git worktree add)")
+    return tree
+
+
+def baseline_builder(builder: str, repo: Path, tree: Path) -> str:
+    """The builder the baseline's worker loads: a builder FILE inside the repository is part of
+    the code version, so the baseline takes that file from its own tree; a module is imported
+    from the baseline's tree anyway."""
+    module, sep, attr = builder.rpartition(":")
+    if not module.endswith(".py"):
+        return builder
+    path = Path(module).resolve()
+    try:
+        inside = path.relative_to(repo.resolve())
+    except ValueError:
+        return builder  # a file outside the repository is the same for both sides
+    theirs = tree / inside
+    if not theirs.is_file():
+        raise AgainstError(f"the builder file {inside} is not in the baseline's tree")
+    return f"{theirs}{sep}{attr}"
+
+
+def sides(ref: str, builder: str, cwd: Path | None = None) -> list[Side]:
+    """The candidate (this code) and the baseline (REF in its worktree), checked; AgainstError
+    (nothing written, nothing started) when REF cannot be measured beside this code."""
+    repo = source_repo(cwd)
+    base = resolve(repo, ref)
+    check_tree(repo, base)
+    head = candidate_commit(repo)
+    tree = worktree(repo, base)
+    installed = Path(hubbench.__file__).resolve().parent.parent
+    return [
+        Side(CANDIDATE, head, installed, builder),
+        Side(BASELINE, base, tree, baseline_builder(builder, repo, tree), str(tree)),
+    ]
+
+
+def candidate_commit(repo: Path) -> str:
+    """The commit of the code this process runs (its tree's HEAD; the rows' git_dirty says
+    whether it had changes)."""
+    installed = Path(hubbench.__file__).resolve().parent.parent
+    return git(installed, "rev-parse", "HEAD") or resolve(repo, "HEAD")
