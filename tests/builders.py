@@ -6,7 +6,8 @@ measured code (hubbench.measure.step, hubbench.measure.cell) carries no test hoo
 
 HUBBENCH_TEST_FAULT: a JSON list of {"fault": F, <conditions>}; a condition is `variant`, `seq`
 (the input length, checked at each forward), `build` (the model's build count in this worker,
-from 1: a cell's round 2 is its second build) or any config field (`seed`, `attention`, ...).
+from 1: a cell's round 2 is its second build), `rank` (the torchrun rank, $RANK; 0 outside
+torchrun) or any config field (`seed`, `attention`, ...).
 F is crash (os._exit), segv, oom, error, hang, unavailable, interrupt (SIGINT to the runner,
 then hang), kill_parent (SIGKILL to the process that started the worker: a submitit job, then
 hang) or threads (an error that says how many torch threads the worker runs with).
@@ -101,7 +102,9 @@ def _wanted(env: str, variant: str, config: Any) -> list[dict[str, Any]]:
     for item in json.loads(os.environ.get(env) or "[]"):
         if "build" in item and item["build"] != BUILDS.get(variant):
             continue
-        skip = ("fault", "slowdown", "seq", "build")
+        if "rank" in item and item["rank"] != int(os.environ.get("RANK", "0")):
+            continue
+        skip = ("fault", "slowdown", "seq", "build", "rank")
         conditions = {k: v for k, v in item.items() if k not in skip}
         if all(
             (variant if k == "variant" else getattr(config, k, None)) == v

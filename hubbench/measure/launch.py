@@ -70,8 +70,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _post_round(cell: Cell, builder: str, count: bool) -> list[str]:
-    """Post this round to the job's other nodes; node 0's rendezvous options."""
+def _post_round(cell: Cell, builder: str, count: bool) -> tuple[list[str], Path]:
+    """Post this round to the job's other nodes: node 0's rendezvous options, and the post (the
+    other nodes' ranks write their failures beside it: hubbench.run.nodes)."""
     box = os.environ.get(NODES_ENV)
     if not box:
         raise RankFailure(
@@ -85,7 +86,7 @@ def _post_round(cell: Cell, builder: str, count: bool) -> list[str]:
     k = sum(1 for _ in folder.glob("round-*.json"))
     post = {"cell": cell.to_json(), "builder": builder, "count": count, "addr": addr, "port": port}
     _write_atomic(folder / f"round-{k:05d}.json", json.dumps(post))
-    return node_options(cell.nnodes, 0, addr, port)
+    return node_options(cell.nnodes, 0, addr, port), folder / f"round-{k:05d}.json"
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -96,7 +97,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def launch(cell: Cell, builder: str, count_flops: bool) -> RoundResult:
     """One round of `cell` under torchrun; raises RankFailure for a failed rank or launch."""
-    nodes = _post_round(cell, builder, count_flops) if cell.nnodes > 1 else None
+    nodes, posted = _post_round(cell, builder, count_flops) if cell.nnodes > 1 else (None, None)
     with tempfile.TemporaryDirectory(prefix="hubbench-ddp-") as tmp:
         cell_file, out_file, log_file = (
             Path(tmp, "cell.json"),
@@ -112,15 +113,30 @@ def launch(cell: Cell, builder: str, count_flops: bool) -> RoundResult:
                 env=torchrun_env(cell),
                 preexec_fn=die_with_parent,  # the worker killed for a timeout takes it along
             )
-        # Rank 0 writes the answer once every rank has reported, so an answer is the whole
-        # round even where a rank then failed to exit cleanly.
+        # Rank 0 writes the answer once every rank has met it after the last timed step, so an
+        # answer is the whole round even where a rank then failed to exit cleanly.
         answer = json.loads(out_file.read_text()) if out_file.exists() else None
-        if answer is not None and answer.get("error"):
-            raise RankFailure(answer["error"]["status"], answer["error"]["message"])
         if answer is None:
+            failed = first_failure(out_file, *([posted] if posted else []))
+            if failed is not None:
+                raise RankFailure(failed["status"], failed["message"])
             tail = first_error(log_file.read_text(errors="replace"))
             raise RankFailure("error", f"torchrun exited with code {code}: {tail}")
         return RoundResult.from_json(answer["round"])
+
+
+def first_failure(*out_files: Path) -> dict | None:
+    """The failure a rank wrote first (hubbench.measure.ranks.error_file) beside any of these
+    answers (this node's; the other nodes' in the job's mailbox): the root cause, since the peers
+    it left fail after it (a closed connection, or torchrun stopping them)."""
+    found = []
+    paths = (p for out in out_files for p in out.parent.glob(f"{out.stem}*.rank*.error.json"))
+    for path in paths:
+        try:
+            found.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return min(found, key=lambda e: e.get("at", float("inf")), default=None)
 
 
 _EXCEPTION = re.compile(

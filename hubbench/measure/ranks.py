@@ -11,8 +11,11 @@ The ranks measure with the one timing loop (hubbench.measure.timing.measure_step
 all take the same steps (collectives need it), since every decision of the warm-up and timing
 rules is rank 0's, broadcast. Each timed step's time is the slowest rank's, since the step is
 done only when every rank is; tokens and FLOPs count every rank (hubbench.measure.result),
-memory is the largest rank's. Rank 0 writes the round as JSON; a rank's failure is classified
-there (oom, skipped, error) and reported with its rank.
+memory is the largest rank's. Rank 0 writes the round as JSON. A rank that fails classifies its
+own failure (oom, skipped, error), writes it beside the answer (`error_file`, with the time) and
+exits at once: it must not wait at a collective the others may never reach (rank 0 can be inside
+an all-reduce of the backward), so torchrun sees it exit and stops the other ranks, and the
+launcher reports the failure written first, with its rank.
 
 Each rank runs with the cell's `threads`; on CPU, nproc x threads should not exceed the cores
 (the run warns when it does).
@@ -24,6 +27,7 @@ import faulthandler
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,34 +72,53 @@ def rank_main(cell_file: str, out_file: str, builder: str, count: str) -> None:
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     group = process_group(device)
     answer = _measure(cell, builder, count == "1", device, group)
+    if "error" in answer:
+        _write_atomic(error_file(out_file, group.rank), json.dumps(answer["error"]))
+        _exit(1)
     if group.rank == 0:
-        tmp = Path(out_file).with_suffix(".tmp")
-        tmp.write_text(json.dumps(answer))
-        tmp.replace(out_file)
+        _write_atomic(Path(out_file), json.dumps(answer))
     dist.destroy_process_group()
     # Skip the interpreter's teardown: under load, a C++ thread of the rank (torch's or gloo's; it
     # had no Python frame) could abort it ("terminate called without an active exception",
     # SIGABRT) after the answer was written, failing a round that had measured in full (CI;
     # 1 round in 30 on two busy cores here).
+    _exit(0)
+
+
+def _exit(code: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
+
+
+def error_file(out_file: str | Path, rank: int) -> Path:
+    """Where rank `rank` writes its failure, beside the round's answer."""
+    out = Path(out_file)
+    return out.with_name(f"{out.stem}.rank{rank}.error.json")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def _measure(
     cell: Cell, builder: str, count: bool, device: torch.device, group: Group
 ) -> dict[str, Any]:
-    """Rank 0's answer: {"round": RoundResult JSON}, or {"error": the first failed rank's}."""
-    result = None
-    error = None
+    """{"round": RoundResult JSON} (rank 0's is the one written), or {"error": this rank's
+    failure, with the time it failed}. A successful rank meets the others once more (a gather)
+    before it answers: a peer that failed after the last timed step fails that gather (its
+    connection closes) instead of leaving a round that looks whole."""
     try:
         build = load_builder(builder)
         result = measure_round(cell, build, device, device_name(device), count, group)
+        group.gather(None)
     except Exception as exc:  # every failure of a cell is its row's status
         status, message = classify(exc)
-        error = {"status": status, "message": f"rank {group.rank}/{group.world}: {message}"}
-    first = next((e for e in group.gather(error) if e), None)
-    return {"error": first} if first else {"round": result.to_json() if result else None}
+        message = f"rank {group.rank}/{group.world}: {message}"
+        return {"error": {"status": status, "message": message, "at": time.time()}}
+    return {"round": result.to_json()}
 
 
 if __name__ == "__main__":

@@ -93,8 +93,10 @@ def _run_as_node(post: dict[str, Any], node: int, box: Path, k: int, poll_s: flo
     with tempfile.TemporaryDirectory(prefix="hubbench-node-") as tmp:
         cell_file = Path(tmp, "cell.json")
         cell_file.write_text(json.dumps(post["cell"]))
-        command = torchrun_command(cell, cell_file, Path(tmp, "round.json"), post["builder"],
-                                   post["count"], nodes)  # fmt: skip
+        # its ranks' failures go beside the post, where the leader looks for the first one
+        answer = box / f"round-{k:05d}.node{node}.json"
+        command = torchrun_command(cell, cell_file, answer, post["builder"], post["count"],
+                                   nodes)  # fmt: skip
         with (box / f"node-{node}.log").open("ab") as log:
             log.write(f"== round {k}\n".encode())
             log.flush()

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,9 +16,10 @@ from torchrun_cells import BUILDER, cell
 from hubbench import store
 from hubbench.errors import SuiteError
 from hubbench.measure.cell import execute_cell
-from hubbench.measure.launch import first_error
+from hubbench.measure.launch import first_error, first_failure
 from hubbench.measure.metrics import weak_scaling
 from hubbench.measure.process import load_builder
+from hubbench.measure.ranks import error_file
 from hubbench.plan import Plan, expand, load_suite, parse_overrides
 from hubbench.run.runner import run_plan
 
@@ -112,10 +116,44 @@ def test_a_failing_rank_is_the_cells_outcome(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv(FAULT_ENV, faults({"fault": "error"}))
     answer = execute_cell(cell(), load_builder(BUILDER), builder=BUILDER)
     assert answer["outcome"]["status"] == "error"
-    assert answer["outcome"]["message"].startswith("rank 0/2: ValueError: failing on purpose")
+    # every rank fails alike: whichever wrote first is named
+    assert re.match(r"rank [01]/2: ValueError: failing on purpose", answer["outcome"]["message"])
     monkeypatch.setenv(FAULT_ENV, faults({"fault": "unavailable"}))
     answer = execute_cell(cell(), load_builder(BUILDER), builder=BUILDER)
     assert answer["outcome"]["status"] == "skipped"
+
+
+def test_the_failure_written_first_is_the_root_cause(tmp_path: Path) -> None:
+    out = tmp_path / "round.json"
+    assert first_failure(out) is None
+    later = {"status": "error", "message": "rank 0/2: RuntimeError: Connection closed", "at": 2.0}
+    first = {"status": "error", "message": "rank 1/2: ValueError: boom", "at": 1.0}
+    error_file(out, 0).write_text(json.dumps(later))
+    error_file(out, 1).write_text(json.dumps(first))
+    (tmp_path / "round.rank2.error.json").write_text("{trunc")  # a half-written one is skipped
+    assert first_failure(out) == first
+    box = tmp_path / "box"  # another node's rank, beside the job's post of this round
+    box.mkdir()
+    post = box / "round-00003.json"
+    other = {**first, "message": "rank 3/4: ValueError: far away", "at": 0.5}
+    error_file(box / "round-00003.node1.json", 3).write_text(json.dumps(other))
+    error_file(box / "round-00002.node1.json", 3).write_text(json.dumps({**other, "at": 0.1}))
+    assert first_failure(out, post) == other  # round 2's file is not this round's
+
+
+@pytest.mark.slow
+def test_one_rank_that_raises_ends_the_cell_at_once_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rank 1 raises in its forward while rank 0 waits in the backward's all-reduce: the cell
+    ends in seconds, not at its timeout, with rank 1's exception (it deadlocked until the
+    timeout before: the failed rank waited at a gather that rank 0 never reached)."""
+    monkeypatch.setenv(FAULT_ENV, faults({"fault": "error", "rank": 1}))
+    start = time.monotonic()
+    answer = execute_cell(cell(mode="train", timeout_s=120), load_builder(BUILDER), builder=BUILDER)
+    assert time.monotonic() - start < 30
+    assert answer["outcome"]["status"] == "error"
+    assert answer["outcome"]["message"].startswith("rank 1/2: ValueError: failing on purpose")
 
 
 @pytest.mark.slow

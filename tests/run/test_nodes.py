@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -128,7 +129,9 @@ def test_two_node_cells_through_submitit_local(
         two["tokens_per_s_per_rank"] / one["tokens_per_s"]
     )
     assert failed["status"] == "error" and not failed["job_lost"]
-    assert failed["message"].startswith("rank 0/2: ValueError: failing on purpose")
+    # every rank fails alike; whichever wrote its failure first is named (rank 1 is on the
+    # other node: its failure is read from the job's mailbox)
+    assert re.match(r"rank [01]/2: ValueError: failing on purpose", failed["message"])
     assert one["job_id"] != two["job_id"] == failed["job_id"]  # one job per node count
     folder = jobs_folder(result.path)
     assert not list(folder.glob("part-*"))  # parts and mailboxes removed once merged
