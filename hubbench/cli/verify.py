@@ -1,24 +1,27 @@
-"""`hubbench verify causal`: prove (or refute) that each variant's output t ignores inputs after t.
+"""`hubbench verify causal` (the causality report card) and `hubbench verify decode`.
 
-Builds each variant small, in float64 and eval mode, and runs the checks of
-`hubbench.verify.causality` (Jacobian, perturbation, prefix recompute, batch independence) through
-`LanguageModel.forward_embeddings`. A variant whose config says `causal=false` is reported as
-"non-causal (expected to leak)" and does not fail the command.
+`verify causal` builds each variant small and runs the probes of hubbench.verify.probes (the
+checks of hubbench.verify.causality at several lengths, in eval and train mode, on random,
+repeated and constant inputs) through `LanguageModel.forward_embeddings`; `--all` adds every
+registered variant, the plug-ins given with --mixer and each variant's leaky control. One table
+(hubbench.verify.card) goes to the terminal and, with --all or --markdown, to Markdown and JSON.
+Plug-ins are checked in a child process (hubbench.verify.isolated).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from hubbench.errors import ConfigError
+from hubbench.cli.common import RESULTS_HELP
+from hubbench.errors import ConfigError, HubbenchError
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from hubbench.verify.causality import CausalityReport
     from hubbench.verify.decoding import DecodeReport
 
 # Small enough for ~30 s over all variants on 2 CPU cores; the hub fields make chunk boundaries
@@ -149,101 +152,202 @@ def _plugin_failure(target: Target, exc: BaseException) -> str:
     return f"{target.label}: raised {type(exc).__name__}: {lines[0] if lines else ''}".rstrip()
 
 
-def _leak(value: float) -> str:
-    return "0" if value == 0 else f"{value:.3g}"
-
-
-def verdict(report: CausalityReport, causal: bool) -> str:
-    if report.passed:
-        return "[green]causal: PASS[/]"
-    if causal:
-        return "[bold red]LEAKS THE FUTURE[/]"
-    return "[yellow]non-causal (expected to leak)[/]"
-
-
-def report_table(variant: str, fields: dict, report: CausalityReport, causal: bool) -> Table:
-    from rich.table import Table
-
-    shown = ", ".join(f"{k}={v}" for k, v in fields.items())
-    table = Table(
-        title=f"{variant}: {shown}",
-        caption=f"seq {report.n}, seeds {list(report.seeds)}, t in {list(report.times)}",
-        title_justify="left",
-    )
-    table.add_column("check", style="bold")
-    table.add_column("result")
-    table.add_column("largest leak", justify="right")
-    table.add_column("first leaking (t, s)")
-    table.add_column("cases", justify="right")
-    for r in report.results:
-        ok = "[green]pass[/]" if r.passed else ("[red]FAIL[/]" if causal else "[yellow]leaks[/]")
-        table.add_row(r.name, ok, _leak(r.max_leak), r.describe_leak(), str(r.cases))
-    return table
-
-
 def register(app: typer.Typer) -> None:
     verify = typer.Typer(help="Correctness checks on the model variants.", no_args_is_help=True)
     app.add_typer(verify, name="verify")
-
-    @verify.command("causal")
-    def causal_cmd(
-        variants: list[str] = typer.Argument(
-            None, help="Variants to check (default: every registry variant)."
-        ),
-        seq: int = typer.Option(40, "--seq", "-n", help="Sequence length of the probes."),
-        sets: list[str] = typer.Option(
-            None, "--set", "-s", help="Model config field, key=value (repeatable)."
-        ),
-        seeds: int = typer.Option(3, "--seeds", help="Random inputs per check (seeds 0..N-1)."),
-        batch: int = typer.Option(2, "--batch", "-b", help="Sequences per probe (>= 2)."),
-        mixers: list[str] = typer.Option(None, "--mixer", help=MIXER_HELP),
-    ) -> None:
-        """Check that output t of each variant does not depend on inputs after t.
-
-        In float64 and eval mode: Jacobian entries d y_t / d x_s (s > t) must be
-        exactly zero; perturbing inputs after t must leave outputs up to t alone;
-        running on x[:t+1] must reproduce them; and sequences of a batch must
-        not influence each other. Positions include chunk boundaries.
-
-        Exits 1 if a variant that claims to be causal leaks; configs with
-        causal=false are reported as expected to leak.
-
-        Example: hubbench verify causal hub-gpt transformer --seq 40 --set chunk=8
-        """
-        from hubbench.cli.common import console
-        from hubbench.plan.variants import is_plugin
-        from hubbench.verify.causality import CausalityError, check_model, claims_causal
-
-        if seq < 3:
-            raise ConfigError(f"--seq must be >= 3 (got {seq})")
-        if seeds < 1 or batch < 2:
-            raise ConfigError(f"--seeds must be >= 1 and --batch >= 2 (got {seeds}, {batch})")
-        targets = selected(variants, sets, mixers)
-        out = console()
-        leaking: list[str] = []
-        broken: list[str] = []
-        for t in targets:
-            checked = _guarded(
-                t, lambda m: check_model(m, n=seq, batch=batch, seeds=tuple(range(seeds))), out,
-                broken,
-            )  # fmt: skip
-            if checked is None:
-                continue
-            model, report = checked
-            # a plug-in variant is built as a causal LM whatever flags its modules carry
-            causal = is_plugin(t.variant) or claims_causal(model)
-            out.print(f"[bold]{t.label}[/]: {verdict(report, causal)}")
-            out.print(report_table(t.label, t.fields, report, causal))
-            if causal and not report.passed:
-                bad = [r for r in report.results if not r.passed]
-                leaking.append(
-                    f"{t.label} ({', '.join(f'{r.name} {r.describe_leak()}' for r in bad)})"
-                )
-        _raise_broken(broken)
-        if leaking:
-            raise CausalityError(f"causal variant(s) leak the future: {'; '.join(leaking)}")
-
+    verify.command("causal")(causal_cmd)
     verify.command("decode")(decode_cmd)
+
+
+CARD_KEEP = ("variant", "verdict")
+# least needed first: fit() drops these until the table fits the console
+CARD_DROP = ("fields", "found by", "expected", "largest leak", "first leak (t_out <- t_in)")
+CARD_SHORT = {"jacobian": "jac", "perturbation": "pert", "prefix": "prefix", "batch": "batch"}
+VERDICT_STYLE = {
+    "pass": "green",
+    "control caught": "green",
+    "LEAKS THE FUTURE": "bold red",
+    "CONTROL NOT CAUGHT": "bold red",
+    "UNUSABLE": "bold red",
+    "ERROR": "bold red",
+}
+
+
+def causal_cmd(
+    variants: list[str] = typer.Argument(
+        None,
+        help="Variants to check (default: every built-in variant; with --mixer, the plug-in ones).",
+    ),
+    all_: bool = typer.Option(
+        False,
+        "--all",
+        help="The card: every registered variant, the --mixer plug-ins and each "
+        "variant's leaky control (causal=false); writes Markdown and JSON.",
+    ),
+    seq: int = typer.Option(40, "--seq", "-n", help="Main sequence length (Jacobian, seeds)."),
+    sets: list[str] = typer.Option(
+        None, "--set", "-s", help="Model config field or plug-in option, key=value (repeatable)."
+    ),
+    seeds: int = typer.Option(3, "--seeds", help="Random inputs at the main length (0..N-1)."),
+    batch: int = typer.Option(2, "--batch", "-b", help="Sequences per probe (>= 2)."),
+    mixers: list[str] = typer.Option(None, "--mixer", help=MIXER_HELP),
+    draws: int = typer.Option(1, "--draws", help="Lengths drawn at random per run (65..160+)."),
+    length_seed: int | None = typer.Option(
+        None,
+        "--length-seed",
+        help="Seed of the drawn lengths (default: new each run; the card records it).",
+    ),
+    timeout: float = typer.Option(
+        120.0, "--timeout", help="Seconds a plug-in's check may take (its own process)."
+    ),
+    markdown: Path | None = typer.Option(
+        None,
+        "--markdown",
+        help="Write the card here (and FILE.json); default with --all: "
+        "<results>/verify/causal-<UTC stamp>.md.",
+    ),
+    results_dir: Path | None = typer.Option(None, "--results-dir", help=RESULTS_HELP),
+    wide: bool = typer.Option(False, "--wide", help="Every column, however wide."),
+) -> None:
+    """Check that output t of each variant does not depend on inputs after t.
+
+    In float64, per variant: Jacobian entries d y_t / d x_s (s > t) must be
+    exactly zero; perturbing inputs after t must leave outputs up to t alone;
+    running on x[:t+1] must reproduce them; sequences of a batch must not
+    influence each other. At the main length and at 64, 2C+1 and 3C+3 for
+    every block size C and a drawn length; in eval and train mode; on random,
+    repeated and constant inputs. Plug-ins run in a child process.
+
+    Exit 0: all as expected; 1: a causal variant leaked or a leaky control
+    (causal=false) was not caught; 2: unusable (NaN outputs, a build error,
+    a plug-in that crashed or hung), with one line why.
+
+    Examples: hubbench verify causal --all;
+    hubbench verify causal hub-gpt --set chunk=16 --markdown card.md
+    """
+    import math
+    import secrets
+
+    from hubbench.cli.common import console, single_values
+    from hubbench.plan.fields import split_list
+    from hubbench.verify.card import Card, CardSettings
+
+    if seq < 3:
+        raise ConfigError(f"--seq must be >= 3 (got {seq})")
+    if seeds < 1 or batch < 2:
+        raise ConfigError(f"--seeds must be >= 1 and --batch >= 2 (got {seeds}, {batch})")
+    if draws < 0 or not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"--draws must be >= 0 and --timeout > 0 (got {draws}, {timeout:g})")
+    if all_ and variants:
+        raise ConfigError("give variants or --all, not both")
+    specs = split_list(mixers or [])
+    from hubbench.verify.targets import card_targets
+
+    targets = card_targets(list(variants) if variants else None, single_values(sets), specs, all_)
+    settings = CardSettings(
+        seq, tuple(range(seeds)), batch, draws,
+        secrets.randbelow(10**6) if length_seed is None else length_seed, timeout,
+    )  # fmt: skip
+    out = console()
+    card = Card(_check_all(targets, settings, out), settings, command=_command_line())
+    _stamp(card)
+    print_card(out, card, wide)
+    if markdown is not None or all_:
+        _write(card, markdown, results_dir, out)
+    if card.exit_code():
+        raise _CardFailed(card.problems(), card.exit_code())
+
+
+class _CardFailed(HubbenchError):
+    """The card's verdict as the CLI's one line and exit code (1 a leak, 2 unusable)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code
+
+
+def _check_all(targets: list, settings: Any, out: Any) -> list:
+    """Each target's row, a line per target as it finishes (plug-ins in a child process)."""
+    from rich.markup import escape
+
+    from hubbench.verify.checking import check_target
+    from hubbench.verify.isolated import check_isolated
+
+    rows = []
+    for t in targets:
+        row = check_isolated(t, settings) if t.mixer else check_target(t, settings)
+        style = VERDICT_STYLE.get(row.verdict, "")
+        word = {"pass": "causal: PASS"}.get(row.verdict, row.verdict)
+        extra = f" {escape(row.message)}" if row.message else ""
+        out.print(f"[bold]{escape(row.label)}[/]: [{style}]{word}[/]{extra}", highlight=False)
+        rows.append(row)
+    return rows
+
+
+def _command_line() -> str:
+    import shlex
+    import sys
+
+    return "hubbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _stamp(card: Any) -> None:
+    """The environment a card records: commit, hubbench and torch versions."""
+    import torch
+
+    import hubbench
+    from hubbench.measure.env import git_info
+
+    card.commit, card.dirty = git_info()
+    card.versions = {"hubbench": hubbench.__version__, "torch": torch.__version__}
+
+
+def card_table(card: Any) -> Table:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    from hubbench.verify.card import header_line, row_cells
+
+    table = Table(box=box.SIMPLE_HEAD, title="causality report card", title_justify="left",
+                  caption=escape(header_line(card)), caption_justify="left")  # fmt: skip
+    cells = [row_cells(r) for r in card.rows]
+    numeric = {"largest leak"}
+    for h in cells[0] if cells else ():
+        table.add_column(CARD_SHORT.get(h, h), justify="right" if h in numeric else "left",
+                         no_wrap=h not in ("fields", "found by"))  # fmt: skip
+    for r, row in zip(card.rows, cells, strict=True):
+        style = VERDICT_STYLE.get(r.verdict, "")
+        table.add_row(*(
+            f"[{style}]{escape(v)}[/]" if h == "verdict" or v == "FAIL" else escape(v)
+            for h, v in row.items()
+        ))  # fmt: skip
+    return table
+
+
+def print_card(out: Any, card: Any, wide: bool) -> None:
+    from hubbench.cli.fit import print_fitted
+
+    if not card.rows:
+        out.print("no variants to check")
+        return
+    see = "--wide or the Markdown card shows them"
+    fold = ("fields", "found by")
+    print_fitted(out, card_table(card), CARD_KEEP, CARD_DROP, wide=wide, see=see, fold=fold)
+
+
+def _write(card: Any, markdown: Path | None, results_dir: Path | None, out: Any) -> None:
+    from rich.markup import escape
+
+    from hubbench import store
+    from hubbench.verify.card import default_stem, write_card
+
+    if markdown is None:
+        markdown = default_stem(store.results_dir(results_dir) / "verify", card.utc).with_suffix(
+            ".md"
+        )
+    md, js = write_card(card, markdown)
+    out.print(f"[green]wrote[/] {escape(str(md))} and {escape(js.name)}", highlight=False)
 
 
 def decode_table(variant: str, fields: dict, report: DecodeReport) -> Table:

@@ -119,7 +119,7 @@ def test_verify_causal_passes_and_prints_a_table() -> None:
     result = runner.invoke(app, ["verify", "causal", "transformer", "hub-gpt", "--seeds", "1"])
     assert result.exit_code == 0, result.output
     assert result.output.count("causal: PASS") == 2
-    for check in ("jacobian", "perturbation", "prefix", "batch"):
+    for check in ("jac", "pert", "prefix", "batch", "verdict"):
         assert check in result.output
 
 
@@ -128,8 +128,8 @@ def test_verify_non_causal_config_is_expected_to_leak() -> None:
         app, ["verify", "causal", "hub-gpt", "--seeds", "1", "--set", "causal=false"]
     )
     assert result.exit_code == 0, result.output
-    assert "non-causal (expected to leak)" in result.output
-    assert "t=0, s=1" in result.output
+    assert "hub-gpt: control caught" in result.output
+    assert "0 <- 1" in result.output
 
 
 def test_verify_exits_1_when_a_causal_claim_leaks(monkeypatch: pytest.MonkeyPatch) -> None:
