@@ -27,6 +27,8 @@ are 0, not inf * 0).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -86,13 +88,201 @@ def gated_delta_chunked(
     return o.to(out_dtype), last
 
 
+# The chunks are worked in groups whose (.., C, C) buffers hold about this many elements (512 KB
+# in fp32, cache-sized): at batch 1, 4 heads, C 64 that is 8 chunks (512 tokens) per group.
+# Per-group ops are batched over the group's chunks; only the carry of the state between
+# chunks is a loop. Nothing full-length is kept but the inputs and one state per chunk.
+GROUP_ELEMS = 1 << 17
+
+
+@dataclass
+class _Chunks:
+    """One group of chunks in (B, h, G, C, *) layout, in f, contiguous: the inputs and what the
+    chunked form derives from them without the carried state (recomputed in backward)."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    beta: Tensor  # (B, h, G, C)
+    gam: Tensor  # (B, h, G, C) cumulative log-decay inside each chunk
+    eg: Tensor  # exp(gam): the decay from the chunk start to token i
+    ed: Tensor  # exp(gam_C - gam): the decay from token i to the chunk end
+    decay: Tensor  # (B, h, G, C, C) D_ij = exp(gam_i - gam_j), j <= i, else 0
+    kk: Tensor  # K K^T
+    t: Tensor  # (I + A)^-1, A_ij = beta_i D_ij k_i.k_j for j < i: unit lower triangular
+    x: Tensor  # (B, h, G, C, d_v + d_k) the solve's result [U' | W]
+    qk: Tensor  # Q K^T
+    p: Tensor  # the intra-chunk term Q K^T * D (unmasked above the diagonal when leaky)
+
+    @property
+    def u_prime(self) -> Tensor:
+        return self.x[..., : self.v.shape[-1]]
+
+    @property
+    def w(self) -> Tensor:
+        return self.x[..., self.v.shape[-1] :]
+
+
+def _group(t: Tensor, c0: int, c1: int) -> Tensor:
+    """(B, nc, C, h, *) -> chunks c0..c1-1 as (B, h, G, C, *), contiguous (a cache-sized copy)."""
+    t = t[:, c0:c1]
+    return t.permute(0, 3, 1, 2, *range(4, t.dim())).contiguous()
+
+
+def _ungroup(t: Tensor) -> Tensor:
+    """(B, h, G, C, *) -> (B, G, C, h, *) view, to write into a (B, nc, C, h, *) tensor."""
+    return t.permute(0, 2, 3, 1, *range(4, t.dim()))
+
+
+def _derive(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, causal: bool) -> _Chunks:
+    C = q.shape[-2]
+    ones = torch.ones(C, C, dtype=torch.bool, device=q.device)
+    gam = g.cumsum(-1)
+    diff = gam.unsqueeze(-1) - gam.unsqueeze(-2)  # gam_i - gam_j
+    decay = diff.masked_fill_(~torch.tril(ones), float("-inf")).exp_()  # -inf before exp: no inf
+    kk = k @ k.transpose(-1, -2)
+    A = (kk * decay).mul_(beta.unsqueeze(-1)).masked_fill_(~torch.tril(ones, -1), 0.0)
+    eg = gam.exp()
+    rhs = torch.cat((v, k * eg.unsqueeze(-1)), -1).mul_(beta.unsqueeze(-1))
+    # T = (I + A)^-1 by one unit-lower solve against the identity (C right-hand sides, not
+    # d_v + d_k), then products: backward needs T^T, a product too, instead of another solve
+    eye = torch.eye(C, dtype=q.dtype, device=q.device).expand(A.shape).contiguous()
+    t = torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True)
+    x = t @ rhs
+    qk = q @ k.transpose(-1, -2)
+    p = qk * decay
+    if not causal:  # the leaky control: above the diagonal exp(min(gam_i - gam_j, 0)) = 1
+        p = p + qk.masked_fill(torch.tril(ones), 0.0)
+    ed = (gam[..., -1:] - gam).exp()
+    return _Chunks(q, k, v, beta, gam, eg, ed, decay, kk, t, x, qk, p)
+
+
+def _groups(n_chunks: int, batch_heads: int, C: int) -> list[tuple[int, int]]:
+    per = max(1, GROUP_ELEMS // (batch_heads * C * C))
+    return [(c0, min(c0 + per, n_chunks)) for c0 in range(0, n_chunks, per)]
+
+
+def _forward(
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, H: Tensor, causal: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Inputs (B, nc, C, h, *) in f; H (B, h, d_k, d_v) before the first chunk. Returns o
+    (B, nc, C, h, d_v), the state before every chunk (B, h, nc, d_k, d_v) and after the last."""
+    B, nc, C, h, _ = q.shape
+    o = v.new_empty(v.shape)
+    starts = H.new_empty(B, h, nc, *H.shape[-2:])
+    for c0, c1 in _groups(nc, B * h, C):
+        ch = _derive(*(_group(t, c0, c1) for t in (q, k, v, g, beta)), causal)
+        k_end = (ch.k * ch.ed.unsqueeze(-1)).transpose(-1, -2)  # (B, h, G, d_k, C)
+        chunk_decay = ch.eg[..., -1, None, None]  # (B, h, G, 1, 1)
+        u = ch.u_prime.clone()
+        for i in range(c1 - c0):
+            starts[:, :, c0 + i] = H
+            u[:, :, i] -= ch.w[:, :, i] @ H  # the chunk's new values U = U' - W H_0
+            H = chunk_decay[:, :, i] * H + k_end[:, :, i] @ u[:, :, i]
+        h0 = starts[:, :, c0:c1]
+        out = (ch.q * ch.eg.unsqueeze(-1)) @ h0 + ch.p @ u  # (B, h, G, C, d_v)
+        o[:, c0:c1] = _ungroup(out)
+    return o, starts, H
+
+
+def _backward(
+    inputs: tuple[Tensor, ...], starts: Tensor, do: Tensor, dH: Tensor, causal: bool
+) -> tuple[Tensor, ...]:
+    """Gradients of the inputs (B, nc, C, h, *) and of the initial state, groups in reverse,
+    from the output gradient `do` (B, nc, C, h, d_v) and that of the final state `dH`."""
+    q, k, v, g, beta = inputs
+    B, nc, C, h, _ = q.shape
+    dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+    dg, dbeta = g.new_empty(g.shape), beta.new_empty(beta.shape)
+    for c0, c1 in reversed(_groups(nc, B * h, C)):
+        ch = _derive(*(_group(t, c0, c1) for t in inputs), causal)
+        h0 = starts[:, :, c0:c1]  # (B, h, G, d_k, d_v)
+        u = ch.u_prime - ch.w @ h0
+        do_g = _group(do, c0, c1)  # (B, h, G, C, d_v)
+        q_start = ch.q * ch.eg.unsqueeze(-1)  # reads H_0
+        k_end = ch.k * ch.ed.unsqueeze(-1)  # writes H_C
+        du = ch.p.transpose(-1, -2) @ do_g  # + k_end dH_C, per chunk below
+        dh_out = q_start.transpose(-1, -2) @ do_g  # dH_0 from the output's H_0 read
+        dh_end = torch.empty_like(h0)  # dL/dH_C of every chunk
+        chunk_decay = ch.eg[..., -1, None, None]
+        w_t = ch.w.transpose(-1, -2)
+        for i in reversed(range(c1 - c0)):
+            dh_end[:, :, i] = dH
+            du[:, :, i] += k_end[:, :, i] @ dH
+            dH = chunk_decay[:, :, i] * dH + dh_out[:, :, i] - w_t[:, :, i] @ du[:, :, i]
+        dk_end = u @ dh_end.transpose(-1, -2)  # (B, h, G, C, d_k)
+        dq_start = do_g @ h0.transpose(-1, -2)
+        dp = do_g @ u.transpose(-1, -2)  # (B, h, G, C, C)
+        dx = torch.cat((du, -(du @ h0.transpose(-1, -2))), -1)  # d[U' | W]
+        dr = ch.t.transpose(-1, -2) @ dx  # d[beta V | beta exp(gam) K]
+        da = (dr @ ch.x.transpose(-1, -2)).neg_().masked_fill_(~_strict_lower(C, q.device), 0.0)
+        dv_b, dk_b = dr.split((v.shape[-1], k.shape[-1]), -1)
+        da_d = da * ch.decay
+        dkk = da_d * ch.beta.unsqueeze(-1)
+        dbeta_g = (da_d * ch.kk).sum(-1)
+        ddecay = da * ch.beta.unsqueeze(-1) * ch.kk + dp * ch.qk
+        dqk = dp * ch.decay if causal else dp * (ch.decay + _strict_upper(C, q.device))
+        dq_g = dqk @ ch.k + ch.eg.unsqueeze(-1) * dq_start
+        kb = ch.beta * ch.eg
+        dk_g = (dqk.transpose(-1, -2) @ ch.q + (dkk + dkk.transpose(-1, -2)) @ ch.k
+                + kb.unsqueeze(-1) * dk_b + ch.ed.unsqueeze(-1) * dk_end)  # fmt: skip
+        dkb_k = (dk_b * ch.k).sum(-1)
+        dbeta_g += (dv_b * ch.v).sum(-1) + ch.eg * dkb_k
+        deg = ch.beta * dkb_k + (dq_start * ch.q).sum(-1)
+        ded = (dk_end * ch.k).sum(-1) * ch.ed
+        s = ddecay * ch.decay
+        dgam = deg * ch.eg - ded + s.sum(-1) - s.sum(-2)
+        dgam[..., -1] += ded.sum(-1) + (h0 * dh_end).sum((-1, -2)) * ch.eg[..., -1]
+        dg_g = dgam.flip(-1).cumsum(-1).flip(-1)  # gam = cumsum(g)
+        dq[:, c0:c1] = _ungroup(dq_g)
+        dk[:, c0:c1] = _ungroup(dk_g)
+        dv[:, c0:c1] = _ungroup(dv_b * ch.beta.unsqueeze(-1))
+        dg[:, c0:c1] = _ungroup(dg_g)
+        dbeta[:, c0:c1] = _ungroup(dbeta_g)
+    return dq, dk, dv, dg, dbeta, dH
+
+
+def _strict_lower(C: int, device: torch.device) -> Tensor:
+    return torch.ones(C, C, dtype=torch.bool, device=device).tril(-1)
+
+
+def _strict_upper(C: int, device: torch.device) -> Tensor:
+    return torch.ones(C, C, device=device).triu(1)
+
+
+class _GatedDelta(torch.autograd.Function):
+    """The chunked gated delta rule with a hand-written backward that recomputes each group's
+    intra-chunk pieces from the inputs and the state saved at each chunk start: autograd
+    through the chunked form would keep a dozen (C x C)-per-token tensors and run its
+    backward over full-length buffers, out of cache."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, beta, h0, causal):  # type: ignore[override]
+        o, starts, last = _forward(q, k, v, g, beta, h0, causal)
+        ctx.causal = causal
+        ctx.save_for_backward(q, k, v, g, beta, starts)
+        return o, last
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, do, dlast):  # type: ignore[override]
+        q, k, v, g, beta, starts = ctx.saved_tensors
+        if dlast is None:
+            dlast = starts.new_zeros(starts[:, :, 0].shape)
+        if do is None:
+            do = v.new_zeros(v.shape)
+        grads = _backward((q, k, v, g, beta), starts, do.contiguous(), dlast, ctx.causal)
+        return (*grads, None)
+
+
 def _to_chunks(t: Tensor, pad: int, chunk: int, f: torch.dtype) -> Tensor:
-    """(B, n, h, *) -> (B, h, n_chunks, C, *) in f, zero-padded at the end to whole chunks."""
-    t = t.to(f).transpose(1, 2)  # (B, h, n, *)
+    """(B, n, h, *) -> (B, n_chunks, C, h, *) in f, zero-padded at the end to whole chunks.
+    A view when t is already f and needs no padding."""
+    t = t.to(f)
     if pad:
-        widths = (0, 0) * (t.dim() - 3) + (0, pad)
+        widths = (0, 0) * (t.dim() - 2) + (0, pad)
         t = F.pad(t, widths)
-    return t.reshape(*t.shape[:2], -1, chunk, *t.shape[3:])
+    return t.reshape(t.shape[0], -1, chunk, *t.shape[2:])
 
 
 def _chunked(
@@ -115,43 +305,9 @@ def _chunked(
     C = min(chunk, n)  # a sequence shorter than a chunk is one short chunk
     pad = -n % C
     # zero padding is inert: k = 0, beta = 0 and g = 0 leave the state as it was
-    q, k, v = (_to_chunks(t, pad, C, f) for t in (q, k, v))  # (B, h, nc, C, d)
-    g, beta = (_to_chunks(t, pad, C, f) for t in (g, beta))  # (B, h, nc, C)
-
-    gam = g.cumsum(-1)  # (B, h, nc, C) cumulative log-decay inside each chunk, <= 0
-    diff = gam.unsqueeze(-1) - gam.unsqueeze(-2)  # (B, h, nc, C, C): gam_i - gam_j
-    ones = torch.ones(C, C, dtype=torch.bool, device=q.device)
-    lower = torch.tril(ones)  # j <= i
-    decay = diff.masked_fill(~lower, float("-inf")).exp()  # D, exactly 0 above the diagonal
-
-    # UT / WY: (I + A) [U' | W] = [beta V | beta exp(gam) K], one unit-lower solve per chunk
-    A = (k @ k.transpose(-1, -2)) * decay * beta.unsqueeze(-1)  # (B, h, nc, C, C)
-    A = A.masked_fill(~torch.tril(ones, -1), 0.0)  # strictly lower: j < i
-    rhs = torch.cat((v, k * gam.exp().unsqueeze(-1)), -1) * beta.unsqueeze(-1)
-    sol = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
-    u_prime, w = sol.split((d_v, d_k), -1)  # (B, h, nc, C, d_v), (B, h, nc, C, d_k)
-
-    qk = q @ k.transpose(-1, -2)  # (B, h, nc, C, C)
-    intra = qk * (decay if causal else diff.clamp(max=0.0).exp())
-    q_dec = q * gam.exp().unsqueeze(-1)  # reads H_0, decayed to token i
-    k_dec = k * (gam[..., -1:] - gam).exp().unsqueeze(-1)  # writes into H_C
-    chunk_decay = gam[..., -1].exp()  # (B, h, nc)
-
-    # unbind once: indexing chunk c inside the loop would make backward write each chunk's
-    # gradient into a zero tensor of the full length, O(n) per chunk, O(n^2) in all
-    k_dec_t = k_dec.transpose(-1, -2).unbind(2)  # (B, h, d_k, C) per chunk
-    per_chunk = zip(u_prime.unbind(2), w.unbind(2), q_dec.unbind(2), k_dec_t,
-                    chunk_decay[..., None, None].unbind(2), strict=True)  # fmt: skip
-    us, inter = [], []
-    for u_p, w_c, q_c, k_c, a_c in per_chunk:
-        u_c = u_p - w_c @ H  # (B, h, C, d_v), the chunk's new values
-        inter.append(q_c @ H)  # (B, h, C, d_v)
-        H = a_c * H + k_c @ u_c
-        us.append(u_c)
-    U = torch.stack(us, 2)  # (B, h, nc, C, d_v)
-    o = torch.stack(inter, 2) + intra @ U  # (B, h, nc, C, d_v)
-    o = o.reshape(B, h, -1, d_v)[:, :, :n].transpose(1, 2)  # (B, n, h, d_v)
-    return o, H
+    chunks = [_to_chunks(t, pad, C, f) for t in (q, k, v, g, beta)]
+    o, last = _GatedDelta.apply(*chunks, H, causal)  # (B, nc, C, h, d_v)
+    return o.reshape(B, -1, h, d_v)[:, :n], last
 
 
 def gated_delta_step(

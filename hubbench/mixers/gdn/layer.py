@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from hubbench.errors import ConfigError, UnavailableError
 from hubbench.mixers.gdn.chunked import gated_delta_chunked, state_dtype
+from hubbench.mixers.gdn.conv import short_conv_silu
 from hubbench.mixers.gdn.decode import GDNDecoding
 
 try:
@@ -200,13 +201,7 @@ class GatedDeltaNet(GDNDecoding, nn.Module):
 
     def _features(self, x: Tensor) -> Features:
         conv_in, gate, a, b = self._split_in(F.linear(x, self._in_weight()))  # (B, n, *)
-        n, W = x.shape[1], self.d_conv
-        w = self._conv_weight().to(conv_in.dtype)  # (W, 2 K + V)
-        padded = F.pad(conv_in, (0, 0, W - 1, 0))  # (B, n + W - 1, 2 K + V): zeros before t=0
-        c = padded[:, :n] * w[0]
-        for j in range(1, W):
-            c = c + padded[:, j : j + n] * w[j]
-        q, k, v = self._heads(F.silu(c))
+        q, k, v = self._heads(short_conv_silu(conv_in, self._conv_weight()))
         g, beta = self._decay_and_beta(a, b)
         return Features(q, k, v, g, beta, gate.unflatten(-1, (self.n_heads, self.head_dim_v)),
                         conv_in)  # fmt: skip
