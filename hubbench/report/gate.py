@@ -394,7 +394,7 @@ def load_rules(run: pd.DataFrame, suite_file: str | None) -> tuple[list[Any], st
 
 
 ESTIMATE = {"baseline": "ratio of medians", "ratio": "ratio of medians",
-            "ab": "median over the paired rounds of each round's ratio of medians"}  # fmt: skip
+            "ab": "trimmed geometric mean of the paired rounds' ratios of medians"}  # fmt: skip
 VERDICT_MARK = {"pass": "✅", "regression": "❌", "inconclusive": "⚠️", "missing": "➖"}
 
 

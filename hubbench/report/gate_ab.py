@@ -4,12 +4,15 @@ Every cell was measured by both code versions in one run, their rounds back to b
 (hubbench.run.rounds), so round r of the candidate and round r of the baseline saw the same
 machine. The gate therefore judges each cell by its paired rounds: round r's ratio is
 candidate/baseline of the two rounds' medians (raised to the metric's time power), the cell's
-ratio is the median of those round ratios, and its interval is a two-stage bootstrap (rounds
-drawn with replacement, the same draws for both sides, then the steps within each drawn round).
-A machine that slowed down between two passes moves both sides of a pass and cancels; a round
-where it changed between the two halves of a pair is one round of several, which the median
-outvotes. A cell fails (exit 1) only when its whole interval lies beyond the allowed worsening:
-the larger of --max-regression and --min-effect, as in the baseline gate.
+ratio is the trimmed geometric mean of those round ratios (the lowest and highest TRIM of them
+left out), and its interval is a two-stage bootstrap (rounds drawn with replacement, the same
+draws for both sides, then the steps within each drawn round). A machine that slowed down
+between two passes moves both sides of a pass and cancels; a round where it changed between
+the two halves of a pair is one round of several, which the trimming leaves out. (A trimmed
+mean rather than the median of the rounds: with the 5-10 rounds a run has, the median's interval
+is the wider one, and the trimming keeps the median's indifference to one odd pair.) A cell fails
+(exit 1) only when its whole interval lies beyond the allowed worsening: the larger of
+--max-regression and --min-effect, as in the baseline gate.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 CANDIDATE, BASELINE = "candidate", "baseline"  # hubbench.run.against's side names
+TRIM = 0.2  # of the round ratios, left out at each end
 
 
 def is_ab(run: pd.DataFrame) -> bool:
@@ -168,9 +172,9 @@ def paired_round_ratio(
     seed: int = SEED,
 ) -> RatioCI:
     """candidate/baseline of a metric ~ step time ** time_power, from paired rounds (candidate
-    steps, baseline steps): the median over rounds of each round's ratio of medians, with a
-    two-stage paired bootstrap interval. `fallback`: the point where it cannot be bootstrapped
-    (a memory metric, too few steps, fewer than two rounds)."""
+    steps, baseline steps): the trimmed geometric mean over rounds of each round's ratio of
+    medians, with a two-stage paired bootstrap interval. `fallback`: the point where it cannot
+    be bootstrapped (a memory metric, too few steps, fewer than two rounds)."""
     n_c = sum(len(c) for c, _ in rounds)
     n_b = sum(len(b) for _, b in rounds)
     shape = (len(rounds), len(rounds))
@@ -178,7 +182,7 @@ def paired_round_ratio(
         return RatioCI(fallback, fallback, fallback, n_c, n_b, False, shape, True)
     rng = np.random.default_rng(seed)
     logs = np.array([math.log(np.median(c) / np.median(b)) for c, b in rounds])  # (R,)
-    point = math.exp(time_power * float(np.median(logs)))
+    point = math.exp(time_power * float(trimmed_mean(logs[None, :])[0]))
     # per replicate and round, each side's median of its steps drawn again: (B, R)
     within = np.stack(
         [_resampled_median(c, resamples, rng) - _resampled_median(b, resamples, rng)
@@ -186,9 +190,16 @@ def paired_round_ratio(
     )  # fmt: skip
     pick = rng.integers(0, len(rounds), (resamples, len(rounds)))  # rounds drawn, both sides
     drawn = np.take_along_axis(within, pick, axis=1)
-    ratios = np.exp(time_power * np.median(drawn, axis=1))
+    ratios = np.exp(time_power * trimmed_mean(drawn))
     low, high = percentile_interval(ratios, confidence)
     return RatioCI(point, low, high, n_c, n_b, True, shape, True)
+
+
+def trimmed_mean(values: np.ndarray) -> np.ndarray:
+    """Each row's mean without its lowest and highest TRIM share (at least one value stays)."""
+    n = values.shape[1]
+    cut = min(int(TRIM * n), (n - 1) // 2)
+    return np.sort(values, axis=1)[:, cut : n - cut].mean(axis=1)
 
 
 def _resampled_median(steps: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
