@@ -18,7 +18,7 @@ from hubbench.mixers.nsa.decode import NSADecoding
 from hubbench.mixers.nsa.select import select_blocks
 from hubbench.mixers.rope import rotary
 
-WINDOW_QBLOCK = 64  # query rows per sliding-window block: keys read = WINDOW_QBLOCK + window - 1
+WINDOW_QBLOCK = 64  # rows per window block = its key unit: reads (ceil((w-1)/64) + 1) * 64 keys
 CMP_QBLOCK = 64  # query rows per compressed-branch block (chunks of these read one key prefix)
 
 
@@ -158,15 +158,14 @@ class NSA(NSADecoding, nn.Module):
                                   torch.full((kc.shape[2],), NEVER, device=dev), None,
                                   CMP_QBLOCK, scale)  # fmt: skip
         pos = torch.arange(n, device=dev)
-        tokens = (sel.unsqueeze(-1) * b + torch.arange(b, device=dev)).flatten(2)  # (B, nqb, Kb)
-        tokens = torch.where(sel.repeat_interleave(b, -1) >= 0, tokens, -1)
-        used = torch.clamp(own + 1, max=sel.shape[-1]) * b  # valid slots come first
-        o_slc = blocked_attention(q, k, v, pos, torch.full_like(pos, NEVER), tokens, b, scale,
-                                  used)  # fmt: skip
-        nwb, w = -(-n // WINDOW_QBLOCK), self.window
-        first = torch.arange(nwb, device=dev) * WINDOW_QBLOCK - w + 1
-        win = (first.view(-1, 1) + torch.arange(WINDOW_QBLOCK + w - 1, device=dev)).unsqueeze(0)
-        o_win = blocked_attention(q, k, v, pos, pos + w - 1, win, WINDOW_QBLOCK, scale)
+        used = torch.clamp(own + 1, max=sel.shape[-1])  # valid slots come first
+        o_slc = blocked_attention(q, k, v, pos, torch.full_like(pos, NEVER), sel, b, scale,
+                                  unit=b, lengths=used)  # fmt: skip
+        u, w = WINDOW_QBLOCK, self.window
+        span = -(-(w - 1) // u) + 1  # aligned units that hold a block's window
+        first = torch.arange(-(-n // u), device=dev) - span + 1
+        win = (first.view(-1, 1) + torch.arange(span, device=dev)).unsqueeze(0)  # (1, nwb, U)
+        o_win = blocked_attention(q, k, v, pos, pos + w - 1, win, u, scale, unit=u)
         o = gates[0, ..., None] * o_cmp + gates[1, ..., None] * o_slc + gates[2, ..., None] * o_win
         self.last_backend = "nsa:blocked"
         y = self.out(o.transpose(1, 2).reshape(B, n, self.d_model))
