@@ -1,0 +1,231 @@
+"""The two recurrences an Oryx block is built on, seen through one small interface.
+
+`GDNBlock` and `Mamba2Block` are the project's GatedDeltaNet and Mamba2 (same parameters, same
+names, their forward unchanged), with the methods Oryx needs to run the attention mode on the
+recurrence's own representations:
+
+- `streams(x)`: the per-token tensors of a sequence, among them the tied ones: the attention
+  keys (GDN k / Mamba-2 B, unit-normalised), the attention values (GDN v / Mamba-2 x) and the
+  base of the attention query (GDN q / Mamba-2 C);
+- `recurrence(s, want_state)`: the chunked recurrence over every token (its state must pass
+  through attention-mode tokens too), with the state after the last token;
+- `finish(o, s)`: the shared output gate / norm and out-projection, o (B, n, H, Dv) -> (B, n, d);
+- `token(x, state)` and `recurrence_step(s, state)`: the same for one decoded token, advancing
+  the base's conv and recurrent state in place;
+- `recurrence_only()`: the parameter elements only the recurrence mode uses (its gates and
+  decays), for the tied share.
+
+Shapes: H value heads of width Dv; Hk key heads of width Dk (Hk divides H: head h reads key head
+h // (H / Hk)); the query base is per head, (B, n, H, Dk). GDN: Hk = H, Dk = d_k, Dv = d_v.
+Mamba-2: Hk = ngroups, Dk = d_state, H = nheads, Dv = headdim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hubbench.mixers.gdn import GatedDeltaNet, GDNState, gated_delta_chunked, gated_delta_step
+from hubbench.mixers.mamba2 import Mamba2, Mamba2State, ssd_step
+
+NORM_EPS = 1e-6  # inside the root, as GDN's (and fla's) l2norm
+
+
+def unit(t: Tensor) -> Tensor:
+    """t / sqrt(|t|^2 + eps) over the last axis: finite at 0, unit length elsewhere."""
+    return t * torch.rsqrt(t.square().sum(-1, keepdim=True) + NORM_EPS)
+
+
+@dataclass
+class Streams:
+    """What one run of a base computes per token (B, n, ...).
+
+    query: the base of the attention query, (B, n, H, Dk) or broadcastable to it per group
+    (Mamba-2: C, (B, n, Hk, 1, Dk) against heads (Hk, H / Hk)); keys (B, n, Hk, Dk) unit length;
+    values (B, n, H, Dv); rest: what the base's recurrence and output need (its own layout).
+    """
+
+    query: Tensor
+    keys: Tensor
+    values: Tensor
+    rest: Any
+
+
+@dataclass
+class _GDNToken:
+    """One decoded token's GDN inputs: q, k (B, h, d_k), v (B, h, d_v), g, beta (B, h), and the
+    output gate (B, 1, h, d_v)."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    g: Tensor
+    beta: Tensor
+    gate: Tensor
+
+
+@dataclass
+class _Mamba2Rest:
+    """Mamba-2's per-token tensors beside the tied ones: the gate z, the raw step dt, B and C
+    as the scan reads them (not normalised), and the conv input (None for a decoded token)."""
+
+    z: Tensor
+    dt: Tensor
+    B: Tensor
+    C: Tensor
+    conv_in: Tensor | None
+
+
+class GDNBlock(GatedDeltaNet):
+    """Gated DeltaNet with the stages Oryx runs separately (module docstring)."""
+
+    @property
+    def heads(self) -> int:
+        return self.n_heads
+
+    @property
+    def key_heads(self) -> int:
+        return self.n_heads
+
+    @property
+    def key_width(self) -> int:
+        return self.head_dim_k
+
+    @property
+    def value_width(self) -> int:
+        return self.head_dim_v
+
+    def streams(self, x: Tensor) -> Streams:
+        feats = self._features(x)
+        # GDN's q is unit-normalised then scaled by d_k^-1/2; the attention takes its direction
+        return Streams(feats.q * self.head_dim_k**0.5, feats.k, feats.v, feats)
+
+    def recurrence(self, s: Streams, want_state: bool) -> tuple[Tensor, Tensor | None]:
+        f = s.rest
+        if self.impl == "fla" and not want_state:
+            return self._core_fla(f), None
+        o, last = gated_delta_chunked(f.q, f.k, f.v, f.g, f.beta, self.chunk)
+        self.last_backend = "gdn:chunked"
+        return o, last
+
+    def finish(self, o: Tensor, s: Streams) -> Tensor:
+        return self._output(o, s.rest.gate, s.values.dtype)
+
+    def conv_tail(self, s: Streams) -> Tensor:
+        """The last d_conv - 1 conv inputs (zeros before token 0): (B, d_conv - 1, channels)."""
+        keep, n = self.d_conv - 1, s.values.shape[1]
+        return F.pad(s.rest.conv_in, (0, 0, keep, 0))[:, n:].contiguous()
+
+    def empty_output(self, x: Tensor) -> Tensor:
+        """The output of an empty prompt, (B, 0, d_model), in the out-projection's dtype."""
+        return self.o_proj(x.new_zeros(x.shape[0], 0, self.value_dim))
+
+    def base_state(self, conv: Tensor, ssm: Tensor) -> GDNState:
+        return GDNState(conv, ssm)
+
+    def token(self, x: Tensor, state: GDNState) -> Streams:
+        """One token x (B, 1, d): shifts the conv window in `state`; streams of length 1."""
+        conv_in, gate, a, b = self._split_in(F.linear(x[:, 0], self._in_weight()))  # (B, *)
+        window = torch.cat((state.conv, conv_in.unsqueeze(1).to(state.conv.dtype)), 1)
+        state.conv.copy_(window[:, 1:])
+        c = (window * self._conv_weight().to(window.dtype)).sum(1)  # (B, 2 K + V)
+        q, k, v = self._heads(F.silu(c))  # (B, h, d)
+        g, beta = self._decay_and_beta(a, b)  # (B, h)
+        gate = gate.unflatten(-1, (self.n_heads, self.head_dim_v)).unsqueeze(1)  # (B, 1, h, d_v)
+        rest = _GDNToken(q, k, v, g, beta, gate)
+        return Streams(
+            (q * self.head_dim_k**0.5).unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), rest
+        )
+
+    def recurrence_step(self, s: Streams, state: GDNState) -> Tensor:
+        r = s.rest
+        o = gated_delta_step(r.q, r.k, r.v, r.g, r.beta, state.ssm)  # (B, h, d_v)
+        self.last_backend = "gdn:step"
+        return o.unsqueeze(1)  # (B, 1, h, d_v)
+
+    def recurrence_only(self) -> dict[str, int]:
+        """The decay and write-strength projections and parameters: beta, g (a, dt, A)."""
+        return {
+            "a_proj.weight": self.a_proj.weight.numel(),
+            "b_proj.weight": self.b_proj.weight.numel(),
+            "A_log": self.A_log.numel(),
+            "dt_bias": self.dt_bias.numel(),
+        }
+
+
+class Mamba2Block(Mamba2):
+    """Mamba-2 with the stages Oryx runs separately (module docstring)."""
+
+    @property
+    def heads(self) -> int:
+        return self.nheads
+
+    @property
+    def key_heads(self) -> int:
+        return self.ngroups
+
+    @property
+    def key_width(self) -> int:
+        return self.d_state
+
+    @property
+    def value_width(self) -> int:
+        return self.headdim
+
+    def _split(self, z: Tensor, xBC: Tensor, dt: Tensor, conv_in: Tensor | None) -> Streams:
+        xs, Bm, Cm = self.split_xbc(xBC)  # (B, n, H, P), (B, n, G, N) twice
+        query = Cm.unsqueeze(-2)  # (B, n, G, 1, N): one C per group, broadcast over its heads
+        return Streams(query, unit(Bm), xs, _Mamba2Rest(z, dt, Bm, Cm, conv_in))
+
+    def streams(self, x: Tensor) -> Streams:
+        z, xBC, dt = self.split_in_proj(self.in_proj(x))
+        return self._split(z, self.conv_silu(xBC), dt, xBC)
+
+    def recurrence(self, s: Streams, want_state: bool) -> tuple[Tensor, Tensor | None]:
+        r = s.rest
+        return self.ssm(s.values, r.dt, r.B, r.C, want_state=want_state)
+
+    def finish(self, o: Tensor, s: Streams) -> Tensor:
+        return self.gate_out(o, s.rest.z)
+
+    def conv_tail(self, s: Streams) -> Tensor:
+        """The last d_conv - 1 conv inputs (zeros before token 0): (B, conv_dim, d_conv - 1)."""
+        keep, n = self.d_conv - 1, s.values.shape[1]
+        return F.pad(s.rest.conv_in.transpose(1, 2), (keep, 0))[..., n:].contiguous()
+
+    def empty_output(self, x: Tensor) -> Tensor:
+        """The output of an empty prompt, (B, 0, d_model), in the out-projection's dtype."""
+        return self.out_proj(x.new_zeros(x.shape[0], 0, self.d_inner))
+
+    def base_state(self, conv: Tensor, ssm: Tensor) -> Mamba2State:
+        return Mamba2State(conv, ssm)
+
+    def token(self, x: Tensor, state: Mamba2State) -> Streams:
+        """One token x (B, 1, d): shifts the conv window in `state`; streams of length 1."""
+        z, xBC, dt = self.split_in_proj(self.in_proj(x[:, 0]))  # (B, *) each
+        window = torch.cat((state.conv, xBC.unsqueeze(-1).to(state.conv.dtype)), -1)
+        state.conv.copy_(window[..., 1:])
+        w = self.conv1d.weight.squeeze(1)  # (conv_dim, d_conv)
+        xBC = F.silu((window * w).sum(-1) + self.conv1d.bias)  # (B, conv_dim)
+        return self._split(z.unsqueeze(1), xBC.unsqueeze(1), dt.unsqueeze(1), None)
+
+    def recurrence_step(self, s: Streams, state: Mamba2State) -> Tensor:
+        r, f = s.rest, state.ssm.dtype
+        step = F.softplus(r.dt[:, 0].to(f) + self.dt_bias.to(f))  # (B, H)
+        A = -torch.exp(self.A_log.to(f))
+        y = ssd_step(state.ssm, s.values[:, 0], step, A, r.B[:, 0], r.C[:, 0], self.D)
+        self.last_backend = "mamba2:step"
+        return y.to(s.values.dtype).unsqueeze(1)  # (B, 1, H, P)
+
+    def recurrence_only(self) -> dict[str, int]:
+        """The step size (dt rows of in_proj, dt_bias), the decay A and the skip D."""
+        return {
+            "in_proj.weight[dt]": self.nheads * self.d_model,
+            "dt_bias": self.dt_bias.numel(),
+            "A_log": self.A_log.numel(),
+            "D": self.D.numel(),
+        }
