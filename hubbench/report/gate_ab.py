@@ -72,7 +72,7 @@ def gate_ab(
         any_row = cand if cand is not None else base
         check = Check(label(any_row), m, ref=None, value=None, ci=None, min=lo, max=hi)
         checks.append(_judge_pair(check, cand, base, settings))
-    if not any(c.ci is not None and c.ci.bootstrapped for c in checks):
+    if not any(c.verdict == "regression" or (c.ci and c.ci.bootstrapped) for c in checks):
         raise ReportError(
             f"gate --ab: no cell of run {run_label(run)} has {MIN_SAMPLES}+ steps in paired "
             "rounds on both sides; re-run with more rounds or repeats"
