@@ -211,8 +211,9 @@ def _gate_section(df: pd.DataFrame) -> str:
     )
 
 
-def build_html(df: pd.DataFrame) -> str:
-    """The page for one run (or several pooled runs) as a string."""
+def build_html(df: pd.DataFrame, card_dir: Path | None = None) -> str:
+    """The page for one run (or several pooled runs) as a string; with the newest causality
+    card under `card_dir` (default <results>/verify) when there is one."""
     from hubbench.errors import ReportError
     from hubbench.report.plots import render, worth_saying
 
@@ -245,6 +246,7 @@ def build_html(df: pd.DataFrame) -> str:
         *_fits_section(df),
         "<h2>Ratio gate</h2>",
         _gate_section(df),
+        *card_section(card_dir),
         "<h2>Results</h2>",
         _results_table(df),
         "<h2>Environment</h2>",
@@ -324,8 +326,85 @@ def _dirty(df: pd.DataFrame) -> bool:
     return any(norm_value(v) is True for v in df["git_dirty"])
 
 
-def write_report(df: pd.DataFrame, out: Path) -> Path:
+def write_report(df: pd.DataFrame, out: Path, card_dir: Path | None = None) -> Path:
     from hubbench.outputs import write_text
 
-    write_text(out, build_html(df), "--out")
+    write_text(out, build_html(df, card_dir), "--out")
     return out
+
+
+# ----------------------------------------------------------------------------- causality card
+# The card is written by `hubbench verify causal` (hubbench.verify.card) as JSON; the report may
+# not import verify, so it reads that JSON here: CARD_KIND and the keys below are the contract.
+
+CARD_KIND = "hubbench causality card"
+CARD_COLUMNS = ("variant", "expected", "jacobian", "perturbation", "prefix", "batch",
+                "first leak (t_out &lt;- t_in)", "found by", "verdict")  # fmt: skip
+CARD_OK = ("pass", "control caught")
+
+
+def newest_card(card_dir: Path | None = None) -> Path | None:
+    """The newest card file (`causal-<UTC stamp>.json`: the last name sorts newest), or None."""
+    from hubbench import store
+
+    folder = card_dir if card_dir is not None else store.results_dir() / "verify"
+    try:
+        cards = sorted(p for p in folder.glob("causal-*.json") if p.is_file())
+    except OSError:
+        return None
+    return cards[-1] if cards else None
+
+
+def card_section(card_dir: Path | None = None) -> list[str]:
+    """'Causality report card': the newest card as a table, or nothing when there is none."""
+    import json
+
+    path = newest_card(card_dir)
+    if path is None:
+        return []
+    head = "<h2>Causality report card</h2>"
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+        if card.get("kind") != CARD_KIND:
+            raise ValueError(f"not a causality card (kind {card.get('kind')!r})")
+        rows = [_card_row(r) for r in card["rows"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return [head, f"<p class='warn'>{html.escape(path.name)} unreadable: {_e(exc)}</p>"]
+    code = card.get("exit_code")
+    verdict = (
+        "<span class='ok'>all as expected</span>"
+        if code == 0
+        else f"<span class='fail'>exit {_e(code)}: {_e(card.get('problems'))}</span>"
+    )
+    commit = str(card.get("commit") or "unknown")[:12] + (" (dirty)" if card.get("dirty") else "")
+    sub = (
+        f"<p class='sub'>{html.escape(path.name)} · {_e(card.get('utc'))} · commit "
+        f"{html.escape(commit)} (it may differ from this run's) · <code>{_e(card.get('command'))}"
+        "</code></p>"
+    )
+    header = "".join(f"<th>{h}</th>" for h in CARD_COLUMNS)
+    return [head, sub, f"<p>{verdict}</p>", f"<table><tr>{header}</tr>{''.join(rows)}</table>"]
+
+
+def _card_row(r: dict[str, Any]) -> str:
+    """One card row: pass/FAIL per check, the first leaking pair and its probe, the verdict."""
+    checks = {c["name"]: c for c in r.get("checks", [])}
+    cells = [f"<td>{_e(r['label'])}</td>", f"<td>{_e(r['expected'])}</td>"]
+    for name in ("jacobian", "perturbation", "prefix", "batch"):
+        c = checks.get(name)
+        word = "-" if c is None else ("pass" if c["passed"] else "FAIL")
+        cls = "" if c is None else ("ok" if c["passed"] else "fail")
+        cells.append(f"<td class='{cls}'>{word}</td>")
+    bad = [c for c in checks.values() if not c["passed"] and c.get("first_leak")]
+    worst = min(bad, key=lambda c: c["first_leak"][0]) if bad else None
+    if worst is None:
+        cells += ["<td>-</td>", "<td>-</td>"]
+    else:
+        t, s = worst["first_leak"]
+        cells.append(f"<td class='num'>{_e(t)} &lt;- {'other seq' if s is None else _e(s)}</td>")
+        cells.append(f"<td>{_e(worst['name'])}, {_e(worst.get('probe'))}</td>")
+    verdict = str(r.get("verdict", ""))
+    note = f" ({_e(r['message'])})" if r.get("message") else ""
+    cls = "ok" if verdict in CARD_OK else "fail"
+    cells.append(f"<td class='{cls}'>{_e(verdict)}{note}</td>")
+    return "<tr>" + "".join(cells) + "</tr>"
