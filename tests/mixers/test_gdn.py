@@ -99,6 +99,30 @@ def test_chunked_core_at_the_default_chunk_with_d_v_wider_than_d_k() -> None:
     _compare_core(_core_inputs(2, 3 * 64 + 5, h=2, d_k=4, d_v=8, seed=3), 64)
 
 
+@pytest.mark.parametrize("normalise", [True, False])
+def test_chunked_core_normalises_and_scales_q_and_k_itself(normalise: bool) -> None:
+    # raw q, k of any length (one near zero): the core's in-cache L2 norm and its backward
+    # against normalising with plain autograd before the token loop
+    inputs = _core_inputs(2, 2 * CHUNK + 5, seed=8)
+    with torch.no_grad():
+        inputs["q"].mul_(7.0)
+        inputs["k"].mul_(torch.rand(inputs["k"].shape[:-1], dtype=F64).unsqueeze(-1) * 3)
+        inputs["k"][0, 3, 1] = 1e-4
+    leaves = list(inputs.values())
+    scale = 0.3
+    got = gated_delta_chunked(**inputs, chunk=CHUNK, l2_normalise_qk=normalise, scale=scale)
+
+    def unit(t: torch.Tensor) -> torch.Tensor:
+        return t / torch.sqrt((t * t).sum(-1, keepdim=True) + 1e-6) if normalise else t
+
+    ref_in = {**inputs, "q": unit(inputs["q"]) * scale, "k": unit(inputs["k"])}
+    want = gated_delta_ref(**ref_in)
+    for a, b in zip(got, want, strict=True):
+        _assert_rel(a, b, "output")
+    for name, a, b in zip(inputs, _grads(got, leaves), _grads(want, leaves), strict=True):
+        _assert_rel(a, b, f"d{name}")
+
+
 def test_sequences_of_a_batch_stay_apart() -> None:
     inputs = _core_inputs(3, 2 * CHUNK + 3, seed=5, initial=False)
     both, _ = gated_delta_chunked(**inputs, chunk=CHUNK)
@@ -358,7 +382,7 @@ def test_fla_on_cpu_is_unavailable_and_its_wiring_matches_ref(
     with pytest.raises(ConfigError, match="impl 'ref' only"):
         _layer(impl="fla", causal=False)
     x = torch.randn(2, 2 * CHUNK + 1, 16, dtype=F64)
-    feats = fla._features(x)
+    feats = fla._features(x, normalise=True)
     ours, _ = gated_delta_chunked(feats.q, feats.k, feats.v, feats.g, feats.beta, CHUNK)
     _assert_rel(fla._core_fla(feats), ours, "o")
 

@@ -35,6 +35,8 @@ from torch import Tensor
 
 from hubbench.errors import ConfigError
 
+L2_EPS = 1e-6  # inside the root of q and k's L2 norm, as fla's l2norm
+
 
 def _check_shapes(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor) -> None:
     if q.dim() != 4 or k.shape != q.shape:
@@ -66,13 +68,18 @@ def gated_delta_chunked(
     chunk: int = 64,
     initial_state: Tensor | None = None,
     causal: bool = True,
+    *,
+    l2_normalise_qk: bool = False,
+    scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """The gated delta rule over a whole sequence, chunk by chunk.
 
     q, k: (B, n, h, d_k); v: (B, n, h, d_v); g (log-decay, <= 0), beta: (B, n, h);
-    initial_state: (B, h, d_k, d_v) or None (zeros). q is used as given: the caller normalises
-    and scales it (GDN: L2 norm, then 1/sqrt(d_k)). Returns o (B, n, h, d_v) in v's dtype and
-    the state after the last token (B, h, d_k, d_v) in >= fp32. Autograd-correct in every input.
+    initial_state: (B, h, d_k, d_v) or None (zeros). The recurrence reads q * scale and k; with
+    `l2_normalise_qk` it first divides q and k by sqrt(|.|^2 + L2_EPS) (GDN's normalisation,
+    fla's use_qk_l2norm_in_kernel), done here chunk group by chunk group, in cache. Returns
+    o (B, n, h, d_v) in v's dtype and the state after the last token (B, h, d_k, d_v) in
+    >= fp32. Autograd-correct in every input.
 
     `causal=False` is the leaky control: the intra-chunk term Q K^T * D is taken without its
     causal mask (the decay clamped to <= 1, so it stays finite and looks plausible), so a token
@@ -84,7 +91,10 @@ def gated_delta_chunked(
     out_dtype = v.dtype
     f = state_dtype(v.dtype)
     with torch.autocast(q.device.type, enabled=False):
-        o, last = _chunked(q, k, v, g, beta, chunk, initial_state, causal, f)
+        if not l2_normalise_qk and scale != 1.0:
+            q = q * scale
+        opt = _Options(causal, scale if l2_normalise_qk else None)
+        o, last = _chunked(q, k, v, g, beta, chunk, initial_state, opt, f)
     return o.to(out_dtype), last
 
 
@@ -113,6 +123,8 @@ class _Chunks:
     x: Tensor  # (B, h, G, C, d_v + d_k) the solve's result [U' | W]
     qk: Tensor  # Q K^T
     p: Tensor  # the intra-chunk term Q K^T * D (unmasked above the diagonal when leaky)
+    rq: Tensor | None  # 1 / |q| and 1 / |k| (B, h, G, C, 1) when normalised in here, else None
+    rk: Tensor | None
 
     @property
     def u_prime(self) -> Tensor:
@@ -134,8 +146,19 @@ def _ungroup(t: Tensor) -> Tensor:
     return t.permute(0, 2, 3, 1, *range(4, t.dim()))
 
 
-def _derive(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, causal: bool) -> _Chunks:
+@dataclass(frozen=True)
+class _Options:
+    causal: bool  # False: the leaky control
+    scale: float | None  # None: q, k used as given; else L2-normalised in here, q times scale
+
+
+def _derive(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, opt: _Options) -> _Chunks:
     C = q.shape[-2]
+    rq = rk = None
+    if opt.scale is not None:  # normalised here, in cache, rather than in full-length passes
+        rq = torch.rsqrt(q.square().sum(-1, keepdim=True).add_(L2_EPS))  # (B, h, G, C, 1)
+        rk = torch.rsqrt(k.square().sum(-1, keepdim=True).add_(L2_EPS))
+        q, k = q * (rq * opt.scale), k * rk
     ones = torch.ones(C, C, dtype=torch.bool, device=q.device)
     gam = g.cumsum(-1)
     diff = gam.unsqueeze(-1) - gam.unsqueeze(-2)  # gam_i - gam_j
@@ -151,10 +174,10 @@ def _derive(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, causal: bo
     x = t @ rhs
     qk = q @ k.transpose(-1, -2)
     p = qk * decay
-    if not causal:  # the leaky control: above the diagonal exp(min(gam_i - gam_j, 0)) = 1
+    if not opt.causal:  # the leaky control: above the diagonal exp(min(gam_i - gam_j, 0)) = 1
         p = p + qk.masked_fill(torch.tril(ones), 0.0)
     ed = (gam[..., -1:] - gam).exp()
-    return _Chunks(q, k, v, beta, gam, eg, ed, decay, kk, t, x, qk, p)
+    return _Chunks(q, k, v, beta, gam, eg, ed, decay, kk, t, x, qk, p, rq, rk)
 
 
 def _groups(n_chunks: int, batch_heads: int, C: int) -> list[tuple[int, int]]:
@@ -163,7 +186,7 @@ def _groups(n_chunks: int, batch_heads: int, C: int) -> list[tuple[int, int]]:
 
 
 def _forward(
-    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, H: Tensor, causal: bool
+    q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, H: Tensor, opt: _Options
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Inputs (B, nc, C, h, *) in f; H (B, h, d_k, d_v) before the first chunk. Returns o
     (B, nc, C, h, d_v), the state before every chunk (B, h, nc, d_k, d_v) and after the last."""
@@ -171,7 +194,7 @@ def _forward(
     o = v.new_empty(v.shape)
     starts = H.new_empty(B, h, nc, *H.shape[-2:])
     for c0, c1 in _groups(nc, B * h, C):
-        ch = _derive(*(_group(t, c0, c1) for t in (q, k, v, g, beta)), causal)
+        ch = _derive(*(_group(t, c0, c1) for t in (q, k, v, g, beta)), opt)
         k_end = (ch.k * ch.ed.unsqueeze(-1)).transpose(-1, -2)  # (B, h, G, d_k, C)
         chunk_decay = ch.eg[..., -1, None, None]  # (B, h, G, 1, 1)
         u = ch.u_prime.clone()
@@ -186,7 +209,7 @@ def _forward(
 
 
 def _backward(
-    inputs: tuple[Tensor, ...], starts: Tensor, do: Tensor, dH: Tensor, causal: bool
+    inputs: tuple[Tensor, ...], starts: Tensor, do: Tensor, dH: Tensor, opt: _Options
 ) -> tuple[Tensor, ...]:
     """Gradients of the inputs (B, nc, C, h, *) and of the initial state, groups in reverse,
     from the output gradient `do` (B, nc, C, h, d_v) and that of the final state `dH`."""
@@ -195,7 +218,7 @@ def _backward(
     dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
     dg, dbeta = g.new_empty(g.shape), beta.new_empty(beta.shape)
     for c0, c1 in reversed(_groups(nc, B * h, C)):
-        ch = _derive(*(_group(t, c0, c1) for t in inputs), causal)
+        ch = _derive(*(_group(t, c0, c1) for t in inputs), opt)
         h0 = starts[:, :, c0:c1]  # (B, h, G, d_k, d_v)
         u = ch.u_prime - ch.w @ h0
         do_g = _group(do, c0, c1)  # (B, h, G, C, d_v)
@@ -221,7 +244,7 @@ def _backward(
         dkk = da_d * ch.beta.unsqueeze(-1)
         dbeta_g = (da_d * ch.kk).sum(-1)
         ddecay = da * ch.beta.unsqueeze(-1) * ch.kk + dp * ch.qk
-        dqk = dp * ch.decay if causal else dp * (ch.decay + _strict_upper(C, q.device))
+        dqk = dp * ch.decay if opt.causal else dp * (ch.decay + _strict_upper(C, q.device))
         dq_g = dqk @ ch.k + ch.eg.unsqueeze(-1) * dq_start
         kb = ch.beta * ch.eg
         dk_g = (dqk.transpose(-1, -2) @ ch.q + (dkk + dkk.transpose(-1, -2)) @ ch.k
@@ -234,12 +257,21 @@ def _backward(
         dgam = deg * ch.eg - ded + s.sum(-1) - s.sum(-2)
         dgam[..., -1] += ded.sum(-1) + (h0 * dh_end).sum((-1, -2)) * ch.eg[..., -1]
         dg_g = dgam.flip(-1).cumsum(-1).flip(-1)  # gam = cumsum(g)
+        if opt.scale is not None:  # through y = x / |x|: dx = (dy - y (y . dy)) / |x|
+            dq_g = _unnormalise(dq_g, ch.q, ch.rq, opt.scale)
+            dk_g = _unnormalise(dk_g, ch.k, ch.rk, 1.0)
         dq[:, c0:c1] = _ungroup(dq_g)
         dk[:, c0:c1] = _ungroup(dk_g)
         dv[:, c0:c1] = _ungroup(dv_b * ch.beta.unsqueeze(-1))
         dg[:, c0:c1] = _ungroup(dg_g)
         dbeta[:, c0:c1] = _ungroup(dbeta_g)
     return dq, dk, dv, dg, dbeta, dH
+
+
+def _unnormalise(dy: Tensor, y: Tensor, r: Tensor, scale: float) -> Tensor:
+    """The gradient of x from that of y = scale x r, r = (|x|^2 + eps)^-1/2."""
+    dot = (y * dy).sum(-1, keepdim=True) / scale
+    return (dy * scale).sub_(y * dot).mul_(r)
 
 
 def _strict_lower(C: int, device: torch.device) -> Tensor:
@@ -257,9 +289,9 @@ class _GatedDelta(torch.autograd.Function):
     backward over full-length buffers, out of cache."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, beta, h0, causal):  # type: ignore[override]
-        o, starts, last = _forward(q, k, v, g, beta, h0, causal)
-        ctx.causal = causal
+    def forward(ctx, q, k, v, g, beta, h0, opt):  # type: ignore[override]
+        o, starts, last = _forward(q, k, v, g, beta, h0, opt)
+        ctx.opt = opt
         ctx.save_for_backward(q, k, v, g, beta, starts)
         return o, last
 
@@ -271,7 +303,7 @@ class _GatedDelta(torch.autograd.Function):
             dlast = starts.new_zeros(starts[:, :, 0].shape)
         if do is None:
             do = v.new_zeros(v.shape)
-        grads = _backward((q, k, v, g, beta), starts, do.contiguous(), dlast, ctx.causal)
+        grads = _backward((q, k, v, g, beta), starts, do.contiguous(), dlast, ctx.opt)
         return (*grads, None)
 
 
@@ -293,7 +325,7 @@ def _chunked(
     beta: Tensor,
     chunk: int,
     initial_state: Tensor | None,
-    causal: bool,
+    opt: _Options,
     f: torch.dtype,
 ) -> tuple[Tensor, Tensor]:
     B, n, h, d_k = q.shape
@@ -306,7 +338,7 @@ def _chunked(
     pad = -n % C
     # zero padding is inert: k = 0, beta = 0 and g = 0 leave the state as it was
     chunks = [_to_chunks(t, pad, C, f) for t in (q, k, v, g, beta)]
-    o, last = _GatedDelta.apply(*chunks, H, causal)  # (B, nc, C, h, d_v)
+    o, last = _GatedDelta.apply(*chunks, H, opt)  # (B, nc, C, h, d_v)
     return o.reshape(B, -1, h, d_v)[:, :n], last
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hubbench.errors import ConfigError
-from hubbench.mixers.gdn.chunked import gated_delta_chunked, gated_delta_step, state_dtype
+from hubbench.mixers.gdn.chunked import gated_delta_step, state_dtype
 from hubbench.mixers.state import check_step_input, compute_dtype
 
 
@@ -41,7 +41,8 @@ class GDNState:
 
 class GDNDecoding:
     """The recurrent half of GatedDeltaNet (a mixin: `self` is the layer, whose parameters and
-    helpers `_split_in`, `_in_weight`, `_conv_weight`, `_heads`, `_decay_and_beta`, `_output`
+    helpers `_features`, `_core_ref`, `_split_in`, `_in_weight`, `_conv_weight`, `_heads`,
+    `_decay_and_beta`, `_output`
     these methods use)."""
 
     def _check_decodable(self) -> None:
@@ -68,8 +69,8 @@ class GDNDecoding:
         if n == 0:  # an empty prompt leaves the empty state
             empty = self.o_proj(x.new_zeros(B, 0, self.value_dim))
             return empty, self.empty_state(B, 0, x)
-        feats = self._features(x)
-        o, last = gated_delta_chunked(feats.q, feats.k, feats.v, feats.g, feats.beta, self.chunk)
+        feats = self._features(x, normalise=False)
+        o, last = self._core_ref(feats, True)
         keep = self.d_conv - 1
         tail = F.pad(feats.conv_in, (0, 0, keep, 0))[:, n:]  # (B, keep, 2 K + V)
         self.last_backend = "gdn:chunked"
@@ -83,7 +84,7 @@ class GDNDecoding:
         window = torch.cat((state.conv, conv_in.unsqueeze(1).to(state.conv.dtype)), 1)
         state.conv.copy_(window[:, 1:])
         c = (window * self._conv_weight().to(window.dtype)).sum(1)  # (B, 2 K + V)
-        q, k, v = self._heads(F.silu(c))  # (B, h, d)
+        q, k, v = self._heads(F.silu(c), normalise=True)  # (B, h, d)
         g, beta = self._decay_and_beta(a, b)  # (B, h)
         o = gated_delta_step(q, k, v, g, beta, state.ssm)  # (B, h, d_v)
         self.last_backend = "gdn:step"

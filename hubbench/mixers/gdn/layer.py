@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hubbench.errors import ConfigError, UnavailableError
-from hubbench.mixers.gdn.chunked import gated_delta_chunked, state_dtype
+from hubbench.mixers.gdn.chunked import L2_EPS, gated_delta_chunked, state_dtype
 from hubbench.mixers.gdn.conv import short_conv_silu
 from hubbench.mixers.gdn.decode import GDNDecoding
 
@@ -44,7 +44,6 @@ INSTALL_HINT = "pip install flash-linear-attention on a CUDA machine (Triton ker
 # fla's GatedDeltaNet (and Mamba-2's) initialisation.
 DT_MIN, DT_MAX, DT_INIT_FLOOR = 1e-3, 1e-1, 1e-4
 A_MIN, A_MAX = 1.0, 16.0
-L2_EPS = 1e-6  # inside the root, as fla's l2norm
 NORM_EPS = 1e-5  # fla's norm_eps
 
 
@@ -59,6 +58,35 @@ def l2_normalise(t: Tensor) -> Tensor:
     return t * torch.rsqrt(t.square().sum(-1, keepdim=True) + L2_EPS)
 
 
+class _GatedRMSNormFn(torch.autograd.Function):
+    """y = o / rms(o) * weight * SiLU(gate) over the last axis, with a backward that keeps only
+    o and gate (plain autograd kept five full-size intermediates and made ten passes)."""
+
+    @staticmethod
+    def forward(ctx, o: Tensor, gate: Tensor, weight: Tensor, eps: float) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(o, gate, weight)
+        ctx.eps = eps
+        r = torch.rsqrt(o.square().mean(-1, keepdim=True).add_(eps))
+        return (o * r).mul_(weight).mul_(F.silu(gate))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        o, gate, weight = ctx.saved_tensors
+        r = torch.rsqrt(o.square().mean(-1, keepdim=True).add_(ctx.eps))
+        unit = o * r
+        sig = torch.sigmoid(gate)
+        silu = gate * sig
+        dunit = dy * weight * silu
+        # through unit = o r, r = (mean(o^2) + eps)^-1/2: do = r (dunit - unit mean(dunit unit))
+        do = dunit - unit * (dunit * unit).mean(-1, keepdim=True)
+        do.mul_(r)
+        # d silu / d gate = sig (1 + gate (1 - sig))
+        dgate = dy * unit * weight * sig * (1 + gate * (1 - sig))
+        dweight = (dy * unit * silu).reshape(-1, o.shape[-1]).sum(0)
+        return do, dgate, dweight, None
+
+
 class GatedRMSNorm(nn.Module):
     """RMSNorm over a head's values, times SiLU(gate): fla's FusedRMSNormGated (norm first)."""
 
@@ -68,16 +96,16 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, o: Tensor, gate: Tensor) -> Tensor:
-        """o, gate (..., dim) -> (...,  dim) in >= fp32."""
+        """o, gate (..., dim) -> (..., dim) in >= fp32 (autocast off: the norm wants fp32)."""
         f = state_dtype(o.dtype)
-        o = o.to(f)
-        o = o * torch.rsqrt(o.square().mean(-1, keepdim=True) + self.eps)
-        return o * self.weight.to(f) * F.silu(gate.to(f))
+        with torch.autocast(o.device.type, enabled=False):
+            return _GatedRMSNormFn.apply(o.to(f), gate.to(f), self.weight.to(f), self.eps)
 
 
 @dataclass
 class Features:
-    """What the recurrence reads, per token: q, k (B, n, h, d_k) normalised and q scaled;
+    """What the recurrence reads, per token: q, k (B, n, h, d_k), normalised and q scaled or
+    raw (`_features`' `normalise`);
     v (B, n, h, d_v); g, beta (B, n, h) in >= fp32; gate (B, n, h, d_v) for the output norm;
     conv_in (B, n, 2 d_model + H_v), the short convs' input, whose tail a decode state keeps."""
 
@@ -185,12 +213,14 @@ class GatedDeltaNet(GDNDecoding, nn.Module):
         """The fused projection's output -> conv input, output gate, a, b."""
         return z.split([self.conv_channels, self.value_dim, self.n_heads, self.n_heads], -1)
 
-    def _heads(self, c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Conv output (..., 2 K + V) -> unit q, k (..., h, d_k), q scaled; v (..., h, d_v)."""
+    def _heads(self, c: Tensor, normalise: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Conv output (..., 2 K + V) -> q, k (..., h, d_k), v (..., h, d_v); with `normalise`
+        q and k unit (q then scaled), else raw: the chunked core normalises them itself."""
         q, k, v = c.split([self.key_dim, self.key_dim, self.value_dim], -1)
         h = self.n_heads
-        q = l2_normalise(q.unflatten(-1, (h, self.head_dim_k))) * self.head_dim_k**-0.5
-        k = l2_normalise(k.unflatten(-1, (h, self.head_dim_k)))
+        q, k = q.unflatten(-1, (h, self.head_dim_k)), k.unflatten(-1, (h, self.head_dim_k))
+        if normalise:
+            q, k = l2_normalise(q) * self.scale, l2_normalise(k)
         return q, k, v.unflatten(-1, (h, self.head_dim_v))
 
     def _decay_and_beta(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -199,9 +229,13 @@ class GatedDeltaNet(GDNDecoding, nn.Module):
         g = -self.A_log.to(f).exp() * F.softplus(a.to(f) + self.dt_bias.to(f))
         return g, torch.sigmoid(b.to(f))
 
-    def _features(self, x: Tensor) -> Features:
+    @property
+    def scale(self) -> float:
+        return self.head_dim_k**-0.5
+
+    def _features(self, x: Tensor, normalise: bool) -> Features:
         conv_in, gate, a, b = self._split_in(F.linear(x, self._in_weight()))  # (B, n, *)
-        q, k, v = self._heads(short_conv_silu(conv_in, self._conv_weight()))
+        q, k, v = self._heads(short_conv_silu(conv_in, self._conv_weight()), normalise)
         g, beta = self._decay_and_beta(a, b)
         return Features(q, k, v, g, beta, gate.unflatten(-1, (self.n_heads, self.head_dim_v)),
                         conv_in)  # fmt: skip
@@ -211,18 +245,25 @@ class GatedDeltaNet(GDNDecoding, nn.Module):
         return self.o_proj(self.o_norm(o, gate).to(dtype).flatten(-2))
 
     def forward(self, x: Tensor) -> Tensor:
-        feats = self._features(x)
         if self.impl == "fla":
             if x.device.type != "cuda":
                 raise UnavailableError(
                     f"gdn impl 'fla' runs on CUDA only (got {x.device.type}); use impl='ref'"
                 )
+            feats = self._features(x, normalise=True)
             o = self._core_fla(feats)
         else:
-            o, _ = gated_delta_chunked(feats.q, feats.k, feats.v, feats.g, feats.beta,
-                                       self.chunk, causal=self.causal)  # fmt: skip
+            feats = self._features(x, normalise=False)
+            o, _ = self._core_ref(feats, self.causal)
         self.last_backend = f"gdn:{'fla' if self.impl == 'fla' else 'chunked'}"
         return self._output(o, feats.gate, feats.v.dtype)
+
+    def _core_ref(self, feats: Features, causal: bool) -> tuple[Tensor, Tensor]:
+        """Our chunked core on raw q, k: it normalises them chunk group by chunk group."""
+        return gated_delta_chunked(
+            feats.q, feats.k, feats.v, feats.g, feats.beta, self.chunk, causal=causal,
+            l2_normalise_qk=True, scale=self.scale,
+        )  # fmt: skip
 
     def _core_fla(self, feats: Features) -> Tensor:
         """fla's chunked kernel on our features: q already normalised and scaled (scale 1)."""
