@@ -387,7 +387,7 @@ def test_flops_count_the_base_and_each_attention_token_read(base: str) -> None:
     none = Oryx(D, 4, base=base, chunk=8, attn_fraction=0.0, **opts)
     first = Oryx(D, 4, base=base, chunk=8, policy="first:1", **opts)
     blk = first.block
-    key = 0 if base == "gdn" else 3 * blk.key_heads * blk.key_width
+    key = 3 * blk.key_heads * blk.key_width  # the attention keys' normalisation
     assert none.analytic_flops(40) == blk.analytic_flops(40) + 40 * key
     HD = blk.heads * (blk.key_width + blk.value_width)
     q = 2 * D * 16 + 2 * 16 * blk.heads * blk.key_width + 6 * blk.heads * blk.key_width

@@ -22,17 +22,17 @@ Mamba-2: Hk = ngroups, Dk = d_state, H = nheads, Dv = headdim.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hubbench.mixers.gdn import GatedDeltaNet, GDNState, gated_delta_chunked, gated_delta_step
+from hubbench.mixers.gdn import GatedDeltaNet, GDNState, gated_delta_step
 from hubbench.mixers.mamba2 import Mamba2, Mamba2State, ssd_step
 
-NORM_EPS = 1e-6  # inside the root, as GDN's (and fla's) l2norm
+NORM_EPS = 1e-6  # inside the root, as GDN's (and fla's) l2norm: unit(GDN k) is GDN's own key
 
 
 def unit(t: Tensor) -> Tensor:
@@ -44,8 +44,9 @@ def unit(t: Tensor) -> Tensor:
 class Streams:
     """What one run of a base computes per token (B, n, ...).
 
-    query: the base of the attention query, (B, n, H, Dk) or broadcastable to it per group
-    (Mamba-2: C, (B, n, Hk, 1, Dk) against heads (Hk, H / Hk)); keys (B, n, Hk, Dk) unit length;
+    query: the base of the attention query, the recurrence's query before any normalisation
+    (GDN q after its conv, (B, n, H, Dk); Mamba-2 C, (B, n, Hk, 1, Dk), one per key head,
+    broadcast over its H / Hk heads); keys (B, n, Hk, Dk) unit length;
     values (B, n, H, Dv); rest: what the base's recurrence and output need (its own layout).
     """
 
@@ -57,8 +58,8 @@ class Streams:
 
 @dataclass
 class _GDNToken:
-    """One decoded token's GDN inputs: q, k (B, h, d_k), v (B, h, d_v), g, beta (B, h), and the
-    output gate (B, 1, h, d_v)."""
+    """One decoded token's GDN inputs as the recurrence reads them: q (unit, scaled), k (unit)
+    (B, h, d_k), v (B, h, d_v), g, beta (B, h), and the output gate (B, 1, h, d_v)."""
 
     q: Tensor
     k: Tensor
@@ -100,15 +101,15 @@ class GDNBlock(GatedDeltaNet):
         return self.head_dim_v
 
     def streams(self, x: Tensor) -> Streams:
-        feats = self._features(x)
-        # GDN's q is unit-normalised then scaled by d_k^-1/2; the attention takes its direction
-        return Streams(feats.q * self.head_dim_k**0.5, feats.k, feats.v, feats)
+        feats = self._features(x, normalise=False)  # raw q, k: the core normalises them
+        return Streams(feats.q, unit(feats.k), feats.v, feats)
 
     def recurrence(self, s: Streams, want_state: bool) -> tuple[Tensor, Tensor | None]:
-        f = s.rest
-        if self.impl == "fla" and not want_state:
-            return self._core_fla(f), None
-        o, last = gated_delta_chunked(f.q, f.k, f.v, f.g, f.beta, self.chunk)
+        feats = s.rest
+        if self.impl == "fla" and not want_state:  # fla's kernel takes q, k normalised
+            q, k = unit(feats.q) * self.scale, s.keys
+            return self._core_fla(replace(feats, q=q, k=k.to(feats.k.dtype))), None
+        o, last = self._core_ref(feats, True)  # the very call GatedDeltaNet.forward makes
         self.last_backend = "gdn:chunked"
         return o, last
 
@@ -133,13 +134,12 @@ class GDNBlock(GatedDeltaNet):
         window = torch.cat((state.conv, conv_in.unsqueeze(1).to(state.conv.dtype)), 1)
         state.conv.copy_(window[:, 1:])
         c = (window * self._conv_weight().to(window.dtype)).sum(1)  # (B, 2 K + V)
-        q, k, v = self._heads(F.silu(c))  # (B, h, d)
+        q, k, v = self._heads(F.silu(c), normalise=False)  # (B, h, d), q and k raw
         g, beta = self._decay_and_beta(a, b)  # (B, h)
         gate = gate.unflatten(-1, (self.n_heads, self.head_dim_v)).unsqueeze(1)  # (B, 1, h, d_v)
-        rest = _GDNToken(q, k, v, g, beta, gate)
-        return Streams(
-            (q * self.head_dim_k**0.5).unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), rest
-        )
+        k = unit(k)
+        rest = _GDNToken(unit(q) * self.scale, k, v, g, beta, gate)
+        return Streams(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), rest)
 
     def recurrence_step(self, s: Streams, state: GDNState) -> Tensor:
         r = s.rest

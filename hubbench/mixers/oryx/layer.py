@@ -38,8 +38,9 @@ QUERY_RANK = 16  # default rank of the attention query's low-rank, input-depende
 class AttentionQuery(nn.Module):
     """The attention mode's own query part, on top of the recurrence's query (tied).
 
-    q_h = tau_h * unit(base_h * (1 + s_h) + (U (W x))_h): a per-channel rescale s of the
-    recurrence's query (so the modes may weigh its channels differently), a rank-r delta read
+    q_h = tau_h * unit(base_h * (1 + s_h) + (U (W x))_h), base_h the recurrence's query before
+    its normalisation (GDN's q after the conv, Mamba-2's C): a per-channel rescale s of it (so
+    the modes may weigh its channels differently), a rank-r delta read
     from the block input (so attention may ask for something the recurrence's query does not
     say), then unit length times a per-head temperature tau_h (keys are unit length too, so the
     logits are tau cos(q, k): the same temperature knob for GDN's normalised keys and Mamba-2's
@@ -239,9 +240,9 @@ class Oryx(OryxDecoding, nn.Module):
         return (total - own) / total
 
     def _key_flops(self) -> float:
-        """Per token: Mamba-2's B normalised for the cache (GDN's keys come normalised)."""
-        blk = self.block
-        return 0.0 if self.base == "gdn" else 3.0 * blk.key_heads * blk.key_width
+        """Per token: the attention keys normalised for the cache (GDN's core normalises its
+        own copy inside, Mamba-2's scan reads B raw)."""
+        return 3.0 * self.block.key_heads * self.block.key_width
 
     def _query_flops(self) -> float:
         """Per attention-mode token: the rank-r delta, the rescale, the norm and temperature."""

@@ -46,7 +46,8 @@ def _attention_read(
 ) -> Tensor:
     """softmax_j(tau_h cos-like(q_h, k_j)) v_j over every key so far.
 
-    base_q (B, H, Dk) per head; keys[j] (B, Hk, Dk) unit length; values[j] (B, H, Dv).
+    base_q (B, H, Dk) per head, the recurrence's query before normalisation; keys[j] (B, Hk,
+    Dk) unit length; values[j] (B, H, Dv).
     q_h = tau_h unit(base_h (1 + s_h) + (U W x)_h).
     """
     B, H, Dk = base_q.shape
@@ -77,7 +78,8 @@ def _gdn(layer: nn.Module, x: Tensor, modes: Sequence[bool]) -> Tensor:
             _silu(_window(hist[name], getattr(blk, f"{name}_conv1d").weight, None))
             for name in ("q", "k", "v")
         )
-        q, k, v = _unit(q.view(B, h, dk)), _unit(k.view(B, h, dk)), v.view(B, h, dv)
+        q_raw, k, v = q.view(B, h, dk), _unit(k.view(B, h, dk)), v.view(B, h, dv)
+        q = _unit(q_raw)
         alpha = torch.exp(-torch.exp(blk.A_log) * _softplus(xt @ blk.a_proj.weight.T + blk.dt_bias))
         beta = torch.sigmoid(xt @ blk.b_proj.weight.T)  # (B, h)
         a, b = alpha[..., None, None], beta[..., None, None]
@@ -88,7 +90,7 @@ def _gdn(layer: nn.Module, x: Tensor, modes: Sequence[bool]) -> Tensor:
         keys.append(k)
         values.append(v)
         if modes[t]:
-            o = _attention_read(query, q, xt, keys, values)
+            o = _attention_read(query, q_raw, xt, keys, values)
         else:
             o = (S @ q[..., None]).squeeze(-1) / dk**0.5  # (B, h, d_v)
         gate = (xt @ blk.g_proj.weight.T).view(B, h, dv)
