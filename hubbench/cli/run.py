@@ -349,10 +349,10 @@ def register(app: typer.Typer) -> None:
         results = store.results_dir(results_dir)
         store.check_writable(results)
         err = console(stderr=True)
+        sides = _sides(against, resume, results, plan.suite.name, builder)  # refused first
         busy = oversubscribed(max(c.threads * c.nproc for c in plan.cells))
         if busy:
             err.print(f"[yellow]warning:[/] {escape(busy)}", highlight=False, soft_wrap=True)
-        sides = _sides(against, resume, results, plan.suite.name, builder)
         if sides:
             base = sides[1]
             err.print(
