@@ -83,7 +83,7 @@ def _post_round(cell: Cell, builder: str, count: bool) -> tuple[list[str], Path]
     addr = os.environ.get(ADDR_ENV) or socket.gethostname()
     port = free_port()
     folder = Path(box)
-    k = sum(1 for _ in folder.glob("round-*.json"))
+    k = sum(1 for _ in folder.glob("round-[0-9][0-9][0-9][0-9][0-9].json"))  # posts only
     post = {"cell": cell.to_json(), "builder": builder, "count": count, "addr": addr, "port": port}
     _write_atomic(folder / f"round-{k:05d}.json", json.dumps(post))
     return node_options(cell.nnodes, 0, addr, port), folder / f"round-{k:05d}.json"
