@@ -346,9 +346,8 @@ def test_check_mixer_passes_the_causal_layer(n: int) -> None:
     assert report.passed, report.summary()
 
 
-@pytest.mark.parametrize("n", [CHUNK + 3, 2 * CHUNK + 2])
-def test_check_mixer_catches_the_leaky_control_inside_a_chunk(n: int) -> None:
-    report = check_mixer(_layer(causal=False), n=n, seeds=(0,))
+def test_check_mixer_catches_the_leaky_control_inside_a_chunk() -> None:
+    report = check_mixer(_layer(causal=False), n=CHUNK + 3, seeds=(0,))
     assert not report.passed
     t, s = report["jacobian"].first_leak
     assert s > t and t // CHUNK == s // CHUNK  # the leak is the unmasked intra-chunk term
