@@ -22,7 +22,10 @@ from hubbench.mixers.gdn import (
     gated_delta_step,
     gated_deltanet_ref,
 )
+from hubbench.mixers.gdn import chunked as gdn_chunked
+from hubbench.mixers.gdn import conv as gdn_conv
 from hubbench.mixers.gdn import layer as gdn_layer
+from hubbench.mixers.gdn.conv import short_conv_silu
 from hubbench.verify.causality import check_mixer
 
 F64 = torch.float64
@@ -120,6 +123,35 @@ def test_chunked_core_normalises_and_scales_q_and_k_itself(normalise: bool) -> N
     for a, b in zip(got, want, strict=True):
         _assert_rel(a, b, "output")
     for name, a, b in zip(inputs, _grads(got, leaves), _grads(want, leaves), strict=True):
+        _assert_rel(a, b, f"d{name}")
+
+
+@pytest.mark.parametrize("chunks_per_group", [1, 2])
+def test_chunk_groups_carry_the_state_and_its_gradient(
+    monkeypatch: pytest.MonkeyPatch, chunks_per_group: int
+) -> None:
+    # The core works its chunks in cache-sized groups; at test sizes one group holds them all,
+    # so shrink the groups: 1 chunk each, and 2 each with a 1-chunk remainder (5 chunks).
+    B, h = 2, 3
+    monkeypatch.setattr(gdn_chunked, "GROUP_ELEMS", chunks_per_group * B * h * CHUNK * CHUNK)
+    _compare_core(_core_inputs(B, 4 * CHUNK + 5, h=h, seed=12), CHUNK)
+
+
+@pytest.mark.parametrize("block_elems", [1, 2 * 7 * 3, 1 << 18])
+@pytest.mark.parametrize("width", [1, 3, 4])
+def test_short_conv_matches_torch_conv1d_across_token_blocks(
+    monkeypatch: pytest.MonkeyPatch, block_elems: int, width: int
+) -> None:
+    # blocks of 4 tokens (the floor is the conv width), 3 tokens, and the whole sequence
+    monkeypatch.setattr(gdn_conv, "BLOCK_ELEMS", block_elems)
+    gen = torch.Generator().manual_seed(width)
+    x = torch.randn(2, 23, 7, generator=gen, dtype=F64, requires_grad=True)
+    w = torch.randn(width, 7, generator=gen, dtype=F64, requires_grad=True)
+    got = short_conv_silu(x, w)
+    conv = F.conv1d(x.transpose(1, 2), w.T.unsqueeze(1), padding=width - 1, groups=7)
+    want = F.silu(conv[..., : x.shape[1]]).transpose(1, 2)
+    _assert_rel(got, want, "y")
+    for name, a, b in zip("xw", _grads((got,), [x, w]), _grads((want,), [x, w]), strict=True):
         _assert_rel(a, b, f"d{name}")
 
 
