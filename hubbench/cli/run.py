@@ -354,12 +354,10 @@ def register(app: typer.Typer) -> None:
         if busy:
             err.print(f"[yellow]warning:[/] {escape(busy)}", highlight=False, soft_wrap=True)
         if sides:
-            base = sides[1]
-            err.print(
-                escape(f"same-run A/B: candidate {sides[0].commit[:12]} (this tree) against "
-                       f"baseline {base.commit[:12]} ({base.root})"),
-                highlight=False, soft_wrap=True,
-            )  # fmt: skip
+            cand, base = sides
+            said = f"candidate {(cand.commit or 'outside git')[:12]} (this tree) against "
+            said += f"baseline {(base.commit or '')[:12]} ({base.root})"
+            err.print(escape(f"same-run A/B: {said}"), highlight=False, soft_wrap=True)
         outcome = _run_with_progress(plan, results, resume, builder, err, spec, sides)
         if outcome.resumed_from is not None:
             notes.append(

@@ -42,7 +42,7 @@ class Side:
     """One code version of an A/B run: which side, its commit, and how its worker starts."""
 
     name: str  # CANDIDATE | BASELINE
-    commit: str  # full sha
+    commit: str | None  # full sha (None: a candidate installed outside git)
     root: Path  # the tree its worker imports hubbench from
     builder: str
     pythonpath: str | None = None  # put ahead of the installed package (the baseline's tree)
@@ -222,7 +222,7 @@ def sides(ref: str, builder: str, cwd: Path | None = None) -> list[Side]:
     repo = source_repo(cwd)
     base = resolve(repo, ref)
     check_tree(repo, base)
-    head = candidate_commit(repo)
+    head = candidate_commit()
     tree = worktree(repo, base)
     installed = Path(hubbench.__file__).resolve().parent.parent
     return [
@@ -231,8 +231,9 @@ def sides(ref: str, builder: str, cwd: Path | None = None) -> list[Side]:
     ]
 
 
-def candidate_commit(repo: Path) -> str:
+def candidate_commit() -> str | None:
     """The commit of the code this process runs (its tree's HEAD; the rows' git_dirty says
-    whether it had changes)."""
+    whether it had changes); None for a package installed outside git, which its worker's hello
+    says too (REF was then resolved in the current directory's repository)."""
     installed = Path(hubbench.__file__).resolve().parent.parent
-    return git(installed, "rev-parse", "HEAD") or resolve(repo, "HEAD")
+    return git(installed, "rev-parse", "HEAD")
