@@ -168,9 +168,21 @@ def _block(dtype: torch.dtype = F64, **kw) -> Mamba2:
     return block
 
 
+@pytest.fixture(params=["segments of 1 chunk", "segments of 2 chunks", "one segment"])
+def segments(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The forward works a sequence in segments of whole chunks, carrying the conv window and
+    the SSD state: every block test runs with one-chunk, two-chunk and whole-sequence segments."""
+    per_token = {"segments of 1 chunk": 1, "segments of 2 chunks": 2, "one segment": 1 << 20}
+    elems = 2 * 128 * CHUNK * per_token[request.param]  # batch 2, in_proj width < 128
+    monkeypatch.setattr(m2_block, "SEGMENT_ELEMS", elems)
+    return request.param
+
+
 @pytest.mark.parametrize("n", LENGTHS)
 @pytest.mark.parametrize("kw", [{}, {"ngroups": 2, "d_conv": 1}])
-def test_block_output_and_every_gradient_match_the_token_loop(n: int, kw: dict) -> None:
+def test_block_output_and_every_gradient_match_the_token_loop(
+    n: int, kw: dict, segments: str
+) -> None:
     block = _block(**kw)
     gen = torch.Generator().manual_seed(n)
     x = torch.randn(2, n, 16, generator=gen, dtype=F64).requires_grad_()
@@ -297,7 +309,7 @@ def _x(B: int, n: int, seed: int = 1) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kw", [{}, {"ngroups": 2, "d_conv": 1}])
-def test_token_by_token_and_prefill_then_steps_match_the_forward(kw: dict) -> None:
+def test_token_by_token_and_prefill_then_steps_match_the_forward(kw: dict, segments: str) -> None:
     block, n = _block(**kw).eval(), 3 * CHUNK + 5
     x = _x(2, n)
     with torch.no_grad():
@@ -403,14 +415,40 @@ def test_the_leak_stays_inside_the_chunk() -> None:
 # ---------------------------------------------------------------- FLOPs
 
 
-@pytest.mark.parametrize("seq", [1, 37, 64, 200])
-def test_analytic_flops_cover_the_counted_matmuls(seq: int) -> None:
+@pytest.mark.parametrize("seq", [1, 37, 64, 200, 16 * 12 + 5, 16 * 13 + 5])
+def test_analytic_flops_cover_the_counted_matmuls(
+    seq: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # segments of 12 chunks: at 16 * 12 + 5 the 5-token tail is a segment (and a chunk) of its
+    # own, at 16 * 13 + 5 it is padded to a chunk inside a 2-chunk segment
+    monkeypatch.setattr(m2_block, "SEGMENT_ELEMS", 296 * 16 * 12)
     block = Mamba2(64, headdim=16, d_state=16, chunk=16)
+    assert block.in_proj.out_features == 296 and block.segment_tokens(torch.empty(1, 9, 0)) == 192
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         block(torch.randn(1, seq, 64))
     counted = counter.get_total_flops()  # the matmuls as they ran (padding included)
     analytic = block.analytic_flops(seq)
     assert counted <= analytic <= 1.25 * counted, (counted, analytic)
+
+
+@pytest.mark.parametrize("tail", [5, 16 + 5])
+def test_analytic_flops_count_the_last_chunk_as_it_runs(
+    tail: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 5 tokens after 12 chunks: a segment of their own, one 5-token chunk (not padded to 16);
+    # 21 tokens after 12 chunks: a full chunk and a padded one in the last segment
+    monkeypatch.setattr(m2_block, "SEGMENT_ELEMS", 296 * 16 * 12)
+    block = Mamba2(64, headdim=16, d_state=16, chunk=16)
+
+    def counted(seq: int) -> int:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            block(torch.randn(1, seq, 64))
+        return counter.get_total_flops()
+
+    base = 16 * 12
+    grown = block.analytic_flops(base + tail) - block.analytic_flops(base)
+    measured = counted(base + tail) - counted(base)
+    assert measured <= grown <= 1.25 * measured, (measured, grown)
 
 
 def test_decode_flops_are_constant_and_cover_the_step() -> None:
@@ -465,16 +503,19 @@ def test_fused_wiring_with_a_stand_in_kernel(monkeypatch: pytest.MonkeyPatch) ->
     # the stand-in shares mamba_chunk_scan_combined's signature: this checks the fused path's
     # arguments (A sign, dt bias and softplus inside, D, final state) on CPU
     monkeypatch.setattr(m2_block, "mamba_chunk_scan_combined", _chunk_scan_stand_in)
+    monkeypatch.setattr(m2_block, "SEGMENT_ELEMS", 2 * 128 * CHUNK)  # one chunk per segment
     ref = _block(ngroups=2)
     fused = _block(ngroups=2, impl="fused")
     fused.load_state_dict(ref.state_dict())
     x = _x(2, 3 * CHUNK + 5)
-    y, last = fused._forward(x, want_state=True)
-    assert fused.last_backend == "mamba2:fused"
-    y_ref, last_ref = ref._forward(x, want_state=True)
+    y, last = fused._forward(x)
+    assert fused.last_backend == "mamba2:fused" and fused.segment_tokens(x) == x.shape[1]
+    y_ref, last_ref = ref._forward(x)
+    assert ref.segment_tokens(x) < x.shape[1]  # several segments here, one there
     # the fused path hands the kernel A in fp32, as mamba-ssm does: ~1e-7, not a wiring error
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(last, last_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(last.ssm, last_ref.ssm, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(last.conv, last_ref.conv, rtol=0, atol=0)
 
 
 @pytest.mark.gpu

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from hubbench.errors import ConfigError, UnavailableError
 from hubbench.mixers.mamba2.conv import conv_silu_blc
-from hubbench.mixers.mamba2.decode import Mamba2Decoding
+from hubbench.mixers.mamba2.decode import Mamba2Decoding, Mamba2State
 from hubbench.mixers.mamba2.ssd import ssd_chunked
 from hubbench.plan.variants import MAMBA_IMPLS
 
@@ -38,6 +38,12 @@ INSTALL_HINT = "pip install 'hubbench[mamba]' on a CUDA machine (builds mamba-ss
 DT_MIN, DT_MAX, DT_INIT_FLOOR = 1e-3, 1e-1, 1e-4
 A_INIT_RANGE = (1.0, 16.0)
 NORM_EPS = 1e-5
+# The forward runs in segments of whole chunks whose in-projection output has about this many
+# elements (4 MB in fp32: 896 tokens at d_model 256, batch 1), each from the state the one before
+# left. Every per-token tensor then stays cache-sized and reuses the allocator's blocks; one pass
+# over the whole sequence made tensors of 32 MB and more at n = 16k, which glibc maps and unmaps
+# on every step (page faults), and the layer's time grew faster than n.
+SEGMENT_ELEMS = 1 << 20
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -155,8 +161,9 @@ class Mamba2(Mamba2Decoding, nn.Module):
         return zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
 
     def conv_silu(self, xBC: Tensor) -> Tensor:
-        """SiLU(causal depthwise conv) over (B, n, conv_dim): token t reads tokens t-K+1..t."""
-        return conv_silu_blc(xBC, self.conv1d.weight[:, 0], self.conv1d.bias)  # (B, n, conv_dim)
+        """SiLU(causal depthwise conv) over (B, K - 1 + n, conv_dim), whose first d_conv - 1
+        rows are the context (zeros before a sequence) -> (B, n, conv_dim)."""
+        return conv_silu_blc(xBC, self.conv1d.weight[:, 0], self.conv1d.bias)
 
     def split_xbc(self, xBC: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, n, conv_dim) -> x (B, n, H, P), B and C (B, n, G, N)."""
@@ -229,14 +236,38 @@ class Mamba2(Mamba2Decoding, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_device(x)
-        y, _ = self._forward(x, want_state=False)
+        y, _ = self._forward(x)
         return y
 
-    def _forward(self, x: Tensor, want_state: bool) -> tuple[Tensor, Tensor | None]:
-        z, xBC, dt = self.split_in_proj(self.in_proj(x))
-        xs, Bm, Cm = self.split_xbc(self.conv_silu(xBC))
-        y, last = self.ssm(xs, dt, Bm, Cm, want_state=want_state)
-        return self.gate_out(y, z), last
+    def segment_tokens(self, x: Tensor) -> int:
+        """Tokens per segment of the forward: a whole number of chunks whose in-projection
+        output holds about SEGMENT_ELEMS elements (at least one chunk); the whole sequence for
+        the fused kernel, which wants long launches, not cache-sized ones."""
+        if self.impl == "fused":
+            return max(1, x.shape[1])
+        per_token = x.shape[0] * self.in_proj.out_features
+        return self.chunk * max(1, SEGMENT_ELEMS // (per_token * self.chunk))
+
+    def _forward(self, x: Tensor, state: Mamba2State | None = None) -> tuple[Tensor, Mamba2State]:
+        """The block over x (B, n, d) in segments, each from the conv window and SSD state the
+        one before left (`state`, or zeros), and the state after the last token."""
+        batch, n = x.shape[:2]
+        if state is None:
+            state = self.empty_state(batch, 0, x)
+        tail, h = state.conv.transpose(1, 2), state.ssm  # (B, K - 1, conv_dim), (B, H, P, N)
+        keep, step = self.d_conv - 1, self.segment_tokens(x)
+        outs = []
+        for t0 in range(0, n, step):
+            z, xBC, dt = self.split_in_proj(self.in_proj(x[:, t0 : t0 + step]))
+            ext = torch.cat((tail.to(xBC.dtype), xBC), 1)  # (B, K - 1 + T, conv_dim)
+            tail = ext[:, ext.shape[1] - keep :]
+            xs, Bm, Cm = self.split_xbc(self.conv_silu(ext))
+            y, h = self.ssm(xs, dt, Bm, Cm, initial_state=h, want_state=True)
+            outs.append(self.gate_out(y, z))
+        if not outs:  # an empty sequence: (B, 0, d) out, the state unchanged
+            outs.append(self.out_proj(x.new_zeros(batch, 0, self.d_inner)))
+        y = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+        return y, Mamba2State(tail.transpose(1, 2), h)
 
     # ------------------------------------------------------------------ FLOPs
 
@@ -248,20 +279,30 @@ class Mamba2(Mamba2Decoding, nn.Module):
         elementwise = 4 * H + 3 * di + 8 * di  # softplus + dt A, dt x + D skip, gate + norm
         return float(proj + conv + elementwise)
 
-    def analytic_flops(self, seq: int) -> float:
-        """Forward FLOPs of one sequence: per-token work, plus the chunked SSD as it runs: every
-        chunk of Q = min(chunk, seq) tokens (the last one padded) computes its full Q x Q
-        blocks (C B^T per group, decay weights and their product per head, times x), its state
-        contribution, one state update, and the off-diagonal readout."""
-        if seq <= 0:
-            return 0.0
+    def _chunk_flops(self, Q: int) -> float:
+        """One chunk of Q tokens as the SSD computes it: its full Q x Q blocks (C B^T per group,
+        decay weights and their product per head, times x), its state contribution, one state
+        update, and the off-diagonal readout."""
         H, P, N, G = self.nheads, self.headdim, self.d_state, self.ngroups
-        Q = min(self.chunk, seq)
-        c = -(-seq // Q)
         intra = 2 * G * Q * Q * N + 3 * H * Q * Q + 2 * H * Q * Q * P
         state = 2 * H * Q * P * N + 3 * H * Q + 2 * H * P * N  # contribution, passing
         readout = 2 * H * Q * N * P + 2 * H * Q * P
-        return seq * self._token_flops() + c * float(intra + state + readout)
+        return float(intra + state + readout)
+
+    def analytic_flops(self, seq: int) -> float:
+        """Forward FLOPs of one sequence: per-token work, plus every chunk of the SSD as it runs.
+        Chunks are `chunk` tokens; the last partial one is padded to `chunk` when its segment
+        (`segment_tokens`, at batch 1) holds more, and computed at its own length when it is a
+        segment of its own (a sequence shorter than a chunk is one short chunk)."""
+        if seq <= 0:
+            return 0.0
+        C = self.chunk
+        full, r = divmod(seq, C)
+        total = seq * self._token_flops() + full * self._chunk_flops(C)
+        if r:
+            segment = self.segment_tokens(torch.empty(1, seq, 0))
+            total += self._chunk_flops(C if seq % segment >= C else r)
+        return total
 
     def decode_flops(self, context: int) -> float:
         """One decoded token, whatever the context: the per-token work and one recurrence step

@@ -1,10 +1,11 @@
 """SiLU(causal depthwise conv1d) in the (batch, length, channel) layout the block works in.
 
-The conv over (x, B, C) is short (d_conv taps), so it is K multiply-adds of shifted views of the
-left-padded input, channel-last: no (B, C, L) transposes, and the output is contiguous in the
-layout the SSD reads. As an autograd Function it saves only its input (a view of the
-in-projection's output, which the gate keeps alive anyway) and the weights, and recomputes the
-pre-activation in backward; plain autograd would keep the padded copy and the pre-activation.
+The input carries its own left context: the K - 1 inputs before the first output (zeros at the
+start of a sequence, the previous segment's last inputs otherwise, the decode state's window),
+so a sequence worked in segments convolves exactly as a whole one. The conv over (x, B, C) is
+short (d_conv taps): K multiply-adds of shifted views, channel-last, no (B, C, L) transposes, and
+the output is contiguous in the layout the SSD reads. As an autograd Function it saves only its
+input and the weights and recomputes the pre-activation in backward.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor
 
 
 def _pre_activation(xp: Tensor, weight: Tensor, bias: Tensor, n: int) -> Tensor:
-    """bias + sum_k weight[:, k] * x[t - (K - 1) + k]; xp (B, n + K - 1, C) left-padded."""
+    """bias + sum_k weight[:, k] * xp[t + k]; xp (B, n + K - 1, C) with its K - 1 context rows."""
     K = weight.shape[1]
     pre = torch.addcmul(bias, xp[:, 0:n], weight[:, 0])
     for k in range(1, K):
@@ -25,27 +26,25 @@ def _pre_activation(xp: Tensor, weight: Tensor, bias: Tensor, n: int) -> Tensor:
 
 class _ConvSiLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias):  # type: ignore[override]
-        ctx.save_for_backward(x, weight, bias)
-        xp = F.pad(x, (0, 0, weight.shape[1] - 1, 0))
-        return F.silu(_pre_activation(xp, weight, bias, x.shape[1]))
+    def forward(ctx, xp, weight, bias):  # type: ignore[override]
+        ctx.save_for_backward(xp, weight, bias)
+        return F.silu(_pre_activation(xp, weight, bias, xp.shape[1] - weight.shape[1] + 1))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        x, weight, bias = ctx.saved_tensors
-        n, K = x.shape[1], weight.shape[1]
-        xp = F.pad(x, (0, 0, K - 1, 0))  # (B, n + K - 1, C)
+        xp, weight, bias = ctx.saved_tensors
+        K = weight.shape[1]
+        n = xp.shape[1] - K + 1
         pre = _pre_activation(xp, weight, bias, n)
         sig = torch.sigmoid(pre)
         # d silu(p) / dp = sig * (1 + p * (1 - sig))
         dpre = pre.mul_(1 - sig).add_(1).mul_(sig).mul_(grad)  # (B, n, C)
         dx = dw = db = None
         if ctx.needs_input_grad[0]:
-            dxp = torch.zeros_like(xp)
+            dx = torch.zeros_like(xp)
             for k in range(K):
-                dxp[:, k : k + n].addcmul_(dpre, weight[:, k])
-            dx = dxp[:, K - 1 :]
+                dx[:, k : k + n].addcmul_(dpre, weight[:, k])
         if ctx.needs_input_grad[1]:
             dw = torch.stack([(dpre * xp[:, k : k + n]).sum((0, 1)) for k in range(K)], -1)
         if ctx.needs_input_grad[2]:
@@ -53,7 +52,8 @@ class _ConvSiLU(torch.autograd.Function):
         return dx, dw, db
 
 
-def conv_silu_blc(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """SiLU(causal depthwise conv) of x (B, n, C) with weight (C, K), bias (C,) -> (B, n, C),
-    contiguous, in x's dtype (weights cast to it, as autocast would for a conv)."""
-    return _ConvSiLU.apply(x, weight.to(x.dtype), bias.to(x.dtype))
+def conv_silu_blc(xp: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """SiLU(causal depthwise conv) of xp (B, K - 1 + n, C), whose first K - 1 rows are context,
+    with weight (C, K), bias (C,) -> (B, n, C), contiguous, in xp's dtype (weights cast to it,
+    as autocast would for a conv)."""
+    return _ConvSiLU.apply(xp, weight.to(xp.dtype), bias.to(xp.dtype))

@@ -59,22 +59,15 @@ class Mamba2Decoding:
         return Mamba2State(conv, ssm)
 
     def prefill(self, x: Tensor, capacity: int = 0) -> tuple[Tensor, Mamba2State]:
-        """The forward of a prompt x (B, n, d) and the state after its last token; the scan is
-        the block's `impl` (the fused kernel returns its final state too)."""
+        """The forward of a prompt x (B, n, d) and the state after its last token: the forward
+        itself, which carries the state from segment to segment (the fused kernel returns its
+        final state too)."""
         del capacity
         self._check_decodable(x)
         self._check_device(x)
-        batch, n = x.shape[:2]
-        if n == 0:  # an empty prompt leaves the empty state (the conv refuses a zero length)
-            empty = self.out_proj(x.new_zeros(batch, 0, self.d_inner))
-            return empty, self.empty_state(batch, 0, x)
-        z, xBC, dt = self.split_in_proj(self.in_proj(x))
-        keep = self.d_conv - 1
-        # the conv window's last d_conv - 1 inputs, zeros before the first token
-        tail = F.pad(xBC.transpose(1, 2), (keep, 0))[..., n:]  # (B, conv_dim, keep)
-        xs, Bm, Cm = self.split_xbc(self.conv_silu(xBC))
-        y, last = self.ssm(xs, dt, Bm, Cm, want_state=True)
-        return self.gate_out(y, z), Mamba2State(tail.contiguous(), last)
+        y, state = self._forward(x)
+        state.conv = state.conv.contiguous()
+        return y, state
 
     def step(self, x: Tensor, state: Mamba2State) -> Tensor:
         """One token per sequence, x (B, 1, d): conv window shift, one SSD update, readout."""
@@ -83,9 +76,7 @@ class Mamba2Decoding:
         z, xBC, dt = self.split_in_proj(self.in_proj(x[:, 0]))  # (B, *) each
         window = torch.cat((state.conv, xBC.unsqueeze(-1)), -1)  # (B, conv_dim, d_conv)
         state.conv.copy_(window[..., 1:])
-        w = self.conv1d.weight.squeeze(1)  # (conv_dim, d_conv)
-        xBC = F.silu((window * w).sum(-1) + self.conv1d.bias)  # (B, conv_dim)
-        xs, Bm, Cm = self.split_xbc(xBC.unsqueeze(1))
+        xs, Bm, Cm = self.split_xbc(self.conv_silu(window.transpose(1, 2)))
         f = state.ssm.dtype
         step = F.softplus(dt.to(f) + self.dt_bias.to(f))  # (B, H)
         A = -torch.exp(self.A_log.to(f))
