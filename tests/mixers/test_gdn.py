@@ -25,6 +25,7 @@ from hubbench.mixers.gdn import (
 from hubbench.mixers.gdn import chunked as gdn_chunked
 from hubbench.mixers.gdn import conv as gdn_conv
 from hubbench.mixers.gdn import layer as gdn_layer
+from hubbench.mixers.gdn import norm as gdn_norm
 from hubbench.mixers.gdn.conv import short_conv_silu
 from hubbench.verify.causality import check_mixer
 
@@ -242,6 +243,17 @@ def test_layer_output_and_every_gradient_match_the_reference(n: int) -> None:
     for name, a, b in zip(names, _grads((y,), params), _grads((y_ref,), params), strict=True):
         _assert_rel(a, b, f"d{name}")
     assert {"A_log", "dt_bias", "a_proj.weight", "b_proj.weight"} <= set(names)
+
+
+def test_layer_matches_the_reference_with_small_blocks_and_groups(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the conv, the output norm and the core each work in cache-sized pieces; at test sizes one
+    # piece is the whole sequence, so shrink them all (3, 5 and 1-chunk pieces)
+    monkeypatch.setattr(gdn_conv, "BLOCK_ELEMS", 2 * 3 * 48)
+    monkeypatch.setattr(gdn_norm, "BLOCK_ELEMS", 2 * 5 * 16)
+    monkeypatch.setattr(gdn_chunked, "GROUP_ELEMS", 1)
+    test_layer_output_and_every_gradient_match_the_reference(3 * CHUNK + 5)
 
 
 def test_layer_matches_the_reference_with_fast_decays_and_d_conv_1() -> None:

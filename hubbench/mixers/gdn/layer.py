@@ -30,6 +30,7 @@ from hubbench.errors import ConfigError, UnavailableError
 from hubbench.mixers.gdn.chunked import L2_EPS, gated_delta_chunked, state_dtype
 from hubbench.mixers.gdn.conv import short_conv_silu
 from hubbench.mixers.gdn.decode import GDNDecoding
+from hubbench.mixers.gdn.norm import GatedRMSNorm
 
 try:
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
@@ -44,7 +45,6 @@ INSTALL_HINT = "pip install flash-linear-attention on a CUDA machine (Triton ker
 # fla's GatedDeltaNet (and Mamba-2's) initialisation.
 DT_MIN, DT_MAX, DT_INIT_FLOOR = 1e-3, 1e-1, 1e-4
 A_MIN, A_MAX = 1.0, 16.0
-NORM_EPS = 1e-5  # fla's norm_eps
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -56,50 +56,6 @@ def _positive_int(name: str, value: object) -> int:
 def l2_normalise(t: Tensor) -> Tensor:
     """t / sqrt(|t|^2 + eps) over the last axis (fla's l2norm; finite at t = 0)."""
     return t * torch.rsqrt(t.square().sum(-1, keepdim=True) + L2_EPS)
-
-
-class _GatedRMSNormFn(torch.autograd.Function):
-    """y = o / rms(o) * weight * SiLU(gate) over the last axis, with a backward that keeps only
-    o and gate (plain autograd kept five full-size intermediates and made ten passes)."""
-
-    @staticmethod
-    def forward(ctx, o: Tensor, gate: Tensor, weight: Tensor, eps: float) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(o, gate, weight)
-        ctx.eps = eps
-        r = torch.rsqrt(o.square().mean(-1, keepdim=True).add_(eps))
-        return (o * r).mul_(weight).mul_(F.silu(gate))
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        o, gate, weight = ctx.saved_tensors
-        r = torch.rsqrt(o.square().mean(-1, keepdim=True).add_(ctx.eps))
-        unit = o * r
-        sig = torch.sigmoid(gate)
-        silu = gate * sig
-        dunit = dy * weight * silu
-        # through unit = o r, r = (mean(o^2) + eps)^-1/2: do = r (dunit - unit mean(dunit unit))
-        do = dunit - unit * (dunit * unit).mean(-1, keepdim=True)
-        do.mul_(r)
-        # d silu / d gate = sig (1 + gate (1 - sig))
-        dgate = dy * unit * weight * sig * (1 + gate * (1 - sig))
-        dweight = (dy * unit * silu).reshape(-1, o.shape[-1]).sum(0)
-        return do, dgate, dweight, None
-
-
-class GatedRMSNorm(nn.Module):
-    """RMSNorm over a head's values, times SiLU(gate): fla's FusedRMSNormGated (norm first)."""
-
-    def __init__(self, dim: int, eps: float = NORM_EPS) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, o: Tensor, gate: Tensor) -> Tensor:
-        """o, gate (..., dim) -> (..., dim) in >= fp32 (autocast off: the norm wants fp32)."""
-        f = state_dtype(o.dtype)
-        with torch.autocast(o.device.type, enabled=False):
-            return _GatedRMSNormFn.apply(o.to(f), gate.to(f), self.weight.to(f), self.eps)
 
 
 @dataclass
