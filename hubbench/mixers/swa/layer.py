@@ -12,8 +12,6 @@ path holds an n x n tensor.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,7 +31,9 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, causal: bool 
     """Blocked sliding-window attention over (B, h, n, d_h) -> (B, h, n, d_h).
 
     q, k, v are already rotated. Causal: keys t - window < s <= t. Leaky (`causal=False`):
-    |t - s| < window, so each query block also reads the next key block. Softmax in >= fp32.
+    |t - s| < window, so each query block also reads the next key block. The attention is
+    PyTorch's SDPA over the blocked layout with the block mask (its fused CPU kernel on CPU,
+    float64 included).
     """
     B, h, n, dh = q.shape
     w = window
@@ -55,11 +55,14 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, causal: bool 
         allowed = (s > t - w) & (s <= t) & (s >= 0)  # (nb, w, span)
     else:
         allowed = ((s - t).abs() < w) & (s >= 0) & (s < n)
-    scores = (qb @ k_cat.transpose(-2, -1)) * (1.0 / math.sqrt(dh))  # (B, h, nb, w, span)
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    acc = torch.promote_types(scores.dtype, torch.float32)
-    p = torch.softmax(scores.to(acc), dim=-1).to(v.dtype)
-    y = p @ v_cat  # (B, h, nb, w, d_h)
+    # one (w, span) mask per block, as a 4-D mask: SDPA's fused CPU kernel takes it (a 3-D
+    # one sends it to the math fallback), tiles it and keeps no (w x span) probabilities
+    y = F.scaled_dot_product_attention(
+        qb.reshape(B * h, nb, w, dh),
+        k_cat.reshape(B * h, nb, span, dh),
+        v_cat.reshape(B * h, nb, span, dh),
+        attn_mask=allowed.unsqueeze(0),
+    )  # (B h, nb, w, d_h)
     return y.view(B, h, nb * w, dh)[:, :, :n]
 
 
@@ -106,7 +109,7 @@ class SlidingWindow(WindowDecoding, nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, n, self.d_model))
 
     def _window(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        self.last_backend = "blocked"
+        self.last_backend = "blocked-sdpa"
         return window_attention(q, k, v, self.window, self.causal)
 
     def forward(self, x: Tensor) -> Tensor:
