@@ -18,8 +18,10 @@ W = (I + A)^-1 beta exp(gam) K come from one triangular solve per chunk, indepen
 
     O = (exp(gam) Q) H_0 + (Q K^T * D) U,   H_C = exp(gam_C) H_0 + (exp(gam_C - gam) K)^T U.
 
-Everything but the three small products with H_0 is computed for all chunks at once; a loop
-over chunks carries H. Decays only ever appear as exp(gam_i - gam_j) with j <= i, exp(gam_i)
+Everything but the three small products with H_0 is batched over a group of chunks; a loop
+over the chunks carries H. One autograd Function (`_GatedDelta`) holds it, with a hand-written
+backward that recomputes each group from the inputs and the state saved at each chunk start.
+Decays only ever appear as exp(gam_i - gam_j) with j <= i, exp(gam_i)
 and exp(gam_C - gam_i), all <= 1: no exp of a positive number, so very negative g underflows
 to 0 and never overflows (the masked entries are set to -inf *before* exp, so their gradients
 are 0, not inf * 0).
