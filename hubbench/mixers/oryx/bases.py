@@ -4,12 +4,13 @@
 names, their forward unchanged), with the methods Oryx needs to run the attention mode on the
 recurrence's own representations:
 
-- `streams(x)`: the per-token tensors of a sequence, among them the tied ones: the attention
-  keys (GDN k / Mamba-2 B, unit-normalised), the attention values (GDN v / Mamba-2 x) and the
-  base of the attention query (GDN q / Mamba-2 C);
-- `recurrence(s, want_state)`: the chunked recurrence over every token (its state must pass
-  through attention-mode tokens too), with the state after the last token;
-- `finish(o, s)`: the shared output gate / norm and out-projection, o (B, n, H, Dv) -> (B, n, d);
+- `run(x, want_state)`: the sequence in segments (the base forward's own: one for GDN, whose
+  core groups chunks itself; Mamba-2's cache-sized runs of whole chunks), each with its streams,
+  the per-token tensors among which the tied ones (attention keys: GDN k / Mamba-2 B,
+  unit-normalised; values: GDN v / Mamba-2 x; the base of the attention query: GDN q /
+  Mamba-2 C, raw), and the recurrence's outputs over every token (its state must pass through
+  attention-mode tokens too); then the base's state after the last token;
+- `finish(o, s)`: the shared output gate / norm and out-projection, o (B, T, H, Dv) -> (B, T, d);
 - `token(x, state)` and `recurrence_step(s, state)`: the same for one decoded token, advancing
   the base's conv and recurrent state in place;
 - `recurrence_only()`: the parameter elements only the recurrence mode uses (its gates and
@@ -71,14 +72,23 @@ class _GDNToken:
 
 @dataclass
 class _Mamba2Rest:
-    """Mamba-2's per-token tensors beside the tied ones: the gate z, the raw step dt, B and C
-    as the scan reads them (not normalised), and the conv input (None for a decoded token)."""
+    """Mamba-2's per-token tensors beside the tied ones: the gate z, the raw step dt, and B
+    and C as the scan reads them (not normalised)."""
 
     z: Tensor
     dt: Tensor
     B: Tensor
     C: Tensor
-    conv_in: Tensor | None
+
+
+@dataclass
+class Segment:
+    """Tokens t0 .. t0 + T - 1 of a run: their streams and the recurrence's outputs o
+    (B, T, H, Dv)."""
+
+    t0: int
+    streams: Streams
+    o: Tensor
 
 
 class GDNBlock(GatedDeltaNet):
@@ -100,33 +110,29 @@ class GDNBlock(GatedDeltaNet):
     def value_width(self) -> int:
         return self.head_dim_v
 
-    def streams(self, x: Tensor) -> Streams:
+    def run(self, x: Tensor, want_state: bool) -> tuple[list[Segment], GDNState | None]:
+        """The whole sequence as one segment (GDN's core groups its chunks itself), and the
+        state after it if `want_state`."""
         feats = self._features(x, normalise=False)  # raw q, k: the core normalises them
-        return Streams(feats.q, unit(feats.k), feats.v, feats)
-
-    def recurrence(self, s: Streams, want_state: bool) -> tuple[Tensor, Tensor | None]:
-        feats = s.rest
+        s = Streams(feats.q, unit(feats.k), feats.v, feats)
         if self.impl == "fla" and not want_state:  # fla's kernel takes q, k normalised
-            q, k = unit(feats.q) * self.scale, s.keys
-            return self._core_fla(replace(feats, q=q, k=k.to(feats.k.dtype))), None
+            q, k = unit(feats.q) * self.scale, s.keys.to(feats.k.dtype)
+            return [Segment(0, s, self._core_fla(replace(feats, q=q, k=k)))], None
         o, last = self._core_ref(feats, True)  # the very call GatedDeltaNet.forward makes
         self.last_backend = "gdn:chunked"
-        return o, last
+        if not want_state:
+            return [Segment(0, s, o)], None
+        keep, n = self.d_conv - 1, x.shape[1]
+        tail = F.pad(feats.conv_in, (0, 0, keep, 0))[:, n:].contiguous()  # (B, keep, channels)
+        return [Segment(0, s, o)], GDNState(tail, last)
 
     def finish(self, o: Tensor, s: Streams) -> Tensor:
+        """The shared output: gated RMSNorm per head, out-projection: (B, T, d_model)."""
         return self._output(o, s.rest.gate, s.values.dtype)
-
-    def conv_tail(self, s: Streams) -> Tensor:
-        """The last d_conv - 1 conv inputs (zeros before token 0): (B, d_conv - 1, channels)."""
-        keep, n = self.d_conv - 1, s.values.shape[1]
-        return F.pad(s.rest.conv_in, (0, 0, keep, 0))[:, n:].contiguous()
 
     def empty_output(self, x: Tensor) -> Tensor:
         """The output of an empty prompt, (B, 0, d_model), in the out-projection's dtype."""
         return self.o_proj(x.new_zeros(x.shape[0], 0, self.value_dim))
-
-    def base_state(self, conv: Tensor, ssm: Tensor) -> GDNState:
-        return GDNState(conv, ssm)
 
     def token(self, x: Tensor, state: GDNState) -> Streams:
         """One token x (B, 1, d): shifts the conv window in `state`; streams of length 1."""
@@ -176,33 +182,37 @@ class Mamba2Block(Mamba2):
     def value_width(self) -> int:
         return self.headdim
 
-    def _split(self, z: Tensor, xBC: Tensor, dt: Tensor, conv_in: Tensor | None) -> Streams:
+    def _split(self, z: Tensor, xBC: Tensor, dt: Tensor) -> Streams:
         xs, Bm, Cm = self.split_xbc(xBC)  # (B, n, H, P), (B, n, G, N) twice
         query = Cm.unsqueeze(-2)  # (B, n, G, 1, N): one C per group, broadcast over its heads
-        return Streams(query, unit(Bm), xs, _Mamba2Rest(z, dt, Bm, Cm, conv_in))
+        return Streams(query, unit(Bm), xs, _Mamba2Rest(z, dt, Bm, Cm))
 
-    def streams(self, x: Tensor) -> Streams:
-        z, xBC, dt = self.split_in_proj(self.in_proj(x))
-        return self._split(z, self.conv_silu(xBC), dt, xBC)
-
-    def recurrence(self, s: Streams, want_state: bool) -> tuple[Tensor, Tensor | None]:
-        r = s.rest
-        return self.ssm(s.values, r.dt, r.B, r.C, want_state=want_state)
+    def run(self, x: Tensor, want_state: bool) -> tuple[list[Segment], Mamba2State | None]:
+        """The sequence in Mamba2.forward's segments (`segment_tokens`: whole chunks, cache-sized
+        per-token tensors), each from the conv context and SSD state the one before left, and
+        the state after the last token."""
+        del want_state  # the segments carry the state anyway
+        batch, n = x.shape[:2]
+        state = self.empty_state(batch, 0, x)
+        tail, h = state.conv.transpose(1, 2), state.ssm  # (B, K - 1, conv_dim), (B, H, P, N)
+        keep, step = self.d_conv - 1, self.segment_tokens(x)
+        segments = []
+        for t0 in range(0, n, step):
+            z, xBC, dt = self.split_in_proj(self.in_proj(x[:, t0 : t0 + step]))
+            ext = torch.cat((tail.to(xBC.dtype), xBC), 1)  # (B, K - 1 + T, conv_dim)
+            tail = ext[:, ext.shape[1] - keep :]
+            s = self._split(z, self.conv_silu(ext), dt)
+            o, h = self.ssm(s.values, dt, s.rest.B, s.rest.C, initial_state=h, want_state=True)
+            segments.append(Segment(t0, s, o))
+        return segments, Mamba2State(tail.transpose(1, 2).contiguous(), h)
 
     def finish(self, o: Tensor, s: Streams) -> Tensor:
+        """The shared output: y SiLU(z), grouped RMSNorm, out-projection: (B, T, d_model)."""
         return self.gate_out(o, s.rest.z)
-
-    def conv_tail(self, s: Streams) -> Tensor:
-        """The last d_conv - 1 conv inputs (zeros before token 0): (B, conv_dim, d_conv - 1)."""
-        keep, n = self.d_conv - 1, s.values.shape[1]
-        return F.pad(s.rest.conv_in.transpose(1, 2), (keep, 0))[..., n:].contiguous()
 
     def empty_output(self, x: Tensor) -> Tensor:
         """The output of an empty prompt, (B, 0, d_model), in the out-projection's dtype."""
         return self.out_proj(x.new_zeros(x.shape[0], 0, self.d_inner))
-
-    def base_state(self, conv: Tensor, ssm: Tensor) -> Mamba2State:
-        return Mamba2State(conv, ssm)
 
     def token(self, x: Tensor, state: Mamba2State) -> Streams:
         """One token x (B, 1, d): shifts the conv window in `state`; streams of length 1."""
@@ -211,7 +221,7 @@ class Mamba2Block(Mamba2):
         state.conv.copy_(window[..., 1:])
         w = self.conv1d.weight.squeeze(1)  # (conv_dim, d_conv)
         xBC = F.silu((window * w).sum(-1) + self.conv1d.bias)  # (B, conv_dim)
-        return self._split(z.unsqueeze(1), xBC.unsqueeze(1), dt.unsqueeze(1), None)
+        return self._split(z.unsqueeze(1), xBC.unsqueeze(1), dt.unsqueeze(1))
 
     def recurrence_step(self, s: Streams, state: Mamba2State) -> Tensor:
         r, f = s.rest, state.ssm.dtype

@@ -91,9 +91,9 @@ class OryxDecoding:
         state = self.empty_state(B, max(capacity, n), x)
         if n == 0:  # an empty prompt leaves the empty state (the convs refuse a zero length)
             return self.block.empty_output(x), state
-        y, s, last = self._run(x, want_state=True)
-        state.append(s.keys.transpose(1, 2), s.values.transpose(1, 2))
-        state.base = self.block.base_state(self.block.conv_tail(s), last)
+        y, segments, state.base = self._run(x, want_state=True)
+        for seg in segments:
+            state.append(seg.streams.keys.transpose(1, 2), seg.streams.values.transpose(1, 2))
         return y, state
 
     def step(self, x: Tensor, state: OryxState) -> Tensor:

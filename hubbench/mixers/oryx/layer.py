@@ -165,46 +165,57 @@ class Oryx(OryxDecoding, nn.Module):
         return y
 
     def _run(self, x: Tensor, want_state: bool):
-        """The whole sequence: (y, the streams, the recurrent state after it or None)."""
-        s = self.block.streams(x)
-        o, last = self.block.recurrence(s, want_state)  # (B, n, H, Dv) for every token
+        """The whole sequence: (y, the base's segments, the base's state after it or None)."""
+        if x.shape[1] == 0:
+            return self.block.empty_output(x), [], None
+        segments, state = self.block.run(x, want_state)
         backend = self.block.last_backend
         pieces = self.schedule.pieces(0, x.shape[1])
         if pieces:
-            o, kernel = self._attend(o, s, x, pieces)
+            kv, kernel = self._keys_values(segments), None
+            for seg in segments:
+                mine = self.schedule.pieces(seg.t0, seg.t0 + seg.o.shape[1])
+                if mine:
+                    seg.o, kernel = self._attend(seg, x, mine, kv, kernel)
             backend = f"{backend}+{kernel}"
         self.last_backend = f"oryx:{backend}"
-        return self.block.finish(o, s), s, last
+        ys = [self.block.finish(seg.o, seg.streams) for seg in segments]
+        return (ys[0] if len(ys) == 1 else torch.cat(ys, 1)), segments, state
 
-    def _attend(self, o: Tensor, s, x: Tensor, pieces: list[tuple[int, int]]):
-        """Replace the recurrence's outputs at attention-mode positions by the attention's.
-
-        Each piece [a, b) lies inside one chunk: queries a..b-1 over keys 0..b-1, masked
-        causally (the leaky control: over keys up to the end of the chunk, unmasked).
-        """
-        n, C = o.shape[1], self.chunk
+    def _keys_values(self, segments: list) -> tuple[Tensor, Tensor]:
+        """Keys (B, H, n, D) and values (B, H, n, D) of the whole sequence as SDPA takes them:
+        Mamba-2's group keys repeated per head, the narrower of D_k, D_v zero-padded (CPU's
+        flash kernel wants one width; zeros leave dot products and outputs as they are)."""
         H, Hk = self.block.heads, self.block.key_heads
-        dtype = s.values.dtype
-        keys = s.keys.transpose(1, 2)  # (B, Hk, n, Dk)
-        if Hk != H:  # SDPA wants keys per query head when the values have them (Mamba-2)
-            keys = keys.repeat_interleave(H // Hk, dim=1)  # (B, H, n, Dk), once per forward
-        values = s.values.transpose(1, 2)  # (B, H, n, Dv)
+        cat = (lambda ts: ts[0]) if len(segments) == 1 else (lambda ts: torch.cat(ts, 1))
+        keys = cat([seg.streams.keys for seg in segments]).transpose(1, 2)  # (B, Hk, n, Dk)
+        values = cat([seg.streams.values for seg in segments]).transpose(1, 2)  # (B, H, n, Dv)
+        if Hk != H:  # SDPA wants keys per query head when the values have them
+            keys = keys.repeat_interleave(H // Hk, dim=1)  # once per forward
         Dk, Dv = keys.shape[-1], values.shape[-1]
-        # CPU's flash kernel needs one width: zeros leave the dot products and outputs as they are
-        keys = F.pad(keys, (0, max(Dv - Dk, 0)))
-        values = F.pad(values, (0, max(Dk - Dv, 0)))
-        parts, prev, kernel = [], 0, None
+        return F.pad(keys, (0, max(Dv - Dk, 0))), F.pad(values, (0, max(Dk - Dv, 0)))
+
+    def _attend(self, seg, x: Tensor, pieces: list[tuple[int, int]], kv, kernel: str | None):
+        """The segment's outputs with the attention's in place of the recurrence's at its
+        attention-mode positions. Each piece [a, b) lies inside one chunk: queries a..b-1 over
+        keys 0..b-1, masked causally (the leaky control: keys to the end of the chunk, no mask).
+        """
+        keys, values = kv
+        n, C, t0 = keys.shape[2], self.chunk, seg.t0
+        o, s = seg.o, seg.streams
+        Dk, Dv = self.block.key_width, self.block.value_width
+        parts, prev = [], 0
         for a, b in pieces:
             end = b if self.causal else min(n, (a // C + 1) * C)
-            q = self.query(s.query[:, a:b], x[:, a:b]).to(dtype).transpose(1, 2)  # (B, H, L, Dk)
-            q = F.pad(q, (0, max(Dv - Dk, 0)))
+            q = self.query(s.query[:, a - t0 : b - t0], x[:, a:b])  # (B, L, H, Dk) in >= fp32
+            q = F.pad(q.to(values.dtype).transpose(1, 2), (0, max(Dv - Dk, 0)))  # (B, H, L, D)
             mask = None
             if self.causal and a > 0:  # queries a..b-1 see keys 0..a+i
                 pos = torch.arange(end, device=x.device)
                 mask = pos[None] <= pos[a:b, None]  # (L, end): C x t, never n x n
             att, kernel = self._sdpa(q, keys[:, :, :end], values[:, :, :end], mask, kernel)
-            parts += [o[:, prev:a], att[..., :Dv].transpose(1, 2)]
-            prev = b
+            parts += [o[:, prev : a - t0], att[..., :Dv].transpose(1, 2)]
+            prev = b - t0
         parts.append(o[:, prev:])
         return torch.cat(parts, 1), kernel
 
