@@ -1,6 +1,9 @@
 """A plug-in mixer for hubbench: causal sliding-window attention, each token attending to the
-last `window` tokens (itself included). The sequence is cut into blocks of `window` tokens and
+last `span` tokens (itself included). The sequence is cut into blocks of `span` tokens and
 each block's queries attend to their own block and the one before it, so the cost is O(n w).
+It shows the plug-in contract in 30 lines; the built-in `swa-gpt` / `swa-jamba` variants are the
+full mixer (decode, FLOPs, state). Its option is `span`, not `window`: a plug-in's options may
+not reuse a config field's name (a suite's `window = [...]` would be ambiguous).
 
     hubbench run throughput --mixer examples/sliding_window.py:SlidingWindowAttention --seq 512,1024
     hubbench verify causal --mixer examples/sliding_window.py:SlidingWindowAttention
@@ -14,11 +17,11 @@ from torch import nn
 
 
 class SlidingWindowAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, causal: bool, *, window: int = 128) -> None:
+    def __init__(self, d_model: int, n_heads: int, causal: bool, *, span: int = 128) -> None:
         super().__init__()
-        if window < 1 or not causal:
-            raise ValueError(f"a causal window >= 1 is needed (got {window}, causal={causal})")
-        self.h, self.w = n_heads, window
+        if span < 1 or not causal:
+            raise ValueError(f"a causal span >= 1 is needed (got {span}, causal={causal})")
+        self.h, self.w = n_heads, span
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
 
@@ -36,6 +39,6 @@ class SlidingWindowAttention(nn.Module):
 
     def analytic_flops(self, seq: int) -> float:
         """Forward FLOPs of one sequence as this runs it: the projections, then QK^T and AV of
-        each padded block's queries against 2 * window keys."""
+        each padded block's queries against 2 * span keys."""
         d, n_pad = self.qkv.in_features, -(-seq // self.w) * self.w
         return float(2 * seq * d * 4 * d + 2 * 2 * n_pad * 2 * self.w * d)

@@ -111,7 +111,8 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, ...]] = {
 
 # backend column -> the key the model reports it under (LanguageModel.backends)
 BACKEND_COLUMNS = {"backend_attention": "attention", "backend_mamba": "mamba",
-                   "backend_hub": "hubrouter"}  # fmt: skip
+                   "backend_hub": "hubrouter", "backend_mamba2": "mamba2", "backend_gdn": "gdn",
+                   "backend_swa": "swa", "backend_moba": "moba", "backend_nsa": "nsa"}  # fmt: skip
 
 
 def _package_columns() -> tuple[Column, ...]:
@@ -161,6 +162,11 @@ COLUMNS: tuple[Column, ...] = (
     _c("backend_attention", "string", "measurement", "attention kernel that ran (observed)"),
     _c("backend_mamba", "string", "measurement", "mamba:ref | mamba:fused (observed)"),
     _c("backend_hub", "string", "measurement", "HubRouter implementation that ran"),
+    _c("backend_mamba2", "string", "measurement", "Mamba-2 scan that ran (observed)"),
+    _c("backend_gdn", "string", "measurement", "Gated DeltaNet kernel that ran (observed)"),
+    _c("backend_swa", "string", "measurement", "sliding-window attention path that ran"),
+    _c("backend_moba", "string", "measurement", "MoBA path that ran"),
+    _c("backend_nsa", "string", "measurement", "NSA path that ran"),
     _metric("time_median_s", "float64", "median step time (decode: per generated token)",
             "step time", "s", False, 1),
     _c("time_min_s", "float64", "measurement", "fastest step"),

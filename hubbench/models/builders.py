@@ -20,11 +20,18 @@ from hubbench.models.blocks import MLP, Block, MoE
 from hubbench.models.lm import LanguageModel
 from hubbench.plan.variants import (
     BaseConfig,
+    GDNFields,
     HubFields,
+    HybridFields,
     JambaConfig,
+    Mamba2Fields,
+    MoBAFields,
+    NSAFields,
     PluginFields,
+    SWAFields,
     TransformerConfig,
     get_spec,
+    hybrid_attention_layers,
     jamba_attention_layers,
     make_config,
     replaced_layers,
@@ -69,6 +76,83 @@ def _hubrouter(config: BaseConfig, rope: bool) -> nn.Module:
         ortho_weight=config.ortho,
         rope=rope,
     )
+
+
+def _field_mixer(config: BaseConfig, rope: bool) -> tuple[str, nn.Module]:
+    """The block kind and mixer of a field family (hubbench/mixers/<kind>/, imported on use)."""
+    if isinstance(config, Mamba2Fields):
+        from hubbench.mixers.mamba2 import Mamba2
+
+        return "mamba2", Mamba2(
+            config.d_model,
+            d_state=config.d_state,
+            headdim=config.headdim,
+            expand=config.expand,
+            d_conv=config.d_conv,
+            chunk=config.chunk,
+            impl=config.mamba_impl,
+            causal=config.causal,
+        )
+    if isinstance(config, GDNFields):
+        from hubbench.mixers.gdn import GatedDeltaNet
+
+        return "gdn", GatedDeltaNet(
+            config.d_model,
+            config.n_heads,
+            chunk=config.chunk,
+            d_conv=config.d_conv,
+            expand_v=config.expand_v,
+            impl=config.gdn_impl,
+            causal=config.causal,
+        )
+    if isinstance(config, SWAFields):
+        from hubbench.mixers.swa import SlidingWindow
+
+        return "swa", SlidingWindow(
+            config.d_model, config.n_heads, window=config.window, rope=rope, causal=config.causal
+        )
+    if isinstance(config, MoBAFields):
+        from hubbench.mixers.moba import MoBA
+
+        return "moba", MoBA(
+            config.d_model,
+            config.n_heads,
+            block=config.block,
+            top_blocks=config.top_blocks,
+            rope=rope,
+            causal=config.causal,
+        )
+    if isinstance(config, NSAFields):
+        from hubbench.mixers.nsa import NSA
+
+        return "nsa", NSA(
+            config.d_model,
+            config.n_heads,
+            cmp_block=config.cmp_block,
+            cmp_stride=config.cmp_stride,
+            block=config.block,
+            top_blocks=config.top_blocks,
+            window=config.window,
+            rope=rope,
+            causal=config.causal,
+        )
+    raise TypeError(f"{type(config).__name__} is not a field family's config")
+
+
+def _build_field_gpt(variant: str, config: BaseConfig) -> LanguageModel:
+    """A field family's mixer in every layer; a recurrence hybrid (`attn_every`) puts attention
+    without positions (the recurrence carries order, as in Jamba) at its hybrid layers. The
+    sparse attentions rotate their queries and keys (rotary positions, as the transformer)."""
+    every = config.attn_every if isinstance(config, HybridFields) else 0
+    attention = hybrid_attention_layers(config.n_layers, every)
+    blocks = []
+    for i in range(config.n_layers):
+        if i in attention:
+            kind, mixer = "attention", _attention(config, rope=False)
+        else:
+            kind, mixer = _field_mixer(config, rope=True)
+        blocks.append(Block(kind, mixer, _mlp_for(config, i), config.d_model))
+    return LanguageModel(variant, config, blocks)
 
 
 def _plugin(config: BaseConfig) -> PluginMixer:
@@ -119,6 +203,8 @@ def _build_jamba(variant: str, config: JambaConfig) -> LanguageModel:
             kind, mixer = "mixer", _plugin(config)
         elif isinstance(config, HubFields):
             kind, mixer = "hubrouter", _hubrouter(config, rope=False)
+        elif isinstance(config, SWAFields | MoBAFields | NSAFields):
+            kind, mixer = _field_mixer(config, rope=False)
         else:
             kind, mixer = "attention", _attention(config, rope=False)
         blocks.append(Block(kind, mixer, _mlp_for(config, i), config.d_model))
@@ -133,6 +219,16 @@ BUILDERS: dict[str, Callable[[str, BaseConfig], LanguageModel]] = {
     "hub-gpt": _build_gpt,
     "mixer-gpt": _build_gpt,
     "mixer-jamba": _build_jamba,
+    "mamba2-gpt": _build_field_gpt,
+    "mamba2-jamba": _build_field_gpt,
+    "gdn-gpt": _build_field_gpt,
+    "gdn-jamba": _build_field_gpt,
+    "swa-gpt": _build_field_gpt,
+    "swa-jamba": _build_jamba,
+    "moba-gpt": _build_field_gpt,
+    "moba-jamba": _build_jamba,
+    "nsa-gpt": _build_field_gpt,
+    "nsa-jamba": _build_jamba,
 }
 
 

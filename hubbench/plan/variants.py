@@ -28,18 +28,32 @@ from hubbench.plan.plugins import display_name as class_name
 ATTENTION_BACKENDS = ("naive", "sdpa", "flash")
 SDPA_KERNELS = ("auto", "flash", "efficient", "math", "cudnn")
 MAMBA_IMPLS = ("ref", "fused")
+GDN_IMPLS = ("ref", "fla")
 ROLES = ("shape", "mixer")
 # config fields that take one of a few names (validate() checks them; suites check rule values)
 CHOICES: dict[str, tuple[str, ...]] = {
     "attention": ATTENTION_BACKENDS,
     "sdpa_kernel": SDPA_KERNELS,
     "mamba_impl": MAMBA_IMPLS,
+    "gdn_impl": GDN_IMPLS,
     "dtype": DTYPES,
 }
 
 
 def _f(default: Any, doc: str, role: str = "shape") -> Any:
     return field(default=default, metadata={"doc": doc, "role": role})
+
+
+# Docs of fields that several families share: one field, one column, one meaning (all_fields()
+# refuses a name declared twice with different docs).
+CAUSAL_DOC = "False only for the leak ablation"
+CHUNK_DOC = "chunk length C of the causal chunked form (HubRouter, Mamba-2, Gated DeltaNet)"
+D_STATE_DOC = "SSM state size, as mamba-ssm and Jamba"
+D_CONV_DOC = "causal depthwise conv width"
+EXPAND_DOC = "Mamba inner width = expand * d_model"
+WINDOW_DOC = "sliding window w: the keys a query sees, itself included (SWA; NSA's window branch)"
+BLOCK_DOC = "key block size (MoBA's blocks; NSA's selection blocks)"
+TOP_BLOCKS_DOC = "key blocks each query selects besides its own (MoBA; NSA)"
 
 
 # ----------------------------------------------------------------------------- configs
@@ -88,9 +102,9 @@ class TransformerConfig(BaseConfig):
 @dataclass
 class JambaConfig(BaseConfig):
     mamba_impl: str = _f("ref", "ref (PyTorch chunked scan) | fused (mamba-ssm kernels)", "mixer")
-    d_state: int = _f(16, "SSM state size, as mamba-ssm and Jamba", "mixer")
-    d_conv: int = _f(4, "causal depthwise conv width", "mixer")
-    expand: int = _f(2, "Mamba inner width = expand * d_model", "mixer")
+    d_state: int = _f(16, D_STATE_DOC, "mixer")
+    d_conv: int = _f(4, D_CONV_DOC, "mixer")
+    expand: int = _f(2, EXPAND_DOC, "mixer")
     moe: bool = _f(False, "MoE MLP on every other layer (Jamba: e = 2)", "mixer")
     n_experts: int = _f(8, "MoE experts", "mixer")
     moe_topk: int = _f(2, "experts per token", "mixer")
@@ -111,9 +125,9 @@ class HubFields:
     hubs: int = _f(8, "M learned hub tokens", "mixer")
     topk: int = _f(64, "council budget k", "mixer")
     neighbours: int = _f(1, "right neighbours r added to each selected token", "mixer")
-    chunk: int = _f(64, "causal chunk size C", "mixer")
+    chunk: int = _f(64, CHUNK_DOC, "mixer")
     ortho: float = _f(0.0, "weight of the orthogonal hub regulariser", "mixer")
-    causal: bool = _f(True, "False only for the leak ablation", "mixer")
+    causal: bool = _f(True, CAUSAL_DOC, "mixer")
 
     def validate_hub(self) -> None:
         _positive(self, "hubs", "topk", "chunk")
@@ -170,11 +184,191 @@ class PluginJambaConfig(PluginFields, JambaConfig):
         self.validate_plugin()
 
 
+# ----------------------------------------------------------------------------- the field's mixers
+# Each family: a fields mixin, a GPT-style config (the mixer in every layer, an MLP after each)
+# and a Jamba-style one. The recurrences (Mamba-2, Gated DeltaNet) take an attention layer every
+# `attn_every` layers (HybridFields: the linear:full ratio axis of 2507.06457); the sparse
+# attentions (SWA, MoBA, NSA) take jamba's attention slots, Mamba-1 elsewhere, as hub-jamba does.
+
+
+@dataclass
+class HybridFields:
+    attn_every: int = _f(
+        8,
+        "one attention layer per attn_every layers, at index attn_every // 2 of each period "
+        "(8: Jamba's 1:7); 0: none; a stack with no such index gets one at n_layers // 2",
+        "mixer",
+    )
+
+    def validate_hybrid(self) -> None:
+        if self.attn_every < 0:
+            raise ConfigError(f"attn_every must be >= 0 (got {self.attn_every})", ("attn_every",))
+
+
+@dataclass
+class Mamba2Fields:
+    mamba_impl: str = _f("ref", "ref (PyTorch chunked scan) | fused (mamba-ssm kernels)", "mixer")
+    d_state: int = _f(64, D_STATE_DOC, "mixer")
+    headdim: int = _f(64, "Mamba-2 head width P: heads = expand * d_model / headdim", "mixer")
+    expand: int = _f(2, EXPAND_DOC, "mixer")
+    d_conv: int = _f(4, D_CONV_DOC, "mixer")
+    chunk: int = _f(64, CHUNK_DOC, "mixer")
+    causal: bool = _f(True, CAUSAL_DOC, "mixer")
+
+    def validate_mamba2(self, d_model: int) -> None:
+        _choice(self, "mamba_impl", MAMBA_IMPLS)
+        _positive(self, "d_state", "headdim", "expand", "d_conv", "chunk")
+        if (self.expand * d_model) % self.headdim:
+            raise ConfigError(
+                f"expand * d_model = {self.expand * d_model} is not divisible by "
+                f"headdim={self.headdim}",
+                ("expand", "d_model", "headdim"),
+            )
+
+
+@dataclass
+class GDNFields:
+    gdn_impl: str = _f("ref", "ref (PyTorch chunked WY form) | fla (fla's kernels)", "mixer")
+    expand_v: int = _f(1, "Gated DeltaNet value head width = expand_v * d_model / n_heads", "mixer")
+    d_conv: int = _f(4, D_CONV_DOC, "mixer")
+    chunk: int = _f(64, CHUNK_DOC, "mixer")
+    causal: bool = _f(True, CAUSAL_DOC, "mixer")
+
+    def validate_gdn(self) -> None:
+        _choice(self, "gdn_impl", GDN_IMPLS)
+        _positive(self, "expand_v", "d_conv", "chunk")
+
+
+@dataclass
+class SWAFields:
+    window: int = _f(256, WINDOW_DOC, "mixer")
+    causal: bool = _f(True, CAUSAL_DOC, "mixer")
+
+    def validate_swa(self) -> None:
+        _positive(self, "window")
+
+
+@dataclass
+class MoBAFields:
+    block: int = _f(64, BLOCK_DOC, "mixer")
+    top_blocks: int = _f(3, TOP_BLOCKS_DOC, "mixer")
+    causal: bool = _f(True, CAUSAL_DOC, "mixer")
+
+    def validate_moba(self) -> None:
+        _positive(self, "block")
+        _non_negative(self, "top_blocks")
+
+
+@dataclass
+class NSAFields:
+    cmp_block: int = _f(32, "NSA: length l of the blocks compressed into one token each", "mixer")
+    cmp_stride: int = _f(16, "NSA: stride d between compressed blocks (d <= l)", "mixer")
+    block: int = _f(64, BLOCK_DOC, "mixer")
+    top_blocks: int = _f(16, TOP_BLOCKS_DOC, "mixer")
+    window: int = _f(512, WINDOW_DOC, "mixer")
+    causal: bool = _f(True, CAUSAL_DOC, "mixer")
+
+    def validate_nsa(self) -> None:
+        _positive(self, "cmp_block", "cmp_stride", "block", "window")
+        _non_negative(self, "top_blocks")
+        if self.cmp_stride > self.cmp_block:
+            raise ConfigError(
+                f"cmp_stride={self.cmp_stride} exceeds cmp_block={self.cmp_block}: "
+                "compressed blocks would skip tokens",
+                ("cmp_stride", "cmp_block"),
+            )
+        if self.block % self.cmp_stride:
+            raise ConfigError(
+                f"block={self.block} is not a multiple of cmp_stride={self.cmp_stride}: a "
+                "selection block must be made of whole compression strides",
+                ("block", "cmp_stride"),
+            )
+
+
+@dataclass
+class Mamba2GPTConfig(Mamba2Fields, BaseConfig):
+    def validate(self) -> None:
+        super().validate()
+        self.validate_mamba2(self.d_model)
+
+
+@dataclass
+class Mamba2JambaConfig(Mamba2Fields, HybridFields, BaseConfig):
+    def validate(self) -> None:
+        super().validate()
+        self.validate_mamba2(self.d_model)
+        self.validate_hybrid()
+
+
+@dataclass
+class GDNGPTConfig(GDNFields, BaseConfig):
+    def validate(self) -> None:
+        super().validate()
+        self.validate_gdn()
+
+
+@dataclass
+class GDNJambaConfig(GDNFields, HybridFields, BaseConfig):
+    def validate(self) -> None:
+        super().validate()
+        self.validate_gdn()
+        self.validate_hybrid()
+
+
+@dataclass
+class SWAGPTConfig(SWAFields, TransformerConfig):
+    def validate(self) -> None:
+        super().validate()
+        self.validate_swa()
+
+
+@dataclass
+class SWAJambaConfig(SWAFields, JambaConfig):
+    def validate(self) -> None:
+        super().validate()
+        self.validate_swa()
+
+
+@dataclass
+class MoBAGPTConfig(MoBAFields, TransformerConfig):
+    def validate(self) -> None:
+        super().validate()
+        self.validate_moba()
+
+
+@dataclass
+class MoBAJambaConfig(MoBAFields, JambaConfig):
+    def validate(self) -> None:
+        super().validate()
+        self.validate_moba()
+
+
+@dataclass
+class NSAGPTConfig(NSAFields, TransformerConfig):
+    def validate(self) -> None:
+        super().validate()
+        self.validate_nsa()
+
+
+@dataclass
+class NSAJambaConfig(NSAFields, JambaConfig):
+    def validate(self) -> None:
+        super().validate()
+        self.validate_nsa()
+
+
 def _positive(config: object, *names: str) -> None:
     for name in names:
         value = getattr(config, name)
         if value < 1:
             raise ConfigError(f"{name} must be >= 1 (got {value})", (name,))
+
+
+def _non_negative(config: object, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value < 0:
+            raise ConfigError(f"{name} must be >= 0 (got {value})", (name,))
 
 
 def _choice(config: object, name: str, valid: tuple[str, ...]) -> None:
@@ -197,6 +391,16 @@ def jamba_attention_layers(n_layers: int) -> set[int]:
     (4 layers: index 2).
     """
     rule = {i for i in range(n_layers) if i % JAMBA_PERIOD == JAMBA_OFFSET}
+    return rule or {n_layers // 2}
+
+
+def hybrid_attention_layers(n_layers: int, every: int) -> set[int]:
+    """Attention layers of a recurrence hybrid: index i with i % every == every // 2 (every 8:
+    4 and 12, Jamba's rule), none for every 0; a stack too short for any such index gets one at
+    n_layers // 2, as jamba_attention_layers does, so a hybrid never silently loses attention."""
+    if every <= 0:
+        return set()
+    rule = {i for i in range(n_layers) if i % every == every // 2}
     return rule or {n_layers // 2}
 
 
@@ -228,6 +432,40 @@ class VariantSpec:
     baseline: str | None  # the variant a router or plug-in is judged against (speedup plots)
     order: int  # display order in tables and legends
     plugin: bool = False  # built around a plug-in mixer (the `mixer` field names it)
+
+
+# The field's families: (name, what its mixer is, GPT-style config, Jamba-style config, what the
+# Jamba-style one is). Orders follow the built-ins: recurrences, then sparse attentions.
+_FIELD: tuple[tuple[str, str, type[BaseConfig], type[BaseConfig], str], ...] = (
+    ("mamba2", "Mamba-2 (SSD: scalar decay per head, chunked scan)", Mamba2GPTConfig,
+     Mamba2JambaConfig, "Mamba-2 with an attention layer every `attn_every` layers"),
+    ("gdn", "Gated DeltaNet (gated delta rule, chunked WY form)", GDNGPTConfig, GDNJambaConfig,
+     "Gated DeltaNet with an attention layer every `attn_every` layers"),
+    ("swa", "causal sliding-window attention over the last `window` keys", SWAGPTConfig,
+     SWAJambaConfig, "jamba with its attention layers replaced by sliding-window attention"),
+    ("moba", "MoBA: top `top_blocks` key blocks by mean-pooled key, plus the query's own",
+     MoBAGPTConfig, MoBAJambaConfig, "jamba with its attention layers replaced by MoBA"),
+    ("nsa", "NSA: compressed, selected and sliding branches, gated", NSAGPTConfig,
+     NSAJambaConfig, "jamba with its attention layers replaced by NSA"),
+)  # fmt: skip
+
+
+def _field_specs() -> list[VariantSpec]:
+    out = []
+    for i, (name, mixer, gpt, jamba, hybrid) in enumerate(_FIELD):
+        out.append(
+            VariantSpec(
+                f"{name}-gpt",
+                f"{mixer} in every layer, an MLP after each",
+                gpt,
+                router=False,
+                baseline="transformer",
+                order=10 + 2 * i,
+            )
+        )
+        out.append(VariantSpec(f"{name}-jamba", hybrid, jamba, router=False, baseline="jamba",
+                               order=11 + 2 * i))  # fmt: skip
+    return out
 
 
 REGISTRY: dict[str, VariantSpec] = {
@@ -267,13 +505,14 @@ REGISTRY: dict[str, VariantSpec] = {
             baseline="jamba",
             order=3,
         ),
+        *_field_specs(),
         VariantSpec(
             "mixer-gpt",
             "transformer with a plug-in mixer (--mixer FILE.py:Class) in every layer",
             PluginGPTConfig,
             router=False,
             baseline="transformer",
-            order=4,
+            order=40,
             plugin=True,
         ),
         VariantSpec(
@@ -282,13 +521,13 @@ REGISTRY: dict[str, VariantSpec] = {
             PluginJambaConfig,
             router=False,
             baseline="jamba",
-            order=5,
+            order=41,
             plugin=True,
         ),
     )
 }
 PLUGIN_HOSTS = {"transformer": "mixer-gpt", "jamba": "mixer-jamba"}  # --mixer adds these
-UNKNOWN_ORDER = len(REGISTRY)  # variants outside the registry (custom builders) sort last
+UNKNOWN_ORDER = 1000  # variants outside the registry (custom builders) sort last
 
 
 def get_spec(variant: str) -> VariantSpec:
@@ -360,6 +599,13 @@ def all_fields() -> dict[str, FieldInfo]:
 def inert_fields(config: BaseConfig) -> set[str]:
     """Fields that cannot change what this config builds (a sweep must not multiply on them)."""
     inert: set[str] = set()
+    sparse = (SWAFields, MoBAFields, NSAFields)
+    recurrent = (Mamba2Fields, GDNFields)
+    if isinstance(config, sparse) or (
+        isinstance(config, recurrent)
+        and not hybrid_attention_layers(config.n_layers, getattr(config, "attn_every", 0))
+    ):
+        inert |= {"attention", "sdpa_kernel"}  # no softmax attention layer left to pick a backend
     if isinstance(config, HubJambaConfig | PluginGPTConfig | PluginJambaConfig) or (
         isinstance(config, HubGPTConfig)
         and len(replaced_layers(config.n_layers, config.replace)) == config.n_layers

@@ -42,6 +42,11 @@ STAGES: tuple[str, ...] = (
     "hub.decode",
     "hub.select",
     "hub.council",
+    "mamba2",  # the field's mixers: the Block labels their kind (hubbench.models.builders)
+    "gdn",
+    "swa",
+    "moba",
+    "nsa",
     "mixer",  # a plug-in mixer (hubbench.plan.plugins)
     "mlp",
     "moe",

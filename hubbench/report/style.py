@@ -28,8 +28,23 @@ _COLOURS: dict[tuple[str, str | None], str] = {
     ("jamba", "flash"): GREY,
     ("hub-gpt", None): GREEN,
     ("hub-jamba", None): PURPLE,
+    # the field's mixers: attention is inert in them (null), so the variant alone picks the colour;
+    # a recurrence hybrid with attention layers takes its colour from _EXTRA by backend
+    ("mamba2-gpt", None): "#332288",
+    ("mamba2-jamba", None): "#332288",
+    ("gdn-gpt", None): "#44AA99",
+    ("gdn-jamba", None): "#44AA99",
+    ("swa-gpt", None): "#882255",
+    ("swa-jamba", None): "#882255",
+    ("moba-gpt", None): "#117733",
+    ("moba-jamba", None): "#117733",
+    ("nsa-gpt", None): "#AA4499",
+    ("nsa-jamba", None): "#AA4499",
 }
-_MARKERS = {"transformer": "o", "jamba": "s", "hub-gpt": "^", "hub-jamba": "D"}
+_MARKERS = {"transformer": "o", "jamba": "s", "hub-gpt": "^", "hub-jamba": "D",
+            "mamba2-gpt": "v", "mamba2-jamba": "h", "gdn-gpt": "P", "gdn-jamba": "p",
+            "swa-gpt": "<", "swa-jamba": "d", "moba-gpt": ">", "moba-jamba": "8",
+            "nsa-gpt": "X", "nsa-jamba": "*"}  # fmt: skip
 # Line style names the attention implementation, marker the variant: readable in greyscale.
 _LINES = {"naive": (0, (1, 1.2)), "sdpa": (0, (5, 2)), "flash": (0, (5, 1.5, 1, 1.5))}
 _EXTRA = ("#332288", "#44AA99", "#882255", "#117733", "#AA4499", "#DDCC77", "#88CCEE")

@@ -13,11 +13,16 @@ from hubbench.verify.causality import check_model
 
 TINY = {"d_model": 16, "n_layers": 2, "n_heads": 2, "mlp_ratio": 2.0}
 HUB = {"hubs": 3, "topk": 3, "neighbours": 2, "chunk": 6}  # r=2 crosses chunk ends
+# the field's mixers small enough that n = 20 crosses their windows, blocks and chunks
+FIELD = {"window": 5, "block": 4, "top_blocks": 1, "cmp_block": 4, "cmp_stride": 2,
+         "d_state": 4, "headdim": 8, "attn_every": 2}  # fmt: skip
+MIXER_KINDS = {"attention", "hubrouter", "mixer", "mamba2", "gdn", "swa", "moba", "nsa"}
 LEAK_CHECKS = ("jacobian", "perturbation", "prefix")
 
 
 def tiny(variant: str, **extra: object) -> models.LanguageModel:
-    fields = {k: v for k, v in {**TINY, **HUB}.items() if k in variants.config_fields(variant)}
+    small = {**TINY, **HUB, **FIELD}
+    fields = {k: v for k, v in small.items() if k in variants.config_fields(variant)}
     return models.build_model(variant, **{**fields, **extra})
 
 
@@ -26,10 +31,10 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sliding_window.py"
 
 @pytest.mark.parametrize("variant", sorted(variants.REGISTRY))
 def test_causal_variant_passes_all_checks(variant: str) -> None:
-    plugin = {"mixer": f"{EXAMPLE}:SlidingWindowAttention", "mixer_options": '{"window": 3}'}
+    plugin = {"mixer": f"{EXAMPLE}:SlidingWindowAttention", "mixer_options": '{"span": 3}'}
     model = tiny(variant, **(plugin if variants.is_plugin(variant) else {}))
     kinds = set(model.layer_kinds)
-    assert kinds & {"attention", "hubrouter", "mixer"}, kinds  # the mixer under test is there
+    assert kinds & MIXER_KINDS, kinds  # the mixer under test is there
     report = check_model(model, n=20, seeds=(0, 1))
     assert report.passed, f"{variant}: {report.summary()}"
     assert {5, 6, 7, 11, 12, 13} <= set(report.times) or "chunk" not in variants.config_fields(
@@ -56,8 +61,12 @@ def test_transformer_with_bidirectional_attention_fails() -> None:
     assert report["perturbation"].first_leak == (0, 1)
 
 
-@pytest.mark.parametrize("variant", ["hub-gpt", "hub-jamba"])
-def test_non_causal_hub_variants_fail(variant: str) -> None:
+LEAKY = sorted(v for v in variants.REGISTRY if "causal" in variants.config_fields(v))
+
+
+@pytest.mark.parametrize("variant", LEAKY)
+def test_leak_ablations_fail(variant: str) -> None:
+    """causal=false builds each family's deliberately leaky control: the checks must see it."""
     report = check_model(tiny(variant, causal=False), n=16, seeds=(0,), checks=LEAK_CHECKS)
     for name in LEAK_CHECKS:
         assert not report[name].passed, f"{variant}: {name}"

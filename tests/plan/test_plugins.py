@@ -98,9 +98,9 @@ def test_import_failures_name_the_spec(tmp_path: Path) -> None:
 def test_the_example_declares_its_options_and_flops() -> None:
     info = inspect_mixer(SWA)
     assert info.name == "SlidingWindowAttention"
-    assert {n: (o.type, o.default) for n, o in info.options.items()} == {"window": (int, 128)}
+    assert {n: (o.type, o.default) for n, o in info.options.items()} == {"span": (int, 128)}
     assert info.analytic and not info.decodable
-    with pytest.raises(PluginError, match=r"no option.*wdw; valid: window"):
+    with pytest.raises(PluginError, match=r"no option.*wdw; valid: span"):
         info.check_options({"wdw": 3}, "here")
 
 
@@ -109,21 +109,21 @@ def test_the_example_declares_its_options_and_flops() -> None:
 
 def test_mixer_adds_plugin_twins_and_its_options_sweep() -> None:
     loaded = load_suite("throughput")
-    overrides = parse_overrides(["window=32,64"], seq="128", mixer=SWA)
+    overrides = parse_overrides(["span=32,64"], seq="128", mixer=SWA)
     plan = expand(loaded, with_mixers(loaded, overrides), cuda_available=False)
     plugged = [c for c in plan.cells if c.variant.startswith("mixer-")]
     assert sorted((c.variant, c.config.mixer_options) for c in plugged) == [
-        ("mixer-gpt", '{"window":32}'),
-        ("mixer-gpt", '{"window":64}'),
-        ("mixer-jamba", '{"window":32}'),
-        ("mixer-jamba", '{"window":64}'),
+        ("mixer-gpt", '{"span":32}'),
+        ("mixer-gpt", '{"span":64}'),
+        ("mixer-jamba", '{"span":32}'),
+        ("mixer-jamba", '{"span":64}'),
     ]
     assert all(c.config.mixer == SWA for c in plugged)
-    assert len(plan.cells) == 8 + 4  # the built-in cells are not multiplied by window
+    assert len(plan.cells) == 8 + 4  # the built-in cells are not multiplied by span
     # a default spelled out is the same cell as the default left out
     ids = {
         c.cell_id
-        for opts in ([], ["window=128"])
+        for opts in ([], ["span=128"])
         for c in expand(
             loaded,
             with_mixers(loaded, parse_overrides(opts, seq="128", mixer=SWA)),
@@ -135,15 +135,15 @@ def test_mixer_adds_plugin_twins_and_its_options_sweep() -> None:
 
 
 def test_plugin_options_are_typed_and_checked() -> None:
-    with pytest.raises(SuiteError, match="window"):
-        parse_overrides(["window=wide"], seq="128", mixer=SWA)
-    with pytest.raises(SuiteError, match="unknown field 'window'"):
-        parse_overrides(["window=64"], seq="128")  # no plug-in: no such field
+    with pytest.raises(SuiteError, match="span"):
+        parse_overrides(["span=wide"], seq="128", mixer=SWA)
+    with pytest.raises(SuiteError, match="unknown field 'span'"):
+        parse_overrides(["span=64"], seq="128")  # no plug-in: no such field
     with pytest.raises(SuiteError, match="constructor lacks"):
         parse_overrides([], seq="128", mixer=spec("NoContract"))
     # --set mixer=SPEC brings its options too
-    axes = parse_overrides([f"mixer={SWA}", "window=16"], seq="128")
-    assert axes["window"].values == (16,)
+    axes = parse_overrides([f"mixer={SWA}", "span=16"], seq="128")
+    assert axes["span"].values == (16,)
 
 
 def plugin_ids(mixer: str, *sets: str, variant: str = "mixer-gpt") -> set[str]:
@@ -194,7 +194,7 @@ def test_a_plugin_variant_needs_its_mixer() -> None:
 
 
 def test_the_model_is_built_around_the_plugin_with_its_flops() -> None:
-    opts = json.dumps({"window": 16})
+    opts = json.dumps({"span": 16})
     gpt = models.build_model("mixer-gpt", mixer=SWA, mixer_options=opts, d_model=32, n_heads=2)
     assert gpt.layer_kinds == ["mixer"] * 4
     hybrid = models.build_model(
@@ -220,16 +220,16 @@ def test_a_wrong_shape_is_a_plugin_error() -> None:
 
 
 def test_a_constructor_failure_is_a_plugin_error() -> None:
-    with pytest.raises(PluginError, match="constructor failed: ValueError: a causal window"):
-        models.build_model("mixer-gpt", mixer=SWA, mixer_options='{"window": 0}')
+    with pytest.raises(PluginError, match="constructor failed: ValueError: a causal span"):
+        models.build_model("mixer-gpt", mixer=SWA, mixer_options='{"span": 0}')
 
 
 def test_labels_name_the_mixer_and_its_options() -> None:
     from hubbench.report.load import describe
 
-    row = {"variant": "mixer-gpt", "mixer": SWA, "mixer_options": '{"window":64}', "seq": 1024}
+    row = {"variant": "mixer-gpt", "mixer": SWA, "mixer_options": '{"span":64}', "seq": 1024}
     assert describe(row, ["variant", "mixer", "mixer_options", "seq"]) == (
-        "SlidingWindowAttention-gpt window=64 n=1k"
+        "SlidingWindowAttention-gpt span=64 n=1k"
     )
 
 
@@ -238,7 +238,7 @@ def test_labels_name_the_mixer_and_its_options() -> None:
 
 @pytest.mark.slow
 def test_verify_causal_passes_the_example_and_fails_a_leak(runner: CliRunner) -> None:
-    ok = runner.invoke(app, ["verify", "causal", "--mixer", SWA, "--set", "window=4"])
+    ok = runner.invoke(app, ["verify", "causal", "--mixer", SWA, "--set", "span=4"])
     assert ok.exit_code == 0, ok.output
     assert "SlidingWindowAttention-gpt: causal: PASS" in ok.output
     assert "SlidingWindowAttention-jamba: causal: PASS" in ok.output
@@ -300,7 +300,7 @@ def test_two_files_with_one_class_name_stay_apart_in_figures(tmp_path: Path) -> 
 def test_profile_takes_a_plugin_and_names_its_failure(runner: CliRunner, tmp_path: Path) -> None:
     base = ["profile", "mixer-gpt", "--seq", "16", "--steps", "1", "--set", "d_model=32",
             "--set", "n_layers=1", "--out", str(tmp_path)]  # fmt: skip
-    ok = runner.invoke(app, [*base, "--mixer", SWA, "--set", "window=8"])
+    ok = runner.invoke(app, [*base, "--mixer", SWA, "--set", "span=8"])
     assert ok.exit_code == 0, ok.output
     broken = runner.invoke(app, [*base, "--mixer", spec("Raises")])
     assert broken.exit_code == 2
@@ -336,7 +336,7 @@ def test_a_plugin_runs_next_to_the_built_in_variants(runner: CliRunner, tmp_path
     suite = tmp_path / "tiny.toml"
     suite.write_text(TINY)
     results = tmp_path / "results"
-    args = ["run", str(suite), "--results-dir", str(results), "--set", "window=16"]
+    args = ["run", str(suite), "--results-dir", str(results), "--set", "span=16"]
     result = runner.invoke(app, [*args, "--mixer", f"{SWA},{spec('WrongShape')}"])
     assert result.exit_code == 0, result.output
     [path] = store.list_runs(results)
@@ -353,7 +353,7 @@ def test_a_plugin_runs_next_to_the_built_in_variants(runner: CliRunner, tmp_path
     }  # fmt: skip
     swa = by[("mixer-gpt", "SlidingWindowAttention", 64)]
     assert swa.status == "ok" and swa.tokens_per_s > 0
-    assert swa.mixer_options == '{"window":16}' and swa.flops_per_step_analytic > 0
+    assert swa.mixer_options == '{"span":16}' and swa.flops_per_step_analytic > 0
     broken = by[("mixer-gpt", "WrongShape", 32)]
     assert broken.status == "error" and "returned (1, 32, 64)" in broken.message
     plot = runner.invoke(

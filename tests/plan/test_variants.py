@@ -16,6 +16,16 @@ def test_registry_metadata() -> None:
         "jamba",
         "hub-gpt",
         "hub-jamba",
+        "mamba2-gpt",
+        "mamba2-jamba",
+        "gdn-gpt",
+        "gdn-jamba",
+        "swa-gpt",
+        "swa-jamba",
+        "moba-gpt",
+        "moba-jamba",
+        "nsa-gpt",
+        "nsa-jamba",
         "mixer-gpt",
         "mixer-jamba",
     ]
@@ -26,7 +36,7 @@ def test_registry_metadata() -> None:
     assert variants.is_router("hub-gpt") and not variants.is_router("transformer")
     assert variants.baseline_of("hub-jamba") == "jamba" and variants.baseline_of("jamba") is None
     assert variants.is_baseline("transformer") and not variants.is_baseline("hub-gpt")
-    assert variants.display_order("my-mixer") == len(variants.REGISTRY)  # unknown ones last
+    assert variants.display_order("my-mixer") > max(s.order for s in variants.REGISTRY.values())
     assert not variants.is_router("my-mixer") and variants.baseline_of("my-mixer") is None
     for spec in variants.REGISTRY.values():
         assert spec.baseline is None or spec.baseline in variants.REGISTRY
@@ -61,3 +71,47 @@ def test_shape_fields_are_the_ones_every_variant_has() -> None:
     for name, info in variants.all_fields().items():
         if info.role == "shape":
             assert name in shared, name
+
+
+def test_hybrid_attention_layers_follow_jambas_rule() -> None:
+    assert variants.hybrid_attention_layers(16, 8) == {4, 12}  # Jamba's 1:7
+    assert variants.hybrid_attention_layers(4, 2) == {1, 3}
+    assert variants.hybrid_attention_layers(4, 1) == {0, 1, 2, 3}
+    assert variants.hybrid_attention_layers(4, 0) == set()  # the pure recurrence
+    assert variants.hybrid_attention_layers(4, 8) == {2}  # too short for index 4: one, mid-stack
+    assert variants.hybrid_attention_layers(2, 16) == {1}
+
+
+@pytest.mark.parametrize(
+    ("variant", "fields", "named"),
+    [
+        ("mamba2-jamba", {"attn_every": -1}, ("attn_every",)),
+        (
+            "mamba2-gpt",
+            {"d_model": 80, "n_heads": 2, "headdim": 64},
+            ("expand", "d_model", "headdim"),
+        ),
+        ("mamba2-gpt", {"mamba_impl": "cuda"}, ("mamba_impl",)),
+        ("gdn-gpt", {"gdn_impl": "triton"}, ("gdn_impl",)),
+        ("gdn-jamba", {"chunk": 0}, ("chunk",)),
+        ("swa-gpt", {"window": 0}, ("window",)),
+        ("moba-jamba", {"top_blocks": -1}, ("top_blocks",)),
+        ("nsa-gpt", {"cmp_block": 16, "cmp_stride": 32}, ("cmp_stride", "cmp_block")),
+        ("nsa-gpt", {"block": 40, "cmp_stride": 16}, ("block", "cmp_stride")),
+    ],
+)
+def test_field_configs_refuse_impossible_values(variant, fields, named) -> None:
+    with pytest.raises(ConfigError) as info:
+        variants.make_config(variant, **fields)
+    assert info.value.fields == named
+
+
+def test_field_variants_leave_attention_inert_where_no_attention_layer_is_left() -> None:
+    def inert(variant: str, **fields: object) -> set[str]:
+        return variants.inert_fields(variants.make_config(variant, **fields))
+
+    for variant in ("mamba2-gpt", "gdn-gpt", "swa-gpt", "moba-jamba", "nsa-jamba"):
+        assert {"attention", "sdpa_kernel"} <= inert(variant), variant
+    assert "attention" not in inert("mamba2-jamba", attn_every=8)  # one attention layer left
+    assert "attention" in inert("gdn-jamba", attn_every=0)  # the pure recurrence
+    assert {"n_experts", "moe_topk"} <= inert("swa-jamba")  # jamba's own rules still apply
