@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from hubbench.errors import ConfigError
+from hubbench.mixers.base import DecodingMixer
 from hubbench.mixers.gdn import GatedDeltaNet
 from hubbench.mixers.mamba2 import Mamba2
 from hubbench.mixers.oryx import Oryx, OryxState, Schedule, oryx_ref
@@ -361,6 +362,19 @@ def test_bf16_autocast_keeps_fp32_recurrent_state_and_bf16_cache() -> None:
         assert state.keys.dtype == state.values.dtype == torch.bfloat16
         assert state.base.ssm.dtype == torch.float32
         assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("base", ["gdn", "mamba2"])
+def test_a_bf16_autocast_train_step_reaches_every_parameter(base: str) -> None:
+    opts = {k: v for k, v in BASES[base].items() if k != "base"}
+    mod = Oryx(D, 4, base=base, chunk=8, attn_fraction=0.5, **opts)
+    assert isinstance(mod, DecodingMixer) and mod.aux_loss is None and mod.causal
+    x = torch.randn(2, 21, D, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = mod(x)
+    y.float().square().mean().backward()
+    assert y.dtype == torch.bfloat16 and torch.isfinite(x.grad).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in mod.parameters())
 
 
 # ---------------------------------------------------------------------------------- causality
