@@ -29,6 +29,7 @@ are 0, not inf * 0).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -161,12 +162,12 @@ def _derive(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, opt: _Opti
         rq = torch.rsqrt(q.square().sum(-1, keepdim=True).add_(L2_EPS))  # (B, h, G, C, 1)
         rk = torch.rsqrt(k.square().sum(-1, keepdim=True).add_(L2_EPS))
         q, k = q * (rq * opt.scale), k * rk
-    ones = torch.ones(C, C, dtype=torch.bool, device=q.device)
+    above, not_below = _masks(C, q.device)
     gam = g.cumsum(-1)
     diff = gam.unsqueeze(-1) - gam.unsqueeze(-2)  # gam_i - gam_j
-    decay = diff.masked_fill_(~torch.tril(ones), float("-inf")).exp_()  # -inf before exp: no inf
+    decay = diff.masked_fill_(above, float("-inf")).exp_()  # -inf before exp: no inf
     kk = k @ k.transpose(-1, -2)
-    A = (kk * decay).mul_(beta.unsqueeze(-1)).masked_fill_(~torch.tril(ones, -1), 0.0)
+    A = (kk * decay).mul_(beta.unsqueeze(-1)).masked_fill_(not_below, 0.0)
     eg = gam.exp()
     rhs = torch.cat((v, k * eg.unsqueeze(-1)), -1).mul_(beta.unsqueeze(-1))
     # T = (I + A)^-1 by one unit-lower solve against the identity (C right-hand sides, not
@@ -177,7 +178,7 @@ def _derive(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, opt: _Opti
     qk = q @ k.transpose(-1, -2)
     p = qk * decay
     if not opt.causal:  # the leaky control: above the diagonal exp(min(gam_i - gam_j, 0)) = 1
-        p = p + qk.masked_fill(torch.tril(ones), 0.0)
+        p = p + qk.masked_fill(~above, 0.0)
     ed = (gam[..., -1:] - gam).exp()
     return _Chunks(q, k, v, beta, gam, eg, ed, decay, kk, t, x, qk, p, rq, rk)
 
@@ -240,13 +241,13 @@ def _backward(
         dp = do_g @ u.transpose(-1, -2)  # (B, h, G, C, C)
         dx = torch.cat((du, -(du @ h0.transpose(-1, -2))), -1)  # d[U' | W]
         dr = ch.t.transpose(-1, -2) @ dx  # d[beta V | beta exp(gam) K]
-        da = (dr @ ch.x.transpose(-1, -2)).neg_().masked_fill_(~_strict_lower(C, q.device), 0.0)
+        da = (dr @ ch.x.transpose(-1, -2)).neg_().masked_fill_(_masks(C, q.device)[1], 0.0)
         dv_b, dk_b = dr.split((v.shape[-1], k.shape[-1]), -1)
         da_d = da * ch.decay
         dkk = da_d * ch.beta.unsqueeze(-1)
         dbeta_g = (da_d * ch.kk).sum(-1)
         ddecay = da * ch.beta.unsqueeze(-1) * ch.kk + dp * ch.qk
-        dqk = dp * ch.decay if opt.causal else dp * (ch.decay + _strict_upper(C, q.device))
+        dqk = dp * ch.decay if opt.causal else dp * (ch.decay + _masks(C, q.device)[0])
         dq_g = dqk @ ch.k + ch.eg.unsqueeze(-1) * dq_start
         kb = ch.beta * ch.eg
         dk_g = (dqk.transpose(-1, -2) @ ch.q + (dkk + dkk.transpose(-1, -2)) @ ch.k
@@ -276,12 +277,12 @@ def _unnormalise(dy: Tensor, y: Tensor, r: Tensor, scale: float) -> Tensor:
     return (dy * scale).sub_(y * dot).mul_(r)
 
 
-def _strict_lower(C: int, device: torch.device) -> Tensor:
-    return torch.ones(C, C, dtype=torch.bool, device=device).tril(-1)
-
-
-def _strict_upper(C: int, device: torch.device) -> Tensor:
-    return torch.ones(C, C, device=device).triu(1)
+@functools.lru_cache(maxsize=16)
+def _masks(C: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(C, C) bool masks, made once per size: `above` the diagonal (j > i), and `not_below`
+    (j >= i), what a strictly lower matrix leaves out."""
+    ones = torch.ones(C, C, dtype=torch.bool, device=device)
+    return ones.triu(1), ones.triu(0)
 
 
 class _GatedDelta(torch.autograd.Function):
