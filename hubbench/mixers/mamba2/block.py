@@ -52,6 +52,40 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
+class _GatedRMSNormFn(torch.autograd.Function):
+    """out = RMSNorm(y * SiLU(z)) * w per group, in f; saves y, z, w and one 1/rms per group.
+
+    Plain autograd kept SiLU(z), the gated product, the normalised product and the weighted one
+    (four d_inner-wide tensors per token); backward recomputes them from y and z instead.
+    """
+
+    @staticmethod
+    def forward(ctx, y, z, weight, group_size, eps):  # type: ignore[override]
+        f = torch.promote_types(y.dtype, torch.float32)
+        g = (y.to(f) * F.silu(z.to(f))).unflatten(-1, (-1, group_size))  # (..., G, d / G)
+        rstd = torch.rsqrt(g.square().mean(-1, keepdim=True) + eps)  # (..., G, 1)
+        ctx.save_for_backward(y, z, weight, rstd)
+        ctx.group_size = group_size
+        return (g.mul_(rstd).flatten(-2) * weight.to(f)).to(y.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        y, z, weight, rstd = ctx.saved_tensors
+        f = rstd.dtype
+        yf, zf = y.to(f), z.to(f)
+        sig = torch.sigmoid(zf)
+        silu = zf * sig
+        normed = (yf * silu).unflatten(-1, (-1, ctx.group_size)).mul_(rstd)  # (..., G, d / G)
+        dnormed = (grad.to(f) * weight.to(f)).unflatten(-1, (-1, ctx.group_size))
+        dweight = (grad.to(f) * normed.flatten(-2)).flatten(0, -2).sum(0)
+        # RMSNorm: dg = rstd * (dn - n * mean(dn * n)) over the group
+        dg = (dnormed - normed * (dnormed * normed).mean(-1, keepdim=True)).mul_(rstd).flatten(-2)
+        dy = (dg * silu).to(y.dtype)
+        dz = (dg * yf * sig * (1 + zf * (1 - sig))).to(z.dtype)
+        return dy, dz, dweight.to(weight.dtype), None, None
+
+
 class GatedRMSNorm(nn.Module):
     """RMSNorm(y * SiLU(z)) * weight, per group of `group_size` channels: mamba-ssm's
     RMSNormGated with norm_before_gate=False. Runs in >= fp32, returns y's dtype."""
@@ -62,12 +96,8 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:
-        f = torch.promote_types(y.dtype, torch.float32)
         with torch.autocast(y.device.type, enabled=False):
-            g = y.to(f) * F.silu(z.to(f))
-            gg = g.unflatten(-1, (-1, self.group_size))  # (..., G, d / G)
-            gg = gg * torch.rsqrt(gg.square().mean(-1, keepdim=True) + self.eps)
-            return (gg.flatten(-2) * self.weight.to(f)).to(y.dtype)
+            return _GatedRMSNormFn.apply(y, z, self.weight, self.group_size, self.eps)
 
 
 class Mamba2(Mamba2Decoding, nn.Module):

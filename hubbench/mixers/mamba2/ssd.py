@@ -29,6 +29,8 @@ mamba-ssm's kernels do) and plain autograd: all per-token tensors are O(n * H * 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -52,40 +54,191 @@ def check_ssd_shapes(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> 
             raise ConfigError(f"ssd: {name} has shape {tuple(t.shape)}, expected {want[name]}")
 
 
-class _StatePassing(torch.autograd.Function):
-    """h_{k+1} = decay_k h_k + S_k over chunks k = 0..c-1, from h_0.
+def _pass_states(decay: Tensor, S: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+    """h_{k+1} = decay_k h_k + S_k over chunks k = 0..c-1, from h_0: the state before each chunk
+    (b, c, H, P, N) and after the last (b, H, P, N). decay (b, c, H), S (b, c, H, P, N)."""
+    starts = torch.empty_like(S)
+    h = h0
+    for k in range(S.shape[1]):
+        starts[:, k] = h
+        h = torch.addcmul(S[:, k], decay[:, k, :, None, None], h)
+    return starts, h
 
-    A Python loop over chunks either way; as a Function it records one autograd node instead of
-    c of them, and its backward runs the mirror loop (indexing S[:, k] under plain autograd
-    made every step's backward allocate and fill a zero tensor of S's full size: c^2 work).
-    Returns the state before each chunk (b, c, H, P, N) and after the last (b, H, P, N).
+
+def _pass_states_backward(
+    decay: Tensor, starts: Tensor, g_starts: Tensor, g_last: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The mirror loop of `_pass_states`: dS, d decay and d h_0 from the gradients of the
+    states before each chunk and of the last one."""
+    g = torch.zeros_like(starts[:, 0]) if g_last is None else g_last.clone()
+    dS = torch.empty_like(starts)
+    ddecay = torch.empty_like(decay)
+    for k in range(starts.shape[1] - 1, -1, -1):  # g is dL/dh_{k+1} here
+        dS[:, k] = g
+        ddecay[:, k] = (g * starts[:, k]).sum((-1, -2))
+        g.mul_(decay[:, k, :, None, None]).add_(g_starts[:, k])
+    return dS, ddecay, g
+
+
+@dataclass
+class _Chunks:
+    """A sequence's inputs laid out in chunks of Q tokens (padded), in f: what the forward
+    computes and the backward recomputes. Shapes: b batch, c chunks, H heads, P headdim, G
+    groups, N d_state."""
+
+    xf: Tensor  # (b, n, H, P), x in f, unpadded
+    dtf: Tensor  # (b, n, H)
+    xdt: Tensor  # (b, c, Q, H, P), dt_j x_j
+    cs: Tensor  # (b, c, H, Q), cumsum of dt A inside each chunk
+    Bc: Tensor  # (b, c, G, Q, N)
+    Cc: Tensor  # (b, c, G, Q, N)
+    L: Tensor  # (b, c, H, Q, Q), exp(cs_i - cs_j), 0 where j > i unless leaky
+    CB: Tensor  # (b, c, G, Q, Q), C_i . B_j
+    w: Tensor  # (b, c, H, Q), exp(cs_last - cs_j): token j's decay to the chunk's end
+
+    def heads(self, t: Tensor) -> Tensor:
+        """(b, c, G, Q, r P) per group -> (b, c, Q, H, P) per head."""
+        b, c, G, Q, _ = t.shape
+        H, P = self.xdt.shape[-2:]
+        return t.unflatten(-1, (H // G, P)).permute(0, 1, 3, 2, 4, 5).reshape(b, c, Q, H, P)
+
+    def groups(self, t: Tensor) -> Tensor:
+        """(b, c, Q, H, P) per head -> (b, c, G, Q, r P) per group (a view)."""
+        b, c, Q = t.shape[:3]
+        return t.view(b, c, Q, self.Bc.shape[2], -1).transpose(2, 3)
+
+    def mixing(self) -> Tensor:
+        """M = L * C B^T per head, (b, c, H, Q, Q): the diagonal blocks."""
+        b, c, H, Q, _ = self.L.shape
+        G = self.CB.shape[2]
+        return (self.L.view(b, c, G, H // G, Q, Q) * self.CB[:, :, :, None]).view(b, c, H, Q, Q)
+
+
+def _chunks(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, Q: int, causal: bool, f: torch.dtype
+) -> _Chunks:
+    b, n, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    c = -(-n // Q)
+    pad = c * Q - n  # padded tokens have dt = 0: no decay, no input, outputs dropped
+    xf, dtf, Bf, Cf = (t.to(f) for t in (x, dt, B, C))
+    xdt = xf * dtf[..., None]  # (b, n, H, P)
+    dA = dtf * A.to(f)  # (b, n, H)
+    if pad:
+        xdt, dA = F.pad(xdt, (0, 0, 0, 0, 0, pad)), F.pad(dA, (0, 0, 0, pad))
+        Bf, Cf = F.pad(Bf, (0, 0, 0, 0, 0, pad)), F.pad(Cf, (0, 0, 0, 0, 0, pad))
+    cs = dA.view(b, c, Q, H).transpose(2, 3).cumsum(-1)  # (b, c, H, Q)
+    Bc = Bf.view(b, c, Q, G, N).transpose(2, 3)  # (b, c, G, Q, N)
+    Cc = Cf.view(b, c, Q, G, N).transpose(2, 3)
+    seg = cs[..., :, None] - cs[..., None, :]  # (b, c, H, Q, Q), cs_i - cs_j
+    if causal:
+        future = torch.ones(Q, Q, dtype=torch.bool, device=x.device).triu_(1)
+        seg.masked_fill_(future, float("-inf"))
+    return _Chunks(
+        xf=xf,
+        dtf=dtf,
+        xdt=xdt.view(b, c, Q, H, P),
+        cs=cs,
+        Bc=Bc,
+        Cc=Cc,
+        L=seg.exp_(),
+        CB=Cc @ Bc.transpose(-1, -2),
+        w=(cs[..., -1:] - cs).exp_(),
+    )
+
+
+class _SSD(torch.autograd.Function):
+    """The chunked SSD (module docstring) with its backward written out.
+
+    Saves its inputs as passed and the state before each chunk (one (H, P, N) state per chunk);
+    backward recomputes the chunk layout, the decay blocks and C B^T from them. Plain autograd
+    kept about a dozen per-token tensors of H * Q elements (the decay blocks, their products,
+    transposed copies of x) from forward to backward.
     """
 
     @staticmethod
-    def forward(ctx, decay, S, h0):  # type: ignore[override]
-        starts = torch.empty_like(S)
-        h = h0
-        for k in range(S.shape[1]):
-            starts[:, k] = h
-            h = torch.addcmul(S[:, k], decay[:, k, :, None, None], h)
-        ctx.save_for_backward(decay, starts)
-        return starts, h
+    def forward(ctx, x, dt, A, B, C, h0, D, Q, causal):  # type: ignore[override]
+        f = h0.dtype
+        b, n, H, P = x.shape
+        k = _chunks(x, dt, A, B, C, Q, causal, f)
+        c = k.cs.shape[1]
+        y_diag = k.mixing() @ k.xdt.transpose(2, 3)  # (b, c, H, Q, P)
+        xw = k.groups(k.xdt * k.w.transpose(2, 3)[..., None])  # (b, c, G, Q, r P)
+        S = (xw.transpose(-1, -2) @ k.Bc).view(b, c, H, P, -1)  # (b, c, H, P, N)
+        starts, last = _pass_states(k.cs[..., -1].exp(), S, h0)
+        G = k.Bc.shape[2]
+        off = k.Cc @ starts.view(b, c, G, -1, S.shape[-1]).transpose(-1, -2)  # (b,c,G,Q,rP)
+        y = k.heads(off).mul_(k.cs.exp().transpose(2, 3)[..., None])  # (b, c, Q, H, P)
+        y = y.add_(y_diag.transpose(2, 3)).view(b, c * Q, H, P)[:, :n]
+        if D is not None:
+            y = y + k.xf * D.to(f)[:, None]
+        ctx.save_for_backward(x, dt, A, B, C, D, starts)
+        ctx.Q, ctx.causal = Q, causal
+        return y.to(x.dtype), last
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_starts, g_last):  # type: ignore[override]
-        decay, starts = ctx.saved_tensors
-        c = starts.shape[1]
-        g = torch.zeros_like(starts[:, 0]) if g_last is None else g_last.clone()
-        dS = torch.empty_like(starts)
-        ddecay = torch.empty_like(decay)
-        for k in range(c - 1, -1, -1):  # g is dL/dh_{k+1} here
-            dS[:, k] = g
-            ddecay[:, k] = (g * starts[:, k]).sum((-1, -2))
-            g.mul_(decay[:, k, :, None, None])
-            if g_starts is not None:
-                g.add_(g_starts[:, k])
-        return ddecay, dS, g
+    def backward(ctx, dy, dlast):  # type: ignore[override]
+        x, dt, A, B, C, D, starts = ctx.saved_tensors
+        f = starts.dtype
+        b, n, H, P = x.shape
+        Q = ctx.Q
+        k = _chunks(x, dt, A, B, C, Q, ctx.causal, f)
+        c, G, N = k.cs.shape[1], k.Bc.shape[2], k.Bc.shape[4]
+        dyf = torch.zeros(b, c * Q, H, P, dtype=f, device=x.device)
+        dyf[:, :n] = dy
+        dyc = dyf.view(b, c, Q, H, P)
+        E = k.cs.exp()  # (b, c, H, Q), decay from the chunk's start to token i
+
+        # 4. off-diagonal readout y_i += E_i C_i h_c
+        dy_e = k.groups(dyc * E.transpose(2, 3)[..., None])  # (b, c, G, Q, r P)
+        st = starts.view(b, c, G, -1, N)  # (b, c, G, r P, N)
+        dC = dy_e @ st  # (b, c, G, Q, N)
+        dstarts = (dy_e.transpose(-1, -2) @ k.Cc).view(b, c, H, P, N)
+        off = dy_e * (k.Cc @ st.transpose(-1, -2))  # dL/dE_i * E_i, before summing over P
+        dcs = k.heads(off).sum(-1).transpose(2, 3)  # (b, c, H, Q)
+
+        # 3. state passing
+        decay = k.cs[..., -1].exp()  # (b, c, H)
+        dS, ddecay, dh0 = _pass_states_backward(decay, starts, dstarts, dlast)
+        dcs[..., -1] += ddecay * decay
+
+        # 2. chunk states S = sum_j w_j dt_j x_j B_j^T
+        dSg = dS.view(b, c, G, -1, N)  # (b, c, G, r P, N)
+        wt = k.w.transpose(2, 3)[..., None]  # (b, c, Q, H, 1)
+        dB = k.groups(k.xdt * wt) @ dSg  # (b, c, G, Q, N)
+        dxw = k.heads(k.Bc @ dSg.transpose(-1, -2))  # (b, c, Q, H, P)
+        dxdt = dxw * wt
+        dw = (dxw * k.xdt).sum(-1).transpose(2, 3).mul_(k.w)  # dL/dw_j * w_j, (b, c, H, Q)
+        dcs -= dw
+        dcs[..., -1] += dw.sum(-1)
+
+        # 1. diagonal blocks y_i = sum_j L_ij (C_i . B_j) dt_j x_j
+        M = k.mixing()  # (b, c, H, Q, Q)
+        dyh = dyc.transpose(2, 3)  # (b, c, H, Q, P)
+        dxdt += (M.transpose(-1, -2) @ dyh).transpose(2, 3)
+        dM = dyh @ k.xdt.permute(0, 1, 3, 4, 2)  # (b, c, H, Q, Q)
+        dseg = dM * M  # dL/d(cs_i - cs_j), zero where masked
+        dcs += dseg.sum(-1) - dseg.sum(-2)
+        dCB = (dM.mul_(k.L)).view(b, c, G, H // G, Q, Q).sum(3)  # (b, c, G, Q, Q)
+        dC += dCB @ k.Bc
+        dB += dCB.transpose(-1, -2) @ k.Cc
+
+        # cs is a cumsum of dt A inside each chunk: its gradient is a reversed cumsum
+        d_dA = dcs.flip(-1).cumsum(-1).flip(-1).transpose(2, 3).reshape(b, c * Q, H)[:, :n]
+        dxdt = dxdt.view(b, c * Q, H, P)[:, :n]
+        Af = A.to(f)
+        ddt = d_dA * Af + (dxdt * k.xf).sum(-1)
+        dA = (d_dA * k.dtf).sum((0, 1))
+        dx = dxdt * k.dtf[..., None]
+        dD = None
+        if D is not None:
+            dx += dyf[:, :n] * D.to(f)[:, None]
+            dD = (dyf[:, :n] * k.xf).sum((0, 1, 3)).to(D.dtype)
+        dB = dB.transpose(2, 3).reshape(b, c * Q, G, N)[:, :n]
+        dC = dC.transpose(2, 3).reshape(b, c * Q, G, N)[:, :n]
+        return (dx.to(x.dtype), ddt.to(dt.dtype), dA.to(A.dtype), dB.to(B.dtype),
+                dC.to(C.dtype), dh0, dD, None, None)  # fmt: skip
 
 
 def ssd_chunked(
@@ -112,55 +265,14 @@ def ssd_chunked(
     if chunk < 1:
         raise ConfigError(f"ssd: chunk must be >= 1, got {chunk}")
     b, n, H, P = x.shape
-    G, N = B.shape[2], B.shape[3]
+    N = B.shape[3]
     f = torch.promote_types(x.dtype, torch.float32)
     with torch.autocast(x.device.type, enabled=False):
         h0 = x.new_zeros(b, H, P, N, dtype=f) if initial_state is None else initial_state.to(f)
         if n == 0:
             return x.new_zeros(b, 0, H, P), h0.clone()
         Q = min(chunk, n)  # a prompt shorter than a chunk is one short chunk, not padding
-        c = -(-n // Q)
-        pad = c * Q - n  # padded tokens have dt = 0: no decay, no input, outputs dropped
-        xf, dtf, Bf, Cf, Af = (t.to(f) for t in (x, dt, B, C, A))
-        xdt = xf * dtf[..., None]  # (b, n, H, P), dt_j x_j
-        dA = dtf * Af  # (b, n, H)
-        if pad:
-            xdt, dA = F.pad(xdt, (0, 0, 0, 0, 0, pad)), F.pad(dA, (0, 0, 0, pad))
-            Bf, Cf = F.pad(Bf, (0, 0, 0, 0, 0, pad)), F.pad(Cf, (0, 0, 0, 0, 0, pad))
-        r = H // G  # heads per group
-        cs = dA.view(b, c, Q, H).transpose(2, 3).cumsum(-1)  # (b, c, H, Q)
-        Bc = Bf.view(b, c, Q, G, N).transpose(2, 3)  # (b, c, G, Q, N)
-        Cc = Cf.view(b, c, Q, G, N).transpose(2, 3)  # (b, c, G, Q, N)
-        xg = xdt.view(b, c, Q, G, r * P).transpose(2, 3)  # (b, c, G, Q, r P)
-
-        # 1. diagonal blocks: a decay-weighted, masked C B^T per head, times dt x
-        seg = cs[..., :, None] - cs[..., None, :]  # (b, c, H, Q, Q), cs_i - cs_j
-        if causal:
-            future = torch.ones(Q, Q, dtype=torch.bool, device=x.device).triu_(1)
-            seg = seg.masked_fill(future, float("-inf"))
-        CB = Cc @ Bc.transpose(-1, -2)  # (b, c, G, Q, Q)
-        M = seg.exp().view(b, c, G, r, Q, Q) * CB[:, :, :, None]  # (b, c, G, r, Q, Q)
-        xh = xdt.view(b, c, Q, H, P).transpose(2, 3)  # (b, c, H, Q, P)
-        y = (M.view(b, c, H, Q, Q) @ xh).transpose(2, 3)  # (b, c, Q, H, P)
-
-        # 2. what each chunk adds to the state, decayed to the chunk's end
-        w = (cs[..., -1:] - cs).exp()  # (b, c, H, Q)
-        w = w.view(b, c, G, r, Q).transpose(-1, -2)  # (b, c, G, Q, r)
-        xw = (xg.view(b, c, G, Q, r, P) * w[..., None]).view(b, c, G, Q, r * P)
-        S = (xw.transpose(-1, -2) @ Bc).view(b, c, H, P, N)  # (b, c, H, P, N)
-
-        # 3. state passing between chunks
-        starts, last = _StatePassing.apply(cs[..., -1].exp(), S, h0)
-
-        # 4. off-diagonal blocks: the state before the chunk, read by C, decayed to token i
-        off = Cc @ starts.view(b, c, G, r * P, N).transpose(-1, -2)  # (b, c, G, Q, r P)
-        decay_in = cs.exp().view(b, c, G, r, Q).transpose(-1, -2)  # (b, c, G, Q, r)
-        off = off.view(b, c, G, Q, r, P) * decay_in[..., None]
-        y = y + off.transpose(2, 3).reshape(b, c, Q, H, P)
-        y = y.reshape(b, c * Q, H, P)[:, :n]
-        if D is not None:
-            y = y + xf * D.to(f)[:, None]
-    return y.to(x.dtype), last
+        return _SSD.apply(x, dt, A, B, C, h0, D, Q, causal)
 
 
 def ssd_step(
