@@ -119,6 +119,22 @@ def test_chunked_ssd_without_initial_state_and_sequences_differ() -> None:
     torch.testing.assert_close(alone, y[1:2], rtol=0, atol=1e-13)  # batch rows are independent
 
 
+@pytest.mark.parametrize("used", ["y", "final state"])
+def test_chunked_ssd_gradients_when_one_output_is_unused(used: str) -> None:
+    # the backward then gets zeros for the other output: each path must stand on its own
+    inp = _ssd_inputs(2, 2 * CHUNK + 3, 4, 3, 2, 5, seed=4)
+    (y, last), (y_ref, last_ref) = _ssd_both(inp, CHUNK)
+    out, out_ref = (y, y_ref) if used == "y" else (last, last_ref)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(2), dtype=F64)
+    got = torch.autograd.grad((out * w).sum(), list(inp.values()), allow_unused=True)
+    want = torch.autograd.grad((out_ref * w).sum(), list(inp.values()), allow_unused=True)
+    for name, g, g_ref in zip(inp, got, want, strict=True):
+        if g_ref is None:  # D does not reach the final state
+            assert g is None or g.abs().max() == 0, name
+        else:
+            _assert_rel(g, g_ref, f"d{name}")
+
+
 def test_chunked_ssd_stays_finite_in_fp32_with_strong_decay() -> None:
     # long chunks of exp(dt A) down to exp(-160): a form that divided decays would overflow
     inp = {k: v.detach().float() for k, v in _ssd_inputs(1, 300, 2, 4, 1, 8, seed=1).items()}
