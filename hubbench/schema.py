@@ -112,7 +112,8 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, ...]] = {
 # backend column -> the key the model reports it under (LanguageModel.backends)
 BACKEND_COLUMNS = {"backend_attention": "attention", "backend_mamba": "mamba",
                    "backend_hub": "hubrouter", "backend_mamba2": "mamba2", "backend_gdn": "gdn",
-                   "backend_swa": "swa", "backend_moba": "moba", "backend_nsa": "nsa"}  # fmt: skip
+                   "backend_swa": "swa", "backend_moba": "moba", "backend_nsa": "nsa",
+                   "backend_oryx": "oryx"}  # fmt: skip
 
 
 def _package_columns() -> tuple[Column, ...]:
@@ -167,6 +168,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("backend_swa", "string", "measurement", "sliding-window attention path that ran"),
     _c("backend_moba", "string", "measurement", "MoBA path that ran"),
     _c("backend_nsa", "string", "measurement", "NSA path that ran"),
+    _c("backend_oryx", "string", "measurement",
+       "Oryx: its base's scan and, when a chunk ran in attention mode, the attention kernel"),
     _metric("time_median_s", "float64", "median step time (decode: per generated token)",
             "step time", "s", False, 1),
     _c("time_min_s", "float64", "measurement", "fastest step"),
@@ -228,6 +231,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("speed_of_light_fraction", "float64", "measurement",
        "speed_of_light_s / time_median_s: how close the measured step came"),
     _c("params", "int64", "measurement", "parameter count"),
+    _c("tied_share", "float64", "measurement",
+       "Oryx: parameters its two modes share / all of its mixer's parameters (null: no Oryx)"),
     _c("train_loss", "float64", "quality", "training loss over the last tenth of the updates"),
     _metric_q("eval_loss", "held-out loss (scored positions only)", "eval loss", "nats", False),
     _metric_q("eval_accuracy", "mqar: held-out accuracy on the queried positions",

@@ -43,6 +43,7 @@ class RoundResult:
     peak_flops_source: str | None
     params: int
     backends: dict[str, str] = field(default_factory=dict)
+    tied_share: float | None = None  # Oryx: the share of its mixer's parameters both modes use
     bytes_per_step_min: float | None = None  # roofline.bytes_floor
     peak_bytes_per_s: float | None = None
     peak_bytes_source: str | None = None
@@ -98,6 +99,7 @@ def measurement_columns(rounds: Sequence[RoundResult], where: str) -> dict[str, 
         **_memory_columns(rounds),
         **_rate_columns(rounds, s),
         "params": rounds[0].params,
+        "tied_share": rounds[0].tied_share,
     }
     return schema.part("measurement", values, where)
 

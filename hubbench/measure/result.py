@@ -55,6 +55,7 @@ def round_result(
         peak_flops_per_s=_times(peak, world),
         peak_flops_source=source,
         params=int(model.num_params()),
+        tied_share=_tied_share(model),
         backends=dict(m.backends),
         state_bytes=state_bytes,
         bytes_per_step_min=bytes_floor(mode, weights, state_bytes, cell.batch) * world,
@@ -73,6 +74,15 @@ def _analytic(cell: Cell, model: Any, mode: str) -> float | None:
     context = cell.seq + (cell.decode_tokens - 1) / 2 if mode == "decode" else cell.seq
     analytic = model.flops_analytic(cell.batch, context, mode)
     return None if analytic is None else float(analytic)
+
+
+def _tied_share(model: Any) -> float | None:
+    """The tied share of the model's first mixer that reports one (Oryx: every layer alike)."""
+    for module in model.modules() if hasattr(model, "modules") else ():
+        share = getattr(module, "tied_share", None)
+        if callable(share) and module is not model:
+            return float(share())
+    return None
 
 
 def _times(value: float | None, factor: float) -> float | None:

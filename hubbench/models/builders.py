@@ -27,6 +27,8 @@ from hubbench.plan.variants import (
     Mamba2Fields,
     MoBAFields,
     NSAFields,
+    OryxFields,
+    OryxMamba2Config,
     PluginFields,
     SWAFields,
     TransformerConfig,
@@ -136,6 +138,26 @@ def _field_mixer(config: BaseConfig, rope: bool) -> tuple[str, nn.Module]:
             rope=rope,
             causal=config.causal,
         )
+    if isinstance(config, OryxFields):
+        from hubbench.mixers.oryx import Oryx
+
+        base = "mamba2" if isinstance(config, OryxMamba2Config) else "gdn"
+        options = (
+            {"d_state": config.d_state, "expand": config.expand, "impl": config.mamba_impl}
+            if isinstance(config, OryxMamba2Config)
+            else {"expand_v": config.expand_v, "impl": config.gdn_impl}
+        )
+        return "oryx", Oryx(
+            config.d_model,
+            config.n_heads,
+            base=base,
+            attn_fraction=config.attn_fraction,
+            policy=config.policy,
+            chunk=config.chunk,
+            causal=config.causal,
+            d_conv=config.d_conv,
+            **options,
+        )
     raise TypeError(f"{type(config).__name__} is not a field family's config")
 
 
@@ -229,6 +251,8 @@ BUILDERS: dict[str, Callable[[str, BaseConfig], LanguageModel]] = {
     "moba-jamba": _build_jamba,
     "nsa-gpt": _build_field_gpt,
     "nsa-jamba": _build_jamba,
+    "oryx-gdn": _build_field_gpt,
+    "oryx-mamba2": _build_field_gpt,
 }
 
 

@@ -286,6 +286,73 @@ class NSAFields:
 
 
 @dataclass
+class OryxFields:
+    attn_fraction: float = _f(
+        0.0625, "Oryx: fraction of chunks in attention mode (policy spread)", "mixer"
+    )
+    policy: str = _f(
+        "spread",
+        "Oryx: which tokens run in attention: spread (attn_fraction of chunks, evenly spaced) | "
+        "first:K (the first K chunks) | prefill:N (positions < N; decode after N in recurrence)",
+        "mixer",
+    )
+    chunk: int = _f(64, CHUNK_DOC, "mixer")
+    causal: bool = _f(True, CAUSAL_DOC, "mixer")
+
+    def validate_oryx(self) -> None:
+        _positive(self, "chunk")
+        if not 0.0 <= self.attn_fraction <= 1.0:
+            raise ConfigError(
+                f"attn_fraction must lie in [0, 1] (got {self.attn_fraction})", ("attn_fraction",)
+            )
+        kind, sep, arg = self.policy.partition(":")
+        if not (
+            self.policy == "spread" or (kind in ("first", "prefill") and sep and arg.isdigit())
+        ):
+            raise ConfigError(
+                f"policy={self.policy!r} is not valid; valid: spread, first:K, prefill:N "
+                "(K, N whole numbers)",
+                ("policy",),
+            )
+
+
+@dataclass
+class OryxGDNConfig(OryxFields, BaseConfig):
+    gdn_impl: str = _f("ref", "ref (PyTorch chunked WY form) | fla (fla's kernels)", "mixer")
+    expand_v: int = _f(1, "Gated DeltaNet value head width = expand_v * d_model / n_heads", "mixer")
+    d_conv: int = _f(4, D_CONV_DOC, "mixer")
+
+    def validate(self) -> None:
+        super().validate()
+        self.validate_oryx()
+        _choice(self, "gdn_impl", GDN_IMPLS)
+        _positive(self, "expand_v", "d_conv")
+
+
+@dataclass
+class OryxMamba2Config(OryxFields, BaseConfig):
+    """Oryx on Mamba-2: its heads are n_heads (headdim = expand * d_model / n_heads), so an
+    attention-mode head and an SSD head are the same head."""
+
+    mamba_impl: str = _f("ref", "ref (PyTorch chunked scan) | fused (mamba-ssm kernels)", "mixer")
+    d_state: int = _f(64, D_STATE_DOC, "mixer")
+    expand: int = _f(2, EXPAND_DOC, "mixer")
+    d_conv: int = _f(4, D_CONV_DOC, "mixer")
+
+    def validate(self) -> None:
+        super().validate()
+        self.validate_oryx()
+        _choice(self, "mamba_impl", MAMBA_IMPLS)
+        _positive(self, "d_state", "expand", "d_conv")
+        if (self.expand * self.d_model) % self.n_heads:
+            raise ConfigError(
+                f"expand * d_model = {self.expand * self.d_model} is not divisible by "
+                f"n_heads={self.n_heads}",
+                ("expand", "d_model", "n_heads"),
+            )
+
+
+@dataclass
 class Mamba2GPTConfig(Mamba2Fields, BaseConfig):
     def validate(self) -> None:
         super().validate()
@@ -450,6 +517,14 @@ _FIELD: tuple[tuple[str, str, type[BaseConfig], type[BaseConfig], str], ...] = (
 )  # fmt: skip
 
 
+_ORYX = (
+    ("oryx-gdn", "Oryx on Gated DeltaNet: one block, attention or recurrence by position, "
+     "parameters tied", OryxGDNConfig),
+    ("oryx-mamba2", "Oryx on Mamba-2: one block, attention or recurrence by position, "
+     "parameters tied", OryxMamba2Config),
+)  # fmt: skip
+
+
 def _field_specs() -> list[VariantSpec]:
     out = []
     for i, (name, mixer, gpt, jamba, hybrid) in enumerate(_FIELD):
@@ -465,6 +540,9 @@ def _field_specs() -> list[VariantSpec]:
         )
         out.append(VariantSpec(f"{name}-jamba", hybrid, jamba, router=False, baseline="jamba",
                                order=11 + 2 * i))  # fmt: skip
+    for i, (name, description, config) in enumerate(_ORYX):
+        out.append(VariantSpec(name, f"{description}, an MLP after each; in every layer", config,
+                               router=False, baseline="transformer", order=30 + i))  # fmt: skip
     return out
 
 
@@ -599,7 +677,7 @@ def all_fields() -> dict[str, FieldInfo]:
 def inert_fields(config: BaseConfig) -> set[str]:
     """Fields that cannot change what this config builds (a sweep must not multiply on them)."""
     inert: set[str] = set()
-    sparse = (SWAFields, MoBAFields, NSAFields)
+    sparse = (SWAFields, MoBAFields, NSAFields, OryxFields)  # Oryx's attention is its own
     recurrent = (Mamba2Fields, GDNFields)
     if isinstance(config, sparse) or (
         isinstance(config, recurrent)
@@ -615,6 +693,8 @@ def inert_fields(config: BaseConfig) -> set[str]:
         inert |= {"hubs", "topk", "neighbours", "chunk", "ortho", "causal"}
     if config.attention != "sdpa":
         inert.add("sdpa_kernel")
+    if isinstance(config, OryxFields) and config.policy != "spread":
+        inert.add("attn_fraction")  # first:K and prefill:N name their tokens themselves
     if isinstance(config, JambaConfig) and not config.moe:
         inert |= {"n_experts", "moe_topk"}
     return inert

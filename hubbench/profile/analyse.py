@@ -47,6 +47,7 @@ STAGES: tuple[str, ...] = (
     "swa",
     "moba",
     "nsa",
+    "oryx",
     "mixer",  # a plug-in mixer (hubbench.plan.plugins)
     "mlp",
     "moe",

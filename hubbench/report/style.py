@@ -40,11 +40,13 @@ _COLOURS: dict[tuple[str, str | None], str] = {
     ("moba-jamba", None): "#117733",
     ("nsa-gpt", None): "#AA4499",
     ("nsa-jamba", None): "#AA4499",
+    ("oryx-gdn", None): "#DDCC77",
+    ("oryx-mamba2", None): "#88CCEE",
 }
 _MARKERS = {"transformer": "o", "jamba": "s", "hub-gpt": "^", "hub-jamba": "D",
             "mamba2-gpt": "v", "mamba2-jamba": "h", "gdn-gpt": "P", "gdn-jamba": "p",
             "swa-gpt": "<", "swa-jamba": "d", "moba-gpt": ">", "moba-jamba": "8",
-            "nsa-gpt": "X", "nsa-jamba": "*"}  # fmt: skip
+            "nsa-gpt": "X", "nsa-jamba": "*", "oryx-gdn": "H", "oryx-mamba2": "H"}  # fmt: skip
 # Line style names the attention implementation, marker the variant: readable in greyscale.
 _LINES = {"naive": (0, (1, 1.2)), "sdpa": (0, (5, 2)), "flash": (0, (5, 1.5, 1, 1.5))}
 _EXTRA = ("#332288", "#44AA99", "#882255", "#117733", "#AA4499", "#DDCC77", "#88CCEE")

@@ -142,6 +142,7 @@ def state_from_row(
 
 # RoundResult field -> its column: every round of a row has the row's value
 SHARED = {"tokens": "tokens_per_step", "params": "params", "mem_kind": "mem_kind",
+          "tied_share": "tied_share",
           **{name: name for name in ("mem_baseline_bytes", "flops_per_step",
              "flops_per_step_analytic", "peak_flops_per_s", "peak_flops_source",
              "bytes_per_step_min", "peak_bytes_per_s", "peak_bytes_source")}}  # fmt: skip

@@ -15,8 +15,8 @@ TINY = {"d_model": 16, "n_layers": 2, "n_heads": 2, "mlp_ratio": 2.0}
 HUB = {"hubs": 3, "topk": 3, "neighbours": 2, "chunk": 6}  # r=2 crosses chunk ends
 # the field's mixers small enough that n = 20 crosses their windows, blocks and chunks
 FIELD = {"window": 5, "block": 4, "top_blocks": 1, "cmp_block": 4, "cmp_stride": 2,
-         "d_state": 4, "headdim": 8, "attn_every": 2}  # fmt: skip
-MIXER_KINDS = {"attention", "hubrouter", "mixer", "mamba2", "gdn", "swa", "moba", "nsa"}
+         "d_state": 4, "headdim": 8, "attn_every": 2, "attn_fraction": 0.5}  # fmt: skip
+MIXER_KINDS = {"attention", "hubrouter", "mixer", "mamba2", "gdn", "swa", "moba", "nsa", "oryx"}
 LEAK_CHECKS = ("jacobian", "perturbation", "prefix")
 
 

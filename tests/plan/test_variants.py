@@ -26,6 +26,8 @@ def test_registry_metadata() -> None:
         "moba-jamba",
         "nsa-gpt",
         "nsa-jamba",
+        "oryx-gdn",
+        "oryx-mamba2",
         "mixer-gpt",
         "mixer-jamba",
     ]
@@ -98,6 +100,10 @@ def test_hybrid_attention_layers_follow_jambas_rule() -> None:
         ("moba-jamba", {"top_blocks": -1}, ("top_blocks",)),
         ("nsa-gpt", {"cmp_block": 16, "cmp_stride": 32}, ("cmp_stride", "cmp_block")),
         ("nsa-gpt", {"block": 40, "cmp_stride": 16}, ("block", "cmp_stride")),
+        ("oryx-gdn", {"attn_fraction": 1.5}, ("attn_fraction",)),
+        ("oryx-gdn", {"policy": "last:3"}, ("policy",)),
+        ("oryx-mamba2", {"policy": "first:x"}, ("policy",)),
+        ("oryx-mamba2", {"d_model": 96, "n_heads": 5}, ("d_model", "n_heads")),
     ],
 )
 def test_field_configs_refuse_impossible_values(variant, fields, named) -> None:
@@ -115,3 +121,5 @@ def test_field_variants_leave_attention_inert_where_no_attention_layer_is_left()
     assert "attention" not in inert("mamba2-jamba", attn_every=8)  # one attention layer left
     assert "attention" in inert("gdn-jamba", attn_every=0)  # the pure recurrence
     assert {"n_experts", "moe_topk"} <= inert("swa-jamba")  # jamba's own rules still apply
+    assert "attn_fraction" in inert("oryx-gdn", policy="first:2")
+    assert "attn_fraction" not in inert("oryx-mamba2")
