@@ -277,6 +277,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("updates_to_solve", "int64", "quality",
        "mqar: updates until the validation accuracy first reached 0.99 (null: never)"),
     _c("updates_run", "int64", "quality", "updates actually run (early stopping ends sooner)"),
+    _c("decode_state_bytes", "int64", "quality",
+       "bytes of the trained model's decode state per sequence after a seq-token prompt"),
     _c("hubbench_version", "string", "env", "hubbench version"),
     _c("git_commit", "string", "env", "commit of the source tree that measured"),
     _c("git_dirty", "bool", "env", "uncommitted changes in that tree"),

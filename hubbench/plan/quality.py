@@ -15,6 +15,10 @@ from typing import Any
 from hubbench.errors import ConfigError
 from hubbench.plan.fields import TASKS
 
+# `mqar-legacy` is hubbench's first MQAR layout, kept by name only (hubbench.quality.tasks); it
+# belongs in plan.fields.TASKS, which this module extends until it does
+MQAR_TASKS = ("mqar", "mqar-legacy")
+QUALITY_TASKS = tuple(dict.fromkeys((*TASKS, *MQAR_TASKS)))
 CORPORA = ("pydoc", "shakespeare")  # `data` names that are not files (quality.tasks.load_corpus)
 BYTE_VOCAB = 256
 MIN_CORPUS_BYTES = 4096  # the fewest bytes a `bytes` corpus may hold (quality.tasks.load_corpus)
@@ -74,13 +78,19 @@ def check_data_file(data: str, seq: int) -> None:
     )
 
 
-def mqar_problem(seq: int, kv_pairs: int, vocab: int) -> str | None:
+def mqar_layout(task: str) -> str:
+    """The MQAR layout a task name asks for: zoology (`mqar`) or legacy (`mqar-legacy`)."""
+    return "legacy" if task == "mqar-legacy" else "zoology"
+
+
+def mqar_problem(seq: int, kv_pairs: int, vocab: int, layout: str = "zoology") -> str | None:
     """Why MQAR cannot be laid out at this size (None if it can).
 
-    The context (2 kv_pairs tokens) and the queries (each a key and the slot after it, which the
-    value should fill: 2 kv_pairs tokens more) must fit with room for gaps: seq >= 4 kv_pairs.
-    Keys and values come from disjoint halves of the tokens 1..vocab-1, and the keys of one
-    sequence are distinct: (vocab - 1) // 2 >= kv_pairs.
+    The context (2 kv_pairs tokens) and the query slots (two tokens each, one per key) must fit
+    with room for gaps: seq >= 4 kv_pairs. Keys and values come from disjoint halves of the
+    tokens 1..vocab-1, and the keys of one sequence are distinct: (vocab - 1) // 2 >= kv_pairs.
+    Zoology's layout also needs vocab > seq, as Zoology asserts: a vocabulary smaller than the
+    sequence makes repeats, and the task easier to shortcut, by construction.
     """
     if seq < 4 * kv_pairs:
         return f"mqar needs seq >= 4 * kv_pairs (seq={seq}, kv_pairs={kv_pairs})"
@@ -89,20 +99,26 @@ def mqar_problem(seq: int, kv_pairs: int, vocab: int) -> str | None:
             f"mqar needs vocab >= 2 * kv_pairs + 1 for distinct keys and disjoint values "
             f"(vocab={vocab}, kv_pairs={kv_pairs})"
         )
+    if layout == "zoology" and vocab <= seq:
+        return (
+            f"mqar needs vocab > seq as Zoology does (vocab={vocab}, seq={seq}); "
+            "task mqar-legacy keeps the old layout"
+        )
     return None
 
 
 def check_quality(run: Mapping[str, Any], config: Any) -> None:
     """A ConfigError (naming its fields) if the quality cell `run` cannot run on `config`."""
     task = run["task"]
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; valid: {', '.join(TASKS)}", fields=["task"])
+    if task not in QUALITY_TASKS:
+        valid = ", ".join(QUALITY_TASKS)
+        raise ConfigError(f"unknown task {task!r}; valid: {valid}", fields=["task"])
     lr = run["lr"]
     if not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"lr must be a positive number (got {lr})", fields=["lr"])
     vocab = int(getattr(config, "vocab", BYTE_VOCAB))
-    if task == "mqar":
-        problem = mqar_problem(run["seq"], run["kv_pairs"], vocab)
+    if task in MQAR_TASKS:
+        problem = mqar_problem(run["seq"], run["kv_pairs"], vocab, mqar_layout(task))
         if problem:
             raise ConfigError(problem, fields=["seq", "kv_pairs", "vocab"])
         return

@@ -36,7 +36,7 @@ RUN_FIELDS: dict[str, RunField] = {
     "decode_tokens": RunField(
         int, "figure", "decode: tokens generated per timed step, from the same prompt (else null)"
     ),
-    "task": RunField(str, "figure", "quality: mqar | bytes (else null)"),
+    "task": RunField(str, "figure", "quality: mqar | mqar-legacy | bytes (else null)"),
     "kv_pairs": RunField(int, "figure", "quality, mqar: key-value pairs per sequence (else null)"),
     "data": RunField(str, "figure", "quality, bytes: pydoc | shakespeare | a file (else null)"),
     "train_updates": RunField(int, "figure", "quality: optimizer updates, the training budget"),
@@ -65,7 +65,7 @@ def inert_run_fields(mode: str, task: str | None) -> set[str]:
     inert = set() if mode == "decode" else {"decode_tokens"}
     if mode != "quality":
         return inert | set(QUALITY_FIELDS)
-    return inert | ({"data"} if task == "mqar" else {"kv_pairs"})
+    return inert | ({"data"} if str(task).startswith("mqar") else {"kv_pairs"})
 
 
 def run_defaults() -> dict[str, Any]:

@@ -1,22 +1,30 @@
 """Task data for the quality mode, made at run time (nothing is downloaded).
 
-**MQAR** (multi-query associative recall, as Zoology's `multiquery_ar`): tokens 1..vocab-1 are
-split into two disjoint halves of `half = (vocab - 1) // 2` tokens, keys from the first, values
-from the second (token 0 is never a key or a value). A sequence of length `seq` is
+**MQAR** (multi-query associative recall) as Zoology's `multiquery_ar` defines it (task `mqar`;
+HazyResearch/zoology `zoology/data/multiquery_ar.py`, read, not copied): tokens 1..2*half, with
+`half = (vocab - 1) // 2`, are split into two disjoint halves, keys from the first, values from
+the second; the K = kv_pairs keys of a sequence are distinct and so are its K values. A
+sequence of length `seq` is
 
-    k_1 v_1 k_2 v_2 ... k_K v_K | filler and queries
+    k_1 v_1 k_2 v_2 ... k_K v_K | query region
 
-with K = kv_pairs distinct keys. The region after the context holds `space = (seq - 2K) // 2`
-two-token slots; every key is queried once, in a slot drawn without replacement with weight
-g^(a-1) for the slot's gap index g = 1..space (power law, a = 0.01: short gaps far more likely).
-A query is the key at the slot's first position and its value at the second. Every other
-position holds a random token of the value half. Zoology fills with tokens of the whole
-vocabulary (random_non_queries), which at its 8192 tokens rarely repeats a key; at the few
-hundred tokens a CPU run affords, a filler copy of a key followed by a random token would sit in
-most sequences and make the earlier occurrence ambiguous, so here no filler token is a key. The
-target at a query's key position is its value (next-token convention), -100 everywhere else, so
-loss and accuracy count the queried positions only; `needed` says, for each of them, where the
-answer sits: the key's and the value's positions in the context.
+The query region holds `space = (seq - 2K) // 2` two-token slots; every key is queried once, at
+the first position of a slot drawn without replacement with weight g^(a-1) for the slot's gap
+index g = 1..space (power law, a = 0.01: short gaps far more likely). The value is the *target*
+at the query key's position (next-token convention) and never an input: every other position of
+the query region is filler drawn uniformly from the tokens that are neither a key nor a value of
+this sequence (token 0 and other sequences' keys and values included), so no filler token can
+answer a query or repeat a key (Zoology draws filler from the whole vocabulary, which at its
+8192 tokens almost never hits the sequence's own keys; here it never does). Targets are -100
+everywhere else, so loss and accuracy count the queried positions only; `needed` says, for each
+of them, where the answer sits: the key's and the value's positions in the context. Zoology
+requires vocab > seq (8192 in its paper).
+
+**MQAR, legacy layout** (task `mqar-legacy`): hubbench's first layout, kept only by name so old
+results can be reproduced. It writes each value into the input right after its query key,
+draws values with replacement and fills with value tokens: a guesser that never binds a key to
+its value (the most frequent context value not yet revealed) scores 0.39 at (128, 8) with a
+64-token vocabulary (issue 30). `recall_free_ceilings` measures such guessers on any batch.
 
 **Bytes**: a corpus as bytes (one token per byte), split into a training part and a held-out
 contiguous tail. The default corpus, `pydoc`, is CPython's own reference documentation text
@@ -67,6 +75,41 @@ def mqar_gap_weights(space: int, power_a: float = 0.01) -> Tensor:
     return torch.arange(1, space + 1, dtype=torch.float64) ** (power_a - 1)
 
 
+def _check_mqar_args(batch: int, seq: int, kv_pairs: int, vocab: int, power_a: float) -> None:
+    for name, value in (("batch", batch), ("seq", seq), ("kv_pairs", kv_pairs), ("vocab", vocab)):
+        if value < 1:
+            raise ConfigError(f"mqar: {name} must be >= 1 (got {value})", fields=[name])
+    if not (math.isfinite(power_a) and power_a > 0):
+        raise ConfigError(
+            f"mqar: power_a must be a finite number > 0 (got {power_a})", fields=["power_a"]
+        )
+
+
+def _distinct(batch: int, count: int, first: int, size: int, g: torch.Generator) -> Tensor:
+    """(batch, count) tokens drawn without replacement from first .. first + size - 1 per row:
+    rows with a repeat are drawn again (cheap while count is far below size, as at Zoology's
+    sizes), or a full shuffle per row when count is near size."""
+    if count * count > 2 * size:  # a row draws no repeat with probability < 1/e
+        return torch.rand(batch, size, generator=g).argsort(dim=1)[:, :count] + first
+    out = torch.randint(0, size, (batch, count), generator=g)
+    while True:
+        s = out.sort(dim=1).values
+        again = (s[:, 1:] == s[:, :-1]).any(dim=1).nonzero().flatten()
+        if again.numel() == 0:
+            return out + first
+        out[again] = torch.randint(0, size, (again.numel(), count), generator=g)
+
+
+def _filler(shape: tuple[int, int], vocab: int, taken: Tensor, g: torch.Generator) -> Tensor:
+    """Tokens drawn uniformly from 0..vocab-1 minus each row's `taken` tokens (B, T, distinct):
+    the r-th free token, found by stepping over the taken ones in increasing order."""
+    free = vocab - taken.shape[1]
+    out = torch.randint(0, free, shape, generator=g)
+    for t in taken.sort(dim=1).values.unbind(1):  # (B,) each, ascending
+        out += (out >= t.unsqueeze(1)).long()
+    return out
+
+
 def mqar_batch(
     batch: int,
     seq: int,
@@ -75,20 +118,54 @@ def mqar_batch(
     generator: torch.Generator,
     power_a: float = 0.01,
 ) -> TaskBatch:
-    """`batch` MQAR sequences of length `seq` (module docstring), on CPU.
+    """`batch` MQAR sequences of length `seq` in Zoology's layout (module docstring), on CPU.
+
+    Needs seq >= 4 kv_pairs, (vocab - 1) // 2 >= kv_pairs and vocab > seq
+    (hubbench.plan.quality.mqar_problem); the same generator state gives the same batch.
+    """
+    _check_mqar_args(batch, seq, kv_pairs, vocab, power_a)
+    problem = mqar_problem(seq, kv_pairs, vocab, layout="zoology")
+    if problem:
+        raise ConfigError(problem, fields=["seq", "kv_pairs", "vocab"])
+    B, K, g = batch, kv_pairs, generator
+    half = (vocab - 1) // 2
+    keys = _distinct(B, K, 1, half, g)  # (B, K)
+    values = _distinct(B, K, 1 + half, half, g)  # (B, K)
+    inputs = _filler((B, seq), vocab, torch.cat([keys, values], dim=1), g)
+    context = torch.arange(K)
+    inputs[:, 2 * context] = keys
+    inputs[:, 2 * context + 1] = values
+    space = (seq - 2 * K) // 2
+    weights = mqar_gap_weights(space, power_a).expand(B, space)
+    slots = torch.multinomial(weights, K, replacement=False, generator=g)  # (B, K), gap - 1
+    query = 2 * K + 2 * slots  # (B, K): position of each key's query
+    rows = torch.arange(B).unsqueeze(1)
+    inputs[rows, query] = keys  # the value is a target only: the next position stays filler
+    targets = torch.full((B, seq), IGNORE, dtype=torch.long)
+    targets[rows, query] = values
+    needed = torch.full((B, seq, 2), -1, dtype=torch.long)
+    needed[rows, query, 0] = 2 * context
+    needed[rows, query, 1] = 2 * context + 1
+    return TaskBatch(inputs, targets, needed)
+
+
+def mqar_legacy_batch(
+    batch: int,
+    seq: int,
+    kv_pairs: int,
+    vocab: int,
+    generator: torch.Generator,
+    power_a: float = 0.01,
+) -> TaskBatch:
+    """`batch` sequences of the legacy layout (module docstring): values follow their query
+    keys in the input, so a shortcut answers many queries without recall.
 
     Needs seq >= 4 kv_pairs (the context's 2 kv_pairs tokens, then at least kv_pairs two-token
     query slots) and (vocab - 1) // 2 >= kv_pairs (distinct keys); the same generator state
     gives the same batch.
     """
-    for name, value in (("batch", batch), ("seq", seq), ("kv_pairs", kv_pairs), ("vocab", vocab)):
-        if value < 1:
-            raise ConfigError(f"mqar: {name} must be >= 1 (got {value})", fields=[name])
-    if not (math.isfinite(power_a) and power_a > 0):
-        raise ConfigError(
-            f"mqar: power_a must be a finite number > 0 (got {power_a})", fields=["power_a"]
-        )
-    problem = mqar_problem(seq, kv_pairs, vocab)
+    _check_mqar_args(batch, seq, kv_pairs, vocab, power_a)
+    problem = mqar_problem(seq, kv_pairs, vocab, layout="legacy")
     if problem:
         raise ConfigError(problem, fields=["seq", "kv_pairs", "vocab"])
     B, K, g = batch, kv_pairs, generator

@@ -5,20 +5,32 @@ time, with AdamW (weight decay 0.1 on matrices, none on vectors and `_no_weight_
 parameters), a linear warm-up over the first 10% of the updates (at most 200) and a cosine decay
 to 10% of the peak learning rate, and the gradient norm clipped to 1. The budget is the number of
 updates (`train_updates`), never epochs: a small data set cannot silently starve the optimizer.
+The loss is cross entropy at the scored positions only: the blocks run over every token, then
+the scored positions' hidden states are gathered before the final norm and the LM head, so an
+MQAR vocabulary of 8192 (Zoology's) costs a head over 8 positions per sequence, not 128.
 
 Data comes from hubbench.quality.tasks, seeded by the model config's `seed`, so a seed is one
-replicate: the same weights and the same batches. The update times are the round's step samples
-(so tokens/s is training throughput); batches are made before each update's clock starts.
+replicate: other weights (the builder seeds torch with it) and another batch stream. Three
+disjoint streams: training batches (generator `seed`), a validation split (`seed +
+VALIDATION_SEED_OFFSET`) and the evaluation set (`seed + EVAL_SEED_OFFSET`). The update times
+are the round's step samples (so tokens/s is training throughput); batches are made before each
+update's clock starts.
+
+MQAR stops early: every CHECK_EVERY updates the model is scored on the validation split, and
+at accuracy >= 0.99 training stops; `updates_to_solve` records when (sample efficiency is a
+result too). The validation split also feeds the learning curve and `val_accuracy`, which is
+what the report picks a learning rate by (hubbench.report.seeds.select_lr): nothing during
+training, and no choice, reads the evaluation set.
 
 Evaluation, after the last update, on data the training never saw:
-- mqar: EVAL_SEQUENCES fresh sequences (their own generator): loss and accuracy on the queried
-  positions only; for every HubRouter layer the council's selection scored against the positions
-  each query needs (hubbench.quality.routing), with the uniform-random expectation beside it.
+- mqar: EVAL_SEQUENCES fresh sequences: loss and accuracy on the queried positions; the
+  recall-free ceilings of hubbench.quality.ceilings on the same sequences (baseline_quality is
+  the best of them); for every HubRouter layer the council's selection scored against the
+  positions each query needs (hubbench.quality.routing), with the uniform-random expectation.
 - bytes: the held-out tail of the corpus in consecutive windows: bits per byte, against the
   unigram baseline of the training split.
-The learning curve records, CURVE_POINTS times, the mean training loss since the last point and
-a small held-out score. Last, a model that claims to be causal is put through the causality
-checks (hubbench.verify.causality.check_model) as trained: a leak found there marks the row.
+Last, a model that claims to be causal is put through the causality checks
+(hubbench.verify.causality.check_model) as trained: a leak found there marks the row.
 """
 
 from __future__ import annotations
@@ -31,27 +43,34 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hubbench.errors import ConfigError
 from hubbench.measure.step import TORCH_DTYPES, autocast_for, make_update
 from hubbench.plan.cell import Cell
+from hubbench.plan.quality import MQAR_TASKS, mqar_layout
+from hubbench.quality.ceilings import Ceilings, recall_free_ceilings
 from hubbench.quality.routing import RoutingCounts, routing_counts
 from hubbench.quality.tasks import (
+    IGNORE,
     TaskBatch,
     byte_batch,
     byte_corpus,
     held_out_batches,
     mqar_batch,
     mqar_chance_accuracy,
+    mqar_legacy_batch,
     unigram_bits_per_byte,
 )
 
-MQAR_THRESHOLD = 0.99  # eval accuracy that counts as converged
+MQAR_THRESHOLD = 0.99  # accuracy that counts as solved: early stop (validation), converged (eval)
 EVAL_SEQUENCES = 1024  # mqar held-out sequences
+VALIDATION_SEQUENCES = 256  # mqar validation split: early stopping, the curve, lr selection
+CHECK_EVERY = 50  # mqar: updates between validation checks (updates_to_solve's resolution)
 BYTES_EVAL_TOKENS = 65536  # at most this many held-out bytes are scored
-CURVE_POINTS = 20
-CURVE_EVAL_SEQUENCES = 128
+CURVE_POINTS = 20  # bytes: points of the learning curve
 WEIGHT_DECAY = 0.1
 CLIP = 1.0
 EVAL_SEED_OFFSET = 1_000_003  # held-out data: a generator no training batch shares
+VALIDATION_SEED_OFFSET = 2_000_003  # the validation split's generator: neither of the others
 
 
 @dataclass
@@ -67,60 +86,109 @@ class QualityRun:
     backends: dict[str, str] = field(default_factory=dict)
 
 
+MQAR_VALUES = ("chance_accuracy", "recall_free_uniform", "recall_free_ceiling", "recall_free_rule")
+
+
 class Task:
-    """A task's training batches, held-out evaluation and baseline."""
+    """A task's training batches, validation split, held-out evaluation and baseline."""
 
     name: str
     threshold: str
     baseline: float
     description: str
+    stops_early: bool = False  # stop once the validation score reaches the threshold
 
     def train_batch(self, gen: torch.Generator) -> TaskBatch:
         raise NotImplementedError
 
-    def eval_batches(self, small: bool) -> list[TaskBatch]:
+    def validation_batches(self) -> list[TaskBatch]:
+        """What training may look at: early stopping, the learning curve, lr selection."""
+        raise NotImplementedError
+
+    def eval_batches(self) -> list[TaskBatch]:
+        """The held-out evaluation set: scored once, after training."""
         raise NotImplementedError
 
     def score(self, loss: float, accuracy: float | None) -> float:
         """The curve's held-out number: accuracy (mqar) or bits per byte (bytes)."""
         raise NotImplementedError
 
+    def solved(self, score: float) -> bool:
+        raise NotImplementedError
+
     def converged(self, values: dict[str, Any]) -> bool:
         raise NotImplementedError
 
+    def extra_values(self) -> dict[str, Any]:
+        """Task-specific row values besides the evaluation's (null where they do not apply)."""
+        return dict.fromkeys(MQAR_VALUES)
+
 
 class Mqar(Task):
-    name = "mqar"
     threshold = f"eval_accuracy >= {MQAR_THRESHOLD}"
+    stops_early = True
 
     def __init__(self, cell: Cell, vocab: int) -> None:
+        self.name = cell.task
         self.batch, self.seq, self.kv, self.vocab = cell.batch, cell.seq, cell.kv_pairs, vocab
+        self.layout = mqar_layout(cell.task)
+        self.make = mqar_legacy_batch if self.layout == "legacy" else mqar_batch
         self.seed = int(cell.config.seed)
-        self.baseline = mqar_chance_accuracy(vocab)
+        self.chance = mqar_chance_accuracy(vocab)
         self.description = (
-            f"mqar: seq {self.seq}, {self.kv} kv pairs, vocab {vocab}, power_a 0.01, "
-            f"{EVAL_SEQUENCES} held-out sequences"
+            f"{cell.task} ({self.layout} layout): seq {self.seq}, {self.kv} kv pairs, vocab "
+            f"{vocab}, power_a 0.01, {VALIDATION_SEQUENCES} validation and {EVAL_SEQUENCES} "
+            "held-out sequences"
         )
-        self._eval: dict[bool, list[TaskBatch]] = {}
+        self._sets: dict[str, list[TaskBatch]] = {}
+        self._ceilings: Ceilings | None = None
+
+    @property
+    def baseline(self) -> float:  # type: ignore[override]
+        """The best recall-free guesser's accuracy on the evaluation set (its ceiling)."""
+        return self.ceilings.ceiling
+
+    @property
+    def ceilings(self) -> Ceilings:
+        if self._ceilings is None:
+            self._ceilings = recall_free_ceilings(self.eval_batches(), self.kv)
+        return self._ceilings
 
     def train_batch(self, gen: torch.Generator) -> TaskBatch:
-        return mqar_batch(self.batch, self.seq, self.kv, self.vocab, gen)
+        return self.make(self.batch, self.seq, self.kv, self.vocab, gen)
 
-    def eval_batches(self, small: bool) -> list[TaskBatch]:
-        if small not in self._eval:
-            count = CURVE_EVAL_SEQUENCES if small else EVAL_SEQUENCES
-            gen = torch.Generator().manual_seed(self.seed + EVAL_SEED_OFFSET + small)
+    def _set(self, which: str, count: int, offset: int) -> list[TaskBatch]:
+        if which not in self._sets:
+            gen = torch.Generator().manual_seed(self.seed + offset)
             per = min(self.batch, count)
-            self._eval[small] = [
-                mqar_batch(per, self.seq, self.kv, self.vocab, gen) for _ in range(count // per)
+            self._sets[which] = [
+                self.make(per, self.seq, self.kv, self.vocab, gen) for _ in range(count // per)
             ]
-        return self._eval[small]
+        return self._sets[which]
+
+    def validation_batches(self) -> list[TaskBatch]:
+        return self._set("validation", VALIDATION_SEQUENCES, VALIDATION_SEED_OFFSET)
+
+    def eval_batches(self) -> list[TaskBatch]:
+        return self._set("eval", EVAL_SEQUENCES, EVAL_SEED_OFFSET)
 
     def score(self, loss: float, accuracy: float | None) -> float:
         return float(accuracy or 0.0)
 
+    def solved(self, score: float) -> bool:
+        return score >= MQAR_THRESHOLD
+
     def converged(self, values: dict[str, Any]) -> bool:
         return values["eval_accuracy"] >= MQAR_THRESHOLD
+
+    def extra_values(self) -> dict[str, Any]:
+        c = self.ceilings
+        return {
+            "chance_accuracy": self.chance,
+            "recall_free_uniform": c.uniform,
+            "recall_free_ceiling": c.ceiling,
+            "recall_free_rule": c.best_rule,
+        }
 
 
 class Bytes(Task):
@@ -138,15 +206,26 @@ class Bytes(Task):
     def train_batch(self, gen: torch.Generator) -> TaskBatch:
         return byte_batch(self.train, self.batch, self.seq, gen)
 
-    def eval_batches(self, small: bool) -> list[TaskBatch]:
+    def _held_out(self, small: bool) -> list[TaskBatch]:
         if small not in self._eval:
             tokens = BYTES_EVAL_TOKENS // (8 if small else 1)
             most = max(1, tokens // (self.batch * self.seq))
             self._eval[small] = held_out_batches(self.held_out, self.batch, self.seq, most)
         return self._eval[small]
 
+    def validation_batches(self) -> list[TaskBatch]:
+        """The held-out tail's first windows: the byte LM has no split of its own for the curve
+        (nothing is selected or stopped on it)."""
+        return self._held_out(small=True)
+
+    def eval_batches(self) -> list[TaskBatch]:
+        return self._held_out(small=False)
+
     def score(self, loss: float, accuracy: float | None) -> float:
         return loss / math.log(2)
+
+    def solved(self, score: float) -> bool:
+        return False
 
     def converged(self, values: dict[str, Any]) -> bool:
         return values["bits_per_byte"] < self.baseline
@@ -154,7 +233,49 @@ class Bytes(Task):
 
 def make_task(cell: Cell) -> Task:
     vocab = int(getattr(cell.config, "vocab", 256))
-    return Mqar(cell, vocab) if cell.task == "mqar" else Bytes(cell)
+    return Mqar(cell, vocab) if cell.task in MQAR_TASKS else Bytes(cell)
+
+
+def aux_loss(model: nn.Module) -> Tensor | None:
+    """The sum of every submodule's auxiliary loss (MoE balance, hub regulariser), as
+    LanguageModel.loss adds them."""
+    total = None
+    for module in model.modules():
+        aux = getattr(module, "aux_loss", None)
+        if module is not model and aux is not None:
+            total = aux if total is None else total + aux
+    return total
+
+
+def scored_logits(model: nn.Module, inputs: Tensor, mask: Tensor) -> Tensor:
+    """Logits (S, V) at the positions where `mask` (B, n) is true: the blocks see every token,
+    the final norm and the head only the gathered ones (the norm is per position, so this is
+    the full forward's logits at those positions)."""
+    h = model.embed(inputs)  # (B, n, d)
+    for block in model.blocks:
+        h = block(h)
+    return model.head(model.norm(h[mask]))  # (S, V)
+
+
+def at_least_fp32(x: Tensor) -> Tensor:
+    """Half and bf16 logits up to fp32 for the loss; fp64 stays fp64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def target_loss(model: nn.Module) -> Any:
+    """The quality update's loss: cross entropy at the scored positions plus the auxiliary
+    losses; a model without LanguageModel's parts falls back to its own `loss`."""
+    if not all(hasattr(model, a) for a in ("embed", "blocks", "norm", "head")):
+        return model.loss
+
+    def loss(inputs: Tensor, targets: Tensor) -> Tensor:
+        mask = targets != IGNORE
+        logits = scored_logits(model, inputs, mask)
+        out = torch.nn.functional.cross_entropy(at_least_fp32(logits), targets[mask])
+        aux = aux_loss(model)
+        return out if aux is None else out + aux
+
+    return loss
 
 
 def lr_factor(update: int, total: int) -> float:
@@ -195,6 +316,7 @@ def evaluate(
     model: nn.Module, batches: list[TaskBatch], device: torch.device, autocast: Any, route: bool
 ) -> Evaluation:
     """Loss (nats per scored position), accuracy and routing counts over `batches`."""
+    gather = all(hasattr(model, a) for a in ("embed", "blocks", "norm", "head"))
     hubs = _hub_layers(model) if route else []
     counts = [RoutingCounts() for _ in hubs]
     for layer in hubs:
@@ -206,10 +328,12 @@ def evaluate(
         with torch.no_grad():
             for b in batches:
                 inputs, targets = b.inputs.to(device), b.targets.to(device)
+                mask = targets != IGNORE
                 with autocast():
-                    logits = model(inputs)
-                mask = targets != -100
-                picked = logits[mask].float()
+                    if gather:
+                        picked = at_least_fp32(scored_logits(model, inputs, mask))
+                    else:
+                        picked = at_least_fp32(model(inputs)[mask])
                 want = targets[mask]
                 total_loss += float(
                     torch.nn.functional.cross_entropy(picked, want, reduction="sum")
@@ -230,6 +354,21 @@ def evaluate(
     return Evaluation(total_loss / max(1, scored), accuracy, scored, counts if hubs else None)
 
 
+def decode_state_bytes(model: nn.Module, task: Task, device: torch.device) -> int | None:
+    """Bytes of the state the trained model carries per sequence after prefilling one
+    evaluation sequence (KV caches sized to it): the recall-vs-state frontier's x axis. None
+    for a model without incremental decoding."""
+    if not hasattr(model, "prefill"):
+        return None
+    prompt = task.eval_batches()[0].inputs[:1].to(device)  # (1, n)
+    try:
+        with torch.no_grad():
+            _, state = model.prefill(prompt, capacity=prompt.shape[1])
+    except ConfigError:  # a mixer without a decode path
+        return None
+    return int(state.nbytes())
+
+
 def causal_verdict(model: nn.Module, seq: int) -> str:
     """pass | fail: <checks> | not causal, for the model as trained."""
     from hubbench.verify.causality import check_model, claims_causal
@@ -245,7 +384,7 @@ def causal_verdict(model: nn.Module, seq: int) -> str:
 @dataclass
 class Curve:
     """The learning curve: at each mark, the mean training loss since the last mark and the
-    task's held-out score on the small evaluation set."""
+    task's score on the validation split."""
 
     marks: set[int]
     updates: list[float] = field(default_factory=list)
@@ -254,17 +393,23 @@ class Curve:
     since: int = 0  # index into the losses of the first one after the last mark
 
     @classmethod
-    def for_updates(cls, total: int) -> Curve:
+    def for_task(cls, task: Task, total: int) -> Curve:
+        """Every CHECK_EVERY updates and the last (tasks that stop early: the checks are the
+        curve), else CURVE_POINTS evenly spaced marks."""
+        if task.stops_early:
+            return cls({*range(CHECK_EVERY, total + 1, CHECK_EVERY), total})
         return cls({max(1, round(total * (i + 1) / CURVE_POINTS)) for i in range(CURVE_POINTS)})
 
-    def record(self, losses: list[Tensor], task: Task, small: Evaluation) -> None:
+    def record(self, losses: list[Tensor], task: Task, val: Evaluation) -> float:
+        """Add the mark after the last of `losses`; return its validation score."""
         window = torch.stack(losses[self.since :]).float()
         if not torch.isfinite(window).all():
             raise FloatingPointError(f"training loss is not finite by update {len(losses)}")
         self.since = len(losses)
         self.updates.append(float(len(losses)))
         self.train_loss.append(float(window.mean()))
-        self.scores.append(task.score(small.loss, small.accuracy))
+        self.scores.append(task.score(val.loss, val.accuracy))
+        return self.scores[-1]
 
 
 def train_and_evaluate(cell: Cell, model: nn.Module, device: torch.device) -> QualityRun:
@@ -280,12 +425,17 @@ def train_and_evaluate(cell: Cell, model: nn.Module, device: torch.device) -> Qu
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda u: lr_factor(u, cell.train_updates)
     )
-    update = make_update(model, model.loss, autocast, optimizer, clip=CLIP)
+    update = make_update(model, target_loss(model), autocast, optimizer, clip=CLIP)
     memory = PeakMemory(device, rss_bytes() if device.type == "cpu" else None)
     with memory:
-        samples, losses, curve = train(cell, model, task, device, autocast, update, schedule)
+        samples, losses, curve, solved_at = train(
+            cell, model, task, device, autocast, update, schedule
+        )
     values = final_values(model, task, device, autocast, losses, curve)
+    values["updates_to_solve"] = solved_at
+    values["updates_run"] = len(losses)
     backends = dict(model.backends()) if hasattr(model, "backends") else {}
+    values["decode_state_bytes"] = decode_state_bytes(model, task, device)
     values["causal_check"] = causal_verdict(model, cell.seq)
     values["train_wall_s"] = time.perf_counter() - started
     return QualityRun(
@@ -307,12 +457,14 @@ def train(
     autocast: Any,
     update: Any,
     schedule: torch.optim.lr_scheduler.LRScheduler,
-) -> tuple[list[float], list[Tensor], Curve]:
-    """Run the cell's updates: each one's time (its batch made before the clock starts), each
-    one's loss (no host sync), and the learning curve."""
+) -> tuple[list[float], list[Tensor], Curve, int | None]:
+    """Run the cell's updates, or fewer: a task that stops early stops at the first check whose
+    validation score solves it. Returns each update's time (its batch made before the clock
+    starts), each one's loss (no host sync), the learning curve and the update count at which
+    the task was solved (None if it never was). The evaluation set is not read here."""
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     gen = torch.Generator().manual_seed(int(cell.config.seed))
-    curve = Curve.for_updates(cell.train_updates)
+    curve = Curve.for_task(task, cell.train_updates)
     samples: list[float] = []
     losses: list[Tensor] = []
     for u in range(cell.train_updates):
@@ -324,11 +476,13 @@ def train(
         sync()
         samples.append(time.perf_counter() - t0)
         schedule.step()
-        losses.append(loss.detach())
+        losses.append(loss.detach().clone())  # a detached alias kept ~7 MB per update alive
         if u + 1 in curve.marks:
-            small = evaluate(model, task.eval_batches(small=True), device, autocast, False)
-            curve.record(losses, task, small)
-    return samples, losses, curve
+            val = evaluate(model, task.validation_batches(), device, autocast, False)
+            score = curve.record(losses, task, val)
+            if task.stops_early and task.solved(score):
+                return samples, losses, curve, u + 1
+    return samples, losses, curve, None
 
 
 def final_values(
@@ -341,11 +495,13 @@ def final_values(
 ) -> dict[str, Any]:
     """The row's quality values from the held-out evaluation after the last update."""
     tail = torch.stack(losses[-max(1, len(losses) // 10) :]).float()
-    final = evaluate(model, task.eval_batches(small=False), device, autocast, task.name == "mqar")
+    mqar = task.name in MQAR_TASKS
+    final = evaluate(model, task.eval_batches(), device, autocast, mqar)
     values: dict[str, Any] = {
         "train_loss": float(tail.mean()),
         "eval_loss": final.loss,
-        "eval_accuracy": final.accuracy if task.name == "mqar" else None,
+        "eval_accuracy": final.accuracy if mqar else None,
+        "val_accuracy": curve.scores[-1] if mqar and curve.scores else None,
         "bits_per_byte": final.loss / math.log(2) if task.name == "bytes" else None,
         "baseline_quality": task.baseline,
         **_routing_values(final.routing),
@@ -355,6 +511,7 @@ def final_values(
         "curve_train_loss": curve.train_loss,
         "curve_eval": curve.scores,
         "data_description": task.description,
+        **task.extra_values(),
     }
     values["converged"] = task.converged(values)
     return values

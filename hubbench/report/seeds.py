@@ -1,6 +1,17 @@
 """Quality rows pooled over seeds, for the tables and the figures (hubbench.report.plots.pareto,
-curves, heatmap): configs, each task's headline metric, the Pareto front (the mean and interval
-over seeds: hubbench.stats).
+curves, heatmap, frontier): configs, each task's headline metric, the Pareto front (the mean and
+interval over seeds: hubbench.stats), the learning-rate choice and the recipe's verdict.
+
+MQAR's learning rate is a sweep axis (`lr`), chosen per config and seed as Zoology does (the
+best of a grid), but on the validation split: `select_lr` keeps, of the rows that differ only in
+`lr`, the one with the highest `val_accuracy` (then the fewest updates to solve, then the lower
+rate), and reads nothing measured on the evaluation set. Pooling applies it first, so every
+table and figure that pools seeds reports the chosen rate's evaluation.
+
+The recipe holds at an MQAR point (task, n, kv pairs, vocab) when the task's reference
+(REFERENCE: Zoology's attention baseline, 2 layers, one head, no MLP) reaches 0.99 held-out
+accuracy in at least two thirds of its seeds; where it does not, the run's comparisons at that
+point say nothing about the mixers (`recipe_verdicts`, `recipe_failures`).
 
 A config is a facet's rows that agree on every series field but `seed`. The Pareto front joins
 the configs that no other config beats on both throughput and quality; a config whose trained
@@ -10,7 +21,8 @@ model is not causal (causal_check 'fail: ...' or 'not causal') is drawn hollow, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +60,123 @@ def quality_metric(task: str) -> tuple[str, str, bool]:
     return "eval_accuracy", "held-out MQAR accuracy", True
 
 
+MQAR_TASKS = ("mqar", "mqar-legacy")  # as hubbench.plan.quality (torch-free, but kept apart)
+SOLVED = 0.99  # held-out accuracy that counts as solved (hubbench.quality.train.MQAR_THRESHOLD)
+RECIPE_SHARE = 2 / 3  # the share of the reference's seeds that must solve
+# Zoology's attention baseline: the reference every MQAR run is read against (the quality suites
+# name it in their gate rules); the other fields (d_model, seq, ...) are the run's
+REFERENCE: dict[str, Any] = {"variant": "transformer", "mlp_ratio": 0.0, "n_layers": 2,
+                             "n_heads": 1}  # fmt: skip
+
+
+def _is_mqar(row: Mapping[str, Any]) -> bool:
+    return row.get("mode") == "quality" and row.get("task") in MQAR_TASKS
+
+
+def _key(row: Mapping[str, Any], leave_out: Sequence[str]) -> tuple:
+    return tuple(
+        (k, repr(v)) for k, v in sorted(row.items()) if k in _CELL_FIELDS and k not in leave_out
+    )
+
+
+_ROLES = ("series", "figure", "x")
+_CELL_FIELDS = frozenset(
+    ("variant", "mixer", *(f for r in _ROLES for f in schema.fields_with_role(r)))
+)
+
+
+def _choice_order(row: Mapping[str, Any]) -> tuple:
+    """Sort key of a candidate: best validation accuracy, then the fewest updates to solve,
+    then the lower rate. Only validation-split values: the evaluation set is never read."""
+    val = row.get("val_accuracy")
+    solve = row.get("updates_to_solve")
+    return (
+        -(float(val) if val is not None else -1.0),
+        float(solve) if solve is not None else math.inf,
+        float(row.get("lr") or 0.0),
+    )
+
+
+def select_lr(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows with each MQAR (config, seed)'s learning rates reduced to the chosen one (the
+    module docstring); other rows unchanged. A chosen row gets `lr_grid` (every rate tried,
+    ascending); a (config, seed) with no ok row keeps all its rows (its failures stay seen)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        if _is_mqar(r):
+            groups.setdefault(_key(r, ("lr",)), []).append(r)
+        else:
+            out.append(r)
+    for group in groups.values():
+        ok = [r for r in group if r.get("status") == "ok"]
+        if not ok:
+            out.extend(group)
+            continue
+        best = min(ok, key=_choice_order)
+        grid = sorted({float(r["lr"]) for r in group if r.get("lr") is not None})
+        out.append({**best, "lr_grid": grid})
+    return out
+
+
+def is_reference(row: Mapping[str, Any]) -> bool:
+    """Whether a quality row is its task's reference (REFERENCE's fields, mlp_ratio 0)."""
+    for k, want in REFERENCE.items():
+        got = row.get(k)
+        if got is None or (got != want if isinstance(want, str) else float(got) != float(want)):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The reference's result at one MQAR point of a run."""
+
+    where: str  # 'mqar n=128 kv_pairs=8 vocab=8192'
+    seeds: int  # reference rows (seeds), failed ones included
+    solved: int  # of them, held-out accuracy >= SOLVED
+
+    @property
+    def holds(self) -> bool:
+        return self.seeds > 0 and self.solved >= math.ceil(RECIPE_SHARE * self.seeds - 1e-9)
+
+    def line(self) -> str:
+        verdict = "recipe holds" if self.holds else "recipe failed"
+        return (
+            f"{verdict} at {self.where}: the reference (attention, 2 layers, 1 head, no MLP) "
+            f"solved {self.solved} of {self.seeds} seeds (needs {SOLVED} held-out accuracy in "
+            f"{math.ceil(RECIPE_SHARE * self.seeds - 1e-9)})"
+        )
+
+
+POINT_FIELDS = ("task", "seq", "kv_pairs", "vocab", "train_updates", "batch", "d_model")
+
+
+def recipe_verdicts(rows: Sequence[Mapping[str, Any]]) -> list[Recipe]:
+    """One verdict per MQAR point of the rows (POINT_FIELDS), from its reference rows after
+    the learning-rate choice; a point without reference rows has 0 seeds: it does not hold."""
+    rows = select_lr([dict(r) for r in rows if _is_mqar(r)])
+    points: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        points.setdefault(tuple(r.get(f) for f in POINT_FIELDS), [])
+        if is_reference(r):
+            points[tuple(r.get(f) for f in POINT_FIELDS)].append(r)
+    out = []
+    for point, refs in points.items():
+        where = " ".join(f"{f}={v}" for f, v in zip(POINT_FIELDS[1:], point[1:], strict=True))
+        solved = sum(
+            1 for r in refs if r.get("status") == "ok" and (r.get("eval_accuracy") or 0) >= SOLVED
+        )
+        out.append(Recipe(f"{point[0]} {where}", len(refs), solved))
+    return out
+
+
+def recipe_failures(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """A line per MQAR point whose recipe failed (the table, the report and `gate` print them
+    instead of publishing comparisons there); empty when every point holds."""
+    return [r.line() for r in recipe_verdicts(rows) if not r.holds]
+
+
 def configs(df: pd.DataFrame) -> list[Config]:
     """The facet's ok quality rows grouped into configs (every series field but seed)."""
     rows = [{k: norm_value(v) for k, v in r.items()} for _, r in df.iterrows()]
@@ -59,10 +188,12 @@ def pool_seeds(rows: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> lis
     fields that name a config are n, the series fields and `extra` (rows of one facet differ in
     no others), those that vary among the ok rows (among all when none is ok); a config keeps
     its failed rows beside its ok ones."""
-    rows = [r for r in rows if r.get("mode") == "quality"]
+    rows = select_lr([r for r in rows if r.get("mode") == "quality"])
     ok = [r for r in rows if r.get("status") == "ok"]
     fields = [f for f in schema.fields_with_role("series") if f not in ("seed", "variant")]
-    fields = schema.varying(ok or rows, ["seq", *extra, *fields], nulls=False)
+    chosen = ("lr",) if any(_is_mqar(r) for r in rows) else ()  # chosen per seed: not a name
+    named = [f for f in ("seq", *extra, *fields) if f not in chosen]
+    fields = schema.varying(ok or rows, named, nulls=False)
     out: dict[tuple, Config] = {}
     for r in rows:
         key = (r["variant"], *(r.get(f) for f in fields))

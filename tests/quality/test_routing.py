@@ -124,7 +124,7 @@ def test_vectorised_counts_match_the_definition(seed: int, monkeypatch) -> None:
     g = torch.Generator().manual_seed(seed)
     B, n, C, k = 6, 37, 8, 7  # n not a multiple of C: the last chunk is padded
     nc = -(-n // C)
-    t = mqar_batch(B, n, 4, 32, g)  # context 0..7, queries after it
+    t = mqar_batch(B, n, 4, 64, g)  # context 0..7, queries after it
     limit = (torch.arange(nc) * C).clamp(min=1).view(1, nc, 1)
     pos = (torch.rand(B, nc, k, generator=g) * limit).long()  # members before the chunk start
     valid = torch.rand(B, nc, k, generator=g) > 0.3
@@ -153,7 +153,7 @@ def test_a_router_that_selects_the_whole_prefix_scores_its_random_baseline() -> 
     n, C = 32, 8
     layer = HubRouter(d_model=16, n_heads=2, hubs=2, topk=64, neighbours=0, chunk=C)
     layer.record_routing = True
-    t = mqar_batch(3, n, 6, 32, torch.Generator().manual_seed(0))  # context 0..11
+    t = mqar_batch(3, n, 6, 64, torch.Generator().manual_seed(0))  # context 0..11
     with torch.no_grad():
         layer(torch.randn(3, n, 16))
     pos, valid, chunk = layer.last_routing

@@ -17,16 +17,22 @@ from hubbench.quality.tasks import (
     load_corpus,
     mqar_batch,
     mqar_chance_accuracy,
+    mqar_legacy_batch,
     unigram_bits_per_byte,
 )
 
 
-def batch(seed: int = 0, b: int = 32, seq: int = 64, kv: int = 4, vocab: int = 64):
+def batch(seed: int = 0, b: int = 32, seq: int = 64, kv: int = 4, vocab: int = 8192):
     return mqar_batch(b, seq, kv, vocab, torch.Generator().manual_seed(seed))
 
 
-def test_mqar_keys_and_values_come_from_disjoint_halves() -> None:
-    t = batch(vocab=65)
+def legacy(seed: int = 0, b: int = 32, seq: int = 64, kv: int = 4, vocab: int = 64):
+    return mqar_legacy_batch(b, seq, kv, vocab, torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("make", [batch, legacy])
+def test_mqar_keys_and_values_come_from_disjoint_halves(make) -> None:
+    t = make(vocab=65)
     half = 32
     keys = t.inputs[:, 0:8:2]
     values = t.inputs[:, 1:8:2]
@@ -35,8 +41,40 @@ def test_mqar_keys_and_values_come_from_disjoint_halves() -> None:
     assert all(len(set(row.tolist())) == 4 for row in keys)  # distinct within a sequence
 
 
-def test_every_query_follows_its_key_and_its_answer_is_in_the_context() -> None:
-    t = batch(b=64, seq=128, kv=8, vocab=128)
+@pytest.mark.parametrize(("seq", "kv", "vocab"), [(64, 4, 8192), (128, 8, 8192), (40, 9, 41)])
+def test_zoology_layout_targets_are_never_inputs(seq: int, kv: int, vocab: int) -> None:
+    """Zoology's layout: distinct values; a query is its key alone, the value only a target;
+    targets only at query keys; no filler token is a key or value of its sequence."""
+    t = batch(seed=seq + vocab, b=64, seq=seq, kv=kv, vocab=vocab)
+    scored = t.targets != IGNORE
+    assert (scored.sum(1) == kv).all()
+    for b in range(t.inputs.shape[0]):
+        tokens, targets = t.inputs[b].tolist(), t.targets[b].tolist()
+        keys, values = tokens[0 : 2 * kv : 2], tokens[1 : 2 * kv : 2]
+        assert len(set(values)) == kv and len(set(keys)) == kv
+        context = dict(zip(keys, values, strict=True))
+        for v in values:
+            assert tokens.count(v) == 1  # in the context only: never after a query
+        queries = [p for p, x in enumerate(targets) if x != IGNORE]
+        assert all(p >= 2 * kv and (p - 2 * kv) % 2 == 0 for p in queries)  # a slot's first
+        assert sorted(tokens[p] for p in queries) == sorted(keys)  # each key queried once
+        for p in queries:
+            assert targets[p] == context[tokens[p]]  # the answer is the key's context value
+        query_region = [x for p, x in enumerate(tokens) if p >= 2 * kv and p not in queries]
+        assert not set(query_region) & set(keys + values)  # filler cannot answer
+        assert all(0 <= x < vocab for x in tokens)
+
+
+def test_zoology_filler_spreads_over_the_whole_vocabulary() -> None:
+    t = batch(b=256, seq=128, kv=8, vocab=300)
+    filler = t.inputs[:, 16:][t.targets[:, 16:] == IGNORE]
+    counts = torch.bincount(filler, minlength=300).double()
+    assert counts[0] > 0 and counts[299] > 0  # token 0 and the unused top token too
+    assert counts.std() / counts.mean() < 0.2  # near uniform, keys' half and values' alike
+
+
+def test_legacy_layout_writes_each_value_after_its_query() -> None:
+    t = legacy(b=64, seq=128, kv=8, vocab=128)
     scored = t.targets != IGNORE
     assert (scored.sum(1) == 8).all()
     for b in range(t.inputs.shape[0]):
@@ -44,22 +82,16 @@ def test_every_query_follows_its_key_and_its_answer_is_in_the_context() -> None:
         for pos in scored[b].nonzero().flatten().tolist():
             assert pos >= 16  # after the context
             key = int(t.inputs[b, pos])
-            assert key in context
             assert int(t.targets[b, pos]) == context[key]  # determined by the context
             assert int(t.inputs[b, pos + 1]) == context[key]  # the value follows the query
             k_pos, v_pos = t.needed[b, pos].tolist()
             assert int(t.inputs[b, k_pos]) == key and v_pos == k_pos + 1 < pos
     assert (t.needed[~scored] == -1).all()
-    # a key occurs twice in a sequence (context and query) and nowhere else: no filler repeats it
-    for b in range(t.inputs.shape[0]):
-        keys = set(t.inputs[b, 0:16:2].tolist())
-        tokens = t.inputs[b].tolist()
-        assert all(tokens.count(k) == 2 for k in keys)
-        assert sum(x <= 63 for x in tokens[16:]) == 8  # only the 8 queries are from the key half
 
 
-def test_query_gaps_follow_the_power_law() -> None:
-    t = batch(b=2000, seq=256, kv=4, vocab=64)
+@pytest.mark.parametrize("make", [batch, legacy])
+def test_query_gaps_follow_the_power_law(make) -> None:
+    t = make(b=2000, seq=256, kv=4, vocab=8192 if make is batch else 64)
     pos = (t.targets != IGNORE).nonzero()[:, 1]
     slots = ((pos - 8) // 2).double()
     space = (256 - 8) // 2
@@ -68,19 +100,25 @@ def test_query_gaps_follow_the_power_law() -> None:
     assert float((slots == 0).double().mean()) > 1.5 / space
 
 
-def test_mqar_is_deterministic_per_seed() -> None:
-    a, b, c = batch(1), batch(1), batch(2)
+@pytest.mark.parametrize("make", [batch, legacy])
+def test_mqar_is_deterministic_per_seed(make) -> None:
+    a, b, c = make(1), make(1), make(2)
     assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
     assert not torch.equal(a.inputs, c.inputs)
 
 
 @pytest.mark.parametrize(
     ("seq", "kv", "vocab", "field"),
-    [(15, 4, 64, "seq"), (64, 4, 8, "vocab"), (64, 0, 64, "kv_pairs"), (0, 4, 64, "seq")],
-)
+    [(15, 4, 64, "seq"), (64, 4, 8, "vocab"), (64, 0, 64, "kv_pairs"), (0, 4, 64, "seq"),
+     (64, 4, 64, "vocab > seq"), (128, 8, 100, "vocab > seq")],
+)  # fmt: skip
 def test_mqar_refuses_impossible_sizes(seq: int, kv: int, vocab: int, field: str) -> None:
     with pytest.raises(ConfigError, match=field):
         mqar_batch(2, seq, kv, vocab, torch.Generator())
+
+
+def test_the_legacy_layout_runs_below_vocab_seq_as_it_did() -> None:
+    assert legacy(seq=128, kv=8, vocab=64).inputs.shape == (32, 128)
 
 
 def test_chance_accuracy() -> None:
@@ -150,23 +188,28 @@ def test_unigram_baseline_by_hand() -> None:
         (dict(vocab=2 * 4), "vocab"),  # (8 - 1) // 2 = 3 keys for 4 distinct ones
     ],
 )
-def test_mqar_names_the_bad_argument(kwargs: dict, field: str) -> None:
-    args = dict(batch=2, seq=64, kv_pairs=4, vocab=64, power_a=0.01) | kwargs
+@pytest.mark.parametrize("make", [mqar_batch, mqar_legacy_batch])
+def test_mqar_names_the_bad_argument(kwargs: dict, field: str, make) -> None:
+    args = dict(batch=2, seq=64, kv_pairs=4, vocab=65, power_a=0.01) | kwargs
     with pytest.raises(ConfigError, match=field):
-        mqar_batch(generator=torch.Generator(), **args)
+        make(generator=torch.Generator(), **args)
 
 
-def test_mqar_at_its_smallest_sizes_uses_every_slot() -> None:
-    # seq = 4 kv_pairs and vocab = 2 kv_pairs + 1: every slot holds a query, every key is used
-    t = mqar_batch(16, 16, 4, 9, torch.Generator().manual_seed(3))
+@pytest.mark.parametrize("make", [mqar_batch, mqar_legacy_batch])
+def test_mqar_at_its_smallest_sizes_uses_every_slot(make) -> None:
+    # seq = 4 kv_pairs and vocab = 2 kv_pairs + 1 (legacy; Zoology's needs vocab > seq, 17):
+    # every slot holds a query, every key is used
+    t = make(16, 16, 4, 17 if make is mqar_batch else 9, torch.Generator().manual_seed(3))
     scored = t.targets != IGNORE
     assert scored[:, 8::2].all() and not scored[:, :8].any() and not scored[:, 9::2].any()
-    assert torch.equal(t.inputs[:, 0:8:2].sort(1).values, torch.arange(1, 5).expand(16, 4))
-    assert ((t.inputs[:, 1::2] >= 5) & (t.inputs[:, 1::2] <= 8)).all()  # values and filler
+    half = 8 if make is mqar_batch else 4
+    assert set(t.inputs[:, 0:8:2].flatten().tolist()) <= set(range(1, half + 1))
+    assert ((t.inputs[:, 1:8:2] > half) & (t.inputs[:, 1:8:2] <= 2 * half)).all()
 
 
-def test_mqar_needed_positions_index_the_key_and_value() -> None:
-    t = batch(seed=5, b=16, seq=96, kv=6, vocab=40)
+@pytest.mark.parametrize("make", [batch, legacy])
+def test_mqar_needed_positions_index_the_key_and_value(make) -> None:
+    t = make(seed=5, b=16, seq=96, kv=6, vocab=8192 if make is batch else 40)
     b, pos = (t.targets != IGNORE).nonzero(as_tuple=True)
     k_pos, v_pos = t.needed[b, pos, 0], t.needed[b, pos, 1]
     assert torch.equal(t.inputs[b, k_pos], t.inputs[b, pos])  # the queried key, in the context

@@ -18,16 +18,28 @@ from hubbench.models import build
 from hubbench.plan.cell import Cell
 from hubbench.plan.runfields import Measure
 from hubbench.plan.variants import make_config
-from hubbench.quality.train import lr_factor, train_and_evaluate
+from hubbench.quality import train as train_module
+from hubbench.quality.ceilings import recall_free_ceilings
+from hubbench.quality.tasks import IGNORE, mqar_batch
+from hubbench.quality.train import (
+    Evaluation,
+    lr_factor,
+    make_task,
+    scored_logits,
+    target_loss,
+    train_and_evaluate,
+)
 
-SMALL = dict(d_model=32, n_layers=2, n_heads=2, vocab=32)
+SMALL = dict(d_model=32, n_layers=2, n_heads=2, vocab=64)  # vocab > seq: Zoology's MQAR
 
 
-def cell(variant: str, task: str = "mqar", updates: int = 60, seq: int = 32, **config) -> Cell:
+def cell(
+    variant: str, task: str = "mqar", updates: int = 60, seq: int = 32, lr: float = 3e-3, **config
+) -> Cell:
     return Cell(index=0, variant=variant, mode="quality", device="cpu", batch=16, seq=seq,
                 compile=False, threads=1, config=make_config(variant, **{**SMALL, **config}),
                 measure=Measure(rounds=1), task=task, kv_pairs=2, train_updates=updates,
-                lr=3e-3)  # fmt: skip
+                lr=lr)  # fmt: skip
 
 
 def run(c: Cell, data: str | None = None):
@@ -38,14 +50,19 @@ def run(c: Cell, data: str | None = None):
 
 
 def test_a_few_dozen_updates_drive_the_mqar_loss_down() -> None:
-    r = run(cell("transformer"))
+    r = run(cell("transformer", updates=120, lr=1e-2))
     q = r.quality
-    assert len(r.samples_s) == 60 and all(t > 0 for t in r.samples_s)
+    assert len(r.samples_s) == q["updates_run"] == 120 and all(t > 0 for t in r.samples_s)
     curve = q["curve_train_loss"]
-    assert len(curve) == len(q["curve_updates"]) == len(q["curve_eval"]) == 20
-    assert curve[-1] < curve[0] - 0.3  # it learns (ln 32 = 3.47 nats at the start)
+    assert q["curve_updates"] == [50.0, 100.0, 120.0]  # every CHECK_EVERY updates and the last
+    assert len(curve) == len(q["curve_eval"]) == 3 and q["val_accuracy"] == q["curve_eval"][-1]
+    assert curve[-1] < curve[0] - 0.3  # it learns (ln 64 = 4.16 nats at the start)
     assert 0 <= q["eval_accuracy"] <= 1 and q["eval_tokens"] == 1024 * 2
-    assert q["baseline_quality"] == pytest.approx(1 / 15)
+    assert q["chance_accuracy"] == pytest.approx(1 / 31)
+    assert q["recall_free_uniform"] == pytest.approx(1 / 2)
+    assert q["baseline_quality"] == q["recall_free_ceiling"] >= 0.5
+    assert q["recall_free_rule"] in ("uniform", "rank", "first-unrevealed", "frequent-unrevealed")
+    assert q["decode_state_bytes"] == 2 * 2 * 32 * 32 * 4  # K and V, 2 layers, n 32, d 32, fp32
     assert q["causal_check"] == "pass" and q["bits_per_byte"] is None
     assert q["routing_precision"] is None  # no router
     assert q["converged"] == (q["eval_accuracy"] >= 0.99)
@@ -81,6 +98,98 @@ def test_the_learning_rate_warms_up_then_decays() -> None:
     assert all(a >= b for a, b in itertools.pairwise(values))
 
 
+def small_cell(updates: int = 40, seed: int = 0, **config) -> Cell:
+    return Cell(index=0, variant="transformer", mode="quality", device="cpu", batch=8, seq=16,
+                compile=False, threads=1,
+                config=make_config("transformer", d_model=16, n_layers=1, n_heads=1, vocab=40,
+                                   mlp_ratio=0.0, seed=seed, **config),
+                measure=Measure(rounds=1), task="mqar", kv_pairs=2, train_updates=updates,
+                lr=3e-3)  # fmt: skip
+
+
+def test_the_gathered_loss_is_the_full_forwards_loss_at_the_scored_positions() -> None:
+    """The head runs on the scored positions only; the loss and logits must equal the full
+    forward's there (float64, a model with an MLP and two heads: nothing is special-cased)."""
+    c = small_cell()
+    model = build("transformer", make_config("transformer", d_model=16, n_layers=2, n_heads=2,
+                                             vocab=40, mlp_ratio=2.0)).double()  # fmt: skip
+    t = mqar_batch(4, 16, 2, 40, torch.Generator().manual_seed(1))
+    mask = t.targets != IGNORE
+    full = model(t.inputs)  # (B, n, V)
+    assert torch.allclose(scored_logits(model, t.inputs, mask), full[mask], atol=1e-12)
+    want = torch.nn.functional.cross_entropy(full.flatten(0, 1), t.targets.flatten())
+    got = target_loss(model)(t.inputs, t.targets).detach()
+    assert got.dtype == torch.float64 and float(got) == pytest.approx(float(want), rel=1e-12)
+    assert c.task == "mqar"
+
+
+def fake_evaluate(scores: list[float], calls: list[str]):
+    """An evaluate that returns `scores` in turn and records which set each call scored."""
+
+    def evaluate(model, batches, device, autocast, route):
+        calls.append("eval" if len(batches) * batches[0].inputs.shape[0] == 1024 else "val")
+        acc = scores.pop(0) if scores else 0.0
+        return Evaluation(1.0, acc, 2, None)
+
+    return evaluate
+
+
+def test_training_stops_early_at_the_first_check_that_solves(monkeypatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(train_module, "CHECK_EVERY", 5)
+    monkeypatch.setattr(train_module, "evaluate", fake_evaluate([0.2, 0.98, 0.995, 1.0], calls))
+    c = small_cell(updates=40)
+    r = train_and_evaluate(c, build(c.variant, c.config), torch.device("cpu"))
+    q = r.quality
+    assert q["updates_to_solve"] == 15 == q["updates_run"] == len(r.samples_s)
+    assert q["curve_updates"] == [5.0, 10.0, 15.0] and q["val_accuracy"] == 0.995
+    assert calls == ["val", "val", "val", "eval"]  # the evaluation set once, after training
+
+
+def test_a_run_that_never_solves_runs_its_budget_and_records_none(monkeypatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(train_module, "CHECK_EVERY", 5)
+    monkeypatch.setattr(train_module, "evaluate", fake_evaluate([0.5] * 4 + [0.989], calls))
+    c = small_cell(updates=23)
+    q = train_and_evaluate(c, build(c.variant, c.config), torch.device("cpu")).quality
+    assert q["updates_to_solve"] is None and q["updates_run"] == 23
+    assert q["curve_updates"] == [5.0, 10.0, 15.0, 20.0, 23.0] and q["val_accuracy"] == 0.989
+    assert calls == ["val"] * 5 + ["eval"]
+
+
+def test_validation_training_and_evaluation_streams_are_disjoint_and_seeded() -> None:
+    """A seed changes the weights and every data stream; validation and evaluation differ."""
+    a, b = make_task(small_cell(seed=0)), make_task(small_cell(seed=1))
+    first = a.train_batch(torch.Generator().manual_seed(0)).inputs
+    assert not torch.equal(first, b.train_batch(torch.Generator().manual_seed(1)).inputs)
+    for x, y in ((a.validation_batches(), b.validation_batches()),
+                 (a.eval_batches(), b.eval_batches()),
+                 (a.validation_batches(), a.eval_batches())):  # fmt: skip
+        assert not torch.equal(x[0].inputs, y[0].inputs)
+    c0, c1 = small_cell(seed=0), small_cell(seed=1)
+    w0 = build(c0.variant, c0.config).embed.weight
+    w1 = build(c1.variant, c1.config).embed.weight
+    assert not torch.equal(w0, w1)
+
+
+def test_the_recorded_ceiling_is_the_one_of_the_evaluation_set() -> None:
+    c = small_cell()
+    task = make_task(c)
+    values = task.extra_values()
+    direct = recall_free_ceilings(task.eval_batches(), 2)
+    assert values["recall_free_ceiling"] == direct.ceiling == task.baseline
+    assert values["recall_free_uniform"] == pytest.approx(0.5)
+
+
+def test_the_legacy_layout_runs_by_name_and_records_its_shortcut() -> None:
+    c = Cell(**{**small_cell(updates=5).__dict__, "task": "mqar-legacy", "seq": 64, "kv_pairs": 4,
+                "config": make_config("transformer", d_model=16, n_layers=1, n_heads=1,
+                                      vocab=17, mlp_ratio=0.0)})  # fmt: skip
+    q = train_and_evaluate(c, build(c.variant, c.config), torch.device("cpu")).quality
+    assert "legacy layout" in q["data_description"]
+    assert q["recall_free_ceiling"] > 0.45  # its shortcut, well above 1/4
+
+
 SUITE = """
 description = "tiny quality"
 [measure]
@@ -94,7 +203,7 @@ kv_pairs = 2
 d_model = 32
 n_layers = 2
 n_heads = 2
-vocab = 32
+vocab = 64
 hubs = 4
 topk = 4
 chunk = 8
@@ -131,7 +240,8 @@ def test_quality_rows_through_the_runner_store_table_and_gate(tmp_path: Path) ->
     assert list(df["status"]) == ["ok", "ok"] and set(df["task"]) == {"mqar"}
     assert df["eval_accuracy"].between(0, 1).all() and (df["time_rounds"] == 1).all()
     hub = df[df["variant"] == "hub-gpt"].iloc[0]
-    assert 0 <= hub["routing_precision"] <= 1 and len(hub["curve_eval"]) == 20
+    assert 0 <= hub["routing_precision"] <= 1
+    assert len(hub["curve_eval"]) == 1  # 30 updates: the last is the only check
     assert json.loads(hub["config_json"])["hubs"] == 4
     # the gate's value rules: the hub model's perfect-recall rule fails, exit 1
     gate = runner.invoke(app, ["gate", "--ratios", "latest", "--results-dir", str(results),

@@ -25,6 +25,7 @@ from hubbench.report.plots import (  # noqa: F401  (importing a kind's module re
     curves,
     recall,
     convergence,
+    frontier,
 )
 
 # isort: on

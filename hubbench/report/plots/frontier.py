@@ -1,0 +1,169 @@
+"""frontier: MQAR recall against the state a mixer carries (Zoology, Based: the figure the field
+reads) and against training throughput, one point per config with its seeds pooled.
+
+Left panel: x is the trained model's decode state per sequence after a prompt of the cell's n
+tokens (`decode_state_bytes`: a KV cache grows with n, a recurrent state does not), y the mean
+held-out accuracy. Right panel: the same accuracy against the median training tokens/s. The
+learning rate is chosen per seed on the validation split first (hubbench.report.seeds.select_lr),
+so a facet holds every rate of the grid. The dashed line is the recall-free ceiling (the best
+guesser that binds no key to its value, on the same evaluation set), the dotted one 0.99 (solved).
+A config that leaks (not causal, or failed the causality checks) is drawn hollow: its accuracy
+is not a valid result.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import TYPE_CHECKING, Any
+
+from hubbench.report import style
+from hubbench.report.plots.figure import BOTTOM, TOP, Figured, legend, new_figure, title
+from hubbench.report.plots.quality import Line, Pooled, hows, lines, percent, pool, quality_rows
+from hubbench.report.plots.registry import Kind, register
+from hubbench.report.plots.ticks import log_axis
+from hubbench.report.seeds import MQAR_TASKS, SOLVED, recipe_verdicts, select_lr
+from hubbench.report.series import Facet, facets
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+PANELS = (
+    ("decode_state_bytes", "decode state per sequence at n (bytes)"),
+    ("tokens_per_s", "training throughput (tokens/s)"),
+)
+
+
+def _mqar(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("task") in MQAR_TASKS]
+
+
+def chosen_facets(df: pd.DataFrame) -> list[Facet]:
+    """The run's MQAR rows with the learning rate chosen per (config, seed) on the validation
+    split, the chosen rows' `lr` blanked so the grid does not split the facets."""
+    import pandas as pd
+
+    rows = select_lr(_mqar(quality_rows(df)))
+    if not rows:
+        return []
+    picked = [{**r, "lr": None, "lr_grid": _grid(r["lr_grid"])} for r in rows if "lr_grid" in r]
+    chosen = pd.DataFrame(picked + [r for r in rows if "lr_grid" not in r])
+    return facets(chosen)
+
+
+def _grid(rates: list[float]) -> str:
+    return ", ".join(f"{lr:g}" for lr in rates)
+
+
+def has_frontier(df: pd.DataFrame) -> bool:
+    ok = [r for r in _mqar(quality_rows(df)) if r.get("status") == "ok"]
+    return any(r.get("eval_accuracy") is not None and r.get("decode_state_bytes") for r in ok)
+
+
+def _axes(fig: Figure) -> list[Axes]:
+    """Two panels side by side, placed in inches as figure.line_axes places one."""
+    w, h = fig.get_figwidth(), fig.get_figheight()
+    left, gap, right = 0.72, 0.55, 0.1
+    width = (w - left - gap - right) / 2
+    bottom, height = BOTTOM / h, (h - TOP - BOTTOM) / h
+    first = fig.add_axes((left / w, bottom, width / w, height))
+    second = fig.add_axes(((left + width + gap) / w, bottom, width / w, height), sharey=first)
+    return [first, second]
+
+
+def _point(ax: Axes, line: Line, x_column: str, label: bool) -> tuple[Pooled, list[float]] | None:
+    """Draw a config's mean accuracy over its seeds at the median of its x values; None (and
+    nothing drawn) when it has no accuracy or no x."""
+    got = pool(r.get("eval_accuracy") for r in line.ok)
+    xs = [float(r[x_column]) for r in line.ok if r.get(x_column)]
+    if got is None or not xs:
+        return None
+    x = statistics.median(xs)
+    y_lo, y_hi = max(got.low, 0.0), min(got.high, 1.0)
+    ax.errorbar(x, got.mean, yerr=[[got.mean - y_lo], [y_hi - got.mean]],
+                color=line.style.color, marker=line.style.marker, markersize=7,
+                linestyle="none", capsize=3, elinewidth=0.9,
+                markerfacecolor="white" if line.leaks else line.style.color,
+                label=line.name if label else None)  # fmt: skip
+    return got, xs
+
+
+def _ceiling(rows: list[dict[str, Any]]) -> float | None:
+    got = [float(r["recall_free_ceiling"]) for r in rows if r.get("recall_free_ceiling")]
+    return max(got) if got else None
+
+
+def frontier(facet: Facet) -> Figured:
+    rows = [r for r in _mqar(quality_rows(facet.df))]
+    found = lines(rows, ())
+    fig = new_figure(width=style.WIDTH * 1.35)
+    axes = _axes(fig)
+    pooled: list[Pooled] = []
+    for i, (ax, (column, xlabel)) in enumerate(zip(axes, PANELS, strict=True)):
+        spread: list[float] = []
+        for line in found:
+            drawn = _point(ax, line, column, label=i == 0)
+            if drawn is not None:
+                if i == 0:
+                    pooled.append(drawn[0])
+                spread += drawn[1]
+        if spread:
+            log_axis(ax, spread, style.si_formatter(), axis="x")
+        ax.set_xlabel(xlabel)
+        ax.axhline(SOLVED, color="#777777", linestyle=":", linewidth=1,
+                   label="solved (0.99)" if i == 0 else None)  # fmt: skip
+        ceiling = _ceiling(rows)
+        if ceiling is not None:
+            ax.axhline(ceiling, color="#999999", linestyle="--", linewidth=1,
+                       label="recall-free ceiling" if i == 0 else None)  # fmt: skip
+    axes[0].set_ylim(0, 1.04)
+    axes[0].yaxis.set_major_formatter(percent())
+    axes[0].set_ylabel("held-out MQAR accuracy")
+    axes[1].tick_params(labelleft=False)
+    title(fig, "Recall against state and speed (MQAR)", facet)
+    legend(axes[0])
+    notes, caption = _words(rows, found, pooled)
+    return Figured(fig, "", notes, caption)
+
+
+def _words(
+    rows: list[dict[str, Any]], found: list[Line], pooled: list[Pooled]
+) -> tuple[list[str], str]:
+    how = hows(pooled)
+    seeds = sorted({int(r["seed"]) for r in rows if r.get("seed") is not None})
+    grids = sorted({str(r["lr_grid"]) for r in rows if r.get("lr_grid")})
+    rule = next((r.get("recall_free_rule") for r in rows if r.get("recall_free_rule")), None)
+    notes = [
+        "One point per config, seeds pooled (seeds "
+        f"{', '.join(map(str, seeds)) or '-'}): y the mean held-out accuracy (bars: {how}); "
+        "left x the decode state per sequence after n tokens, right x the median training "
+        "tokens/s.",
+        "Learning rate chosen per seed on the validation split"
+        + (f" from {' | '.join(grids)}" if grids else "")
+        + ". Dashed: the recall-free ceiling"
+        + (f" ({rule})" if rule else "")
+        + "; dotted: solved (0.99).",
+    ]
+    failed = [v.line() for v in recipe_verdicts(rows) if not v.holds]
+    notes += failed
+    if any(line.leaks for line in found):
+        notes.append("Hollow, (leaks): the trained model failed the causality checks or is not "
+                     "causal; its accuracy is not a valid result.")  # fmt: skip
+    caption = (
+        "Held-out MQAR accuracy against the decode state per sequence and against training "
+        f"throughput, one point per config, the mean over its seeds with {how} as error bars; "
+        "the dashed line is the recall-free ceiling, the dotted one 0.99."
+        + (" The recipe failed here: the reference did not solve it." if failed else "")
+    )
+    return notes, caption
+
+
+register(Kind(
+    "frontier", frontier, has_frontier,
+    hint="frontier needs ok MQAR quality cells that recorded decode_state_bytes: run "
+    "`hubbench run quality` or `hubbench run quality-capacity`",
+    lacks="no ok MQAR cells with a decode state",
+    modes=frozenset({"quality"}),
+    split=chosen_facets,
+))  # fmt: skip

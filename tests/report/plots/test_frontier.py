@@ -1,0 +1,86 @@
+"""frontier: MQAR accuracy against decode state and training tokens/s, one point per config with
+its seeds pooled, the learning rate chosen on the validation split before anything is drawn."""
+
+from __future__ import annotations
+
+import pytest
+from synthetic_runs import cell, make_run
+
+from hubbench.report.load import check_schema
+from hubbench.report.plots import render, supported
+from hubbench.report.plots.frontier import chosen_facets, has_frontier
+from hubbench.report.plots.registry import KINDS
+
+# (variant, hubs, state bytes at n = 128, accuracy at lr 1e-3, at lr 3e-3)
+CONFIGS = (("transformer", None, 131072, 1.0, 0.6), ("hub-gpt", 8, 55008, 0.4, 0.7),
+           ("hub-gpt", 4, 30000, 0.2, 0.25))  # fmt: skip
+
+
+def frontier_run(leak: bool = False):
+    cells, values = [], []
+    for variant, hubs, state, a1, a3 in CONFIGS:
+        for seed in (0, 1, 2):
+            for lr, acc in ((1e-3, a1), (3e-3, a3)):
+                extra = {} if hubs is None else {"hubs": hubs}
+                cells.append(cell(variant, 128, mode="quality", device="cpu", dtype="fp32",
+                                  batch=64, seed=seed, task="mqar", kv_pairs=8,
+                                  train_updates=3000, lr=lr, mlp_ratio=0.0, n_layers=2,
+                                  n_heads=1, d_model=64, vocab=8192, **extra))  # fmt: skip
+                a = acc - 0.01 * seed
+                values.append(dict(
+                    eval_accuracy=a, val_accuracy=a, baseline_quality=0.146,
+                    recall_free_ceiling=0.146, recall_free_rule="rank",
+                    recall_free_uniform=0.125, decode_state_bytes=state, converged=a >= 0.99,
+                    causal_check="not causal" if (leak and hubs == 4) else "pass",
+                ))  # fmt: skip
+    df = make_run(cells, suite="quality")
+    for i, v in enumerate(values):
+        for k, x in v.items():
+            df.at[i, k] = x
+    return check_schema(df, "quality")
+
+
+def test_the_rate_grid_does_not_split_the_facets_and_each_seed_keeps_one_row() -> None:
+    df = frontier_run()
+    [facet] = chosen_facets(df)
+    assert len(facet.df) == len(CONFIGS) * 3  # one chosen rate per config and seed
+    chosen = facet.df[facet.df["variant"] == "transformer"]
+    assert set(chosen["eval_accuracy"].round(2)) == {1.0, 0.99, 0.98}  # lr 1e-3 won there
+    hub8 = facet.df[(facet.df["variant"] == "hub-gpt") & (facet.df["hubs"] == 8)]
+    assert set(hub8["eval_accuracy"].round(2)) == {0.7, 0.69, 0.68}  # lr 3e-3 won there
+
+
+def test_the_figure_draws_one_point_per_config_on_both_panels(tmp_path) -> None:
+    df = frontier_run(leak=True)
+    assert has_frontier(df) and supported("frontier", df) is None
+    facet = chosen_facets(df)[0]
+    figured = KINDS["frontier"].draw(facet)
+    left, right = figured.fig.axes[:2]
+    points = [c.lines[0] for c in left.containers]  # each errorbar's marker line
+    xs_left = sorted(round(float(line.get_xdata()[0])) for line in points)
+    assert xs_left == sorted(state for _, _, state, _, _ in CONFIGS)
+    ys = sorted(round(float(line.get_ydata()[0]), 3) for line in points)
+    assert ys == [pytest.approx(0.24), pytest.approx(0.69), pytest.approx(0.99)]
+    hollow = [line for line in points if line.get_markerfacecolor() in ("white", (1, 1, 1, 1))]
+    assert len(hollow) == 1  # the leaking config
+    text = " ".join(figured.notes)
+    assert "seeds 0, 1, 2" in text and "0.001, 0.003" in text and "recall-free ceiling" in text
+    assert "(leaks)" in text or "Hollow" in text
+    assert len(right.containers) == len(CONFIGS)
+    rendered, skipped = render(df, kinds=["frontier"])
+    assert len(rendered) == 1 and not skipped
+    rendered[0].figure.savefig(tmp_path / "frontier.png")
+    assert (tmp_path / "frontier.png").stat().st_size > 10_000
+
+
+def test_a_failed_recipe_is_said_under_the_figure() -> None:
+    df = frontier_run()
+    df.loc[df["variant"] == "transformer", ["eval_accuracy", "val_accuracy"]] = 0.5
+    figured = KINDS["frontier"].draw(chosen_facets(df)[0])
+    assert any(n.startswith("recipe failed at mqar seq=128 kv_pairs=8") for n in figured.notes)
+    assert "recipe failed" in figured.caption
+
+
+def test_a_throughput_run_has_no_frontier() -> None:
+    df = make_run([cell("transformer", 512)])
+    assert not has_frontier(df) and chosen_facets(df) == []
