@@ -159,10 +159,10 @@ def register(app: typer.Typer) -> None:
     verify.command("decode")(decode_cmd)
 
 
-CARD_KEEP = ("variant", "verdict")
+CARD_SHORT = {"jacobian": "jac", "perturbation": "pert", "first leak (t_out <- t_in)": "1st leak"}
+CARD_KEEP = ("variant", "jac", "pert", "prefix", "batch", "1st leak", "verdict")
 # least needed first: fit() drops these until the table fits the console
-CARD_DROP = ("fields", "found by", "expected", "largest leak", "first leak (t_out <- t_in)")
-CARD_SHORT = {"jacobian": "jac", "perturbation": "pert", "prefix": "prefix", "batch": "batch"}
+CARD_DROP = ("fields", "found by", "expected", "largest leak")
 VERDICT_STYLE = {
     "pass": "green",
     "control caught": "green",
@@ -310,7 +310,8 @@ def card_table(card: Any) -> Table:
     from hubbench.verify.card import header_line, row_cells
 
     table = Table(box=box.SIMPLE_HEAD, title="causality report card", title_justify="left",
-                  caption=escape(header_line(card)), caption_justify="left")  # fmt: skip
+                  caption=escape(header_line(card)), caption_justify="left", pad_edge=False,
+                  padding=(0, 1, 0, 0))  # fmt: skip
     cells = [row_cells(r) for r in card.rows]
     numeric = {"largest leak"}
     for h in cells[0] if cells else ():

@@ -155,9 +155,10 @@ def header_line(card: Card) -> str:
     s = card.settings
     shape = ", ".join(f"{k} {v}" for k, v in SMALL.items())
     return (
-        f"float64, {shape}; main n {s.n_main} ({len(s.seeds)} seeds, batch {s.batch}), "
-        f"eval and train mode (dropout off), random, repeated and constant inputs; other n per "
-        f"row below (length seed {s.length_seed}, {s.draws} drawn)"
+        f"float64, {shape}; n {s.n_main} ({len(s.seeds)} seeds, batch {s.batch}), 64, 2C+1 "
+        f"and 3C+3 for each block size C, {s.draws} drawn (length seed {s.length_seed}); eval "
+        "and train mode (dropout off); random, repeated and constant inputs. 1st leak: "
+        "t_out <- t_in, the earliest output that moved and the input that moved it"
     )
 
 
