@@ -31,6 +31,7 @@ from hubbench.mixers.gdn.chunked import L2_EPS, gated_delta_chunked, state_dtype
 from hubbench.mixers.gdn.conv import short_conv_silu
 from hubbench.mixers.gdn.decode import GDNDecoding
 from hubbench.mixers.gdn.norm import GatedRMSNorm
+from hubbench.mixers.state import compute_dtype
 
 try:
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
@@ -72,6 +73,19 @@ class Features:
     beta: Tensor
     gate: Tensor
     conv_in: Tensor
+
+
+def _check_fla_input(x: Tensor) -> None:
+    """fla's chunk kernel is Triton (CUDA) and refuses fp32 inputs (its assert); say so first."""
+    if x.device.type != "cuda":
+        raise UnavailableError(
+            f"gdn impl 'fla' runs on CUDA only (got {x.device.type}); use impl='ref'"
+        )
+    if compute_dtype(x) not in (torch.bfloat16, torch.float16):
+        raise UnavailableError(
+            f"gdn impl 'fla': fla's chunk kernel takes bf16 / fp16, got {compute_dtype(x)}; "
+            "run under bf16 autocast, or use impl='ref'"
+        )
 
 
 class GatedDeltaNet(GDNDecoding, nn.Module):
@@ -202,10 +216,7 @@ class GatedDeltaNet(GDNDecoding, nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.impl == "fla":
-            if x.device.type != "cuda":
-                raise UnavailableError(
-                    f"gdn impl 'fla' runs on CUDA only (got {x.device.type}); use impl='ref'"
-                )
+            _check_fla_input(x)
             feats = self._features(x, normalise=True)
             o = self._core_fla(feats)
         else:
@@ -222,7 +233,8 @@ class GatedDeltaNet(GDNDecoding, nn.Module):
         )  # fmt: skip
 
     def _core_fla(self, feats: Features) -> Tensor:
-        """fla's chunked kernel on our features: q already normalised and scaled (scale 1)."""
+        """fla's chunked kernel on our features: q already normalised and scaled (scale 1), g
+        in fp32, everything else in the compute dtype (fla's kernel takes bf16 / fp16)."""
         dtype = feats.v.dtype
         o, _ = chunk_gated_delta_rule(
             q=feats.q.to(dtype),
