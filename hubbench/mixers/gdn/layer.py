@@ -61,10 +61,10 @@ def l2_normalise(t: Tensor) -> Tensor:
 
 @dataclass
 class Features:
-    """What the recurrence reads, per token: q, k (B, n, h, d_k), normalised and q scaled or
-    raw (`_features`' `normalise`);
-    v (B, n, h, d_v); g, beta (B, n, h) in >= fp32; gate (B, n, h, d_v) for the output norm;
-    conv_in (B, n, 2 d_model + H_v), the short convs' input, whose tail a decode state keeps."""
+    """What the recurrence reads, per token: q, k (B, n, h, d_k), unit and q scaled, or raw
+    (`_features`' `normalise`); v (B, n, h, d_v); g, beta (B, n, h) in >= fp32; gate
+    (B, n, h, d_v) for the output norm; conv_in (B, n, 2 K + V), the short convs' input, whose
+    tail a decode state keeps."""
 
     q: Tensor
     k: Tensor
@@ -92,8 +92,9 @@ class GatedDeltaNet(GDNDecoding, nn.Module):
     """Gated DeltaNet mixer: x (B, n, d_model) -> (B, n, d_model), causal unless `causal=False`.
 
     head_dim_k = d_model // n_heads; head_dim_v = expand_v * head_dim_k. `chunk` is the chunked
-    form's block of tokens. `causal=False` builds the leaky control: the chunked form's
-    intra-chunk term without its causal mask (chunked.py), for `hubbench verify causal` to catch.
+    form's block of tokens (impl 'ref'; fla's kernel has its own, 64). `causal=False` builds
+    the leaky control: the chunked form's intra-chunk term without its causal mask
+    (chunked.py), for `hubbench verify causal` to catch.
     """
 
     def __init__(
