@@ -342,6 +342,16 @@ def test_restore_returns_to_the_snapshot_every_time(base: str) -> None:
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
 
 
+@pytest.mark.parametrize("base", ["gdn", "mamba2"])
+def test_an_empty_sequence_gives_an_empty_output_and_the_empty_state(base: str) -> None:
+    mod, x = _oryx(base).eval(), _x(2, 0)
+    with torch.no_grad():
+        assert mod(x).shape == (2, 0, D)
+        y, state = mod.prefill(x, 5)
+    assert y.shape == (2, 0, D) and state.length == 0 and state.kv_nbytes() == 0
+    assert state.base.nbytes() == mod.empty_state(2, 5, x).base.nbytes()
+
+
 def test_leaky_control_and_bad_steps_refuse_to_decode() -> None:
     with pytest.raises(ConfigError, match="causal=true"):
         Oryx(D, 4, causal=False).prefill(torch.zeros(1, 4, D))
