@@ -8,6 +8,7 @@ exits or hangs is an ERROR row and never a dead or silently passing command.
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 from hubbench.errors import HubbenchError
@@ -26,20 +27,22 @@ def failure_text(label: str, exc: BaseException) -> str:
 
 def plugin_sets(target: CardTarget) -> dict[str, Any]:
     """A plug-in target's fields: its --set config fields, the mixer and its typed options
-    (this imports the plug-in: the child process calls it)."""
+    (this imports the plug-in: the child process calls it). A --set key that no selected
+    variant has must be an option of one of the --mixer plug-ins."""
     from hubbench.plan import mixer_info
     from hubbench.plan.fields import parse_text
     from hubbench.plan.plugins import encode_options
 
     info = mixer_info(target.mixer)
-    options = {k: v for k, v in target.options.items()}
-    unknown = sorted(set(options) - set(info.options))
-    if unknown:
-        raise HubbenchError(
-            f"--set {unknown[0]}: not a config field of {target.variant} nor an option of "
-            f"mixer {info.name}; its options: {', '.join(info.options) or 'none'}"
-        )
-    typed = {k: parse_text(v, info.options[k].type, f"--set {k}") for k, v in options.items()}
+    theirs = {o for p in target.peers if p != target.mixer for o in mixer_info(p).options}
+    for key in target.unknown:
+        if key not in info.options and key not in theirs:
+            raise HubbenchError(
+                f"--set {key}: not a config field of the variants checked nor an option of "
+                f"mixer {info.name}; its options: {', '.join(info.options) or 'none'}"
+            )
+    own = {k: v for k, v in target.options.items() if k in info.options}
+    typed = {k: parse_text(v, info.options[k].type, f"--set {k}") for k, v in own.items()}
     info.check_options(typed, "--set")
     return {**target.fields, "mixer": target.mixer, "mixer_options": encode_options(typed)}
 
@@ -55,6 +58,8 @@ def check_target(target: CardTarget, settings: CardSettings) -> TargetResult:
         config, notes = small_config(target.variant, sets)
         result.notes += notes
         result.fields = _row_fields(target.variant, config, sets)
+        if target.mixer:  # the plug-in's own options, as it was built with them
+            result.fields.update(json.loads(sets["mixer_options"]))
         model = models.build(target.variant, config)
         if not target.control and not target.mixer and not claims_causal(model):
             result.expected = "leaky"  # built non-causal by --set causal=false

@@ -92,7 +92,9 @@ def main(argv: list[str]) -> int:
 
     request, out = Path(argv[0]), Path(argv[1])
     data = json.loads(request.read_text())
-    target = CardTarget(**{**data["target"], "notes": tuple(data["target"]["notes"])})
+    t = data["target"]
+    tuples = {k: tuple(t[k]) for k in ("notes", "peers", "unknown")}
+    target = CardTarget(**{**t, **tuples})
     settings = CardSettings(**{**data["settings"], "seeds": tuple(data["settings"]["seeds"])})
     result = check_target(target, settings)
     tmp = out.with_suffix(".tmp")

@@ -40,8 +40,10 @@ class CardTarget:
     fields: dict[str, Any]
     control: bool = False  # the leaky control (causal=false), expected to fail
     mixer: str | None = None  # plug-in variants: the --mixer spec
-    options: dict[str, str] = field(default_factory=dict)  # plug-in options from --set
+    options: dict[str, str] = field(default_factory=dict)  # --set keys it may take as options
     notes: tuple[str, ...] = ()
+    peers: tuple[str, ...] = ()  # every --mixer given: a key may be another one's option
+    unknown: tuple[str, ...] = ()  # --set keys no selected variant has: options or mistakes
 
 
 def is_size(name: str) -> bool:
@@ -136,9 +138,11 @@ def card_targets(
         if is_plugin(v):
             if not mixers:
                 raise ConfigError(f"{v}: give the plug-in mixer with --mixer FILE.py:Class")
-            extra = {k: val for k, val in sets.items() if k not in known}
+            extra = {k: val for k, val in sets.items() if k not in fields}
             for spec in mixers:
-                out.append(CardTarget(display_name(v, spec), v, own, mixer=spec, options=extra))
+                label = display_name(v, spec)
+                out.append(CardTarget(label, v, own, mixer=spec, options=extra, peers=tuple(mixers),
+                                      unknown=tuple(unknown)))  # fmt: skip
             continue
         out.append(CardTarget(v, v, own))
         if controls and "causal" in fields and "causal" not in own:
