@@ -55,6 +55,7 @@ def small_work(monkeypatch: pytest.MonkeyPatch) -> None:
     are exercised at test sizes."""
     monkeypatch.setattr(moba_select, "SELECT_WORK_ELEMS", 64)
     monkeypatch.setattr(moba_attend, "TILE", 3)
+    monkeypatch.setattr(moba_attend, "ATTEND_WORK_ELEMS", 1)
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -79,6 +80,15 @@ def test_fast_path_matches_loop_outputs_and_gradients(
 
 def test_fast_path_matches_loop_with_default_work_sizes() -> None:
     _assert_matches_reference(_layer(5, 2), _x(2, 37, scale=3.0))
+
+
+def test_chunks_of_several_blocks_and_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    # own part: batch 2 x 2 heads x block 4 = 16 scores per query, so chunks of 12 queries
+    # (3 blocks; n 27 has 7, the last chunk holds one); selected part: runs of 24 tiles of 2
+    monkeypatch.setattr(moba_attend, "ATTEND_WORK_ELEMS", 12 * 16)
+    monkeypatch.setattr(moba_attend, "TILE", 2)
+    for causal in (True, False):
+        _assert_matches_reference(_layer(4, 2, causal=causal), _x(2, 27))
 
 
 def _tied_layer() -> MoBA:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 RANK_BITS = {torch.float64: 30, torch.float32: 16}  # significant bits the ranking keeps
-SELECT_WORK_ELEMS = 1 << 21  # scores held at once while selecting (queries x heads x blocks)
+SELECT_WORK_ELEMS = 1 << 18  # scores at once (heads x queries x blocks): 2 MiB of int64 keys
 _LOW = (1 << 23) - 1  # a 30-bit key leaves 23 mantissa bits zero: room for the tie-break
 _NONE = torch.iinfo(torch.int64).min
 
