@@ -282,6 +282,7 @@ class Mamba2(Mamba2Decoding, nn.Module):
         """The block over x (B, n, d) in segments, each from the conv window and SSD state the
         one before left (`state`, or zeros), and the state after the last token."""
         batch, n = x.shape[:2]
+        self.last_backend = f"mamba2:{self.impl}"  # an empty sequence runs no scan
         if state is None:
             state = self.empty_state(batch, 0, x)
         tail, h = state.conv.transpose(1, 2), state.ssm  # (B, K - 1, conv_dim), (B, H, P, N)

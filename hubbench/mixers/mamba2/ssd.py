@@ -24,7 +24,9 @@ the realistic bug of a chunked SSD, where tokens read later tokens of their own 
 weights exp(cs_i - cs_j) >= 1).
 
 Everything runs in >= fp32 with autocast off (the state accumulates in fp32 under bf16, as
-mamba-ssm's kernels do) and plain autograd: all per-token tensors are O(n * H * Q), never n x n.
+mamba-ssm's kernels do), in one autograd Function (`_SSD`) whose backward is written out and
+recomputes the chunk layout from the saved inputs. All per-token tensors are O(n * H * Q), never
+n x n.
 """
 
 from __future__ import annotations
