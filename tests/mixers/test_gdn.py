@@ -355,6 +355,15 @@ def test_empty_prompt_prefill_gives_the_empty_state() -> None:
     torch.testing.assert_close(steps, layer(x), rtol=0, atol=1e-12)
 
 
+def test_an_empty_sequence_forwards_and_backwards() -> None:
+    layer = _layer(torch.float32)
+    x = torch.randn(2, 0, 16, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (2, 0, 16) and layer.last_backend == "gdn:chunked"
+    y.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
 def test_state_bytes_snapshot_and_restore() -> None:
     layer = _layer(torch.float32, expand_v=2)
     x = torch.randn(3, 30, 16)

@@ -8,6 +8,8 @@ norm while the block is in cache.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,7 +22,7 @@ BLOCK_ELEMS = 1 << 18  # elements of o per block (1 MB in fp32)
 
 def _blocks(o: Tensor) -> list[tuple[int, int]]:
     B, n = o.shape[:2]
-    tokens = max(1, BLOCK_ELEMS // max(1, o[0, 0].numel() * B))
+    tokens = max(1, BLOCK_ELEMS // max(1, math.prod(o.shape[2:]) * B))
     return [(t0, min(t0 + tokens, n)) for t0 in range(0, n, tokens)]
 
 
