@@ -107,14 +107,17 @@ def card_targets(
     """The targets in registry order: each variant, then its control when `controls` and the
     variant has a `causal` field; with `mixers`, each plug-in variant once per mixer.
 
-    `variants` None means every registered built-in variant (and the plug-in ones when mixers
-    are given). A `--set` key must be a field of a selected variant, unless mixers are given
-    (then the plug-in's child process checks it against the mixer's options).
+    `variants` None means every registered built-in variant, or with mixers the plug-in ones
+    only; with `controls` (the card, --all) both. A `--set` key must be a field of a selected
+    variant, unless mixers are given (then the plug-in's child process checks it against the
+    mixers' options).
     """
     from hubbench.plan.variants import REGISTRY, config_fields, display_name, get_spec, is_plugin
 
     if variants is None:
-        names = [v for v in REGISTRY if not is_plugin(v) or mixers]
+        plugins = [v for v in REGISTRY if is_plugin(v)] if mixers else []
+        builtins = [v for v in REGISTRY if not is_plugin(v)]
+        names = builtins + plugins if controls or not plugins else plugins
     else:
         names = list(variants)
         for name in names:
