@@ -11,8 +11,8 @@ and values, and the recurrent state); docs/mixers/oryx.md has the design and its
 The forward runs the base's chunked recurrence over the whole sequence (its state has to pass
 through attention-mode tokens), then the attention for the attention-mode runs of queries, each
 inside one chunk: queries a..b-1 over keys 0..b-1 with a causal mask (C x t per chunk, never
-n x n), through PyTorch SDPA (on CPU its flash kernel keeps only the inputs, the output, the
-log-sum-exp and the C x t mask for backward). A token's output is its mode's read; the shared
+n x n), through the flash attention kernel (attend.py; on CPU it keeps only the inputs, the
+outputs and the log-sum-exps for backward). A token's output is its mode's read; the shared
 gate, norm and out-projection follow.
 """
 
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hubbench.errors import ConfigError
-from hubbench.mixers.attention import _KernelSpy
+from hubbench.mixers.oryx.attend import Run, attend_runs
 from hubbench.mixers.oryx.bases import GDNBlock, Mamba2Block, unit
 from hubbench.mixers.oryx.decode import OryxDecoding
 from hubbench.mixers.oryx.schedule import Schedule
@@ -204,38 +204,25 @@ class Oryx(OryxDecoding, nn.Module):
         n, C, t0 = keys.shape[2], self.chunk, seg.t0
         o, s = seg.o, seg.streams
         Dk, Dv = self.block.key_width, self.block.value_width
-        parts, prev = [], 0
+        runs, qs = [], []
         for a, b in pieces:
-            end = b if self.causal else min(n, (a // C + 1) * C)
+            if self.causal:
+                runs.append(Run(a, b, b, "mask" if a > 0 else "causal"))
+            else:
+                runs.append(Run(a, b, min(n, (a // C + 1) * C), "none"))
             q = self.query(s.query[:, a - t0 : b - t0], x[:, a:b])  # (B, L, H, Dk) in >= fp32
-            q = F.pad(q.to(values.dtype).transpose(1, 2), (0, max(Dv - Dk, 0)))  # (B, H, L, D)
-            mask = None
-            if self.causal and a > 0:  # queries a..b-1 see keys 0..a+i
-                pos = torch.arange(end, device=x.device)
-                mask = pos[None] <= pos[a:b, None]  # (L, end): C x t, never n x n
-            att, kernel = self._sdpa(q, keys[:, :, :end], values[:, :, :end], mask, kernel)
-            parts += [o[:, prev : a - t0], att[..., :Dv].transpose(1, 2)]
+            qs.append(F.pad(q.to(values.dtype).transpose(1, 2), (0, max(Dv - Dk, 0))))
+        sig = (x.device.type, values.dtype, torch.is_grad_enabled())
+        spy = kernel is None and sig not in self._kernels
+        outs, seen = attend_runs(qs, keys, values, runs, spy)
+        if seen is not None:
+            self._kernels[sig] = seen
+        parts, prev = [], 0
+        for (a, b), att in zip(pieces, outs, strict=True):
+            parts += [o[:, prev : a - t0], att[..., :Dv].transpose(1, 2)]  # (B, L, H, Dv)
             prev = b - t0
         parts.append(o[:, prev:])
-        return torch.cat(parts, 1), kernel
-
-    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, kernel: str | None):
-        """SDPA with the scale already in q; records the kernel that ran (once per signature)."""
-        causal = self.causal and mask is None  # a piece that starts at 0: plain causal
-        if kernel is not None or torch.compiler.is_compiling():
-            return self._call(q, k, v, mask, causal), kernel
-        key = (q.device.type, q.dtype, q.shape[-1], mask is None, torch.is_grad_enabled())
-        if key in self._kernels:
-            return self._call(q, k, v, mask, causal), self._kernels[key]
-        spy = _KernelSpy()
-        with spy:
-            out = self._call(q, k, v, mask, causal)
-        self._kernels[key] = spy.kernel or "sdpa:math"
-        return out, self._kernels[key]
-
-    @staticmethod
-    def _call(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=1.0)
+        return torch.cat(parts, 1), kernel or self._kernels.get(sig)
 
     # ------------------------------------------------------------------ accounting
 
