@@ -118,6 +118,8 @@ def check_quality(run: Mapping[str, Any], config: Any) -> None:
         raise ConfigError(f"lr must be a positive number (got {lr})", fields=["lr"])
     vocab = int(getattr(config, "vocab", BYTE_VOCAB))
     if task in MQAR_TASKS:
+        if run["kv_pairs"] < 1:  # plan.expand checks it for `mqar` only
+            raise ConfigError(f"kv_pairs must be >= 1 (got {run['kv_pairs']})", fields=["kv_pairs"])
         problem = mqar_problem(run["seq"], run["kv_pairs"], vocab, mqar_layout(task))
         if problem:
             raise ConfigError(problem, fields=["seq", "kv_pairs", "vocab"])

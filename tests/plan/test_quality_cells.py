@@ -76,3 +76,17 @@ def test_dry_run_planning_refuses_a_short_data_file(tmp_path: Path) -> None:
     given = parse_overrides(mode="quality", task="bytes", data=str(empty))
     with pytest.raises(SuiteError, match=r"--data.*empty\.txt.*holds 0 bytes"):
         plan_of(tmp_path, body, overrides=given)
+
+
+def test_mqar_planning_needs_vocab_above_seq_and_legacy_is_asked_for_by_name() -> None:
+    """Zoology's layout needs vocab > seq (it asserts it); the first layout only by its name."""
+    config = make_config("transformer", vocab=128)
+    mqar = {"task": "mqar", "lr": 1e-3, "seq": 128, "kv_pairs": 8, "data": "pydoc"}
+    with pytest.raises(ConfigError, match=r"vocab > seq.*mqar-legacy"):
+        check_quality(mqar, config)
+    check_quality({**mqar, "task": "mqar-legacy"}, config)  # the old layout: vocab 128 is fine
+    check_quality(mqar, make_config("transformer", vocab=8192))
+    with pytest.raises(ConfigError, match="kv_pairs must be >= 1"):
+        check_quality({**mqar, "task": "mqar-legacy", "kv_pairs": 0}, config)
+    with pytest.raises(ConfigError, match="unknown task 'mqar-zoology'"):
+        check_quality({**mqar, "task": "mqar-zoology"}, config)

@@ -260,7 +260,7 @@ def test_task_and_data_options_plan_and_refuse(tmp_path: Path) -> None:
     path = tmp_path / "corpus.txt"
     path.write_bytes(b"some text to model, " * 500)
     runner = CliRunner()
-    args = ["run", "quality", "--task", "bytes", "--variant", "transformer", "--dry-run"]
+    args = ["run", "quality-bytes", "--variant", "transformer", "--dry-run"]
     ok = runner.invoke(app, [*args, "--data", str(path)])
     assert ok.exit_code == 0, ok.output
     assert "task=bytes" in " ".join(ok.output.split()) and path.name in ok.output
