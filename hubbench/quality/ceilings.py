@@ -29,23 +29,24 @@ from dataclasses import dataclass
 
 from hubbench.quality.tasks import IGNORE, TaskBatch
 
-# a rule: (context values in order, the inputs before the query, values revealed so far, the
-# query's rank among the sequence's queries) -> the guessed token, or None for no guess
-Rule = Callable[[list[int], list[int], set[int], int], "int | None"]
+# a rule: (context values in order, how often each distinct one occurred before the query,
+# values revealed so far, the query's rank among the sequence's queries) -> the guessed token
+Rule = Callable[[list[int], dict[int, int], set[int], int], "int | None"]
 
 
-def _rank(values: list[int], before: list[int], revealed: set[int], j: int) -> int | None:
+def _rank(values: list[int], seen: dict[int, int], revealed: set[int], j: int) -> int | None:
     return values[j] if j < len(values) else None
 
 
-def _first_unrevealed(values: list[int], before: list[int], revealed: set[int], j: int) -> int:
+def _first_unrevealed(values: list[int], seen: dict[int, int], revealed: set[int], j: int) -> int:
     return next((v for v in values if v not in revealed), values[0])
 
 
-def _frequent_unrevealed(values: list[int], before: list[int], revealed: set[int], j: int) -> int:
+def _frequent_unrevealed(
+    values: list[int], seen: dict[int, int], revealed: set[int], j: int
+) -> int:
     open_ = [v for v in dict.fromkeys(values) if v not in revealed] or values
-    counts = {v: before.count(v) for v in open_}
-    return max(open_, key=lambda v: counts[v])  # max keeps the first of equal counts
+    return max(open_, key=lambda v: seen[v])  # max keeps the first of equal counts
 
 
 RULES: dict[str, Rule] = {
@@ -82,18 +83,20 @@ def recall_free_ceilings(batches: Sequence[TaskBatch], kv_pairs: int) -> Ceiling
     for b in batches:
         for tokens, targets in zip(b.inputs.tolist(), b.targets.tolist(), strict=True):
             values = tokens[1 : 2 * kv_pairs : 2]
-            distinct = set(values)
+            seen = dict.fromkeys(values, 0)  # occurrences before the current position
             revealed: set[int] = set()
-            scored = [p for p, t in enumerate(targets) if t != IGNORE]
-            for j, pos in enumerate(scored):
-                want = targets[pos]
-                uniform += (want in distinct) / len(distinct)
-                before = tokens[:pos]
-                for name, rule in RULES.items():
-                    hits[name] += rule(values, before, revealed, j) == want
-                if pos + 1 < len(tokens) and tokens[pos + 1] in distinct:
-                    revealed.add(tokens[pos + 1])
-            queries += len(scored)
+            j = 0
+            for pos, (token, want) in enumerate(zip(tokens, targets, strict=True)):
+                if want != IGNORE:
+                    uniform += (want in seen) / len(seen)
+                    for name, rule in RULES.items():
+                        hits[name] += rule(values, seen, revealed, j) == want
+                    if pos + 1 < len(tokens) and tokens[pos + 1] in seen:
+                        revealed.add(tokens[pos + 1])
+                    j += 1
+                if token in seen:
+                    seen[token] += 1
+            queries += j
     if not queries:
         return Ceilings(0.0, dict.fromkeys(RULES, 0.0), 0)
     return Ceilings(uniform / queries, {k: v / queries for k, v in hits.items()}, queries)
