@@ -119,6 +119,22 @@ def test_chunked_ssd_without_initial_state_and_sequences_differ() -> None:
     torch.testing.assert_close(alone, y[1:2], rtol=0, atol=1e-13)  # batch rows are independent
 
 
+@pytest.mark.parametrize("n", [4 * CHUNK, 4 * CHUNK + 3])  # unpadded, padded
+def test_chunked_ssd_takes_inputs_in_any_memory_layout(n: int) -> None:
+    # a caller (the Oryx block) may hand over permuted views; with no padding the chunk layout
+    # keeps their strides, and reshaping them as views failed
+    base = {k: v.detach() for k, v in _ssd_inputs(2, n, 4, 3, 2, 5, seed=6).items()}
+    strided = {
+        "x": base["x"].transpose(1, 2).contiguous().transpose(1, 2),  # heads outermost
+        "dt": base["dt"].transpose(1, 2).contiguous().transpose(1, 2),
+        "B": base["B"].permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1),
+        "C": base["C"].permute(0, 3, 2, 1).contiguous().permute(0, 3, 2, 1),
+    }
+    inp = {**base, **strided}
+    assert not any(t.is_contiguous() for t in strided.values())
+    _check_ssd({k: v.requires_grad_() for k, v in inp.items()}, CHUNK)
+
+
 @pytest.mark.parametrize("used", ["y", "final state"])
 def test_chunked_ssd_gradients_when_one_output_is_unused(used: str) -> None:
     # the backward then gets zeros for the other output: each path must stand on its own

@@ -59,7 +59,7 @@ def check_ssd_shapes(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> 
 def _pass_states(decay: Tensor, S: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
     """h_{k+1} = decay_k h_k + S_k over chunks k = 0..c-1, from h_0: the state before each chunk
     (b, c, H, P, N) and after the last (b, H, P, N). decay (b, c, H), S (b, c, H, P, N)."""
-    starts = torch.empty_like(S)
+    starts = torch.empty(S.shape, dtype=S.dtype, device=S.device)  # contiguous, whatever S is
     h = h0
     for k in range(S.shape[1]):
         starts[:, k] = h
@@ -107,13 +107,15 @@ class _Chunks:
     def groups(self, t: Tensor) -> Tensor:
         """(b, c, Q, H, P) per head -> (b, c, G, Q, r P) per group (a view)."""
         b, c, Q = t.shape[:3]
-        return t.view(b, c, Q, self.Bc.shape[2], -1).transpose(2, 3)
+        return t.reshape(b, c, Q, self.Bc.shape[2], -1).transpose(2, 3)
 
     def mixing(self) -> Tensor:
         """M = L * C B^T per head, (b, c, H, Q, Q): the diagonal blocks."""
         b, c, H, Q, _ = self.L.shape
         G = self.CB.shape[2]
-        return (self.L.view(b, c, G, H // G, Q, Q) * self.CB[:, :, :, None]).view(b, c, H, Q, Q)
+        return (self.L.reshape(b, c, G, H // G, Q, Q) * self.CB[:, :, :, None]).reshape(
+            b, c, H, Q, Q
+        )
 
 
 def _chunks(
@@ -139,7 +141,7 @@ def _chunks(
     return _Chunks(
         xf=xf,
         dtf=dtf,
-        xdt=xdt.view(b, c, Q, H, P),
+        xdt=xdt.reshape(b, c, Q, H, P),
         cs=cs,
         Bc=Bc,
         Cc=Cc,
@@ -166,12 +168,12 @@ class _SSD(torch.autograd.Function):
         c = k.cs.shape[1]
         y_diag = k.mixing() @ k.xdt.transpose(2, 3)  # (b, c, H, Q, P)
         xw = k.groups(k.xdt * k.w.transpose(2, 3)[..., None])  # (b, c, G, Q, r P)
-        S = (xw.transpose(-1, -2) @ k.Bc).view(b, c, H, P, -1)  # (b, c, H, P, N)
+        S = (xw.transpose(-1, -2) @ k.Bc).reshape(b, c, H, P, -1)  # (b, c, H, P, N)
         starts, last = _pass_states(k.cs[..., -1].exp(), S, h0)
         G = k.Bc.shape[2]
-        off = k.Cc @ starts.view(b, c, G, -1, S.shape[-1]).transpose(-1, -2)  # (b,c,G,Q,rP)
+        off = k.Cc @ starts.reshape(b, c, G, -1, S.shape[-1]).transpose(-1, -2)  # (b,c,G,Q,rP)
         y = k.heads(off).mul_(k.cs.exp().transpose(2, 3)[..., None])  # (b, c, Q, H, P)
-        y = y.add_(y_diag.transpose(2, 3)).view(b, c * Q, H, P)[:, :n]
+        y = y.add_(y_diag.transpose(2, 3)).reshape(b, c * Q, H, P)[:, :n]
         if D is not None:
             y = y + k.xf * D.to(f)[:, None]
         ctx.save_for_backward(x, dt, A, B, C, D, starts)
@@ -194,9 +196,9 @@ class _SSD(torch.autograd.Function):
 
         # 4. off-diagonal readout y_i += E_i C_i h_c
         dy_e = k.groups(dyc * E.transpose(2, 3)[..., None])  # (b, c, G, Q, r P)
-        st = starts.view(b, c, G, -1, N)  # (b, c, G, r P, N)
+        st = starts.reshape(b, c, G, -1, N)  # (b, c, G, r P, N)
         dC = dy_e @ st  # (b, c, G, Q, N)
-        dstarts = (dy_e.transpose(-1, -2) @ k.Cc).view(b, c, H, P, N)
+        dstarts = (dy_e.transpose(-1, -2) @ k.Cc).reshape(b, c, H, P, N)
         off = dy_e * (k.Cc @ st.transpose(-1, -2))  # dL/dE_i * E_i, before summing over P
         dcs = k.heads(off).sum(-1).transpose(2, 3)  # (b, c, H, Q)
 
@@ -206,7 +208,7 @@ class _SSD(torch.autograd.Function):
         dcs[..., -1] += ddecay * decay
 
         # 2. chunk states S = sum_j w_j dt_j x_j B_j^T
-        dSg = dS.view(b, c, G, -1, N)  # (b, c, G, r P, N)
+        dSg = dS.reshape(b, c, G, -1, N)  # (b, c, G, r P, N)
         wt = k.w.transpose(2, 3)[..., None]  # (b, c, Q, H, 1)
         dB = k.groups(k.xdt * wt) @ dSg  # (b, c, G, Q, N)
         dxw = k.heads(k.Bc @ dSg.transpose(-1, -2))  # (b, c, Q, H, P)
@@ -222,13 +224,13 @@ class _SSD(torch.autograd.Function):
         dM = dyh @ k.xdt.permute(0, 1, 3, 4, 2)  # (b, c, H, Q, Q)
         dseg = dM * M  # dL/d(cs_i - cs_j), zero where masked
         dcs += dseg.sum(-1) - dseg.sum(-2)
-        dCB = (dM.mul_(k.L)).view(b, c, G, H // G, Q, Q).sum(3)  # (b, c, G, Q, Q)
+        dCB = (dM.mul_(k.L)).reshape(b, c, G, H // G, Q, Q).sum(3)  # (b, c, G, Q, Q)
         dC += dCB @ k.Bc
         dB += dCB.transpose(-1, -2) @ k.Cc
 
         # cs is a cumsum of dt A inside each chunk: its gradient is a reversed cumsum
         d_dA = dcs.flip(-1).cumsum(-1).flip(-1).transpose(2, 3).reshape(b, c * Q, H)[:, :n]
-        dxdt = dxdt.view(b, c * Q, H, P)[:, :n]
+        dxdt = dxdt.reshape(b, c * Q, H, P)[:, :n]
         Af = A.to(f)
         ddt = d_dA * Af + (dxdt * k.xf).sum(-1)
         dA = (d_dA * k.dtf).sum((0, 1))
