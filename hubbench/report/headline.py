@@ -190,3 +190,40 @@ def table(rows: Sequence[HeadlineRow]) -> tuple[list[str], list[list[str]]]:
                 "; ".join(vs.not_compared) or "-",
             ])  # fmt: skip
     return [*(["figure"] if facets else []), *HEAD], lines
+
+
+# ----------------------------------------------------------------------------- quality
+
+
+def quality_headline(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The MQAR lines of a report's headline (issue 30), one per point (task, n, kv pairs,
+    vocab, budget): where the reference did not solve the point in two thirds of its seeds,
+    only "recipe failed ..." (no comparison is published there); where it holds, each config's
+    mean held-out accuracy over its seeds at the learning rate chosen on validation, the seeds
+    that solved it and the recall-free ceiling it is read against."""
+    from hubbench.report.seeds import POINT_FIELDS, is_reference, pool_seeds, recipe_verdicts
+
+    mqar = [r for r in rows if r.get("mode") == "quality" and str(r.get("task")).startswith("mqar")]
+    points: dict[tuple, list[dict[str, Any]]] = {}
+    for r in mqar:
+        points.setdefault(tuple(r.get(f) for f in POINT_FIELDS), []).append(r)
+    out: list[str] = []
+    for here in points.values():
+        [verdict] = recipe_verdicts(here)
+        if not verdict.holds:
+            out.append(verdict.line())
+            continue
+        configs = sorted(pool_seeds(here), key=lambda c: not any(map(is_reference, c.rows)))
+        parts = [_config_text(c) for c in configs if c.rows]
+        ceilings = [float(r["recall_free_ceiling"]) for r in here if r.get("recall_free_ceiling")]
+        tail = f"; recall-free ceiling {max(ceilings):.3f}" if ceilings else ""
+        out.append(f"{verdict.where}: " + ", ".join(parts) + tail)
+    return out
+
+
+def _config_text(config: Any) -> str:
+    got = [float(r["eval_accuracy"]) for r in config.rows if r.get("eval_accuracy") is not None]
+    seeds = len(config.rows) + len(config.failed)
+    solved = sum(a >= 0.99 for a in got)
+    mean = f"{sum(got) / len(got):.3f}" if got else "-"
+    return f"{config.label} {mean} ({solved}/{seeds} seeds solved)"

@@ -1,0 +1,39 @@
+"""The report headline's MQAR lines: a failed recipe replaces the comparison at its point; a
+point that holds lists each config against the recall-free ceiling, the reference first."""
+
+from __future__ import annotations
+
+from hubbench.report.headline import quality_headline
+
+REF = {"variant": "transformer", "mlp_ratio": 0.0, "n_layers": 2, "n_heads": 1}
+
+
+def row(variant: str, seed: int, lr: float, val: float, acc: float, seq: int = 64,
+        kv: int = 4) -> dict:  # fmt: skip
+    return {"mode": "quality", "task": "mqar", "status": "ok", "seq": seq, "kv_pairs": kv,
+            "vocab": 8192, "d_model": 64, "batch": 64, "train_updates": 3000, **REF,
+            "variant": variant, "seed": seed, "lr": lr, "val_accuracy": val,
+            "eval_accuracy": acc, "recall_free_ceiling": 0.285}  # fmt: skip
+
+
+def test_a_point_that_holds_lists_the_configs_against_the_ceiling() -> None:
+    rows = [row("hub-gpt", s, 1e-3, 0.5, 0.4 + 0.1 * s) for s in range(3)]
+    rows += [row("transformer", s, lr, v, v) for s in range(3) for lr, v in
+             ((1e-3, 0.5), (3e-3, 1.0 if s < 2 else 0.9))]  # fmt: skip
+    [line] = quality_headline(rows)
+    assert line.startswith("mqar seq=64 kv_pairs=4")
+    assert line.index("transformer") < line.index("hub-gpt")  # the reference first
+    assert "transformer 0.967 (2/3 seeds solved)" in line  # lr 3e-3 chosen on validation
+    assert "hub-gpt 0.500 (0/3 seeds solved)" in line and line.endswith("ceiling 0.285")
+
+
+def test_a_failed_recipe_publishes_no_comparison() -> None:
+    rows = [row("transformer", s, 3e-3, 0.9, 0.9, seq=128, kv=8) for s in range(3)]
+    rows += [row("hub-gpt", s, 3e-3, 0.99, 0.995, seq=128, kv=8) for s in range(3)]
+    [line] = quality_headline(rows)
+    assert line.startswith("recipe failed at mqar seq=128 kv_pairs=8") and "0 of 3" in line
+    assert "hub-gpt" not in line
+
+
+def test_rows_without_mqar_give_no_lines() -> None:
+    assert quality_headline([{"mode": "fwd", "variant": "transformer"}]) == []
