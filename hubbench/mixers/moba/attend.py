@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-TILE = 32  # queries per tile: one key block each
+TILE = 64  # queries per tile: one key block each (64 ran 5-20% faster than 32 at n 4k-16k)
 ATTEND_WORK_ELEMS = 1 << 18  # scores per chunk (own: heads x queries x block; tiles x TILE x block)
 
 
