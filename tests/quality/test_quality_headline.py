@@ -23,8 +23,10 @@ def test_a_point_that_holds_lists_the_configs_against_the_ceiling() -> None:
     [line] = quality_headline(rows)
     assert line.startswith("mqar seq=64 kv_pairs=4")
     assert line.index("transformer") < line.index("hub-gpt")  # the reference first
-    assert "transformer 0.967 (2/3 seeds solved)" in line  # lr 3e-3 chosen on validation
-    assert "hub-gpt 0.500 (0/3 seeds solved)" in line and line.endswith("ceiling 0.285")
+    # lr 3e-3 chosen on validation; Wilson 95% for 2 of 3: [0.208, 0.939]
+    assert "transformer 0.967 (2/3 seeds solved, 95% 0.21-0.94)" in line
+    assert "hub-gpt 0.500 (0/3 seeds solved, 95% 0.00-0.56)" in line
+    assert line.endswith("ceiling 0.285")
 
 
 def test_a_failed_recipe_publishes_no_comparison() -> None:
@@ -37,3 +39,17 @@ def test_a_failed_recipe_publishes_no_comparison() -> None:
 
 def test_rows_without_mqar_give_no_lines() -> None:
     assert quality_headline([{"mode": "fwd", "variant": "transformer"}]) == []
+
+
+def test_the_solved_interval_by_hand() -> None:
+    """Wilson score, z = 1.96: 2 of 3 -> centre 0.5734, half 0.3656; 0 of 3 -> [0, 0.5615]."""
+    import pytest
+
+    from hubbench.report.seeds import solved_interval
+
+    assert solved_interval(2, 3) == (
+        pytest.approx(0.2077, abs=1e-4),
+        pytest.approx(0.9385, abs=1e-4),
+    )
+    assert solved_interval(0, 3) == (0.0, pytest.approx(0.5615, abs=1e-4))
+    assert solved_interval(3, 3)[1] == 1.0 and solved_interval(0, 0) == (0.0, 1.0)
