@@ -278,6 +278,27 @@ def test_mamba2_in_segments_matches_the_reference_the_base_and_decoding(monkeypa
         assert torch.equal(base(x), plain(x))
 
 
+@pytest.mark.parametrize("base", ["gdn", "mamba2"])
+def test_the_public_sdpa_path_matches_the_reference_too(base: str, monkeypatch) -> None:
+    """Where CPU's flash ops are missing (or on another device) the runs go through public
+    SDPA one by one: the same outputs and gradients."""
+    from hubbench.mixers.oryx import attend
+
+    monkeypatch.setattr(attend, "_OPS", None)
+    mod, n = _oryx(base), 27
+    x = _x(2, n).requires_grad_()
+    y = mod(x)
+    assert mod.last_backend.endswith("+sdpa:flash-cpu")  # observed, here on the public call
+    ref = oryx_ref(mod, x, _modes(mod, n))
+    assert ((y - ref).abs().max() / ref.abs().max()).item() <= 1e-10
+    out = mod.block.out_proj if base == "mamba2" else mod.block.o_proj
+    params = [x, mod.query.up, mod.query.log_temperature, out.weight]
+    got = torch.autograd.grad(y.square().sum(), params)
+    want = torch.autograd.grad(ref.square().sum(), params)
+    for g, w in zip(got, want, strict=True):
+        assert ((g - w).abs().max() / w.abs().max()).item() <= 1e-10
+
+
 def test_batch_rows_are_independent_sequences() -> None:
     mod = _oryx("gdn").eval()
     x = _x(3, 21)

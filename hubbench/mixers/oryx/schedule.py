@@ -109,10 +109,3 @@ class Schedule:
     def attention_tokens(self, n: int) -> int:
         """How many of positions 0..n-1 run in attention."""
         return sum(b - a for a, b in self.pieces(0, n))
-
-    def describe(self) -> str:
-        if self.kind == "spread":
-            return f"spread {self.fraction} of chunks of {self.chunk}"
-        if self.kind == "first":
-            return f"first {self.count} chunks of {self.chunk}"
-        return f"positions < {self.count}"
