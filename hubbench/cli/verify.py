@@ -144,12 +144,9 @@ def _raise_broken(broken: list[str]) -> None:
 
 def _plugin_failure(target: Target, exc: BaseException) -> str:
     """A plug-in that raised during a check: one line naming it (the check cannot pass)."""
-    from hubbench.errors import HubbenchError
+    from hubbench.verify.checking import failure_text
 
-    if isinstance(exc, HubbenchError):
-        return f"{target.label}: {exc}"
-    lines = str(exc).strip().splitlines()
-    return f"{target.label}: raised {type(exc).__name__}: {lines[0] if lines else ''}".rstrip()
+    return failure_text(target.label, exc)
 
 
 def register(app: typer.Typer) -> None:
@@ -240,6 +237,10 @@ def causal_cmd(
         raise ConfigError(f"--draws must be >= 0 and --timeout > 0 (got {draws}, {timeout:g})")
     if all_ and variants:
         raise ConfigError("give variants or --all, not both")
+    if markdown is not None:  # refused before anything is checked, not after
+        from hubbench.outputs import check_file
+
+        check_file(markdown, "--markdown")
     specs = split_list(mixers or [])
     from hubbench.verify.targets import card_targets
 

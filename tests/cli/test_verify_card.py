@@ -23,6 +23,7 @@ SWA = "examples/sliding_window.py:SlidingWindowAttention"
         (["--draws", "-1"], "--draws must be >= 0"),
         (["--timeout", "0"], "--timeout > 0"),
         (["--batch", "1"], "--batch >= 2"),
+        (["hub-gpt", "--markdown", "/"], "--markdown / is a directory"),  # before any check
     ],
 )
 def test_bad_card_options_are_one_line_errors(args: list[str], message: str) -> None:
