@@ -16,7 +16,10 @@ from hubbench.verify.causality import (
     check_causality,
     check_mixer,
     claims_causal,
+    data_eps,
     default_times,
+    make_inputs,
+    prepared,
 )
 
 
@@ -175,3 +178,54 @@ def test_verify_unknown_variant() -> None:
     result = runner.invoke(app, ["verify", "causal", "gpt5"])
     assert result.exit_code == 2
     assert "unknown variant" in result.output
+
+
+# --- the probes' building blocks (issue 33) ---------------------------------------------------
+
+
+def test_repeated_and_constant_inputs_repeat_exactly_and_differ_per_sequence() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = make_inputs("repeated", 2, 30, 4, gen)
+    assert len(torch.unique(x[0], dim=0)) == 3  # a palette of 3 vectors
+    assert not torch.equal(x[0], x[1])
+    c = make_inputs("constant", 2, 5, 4, gen)
+    assert (c == c[:, :1]).all() and not torch.equal(c[0, 0], c[1, 0])
+
+
+def test_a_leak_only_on_repeated_tokens_needs_repeated_inputs() -> None:
+    def counts_later_twins(x: torch.Tensor) -> torch.Tensor:
+        same = (x[:, :, None] == x[:, None]).all(-1).triu(1)  # (B, n, n), s > t
+        return x.cumsum(1) + same.sum(-1, keepdim=True).to(x.dtype)
+
+    assert check_causality(counts_later_twins, d=3, n=16, seeds=(0,)).passed
+    report = check_causality(counts_later_twins, d=3, n=16, seeds=(0,), inputs="repeated")
+    assert not report["perturbation"].passed and not report["prefix"].passed
+
+
+def test_non_finite_outputs_are_unusable_not_a_leak() -> None:
+    report = check_causality(lambda x: x.cumsum(1) / 0.0, d=2, n=8, seeds=(0,))
+    assert report.unusable is not None and "t=0" in report.unusable
+    assert not report.passed and report.summary().startswith("unusable:")
+    assert report.results and all(r.passed for r in report.results)  # no leak was claimed
+
+
+def test_the_data_precision_follows_the_data_not_constants() -> None:
+    table = torch.arange(4.0)  # fp32, but no data flows through it
+
+    def fp64_with_fp32_constant(x: torch.Tensor) -> torch.Tensor:
+        return x * table.double().sum()
+
+    x = torch.randn(1, 4, 2, dtype=torch.float64)
+    assert data_eps(fp64_with_fp32_constant, x)[1] == torch.finfo(torch.float64).eps
+    assert data_eps(lambda x: x.float().double(), x)[1] == torch.finfo(torch.float32).eps
+
+
+def test_train_mode_keeps_batch_statistics_and_turns_dropout_off() -> None:
+    model = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(3))
+    m = prepared(model, train=True)
+    assert m.training and m[1].training and not m[0].training
+    assert m[1].weight.dtype == torch.float64 and model[1].weight.dtype == torch.float32
+
+
+def test_default_times_cover_every_size() -> None:
+    assert {3, 4, 5, 7, 8, 9, 15, 16, 17} <= set(default_times(40, [8, 4]))
