@@ -138,6 +138,36 @@ class _Chunks:
         return self.x[..., self.v.shape[-1] :]
 
 
+@dataclass
+class _Kept:
+    """What forward keeps for backward beyond the inputs, (B, h, n_chunks, C, *): the pieces a
+    group costs matmuls and a solve to redo (K K^T, Q K^T, T, [U' | W]) and the new values U,
+    5 C + d_k + 2 d_v numbers per token and head."""
+
+    kk: Tensor
+    qk: Tensor
+    t: Tensor
+    x: Tensor
+    u: Tensor
+
+    @classmethod
+    def empty(cls, B: int, h: int, nc: int, C: int, d_k: int, d_v: int, like: Tensor) -> _Kept:
+        def new(*shape: int) -> Tensor:
+            return like.new_empty(B, h, nc, C, *shape)
+
+        return cls(new(C), new(C), new(C), new(d_v + d_k), new(d_v))
+
+    def store(self, c0: int, c1: int, ch: _Chunks, u: Tensor) -> None:
+        for dst, src in zip(self.tensors(), (ch.kk, ch.qk, ch.t, ch.x, u), strict=True):
+            dst[:, :, c0:c1] = src
+
+    def pieces(self, c0: int, c1: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.kk[:, :, c0:c1], self.qk[:, :, c0:c1], self.t[:, :, c0:c1], self.x[:, :, c0:c1]
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return self.kk, self.qk, self.t, self.x, self.u
+
+
 def _group(t: Tensor, c0: int, c1: int) -> Tensor:
     """(B, nc, C, h, *) -> chunks c0..c1-1 as (B, h, G, C, *), contiguous (a cache-sized copy)."""
     t = t[:, c0:c1]
@@ -155,7 +185,17 @@ class _Options:
     scale: float | None  # None: q, k used as given; else L2-normalised in here, q times scale
 
 
-def _derive(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, opt: _Options) -> _Chunks:
+def _derive(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor,
+    opt: _Options,
+    kept: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
+) -> _Chunks:
+    """The group's pieces from its inputs; `kept` = (K K^T, Q K^T, T, [U' | W]) as forward
+    kept them: backward then redoes only the cheap elementwise parts."""
     C = q.shape[-2]
     rq = rk = None
     if opt.scale is not None:  # normalised here, in cache, rather than in full-length passes
@@ -166,16 +206,19 @@ def _derive(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, opt: _Opti
     gam = g.cumsum(-1)
     diff = gam.unsqueeze(-1) - gam.unsqueeze(-2)  # gam_i - gam_j
     decay = diff.masked_fill_(above, float("-inf")).exp_()  # -inf before exp: no inf
-    kk = k @ k.transpose(-1, -2)
-    A = (kk * decay).mul_(beta.unsqueeze(-1)).masked_fill_(not_below, 0.0)
     eg = gam.exp()
-    rhs = torch.cat((v, k * eg.unsqueeze(-1)), -1).mul_(beta.unsqueeze(-1))
-    # T = (I + A)^-1 by one unit-lower solve against the identity (C right-hand sides, not
-    # d_v + d_k), then products: backward needs T^T, a product too, instead of another solve
-    eye = torch.eye(C, dtype=q.dtype, device=q.device).expand(A.shape).contiguous()
-    t = torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True)
-    x = t @ rhs
-    qk = q @ k.transpose(-1, -2)
+    if kept is None:
+        kk = k @ k.transpose(-1, -2)
+        A = (kk * decay).mul_(beta.unsqueeze(-1)).masked_fill_(not_below, 0.0)
+        rhs = torch.cat((v, k * eg.unsqueeze(-1)), -1).mul_(beta.unsqueeze(-1))
+        # T = (I + A)^-1 by one unit-lower solve against the identity (C right-hand sides,
+        # not d_v + d_k), then products: backward needs T^T, a product too, not a solve
+        eye = torch.eye(C, dtype=q.dtype, device=q.device).expand(A.shape).contiguous()
+        t = torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True)
+        x = t @ rhs
+        qk = q @ k.transpose(-1, -2)
+    else:
+        kk, qk, t, x = kept
     p = qk * decay
     if not opt.causal:  # the leaky control: above the diagonal exp(min(gam_i - gam_j, 0)) = 1
         p = p + qk.masked_fill(~above, 0.0)
@@ -190,12 +233,14 @@ def _groups(n_chunks: int, batch_heads: int, C: int) -> list[tuple[int, int]]:
 
 def _forward(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, H: Tensor, opt: _Options
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, _Kept]:
     """Inputs (B, nc, C, h, *) in f; H (B, h, d_k, d_v) before the first chunk. Returns o
-    (B, nc, C, h, d_v), the state before every chunk (B, h, nc, d_k, d_v) and after the last."""
+    (B, nc, C, h, d_v), the state before every chunk (B, h, nc, d_k, d_v), the state after
+    the last, and what backward reuses."""
     B, nc, C, h, _ = q.shape
     o = v.new_empty(v.shape)
     starts = H.new_empty(B, h, nc, *H.shape[-2:])
+    kept = _Kept.empty(B, h, nc, C, q.shape[-1], v.shape[-1], q)
     for c0, c1 in _groups(nc, B * h, C):
         ch = _derive(*(_group(t, c0, c1) for t in (q, k, v, g, beta)), opt)
         k_end = (ch.k * ch.ed.unsqueeze(-1)).transpose(-1, -2)  # (B, h, G, d_k, C)
@@ -208,11 +253,17 @@ def _forward(
         h0 = starts[:, :, c0:c1]
         out = (ch.q * ch.eg.unsqueeze(-1)) @ h0 + ch.p @ u  # (B, h, G, C, d_v)
         o[:, c0:c1] = _ungroup(out)
-    return o, starts, H
+        kept.store(c0, c1, ch, u)
+    return o, starts, H, kept
 
 
 def _backward(
-    inputs: tuple[Tensor, ...], starts: Tensor, do: Tensor, dH: Tensor, opt: _Options
+    inputs: tuple[Tensor, ...],
+    starts: Tensor,
+    kept: _Kept,
+    do: Tensor,
+    dH: Tensor,
+    opt: _Options,
 ) -> tuple[Tensor, ...]:
     """Gradients of the inputs (B, nc, C, h, *) and of the initial state, groups in reverse,
     from the output gradient `do` (B, nc, C, h, d_v) and that of the final state `dH`."""
@@ -221,9 +272,9 @@ def _backward(
     dq, dk, dv = q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
     dg, dbeta = g.new_empty(g.shape), beta.new_empty(beta.shape)
     for c0, c1 in reversed(_groups(nc, B * h, C)):
-        ch = _derive(*(_group(t, c0, c1) for t in inputs), opt)
+        ch = _derive(*(_group(t, c0, c1) for t in inputs), opt, kept.pieces(c0, c1))
         h0 = starts[:, :, c0:c1]  # (B, h, G, d_k, d_v)
-        u = ch.u_prime - ch.w @ h0
+        u = kept.u[:, :, c0:c1]
         do_g = _group(do, c0, c1)  # (B, h, G, C, d_v)
         q_start = ch.q * ch.eg.unsqueeze(-1)  # reads H_0
         k_end = ch.k * ch.ed.unsqueeze(-1)  # writes H_C
@@ -293,20 +344,21 @@ class _GatedDelta(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, g, beta, h0, opt):  # type: ignore[override]
-        o, starts, last = _forward(q, k, v, g, beta, h0, opt)
+        o, starts, last, kept = _forward(q, k, v, g, beta, h0, opt)
         ctx.opt = opt
-        ctx.save_for_backward(q, k, v, g, beta, starts)
+        ctx.save_for_backward(q, k, v, g, beta, starts, *kept.tensors())
         return o, last
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, do, dlast):  # type: ignore[override]
-        q, k, v, g, beta, starts = ctx.saved_tensors
+        q, k, v, g, beta, starts, *kept = ctx.saved_tensors
         if dlast is None:
             dlast = starts.new_zeros(starts[:, :, 0].shape)
         if do is None:
             do = v.new_zeros(v.shape)
-        grads = _backward((q, k, v, g, beta), starts, do.contiguous(), dlast, ctx.opt)
+        grads = _backward((q, k, v, g, beta), starts, _Kept(*kept), do.contiguous(), dlast,
+                          ctx.opt)  # fmt: skip
         return (*grads, None)
 
 
