@@ -7,6 +7,8 @@ top-k over every block (future and partial ones included), which `verify causal`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 
@@ -74,7 +76,7 @@ class MoBA(MoBADecoding, nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self._merge(self._attend(*self._heads(x, 0)))
 
-    def _per_block(self, seq: int):
+    def _per_block(self, seq: int) -> Iterator[tuple[int, int, int]]:
         """(tokens, candidate blocks, selected blocks) for each query block of a sequence."""
         nb = -(-seq // self.block)
         for c in range(nb):
