@@ -250,6 +250,12 @@ def causal_cmd(
         secrets.randbelow(10**6) if length_seed is None else length_seed, timeout,
     )  # fmt: skip
     out = console()
+    if all_ and not specs:
+        from hubbench.plan.variants import REGISTRY, is_plugin
+
+        hosts = ", ".join(v for v in REGISTRY if is_plugin(v))
+        if hosts:
+            out.print(f"{hosts}: not checked (they need a plug-in: --mixer FILE.py:Class)")
     card = Card(_check_all(targets, settings, out), settings, command=_command_line())
     _stamp(card)
     print_card(out, card, wide)
