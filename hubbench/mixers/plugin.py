@@ -52,11 +52,29 @@ class PluginMixer(nn.Module):
         return self._checked(self.inner(x), x, "forward")
 
     def _checked(self, y: Any, x: torch.Tensor, what: str) -> torch.Tensor:
+        """The plug-in's result, or a PluginError naming it: the wrong type or shape; a dtype
+        the model cannot use (an integer result trains nothing, a float64 one meets float32
+        weights in a torch error that names no mixer); a result cut off from autograd (its
+        parameters and the layers before it would train on nothing, silently)."""
         if not isinstance(y, torch.Tensor) or y.shape != x.shape:
             got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
             raise PluginError(
                 f"mixer {self.name}: {what} returned {got} for input {tuple(x.shape)}; "
                 "a mixer maps (B, n, d) to (B, n, d)"
+            )
+        allowed = {x.dtype}
+        if torch.is_autocast_enabled(x.device.type):
+            allowed.add(torch.get_autocast_dtype(x.device.type))
+        if y.dtype not in allowed:
+            want = " or ".join(sorted(str(d).removeprefix("torch.") for d in allowed))
+            raise PluginError(
+                f"mixer {self.name}: {what} returned {str(y.dtype).removeprefix('torch.')} for "
+                f"a {str(x.dtype).removeprefix('torch.')} input; a mixer returns {want}"
+            )
+        if x.requires_grad and torch.is_grad_enabled() and not y.requires_grad:
+            raise PluginError(
+                f"mixer {self.name}: {what}'s result does not depend on its input through "
+                "autograd (detached, or computed outside it): training would not reach the mixer"
             )
         return y
 

@@ -219,6 +219,34 @@ def test_a_wrong_shape_is_a_plugin_error() -> None:
         model(torch.randint(0, 256, (2, 8)))
 
 
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("ReturnsInt64", r"mixer ReturnsInt64: forward returned int64 for a float32 input; a "
+                         r"mixer returns float32"),
+        ("ReturnsFloat64", r"mixer ReturnsFloat64: forward returned float64 for a float32 input"),
+        ("Detached", r"mixer Detached: forward's result does not depend on its input through "
+                     r"autograd"),
+    ],
+)  # fmt: skip
+def test_a_result_the_model_cannot_train_is_a_plugin_error(name: str, match: str) -> None:
+    """An int64 result gave an ok row that trained nothing; a float64 one a torch error naming no
+    mixer; a detached one trained everything but the mixer, silently (issue 33, item 5)."""
+    model = models.build_model("mixer-gpt", mixer=spec(name), d_model=32, n_heads=2)
+    idx = torch.randint(0, 256, (2, 8))
+    with pytest.raises(PluginError, match=match):
+        model.loss(idx, idx)
+    if name == "Detached":
+        with torch.no_grad():  # inference asks nothing of autograd: the result is fine there
+            assert model(idx).shape == (2, 8, 256)
+
+
+def test_a_plugin_under_autocast_may_return_the_autocast_dtype() -> None:
+    model = models.build_model("mixer-gpt", mixer=SWA, d_model=32, n_heads=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.randint(0, 256, (1, 8))).shape == (1, 8, 256)
+
+
 def test_a_constructor_failure_is_a_plugin_error() -> None:
     with pytest.raises(PluginError, match="constructor failed: ValueError: a causal span"):
         models.build_model("mixer-gpt", mixer=SWA, mixer_options='{"span": 0}')

@@ -55,6 +55,38 @@ class WrongShape(nn.Module):
         return self.proj(x)
 
 
+class ReturnsInt64(nn.Module):
+    """Rounds its result to integers: an ok row that trained nothing, before it was refused."""
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).round().long()
+
+
+class ReturnsFloat64(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, causal: bool) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).double()
+
+
+class Detached(nn.Module):
+    """Computes under no_grad: right shape and dtype, no gradient ever reaches it."""
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.proj(x)
+
+
 class Raises(nn.Module):
     def __init__(self, d_model: int, n_heads: int, causal: bool) -> None:
         super().__init__()
