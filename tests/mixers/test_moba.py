@@ -268,6 +268,15 @@ def test_bf16_autocast_computes_in_bf16() -> None:
     assert torch.isfinite(y).all()
 
 
+def test_the_gate_stays_fp32_under_bf16_autocast() -> None:
+    gen = torch.Generator().manual_seed(5)
+    q, k = (torch.randn(2, 2, 200, 8, generator=gen).bfloat16() for _ in range(2))
+    want = select_blocks(q, k, 4, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = select_blocks(q, k, 4, 3)
+    assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -100,7 +100,8 @@ class MoBADecoding:
         take = min(self.top_blocks, c)
         if take:
             means = state.means[:, :, :c]  # (B, h, c, d_h)
-            scores = q.to(means.dtype) @ means.transpose(-2, -1)  # (B, h, 1, c)
+            with torch.autocast(x.device.type, enabled=False):  # the gate in >= fp32
+                scores = q.to(means.dtype) @ means.transpose(-2, -1)  # (B, h, 1, c)
             ok = torch.ones(c, dtype=torch.bool, device=x.device)
             idx = ordered_keys(scores, ok).topk(take, dim=-1).indices  # (B, h, 1, take)
             rows = idx.view(*idx.shape[:2], take, 1) * b + torch.arange(b, device=x.device)

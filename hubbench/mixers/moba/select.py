@@ -94,7 +94,8 @@ def select_blocks(q: Tensor, k: Tensor, block: int, top: int, causal: bool = Tru
         take = min(slots, ncand)
         if take == 0:
             continue
-        scores = q[:, :, t0:t1].to(f) @ means[:, :, :ncand].transpose(-2, -1)  # (B, h, Q, c)
+        with torch.autocast(q.device.type, enabled=False):  # the gate stays in >= fp32
+            scores = q[:, :, t0:t1].to(f) @ means[:, :, :ncand].transpose(-2, -1)  # (B,h,Q,c)
         j = torch.arange(ncand, device=q.device)
         candidate = j < own[:, None] if causal else j != own[:, None]  # (Q, c)
         vals, idx = ordered_keys(scores, candidate).topk(take, dim=-1)
