@@ -32,15 +32,13 @@ from hubbench.mixers.gdn.conv import short_conv_silu
 from hubbench.mixers.gdn.decode import GDNDecoding
 from hubbench.mixers.gdn.norm import GatedRMSNorm
 from hubbench.mixers.state import compute_dtype
+from hubbench.plan.variants import GDN_IMPLS  # which recurrence runs: ours, or fla's kernels
 
 try:
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
 except ImportError:
     chunk_gated_delta_rule = None
 
-# Which recurrence runs: ours, or fla's Triton kernels. (The lead may move this next to
-# MAMBA_IMPLS in hubbench/plan/variants.py when the gdn variants are registered.)
-GDN_IMPLS = ("ref", "fla")
 INSTALL_HINT = "pip install flash-linear-attention on a CUDA machine (Triton kernels)"
 # Initial softplus(dt_bias) log-uniform in [DT_MIN, DT_MAX], floored; A uniform in [A_MIN, A_MAX]:
 # fla's GatedDeltaNet (and Mamba-2's) initialisation.
