@@ -10,7 +10,9 @@ from 1: a cell's round 2 is its second build), `rank` (the torchrun rank, $RANK;
 torchrun) or any config field (`seed`, `attention`, ...).
 F is crash (os._exit), segv, oom, error, hang, unavailable, interrupt (SIGINT to the runner,
 then hang), kill_parent (SIGKILL to the process that started the worker: a submitit job, then
-hang) or threads (an error that says how many torch threads the worker runs with).
+hang), threads (an error that says how many torch threads the worker runs with) or child
+(starts `sleep 300` as a plug-in might start a helper process, writes its pid to the item's
+`pid_file` and goes on).
 HUBBENCH_TEST_SLOWDOWN: a JSON list of {"slowdown": 0.25, <conditions>} that makes
 the matching cells' steps that fraction slower. Never set either for real measurements.
 """
@@ -22,6 +24,7 @@ import math
 import os
 import signal
 import statistics
+import subprocess
 import time
 from typing import Any
 
@@ -104,7 +107,7 @@ def _wanted(env: str, variant: str, config: Any) -> list[dict[str, Any]]:
             continue
         if "rank" in item and item["rank"] != int(os.environ.get("RANK", "0")):
             continue
-        skip = ("fault", "slowdown", "seq", "build", "rank")
+        skip = ("fault", "slowdown", "seq", "build", "rank", "pid_file")
         conditions = {k: v for k, v in item.items() if k not in skip}
         if all(
             (variant if k == "variant" else getattr(config, k, None)) == v
@@ -130,6 +133,12 @@ def _fail(items: list[dict[str, Any]], seq: int) -> None:
         if item.get("seq", seq) != seq:
             continue
         fault = item["fault"]
+        if fault == "child":
+            if not os.path.exists(item["pid_file"]):
+                child = subprocess.Popen(["sleep", "300"])
+                with open(item["pid_file"], "w") as f:
+                    f.write(str(child.pid))
+            continue
         if fault == "crash":
             os._exit(70)
         if fault == "segv":

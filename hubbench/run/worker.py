@@ -123,9 +123,16 @@ class Worker:
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            self._kill_group()
             self.proc.wait()
+
+    def _kill_group(self) -> None:
+        """SIGKILL to the worker's process group (its own session): the worker if it is still
+        there, and whatever it started that outlived it (a plug-in's child processes, which
+        were left running under PID 1 after the run ended)."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
     def close(self) -> None:
         if self.proc is None:
@@ -138,6 +145,7 @@ class Worker:
                 self.proc.wait(timeout=5)
             except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
                 self.kill()
+        self._kill_group()  # the group outlives a worker that exited: its children stay in it
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
                 pipe.close()
