@@ -7,13 +7,26 @@ import torch
 
 from hubbench.mixers.attention import Attention
 from hubbench.mixers.base import DecodeState, DecodingMixer, Mixer
+from hubbench.mixers.gdn import GatedDeltaNet
 from hubbench.mixers.hubrouter import HubRouter
 from hubbench.mixers.mamba import Mamba
+from hubbench.mixers.mamba2 import Mamba2
+from hubbench.mixers.moba import MoBA
+from hubbench.mixers.nsa import NSA
+from hubbench.mixers.oryx import Oryx
+from hubbench.mixers.swa import SlidingWindow
 
 BUILT_IN = {
     "attention": lambda: Attention(16, 2),
     "hubrouter": lambda: HubRouter(16, 2, hubs=2, topk=2, chunk=4),
     "mamba": lambda: Mamba(16),
+    "mamba2": lambda: Mamba2(16, d_state=4, headdim=8, chunk=4),
+    "gdn": lambda: GatedDeltaNet(16, 2, chunk=4),
+    "oryx-gdn": lambda: Oryx(16, 2, base="gdn", attn_fraction=0.5, chunk=4),
+    "oryx-mamba2": lambda: Oryx(16, 2, base="mamba2", attn_fraction=0.5, chunk=4, d_state=4),
+    "swa": lambda: SlidingWindow(16, 2, window=4),
+    "moba": lambda: MoBA(16, 2, block=2, top_blocks=1),
+    "nsa": lambda: NSA(16, 2, cmp_block=2, cmp_stride=1, block=2, top_blocks=1, window=2),
 }
 
 
