@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from hubbench.errors import HubbenchError
+from hubbench.plan.variants import inert_fields
 
 ATOL = 1e-9
 TEXT = b"the cat sat on the mat, and the cat sat on the hat; so the cat sat. the end. "
@@ -102,8 +103,7 @@ def check_decode(
     if n < 2:
         raise ValueError(f"n must be >= 2 (got {n})")
     m = copy.deepcopy(model).to(dtype=torch.float64).eval()
-    chunk = getattr(m.config, "chunk", None) if _has_hubs(m) else None
-    prefixes = default_prefixes(n, chunk) if prefixes is None else prefixes
+    prefixes = default_prefixes(n, boundary(m)) if prefixes is None else prefixes
     vocab = m.config.vocab
     report = DecodeReport(n, batch, tuple(seeds), atol)
     cases: dict[str, DecodeCase] = {}
@@ -136,5 +136,19 @@ def check_decode(
     return report
 
 
-def _has_hubs(model: nn.Module) -> bool:
-    return any(getattr(b, "kind", None) == "hubrouter" for b in getattr(model, "blocks", []))
+# config fields that cut a sequence into pieces a decode step must cross exactly as the forward
+# does: HubRouter's and the recurrences' chunks, MoBA's and NSA's blocks, a sliding window
+BOUNDARY_FIELDS = ("chunk", "block", "window", "cmp_block")
+
+
+def boundary(model: nn.Module) -> int | None:
+    """The smallest piece the model's mixers cut a sequence into (prompts are cut around it and
+    its multiples), None when no mixer has one (attention, Mamba-1)."""
+    config = getattr(model, "config", None)
+    kinds = {getattr(b, "kind", None) for b in getattr(model, "blocks", [])}
+    if config is None or not kinds - {"attention", "mamba", "mlp", None}:
+        return None
+    inert = inert_fields(config)
+    sizes = [getattr(config, f) for f in BOUNDARY_FIELDS
+             if isinstance(getattr(config, f, None), int) and f not in inert]  # fmt: skip
+    return min(sizes, default=None)

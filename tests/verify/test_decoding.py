@@ -12,7 +12,13 @@ from hubbench.mixers.attention import KVCache
 from hubbench.mixers.hubrouter import HubRouter
 from hubbench.mixers.mamba import Mamba
 from hubbench.models import build_model
-from hubbench.verify.decoding import ATOL, check_decode, default_prefixes
+from hubbench.verify.decoding import (
+    ATOL,
+    BOUNDARY_FIELDS,
+    boundary,
+    check_decode,
+    default_prefixes,
+)
 
 SMALL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "mlp_ratio": 2.0}
 HUB = {"hubs": 4, "topk": 4, "neighbours": 1, "chunk": 8}
@@ -74,6 +80,40 @@ def test_state_bytes_per_kind_are_reported() -> None:
     assert set(report.state_bytes) == {"mamba", "hubrouter"}
     kv = check_decode(_model("transformer"), n=20, seeds=(0,)).state_bytes["attention"]
     assert kv == 2 * 2 * 20 * 32 * 8  # layers x (k, v) x n x d x float64
+
+
+# the field's variants at sizes that n = 27 crosses several times (chunks, blocks, windows)
+FIELD_SMALL = {
+    "mamba2-gpt": {"chunk": 5, "d_state": 4, "headdim": 8},
+    "mamba2-jamba": {"chunk": 5, "d_state": 4, "headdim": 8, "attn_every": 2},
+    "gdn-gpt": {"chunk": 5},
+    "gdn-jamba": {"chunk": 5, "attn_every": 2},
+    "oryx-gdn": {"chunk": 5, "attn_fraction": 0.5},
+    "oryx-mamba2": {"chunk": 5, "attn_fraction": 0.5, "d_state": 4},
+    "swa-gpt": {"window": 6},
+    "swa-jamba": {"window": 6},
+    "moba-gpt": {"block": 4, "top_blocks": 1},
+    "moba-jamba": {"block": 4, "top_blocks": 1},
+    "nsa-gpt": {"cmp_block": 4, "cmp_stride": 2, "block": 4, "top_blocks": 1, "window": 6},
+    "nsa-jamba": {"cmp_block": 4, "cmp_stride": 2, "block": 4, "top_blocks": 1, "window": 6},
+}
+
+
+@pytest.mark.parametrize("variant", sorted(FIELD_SMALL))
+def test_the_fields_variants_decode_as_their_forward_across_their_boundaries(variant) -> None:
+    model = _model(variant, **FIELD_SMALL[variant])
+    report = check_decode(model, n=27, seeds=(0,))
+    assert report.passed, [(c.name, c.max_diff, c.first_bad) for c in report.cases]
+    cut = boundary(model)
+    assert cut == min(v for k, v in FIELD_SMALL[variant].items() if k in BOUNDARY_FIELDS)
+    assert {f"prefill {p}" for p in (cut - 1, cut, cut + 1)} <= {c.name for c in report.cases}
+
+
+def test_a_model_without_pieces_has_no_boundary() -> None:
+    assert boundary(_model("transformer")) is None
+    assert boundary(_model("jamba")) is None
+    assert boundary(_model("hub-gpt")) == 8
+    assert boundary(_model("hub-gpt", replace=0.0)) is None  # no hub layer left: chunk is inert
 
 
 def test_default_prefixes_cover_chunk_boundaries() -> None:
