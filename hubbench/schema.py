@@ -275,7 +275,7 @@ COLUMNS: tuple[Column, ...] = (
     _c("val_accuracy", "float64", "quality",
        "mqar: accuracy on the validation split at the last check (early stop, lr selection)"),
     _c("updates_to_solve", "int64", "quality",
-       "mqar: updates until the validation accuracy first reached 0.99 (null: never)"),
+       "mqar: updates until validation accuracy was 0.99 at 2 checks in a row (null: never)"),
     _c("updates_run", "int64", "quality", "updates actually run (early stopping ends sooner)"),
     _c("decode_state_bytes", "int64", "quality",
        "bytes of the trained model's decode state per sequence after a seq-token prompt"),

@@ -134,22 +134,25 @@ def fake_evaluate(scores: list[float], calls: list[str]):
     return evaluate
 
 
-def test_training_stops_early_at_the_first_check_that_solves(monkeypatch) -> None:
+def test_training_stops_early_after_two_checks_in_a_row_that_solve(monkeypatch) -> None:
+    """A lone crossing (0.991, then 0.98) does not stop it; two checks in a row at 0.99 do."""
     calls: list[str] = []
     monkeypatch.setattr(train_module, "CHECK_EVERY", 5)
-    monkeypatch.setattr(train_module, "evaluate", fake_evaluate([0.2, 0.98, 0.995, 1.0], calls))
+    scores = [0.2, 0.991, 0.98, 0.995, 0.99, 1.0]
+    monkeypatch.setattr(train_module, "evaluate", fake_evaluate(scores, calls))
     c = small_cell(updates=40)
     r = train_and_evaluate(c, build(c.variant, c.config), torch.device("cpu"))
     q = r.quality
-    assert q["updates_to_solve"] == 15 == q["updates_run"] == len(r.samples_s)
-    assert q["curve_updates"] == [5.0, 10.0, 15.0] and q["val_accuracy"] == 0.995
-    assert calls == ["val", "val", "val", "eval"]  # the evaluation set once, after training
+    assert q["updates_to_solve"] == 25 == q["updates_run"] == len(r.samples_s)
+    assert q["curve_updates"] == [5.0, 10.0, 15.0, 20.0, 25.0] and q["val_accuracy"] == 0.99
+    assert calls == ["val"] * 5 + ["eval"]  # the evaluation set once, after training
 
 
 def test_a_run_that_never_solves_runs_its_budget_and_records_none(monkeypatch) -> None:
     calls: list[str] = []
     monkeypatch.setattr(train_module, "CHECK_EVERY", 5)
-    monkeypatch.setattr(train_module, "evaluate", fake_evaluate([0.5] * 4 + [0.989], calls))
+    scores = [0.5, 0.995, 0.5, 0.995, 0.989]  # never two in a row
+    monkeypatch.setattr(train_module, "evaluate", fake_evaluate(scores, calls))
     c = small_cell(updates=23)
     q = train_and_evaluate(c, build(c.variant, c.config), torch.device("cpu")).quality
     assert q["updates_to_solve"] is None and q["updates_run"] == 23
