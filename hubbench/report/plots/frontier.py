@@ -18,11 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 from hubbench.report import style
 from hubbench.report.plots.figure import BOTTOM, TOP, Figured, legend, new_figure, title
-from hubbench.report.plots.quality import Line, Pooled, hows, lines, percent, pool, quality_rows
+from hubbench.report.plots.quality import (
+    Line,
+    Pooled,
+    hows,
+    lines,
+    percent,
+    pool,
+    quality_rows,
+    seq_facets,
+)
 from hubbench.report.plots.registry import Kind, register
 from hubbench.report.plots.ticks import log_axis
 from hubbench.report.seeds import MQAR_TASKS, SOLVED, recipe_verdicts, select_lr
-from hubbench.report.series import Facet, facets
+from hubbench.report.series import Facet
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,7 +50,8 @@ def _mqar(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def chosen_facets(df: pd.DataFrame) -> list[Facet]:
     """The run's MQAR rows with the learning rate chosen per (config, seed) on the validation
-    split, the chosen rows' `lr` blanked so the grid does not split the facets."""
+    split, the chosen rows' `lr` blanked so the grid does not split the facets; one facet per
+    MQAR point (n and kv pairs: configs at another n are another task)."""
     import pandas as pd
 
     rows = select_lr(_mqar(quality_rows(df)))
@@ -49,7 +59,7 @@ def chosen_facets(df: pd.DataFrame) -> list[Facet]:
         return []
     picked = [{**r, "lr": None, "lr_grid": _grid(r["lr_grid"])} for r in rows if "lr_grid" in r]
     chosen = pd.DataFrame(picked + [r for r in rows if "lr_grid" not in r])
-    return facets(chosen)
+    return seq_facets(chosen)
 
 
 def _grid(rates: list[float]) -> str:
@@ -89,6 +99,14 @@ def _point(ax: Axes, line: Line, x_column: str, label: bool) -> tuple[Pooled, li
     return got, xs
 
 
+def _point_name(rows: list[dict[str, Any]]) -> str:
+    seqs = sorted({int(r["seq"]) for r in rows if r.get("seq") is not None})
+    pairs = sorted({int(r["kv_pairs"]) for r in rows if r.get("kv_pairs") is not None})
+    if len(seqs) != 1 or len(pairs) != 1:
+        return ""
+    return f" at n = {seqs[0]}, {pairs[0]} pairs"
+
+
 def _ceiling(rows: list[dict[str, Any]]) -> float | None:
     got = [float(r["recall_free_ceiling"]) for r in rows if r.get("recall_free_ceiling")]
     return max(got) if got else None
@@ -121,7 +139,7 @@ def frontier(facet: Facet) -> Figured:
     axes[0].yaxis.set_major_formatter(percent())
     axes[0].set_ylabel("held-out MQAR accuracy")
     axes[1].tick_params(labelleft=False)
-    title(fig, "Recall against state and speed (MQAR)", facet)
+    title(fig, f"Recall against state and speed: MQAR{_point_name(rows)}", facet)
     legend(axes[0])
     notes, caption = _words(rows, found, pooled)
     return Figured(fig, "", notes, caption)
