@@ -24,11 +24,6 @@ if TYPE_CHECKING:
 
     from hubbench.verify.decoding import DecodeReport
 
-# Small enough for ~30 s over all variants on 2 CPU cores; the hub fields make chunk boundaries
-# (C-1, C, C+1, 2C-1, 2C, 2C+1) and several members fall inside the default sequence.
-SMALL = {"d_model": 32, "n_layers": 2, "n_heads": 2, "mlp_ratio": 2.0}
-SMALL_HUB = {"hubs": 4, "topk": 4, "neighbours": 1, "chunk": 8}
-
 
 @dataclass(frozen=True)
 class Target:
@@ -51,6 +46,7 @@ def variant_fields(
     from hubbench.plan import mixer_info, plugin_option_types
     from hubbench.plan.plugins import encode_options
     from hubbench.plan.variants import config_fields, display_name, is_plugin
+    from hubbench.verify.targets import small_fields
 
     mixers = mixers or []
     plugin_option_types(mixers, "--mixer")  # the checks `run` makes: clashing names and types
@@ -65,8 +61,10 @@ def variant_fields(
             )
     out: list[Target] = []
     for v in variants:
-        base = {**SMALL, **SMALL_HUB}
-        chosen = {k: val for k, val in base.items() if k in valid[v]}
+        # small sizes from the field names (hubbench.verify.targets), so a check's lengths cross
+        # every chunk, block and window; the field's mixers at their defaults (window 256, block
+        # 64) would be checked at n = 40 as plain causal attention
+        chosen = {k: val for k, val in small_fields(v).items() if k in valid[v]}
         chosen.update({k: val for k, val in sets.items() if k in valid[v]})
         if not is_plugin(v):
             out.append(Target(v, v, chosen))
