@@ -118,7 +118,9 @@ def report_cmd(
     target = out or Path("reports") / name
     if target.is_dir():  # a folder given as --out: the report goes into it
         target = target / name
-    write_report(df, target)
+    from hubbench import store
+
+    write_report(df, target, card_dir=store.results_dir(results_dir) / "verify")
     printer = console()
     printer.print(f"[green]wrote[/] {escape(str(target))}", highlight=False)
     rows = headline(df)

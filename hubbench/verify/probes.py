@@ -23,6 +23,7 @@ non-finite outputs stops at that probe: it is unusable, not leaky.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -146,7 +147,12 @@ class TargetResult:
         return values
 
     def to_json(self) -> dict[str, Any]:
+        """Plain JSON: a leak too large to be finite is written as the string "inf" (strict
+        JSON has no Infinity), and read back as a float."""
         out = asdict(self)
+        for c in out["checks"]:
+            if not math.isfinite(c["max_leak"]):
+                c["max_leak"] = str(c["max_leak"])
         out["verdict"] = self.verdict
         return out
 
@@ -157,7 +163,8 @@ class TargetResult:
         checks = []
         for c in data.pop("checks", []):
             pair = c.get("first_leak")
-            checks.append(CheckOutcome(**{**c, "first_leak": tuple(pair) if pair else None}))
+            checks.append(CheckOutcome(**{**c, "first_leak": tuple(pair) if pair else None,
+                                          "max_leak": float(c.get("max_leak", 0.0))}))  # fmt: skip
         return cls(**data, checks=checks)
 
 

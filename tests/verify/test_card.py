@@ -260,3 +260,13 @@ def test_the_report_page_shows_the_newest_card(tmp_path: Path) -> None:
     assert "<td class='fail'>CONTROL NOT CAUGHT</td>" in section and "exit 1" in section
     (tmp_path / "causal-20261207T000000Z.json").write_text("{not json")
     assert "unreadable" in "".join(card_section(tmp_path))
+
+
+def test_an_infinite_leak_is_written_as_strict_json_and_read_back() -> None:
+    from hubbench.verify.probes import CheckOutcome, TargetResult
+
+    row = TargetResult("x", "x", {}, "causal")
+    row.checks = [CheckOutcome("prefix", False, float("inf"), (3, 4), "random", 1, True)]
+    text = json.dumps(row.to_json(), allow_nan=False)  # strict JSON: no Infinity token
+    back = TargetResult.from_json(json.loads(text))
+    assert back.checks[0].max_leak == float("inf") and back.checks[0].first_leak == (3, 4)
