@@ -52,9 +52,9 @@ def console(stderr: bool = False) -> Console:
     return cls(stderr=stderr, width=160, emoji=False)
 
 
-def listed(values: Iterable[str] | None) -> list[str] | None:
+def listed(values: Iterable[str] | None, option: str) -> list[str] | None:
     """A list option as given: '--kind a,b' and '--kind a --kind b' alike; None when absent."""
-    items = split_list(values)
+    items = split_list(values, option)
     return items or None
 
 

@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         out = console()
         if threads is not None and threads < 1:
             raise ConfigError(f"--threads must be >= 1 (got {threads})")
-        dtypes = cal.parse_dtypes(listed(dtype))
+        dtypes = cal.parse_dtypes(listed(dtype, "--dtype"))
         if (dtype or force) and not calibrate:
             raise ConfigError("--dtype and --force go with --calibrate")
         torch.set_num_threads(threads or default_threads())  # calibrations are per thread count

@@ -80,7 +80,7 @@ def compare_cmd(
     cmp = compare_runs(
         load_run(run_a, results_dir),
         load_run(run_b, results_dir),
-        listed(metric) or DEFAULT_METRICS,
+        listed(metric, "--metric") or DEFAULT_METRICS,
         **options,
     )
     md = to_markdown(cmp)

@@ -60,8 +60,8 @@ def plot_cmd(
 
     df = load_runs(runs, results_dir)
     out_dir = out or Path("plots") / "+".join(str(r) for r in dict.fromkeys(df["run_id"]))
-    formats = listed(image_format) or DEFAULT_FORMATS
-    outcome = plot_run(df, out_dir, kinds=listed(kind), formats=formats)
+    formats = listed(image_format, "--format") or DEFAULT_FORMATS
+    outcome = plot_run(df, out_dir, kinds=listed(kind, "--kind"), formats=formats)
     printer = console()
     for path in outcome.written:
         printer.print(f"[green]wrote[/] {escape(str(path))}", highlight=False)

@@ -94,7 +94,7 @@ def selected(
     from hubbench.plan.fields import split_list
     from hubbench.plan.variants import REGISTRY, get_spec, is_plugin
 
-    specs = split_list(mixers or [])
+    specs = split_list(mixers or [], "--mixer")
     if variants:
         names = list(variants)
         if specs and not any(is_plugin(v) for v in names):
@@ -239,7 +239,7 @@ def causal_cmd(
         from hubbench.outputs import check_file
 
         check_file(markdown, "--markdown")
-    specs = split_list(mixers or [])
+    specs = split_list(mixers or [], "--mixer")
     from hubbench.verify.targets import card_targets
 
     targets = card_targets(list(variants) if variants else None, single_values(sets), specs, all_)

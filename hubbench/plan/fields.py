@@ -99,18 +99,26 @@ def parse_assignments(items: Iterable[str], option: str = "--set") -> dict[str, 
             raise ConfigError(f"{option} {item!r}: expected key=v1,v2 (e.g. {option} hubs=4,8)")
         if key in out:
             raise ConfigError(f"{option} {key}: given twice; give every value once: {key}=a,b")
-        values = [v.strip() for v in text.split(",") if v.strip()]
-        if not values:
+        values = [v.strip() for v in text.split(",")]
+        if not any(values):
             raise ConfigError(f"{option} {key}: no value given")
+        if not all(values):
+            raise ConfigError(f"{option} {key}={text}: an empty value between commas")
         out[key] = values
     return out
 
 
-def split_list(values: Iterable[str] | None) -> list[str]:
-    """Repeated options and comma lists alike: ['a,b', 'c'] -> ['a', 'b', 'c'] (order kept)."""
+def split_list(values: Iterable[str] | None, option: str = "a list option") -> list[str]:
+    """Repeated options and comma lists alike: ['a,b', 'c'] -> ['a', 'b', 'c'] (order kept).
+
+    An empty item is an error, not skipped: `--seq ""` ran the whole sweep, and `4,,8` hid a
+    value the user meant to type."""
     out: list[str] = []
     for value in values or ():
-        out += [v.strip() for v in str(value).split(",") if v.strip()]
+        items = [v.strip() for v in str(value).split(",")]
+        if not all(items):
+            raise ConfigError(f"{option} {str(value)!r}: an empty value; give v1,v2 ...")
+        out += items
     return list(dict.fromkeys(out))
 
 

@@ -26,8 +26,9 @@ def parse_overrides(
     the plug-in specs in play besides `--mixer` (the suite's), whose options `--set` may name.
     """
     mixer_opt = options.get("mixer")
-    given = split_list([mixer_opt] if isinstance(mixer_opt, str) else mixer_opt or [])
     try:
+        given = split_list([mixer_opt] if isinstance(mixer_opt, str) else mixer_opt or [],
+                           "--mixer")  # fmt: skip
         assigned = parse_assignments(sets, "--set")
     except ConfigError as exc:
         raise SuiteError(str(exc)) from None
@@ -37,9 +38,13 @@ def parse_overrides(
     for key, value in options.items():
         if value is None:
             continue
-        values = split_list([value] if isinstance(value, str) else value)
+        origin = f"--{key.replace('_', '-')}"
+        try:
+            values = split_list([value] if isinstance(value, str) else value, origin)
+        except ConfigError as exc:
+            raise SuiteError(str(exc)) from None
         if values:
-            items.append((f"--{key.replace('_', '-')}", key, values))
+            items.append((origin, key, values))
     items += [(f"--set {key}", key, values) for key, values in assigned.items()]
     out: dict[str, Axis] = {}
     for origin, key, texts in items:

@@ -39,3 +39,17 @@ def test_override_causing_an_impossible_cell_is_named(tmp_path: Path) -> None:
     suite = load_suite(write(tmp_path, '[sweep]\nseq = [64]\nvariant = ["hub-gpt"]\n'))
     with pytest.raises(SuiteError, match=r"--set topk.*: cell hub-gpt n=64: topk=100 exceeds"):
         expand(suite, parse_overrides(["topk=100"]), cuda_available=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"seq": ""}, r"--seq '': an empty value"),  # it ran the whole sweep
+        ({"seq": "512,"}, r"--seq '512,': an empty value"),
+        ({"sets": ["hubs=4,,8"]}, r"--set hubs=4,,8: an empty value between commas"),
+    ],
+)
+def test_an_empty_value_is_an_error_not_skipped(kwargs: dict, match: str) -> None:
+    """issue 33, item 10: empty option values were silently dropped."""
+    with pytest.raises(SuiteError, match=match):
+        parse_overrides(**kwargs)
