@@ -300,3 +300,14 @@ def test_bf16_autocast_runs_and_stays_close() -> None:
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         _, state = m.prefill(x)
     assert state.cache.k.dtype == state.tail.dtype == torch.bfloat16
+
+
+def test_fp32_ranking_keeps_small_distinct_scores_apart() -> None:
+    """rank_key rounds to significant bits, not to an absolute grid: on a 2^-16 grid 0.0040010
+    and 0.0040050 tied and the lower block won (review of issue 32's NSA)."""
+    from hubbench.mixers.ranking import rank_key
+
+    s = torch.tensor([0.0040010, 0.0040050, 0.0040050], dtype=torch.float32)
+    key = rank_key(s.clone())
+    assert key[1] > key[0] and key[1] == key[2]  # distinct stay apart, equal stay tied
+    assert float(rank_key(torch.tensor([1e-30], dtype=torch.float32))) > 0  # tiny, not zero

@@ -18,25 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-RANK_BITS = {torch.float64: 30, torch.float32: 16}  # significant bits the ranking keeps
+from hubbench.mixers.ranking import RANK_BITS, rank_key  # noqa: F401 (RANK_BITS: the package's)
+
 SELECT_WORK_ELEMS = 1 << 18  # scores at once (heads x queries x blocks): 2 MiB of int64 keys
 _LOW = (1 << 23) - 1  # a 30-bit key leaves 23 mantissa bits zero: room for the tie-break
 _NONE = torch.iinfo(torch.int64).min
-
-
-def rank_key(s: Tensor) -> Tensor:
-    """Scores rounded to RANK_BITS significant bits of their dtype (fp64 30, else 16).
-
-    Veltkamp's split: with c = 2^(p - bits) + 1 (p the dtype's precision), t = c s and
-    t - (t - s) is s rounded to nearest with `bits` significant bits: three IEEE operations that
-    the reference repeats exactly, and far cheaper than frexp / round / ldexp over the
-    O(n^2 / block) scores.
-    """
-    bits = RANK_BITS.get(s.dtype, 16)
-    precision = 53 if s.dtype == torch.float64 else 24  # significand bits, implicit one too
-    c = 2.0 ** (precision - bits) + 1.0
-    t = s * c
-    return t.sub_(t - s)
 
 
 def ordered_keys(scores: Tensor, candidate: Tensor) -> Tensor:

@@ -5,8 +5,9 @@ Scores come from the compressed branch's attention probabilities P (mean over he
 query block's first query. Compressed block c covers tokens [c*stride, c*stride + cmp_block);
 its probability is spread over the selection blocks it overlaps, in proportion to the overlap
 (the paper's Eq. 9 is this rule for its sizes). Ranking: the query's own block first, then the
-first block, then by score rounded to a grid (`rank_key`), lower block index first among equal
-keys. Blocks after the query's own are never chosen.
+first block, then by score rounded to 16 (fp32) or 30 (fp64) significant bits
+(hubbench.mixers.ranking.rank_key), lower block index first among equal keys. Blocks after
+the query's own are never chosen.
 """
 
 from __future__ import annotations
@@ -14,15 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-RANK_BITS = {torch.float64: 30, torch.float32: 16}  # grid 2^-bits on scores in [0, 1]
-
-
-def rank_key(scores: Tensor) -> Tensor:
-    """Scores rounded to a grid of 2^-RANK_BITS: the batched forward and the one-token step sum
-    the same probabilities in other orders, and a last-bit difference must not reorder an exact
-    tie (a tie is then broken by block index, the same way on every path)."""
-    scale = 2.0 ** RANK_BITS.get(scores.dtype, 16)
-    return torch.round(scores * scale)
+from hubbench.mixers.ranking import rank_key
 
 
 def overlap_weights(n_cmp: int, cmp_block: int, stride: int, block: int, device=None):
