@@ -269,13 +269,17 @@ class NSAFields:
     causal: bool = _f(True, CAUSAL_DOC, "mixer")
 
     def validate_nsa(self) -> None:
-        _positive(self, "cmp_block", "cmp_stride", "block", "window")
-        _non_negative(self, "top_blocks")
+        _positive(self, "cmp_block", "cmp_stride", "block", "window", "top_blocks")
         if self.cmp_stride > self.cmp_block:
             raise ConfigError(
                 f"cmp_stride={self.cmp_stride} exceeds cmp_block={self.cmp_block}: "
                 "compressed blocks would skip tokens",
                 ("cmp_stride", "cmp_block"),
+            )
+        if self.cmp_block % self.cmp_stride:
+            raise ConfigError(
+                f"cmp_block={self.cmp_block} is not a multiple of cmp_stride={self.cmp_stride}",
+                ("cmp_block", "cmp_stride"),
             )
         if self.block % self.cmp_stride:
             raise ConfigError(
@@ -306,9 +310,8 @@ class OryxFields:
                 f"attn_fraction must lie in [0, 1] (got {self.attn_fraction})", ("attn_fraction",)
             )
         kind, sep, arg = self.policy.partition(":")
-        if not (
-            self.policy == "spread" or (kind in ("first", "prefill") and sep and arg.isdigit())
-        ):
+        whole = arg.isascii() and arg.isdigit()  # '²' is a digit to str.isdigit, not to int()
+        if not (self.policy == "spread" or (kind in ("first", "prefill") and sep and whole)):
             raise ConfigError(
                 f"policy={self.policy!r} is not valid; valid: spread, first:K, prefill:N "
                 "(K, N whole numbers)",
@@ -693,6 +696,13 @@ def inert_fields(config: BaseConfig) -> set[str]:
         inert |= {"hubs", "topk", "neighbours", "chunk", "ortho", "causal"}
     if config.attention != "sdpa":
         inert.add("sdpa_kernel")
+    if isinstance(config, recurrent):
+        layers = hybrid_attention_layers(config.n_layers, getattr(config, "attn_every", 0))
+        if len(layers) == config.n_layers:  # attn_every 1: attention everywhere, no recurrence
+            own = {f.name for cls in (Mamba2Fields, GDNFields) for f in dataclasses.fields(cls)}
+            inert |= own & {f.name for f in dataclasses.fields(config)}
+        elif not layers and isinstance(config, Mamba2Fields):
+            inert.add("n_heads")  # Mamba-2's heads are expand * d_model / headdim
     if isinstance(config, OryxFields) and config.policy != "spread":
         inert.add("attn_fraction")  # first:K and prefill:N name their tokens themselves
     if isinstance(config, JambaConfig) and not config.moe:

@@ -103,6 +103,9 @@ def test_hybrid_attention_layers_follow_jambas_rule() -> None:
         ("oryx-gdn", {"attn_fraction": 1.5}, ("attn_fraction",)),
         ("oryx-gdn", {"policy": "last:3"}, ("policy",)),
         ("oryx-mamba2", {"policy": "first:x"}, ("policy",)),
+        ("oryx-gdn", {"policy": "first:\u00b2"}, ("policy",)),  # a digit to isdigit, not int
+        ("nsa-gpt", {"top_blocks": 0}, ("top_blocks",)),  # NSA always takes its own block
+        ("nsa-gpt", {"cmp_block": 24, "cmp_stride": 16}, ("cmp_block", "cmp_stride")),
         ("oryx-mamba2", {"d_model": 96, "n_heads": 5}, ("d_model", "n_heads")),
     ],
 )
@@ -121,5 +124,9 @@ def test_field_variants_leave_attention_inert_where_no_attention_layer_is_left()
     assert "attention" not in inert("mamba2-jamba", attn_every=8)  # one attention layer left
     assert "attention" in inert("gdn-jamba", attn_every=0)  # the pure recurrence
     assert {"n_experts", "moe_topk"} <= inert("swa-jamba")  # jamba's own rules still apply
+    assert "n_heads" in inert("mamba2-gpt")  # Mamba-2's heads come from expand and headdim
+    assert "n_heads" not in inert("mamba2-jamba", n_layers=4, attn_every=4)  # attention's
+    assert {"d_state", "headdim", "chunk"} <= inert("mamba2-jamba", attn_every=1)  # all attention
+    assert {"expand_v", "chunk"} <= inert("gdn-jamba", attn_every=1)
     assert "attn_fraction" in inert("oryx-gdn", policy="first:2")
     assert "attn_fraction" not in inert("oryx-mamba2")

@@ -67,7 +67,7 @@ class Schedule:
             frac = Fraction(attn_fraction).limit_denominator(MAX_DENOMINATOR)
             return cls("spread", chunk, fraction=frac)
         kind, sep, arg = policy.partition(":")
-        if kind in ("first", "prefill") and sep and arg.isdigit():
+        if kind in ("first", "prefill") and sep and arg.isascii() and arg.isdigit():
             return cls(kind, chunk, count=int(arg))
         raise ConfigError(
             f"oryx: unknown policy {policy!r}; valid: spread (uses attn_fraction), first:K "
