@@ -72,8 +72,9 @@ def test_dry_run_lists_the_narrowed_cells(runner: CliRunner) -> None:
     [
         (
             ["run", "nope"],
-            "unknown suite 'nope'; available: ci, decode, hubs, quality, quality-hubs, "
-            "quality-replace, replace, scaling, throughput",
+            "unknown suite 'nope'; available: ci, decode, field, field-scaling, hubs, quality, "
+            "quality-bytes, quality-capacity, quality-hubs, quality-replace, replace, scaling, "
+            "throughput",
         ),
         (["run", "ci", "--set", "topk=99999"], "--set topk"),
         (["run", "ci", "--seq", "1k"], "--seq: '1k' is not a valid int"),

@@ -35,7 +35,7 @@ def plot_cmd(
         "--kind",
         "-k",
         help=f"throughput | scaling | speedup | heatmap | memory | state | pareto | curves | "
-        f"recall | convergence ({LIST_HELP}; "
+        f"recall | convergence | frontier ({LIST_HELP}; "
         "default: every kind the data supports).",
     ),
     out: Path | None = typer.Option(

@@ -51,14 +51,18 @@ def test_exclude_rules_drop_matching_cells_only(tmp_path: Path) -> None:
 
 def test_a_rule_excludes_a_combination_that_cannot_be_built(tmp_path: Path) -> None:
     head = '[defaults]\ndevice = "cpu"\nmode = "quality"\nd_model = 16\nn_heads = 1\n'
-    sweep = '[sweep]\nseq = [64]\nvariant = ["transformer"]\ntask = ["mqar", "bytes"]\n'
+    # mqar-legacy (the old layout) lays out at vocab 64, n 64; Zoology's mqar needs vocab > n
+    sweep = '[sweep]\nseq = [64]\nvariant = ["transformer"]\ntask = ["mqar-legacy", "bytes"]\n'
     sweep += "vocab = [64, 256]\n"
     rules = '[[exclude]]\ntask = "bytes"\nvocab = 64\nreason = "bytes needs 256 tokens"\n'
-    rules += '[[exclude]]\ntask = "mqar"\nvocab = 256\nreason = "mqar at 64"\n'
+    rules += '[[exclude]]\ntask = "mqar-legacy"\nvocab = 256\nreason = "mqar at 64"\n'
     path = tmp_path / "q.toml"
     path.write_text(head + sweep + rules)
     plan = expand(load_suite(path), cuda_available=False)
-    assert sorted((c.task, c.config.vocab) for c in plan.cells) == [("bytes", 256), ("mqar", 64)]
+    assert sorted((c.task, c.config.vocab) for c in plan.cells) == [
+        ("bytes", 256),
+        ("mqar-legacy", 64),
+    ]
     assert sorted(r for _, r in plan.excluded) == ["bytes needs 256 tokens", "mqar at 64"]
     path.write_text(head + sweep)  # without the rule it is the error it always was
     with pytest.raises(SuiteError, match="task bytes needs vocab >= 256"):

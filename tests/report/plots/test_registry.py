@@ -13,7 +13,7 @@ from hubbench.report.plots.figure import Figured, new_figure, title
 from hubbench.report.plots.registry import kind
 
 SHIPPED = ("throughput", "scaling", "speedup", "heatmap", "memory", "state",
-           "pareto", "curves", "recall", "convergence")  # fmt: skip
+           "pareto", "curves", "recall", "convergence", "frontier")  # fmt: skip
 
 
 def test_the_shipped_kinds_in_drawing_order() -> None:
