@@ -275,7 +275,7 @@ COLUMNS: tuple[Column, ...] = (
     _c("val_accuracy", "float64", "quality",
        "mqar: accuracy on the validation split at the last check (early stop, lr selection)"),
     _c("updates_to_solve", "int64", "quality",
-       "mqar: updates until validation accuracy was 0.99 at 2 checks in a row (null: never)"),
+       "mqar: updates until 2 validation checks in a row had a 95% lower bound >= 0.99"),
     _c("updates_run", "int64", "quality", "updates actually run (early stopping ends sooner)"),
     _c("decode_state_bytes", "int64", "quality",
        "bytes of the trained model's decode state per sequence after a seq-token prompt"),

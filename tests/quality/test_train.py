@@ -129,29 +129,41 @@ def fake_evaluate(scores: list[float], calls: list[str]):
     def evaluate(model, batches, device, autocast, route):
         calls.append("eval" if len(batches) * batches[0].inputs.shape[0] == 1024 else "val")
         acc = scores.pop(0) if scores else 0.0
-        return Evaluation(1.0, acc, 2, None)
+        return Evaluation(1.0, acc, 100_000, None)  # so many queries that 0.991 is sure
 
     return evaluate
 
 
-def test_training_stops_early_after_two_checks_in_a_row_that_solve(monkeypatch) -> None:
-    """A lone crossing (0.991, then 0.98) does not stop it; two checks in a row at 0.99 do."""
+def test_training_stops_early_after_two_checks_in_a_row_sure_of_0_99(monkeypatch) -> None:
+    """A lone crossing (0.995, then 0.98) does not stop it; two sure checks in a row do."""
     calls: list[str] = []
     monkeypatch.setattr(train_module, "CHECK_EVERY", 5)
-    scores = [0.2, 0.991, 0.98, 0.995, 0.99, 1.0]
+    scores = [0.2, 0.995, 0.98, 0.995, 0.992, 1.0]
     monkeypatch.setattr(train_module, "evaluate", fake_evaluate(scores, calls))
     c = small_cell(updates=40)
     r = train_and_evaluate(c, build(c.variant, c.config), torch.device("cpu"))
     q = r.quality
     assert q["updates_to_solve"] == 25 == q["updates_run"] == len(r.samples_s)
-    assert q["curve_updates"] == [5.0, 10.0, 15.0, 20.0, 25.0] and q["val_accuracy"] == 0.99
+    assert q["curve_updates"] == [5.0, 10.0, 15.0, 20.0, 25.0] and q["val_accuracy"] == 0.992
     assert calls == ["val"] * 5 + ["eval"]  # the evaluation set once, after training
+
+
+def test_a_check_is_sure_when_the_wilson_lower_bound_clears_0_99() -> None:
+    """At 2048 validation queries (128, 8) 0.9922 (seen with an evaluation of 0.9891) is not
+    sure, 0.9944 is; at 1024 (64, 4) it takes 0.9961. Lower bounds by hand (z = 1.96)."""
+    task = make_task(small_cell())
+    assert train_module.wilson_low(0.9922, 2048) == pytest.approx(0.98736, abs=1e-5)
+    assert not task.sure(Evaluation(0.1, 0.9922, 2048, None))
+    assert task.sure(Evaluation(0.1, 0.9945, 2048, None))
+    assert not task.sure(Evaluation(0.1, 0.9945, 1024, None))
+    assert task.sure(Evaluation(0.1, 0.9962, 1024, None))
+    assert not task.sure(Evaluation(0.1, None, 0, None))
 
 
 def test_a_run_that_never_solves_runs_its_budget_and_records_none(monkeypatch) -> None:
     calls: list[str] = []
     monkeypatch.setattr(train_module, "CHECK_EVERY", 5)
-    scores = [0.5, 0.995, 0.5, 0.995, 0.989]  # never two in a row
+    scores = [0.5, 0.995, 0.5, 0.995, 0.989]  # never two sure checks in a row
     monkeypatch.setattr(train_module, "evaluate", fake_evaluate(scores, calls))
     c = small_cell(updates=23)
     q = train_and_evaluate(c, build(c.variant, c.config), torch.device("cpu")).quality
