@@ -30,7 +30,7 @@ from hubbench.report.plots.quality import (
 )
 from hubbench.report.plots.registry import Kind, register
 from hubbench.report.plots.ticks import log_axis
-from hubbench.report.seeds import MQAR_TASKS, SOLVED, recipe_verdicts, select_lr
+from hubbench.report.seeds import MQAR_TASKS, SOLVED, is_reference, recipe_verdicts, select_lr
 from hubbench.report.series import Facet
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ def _point(ax: Axes, line: Line, x_column: str, label: bool) -> tuple[Pooled, li
                 color=line.style.color, marker=line.style.marker, markersize=7,
                 linestyle="none", capsize=3, elinewidth=0.9,
                 markerfacecolor="white" if line.leaks else line.style.color,
-                label=line.name if label else None)  # fmt: skip
+                label=_name(line) if label else None)  # fmt: skip
     return got, xs
 
 
@@ -105,6 +105,11 @@ def _point_name(rows: list[dict[str, Any]]) -> str:
     if len(seqs) != 1 or len(pairs) != 1:
         return ""
     return f" at n = {seqs[0]}, {pairs[0]} pairs"
+
+
+def _name(line: Line) -> str:
+    """The legend's name, marked as the reference where the config is it."""
+    return f"{line.name} (reference)" if line.ok and is_reference(line.ok[0]) else line.name
 
 
 def _ceiling(rows: list[dict[str, Any]]) -> float | None:
@@ -150,7 +155,7 @@ def _words(
 ) -> tuple[list[str], str]:
     how = hows(pooled)
     seeds = sorted({int(r["seed"]) for r in rows if r.get("seed") is not None})
-    grids = sorted({str(r["lr_grid"]) for r in rows if r.get("lr_grid")})
+    rates = {float(x) for r in rows if r.get("lr_grid") for x in str(r["lr_grid"]).split(", ")}
     rule = next((r.get("recall_free_rule") for r in rows if r.get("recall_free_rule")), None)
     notes = [
         "One point per config, seeds pooled (seeds "
@@ -158,7 +163,7 @@ def _words(
         "left x the decode state per sequence after n tokens, right x the median training "
         "tokens/s.",
         "Learning rate chosen per seed on the validation split"
-        + (f" from {' | '.join(grids)}" if grids else "")
+        + (f" from {_grid(sorted(rates))}" if rates else "")
         + ". Dashed: the recall-free ceiling"
         + (f" ({rule})" if rule else "")
         + "; dotted: solved (0.99).",

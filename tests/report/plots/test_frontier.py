@@ -67,6 +67,8 @@ def test_the_figure_draws_one_point_per_config_on_both_panels(tmp_path) -> None:
     assert "seeds 0, 1, 2" in text and "0.001, 0.003" in text and "recall-free ceiling" in text
     assert "(leaks)" in text or "Hollow" in text
     assert len(right.containers) == len(CONFIGS)
+    labels = left.get_legend_handles_labels()[1]
+    assert "transformer (reference)" in labels and not any("hub-gpt (ref" in x for x in labels)
     rendered, skipped = render(df, kinds=["frontier"])
     assert len(rendered) == 1 and not skipped
     rendered[0].figure.savefig(tmp_path / "frontier.png")
