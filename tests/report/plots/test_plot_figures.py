@@ -71,7 +71,7 @@ def test_every_kind_renders_with_stable_file_names(rendered):
     want = SHARED if which == "single" else [*SHARED[:3], *SCALING, *SHARED[3:]]
     assert sorted(stems) == sorted(want)
     assert len(set(stems)) == len(stems)
-    quality = {"pareto", "curves", "recall", "convergence"}  # a throughput run has no quality
+    quality = {"pareto", "curves", "recall", "convergence", "frontier"}  # no quality in it
     assert set(skipped) == ({"scaling"} | quality if which == "single" else quality)
 
 
