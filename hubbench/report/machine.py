@@ -42,8 +42,9 @@ if TYPE_CHECKING:
 # bit (docs/measurement.md, "Which gate when").
 FLOOR = 0.05
 ADVICE = (
-    "rerun both on a quiet machine, or gate within one run (`hubbench gate --ratios RUN`: both "
-    "sides of each ratio saw the same load); a same-run A/B of two commits is planned (issue 29)"
+    "rerun both on a quiet machine, measure both commits in one run (`hubbench run SUITE "
+    "--against REF`, then `hubbench gate --ab RUN`: rounds paired), or gate ratios within one "
+    "run (`hubbench gate --ratios RUN`): both sides then saw the same load"
 )
 
 
