@@ -14,6 +14,7 @@ from hubbench.report.plots.quality import (
     Line,
     Pooled,
     facet_task,
+    floor_name,
     gap_note,
     hows,
     lines,
@@ -67,7 +68,7 @@ def pareto(facet: Facet) -> Figured:
                 None)  # fmt: skip
     if base is not None:
         ax.axhline(float(base), color="#999999", linestyle="--", linewidth=1,
-                   label="chance" if higher else "unigram model")  # fmt: skip
+                   label=floor_name(rows) if higher else "unigram model")  # fmt: skip
     log_axis(ax, xs_all, style.si_formatter(), axis="x")
     ax.set_xlabel("training throughput (tokens/s)")
     ax.set_ylabel(label)
@@ -75,7 +76,8 @@ def pareto(facet: Facet) -> Figured:
         ax.yaxis.set_major_formatter(percent())
     title(fig, f"Quality against training speed: {task}", facet)
     legend(ax)
-    shown = Shown(len(front) > 1, any(leaks), base is not None)
+    floor = floor_name(rows) if higher else "the unigram model"
+    shown = Shown(len(front) > 1, any(leaks), base is not None, floor)
     notes, caption = _words(facet, higher, pooled, gaps, shown)
     return Figured(fig, task, notes, caption)
 
@@ -110,7 +112,8 @@ class Shown:
 
     front: bool  # the Pareto front, a grey line (two or more configs on it)
     leaks: bool  # hollow points: configs that are not causal
-    base: bool  # the dashed line of chance or the unigram model
+    base: bool  # the dashed line of chance (the recall-free ceiling) or the unigram model
+    floor: str = "chance"  # what that line is
 
 
 def _words(
@@ -120,7 +123,7 @@ def _words(
     how = hows(pooled)
     seeds = max((p.n for p in pooled), default=0)
     what = "accuracy" if higher else "bits per byte"
-    floor = "chance" if higher else "the unigram model (bits per byte of the byte frequencies)"
+    floor = shown.floor if higher else "the unigram model (bits per byte of the byte frequencies)"
     first = (
         f"One point per config, its seeds pooled (up to {seeds}): x the median training tokens/s "
         f"(bars: lowest p10 to highest p90 of its updates), y the mean held-out {what} (bars: "
@@ -142,7 +145,7 @@ def _words(
         said.append("hollow points (not causal) stay off it" if shown.front else
                     "hollow points are not causal")  # fmt: skip
     if shown.base:
-        said.append(f"the dashed line is {'chance' if higher else 'the unigram model'}")
+        said.append(f"the dashed line is {shown.floor}")
     caption = (
         f"Held-out {what} against training throughput, {context(facet)}: one point per config, "
         + "; ".join(said)

@@ -65,6 +65,13 @@ class Pooled:
     n: int
 
 
+def floor_name(rows: Iterable[dict[str, Any]]) -> str:
+    """What an MQAR row's `baseline_quality` is: the recall-free ceiling (the best guesser that
+    binds no key to its value, issue 30) where the rows record its rule, chance in older runs."""
+    ceiling = any(norm_value(r.get("recall_free_rule")) is not None for r in rows)
+    return "recall-free ceiling" if ceiling else "chance"
+
+
 def quality_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     """The frame's quality rows (every status) as dicts of plain values."""
     rows = [{k: norm_value(v) for k, v in r.items()} for _, r in df.iterrows()]

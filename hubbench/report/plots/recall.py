@@ -20,6 +20,7 @@ from hubbench.report.plots.figure import (
 from hubbench.report.plots.quality import (
     Line,
     Pooled,
+    floor_name,
     gap_note,
     hows,
     leak_note,
@@ -94,7 +95,7 @@ def recall(facet: Facet) -> Figured:
     trained = setup(facet)
     notes = [
         f"Mean held-out accuracy over seeds; error bars: {how}, cut at 0 and 100%."
-        + (" Dashed: chance (1 / the number of values)." if chance else "")
+        + (f" Dashed: {_floor_words(rows)}." if chance else "")
         + (f" Trained: {trained}." if trained else ""),
         *gap_note(gaps),
         *leak_note(found, "accuracy"),
@@ -102,7 +103,7 @@ def recall(facet: Facet) -> Figured:
     caption = (
         "Held-out MQAR accuracy of each config at every (sequence length n, key-value pairs) "
         f"point of the run, the mean over its seeds with {how} as error bars"
-        + ("; the dashed line is chance." if chance else ".")
+        + (f"; the dashed line is {floor_name(rows)}." if chance else ".")
     )
     return Figured(fig, "", notes, caption)
 
@@ -150,8 +151,15 @@ def _chance(ax: Axes, rows: list[dict[str, Any]], at: dict[tuple[int, int], int]
     if base:
         xs = sorted(base)
         ax.plot(xs, [base[x] for x in xs], color="#999999", linestyle="--", linewidth=1,
-                marker="none", zorder=1, label="chance")  # fmt: skip
+                marker="none", zorder=1, label=floor_name(rows))  # fmt: skip
     return bool(base)
+
+
+def _floor_words(rows: list[dict[str, Any]]) -> str:
+    name = floor_name(rows)
+    if name == "chance":
+        return "chance (1 / the number of values)"
+    return f"the {name} (the best guesser that binds no key to its value)"
 
 
 register(Kind(

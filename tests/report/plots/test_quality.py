@@ -266,3 +266,17 @@ def test_quality_captions_name_only_lines_that_are_drawn() -> None:
             assert ("chance" in labels) == chance, r.stem
             assert ("dashed line is chance" in r.caption) == chance, r.caption
             assert "hollow" not in r.caption, r.caption  # no config leaks here
+
+
+def test_a_run_with_recall_free_ceilings_names_its_dashed_line_so() -> None:
+    """An MQAR row's baseline_quality is the recall-free ceiling once the row records its rule
+    (issue 30): the figures must not call that line chance."""
+    df = check_schema(quality_run(hubs=(4, 8)), "quality")
+    df = df.assign(recall_free_rule=["most frequent unrevealed value"] * len(df))
+    figures, _ = render(df, ["recall", "pareto"])
+    mqar = [r for r in figures if "bits" not in r.caption]
+    assert mqar
+    for r in mqar:
+        labels = [ln.get_label() for ln in r.figure.axes[0].get_lines()]
+        assert "recall-free ceiling" in labels and "chance" not in labels, r.stem
+        assert "dashed line is recall-free ceiling" in r.caption, r.caption
