@@ -123,6 +123,11 @@ def report_cmd(
     write_report(df, target, card_dir=store.results_dir(results_dir) / "verify")
     printer = console()
     printer.print(f"[green]wrote[/] {escape(str(target))}", highlight=False)
+    from hubbench.report.headline import quality_headline
+    from hubbench.report.load import plain_rows
+
+    for line in quality_headline(plain_rows(df)):  # MQAR: recipe verdicts, or accuracy vs ceilings
+        printer.print(escape(line), highlight=False)
     rows = headline(df)
     if rows:
         from hubbench.cli.fit import print_fitted

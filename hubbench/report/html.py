@@ -21,7 +21,7 @@ from hubbench.errors import HubbenchError
 from hubbench.plan.variants import display_order
 from hubbench.report import format as fmt
 from hubbench.report.format import fmt_seq
-from hubbench.report.load import labeller, norm_value, run_label
+from hubbench.report.load import labeller, norm_value, plain_rows, run_label
 from hubbench.report.peaks import beyond_peak
 from hubbench.report.runtable import QUALITY_HEADERS, quality_cells
 from hubbench.schema import BACKEND_COLUMNS
@@ -260,14 +260,17 @@ def build_html(df: pd.DataFrame, card_dir: Path | None = None) -> str:
 
 def _headline_section(df: pd.DataFrame) -> list[str]:
     """Where each hub variant wins and loses against its native and optimised baselines."""
-    from hubbench.report.headline import NOTE, headline, ratio_lines, table
+    from hubbench.report.headline import NOTE, headline, quality_headline, ratio_lines, table
 
+    recall = quality_headline(plain_rows(df))  # MQAR: recipe verdicts, or accuracy vs ceilings
+    recall_html = []
+    if recall:
+        items = "".join(f"<li>{_e(x)}</li>" for x in recall)
+        recall_html = ["<h3>Recall (MQAR)</h3>", f"<ul>{items}</ul>"]
     rows = headline(df)
     if not rows:
-        return [
-            "<h2>Headline</h2>",
-            "<p>No hub variant ran next to its baseline in this run: no speedups to state.</p>",
-        ]
+        none = "<p>No hub variant ran next to its baseline in this run: no speedups to state.</p>"
+        return ["<h2>Headline</h2>", *(recall_html or [none])]
     head, lines = table(rows)
     numeric = {"best speedup [95% CI]", "ideal", "at n"}
     out = ["<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
@@ -284,6 +287,7 @@ def _headline_section(df: pd.DataFrame) -> list[str]:
     ratios = "".join(f"<li>{html.escape(line)}</li>" for line in ratio_lines(rows))
     return [
         "<h2>Headline</h2>",
+        *recall_html,
         f"<p>{note}</p>",
         f"<ul>{ratios}</ul>",
         "\n".join(out) + "</table>",

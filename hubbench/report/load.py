@@ -179,6 +179,11 @@ def cell_keys(df: pd.DataFrame, fields: Iterable[str] | None = None) -> pd.Serie
     return pd.Series(keys, index=df.index, dtype=object)
 
 
+def plain_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every row as a dict of plain values (NaN and NA as None): for code that reads rows."""
+    return [{k: norm_value(v) for k, v in r.items()} for r in df.to_dict("records")]
+
+
 def records(df: pd.DataFrame, fields: Iterable[str]) -> list[dict[str, Any]]:
     """Rows of df as dicts of plain Python values (norm_value), for the schema helpers."""
     fields = [f for f in fields if f in df.columns]
