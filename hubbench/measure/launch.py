@@ -33,6 +33,7 @@ from hubbench.measure.outcome import RankFailure
 from hubbench.measure.process import die_with_parent
 from hubbench.plan.cell import Cell
 
+TMP_ENV = "HUBBENCH_WORKER_TMP"  # the worker's scratch folder (hubbench.run.worker sets it)
 NODES_ENV = "HUBBENCH_NODES"  # a multi-node job's mailbox folder (set by its leader task)
 ADDR_ENV = "HUBBENCH_NODES_ADDR"  # the leader's address, for the rendezvous
 
@@ -98,7 +99,10 @@ def _write_atomic(path: Path, text: str) -> None:
 def launch(cell: Cell, builder: str, count_flops: bool) -> RoundResult:
     """One round of `cell` under torchrun; raises RankFailure for a failed rank or launch."""
     nodes, posted = _post_round(cell, builder, count_flops) if cell.nnodes > 1 else (None, None)
-    with tempfile.TemporaryDirectory(prefix="hubbench-ddp-") as tmp:
+    # inside the worker's own scratch folder (TMP_ENV), which the runner removes when it closes
+    # the worker: a worker killed for a timeout or by Ctrl-C never runs this block's cleanup
+    scratch = os.environ.get(TMP_ENV) or None
+    with tempfile.TemporaryDirectory(prefix="hubbench-ddp-", dir=scratch) as tmp:
         cell_file, out_file, log_file = (
             Path(tmp, "cell.json"),
             Path(tmp, "round.json"),

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import tempfile
 import time
 from typing import Any
 
+from hubbench.measure.launch import TMP_ENV
 from hubbench.measure.outcome import MESSAGE_CHARS
 from hubbench.measure.process import DEFAULT_BUILDER
 from hubbench.plan.cell import Cell
@@ -46,11 +48,14 @@ class Worker:
         self.hello: dict[str, Any] = {}
         self._buf = b""
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 -- lives as long as the worker
+        # its scratch folder (torchrun's round files): removed in close(), whatever killed it
+        self.scratch = tempfile.mkdtemp(prefix="hubbench-worker-")
 
     def start(self, timeout: float = STARTUP_TIMEOUT_S) -> Worker:
-        env, isolate = None, []
+        env, isolate = dict(os.environ), []
+        env[TMP_ENV] = self.scratch
         if self.pythonpath is not None:  # -P: the cwd's hubbench must not come first either
-            env, isolate = dict(os.environ), ["-P"]
+            isolate = ["-P"]
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (self.pythonpath, env.get("PYTHONPATH")) if p
             )
@@ -136,6 +141,7 @@ class Worker:
 
     def close(self) -> None:
         if self.proc is None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
             return
         if self.proc.poll() is None:
             try:
@@ -146,6 +152,7 @@ class Worker:
             except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
                 self.kill()
         self._kill_group()  # the group outlives a worker that exited: its children stay in it
+        shutil.rmtree(self.scratch, ignore_errors=True)
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
                 pipe.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from builders import FAULT_ENV, faults
-from cells import BUILDER, cell
+from cells import BUILDER, cell, plan
 
 from hubbench.run.worker import Worker
 
@@ -40,3 +40,33 @@ def test_a_plugins_child_dies_with_the_worker(tmp_path: Path, monkeypatch) -> No
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(child), f"child {child} outlived the worker"
+
+
+@pytest.mark.slow
+def test_nothing_of_a_timed_out_torchrun_cell_stays_in_the_temp_folder(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A torchrun cell killed for its timeout left /tmp/hubbench-ddp-* behind (its
+    TemporaryDirectory never ran its cleanup); its round files now live in the worker's scratch
+    folder, which closing the worker removes (issue 33, item 10)."""
+    import dataclasses
+    import tempfile
+
+    from torchrun_cells import BUILDER as TINY
+    from torchrun_cells import cell as torchrun_cell
+
+    from hubbench.run.runner import run_plan
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setenv(FAULT_ENV, faults({"fault": "hang", "rank": 1}))
+    hung = dataclasses.replace(torchrun_cell(timeout_s=20.0))
+    result = run_plan(plan([hung]), tmp_path / "results", builder=TINY)
+    from hubbench import store
+
+    [row] = store.read_rows(result.path)
+    assert row["status"] == "timeout", row["message"]
+    left = [p.name for p in scratch.iterdir() if p.name.startswith("hubbench-")]
+    assert left == [], left
