@@ -25,6 +25,12 @@ if TYPE_CHECKING:
     from hubbench.verify.decoding import DecodeReport
 
 
+# Upper bounds on --seq: beyond them a check runs for hours or allocates what no machine has
+# (--seq 1e11 ended in a MemoryError reported as a bug in hubbench; issue 33, item 10)
+MAX_CAUSAL_SEQ = 4096
+MAX_DECODE_SEQ = 8192
+
+
 @dataclass(frozen=True)
 class Target:
     """One model a verify command checks: its label, variant and small config fields."""
@@ -227,8 +233,11 @@ def causal_cmd(
     from hubbench.plan.fields import split_list
     from hubbench.verify.card import Card, CardSettings
 
-    if seq < 3:
-        raise ConfigError(f"--seq must be >= 3 (got {seq})")
+    if not 3 <= seq <= MAX_CAUSAL_SEQ:
+        raise ConfigError(
+            f"--seq must lie in [3, {MAX_CAUSAL_SEQ}] (got {seq}): the Jacobian check holds "
+            "seq x seq gradients of a float64 model"
+        )
     if seeds < 1 or batch < 2:
         raise ConfigError(f"--seeds must be >= 1 and --batch >= 2 (got {seeds}, {batch})")
     if draws < 0 or not (math.isfinite(timeout) and timeout > 0):
@@ -407,8 +416,11 @@ def decode_cmd(
     from hubbench.plan.variants import make_config
     from hubbench.verify.decoding import DecodeMismatch, check_decode
 
-    if seq < 2:
-        raise ConfigError(f"--seq must be >= 2 (got {seq})")
+    if not 2 <= seq <= MAX_DECODE_SEQ:
+        raise ConfigError(
+            f"--seq must lie in [2, {MAX_DECODE_SEQ}] (got {seq}): the check decodes every token "
+            "one by one in float64, once per prompt length"
+        )
     if seeds < 1 or batch < 1:
         raise ConfigError(f"--seeds and --batch must be >= 1 (got {seeds}, {batch})")
     targets = selected(variants, sets, mixers)

@@ -164,7 +164,8 @@ def test_verify_exits_1_when_a_causal_claim_leaks(monkeypatch: pytest.MonkeyPatc
         (["--set", "chunk"], "expected key=v1,v2"),
         (["--set", "chunk=4,8"], "takes one value here"),
         (["--set", "nope=1"], "not a config field"),
-        (["--seq", "2"], "--seq must be >= 3"),
+        (["--seq", "2"], "--seq must lie in [3, 4096]"),
+        (["--seq", "100000"], "--seq must lie in [3, 4096] (got 100000)"),
     ],
 )
 def test_verify_bad_options_are_one_line_errors(args: list[str], message: str) -> None:

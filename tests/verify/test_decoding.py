@@ -185,7 +185,8 @@ def test_verify_decode_exits_1_on_a_broken_cache(monkeypatch) -> None:
     ("args", "message"),
     [
         (["hub-gpt", "--set", "causal=false"], "decoding needs a causal model"),
-        (["--seq", "1"], "--seq must be >= 2"),
+        (["--seq", "1"], "--seq must lie in [2, 8192] (got 1)"),
+        (["--seq", "100000000000"], "--seq must lie in"),  # a MemoryError 'bug' before
         (["gpt5"], "unknown variant"),
     ],
 )
