@@ -72,10 +72,14 @@ def test_a_slurm_run_equals_a_local_run(
     )
 
 
-def _running_jobs() -> list[str]:
-    out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], capture_output=True,
-                         text=True, timeout=20)  # fmt: skip
-    return out.stdout.split()
+def _running_jobs(mine: Path) -> list[str]:
+    """The running jobs whose logs go under `mine` (this test's folder): never another run's, or
+    a user's job on a shared cluster, which the test would otherwise scancel."""
+    out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "--Format=JobArrayID:40,STDOUT:1000"],
+                         capture_output=True, text=True, timeout=20)  # fmt: skip
+    # JobArrayID reads as %i does (an array task as 50_1); STDOUT is where submitit logs it
+    rows = [line.split() for line in out.stdout.splitlines()]
+    return [row[0] for row in rows if len(row) == 2 and row[1].startswith(str(mine))]
 
 
 @pytest.mark.slow
@@ -92,7 +96,7 @@ def test_a_cancelled_slurm_job_leaves_error_rows_and_resume_fills_them(
         seen_two = False
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            running = _running_jobs()
+            running = _running_jobs(tmp_path)
             seen_two = seen_two or len(running) == 2
             if seen_two and len(running) == 1:
                 subprocess.run(["scancel", running[0]], check=True, timeout=20)
