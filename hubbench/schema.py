@@ -47,7 +47,8 @@ from hubbench.plan.variants import all_fields
 # 9: the nnodes run field (torchrun across a job's nodes)
 # 10: the field's mixers (their config fields and backend columns), the same-run A/B of two
 #     commits (side, its commit), MQAR's recall-free ceilings and protocol columns
-SCHEMA_VERSION = 10
+# 11: the machine's load beside a run, GPU timing (CUDA graphs, L2 flush) and the council that ran
+SCHEMA_VERSION = 11
 
 GROUPS = ("identity", "cell", "measure", "outcome", "execution", "measurement", "quality", "env")
 TYPES = ("int64", "float64", "string", "bool", "list<float64>", "list<list<float64>>")
