@@ -15,10 +15,7 @@ from typing import Any
 from hubbench.errors import ConfigError
 from hubbench.plan.fields import TASKS
 
-# `mqar-legacy` is hubbench's first MQAR layout, kept by name only (hubbench.quality.tasks); it
-# belongs in plan.fields.TASKS, which this module extends until it does
-MQAR_TASKS = ("mqar", "mqar-legacy")
-QUALITY_TASKS = tuple(dict.fromkeys((*TASKS, *MQAR_TASKS)))
+MQAR_TASKS = tuple(t for t in TASKS if t.startswith("mqar"))  # the layouts: mqar_layout
 CORPORA = ("pydoc", "shakespeare")  # `data` names that are not files (quality.tasks.load_corpus)
 BYTE_VOCAB = 256
 MIN_CORPUS_BYTES = 4096  # the fewest bytes a `bytes` corpus may hold (quality.tasks.load_corpus)
@@ -110,8 +107,8 @@ def mqar_problem(seq: int, kv_pairs: int, vocab: int, layout: str = "zoology") -
 def check_quality(run: Mapping[str, Any], config: Any) -> None:
     """A ConfigError (naming its fields) if the quality cell `run` cannot run on `config`."""
     task = run["task"]
-    if task not in QUALITY_TASKS:
-        valid = ", ".join(QUALITY_TASKS)
+    if task not in TASKS:
+        valid = ", ".join(TASKS)
         raise ConfigError(f"unknown task {task!r}; valid: {valid}", fields=["task"])
     lr = run["lr"]
     if not (math.isfinite(lr) and lr > 0):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hubbench import schema
+from hubbench.plan.quality import MQAR_TASKS
 from hubbench.plan.variants import display_name
 from hubbench.report.load import norm_value
 
@@ -60,7 +61,6 @@ def quality_metric(task: str) -> tuple[str, str, bool]:
     return "eval_accuracy", "held-out MQAR accuracy", True
 
 
-MQAR_TASKS = ("mqar", "mqar-legacy")  # as hubbench.plan.quality (torch-free, but kept apart)
 SOLVED = 0.99  # held-out accuracy that counts as solved (hubbench.quality.train.MQAR_THRESHOLD)
 RECIPE_SHARE = 2 / 3  # the share of the reference's seeds that must solve
 # Zoology's attention baseline: the reference every MQAR run is read against (the quality suites

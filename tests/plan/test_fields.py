@@ -73,3 +73,53 @@ def test_cuda_probe_agrees_with_torch_here(monkeypatch) -> None:
     fields.cuda_available.cache_clear()
     assert fields.cuda_available() is False
     fields.cuda_available.cache_clear()
+
+
+# ----------------------------------------------------------------------------- quality tasks
+
+
+def test_the_task_list_has_one_home() -> None:
+    """fields.TASKS is the list: the MQAR layouts come from it, the report's MQAR tasks are the
+    planner's, and the run field's description and docs/quality.md name exactly these tasks."""
+    import re
+    from pathlib import Path
+
+    from hubbench.plan import quality as plan_quality
+    from hubbench.plan.runfields import RUN_FIELDS
+    from hubbench.report import seeds
+
+    assert fields.TASKS == ("mqar", "mqar-legacy", "bytes")
+    assert plan_quality.MQAR_TASKS == ("mqar", "mqar-legacy") == seeds.MQAR_TASKS
+    assert not hasattr(plan_quality, "QUALITY_TASKS")  # no second list to drift
+    described = RUN_FIELDS["task"].doc.split(":", 1)[1]
+    assert [t.strip() for t in described.split("(")[0].split("|")] == list(fields.TASKS)
+    docs = Path(__file__).parents[2] / "docs" / "quality.md"
+    [row] = [line for line in docs.read_text().splitlines() if line.startswith("| `task` |")]
+    named = row.split("|")[3]
+    assert re.findall(r"`([a-z-]+)`", named) == list(fields.TASKS)
+
+
+def test_an_unknown_task_names_every_task_and_each_is_accepted() -> None:
+    from types import SimpleNamespace
+
+    from hubbench.plan.quality import check_quality
+
+    run = {"lr": 1e-3, "seq": 64, "kv_pairs": 4, "data": "pydoc"}
+    for task in fields.TASKS:  # every listed task plans (mqar needs vocab > seq)
+        check_quality({**run, "task": task}, SimpleNamespace(vocab=8192))
+    for bad in ("nope", "MQAR", "mqar_legacy", ""):
+        with pytest.raises(ConfigError) as err:
+            check_quality({**run, "task": bad}, SimpleNamespace(vocab=8192))
+        assert str(err.value).startswith(f"unknown task {bad!r}; valid: mqar, mqar-legacy, bytes")
+        assert err.value.fields == ("task",)
+
+
+def test_the_cli_refuses_an_unknown_task_before_running() -> None:
+    from typer.testing import CliRunner
+
+    from hubbench.cli import app
+
+    result = CliRunner().invoke(app, ["run", "quality", "--set", "task=mqar2", "--dry-run"])
+    assert result.exit_code != 0
+    out = " ".join((result.stdout + (result.stderr or "")).split())
+    assert "unknown task 'mqar2'; valid: mqar, mqar-legacy, bytes" in out
