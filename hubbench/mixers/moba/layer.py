@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from hubbench.errors import ConfigError
+from hubbench.mixers.heads import RotaryHeads
 from hubbench.mixers.moba.attend import block_attention
 from hubbench.mixers.moba.decode import MoBADecoding
 from hubbench.mixers.moba.select import select_blocks
-from hubbench.mixers.rope import rotary
 
 
 def _int_at_least(name: str, value: object, low: int) -> int:
@@ -25,7 +24,7 @@ def _int_at_least(name: str, value: object, low: int) -> int:
     return value
 
 
-class MoBA(MoBADecoding, nn.Module):
+class MoBA(MoBADecoding, RotaryHeads):
     """Mixture of block attention: x (B, n, d) -> (B, n, d)."""
 
     def __init__(
@@ -39,34 +38,12 @@ class MoBA(MoBADecoding, nn.Module):
         causal: bool = True,
     ) -> None:
         super().__init__()
-        _int_at_least("d_model", d_model, 1)
-        _int_at_least("n_heads", n_heads, 1)
-        if d_model % n_heads:
-            raise ConfigError(f"moba: d_model={d_model} must be divisible by n_heads={n_heads}")
-        if rope and (d_model // n_heads) % 2:
-            raise ConfigError(f"moba: rope needs an even head width, got {d_model // n_heads}")
+        self._init_heads("moba", d_model, n_heads, rope)
         self.block = _int_at_least("block", block, 1)
         self.top_blocks = _int_at_least("top_blocks", top_blocks, 0)
-        self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
-        self.rope, self.causal = rope, causal
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.out = nn.Linear(d_model, d_model, bias=False)
+        self.causal = causal
         self.last_backend: str | None = None
         self.aux_loss: Tensor | None = None
-
-    def _heads(self, x: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v (B, h, n, d_h) of x (B, n, d) at positions start.., q and k rotated."""
-        B, n, _ = x.shape
-        q, k, v = self.qkv(x).view(B, n, 3, self.n_heads, self.d_head).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, n, d_h)
-        if self.rope:
-            pos = torch.arange(start, start + n, device=x.device)
-            q, k = rotary(q, pos), rotary(k, pos)
-        return q, k, v
-
-    def _merge(self, y: Tensor) -> Tensor:
-        B, _, n, _ = y.shape
-        return self.out(y.transpose(1, 2).reshape(B, n, self.d_model))
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         sel = select_blocks(q, k, self.block, self.top_blocks, self.causal)  # (B, h, n, t)

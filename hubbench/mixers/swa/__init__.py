@@ -1,5 +1,6 @@
 """Causal sliding-window attention (docs/mixers/swa.md). One module per job:
-- layer.py: SlidingWindow, the parameters and the blocked forward (`window_attention`);
+- layer.py: SlidingWindow and the blocked forward (`window_attention`; the q/k/v heads and
+  their merge are in hubbench.mixers.heads, shared with moba);
 - decode.py: WindowState, a ring buffer of the last `window` keys and values, and the
   recurrent decoding (empty_state, prefill, step);
 - naive.py: `swa_ref`, the per-token loop the blocked forward is tested against.

@@ -14,17 +14,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from hubbench.errors import ConfigError
-from hubbench.mixers.rope import rotary
+from hubbench.mixers.heads import RotaryHeads, positive_int
 from hubbench.mixers.swa.decode import WindowDecoding
-
-
-def _positive_int(who: str, name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{who}: {name} must be a positive integer, got {value!r}")
-    return value
 
 
 def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, causal: bool = True) -> Tensor:
@@ -66,7 +59,7 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, window: int, causal: bool 
     return y.view(B, h, nb * w, dh)[:, :, :n]
 
 
-class SlidingWindow(WindowDecoding, nn.Module):
+class SlidingWindow(WindowDecoding, RotaryHeads):
     """Multi-head sliding-window attention: x (B, n, d) -> (B, n, d)."""
 
     def __init__(
@@ -79,34 +72,11 @@ class SlidingWindow(WindowDecoding, nn.Module):
         causal: bool = True,
     ) -> None:
         super().__init__()
-        who = "swa"
-        _positive_int(who, "d_model", d_model)
-        _positive_int(who, "n_heads", n_heads)
-        if d_model % n_heads:
-            raise ConfigError(f"{who}: d_model={d_model} must be divisible by n_heads={n_heads}")
-        if rope and (d_model // n_heads) % 2:
-            raise ConfigError(f"{who}: rope needs an even head width, got {d_model // n_heads}")
-        self.window = _positive_int(who, "window", window)
-        self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
-        self.rope, self.causal = rope, causal
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
-        self.out = nn.Linear(d_model, d_model, bias=False)
+        self._init_heads("swa", d_model, n_heads, rope)
+        self.window = positive_int("swa", "window", window)
+        self.causal = causal
         self.last_backend: str | None = None
         self.aux_loss: Tensor | None = None
-
-    def _heads(self, x: Tensor, start: int) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v (B, h, n, d_h) of x (B, n, d) at positions start.., q and k rotated."""
-        B, n, _ = x.shape
-        q, k, v = self.qkv(x).view(B, n, 3, self.n_heads, self.d_head).unbind(2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, n, d_h)
-        if self.rope:
-            pos = torch.arange(start, start + n, device=x.device)
-            q, k = rotary(q, pos), rotary(k, pos)
-        return q, k, v
-
-    def _merge(self, y: Tensor) -> Tensor:
-        B, _, n, _ = y.shape
-        return self.out(y.transpose(1, 2).reshape(B, n, self.d_model))
 
     def _window(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if q.shape[2] <= self.window:
