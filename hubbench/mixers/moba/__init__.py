@@ -4,7 +4,7 @@
 - attend.py: one softmax over the query's own block (causal) and its selected blocks, the
   selected ones worked as tiles of queries that share a key block (no per-query key copies);
 - layer.py: MoBA, its options and the forward (the q/k/v heads and their merge are
-  hubbench.mixers.heads', shared with swa);
+  in hubbench.mixers.heads, shared with swa);
 - decode.py: MoBAState (KV cache + complete blocks' mean keys) and the recurrent decoding;
 - naive.py: `moba_ref`, the per-token loop the fast path is tested against.
 """
