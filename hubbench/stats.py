@@ -8,6 +8,9 @@ Over seeds (`mean_interval`). Seeds are replicates: their mean with a Student-t 
 or more values (`t_quantile`, exact, from the regularised incomplete beta function), else their
 min-max.
 
+Converged fractions (`wilson_interval`). Whether a seed solved a task is 0 or 1 and seeds are
+few, so the share that solved gets a binomial (Wilson score) interval, not the bootstrap.
+
 Ratios (`ratio_ci`). A cell is measured in rounds (timing blocks interleaved with the other
 cells'); its step times vary within a round (jitter) and between rounds (the machine's drift),
 and a rerun sees both. Each bootstrap replicate therefore resamples the rounds with replacement,
@@ -105,6 +108,23 @@ def mean_interval(
     t = t_quantile(1 - (1 - confidence) / 2, len(values) - 1)
     half = t * statistics.stdev(values) / math.sqrt(len(values))
     return mean, mean - half, mean + half, f"{100 * confidence:g}% t"
+
+
+def wilson_interval(
+    successes: int, trials: int, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
+    """The Wilson score interval of a share successes / trials (seeds that solved a task): with 3
+    seeds, 2 of 3 is [0.21, 0.94] at 95%, which is why three seeds rank nothing by their converged
+    fraction alone. Unlike the Wald interval it stays inside [0, 1] and is not empty at 0 or n
+    successes; no trials: [0, 1]."""
+    if trials <= 0:
+        return 0.0, 1.0
+    z = statistics.NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    p = successes / trials
+    shrink = 1 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / shrink
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / shrink
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @functools.lru_cache(maxsize=256)

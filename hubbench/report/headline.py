@@ -222,11 +222,11 @@ def quality_headline(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def _config_text(config: Any) -> str:
-    from hubbench.report.seeds import solved_interval
+    from hubbench.stats import wilson_interval
 
     got = [float(r["eval_accuracy"]) for r in config.rows if r.get("eval_accuracy") is not None]
     seeds = len(config.rows) + len(config.failed)
     solved = sum(a >= 0.99 for a in got)
-    low, high = solved_interval(solved, seeds)
+    low, high = wilson_interval(solved, seeds)
     mean = f"{sum(got) / len(got):.3f}" if got else "-"
     return f"{config.label} {mean} ({solved}/{seeds} seeds solved, 95% {low:.2f}-{high:.2f})"

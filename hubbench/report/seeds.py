@@ -119,18 +119,6 @@ def select_lr(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def solved_interval(solved: int, seeds: int, z: float = 1.959964) -> tuple[float, float]:
-    """The 95% Wilson score interval of a converged fraction solved / seeds: with 3 seeds, 2 of
-    3 is [0.21, 0.94], which is why three seeds rank nothing by their converged fraction alone.
-    (A binomial interval, not hubbench.stats' bootstrap: seeds are few and the outcome is 0/1.)"""
-    if seeds <= 0:
-        return 0.0, 1.0
-    p = solved / seeds
-    centre = (p + z * z / (2 * seeds)) / (1 + z * z / seeds)
-    half = z * math.sqrt(p * (1 - p) / seeds + z * z / (4 * seeds * seeds)) / (1 + z * z / seeds)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def is_reference(row: Mapping[str, Any]) -> bool:
     """Whether a quality row is its task's reference (REFERENCE's fields, mlp_ratio 0)."""
     for k, want in REFERENCE.items():
