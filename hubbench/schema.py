@@ -110,11 +110,12 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, ...]] = {
     "torch_tb_profiler": ("torch-tb-profiler",),
 }
 
-# backend column -> the key the model reports it under (LanguageModel.backends)
+# backend column -> the key the model reports it under (LanguageModel.backends; cuda_graphs:
+# the step's, hubbench.measure.step.Step.ran)
 BACKEND_COLUMNS = {"backend_attention": "attention", "backend_mamba": "mamba",
                    "backend_hub": "hubrouter", "backend_mamba2": "mamba2", "backend_gdn": "gdn",
                    "backend_swa": "swa", "backend_moba": "moba", "backend_nsa": "nsa",
-                   "backend_oryx": "oryx"}  # fmt: skip
+                   "backend_oryx": "oryx", "cuda_graphs_ran": "cuda_graphs"}  # fmt: skip
 
 
 def _package_columns() -> tuple[Column, ...]:
@@ -171,6 +172,9 @@ COLUMNS: tuple[Column, ...] = (
     _c("backend_nsa", "string", "measurement", "NSA path that ran"),
     _c("backend_oryx", "string", "measurement",
        "Oryx: its base's scan and, when a chunk ran in attention mode, the attention kernel"),
+    _c("cuda_graphs_ran", "string", "measurement",
+       "prefill, decode: captured (each timed call replayed one CUDA graph) | off (asked) | "
+       "off: why not (auto on a CPU, or the capture failed)"),
     _metric("time_median_s", "float64", "median step time (decode: per generated token)",
             "step time", "s", False, 1),
     _c("time_min_s", "float64", "measurement", "fastest step"),

@@ -54,6 +54,8 @@ class Cell:
     lr: float = RUN_DEFAULTS["lr"]
     nproc: int = RUN_DEFAULTS["nproc"]  # > 1: the cell runs under torchrun (measure.ranks)
     nnodes: int = RUN_DEFAULTS["nnodes"]  # > 1: torchrun on that many nodes, one job task each
+    cuda_graphs: str = RUN_DEFAULTS["cuda_graphs"]  # prefill / decode on CUDA: auto | on | off
+    l2_flush: bool = RUN_DEFAULTS["l2_flush"]  # CUDA: each timed call starts with a cold L2
 
     @property
     def world(self) -> int:
@@ -88,8 +90,10 @@ class Cell:
 
     @property
     def explicit_identity(self) -> dict[str, Any]:
-        """The identity with the elided run fields at their values (for tables and labels)."""
-        return {**self.identity, **{k: getattr(self, k) for k in ELIDED_DEFAULTS}}
+        """The identity with the elided run fields at their values, null where inert (for tables
+        and labels)."""
+        run = self.run_fields
+        return {**self.identity, **{k: run[k] for k in ELIDED_DEFAULTS}}
 
     @property
     def cell_id(self) -> str:
@@ -120,7 +124,13 @@ class Cell:
         }
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in ("index", *RUN_FIELDS)}
+        # run fields at their elided defaults are left out (from_json fills them in), so a worker
+        # of an older commit (run --against) reads the cells of fields it does not know
+        out = {
+            k: getattr(self, k)
+            for k in ("index", *RUN_FIELDS)
+            if not (k in ELIDED_DEFAULTS and getattr(self, k) == ELIDED_DEFAULTS[k])
+        }
         out["config"] = config_dict(self.config)
         out["measure"] = dataclasses.asdict(self.measure)
         return out

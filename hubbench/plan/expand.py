@@ -29,7 +29,13 @@ from hubbench.plan.plugins import (
     source_digest,
 )
 from hubbench.plan.quality import check_quality
-from hubbench.plan.runfields import DEVICE_MEASURE, RUN_FIELDS, Measure, run_defaults
+from hubbench.plan.runfields import (
+    DEVICE_MEASURE,
+    RUN_FIELDS,
+    Measure,
+    gpu_timing_problem,
+    run_defaults,
+)
 from hubbench.plan.suite import Plan, Suite
 from hubbench.plan.variants import (
     REGISTRY,
@@ -209,6 +215,9 @@ def _check_mode(run: Mapping[str, Any], config: BaseConfig, fail: Fail) -> None:
     """What the mode asks of the run and the model: inference modes run uncompiled and causal,
     decode steps whole chunks, quality needs a task it can lay out, torchrun times plain steps."""
     mode, quality = run["mode"], run["mode"] == "quality"
+    problem = gpu_timing_problem(run)
+    if problem is not None:
+        raise fail(*problem)
     if mode in INFERENCE_MODES:
         if run["compile"]:
             raise fail(f"mode {mode} does not run compiled (compile=true)", ["compile"])

@@ -10,6 +10,7 @@ SCHEMA_VERSION); a model config field is declared with its variant (hubbench.pla
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,25 +48,62 @@ RUN_FIELDS: dict[str, RunField] = {
     "nnodes": RunField(
         int, "figure", "nodes the cell ran on, one cluster job task each (world nnodes x nproc)"
     ),
+    "cuda_graphs": RunField(
+        str,
+        "series",
+        "prefill, decode: auto | on | off, a timed call replayed as one CUDA graph "
+        "(auto: where capture works, CUDA only; cuda_graphs_ran says what ran; else null)",
+    ),
+    "l2_flush": RunField(
+        bool, "series", "CUDA: a buffer larger than L2 written before each timed call (cold cache)"
+    ),
 }
 RUN_DEFAULTS: dict[str, Any] = {"mode": "fwd_bwd", "device": "auto", "batch": 1, "compile": False,
                                 "decode_tokens": 64, "task": "mqar", "kv_pairs": 4,
                                 "data": "pydoc", "train_updates": 1500,
-                                "lr": 1e-3, "nproc": 1, "nnodes": 1}  # fmt: skip
+                                "lr": 1e-3, "nproc": 1, "nnodes": 1, "cuda_graphs": "auto",
+                                "l2_flush": False}  # fmt: skip
 # the data's seed is the model config's `seed` (the weights'): seeds are replicates of a cell
 QUALITY_FIELDS = ("task", "kv_pairs", "data", "train_updates", "lr")
-OPTIONAL_RUN_FIELDS = ("decode_tokens", *QUALITY_FIELDS)  # added later: absent when null
-# added later: absent from the identity at this value
-ELIDED_DEFAULTS: dict[str, Any] = {"nproc": 1, "nnodes": 1}
+GPU_TIMING_FIELDS = ("cuda_graphs", "l2_flush")
+CUDA_GRAPHS = ("auto", "on", "off")
+GRAPH_MODES = ("prefill", "decode")  # the modes whose timed call can be one CUDA graph
+# added later: absent when null
+OPTIONAL_RUN_FIELDS = ("decode_tokens", *QUALITY_FIELDS, *GPU_TIMING_FIELDS)
+# added later: absent from the identity at this value, so older cells keep their ids
+ELIDED_DEFAULTS: dict[str, Any] = {"nproc": 1, "nnodes": 1, "cuda_graphs": "auto",
+                                   "l2_flush": False}  # fmt: skip
 
 
 def inert_run_fields(mode: str, task: str | None) -> set[str]:
     """The run fields that cannot change what a cell of this mode (and task) measures: their
     columns are null and they are not part of the cell's identity."""
     inert = set() if mode == "decode" else {"decode_tokens"}
+    inert |= set() if mode in GRAPH_MODES else {"cuda_graphs"}
+    if mode == "quality":
+        inert.add("l2_flush")  # a training run's updates are not kernel-level calls
     if mode != "quality":
         return inert | set(QUALITY_FIELDS)
     return inert | ({"data"} if str(task).startswith("mqar") else {"kv_pairs"})
+
+
+def gpu_timing_problem(run: Mapping[str, Any]) -> tuple[str, list[str]] | None:
+    """What is wrong with a cell's GPU timing fields (message, fields at fault), or None.
+
+    Both need CUDA: `cuda_graphs = "on"` and `l2_flush = true` on another device are refused
+    when the cell is planned, not when it runs; "auto" means off there."""
+    graphs, device = run["cuda_graphs"], str(run["device"])
+    if graphs not in CUDA_GRAPHS:
+        return f"cuda_graphs={graphs!r} is not one of {', '.join(CUDA_GRAPHS)}", ["cuda_graphs"]
+    if device.startswith("cuda"):
+        return None
+    if graphs == "on" and run["mode"] in GRAPH_MODES:
+        return (f"cuda_graphs=on needs a CUDA device (device={device}); use auto or off",
+                ["cuda_graphs", "device"])  # fmt: skip
+    if run["l2_flush"] and run["mode"] != "quality":
+        return (f"l2_flush=true flushes a GPU's L2 cache; device={device} has none to flush",
+                ["l2_flush", "device"])  # fmt: skip
+    return None
 
 
 def run_defaults() -> dict[str, Any]:
@@ -98,6 +136,8 @@ class Measure:
 # and [measure.<device>] tables override them.
 DEVICE_MEASURE: dict[str, Measure] = {
     "cpu": Measure(),
+    # not measured yet: benchmarks/device_check.sh's A/A part measures the between-round spread
+    # these should be chosen from (docs/measurement.md, "On a GPU")
     "cuda": Measure(warmup=3, warmup_min_s=0.1, repeats=10, rounds=3),
 }
 MEASURE_FIELDS: dict[str, type] = {f.name: type(f.default) for f in dataclasses.fields(Measure)}
