@@ -12,8 +12,8 @@ Groups, in file order, and who fills them:
   model config field, null where it does not apply (the cell);
 - measure: how carefully (warm-up, repeats, time limits; the cell);
 - outcome: status, message, the device it ran on, wall time (the worker, for every cell);
-- execution: the executor and job that ran the cell, and whether it failed with its job (the
-  runner or the job, hubbench.run.jobs);
+- execution: the executor and job that ran the cell, whether it failed with its job, and the
+  machine's load average around each round (the runner or the job, hubbench.run.jobs);
 - measurement: backends, step-time statistics, memory, FLOPs, MFU (the worker, ok cells only;
   a quality cell's steps are its training updates);
 - quality: what training bought: losses, accuracy, bits per byte, routing precision, whether it
@@ -162,6 +162,12 @@ COLUMNS: tuple[Column, ...] = (
     _c("job_lost", "bool", "execution",
        "the row failed with its job (failed, cancelled, killed), not on its own: --resume "
        "measures it again"),
+    _c("round_load_1m_start", "list<float64>", "execution",
+       "the machine's 1-minute load average when each measured round started (the runner reads "
+       "it; hubbench's own worker adds about `threads` while it measures; null where the OS has "
+       "no load average)"),
+    _c("round_load_1m_end", "list<float64>", "execution",
+       "the same when each measured round ended"),
     _c("backend_attention", "string", "measurement", "attention kernel that ran (observed)"),
     _c("backend_mamba", "string", "measurement", "mamba:ref | mamba:fused (observed)"),
     _c("backend_hub", "string", "measurement", "HubRouter implementation that ran"),
@@ -410,7 +416,8 @@ GROUP_TITLES = {
     "not apply to the variant or cannot change what it builds)",
     "measure": "measure: how carefully",
     "outcome": "outcome (every cell)",
-    "execution": "execution: the executor and job that ran the cell (every cell)",
+    "execution": "execution: the executor and job that ran the cell, and the machine's load "
+    "around its rounds (every cell)",
     "measurement": "measurement (ok and partial cells; a cell that failed after some rounds "
     "keeps them)",
     "quality": "quality (ok cells of mode quality; docs/quality.md)",

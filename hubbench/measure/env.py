@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import os
 import platform
 import re
 import shutil
@@ -165,3 +166,13 @@ def device_name(device: Any) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return cpu_model()
+
+
+def load_1m() -> float | None:
+    """The 1-minute load average: runnable (and uninterruptible) tasks, averaged with a
+    one-minute decay, so it says how busy the machine was around a round, not at an instant.
+    None where the OS has none (os.getloadavg is Unix-only)."""
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None

@@ -38,13 +38,13 @@ from typing import Any
 
 from hubbench.errors import HubbenchError
 from hubbench.measure.entry import PROTOCOL
-from hubbench.measure.env import TORCH_ENV_KEYS, host_env
+from hubbench.measure.env import TORCH_ENV_KEYS, host_env, load_1m
 from hubbench.measure.metrics import RoundResult
 from hubbench.measure.outcome import MESSAGE_CHARS
 from hubbench.plan.cell import Cell
 from hubbench.run.against import BASELINE, CANDIDATE, Side
 from hubbench.run.eta import Eta, Progress
-from hubbench.run.rows import CellState, make_row
+from hubbench.run.rows import CellState, make_row, record_load
 from hubbench.run.worker import STARTUP_TIMEOUT_S, Worker, WorkerDied, WorkerTimeout
 
 
@@ -99,8 +99,9 @@ def measure_states(
                     on_start(state, eta.progress(time.perf_counter() - started))
                 side = state.side
                 worker = workers.setdefault(side and side.name, _Workers(builder, side))
+                load = load_1m()
                 answer, measured_by = worker.run(state)
-                _record(state, answer, session)
+                _record(state, answer, session, (load, load_1m()))
                 eta.record(state, answer["outcome"])
                 row = make_row(state, suite, run_id, {**env, **measured_by}, execution)
                 put(row)
@@ -177,7 +178,12 @@ def check_hello(hello: Mapping[str, Any], side: Side) -> None:
         )
 
 
-def _record(state: CellState, answer: Mapping[str, Any], session: float) -> None:
+def _record(
+    state: CellState,
+    answer: Mapping[str, Any],
+    session: float,
+    load: tuple[float | None, float | None] = (None, None),
+) -> None:
     outcome = answer["outcome"]
     state.wall_s += outcome["wall_s"] or 0.0
     state.device_name = outcome["device_name"] or state.device_name
@@ -190,6 +196,7 @@ def _record(state: CellState, answer: Mapping[str, Any], session: float) -> None
     result = RoundResult.from_json(answer["round"])
     result.session = session
     state.rounds.append(result)
+    record_load(state, *load)
 
 
 def _failure(exc: Exception, cell: Cell, started: bool) -> dict[str, Any]:

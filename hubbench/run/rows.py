@@ -43,6 +43,8 @@ class CellState:
     wall_s: float = 0.0
     job_lost: bool = False  # failed with its job, not on its own (hubbench.run.lost)
     side: Side | None = None  # which code version measures it (same-run A/B only)
+    # the 1-minute load average at each measured round's start and end (the runner's reading)
+    loads: list[tuple[float | None, float | None]] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -83,7 +85,7 @@ def make_row(
         **cell.columns(),
         **_side_columns(state.side),
         **schema.part("outcome", _outcome(state), where),
-        **schema.part("execution", {**execution, "job_lost": state.job_lost}, where),
+        **schema.part("execution", {**execution, **_execution(state)}, where),
         **(measurement_columns(measured, where) if measured else schema.empty("measurement")),
         **quality_columns(measured, where),
         **schema.part("env", {**env, **_side_env(state.side), "utc_time": utc_now()}, where),
@@ -96,6 +98,24 @@ def make_row(
             f"{', '.join(unknown) or '-'}; missing: {', '.join(missing) or '-'})"
         )
     return {name: values[name] for name in schema.NAMES}
+
+
+def _execution(state: CellState) -> dict[str, Any]:
+    """The execution columns the state holds: job_lost, and the load around each round (null
+    before any round was measured, so that a row read back gives the same row)."""
+    loads = state.loads or None
+    return {
+        "job_lost": state.job_lost,
+        "round_load_1m_start": loads and [start for start, _ in loads],
+        "round_load_1m_end": loads and [end for _, end in loads],
+    }
+
+
+def record_load(state: CellState, start: float | None, end: float | None) -> None:
+    """The load around the round just appended to `state.rounds`: rounds of a row written
+    before the load was recorded get nulls, so round i's load stays at index i."""
+    state.loads += [(None, None)] * (len(state.rounds) - 1 - len(state.loads))
+    state.loads.append((start, end))
 
 
 def _side_columns(side: Side | None) -> dict[str, Any]:
@@ -135,6 +155,8 @@ def state_from_row(
         return state
     state.device_name, state.wall_s = row["device_name"], row["wall_s"] or 0.0
     state.rounds = [_round(row, i) for i in range(len(row["round_samples_s"] or []))]
+    starts, ends = row["round_load_1m_start"] or [], row["round_load_1m_end"] or []
+    state.loads = [(_at(starts, i), _at(ends, i)) for i in range(len(starts))]
     if row["status"] not in ("ok", PARTIAL) and not row["job_lost"]:
         state.failure = {k: row[k] for k in schema.names("outcome")}
     return state
