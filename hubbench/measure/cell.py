@@ -83,12 +83,12 @@ def measure_round(
     flops = _eager_flops(cell, model, device) if cell.compile and count_flops else None
     step = build_step(model, cell.mode, cell.batch, cell.seq, device, seed=group.rank,
                       compile=cell.compile, decode_tokens=cell.decode_tokens,
-                      data_parallel=group.world > 1)  # fmt: skip
+                      data_parallel=group.world > 1, cuda_graphs=cell.cuda_graphs)  # fmt: skip
     s = cell.measure
     m = measure_step(step, warmup=s.warmup, warmup_min_s=s.warmup_min_s,
                      warmup_max_s=s.warmup_max_s, repeats=s.repeats, min_time_s=s.min_time_s,
                      count=count_flops and not cell.compile, mem_baseline=baseline,
-                     group=group)  # fmt: skip
+                     group=group, l2_flush=cell.l2_flush)  # fmt: skip
     if cell.compile:
         m = dataclasses.replace(m, flops_per_step=flops)
     state = step.state_bytes() if step.state_bytes else None

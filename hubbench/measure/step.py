@@ -2,23 +2,36 @@
 
 Inputs and the optimizer are built here, before any timing, so the timed region is the step
 itself: no data generation, no host sync, no `.item()`.
+
+CUDA graphs (run field cuda_graphs, prefill and decode): a call of the step, captured once here
+as one CUDA graph, is replayed by `fn`, so a timed call is the device's work without Python and
+launch gaps (per-token decode on a GPU is otherwise mostly those: state-spaces/mamba#90). The
+whole call is captured, not one token: the models keep positions as Python ints (a KV cache's
+length, the hub state's chunk position) that a one-token graph would freeze, while every call
+of the step starts from the same snapshot and so takes the same path. A model that cannot be
+captured (a host sync, a data-dependent shape) runs eagerly, with the reason in `Step.ran`.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from hubbench.errors import ConfigError
+from hubbench.errors import ConfigError, UnavailableError
 from hubbench.measure.device import torch_device
 from hubbench.plan.fields import DTYPES, INFERENCE_MODES, MODES
+from hubbench.plan.runfields import CUDA_GRAPHS, GRAPH_MODES
 
 TORCH_DTYPES = dict(zip(DTYPES, (torch.float32, torch.bfloat16, torch.float16), strict=True))
+# eager calls on a side stream before a capture: cuBLAS / cuDNN handles and lazy allocations
+# are made there, not inside the graph (the order torch.cuda.graph's documentation asks for)
+CAPTURE_WARMUP = 2
+REASON_CHARS = 200  # the longest capture failure a row keeps
 
 
 @dataclass
@@ -34,13 +47,19 @@ class Step:
     per_call: int = 1  # tokens per sequence one call of `fn` generates (decode); else 1
     # bytes of the state or cache per sequence after a prompt of `seq` (prefill, decode)
     state_bytes: Callable[[], int] | None = None
+    # what ran, for the row's backend columns ({"cuda_graphs": "captured" | "off" | "off: why"})
+    ran: dict[str, str] = field(default_factory=dict)
+    # the eager call, where `fn` replays a CUDA graph: FlopCounterMode sees no replayed kernel
+    eager: Callable[[], None] | None = None
 
 
-def autocast_for(device: torch.device, dtype: torch.dtype) -> Callable[[], Any]:
-    """A context-manager factory: autocast to `dtype` on `device`, or nothing for fp32."""
+def autocast_for(device: torch.device, dtype: torch.dtype, cache: bool = True) -> Callable[[], Any]:
+    """A context-manager factory: autocast to `dtype` on `device`, or nothing for fp32.
+    `cache=False` for a call that is captured as a CUDA graph: autocast's cache of cast weights
+    must not outlive the capture (torch.cuda.make_graphed_callables asks the same)."""
     if dtype == torch.float32:
         return contextlib.nullcontext
-    return lambda: torch.autocast(device.type, dtype=dtype)
+    return lambda: torch.autocast(device.type, dtype=dtype, cache_enabled=cache)
 
 
 def make_update(
@@ -83,8 +102,13 @@ def build_step(
     compile: bool = False,
     decode_tokens: int = 64,
     data_parallel: bool = False,
+    cuda_graphs: str = "off",
 ) -> Step:
     """Move `model` to `device` and return its step for `mode` with inputs already built.
+
+    `cuda_graphs` (prefill, decode; the module docstring): "on" replays a captured call or
+    raises UnavailableError, "auto" replays one where capture works (CUDA only), "off" runs
+    eagerly. Other modes ignore it.
 
     `data_parallel` (inside an initialised torch.distributed process group): the fwd_bwd and
     train steps run the loss through DistributedDataParallel, so backward all-reduces the
@@ -108,12 +132,16 @@ def build_step(
     idx = torch.randint(0, vocab, (batch, seq + 1), generator=gen).to(device)
     inputs, targets = idx[:, :-1].contiguous(), idx[:, 1:].contiguous()
 
-    autocast = autocast_for(device, dtype)
+    if cuda_graphs not in CUDA_GRAPHS:
+        raise ConfigError(f"cuda_graphs={cuda_graphs!r}; valid: {', '.join(CUDA_GRAPHS)}")
+    graphed = mode in GRAPH_MODES and cuda_graphs != "off" and device.type == "cuda"
+    autocast = autocast_for(device, dtype, cache=not graphed)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     if mode in INFERENCE_MODES:
         if compile:
             raise ConfigError(f"mode {mode} does not run compiled")
-        return _inference_step(model, mode, inputs, device, autocast, sync, decode_tokens)
+        step = _inference_step(model, mode, inputs, device, autocast, sync, decode_tokens)
+        return with_graphs(step, cuda_graphs) if mode in GRAPH_MODES else step
     if mode == "quality":
         raise ConfigError("mode quality trains on a task: hubbench.quality.train runs it")
     if mode == "fwd":
@@ -262,3 +290,53 @@ def _decode(
         return state.nbytes() // inputs.shape[0]
 
     return core, per_sequence
+
+
+def with_graphs(
+    step: Step,
+    setting: str,
+    capture: Callable[[Callable[[], None], torch.device], Any] | None = None,
+) -> Step:
+    """`step` with its call replayed from a CUDA graph where `setting` asks for one and the
+    capture works; `step.ran["cuda_graphs"]` says which ("captured", "off", "off: why").
+
+    `capture(fn, device)` returns the replay callable or raises (default: capture_graph).
+    auto falls back to the eager call when the device is not CUDA or the capture fails; on
+    turns a failed capture into UnavailableError (a skipped row that says why)."""
+    if setting == "off":
+        step.ran["cuda_graphs"] = "off"
+        return step
+    if step.device.type != "cuda":
+        if setting == "on":
+            raise UnavailableError(f"cuda_graphs=on needs a CUDA device, not {step.device}")
+        step.ran["cuda_graphs"] = f"off: {step.device.type} (CUDA graphs need a CUDA device)"
+        return step
+    try:
+        replay = (capture or capture_graph)(step.fn, step.device)
+    except Exception as exc:  # any failure to capture: the eager call is still a measurement
+        reason = f"capture failed: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        reason = reason.replace("+", " ")[:REASON_CHARS]  # '+' joins rounds' values in a row
+        if setting == "on":
+            raise UnavailableError(f"cuda_graphs=on: {reason}") from exc
+        step.ran["cuda_graphs"] = f"off: {reason}"
+        return step
+    step.eager, step.fn = step.fn, replay
+    step.ran["cuda_graphs"] = "captured"
+    return step
+
+
+def capture_graph(fn: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """Capture one call of `fn` as a CUDA graph on `device`; its replay. `fn` must take the
+    same path on every call (a decode call restores its snapshot first)."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(CAPTURE_WARMUP):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    torch.cuda.synchronize(device)
+    return graph.replay

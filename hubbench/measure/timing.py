@@ -15,6 +15,11 @@ it, and never past `warmup_max_s` (such a warm-up is recorded as unsettled). The
 ran are read, peak memory is reset, then `repeats` timed steps (more while their total is under
 `min_time_s`).
 
+L2 flush (run field l2_flush, CUDA): before each timed call, untimed, a buffer larger than the
+GPU's L2 cache (`l2_flush_bytes`) is written, so every call starts with a cold cache: what a
+kernel's first call in a model sees, not what a loop over the same inputs sees (triton#404).
+The write is queued before the start event, so the events time the call alone.
+
 Noise sentinel. `sentinel_s` times a fixed small matmul workload; the runner calls it before
 each round, so a round that ran while the machine was slow can be told apart afterwards.
 
@@ -29,6 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hubbench.errors import ConfigError
 from hubbench.measure.memory import PeakMemory
 from hubbench.stats import Stats, median, summarize
 
@@ -36,6 +42,7 @@ MAX_REPEATS = 10_000  # a ceiling for min_time_s on very fast steps
 SETTLE_WINDOW = 3  # warm-up steps per window of the stability rule
 SETTLE_TOLERANCE = 0.05  # consecutive window medians this close: step times have settled
 SENTINEL_SIZE, SENTINEL_CALLS = 192, 100  # about 10 ms of fp32 matmuls on one CPU thread
+L2_FALLBACK_BYTES = 256 * 2**20  # the flush buffer where the device does not say its L2 size
 
 
 @dataclass
@@ -90,9 +97,11 @@ def time_calls(
     repeats: int = 5,
     min_time_s: float = 0.0,
     agree: Callable[[int], int] = alone,
+    before: Callable[[], Any] | None = None,
 ) -> list[float]:
     """Seconds per call of `fn`: `repeats` calls, more while their sum is under `min_time_s`
-    (`agree`d after each call past `repeats`: Group)."""
+    (`agree`d after each call past `repeats`: Group). `before` runs ahead of each call, outside
+    the timed region (the L2 flush)."""
     cuda = device is not None and getattr(device, "type", str(device)).startswith("cuda")
     samples: list[float] = []
 
@@ -106,6 +115,8 @@ def time_calls(
 
         torch.cuda.synchronize(device)
         while more():
+            if before is not None:
+                before()  # queued ahead of the start event: not timed
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             start.record()
@@ -116,10 +127,38 @@ def time_calls(
         return samples
     clock = time.perf_counter
     while more():
+        if before is not None:
+            before()
         t0 = clock()
         fn()
         samples.append(clock() - t0)
     return samples
+
+
+def l2_flush_bytes(device: Any) -> int:
+    """The flush buffer for `device`: twice its L2 cache (torch.cuda.get_device_properties), or
+    L2_FALLBACK_BYTES where the size is not reported."""
+    import torch
+
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 0
+    return 2 * int(l2) if l2 > 0 else L2_FALLBACK_BYTES
+
+
+def l2_flusher(device: Any, size: int | None = None) -> tuple[Callable[[], None], int]:
+    """A call that writes a buffer larger than `device`'s L2 (`size` bytes, else
+    l2_flush_bytes), and the buffer's bytes: each call timed after it starts with a cold cache.
+    CUDA only: a CPU's caches are not the GPU's L2, and nothing here can flush them honestly."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        raise ConfigError(f"l2_flush=true flushes a GPU's L2 cache; device {device} has none")
+    size = size or l2_flush_bytes(device)
+    buffer = torch.empty(size, dtype=torch.int8, device=device)
+
+    def flush() -> None:
+        buffer.zero_()
+
+    return flush, size
 
 
 @dataclass
@@ -188,8 +227,10 @@ def measure_step(
     count: bool = True,
     mem_baseline: int | None = None,
     group: Group = ALONE,
+    l2_flush: bool = False,
 ) -> Measurement:
     """Warm up (counting FLOPs on the first step), then time `step.fn`; see the module doc.
+    `l2_flush`: a cold L2 before each timed call (l2_flusher; CUDA only).
 
     With warmup_min_s = warmup_max_s = 0 the warm-up is exactly `warmup` steps. A `group` of
     processes (torchrun's ranks) takes the same steps, as rank 0 decides; each timed step's time
@@ -199,19 +240,26 @@ def measure_step(
 
     flops = None
     start = time.perf_counter()
-    if count:
-        flops = count_flops(_synced(step))
+    flush, flush_bytes = l2_flusher(step.device) if l2_flush else (None, 0)
+    if count:  # a replayed CUDA graph dispatches nothing FlopCounterMode sees: count the eager call
+        eager = getattr(step, "eager", None)
+        flops = count_flops(_synced(step) if eager is None else lambda: (eager(), step.sync()))
     warm = warm_up(_synced(step), steps=warmup, min_s=warmup_min_s, max_s=warmup_max_s,
                    done=int(count), agree=group.agree)  # fmt: skip
     warmup_s = time.perf_counter() - start
     model = step.model
     backends = dict(model.backends()) if hasattr(model, "backends") else {}
+    backends.update(getattr(step, "ran", None) or {})  # how the step ran (cuda_graphs)
 
     memory = PeakMemory(step.device, mem_baseline)
     with memory:
         samples = time_calls(step.fn, device=step.device, repeats=repeats, min_time_s=min_time_s,
-                             agree=group.agree)  # fmt: skip
-    every = group.gather((samples, memory.peak, memory.reserved))
+                             agree=group.agree, before=flush)  # fmt: skip
+    # the flush buffer is held over the timed steps but is not the step's memory
+    peak, reserved = (
+        None if v is None else v - flush_bytes for v in (memory.peak, memory.reserved)
+    )
+    every = group.gather((samples, peak, reserved))
     samples = [max(times) for times in zip(*(e[0] for e in every), strict=True)]
     return Measurement(
         samples=samples,
