@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from hubbench.errors import ConfigError
 
 # "split": two attentions merged by their log-sum-exp (needs the CPU flash kernel); "masked":
-# one attention under a dense mask, on any device; "auto": split where it can run
-COUNCIL_IMPLS = ("auto", "split", "masked")
+# one attention under a dense mask, on any device; "flex": one block-sparse FlexAttention, no
+# dense mask (compiled on CUDA, the dense eager reference on CPU); "auto": flex on CUDA, split
+# where it can run, else masked
+COUNCIL_IMPLS = ("auto", "split", "masked", "flex")
 
 
 @dataclass(frozen=True)

@@ -279,13 +279,24 @@ class HubRouter(HubDecoding, nn.Module):
         self._last_council = self._council_impl(q) if self.causal else "masked"
         if self._last_council == "split":
             return councils.split_council(q, k, v, s, members, self.n_heads)
+        if self._last_council == "flex":
+            from hubbench.mixers.hubrouter.flex import flex_council  # imports FlexAttention
+
+            return flex_council(q, k, v, s, members, self.n_heads)
         return councils.masked_council(q, k, v, s, members, self.n_heads, self.causal)
 
     def _council_impl(self, q: Tensor) -> str:
-        """Which council runs: split (two attentions merged by log-sum-exp) or masked (one
-        attention under a dense mask)."""
+        """Which council runs: flex (one block-sparse FlexAttention, compiled on CUDA), split
+        (two attentions merged by log-sum-exp, CPU) or masked (one attention under a dense
+        mask). auto: flex on CUDA, split on CPU (flex's CPU path is the dense eager reference,
+        slower than split; docs/hubrouter.md has the figures)."""
         if self.council != "auto":
             return self.council
+        if q.device.type == "cuda":
+            from hubbench.mixers.hubrouter.flex import flex_council_available
+
+            if flex_council_available(q):
+                return "flex"
         return "split" if councils.split_council_available(q) else "masked"
 
     def _rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
