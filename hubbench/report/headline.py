@@ -198,20 +198,21 @@ def table(rows: Sequence[HeadlineRow]) -> tuple[list[str], list[list[str]]]:
 def quality_headline(rows: Sequence[dict[str, Any]]) -> list[str]:
     """The MQAR lines of a report's headline (issue 30), one per point (task, n, kv pairs,
     vocab, budget): where the reference did not solve the point in two thirds of its seeds,
-    only "recipe failed ..." (no comparison is published there); where it holds, each config's
-    mean held-out accuracy over its seeds at the learning rate chosen on validation, the seeds
-    that solved it and the recall-free ceiling it is read against."""
-    from hubbench.report.seeds import POINT_FIELDS, is_reference, pool_seeds, recipe_verdicts
+    only its "recipe failed ..." notice, as the run table and `gate` print it (no comparison
+    is published there); where it holds, each config's mean held-out accuracy over its seeds
+    at the learning rate chosen on validation, the seeds that solved it and the recall-free
+    ceiling it is read against."""
+    from hubbench.report.seeds import is_reference, point_of, pool_seeds, recipe_verdicts
 
     mqar = [r for r in rows if r.get("mode") == "quality" and str(r.get("task")).startswith("mqar")]
     points: dict[tuple, list[dict[str, Any]]] = {}
     for r in mqar:
-        points.setdefault(tuple(r.get(f) for f in POINT_FIELDS), []).append(r)
+        points.setdefault(point_of(r), []).append(r)
     out: list[str] = []
-    for here in points.values():
-        [verdict] = recipe_verdicts(here)
+    for verdict in recipe_verdicts(mqar):  # named against each other: what tells them apart
+        here = points[verdict.point]
         if not verdict.holds:
-            out.append(verdict.line())
+            out.append(verdict.notice())
             continue
         configs = sorted(pool_seeds(here), key=lambda c: not any(map(is_reference, c.rows)))
         parts = [_config_text(c) for c in configs if c.rows]

@@ -40,11 +40,13 @@ class RunTable:
     columns: tuple[TableColumn, ...]
     rows: tuple[TableRow, ...]
     notes: tuple[str, ...]  # what the caption adds for these rows (decode, state)
+    # what must be read before the numbers, a sentence each: MQAR points whose recipe failed
+    warnings: tuple[str, ...] = ()
 
     def caption(self, requested: str = "dim", shown: Collection[str] | None = None) -> str:
-        """The key to the columns; `requested`: how the renderer marks a requested backend;
-        `shown`: the headers printed (default: every column), so that a column left out of a
-        narrow table is not explained under it."""
+        """The warnings, one sentence a line, then the key to the columns; `requested`: how the
+        renderer marks a requested backend; `shown`: the headers printed (default: every
+        column), so that a column left out of a narrow table is not explained under it."""
         shown = {c.header for c in self.columns} if shown is None else set(shown)
         keys = (
             ("attention", f"attention: the kernel that ran ({requested}: requested, did not run)"),
@@ -52,7 +54,8 @@ class RunTable:
             ("mem", "mem: peak over the timed steps"),
             ("SoL", "SoL: the speed of light's step time over the measured one"),
         )
-        return "; ".join((*(text for header, text in keys if header in shown), *self.notes))
+        key = "; ".join((*(text for header, text in keys if header in shown), *self.notes))
+        return "\n".join((*(f"{w}." for w in self.warnings), *([key] if key else [])))
 
 
 def run_table(rows: Sequence[Mapping[str, Any]]) -> RunTable:
@@ -87,7 +90,16 @@ def run_table(rows: Sequence[Mapping[str, Any]]) -> RunTable:
             previous = message or previous
         ran = r.get("backend_attention")
         out.append(TableRow(tuple(cells), status, not ran and bool(r.get("attention"))))
-    return RunTable(tuple(columns), tuple(out), _notes(rows, stateful))
+    return RunTable(tuple(columns), tuple(out), _notes(rows, stateful), _warnings(rows))
+
+
+def _warnings(rows: Sequence[Mapping[str, Any]]) -> tuple[str, ...]:
+    """One line per MQAR point where the reference did not solve (hubbench.report.seeds)."""
+    if not any(r.get("mode") == "quality" for r in rows):
+        return ()
+    from hubbench.report.seeds import recipe_notices
+
+    return tuple(recipe_notices(rows))
 
 
 def _cells(
@@ -160,7 +172,7 @@ def seed_table(rows: Sequence[Mapping[str, Any]]) -> RunTable | None:
     `seed`): the score's mean and its 95% t-interval (min-max from two seeds), the seeds that
     converged, the router's mean precision beside a random selection's, the mean training tok/s
     and the causal checks. None unless some config has two or more seeds."""
-    from hubbench.report.seeds import pool_seeds, quality_metric
+    from hubbench.report.seeds import point_of, pool_seeds, quality_metric, recipe_verdicts
     from hubbench.stats import mean_interval
 
     rows = [{k: norm_value(v) for k, v in r.items()} for r in rows]
@@ -173,23 +185,29 @@ def seed_table(rows: Sequence[Mapping[str, Any]]) -> RunTable | None:
     pooled = [c for group in by_task.values() for c in pool_seeds(group, figure)]
     if not any(len(c.rows) + len(c.failed) > 1 for c in pooled):
         return None
+    verdicts = {v.point: v for v in recipe_verdicts(rows)}
+    recipe = any(not v.holds for v in verdicts.values())  # the column only where one failed
     columns = (TableColumn("config"), TableColumn("task"), TableColumn("seeds", True),
-               TableColumn("quality", True), TableColumn("conv", True),
-               TableColumn("routing P", True), TableColumn("random P", True),
-               TableColumn("tok/s", True), TableColumn("causal"))  # fmt: skip
+               TableColumn("quality", True), *([TableColumn("recipe", True)] if recipe else []),
+               TableColumn("conv", True), TableColumn("routing P", True),
+               TableColumn("random P", True), TableColumn("tok/s", True),
+               TableColumn("causal"))  # fmt: skip
     out = []
     for c in pooled:
-        task = str((c.rows or c.failed)[0].get("task") or "mqar")
+        first = (c.rows or c.failed)[0]
+        task = str(first.get("task") or "mqar")
+        verdict = verdicts.get(point_of(first))
         column, _, _ = quality_metric(task)
         show = fmt.bits if task == "bytes" else fmt.fraction
         seeds = len(c.rows) + len(c.failed)
-        verdicts = [r.get("converged") for r in c.rows if r.get("converged") is not None]
+        converged = [r.get("converged") for r in c.rows if r.get("converged") is not None]
         cells = (
             c.label,
             task,
             str(seeds) if not c.failed else f"{len(c.rows)} ok of {seeds}",
             _pooled(show, [r.get(column) for r in c.rows], mean_interval),
-            f"{sum(map(bool, verdicts))}/{seeds}" if verdicts else "-",
+            *([_recipe_cell(verdict)] if recipe else []),
+            f"{sum(map(bool, converged))}/{seeds}" if converged else "-",
             _mean(fmt.fraction, [r.get("routing_precision") for r in c.rows]),
             _mean(fmt.fraction, [r.get("routing_precision_random") for r in c.rows]),
             _mean(fmt.si, [r.get("tokens_per_s") for r in c.rows]),
@@ -200,8 +218,26 @@ def seed_table(rows: Sequence[Mapping[str, Any]]) -> RunTable | None:
         "one line per config, its seeds pooled; quality: the mean over the ok seeds ± the "
         "half-width of a 95% t-interval (3+ seeds) or [min, max] (2 seeds)",
         "conv: seeds that converged of all the config's seeds; routing P, tok/s: means",
+        *([RECIPE_NOTE] if recipe else []),
     )
-    return RunTable(columns, tuple(out), notes)
+    failures = tuple(v.notice() for v in verdicts.values() if not v.holds)
+    return RunTable(columns, tuple(out), notes, failures)
+
+
+RECIPE_NOTE = (
+    "recipe: whether the attention reference solved the config's MQAR point in two thirds of "
+    "its seeds; where it failed, the comparisons at that point are not results"
+)
+
+
+def _recipe_cell(verdict: Any) -> str:
+    """'failed 1/3' or 'holds 3/3' (reference seeds solved), 'no reference' where it did not
+    run; '-' off MQAR."""
+    if verdict is None:
+        return "-"
+    if not verdict.seeds:
+        return "no reference"
+    return f"{'holds' if verdict.holds else 'failed'} {verdict.solved}/{verdict.seeds}"
 
 
 def _pooled(show: Any, values: Sequence[Any], interval: Any) -> str:

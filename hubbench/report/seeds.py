@@ -128,53 +128,85 @@ def is_reference(row: Mapping[str, Any]) -> bool:
     return True
 
 
+NOT_RESULTS = "the comparisons at that point are not results"  # what a failed recipe means
+
+
 @dataclass(frozen=True)
 class Recipe:
     """The reference's result at one MQAR point of a run."""
 
-    where: str  # 'mqar n=128 kv_pairs=8 vocab=8192'
+    where: str  # 'mqar n=128 kv_pairs=8', with vocab, budget, ... when the run's points differ
     seeds: int  # reference rows (seeds), failed ones included
     solved: int  # of them, held-out accuracy >= SOLVED
+    point: tuple = ()  # its POINT_FIELDS values
+
+    @property
+    def needed(self) -> int:
+        """The seeds that must solve for the recipe to hold."""
+        return math.ceil(RECIPE_SHARE * self.seeds - 1e-9)
 
     @property
     def holds(self) -> bool:
-        return self.seeds > 0 and self.solved >= math.ceil(RECIPE_SHARE * self.seeds - 1e-9)
+        return self.seeds > 0 and self.solved >= self.needed
 
     def line(self) -> str:
+        """'recipe failed at mqar n=64 kv_pairs=4: the reference (...) solved 1 of 3 seeds
+        (2 needed ...)'; a point without reference rows says so."""
         verdict = "recipe holds" if self.holds else "recipe failed"
+        if not self.seeds:
+            return f"{verdict} at {self.where}: the reference ({REFERENCE_TEXT}) did not run there"
         return (
-            f"{verdict} at {self.where}: the reference (attention, 2 layers, 1 head, no MLP) "
-            f"solved {self.solved} of {self.seeds} seeds (needs {SOLVED} held-out accuracy in "
-            f"{math.ceil(RECIPE_SHARE * self.seeds - 1e-9)})"
+            f"{verdict} at {self.where}: the reference ({REFERENCE_TEXT}) solved {self.solved} "
+            f"of {self.seeds} seeds ({self.needed} needed at held-out accuracy >= {SOLVED})"
         )
 
+    def notice(self) -> str:
+        """The failed recipe's line as the run table, the report and `gate` print it."""
+        return f"{self.line()}: {NOT_RESULTS}"
 
+
+REFERENCE_TEXT = "attention, 2 layers, 1 head, no MLP"
 POINT_FIELDS = ("task", "seq", "kv_pairs", "vocab", "train_updates", "batch", "d_model")
+_NAMED = {"seq": "n"}  # a point's field as the run table heads it
+
+
+def point_of(row: Mapping[str, Any]) -> tuple:
+    """The MQAR point (POINT_FIELDS values) a quality row belongs to."""
+    return tuple(row.get(f) for f in POINT_FIELDS)
 
 
 def recipe_verdicts(rows: Sequence[Mapping[str, Any]]) -> list[Recipe]:
     """One verdict per MQAR point of the rows (POINT_FIELDS), from its reference rows after
-    the learning-rate choice; a point without reference rows has 0 seeds: it does not hold."""
+    the learning-rate choice; a point without reference rows has 0 seeds: it does not hold. A
+    point is named by its task, n and kv pairs, and by the other POINT_FIELDS that differ
+    between the rows' points."""
     rows = select_lr([dict(r) for r in rows if _is_mqar(r)])
     points: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        points.setdefault(tuple(r.get(f) for f in POINT_FIELDS), [])
+        points.setdefault(point_of(r), [])
         if is_reference(r):
-            points[tuple(r.get(f) for f in POINT_FIELDS)].append(r)
+            points[point_of(r)].append(r)
+    shown = [(i, _NAMED.get(f, f)) for i, f in enumerate(POINT_FIELDS[1:], 1)
+             if f in ("seq", "kv_pairs") or len({p[i] for p in points}) > 1]  # fmt: skip
     out = []
     for point, refs in points.items():
-        where = " ".join(f"{f}={v}" for f, v in zip(POINT_FIELDS[1:], point[1:], strict=True))
+        where = " ".join(f"{name}={point[i]}" for i, name in shown)
         solved = sum(
             1 for r in refs if r.get("status") == "ok" and (r.get("eval_accuracy") or 0) >= SOLVED
         )
-        out.append(Recipe(f"{point[0]} {where}", len(refs), solved))
+        out.append(Recipe(f"{point[0]} {where}", len(refs), solved, point))
     return out
 
 
 def recipe_failures(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """A line per MQAR point whose recipe failed (the table, the report and `gate` print them
-    instead of publishing comparisons there); empty when every point holds."""
+    """A line per MQAR point whose recipe failed; empty when every point holds."""
     return [r.line() for r in recipe_verdicts(rows) if not r.holds]
+
+
+def recipe_notices(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """recipe_failures' lines with what they mean (NOT_RESULTS): one per failed point, as the
+    run table, the over-seeds table, the report's headline and `gate` print them."""
+    return [r.notice() for r in recipe_verdicts(rows) if not r.holds]
 
 
 def configs(df: pd.DataFrame) -> list[Config]:

@@ -103,12 +103,12 @@ def test_recipe_verdicts_per_point_after_the_rate_choice() -> None:
         {**row(0, 1e-3, 1.0, 1.0, seq=128, kv_pairs=8), "variant": "hub-gpt"},
     ]  # fmt: skip
     verdicts = {v.where: v for v in recipe_verdicts(rows)}
-    small = verdicts["mqar seq=64 kv_pairs=4 vocab=8192 train_updates=3000 batch=64 d_model=64"]
-    big = verdicts["mqar seq=128 kv_pairs=8 vocab=8192 train_updates=3000 batch=64 d_model=64"]
+    small = verdicts["mqar n=64 kv_pairs=4"]  # the fields the points share go unsaid
+    big = verdicts["mqar n=128 kv_pairs=8"]
     assert (small.seeds, small.solved, small.holds) == (3, 2, True)
     assert (big.seeds, big.solved, big.holds) == (1, 0, False)
     [line] = recipe_failures(rows)
-    assert line.startswith("recipe failed at mqar seq=128 kv_pairs=8") and "0 of 1" in line
+    assert line.startswith("recipe failed at mqar n=128 kv_pairs=8") and "0 of 1" in line
 
 
 def test_a_point_without_its_reference_does_not_hold() -> None:

@@ -21,7 +21,7 @@ def test_a_point_that_holds_lists_the_configs_against_the_ceiling() -> None:
     rows += [row("transformer", s, lr, v, v) for s in range(3) for lr, v in
              ((1e-3, 0.5), (3e-3, 1.0 if s < 2 else 0.9))]  # fmt: skip
     [line] = quality_headline(rows)
-    assert line.startswith("mqar seq=64 kv_pairs=4")
+    assert line.startswith("mqar n=64 kv_pairs=4")
     assert line.index("transformer") < line.index("hub-gpt")  # the reference first
     # lr 3e-3 chosen on validation; Wilson 95% for 2 of 3: [0.208, 0.939]
     assert "transformer 0.967 (2/3 seeds solved, 95% 0.21-0.94)" in line
@@ -33,7 +33,7 @@ def test_a_failed_recipe_publishes_no_comparison() -> None:
     rows = [row("transformer", s, 3e-3, 0.9, 0.9, seq=128, kv=8) for s in range(3)]
     rows += [row("hub-gpt", s, 3e-3, 0.99, 0.995, seq=128, kv=8) for s in range(3)]
     [line] = quality_headline(rows)
-    assert line.startswith("recipe failed at mqar seq=128 kv_pairs=8") and "0 of 3" in line
+    assert line.startswith("recipe failed at mqar n=128 kv_pairs=8") and "0 of 3" in line
     assert "hub-gpt" not in line
 
 

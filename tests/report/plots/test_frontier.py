@@ -79,7 +79,7 @@ def test_a_failed_recipe_is_said_under_the_figure() -> None:
     df = frontier_run()
     df.loc[df["variant"] == "transformer", ["eval_accuracy", "val_accuracy"]] = 0.5
     figured = KINDS["frontier"].draw(chosen_facets(df)[0])
-    assert any(n.startswith("recipe failed at mqar seq=128 kv_pairs=8") for n in figured.notes)
+    assert any(n.startswith("recipe failed at mqar n=128 kv_pairs=8") for n in figured.notes)
     assert "recipe failed" in figured.caption
 
 
