@@ -73,7 +73,8 @@ app = typer.Typer(
 )
 
 # The command groups, in `hubbench --help` order.
-_COMMAND_MODULES = ("listing", "run", "results", "env", "report", "gate", "profile", "verify")
+_COMMAND_MODULES = ("listing", "run", "results", "env", "cache", "report", "gate", "profile",
+                    "verify")  # fmt: skip
 
 
 @app.callback()

@@ -10,19 +10,16 @@ protocol, or declared dependencies that the installed packages do not meet (inst
 dependencies is out of scope).
 
 The worktree is made under an exclusive lock on `<sha>.lock`, so two runs at once never make
-(or repair) it together; a worktree that is present, at its commit and clean is reused.
+(or repair) it together; a worktree that is present, at its commit and clean is reused. The
+cache is hubbench.run.worktrees': a run holds its worktree in use until it ends, and prunes the
+least recently used ones beyond worktrees.KEEP that no run is using.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import re
 import shutil
-import subprocess
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -30,10 +27,11 @@ from pathlib import Path
 import hubbench
 from hubbench.errors import ConfigError
 from hubbench.measure.entry import PROTOCOL
+from hubbench.run import worktrees
+from hubbench.run.worktrees import CACHE_ENV as CACHE_ENV  # where the cache is: named here too
+from hubbench.run.worktrees import ENTRY, cache_dir, git, locked, usable
 
 CANDIDATE, BASELINE = "candidate", "baseline"
-ENTRY = "hubbench/measure/entry.py"
-CACHE_ENV = "HUBBENCH_CACHE"
 SCOPE = "installing the baseline's own dependencies is out of scope for --against"
 
 
@@ -59,20 +57,6 @@ class AgainstError(ConfigError):
         super().__init__(f"--against: {message}")
 
 
-def git(root: Path, *args: str) -> str | None:
-    """git's stdout in `root` (stripped), None when git fails or is missing."""
-    try:
-        out = subprocess.run(
-            ["git", "--no-optional-locks", "-C", str(root), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 def source_repo(cwd: Path | None = None) -> Path:
     """The repository hubbench runs from, else the cwd's; AgainstError when neither is one."""
     installed = Path(hubbench.__file__).resolve().parent.parent
@@ -92,12 +76,6 @@ def resolve(repo: Path, ref: str) -> str:
     if not sha:
         raise AgainstError(f"{ref!r} is not a commit in {repo}")
     return sha
-
-
-def cache_dir() -> Path:
-    base = os.environ.get(CACHE_ENV)
-    root = Path(base) if base else Path.home() / ".cache" / "hubbench"
-    return root / "worktrees"
 
 
 def show(repo: Path, sha: str, path: str) -> str | None:
@@ -164,36 +142,20 @@ def unmet_dependencies(pyproject: str | None, constraints: str | None) -> list[s
     return unmet
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _usable(tree: Path, sha: str) -> bool:
-    """A cached worktree at its commit with no change to tracked files."""
-    if not (tree / ENTRY).is_file() or git(tree, "rev-parse", "HEAD") != sha:
-        return False
-    return git(tree, "status", "--porcelain", "--untracked-files=no") == ""
-
-
 def worktree(repo: Path, sha: str) -> Path:
-    """REF's detached worktree, made (or repaired) under a lock, reused when clean."""
+    """REF's detached worktree, held in use by this process until it ends (worktrees.hold),
+    made (or repaired) under a lock, reused when clean."""
     tree = cache_dir() / sha
-    with _locked(tree.with_name(f"{sha}.lock")):
-        if _usable(tree, sha):
+    worktrees.hold(tree)  # before it is checked: a pruner leaves it alone from now on
+    with locked(tree.with_name(f"{sha}.lock")):
+        if usable(tree, sha):
             return tree
         if tree.exists():  # damaged or edited: made again from the commit
             git(repo, "worktree", "remove", "--force", str(tree))
             shutil.rmtree(tree, ignore_errors=True)
         git(repo, "worktree", "prune")
         made = git(repo, "worktree", "add", "--detach", str(tree), sha)
-        if made is None or not _usable(tree, sha):
+        if made is None or not usable(tree, sha):
             raise AgainstError(f"could not check out {sha[:12]} into {tree} (git worktree add)")
     return tree
 
@@ -224,6 +186,7 @@ def sides(ref: str, builder: str, cwd: Path | None = None) -> list[Side]:
     check_tree(repo, base)
     head = candidate_commit()
     tree = worktree(repo, base)
+    worktrees.prune(repo)  # the cache stays bounded; a tree in use (this one too) stays
     installed = Path(hubbench.__file__).resolve().parent.parent
     return [
         Side(CANDIDATE, head, installed, builder),
