@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import typer
 
+SUBJECT_CHARS = 72
 CACHE_HELP = (
     "The worktrees `run --against REF` checks REF out into ($HUBBENCH_CACHE/worktrees, else "
     "~/.cache/hubbench/worktrees)."
@@ -35,6 +36,8 @@ def list_cmd() -> None:
         table.add_column(name, no_wrap=name != "subject", overflow="fold")
     for e in entries:
         subject = worktrees.git(e.path, "log", "-1", "--format=%s") if e.owner else None
+        if subject and len(subject) > SUBJECT_CHARS:  # this project's subjects run long
+            subject = subject[: SUBJECT_CHARS - 3] + "..."
         table.add_row(
             e.commit[:12],
             worktrees.age(e.last_used),
