@@ -6,7 +6,9 @@ MQAR's learning rate is a sweep axis (`lr`), chosen per config and seed as Zoolo
 best of a grid), but on the validation split: `select_lr` keeps, of the rows that differ only in
 `lr`, the one with the highest `val_accuracy` (then the fewest updates to solve, then the lower
 rate), and reads nothing measured on the evaluation set. Pooling applies it first, so every
-table and figure that pools seeds reports the chosen rate's evaluation.
+table and figure that pools seeds reports the chosen rate's evaluation. Where pooled runs
+measured the same (config, seed, rate) again, only the latest measurement is a candidate: a
+rerun is not one more try to keep the best of.
 
 The recipe holds at an MQAR point (task, n, kv pairs, vocab) when the task's reference
 (REFERENCE: Zoology's attention baseline, 2 layers, one head, no MLP) reaches 0.99 held-out
@@ -100,7 +102,9 @@ def _choice_order(row: Mapping[str, Any]) -> tuple:
 def select_lr(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows with each MQAR (config, seed)'s learning rates reduced to the chosen one (the
     module docstring); other rows unchanged. A chosen row gets `lr_grid` (every rate tried,
-    ascending); a (config, seed) with no ok row keeps all its rows (its failures stay seen)."""
+    ascending); a (config, seed) with no ok row keeps all its rows (its failures stay seen).
+    Runs pooled: a (config, seed, rate) measured in several runs counts once, its latest
+    measurement (`latest_reruns`), so that reruns are not extra tries to pick the best of."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     out: list[dict[str, Any]] = []
     for r in rows:
@@ -108,7 +112,7 @@ def select_lr(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             groups.setdefault(_key(r, ("lr",)), []).append(r)
         else:
             out.append(r)
-    for group in groups.values():
+    for group in map(latest_reruns, groups.values()):
         ok = [r for r in group if r.get("status") == "ok"]
         if not ok:
             out.extend(group)
@@ -117,6 +121,20 @@ def select_lr(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         grid = sorted({float(r["lr"]) for r in group if r.get("lr") is not None})
         out.append({**best, "lr_grid": grid})
     return out
+
+
+def latest_reruns(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Of rows that are one cell (every cell field alike) measured in several runs, the latest
+    run's (by utc_time, then run id); rows of one run are all kept, in their order."""
+    runs: dict[tuple, dict[str, list[dict[str, Any]]]] = {}
+    for r in rows:
+        runs.setdefault(_key(r, ()), {}).setdefault(str(r.get("run_id")), []).append(r)
+
+    def when(group: list[dict[str, Any]]) -> tuple:
+        return max(str(r.get("utc_time") or "") for r in group), str(group[0].get("run_id"))
+
+    keep = {id(r) for by_run in runs.values() for r in max(by_run.values(), key=when)}
+    return [r for r in rows if id(r) in keep]
 
 
 def is_reference(row: Mapping[str, Any]) -> bool:

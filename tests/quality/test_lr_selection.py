@@ -115,3 +115,17 @@ def test_a_point_without_its_reference_does_not_hold() -> None:
     rows = [{**row(0, 1e-3, 1.0, 1.0), "variant": "hub-gpt"}]
     [v] = recipe_verdicts(rows)
     assert v.seeds == 0 and not v.holds
+
+
+def test_a_rerun_is_not_one_more_try() -> None:
+    """Adversarial: an earlier run of the same (config, seed, rate) scored better on validation;
+    the latest run's row is the candidate, and the other rate still competes with it."""
+    old = {**row(0, 1e-3, 0.999, 0.999), "run_id": "a", "utc_time": "2026-12-06T10:00:00Z"}
+    new = {**row(0, 1e-3, 0.90, 0.85), "run_id": "b", "utc_time": "2026-12-06T11:00:00Z"}
+    other = {**row(0, 3e-3, 0.95, 0.5), "run_id": "c", "utc_time": "2026-12-06T09:00:00Z"}
+    [chosen] = select_lr([old, new, other])
+    assert (chosen["run_id"], chosen["lr"]) == ("c", 3e-3)  # 0.95 beats the rerun's 0.90
+    [chosen] = select_lr([new, old])  # the order rows come in does not matter
+    assert chosen["run_id"] == "b" and chosen["lr_grid"] == [1e-3]
+    # two seeds of one run are two cells, not reruns
+    assert len(select_lr([new, {**new, "seed": 1}])) == 2

@@ -38,10 +38,17 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-PANELS = (
-    ("decode_state_bytes", "decode state per sequence at n (bytes)"),
-    ("tokens_per_s", "training throughput (tokens/s)"),
+PANELS = (  # (column, axis label, bytes: a binary log axis)
+    ("decode_state_bytes", "decode state per sequence after n tokens", True),
+    ("tokens_per_s", "training throughput (tokens/s)", False),
 )
+# the recall-free rules (hubbench.quality.ceilings.RULES, which imports torch) in words
+RULE_WORDS = {
+    "uniform": "a uniform pick among the sequence's values",
+    "rank": "the j-th query answered with the j-th value",
+    "first-unrevealed": "the earliest value not yet revealed",
+    "frequent-unrevealed": "the most frequent value not yet revealed",
+}
 
 
 def _mqar(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -91,11 +98,13 @@ def _point(ax: Axes, line: Line, x_column: str, label: bool) -> tuple[Pooled, li
         return None
     x = statistics.median(xs)
     y_lo, y_hi = max(got.low, 0.0), min(got.high, 1.0)
+    face = "white" if line.leaks else line.style.color
     ax.errorbar(x, got.mean, yerr=[[got.mean - y_lo], [y_hi - got.mean]],
                 color=line.style.color, marker=line.style.marker, markersize=7,
-                linestyle="none", capsize=3, elinewidth=0.9,
-                markerfacecolor="white" if line.leaks else line.style.color,
-                label=_name(line) if label else None)  # fmt: skip
+                linestyle="none", capsize=3, elinewidth=0.9, markerfacecolor=face)  # fmt: skip
+    if label:  # a plain marker as the legend's handle: the configs come before the rules
+        ax.plot([], [], color=line.style.color, marker=line.style.marker, markersize=7,
+                linestyle="none", markerfacecolor=face, label=_name(line))  # fmt: skip
     return got, xs
 
 
@@ -123,7 +132,8 @@ def frontier(facet: Facet) -> Figured:
     fig = new_figure(width=style.WIDTH * 1.35)
     axes = _axes(fig)
     pooled: list[Pooled] = []
-    for i, (ax, (column, xlabel)) in enumerate(zip(axes, PANELS, strict=True)):
+    ceiling = _ceiling(rows)
+    for i, (ax, (column, xlabel, binary)) in enumerate(zip(axes, PANELS, strict=True)):
         spread: list[float] = []
         for line in found:
             drawn = _point(ax, line, column, label=i == 0)
@@ -132,14 +142,14 @@ def frontier(facet: Facet) -> Figured:
                     pooled.append(drawn[0])
                 spread += drawn[1]
         if spread:
-            log_axis(ax, spread, style.si_formatter(), axis="x")
+            formatter = style.bytes_formatter() if binary else style.si_formatter()
+            log_axis(ax, spread, formatter, axis="x", binary=binary)
         ax.set_xlabel(xlabel)
         ax.axhline(SOLVED, color="#777777", linestyle=":", linewidth=1,
-                   label="solved (0.99)" if i == 0 else None)  # fmt: skip
-        ceiling = _ceiling(rows)
+                   label=f"solved ({SOLVED:.0%})" if i == 0 else None)  # fmt: skip
         if ceiling is not None:
-            ax.axhline(ceiling, color="#999999", linestyle="--", linewidth=1,
-                       label="recall-free ceiling" if i == 0 else None)  # fmt: skip
+            named = f"recall-free ceiling ({ceiling:.1%})" if i == 0 else None
+            ax.axhline(ceiling, color="#999999", linestyle="--", linewidth=1, label=named)
     axes[0].set_ylim(0, 1.04)
     axes[0].yaxis.set_major_formatter(percent())
     axes[0].set_ylabel("held-out MQAR accuracy")
@@ -159,16 +169,17 @@ def _words(
     rule = next((r.get("recall_free_rule") for r in rows if r.get("recall_free_rule")), None)
     notes = [
         "One point per config, seeds pooled (seeds "
-        f"{', '.join(map(str, seeds)) or '-'}): y the mean held-out accuracy (bars: {how}); "
+        f"{', '.join(map(str, seeds)) or '-'}): y the mean held-out accuracy, bars {how}; "
         "left x the decode state per sequence after n tokens, right x the median training "
         "tokens/s.",
         "Learning rate chosen per seed on the validation split"
         + (f" from {_grid(sorted(rates))}" if rates else "")
-        + ". Dashed: the recall-free ceiling"
-        + (f" ({rule})" if rule else "")
-        + "; dotted: solved (0.99).",
+        + ". Dashed: the recall-free ceiling, the best score on the same evaluation set of a "
+        "guesser that knows the format but binds no key to its value"
+        + (f" (here {RULE_WORDS.get(str(rule), rule)})" if rule else "")
+        + f"; dotted: solved ({SOLVED:.0%}).",
     ]
-    failed = [v.line() for v in recipe_verdicts(rows) if not v.holds]
+    failed = [v.notice() for v in recipe_verdicts(rows) if not v.holds]
     notes += failed
     if any(line.leaks for line in found):
         notes.append("Hollow, (leaks): the trained model failed the causality checks or is not "

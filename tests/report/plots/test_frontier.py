@@ -86,3 +86,55 @@ def test_a_failed_recipe_is_said_under_the_figure() -> None:
 def test_a_throughput_run_has_no_frontier() -> None:
     df = make_run([cell("transformer", 512)])
     assert not has_frontier(df) and chosen_facets(df) == []
+
+
+def _only(variants: set[str], run_id: str, utc_time: str, shift: float = 0.0):
+    df = frontier_run()
+    df = df[df["variant"].isin(variants)].copy()
+    df["run_id"], df["utc_time"] = run_id, utc_time
+    df["eval_accuracy"] -= shift
+    df["val_accuracy"] -= shift
+    return df
+
+
+def test_the_axes_and_legend_read_as_they_should() -> None:
+    """State in binary bytes (not '131k'), the ceiling's value in the legend, configs first."""
+    figured = KINDS["frontier"].draw(chosen_facets(frontier_run())[0])
+    left = figured.fig.axes[0]
+    figured.fig.canvas.draw()
+    ticks = [t.get_text() for t in left.get_xticklabels() if t.get_text()]
+    assert ticks and all(t.endswith("KiB") for t in ticks), ticks
+    assert "128 KiB" in ticks
+    labels = left.get_legend().get_texts()
+    names = [t.get_text() for t in labels]
+    assert names[-2:] == ["solved (99%)", "recall-free ceiling (14.6%)"]
+    assert names[0] == "transformer (reference)" and len(names) == len(CONFIGS) + 2
+    text = " ".join(figured.notes)
+    assert "the j-th query answered with the j-th value" in text and "(rank)" not in text
+
+
+def test_another_run_of_other_mixers_is_drawn_beside_the_reference() -> None:
+    """The way the oryx-gdn / gdn-gpt run joins the reference's: `hubbench plot REF OTHER`."""
+    import pandas as pd
+
+    ref = _only({"transformer"}, "aaaa0001", "2026-12-06T11:00:00Z")
+    other = _only({"hub-gpt"}, "bbbb0002", "2026-12-06T14:00:00Z")
+    other["chunk"] = 4  # a series field the other run set: no second figure for it
+    [facet] = chosen_facets(pd.concat([ref, other], ignore_index=True))
+    figured = KINDS["frontier"].draw(facet)
+    names = [t.get_text() for t in figured.fig.axes[0].get_legend().get_texts()]
+    assert names[0] == "transformer (reference)"
+    assert sum(n.startswith("hub-gpt") for n in names) == 2
+    assert len(figured.fig.axes[0].containers) == len(CONFIGS)
+
+
+def test_a_rerun_replaces_the_earlier_run_instead_of_being_picked_from() -> None:
+    """Two runs of the same reference cells: the later (worse on validation) one is drawn, not
+    the best of both."""
+    import pandas as pd
+
+    early = _only({"transformer"}, "aaaa0001", "2026-12-06T10:00:00Z")
+    late = _only({"transformer"}, "cccc0003", "2026-12-06T12:00:00Z", shift=0.3)
+    [facet] = chosen_facets(pd.concat([early, late], ignore_index=True))
+    assert set(facet.df["run_id"]) == {"cccc0003"} and len(facet.df) == 3
+    assert sorted(facet.df["eval_accuracy"].round(2)) == [0.68, 0.69, 0.7]
