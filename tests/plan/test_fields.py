@@ -97,6 +97,9 @@ def test_the_task_list_has_one_home() -> None:
     [row] = [line for line in docs.read_text().splitlines() if line.startswith("| `task` |")]
     named = row.split("|")[3]
     assert re.findall(r"`([a-z-]+)`", named) == list(fields.TASKS)
+    reference = (docs.parent / "reference.md").read_text()
+    [listed] = re.findall(r"the quality mode's `task`\s*\(([^)]*)\)", reference)
+    assert re.findall(r"`([a-z-]+)`", listed) == list(fields.TASKS)
 
 
 def test_an_unknown_task_names_every_task_and_each_is_accepted() -> None:
