@@ -207,6 +207,13 @@ def gate_cmd(
             highlight=False,
         )
         return
+    if result.masked and result.machine is not None:  # exit 0, as above: nothing was judged
+        printer.print(
+            f"[yellow]gate inconclusive[/]: {result.masked} check(s) would have passed, but "
+            f"{result.machine.words()}, so a slowdown could hide behind it; see the note above",
+            highlight=False,
+        )
+        return
     printer.print(f"[green]gate passed[/]: {len(result.checks)} check(s)", highlight=False)
 
 

@@ -66,9 +66,11 @@ class Comparison:
     machine: Machine | None = None  # what the sentinels say about B's machine against A's
 
     def held(self, metric: schema.Column, moved: int) -> bool:
-        """A time metric called worse that B's slower machine could explain: not called."""
-        slower = self.machine is not None and self.machine.slower
-        return moved < 0 and metric.time_power != 0 and slower
+        """A time metric called worse that B's slower machine could explain, or better that its
+        faster machine could: not called."""
+        if self.machine is None or metric.time_power == 0:
+            return False
+        return (moved < 0 and self.machine.slower) or (moved > 0 and self.machine.faster)
 
 
 def env_mismatch(a: pd.DataFrame, b: pd.DataFrame, fields: Sequence[str]) -> list[str]:

@@ -76,6 +76,7 @@ class GateResult:
     notes: list[str] = field(default_factory=list)
     machine: Machine | None = None  # baseline mode: what the sentinels say about the machine
     held: int = 0  # checks that would have failed, inconclusive because the machine was slower
+    masked: int = 0  # checks that would have passed, inconclusive because it was faster
 
     @property
     def failed(self) -> list[Check]:
@@ -172,6 +173,7 @@ def gate_baseline(
     _require_judgeable(checks, "gate")
     machine = machine_change(baseline, candidate, **settings)
     held = _hold(checks, machine) if machine.slower else 0
+    masked = _mask(checks, machine) if machine.faster else 0
     word = "drop" if m.higher_is_better else "rise"
     why = (
         f"the larger of --max-regression {100 * max_regression:g}% and --min-effect "
@@ -195,6 +197,7 @@ def gate_baseline(
         ],
         machine=machine,
         held=held,
+        masked=masked,
     )
 
 
@@ -209,6 +212,21 @@ def _hold(checks: list[Check], machine: Machine) -> int:
             held += c.verdict == "regression"
             c.verdict, c.note = "inconclusive", machine.words()
     return held
+
+
+def _mask(checks: list[Check], machine: Machine) -> int:
+    """Make the time checks that pass inconclusive when the candidate's machine was faster: the
+    faster machine could hide a slowdown; how many would have passed. A regression stands (the
+    candidate was slower even on a faster machine), as do memory checks."""
+    masked = 0
+    for c in checks:
+        if c.ci is None or not c.ci.bootstrapped or c.metric.time_power == 0:
+            continue
+        if c.verdict == "pass":
+            masked += 1
+            c.verdict = "inconclusive"
+            c.note = f"{machine.words()}: a slowdown could hide behind it"
+    return masked
 
 
 def _baseline_check(check: Check, rb: Any, rc: Any, settings: dict[str, Any]) -> Check:
@@ -409,9 +427,10 @@ VERDICT_MARK = {"pass": "✅", "regression": "❌", "inconclusive": "⚠️", "m
 def to_markdown(result: GateResult) -> str:
     conf = f"{100 * result.confidence:g}%"
     status = "✅ pass" if result.passed else f"❌ {len(result.failed)} regression(s)"
-    if result.held and result.machine is not None:  # a pass that judged nothing says so
+    unjudged = result.held + result.masked
+    if unjudged and result.machine is not None:  # a pass that judged nothing says so
         status = "" if result.passed else status + ", "
-        status += f"⚠️ {result.held} inconclusive: {result.machine.words()}"
+        status += f"⚠️ {unjudged} inconclusive: {result.machine.words()}"
     ref_head, val_head = heads(result)
     lines = [
         f"### hubbench gate ({result.mode}): {status}",

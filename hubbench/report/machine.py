@@ -20,7 +20,10 @@ change too. A host name that differs alone is not (CI runners of one kind), only
 change. Rows do not record the load average, so it is not read.
 
 A changed machine decides nothing about the code: a check the machine could explain is
-inconclusive, never a failure (docs/measurement.md, "Which gate when").
+inconclusive, never a failure, and never a pass either: a slower machine explains a check that
+points worse, a faster one a check that points better or holds (a 25% slowdown measured on a
+machine 1.7x faster passed as "6 pass" before, benchmarks/gate_under_load.py). A check that
+points worse on a faster machine stands (docs/measurement.md, "Which gate when").
 """
 
 from __future__ import annotations
@@ -65,6 +68,11 @@ class Machine:
     def slower(self) -> bool:
         """Changed, and not known to be faster: what can make a candidate look worse."""
         return self.changed and (self.factor is None or self.factor > 1)
+
+    @property
+    def faster(self) -> bool:
+        """Changed, and the sentinel says faster: what can make a slower candidate pass."""
+        return self.changed and self.factor is not None and self.factor < 1
 
     def words(self) -> str:
         """'the machine was 1.52× slower in the candidate run', for a verdict's note."""

@@ -69,6 +69,19 @@ def test_a_faster_machine_holds_nothing_back():
     assert "0.60× the baseline's time" in to_markdown(result)
 
 
+def test_a_slowdown_on_a_faster_machine_is_inconclusive_never_a_pass():
+    """Measured (benchmarks/gate_under_load.py, this stop): a baseline recorded while the box was
+    loaded, a candidate with hub-gpt 25% slower on the quiet box 1.7x faster: every check
+    passed. The faster machine explains a pass as a slower one explains a failure."""
+    result = gate_baseline(_run(), _run("b", seed=60, machine=0.6, slowdown={"hub-gpt": 0.25}))
+    assert result.machine.faster and result.passed and result.masked == len(result.checks)
+    assert _by_verdict(result, "pass") == set()
+    note = re.compile(r"the machine was 1\.[67]\d× faster in the candidate run: a slowdown could "
+                      r"hide behind it")  # fmt: skip
+    assert all(note.fullmatch(c.note) for c in result.checks), result.checks[0].note
+    assert to_markdown(result).startswith("### hubbench gate (baseline): ⚠️ 12 inconclusive")
+
+
 def test_a_cell_that_stopped_running_fails_on_any_machine():
     slow = _run("b", seed=55, machine=1.5, status={("transformer", "naive", 4096): "oom"})
     result = gate_baseline(_run(), slow)
@@ -101,6 +114,13 @@ def test_cli_exits_0_on_a_slower_machine_and_1_on_a_real_slowdown(tmp_path):
     assert "Rerun both on a quiet machine" in text and "gate --ratios" in text
     failed = gate(c)
     assert failed.exit_code == 1 and "hub-gpt n=1k" in failed.output
+    d = write_run(_run("dddd0004", seed=61, machine=0.6, slowdown={"hub-gpt": 0.25}), results,
+                  "20250104T0000Z")  # fmt: skip
+    masked = gate(d)
+    text = " ".join(masked.output.split())
+    assert masked.exit_code == 0 and "gate inconclusive" in text, masked.output
+    assert "would have passed" in text and "faster in the candidate run" in text
+    assert "gate passed" not in text
 
 
 def _sentinels(by_pass, cells=6):
