@@ -1,9 +1,14 @@
 """The FlexAttention council (`council="flex"`) against the loop reference and the masked
 council: outputs and every gradient in float64, the block tables against the mask they stand
-for, and causality. On CPU FlexAttention runs its dense eager reference; the CUDA kernel is
-checked by the device script (docs/hubrouter.md gives the command)."""
+for, and causality. On CPU FlexAttention runs its dense eager reference. The tests marked gpu
+run the compiled kernel on the device named by HUBBENCH_TEST_DEVICE (else CUDA when there is
+one, else they skip): `HUBBENCH_TEST_DEVICE=cuda pytest -q tests/mixers/test_hubrouter_flex.py`
+(benchmarks/device_check.py runs exactly that); `HUBBENCH_TEST_DEVICE=cpu` runs them eagerly
+here, as a smoke test of the tests."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
@@ -228,3 +233,57 @@ def test_auto_stays_split_on_cpu_and_flex_is_not_fused_here() -> None:
     m(torch.randn(1, 20, 16, dtype=torch.float64))
     assert m.last_backend == "hubrouter:causal:split-council"
     assert not hub_flex.flex_council_available(torch.zeros(1))
+
+
+DEVICE_ENV = "HUBBENCH_TEST_DEVICE"
+
+
+def _device() -> str:
+    dev = os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "")
+    if not dev:
+        pytest.skip(f"needs a CUDA device (or {DEVICE_ENV}=<device>)")
+    return dev
+
+
+def _run_on(dev: str, council: str, kw: dict, x: torch.Tensor, autocast: bool) -> list:
+    """Output, input gradient and every parameter gradient of a float32 layer on `dev`."""
+    torch.manual_seed(0)
+    m = HubRouter(64, 4, hubs=8, **kw, council=council).to(dev)
+    xi = x.to(dev).requires_grad_(True)
+    with torch.autocast(torch.device(dev).type, dtype=torch.bfloat16, enabled=autocast):
+        y = m(xi)
+    dy = torch.cos(torch.arange(y.numel(), device=dev, dtype=torch.float32)).view_as(y)
+    y.float().backward(dy)
+    assert m.last_backend == f"hubrouter:causal:{council}-council"
+    return [t.detach().float().cpu() for t in (y, xi.grad, *(p.grad for p in m.parameters()))]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "kw, n, tied",
+    [
+        ({"topk": 5, "chunk": 16}, 301, True),  # Q_LEN 16 < the 128 block; ties; n % C != 0
+        ({"topk": 64, "chunk": 64, "rope": True}, 1000, False),  # the benchmark's shape
+    ],
+)
+def test_flex_on_the_device_matches_the_masked_council(kw: dict, n: int, tied: bool) -> None:
+    """The compiled kernel (on CUDA) against the masked council on the same device, float32:
+    output and every gradient within 1e-4 of the largest value; bf16 autocast within 5e-2."""
+    dev = _device()
+    torch.manual_seed(2)
+    x = (_tied_input(2, n, 64) if tied else torch.randn(2, n, 64, dtype=torch.float64)).float()
+    for autocast, rel in ((False, 1e-4), (True, 5e-2)):
+        got = _run_on(dev, "flex", kw, x, autocast)
+        want = _run_on(dev, "masked", kw, x, False)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=rel, atol=rel * max(b.abs().max().item(), 1.0))
+
+
+@pytest.mark.gpu
+def test_auto_picks_flex_on_cuda() -> None:
+    dev = _device()
+    if torch.device(dev).type != "cuda":
+        pytest.skip("auto picks flex on CUDA only")
+    m = HubRouter(64, 4, hubs=8, topk=5, chunk=16).to(dev)
+    m(torch.randn(1, 40, 64, device=dev))
+    assert m.last_backend == "hubrouter:causal:flex-council"

@@ -18,12 +18,14 @@ FlexAttention (the CPU path) ignores the block sparsity and materialises the who
 which for a flat layout is quadratic in n; per chunk it is (C, K + C), the masked council's size.
 On CUDA the compiled kernel visits only the listed blocks either way.
 
-Devices: on CUDA, `torch.compile(flex_attention)` (Triton kernels, forward and backward), with
+Devices: on CUDA, `torch.compile(flex_attention)` (Triton kernels, forward and backward) with
 128-wide sparse blocks: the default H100/A100 kernel tiles are 128 and 64 wide, and the kernel
-refuses a sparse block they do not divide. On CPU, torch 2.13's public `flex_attention` refuses
-inputs that need a gradient ("FlexAttention does not support backward on CPU"), although its
-dense math reference (the `flex_attention_hop` eager kernel and its backward) differentiates
-correctly; the CPU path calls that reference directly. It is the correctness twin, not a fast
+refuses a sparse block they do not divide. float64 on CUDA runs the eager reference below (the
+Triton path is made for half and single precision; verify causal runs in float64). On CPU,
+torch 2.13's public `flex_attention` refuses inputs that need a gradient ("FlexAttention does
+not support backward on CPU", compiled or not), although its dense math reference (the
+`flex_attention_hop` eager kernel and its backward) differentiates correctly; the CPU path
+calls that reference directly. It is the correctness twin, not a fast
 path: it builds the (G, h, C, K + C) scores and mask internally, as the public eager call does.
 """
 
@@ -144,8 +146,8 @@ def _ordered(table: Tensor) -> tuple[Tensor, Tensor]:
 
 def _attend(qh: Tensor, kh: Tensor, vh: Tensor, block_mask: _fa.BlockMask) -> Tensor:
     """FlexAttention with the council's block mask: compiled on CUDA, the eager reference
-    (called below the public entry, which refuses CPU gradients) elsewhere."""
-    if qh.device.type == "cuda":
+    (called below the public entry, which refuses CPU gradients) elsewhere and for float64."""
+    if qh.device.type == "cuda" and qh.dtype != torch.float64:
         return _compiled()(qh, kh, vh, block_mask=block_mask)
     kernel_options = _fa._apply_kernel_options(qh, kh, vh, False, None, None)
     scale = 1.0 / math.sqrt(qh.shape[-1])
