@@ -85,6 +85,9 @@ def register(app: typer.Typer) -> None:
         mixer: str = typer.Option(
             None, "--mixer", help="Plug-in mixer FILE.py:Class for mixer-gpt / mixer-jamba."
         ),
+        timeout: float = typer.Option(
+            600.0, "--timeout", help="Seconds a plug-in's import, and then its trace, may take."
+        ),
     ) -> None:
         """Trace one step of VARIANT with torch.profiler; show time per stage and top operators.
 
@@ -95,21 +98,29 @@ def register(app: typer.Typer) -> None:
           hubbench profile hub-gpt --seq 4096 --set hubs=8 --mode train
           hubbench profile mixer-gpt --mixer examples/sliding_window.py:SlidingWindowAttention
         """
+        import math
+
         from hubbench.cli.common import console, single_values
         from hubbench.plan.fields import resolve_device
         from hubbench.plan.variants import check_length, make_config
-        from hubbench.profile import profile_cell
+        from hubbench.verify.isolated import vet_plugins
 
         if seq < 1 or batch < 1 or top < 1 or decode_tokens < 1:
             raise ConfigError(
                 f"--seq, --batch, --top and --decode-tokens must be >= 1 "
                 f"(got {seq}, {batch}, {top}, {decode_tokens})"
             )
-        config = make_config(variant, **plugin_fields(variant, single_values(sets), mixer))
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ConfigError(f"--timeout must be > 0 seconds (got {timeout:g})")
+        given = single_values(sets)
+        spec = mixer or given.get("mixer")
+        vet_plugins([spec] if spec else [], timeout)
+        config = make_config(variant, **plugin_fields(variant, given, mixer))
         check_length(config, seq)
-        result = guard_plugin(variant, config, lambda: profile_cell(
+        result = profile_guarded(
             variant,
             config,
+            timeout,
             mode=mode,
             batch=batch,
             seq=seq,
@@ -119,8 +130,22 @@ def register(app: typer.Typer) -> None:
             memory=memory,
             top=top,
             decode_tokens=decode_tokens,
-        ))  # fmt: skip
+        )
         render_profile(result, console(), wide)
+
+
+def profile_guarded(variant: str, config: Any, timeout: float, **options: Any) -> ProfileResult:
+    """profile_cell(variant, config, **options); a plug-in's in a child process (its import,
+    build and steps), so that one that exits, crashes or hangs is a PluginError naming it."""
+    from hubbench.plan.plugins import display_name
+    from hubbench.plan.variants import is_plugin
+    from hubbench.profile import profile_cell
+    from hubbench.verify.isolated import call_isolated
+
+    if not is_plugin(variant):
+        return profile_cell(variant, config, **options)
+    name = display_name(getattr(config, "mixer", None)) or variant
+    return call_isolated(f"mixer {name}", timeout, profile_cell, variant, config, **options)
 
 
 def plugin_fields(variant: str, sets: dict[str, str], mixer: str | None) -> dict[str, str]:
@@ -147,21 +172,3 @@ def plugin_fields(variant: str, sets: dict[str, str], mixer: str | None) -> dict
     info.check_options(options, "--set")
     fields.update(mixer=parse_spec(spec).text, mixer_options=encode_options(info.complete(options)))
     return fields
-
-
-def guard_plugin(variant: str, config: object, call: Any) -> Any:
-    """call(); a plug-in that raises in it is a one-line PluginError naming it, not a bug."""
-    from hubbench.errors import HubbenchError
-    from hubbench.plan.plugins import PluginError, display_name
-    from hubbench.plan.variants import is_plugin
-
-    try:
-        return call()
-    except (Exception, SystemExit) as exc:
-        if not is_plugin(variant) or isinstance(exc, HubbenchError):
-            raise
-        lines = str(exc).strip().splitlines()
-        name = display_name(getattr(config, "mixer", None)) or variant
-        raise PluginError(
-            f"mixer {name}: raised {type(exc).__name__}: {lines[0] if lines else ''}".rstrip()
-        ) from exc

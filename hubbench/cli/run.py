@@ -6,6 +6,7 @@ hubbench.run.runner, rows stored by hubbench.store. A dry run imports neither to
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from hubbench.cli.common import LIST_HELP, RESULTS_HELP, console
+from hubbench.errors import HubbenchError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -30,9 +32,17 @@ def plan_suite(
     sets: list[str] | None = None,
     measure: Mapping[str, float | int | None] | None = None,
 ) -> Plan:
-    """The suite's cells after the command line's overrides, every one validated."""
-    from hubbench import plan as suites
+    """The suite's cells after the command line's overrides, every one validated.
 
+    Planning imports the plug-in mixers in play (their options are fields); each is imported in
+    a child process first (hubbench.verify.isolated), so one that exits, crashes or hangs at
+    import is an error naming it, not a run or dry run that ends with exit 0 and no word.
+    """
+    from hubbench import plan as suites
+    from hubbench.verify.isolated import IMPORT_TIMEOUT, vet_plugins
+
+    timeout = (measure or {}).get("timeout_s") or IMPORT_TIMEOUT
+    vet_plugins(plugin_specs(suite_name, axes.get("mixer"), sets), float(timeout))
     loaded = suites.load_suite(suite_name)
     axis = loaded.axes.get("mixer")
     overrides = suites.parse_overrides(sets or [], axis.values if axis else (), **axes)
@@ -40,18 +50,38 @@ def plan_suite(
     return suites.expand(loaded, overrides, suites.measure_overrides(**(measure or {})))
 
 
+def plugin_specs(suite_name: str, mixers: list[str] | None, sets: list[str] | None) -> list[str]:
+    """The plug-in specs a run names, read without importing them: --mixer, --set mixer= and
+    the suite file's. A suite or option that does not parse names none here: planning then
+    says what is wrong with it."""
+    import tomllib
+
+    from hubbench.plan.fields import parse_assignments, split_list
+    from hubbench.plan.find import find_suite
+    from hubbench.plan.suite import _suite_mixers as suite_mixers
+
+    specs: list[str] = []
+    with contextlib.suppress(HubbenchError, OSError, ValueError):
+        specs += split_list(mixers or [], "--mixer")
+    with contextlib.suppress(HubbenchError):
+        specs += parse_assignments(sets or [], "--set").get("mixer", [])
+    with contextlib.suppress(HubbenchError, OSError, ValueError):
+        specs += suite_mixers(tomllib.loads(find_suite(suite_name).read_text("utf-8")))
+    return specs
+
+
 def _profile(plan: Plan, out: Console) -> None:
     from rich.markup import escape
 
-    from hubbench.cli.profile import render_profile
+    from hubbench.cli.profile import profile_guarded, render_profile
     from hubbench.errors import UnavailableError
-    from hubbench.profile import profile_cell
 
     for cell in plan.cells:
-        try:
-            result = profile_cell(
+        try:  # a plug-in's cell in a child process, as `hubbench profile` runs it
+            result = profile_guarded(
                 cell.variant,
                 cell.config,
+                cell.measure.timeout_s,
                 mode=cell.mode,
                 batch=cell.batch,
                 seq=cell.seq,

@@ -120,23 +120,26 @@ def selected(
 MIXER_HELP = "Plug-in mixer FILE.py:Class or module:Class (repeatable): check models built on it."
 
 
-def _guarded(target: Target, check: Any, out: Any, broken: list[str]) -> tuple[Any, Any] | None:
-    """(model, check(model)) for one target; a plug-in that raises while it is built or
-    checked is noted in `broken` by name and None returned (a built-in's error propagates)."""
+def _guarded(target: Target, timeout: float, check: Any, *args: Any, out: Any,
+             broken: list[str]) -> Any:  # fmt: skip
+    """check(variant, fields, *args) for one target; a plug-in's in a child process (it may
+    exit, crash or hang), and one that fails is noted in `broken` by name and None returned
+    (a built-in's error propagates)."""
     from rich.markup import escape
 
-    from hubbench.models import build
-    from hubbench.plan.variants import is_plugin, make_config
+    from hubbench.plan.variants import is_plugin
+    from hubbench.verify.isolated import IsolatedError, PluginRaised, call_isolated
 
+    if not is_plugin(target.variant):
+        return check(target.variant, target.fields, *args)
     try:
-        model = build(target.variant, make_config(target.variant, **target.fields))
-        return model, check(model)
-    except (Exception, SystemExit) as exc:
-        if not is_plugin(target.variant):
-            raise
+        return call_isolated(target.label, timeout, check, target.variant, target.fields, *args)
+    except (IsolatedError, PluginRaised) as exc:
+        broken.append(str(exc))
+    except HubbenchError as exc:
         broken.append(_plugin_failure(target, exc))
-        out.print(f"[bold]{target.label}[/]: [bold red]ERROR[/] {escape(broken[-1])}")
-        return None
+    out.print(f"[bold]{escape(target.label)}[/]: [bold red]ERROR[/] {escape(broken[-1])}")
+    return None
 
 
 def _raise_broken(broken: list[str]) -> None:
@@ -400,6 +403,9 @@ def decode_cmd(
     seeds: int = typer.Option(2, "--seeds", help="Random token sequences (seeds 0..N-1)."),
     batch: int = typer.Option(2, "--batch", "-b", help="Sequences per probe."),
     mixers: list[str] = typer.Option(None, "--mixer", help=MIXER_HELP),
+    timeout: float = typer.Option(
+        300.0, "--timeout", help="Seconds a plug-in's import, and then its check, may take."
+    ),
 ) -> None:
     """Check that incremental decoding gives the parallel forward's logits.
 
@@ -407,14 +413,19 @@ def decode_cmd(
     token from an empty state (KV cache, Mamba state, HubRouter's recurrent
     state), and prefilling prompts of several lengths (chunk boundaries
     included) then decoding the rest, must reproduce the forward's logits at
-    every position. Exits 1 on a mismatch.
+    every position. Plug-ins are imported and checked in a child process.
+    Exit 1 on a mismatch; 2 when a plug-in raised, crashed, exited or hung.
 
     Example: hubbench verify decode hub-gpt transformer --seq 43 --set chunk=8
     """
 
+    import math
+
     from hubbench.cli.common import console
+    from hubbench.plan.fields import split_list
     from hubbench.plan.variants import make_config
-    from hubbench.verify.decoding import DecodeMismatch, check_decode
+    from hubbench.verify.decoding import DecodeMismatch, check_variant
+    from hubbench.verify.isolated import vet_plugins
 
     if not 2 <= seq <= MAX_DECODE_SEQ:
         raise ConfigError(
@@ -423,6 +434,9 @@ def decode_cmd(
         )
     if seeds < 1 or batch < 1:
         raise ConfigError(f"--seeds and --batch must be >= 1 (got {seeds}, {batch})")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"--timeout must be > 0 seconds (got {timeout:g})")
+    vet_plugins(split_list(mixers or [], "--mixer"), timeout)  # before this process imports
     targets = selected(variants, sets, mixers)
     out = console()
     bad: list[str] = []
@@ -433,12 +447,10 @@ def decode_cmd(
             raise ConfigError(
                 f"{t.label}: decoding needs a causal model (--set causal=false given)"
             )
-        checked = _guarded(
-            t, lambda m: check_decode(m, n=seq, batch=batch, seeds=tuple(range(seeds))), out, broken
-        )
-        if checked is None:
+        report = _guarded(t, timeout, check_variant, seq, batch, tuple(range(seeds)), out=out,
+                          broken=broken)  # fmt: skip
+        if report is None:
             continue
-        report = checked[1]
         word = "[green]decode: PASS[/]" if report.passed else "[bold red]DECODE MISMATCH[/]"
         out.print(f"[bold]{t.label}[/]: {word}")
         out.print(decode_table(t.label, t.fields, report))

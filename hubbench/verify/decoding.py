@@ -152,3 +152,15 @@ def boundary(model: nn.Module) -> int | None:
     sizes = [getattr(config, f) for f in BOUNDARY_FIELDS
              if isinstance(getattr(config, f, None), int) and f not in inert]  # fmt: skip
     return min(sizes, default=None)
+
+
+def check_variant(
+    variant: str, fields: dict, n: int, batch: int, seeds: tuple[int, ...]
+) -> DecodeReport:
+    """Build `variant` from its config fields and check it: one picklable call, so that a
+    plug-in's check runs in a child process (hubbench.verify.isolated) as a whole."""
+    from hubbench.models import build
+    from hubbench.plan.variants import make_config
+
+    return check_decode(build(variant, make_config(variant, **fields)), n=n, batch=batch,
+                        seeds=seeds)  # fmt: skip
