@@ -279,6 +279,45 @@ def read_rows(path: Path, for_resume: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
+RUN_NAME = re.compile(r"\d{8}T\d{6}Z-([0-9a-f]{8})")
+CELL_ID = re.compile(r"[0-9a-f]{12}(?:/[a-z]+)?")
+
+
+def read_resumable(path: Path, suite: str) -> list[dict[str, Any]]:
+    """The rows of a run `--resume` may extend: read_rows(for_resume=True) of a file hubbench
+    wrote for `suite`. A parquet file that merely has the schema's columns (issue 33, item 8:
+    --resume wrote real rows into one, and the run stayed unusable) is refused before anything
+    is written: its name must be `<UTC stamp>-<run id>.parquet`, and every row must carry that
+    run id, this suite and a cell id, as every row a run writes does."""
+    rows = read_rows(path, for_resume=True)
+    problem = _foreign(path, rows, suite)
+    if problem:
+        raise StoreError(
+            f"--resume: {path} is not a {suite} run hubbench wrote ({problem}); move it out of "
+            f"{path.parent}/ or run without --resume"
+        )
+    return rows
+
+
+def _foreign(path: Path, rows: list[dict[str, Any]], suite: str) -> str | None:
+    """Why `rows` cannot be the run file `path` of `suite`, or None."""
+    name = RUN_NAME.fullmatch(path.stem)
+    if name is None:
+        return "its name is not <YYYYmmddTHHMMSSZ>-<8 hex digits>.parquet"
+    if not rows:
+        return "it has no rows"
+    for i, row in enumerate(rows):
+        if row.get("run_id") != name.group(1):
+            return f"row {i} has run_id {row.get('run_id')!r}, its name says {name.group(1)}"
+        if row.get("suite") != suite:
+            return f"row {i} has suite {row.get('suite')!r}"
+        if not CELL_ID.fullmatch(str(row.get("cell_id"))):
+            return f"row {i} has cell_id {row.get('cell_id')!r}"
+    if len({r["cell_id"] for r in rows}) < len(rows):
+        return "two rows have one cell_id"
+    return None
+
+
 def read_run(spec: str | Path, directory: str | Path | None = None) -> pd.DataFrame:
     """One run as a DataFrame, by path or run id. Plain `pandas.read_parquet(path)` works too."""
     import pandas as pd

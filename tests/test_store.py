@@ -283,3 +283,61 @@ def test_a_suite_name_is_a_folder_never_a_pattern(tmp_path: Path) -> None:
     store.write_rows(ci, [row(0)])
     assert store.list_runs(tmp_path, "ci") == [ci]
     assert store.list_runs(tmp_path, "c*") == [] and store.latest_run(tmp_path, "c?") is None
+
+
+# ----------------------------------------------------------------------------- --resume (issue 33)
+
+
+def own_row(run_id: str = "feed00aa", **values: object) -> dict:
+    fields = {"suite": "ci", "variant": "transformer", "seq": 64, "status": "ok",
+              "cell_id": "0123456789ab", **values}  # fmt: skip
+    return full_row(run_id=run_id, **fields)
+
+
+def test_resume_reads_a_run_it_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "ci" / "20260101T000000Z-feed00aa.parquet"
+    store.write_rows(path, [own_row(), own_row(cell_id="0123456789ab/baseline")])
+    assert len(store.read_resumable(path, "ci")) == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "rows", "why"),
+    [
+        # issue 33's file: the three columns, nothing else hubbench writes
+        ("20260101T000000Z-feed00aa", [full_row(status="ok", cell_id="0123456789ab")],
+         "row 0 has run_id None, its name says feed00aa"),
+        ("results", [own_row()], "its name is not"),
+        ("20260101T000000Z-feed00aa", [own_row("feed00bb")], "row 0 has run_id 'feed00bb'"),
+        ("20260101T000000Z-feed00aa", [own_row(suite="hubs")], "row 0 has suite 'hubs'"),
+        ("20260101T000000Z-feed00aa", [own_row(cell_id="x")], "row 0 has cell_id 'x'"),
+        ("20260101T000000Z-feed00aa", [own_row(), own_row()], "two rows have one cell_id"),
+        ("20260101T000000Z-feed00aa", [], "it has no rows"),
+    ],
+)  # fmt: skip
+def test_resume_refuses_a_parquet_it_did_not_write(
+    tmp_path: Path, name: str, rows: list, why: str
+) -> None:
+    path = tmp_path / "ci" / f"{name}.parquet"
+    store.write_rows(path, rows)
+    with pytest.raises(StoreError, match="is not a ci run hubbench wrote") as caught:
+        store.read_resumable(path, "ci")
+    assert why in str(caught.value)
+
+
+def test_cli_resume_of_a_foreign_parquet_is_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hubbench.cli import app
+
+    foreign = tmp_path / "ci" / "zz-data.parquet"  # sorts after every run: the latest
+    foreign.parent.mkdir()
+    pd.DataFrame({"schema_version": [schema.SCHEMA_VERSION], "status": ["ok"],
+                  "cell_id": ["0123456789ab"], "price": [3.5]}).to_parquet(foreign)  # fmt: skip
+    before = foreign.read_bytes()
+    result = CliRunner().invoke(app, ["run", "ci", "--resume", "--results-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: --resume: {foreign} is not a ci run hubbench wrote")
+    assert foreign.read_bytes() == before
+    assert sorted(p.name for p in foreign.parent.iterdir()) == [foreign.name]

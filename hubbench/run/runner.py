@@ -56,7 +56,7 @@ def prepare_run(
         path, run_id = store.reserve_run(results_dir, plan.suite.name)
         states = [CellState(c, side=side) for c in plan.cells for side in sides or (None,)]
         return store.RunWriter(path), run_id, states, None
-    rows = store.read_rows(previous, for_resume=True)
+    rows = store.read_resumable(previous, plan.suite.name)
     check_resumed_sides(previous, rows, sides)
     writer = store.RunWriter(previous, rows)
     for row in leftover_rows(previous, rows):  # what jobs wrote that their submitter did not merge
@@ -91,7 +91,7 @@ def resumed_baseline(results_dir: Path, suite: str) -> str | None:
     previous = store.latest_run(results_dir, suite)
     if previous is None:
         return None
-    rows = store.read_rows(previous, for_resume=True)
+    rows = store.read_resumable(previous, suite)
     return next((r["side_commit"] for r in rows if r.get("side") == BASELINE), None)
 
 
