@@ -248,7 +248,7 @@ def pool_seeds(rows: Sequence[dict[str, Any]], extra: Sequence[str] = ()) -> lis
     for r in rows:
         key = (r["variant"], *(r.get(f) for f in fields))
         if key not in out:
-            extra = " ".join(f"{f}={r[f]}" for f in fields if r.get(f) is not None)
+            extra = " ".join(f"{_NAMED.get(f, f)}={r[f]}" for f in fields if r.get(f) is not None)
             name = display_name(str(r["variant"]), r.get("mixer"))
             out[key] = Config(f"{name} {extra}".strip(), str(r["variant"]), r.get("attention"), [])
         (out[key].rows if r.get("status") == "ok" else out[key].failed).append(r)

@@ -82,15 +82,16 @@ def test_a_run_without_quality_rows_has_no_warnings() -> None:
 
 
 def test_the_seed_table_marks_each_config_at_its_point(run) -> None:
+    """Its configs name n as the run table and the recipe's line do (n=64, not seq=64)."""
     pooled = seed_table(plain_rows(run))
     assert pooled is not None
     headers = [c.header for c in pooled.columns]
     recipe = {r.cells[0]: r.cells[headers.index("recipe")] for r in pooled.rows}
     assert recipe == {
-        "transformer seq=64 kv_pairs=4": "failed 1/3",
-        "transformer seq=128 kv_pairs=8": "holds 3/3",
-        "hub-gpt seq=64 kv_pairs=4": "failed 1/3",  # it solved all three: not a result
-        "hub-gpt seq=128 kv_pairs=8": "holds 3/3",
+        "transformer n=64 kv_pairs=4": "failed 1/3",
+        "transformer n=128 kv_pairs=8": "holds 3/3",
+        "hub-gpt n=64 kv_pairs=4": "failed 1/3",  # it solved all three: not a result
+        "hub-gpt n=128 kv_pairs=8": "holds 3/3",
     }
     assert RECIPE_NOTE in pooled.notes and pooled.warnings == (FAILED_64,)
 

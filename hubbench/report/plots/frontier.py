@@ -142,6 +142,8 @@ def frontier(facet: Facet) -> Figured:
                     pooled.append(drawn[0])
                 spread += drawn[1]
         if spread:
+            if max(spread) < 2 * min(spread):  # one config, or all alike: an octave either side,
+                spread += [min(spread) / 2, max(spread) * 2]  # so 128 KiB lands on a tick
             formatter = style.bytes_formatter() if binary else style.si_formatter()
             log_axis(ax, spread, formatter, axis="x", binary=binary)
         ax.set_xlabel(xlabel)

@@ -113,6 +113,18 @@ def test_the_axes_and_legend_read_as_they_should() -> None:
     assert "the j-th query answered with the j-th value" in text and "(rank)" not in text
 
 
+def test_a_lone_config_sits_on_a_labelled_tick() -> None:
+    """The reference alone (its runs before the other mixers'): 128 KiB is a tick, not a point
+    between '125 KiB' and '130 KiB'."""
+    df = _only({"transformer"}, "aaaa0001", "2026-12-06T11:00:00Z")
+    figured = KINDS["frontier"].draw(chosen_facets(df)[0])
+    figured.fig.canvas.draw()
+    left = figured.fig.axes[0]
+    assert "128 KiB" in [t.get_text() for t in left.get_xticklabels()]
+    low, high = left.get_xlim()
+    assert low <= 65536 and high >= 262144  # an octave either side
+
+
 def test_another_run_of_other_mixers_is_drawn_beside_the_reference() -> None:
     """The way the oryx-gdn / gdn-gpt run joins the reference's: `hubbench plot REF OTHER`."""
     import pandas as pd
