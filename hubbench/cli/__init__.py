@@ -48,15 +48,32 @@ class _BoundaryGroup(TyperGroup):
             ctx.exit(INTERRUPTED)
         except BrokenPipeError:  # `hubbench compare --help | head`: the reader had enough
             broken_pipe()
-        except Exception as exc:  # a bug: one line, never exit 1 (that means "regression")
+        except Exception as exc:  # a bug (or memory ran out): one line, never exit 1
             if ctx.params.get("debug"):
                 raise
             text = " ".join(str(exc).split())[:300]
-            _say(
-                "internal error",
-                f"{type(exc).__name__}: {text} (a bug in hubbench; --debug shows the traceback)",
-            )
+            if _out_of_memory(exc):  # the sizes asked for, not a bug
+                _say("error", f"out of memory ({text or type(exc).__name__}): {ASK_LESS}")
+            else:
+                _say(
+                    "internal error",
+                    f"{type(exc).__name__}: {text} (a bug in hubbench; --debug shows the "
+                    "traceback)",
+                )
             ctx.exit(INTERNAL_ERROR)
+
+
+ASK_LESS = (
+    "what was asked for does not fit this machine; ask for less (--seq, --batch, --seeds, --set)"
+)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """An allocation that failed: what the user asked for is too big for the machine (a
+    MemoryError, torch's OutOfMemoryError or its CPU allocator's refusal), not a bug."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()
 
 
 def _say(what: str, text: str) -> None:

@@ -355,6 +355,12 @@ def register(app: typer.Typer) -> None:
             )
         if plan.merged:
             notes.append(f"{plan.merged} combination(s) merged: their fields do not apply")
+        from hubbench.plan.executor import check_cells, make_spec
+
+        spec = make_spec(plan.suite.executor, kind=executor, cells_per_job=cells_per_job,
+                         parallelism=parallelism, partition=partition, time_min=job_time,
+                         gpus_per_job=gpus_per_job)  # fmt: skip
+        check_cells(spec, plan.cells, ab=against is not None)  # the run's checks, dry or not
         if dry_run:
             from hubbench.cli.tables import print_plan
 
@@ -365,12 +371,6 @@ def register(app: typer.Typer) -> None:
         if profile:
             _profile(plan, out)
             return
-        from hubbench.plan.executor import make_spec
-
-        spec = make_spec(plan.suite.executor, kind=executor, cells_per_job=cells_per_job,
-                         parallelism=parallelism, partition=partition, time_min=job_time,
-                         gpus_per_job=gpus_per_job)  # fmt: skip
-
         from hubbench import store
         from hubbench.cli.tables import print_rows
         from hubbench.plan.fields import oversubscribed

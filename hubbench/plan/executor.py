@@ -7,8 +7,9 @@ the suite is loaded, so a typo fails before anything runs (docs/cluster.md).
 
 from __future__ import annotations
 
+import os
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -88,3 +89,41 @@ def make_spec(table: Mapping[str, Any], **options: Any) -> ExecutorSpec:
     """The suite's table with the command line's options (None: not given) on top."""
     given = {k: v for k, v in options.items() if v is not None}
     return ExecutorSpec(**{**table, **given}).check()
+
+
+def check_cells(spec: ExecutorSpec, cells: Iterable[Any], ab: bool = False) -> None:
+    """What the executor asks of the cells, checked by the run and by `--dry-run` alike: a
+    local run measures cells of one node; an A/B (`ab`) runs locally; on this host (local,
+    submitit-local) a cell runs at most one process per CPU core this process may use."""
+    cells = list(cells)
+    many = max((c.nnodes for c in cells), default=1)
+    if spec.kind == "local" and many > 1:
+        raise ConfigError(
+            f"nnodes={many} needs a job with a task per node: --executor slurm (or "
+            "submitit-local, which runs the nodes as tasks on this host)",
+            ("nnodes",),
+        )
+    if spec.kind != "local" and ab:
+        raise ConfigError(
+            "--against measures both code versions in this process' workers: use the local "
+            "executor",
+            ("executor",),
+        )
+    if spec.kind == "slurm":
+        return  # the nodes' cores are the cluster's to know (sbatch refuses what none has)
+    cores = host_cores()
+    world = max((c.nproc * c.nnodes for c in cells), default=1)
+    if world > cores:
+        raise ConfigError(
+            f"--nproc: a cell of {world} processes (nproc x nnodes) on a host with {cores} CPU "
+            f"core(s): the {spec.kind} executor runs at most {cores} per cell here (a cluster: "
+            "--executor slurm)",
+            ("nproc",),
+        )
+
+
+def host_cores() -> int:
+    """The CPU cores this process may run on (its affinity, else the machine's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

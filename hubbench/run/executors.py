@@ -19,6 +19,7 @@ stderr per job) stay in `<run>.jobs/`.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,7 +118,9 @@ class Submitter:
     ) -> None:
         self.spec, self.put, self.job_args = spec, put, job_args
         self.folder = jobs_folder(run_path)
+        self.fresh = not self.folder.exists()  # made by this attempt: removed if it submits none
         attempt = new_attempt(self.folder)
+        self.marker = self.folder / f"attempt-{attempt}"
         shards = shard(pending, spec.cells_per_job)
         self.jobs = [Job(k, piece, PartFile(part_path(self.folder, attempt, k)))
                      for k, piece in enumerate(shards)]  # fmt: skip
@@ -136,6 +139,7 @@ class Submitter:
                                          [p for p in shards if nnodes_of(p) == n], n)
                     for n in sorted({nnodes_of(p) for p in shards})}  # fmt: skip
         except Exception as exc:  # submitit could not set up this executor (no sbatch, ...)
+            self.abandon()
             raise HubbenchError(
                 f"--executor {self.spec.kind}: {' '.join(str(exc).split())}"
             ) from exc
@@ -184,6 +188,8 @@ class Submitter:
                     made = [executor.submit(run_job, self.payload(j)) for j in mine]
                 handles.update({j.index: h for j, h in zip(mine, made, strict=True)})
         except Exception as exc:  # sbatch refused (no such partition, no Slurm, ...)
+            if not any(j.handle is not None for j in self.jobs):
+                self.abandon()
             raise HubbenchError(
                 f"--executor {self.spec.kind}: submitting failed: {' '.join(str(exc).split())}"
             ) from exc
@@ -191,6 +197,14 @@ class Submitter:
             job.handle = handles[job.index]
             # a job that ended without a result is waited for this long (submitit: 15 s)
             job.handle._results_timeout_s = 5
+
+    def abandon(self) -> None:
+        """Undo an attempt that submitted no job: its folder if it made it (a refused
+        `--executor slurm` left an empty `.jobs/` with submitit's scripts), else its marker."""
+        if self.fresh:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        else:
+            self.marker.unlink(missing_ok=True)
 
     def payload(self, job: Job) -> JobSpec:
         return JobSpec(

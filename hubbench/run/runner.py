@@ -24,7 +24,7 @@ from hubbench import store
 from hubbench.errors import ConfigError
 from hubbench.measure.metrics import weak_scaling
 from hubbench.measure.process import DEFAULT_BUILDER
-from hubbench.plan.executor import ExecutorSpec
+from hubbench.plan.executor import ExecutorSpec, check_cells
 from hubbench.plan.suite import Plan
 from hubbench.run.against import BASELINE, Side
 from hubbench.run.eta import Progress
@@ -113,14 +113,7 @@ def run_plan(
     `on_jobs` then hears how the jobs stand. `sides`: a same-run A/B (local only).
     """
     local = executor is None or executor.kind == "local"
-    if local:
-        _one_node(plan)
-    elif sides:
-        raise ConfigError(
-            "--against measures both code versions in this process' workers: use the local "
-            "executor",
-            ("executor",),
-        )
+    check_cells(executor or ExecutorSpec(), plan.cells, ab=bool(sides))
     writer, run_id, states, previous = prepare_run(plan, results_dir, resume, sides)
     skipped = sum(not s.pending for s in states)
     result = RunResult(
@@ -147,17 +140,6 @@ def run_plan(
     result.rows = writer.rows
     result.new_rows = [r for r in writer.rows if r["cell_id"] in touched]
     return result
-
-
-def _one_node(plan: Plan) -> None:
-    """A local run measures cells of one node only."""
-    many = max((c.nnodes for c in plan.cells), default=1)
-    if many > 1:
-        raise ConfigError(
-            f"nnodes={many} needs a job with a task per node: --executor slurm (or "
-            "submitit-local, which runs the nodes as tasks on this host)",
-            ("nnodes",),
-        )
 
 
 def _weak_scaling(writer: store.RunWriter, put: Callable[[dict[str, Any]], None]) -> None:

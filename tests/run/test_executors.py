@@ -8,6 +8,7 @@ job that has ended.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -200,3 +201,87 @@ def test_the_executor_option_is_checked_before_anything_runs(tmp_path: Path) -> 
     assert "unknown executor 'kube'; valid: local, submitit-local, slurm" in out.output
     assert not list(tmp_path.rglob("*.parquet"))
     assert os.listdir(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- refusals (issue 33)
+
+
+def dry(*args: str):
+    from typer.testing import CliRunner
+
+    from hubbench.cli import app
+
+    return CliRunner().invoke(app, ["run", "ci", "--dry-run", *args])
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--executor", "slurm", "--cells-per-job", "0"], "cells_per_job must be >= 1 (got 0)"),
+        (["--nnodes", "2"], "nnodes=2 needs a job with a task per node"),
+        (["--against", "HEAD", "--executor", "submitit-local"],
+         "--against measures both code versions in this process' workers"),
+        (["--nproc", "100000"], "--nproc: a cell of 100000 processes (nproc x nnodes) on a host"),
+        (["--nproc", "50000", "--nnodes", "2", "--executor", "submitit-local"],
+         "a cell of 100000 processes"),
+    ],
+)  # fmt: skip
+def test_a_dry_run_applies_the_runs_executor_checks(args: list[str], said: str) -> None:
+    out = dry(*args)
+    assert out.exit_code == 2, out.output
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("error: ") and said in line
+
+
+def test_nproc_is_bounded_by_the_hosts_cores_not_on_slurm() -> None:
+    from hubbench.plan.executor import check_cells, host_cores
+
+    cores = host_cores()
+    fits = dataclasses.replace(cell(0), nproc=cores)
+    too_many = dataclasses.replace(cell(1), nproc=cores + 1)
+    check_cells(ExecutorSpec(), [fits])
+    with pytest.raises(ConfigError, match=f"runs at most {cores} per cell here"):
+        check_cells(ExecutorSpec(kind="submitit-local"), [fits, too_many])
+    check_cells(ExecutorSpec(kind="slurm"), [too_many])  # the cluster's nodes, not this host
+    assert dry("--nproc", str(cores)).exit_code == 0
+
+
+class Refused:
+    """A submitit executor whose sbatch refuses every submission."""
+
+    def batch(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def submit(self, *args: object) -> None:
+        raise RuntimeError("sbatch: error: Batch job submission failed: no controller")
+
+
+@pytest.mark.parametrize("where", ["setup", "submit"])
+def test_a_refused_submission_leaves_no_jobs_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    import hubbench.run.executors as executors
+    from hubbench.errors import HubbenchError
+
+    def made(*args: object) -> Refused:
+        if where == "setup":
+            raise RuntimeError("Could not detect slurm")
+        return Refused()
+
+    monkeypatch.setattr(executors, "submitit_executor", made)
+    monkeypatch.setattr(executors, "watch_slurm", lambda: None)
+    run = tmp_path / "t" / "20260101T000000Z-feed0001.parquet"
+    with pytest.raises(HubbenchError, match="--executor slurm: "):
+        submitter = Submitter(ExecutorSpec(kind="slurm"), [CellState(cell(0))], print, run, [],
+                              {"suite": "t", "run_id": "feed0001", "builder": BUILDER})  # fmt: skip
+        submitter.poll()
+    assert not jobs_folder(run).exists()
+    # a resumed run's folder (an earlier attempt's logs) stays, without this attempt's marker
+    (jobs_folder(run) / "attempt-1").parent.mkdir(parents=True)
+    (jobs_folder(run) / "attempt-1").touch()
+    with pytest.raises(HubbenchError):
+        Submitter(ExecutorSpec(kind="slurm"), [CellState(cell(0))], print, run, [],
+                  {"suite": "t", "run_id": "feed0001", "builder": BUILDER}).poll()  # fmt: skip
+    assert sorted(p.name for p in jobs_folder(run).iterdir()) == ["attempt-1"]
