@@ -28,6 +28,11 @@ Three parts (d_model 256, 4 heads, batch 1; HubRouter M=8, k=64, C=64, r=1):
   ru_maxrss. The fitted exponent of that against n has target <= 1.1. One child per council,
   so the split council's saving over the masked one is read off the same run.
 
+Allocator: the script sets glibc the way the measuring worker does
+(`hubbench.measure.entry.tune_allocator`: big blocks from the heap, not from fresh mmaps that
+fault in again every step), so its figures are the runner's; `--malloc default` leaves glibc's
+own settings, for a before/after in the same script.
+
 Correctness first: before timing, the script runs `hubbench.verify.causality.check_mixer` on a small
 HubRouter with the same options and refuses to report speed if it leaks.
 """
@@ -45,6 +50,7 @@ import time
 import torch
 from torch import nn
 
+from hubbench.measure.entry import tune_allocator
 from hubbench.measure.memory import extra_peak_rss
 from hubbench.mixers.hubrouter import COUNCIL_IMPLS, HubRouter
 
@@ -150,14 +156,15 @@ def memory_child(n: int, kind: str) -> None:
     print(json.dumps({"n": n, "kind": kind, "extra_bytes": extra, "method": method}))
 
 
-def run_memory(seqs: list[int], councils: list[str]) -> dict:
+def run_memory(seqs: list[int], councils: list[str], malloc_mode: str) -> dict:
     """Extra peak RSS of one step per n and council, each in a fresh child process."""
     rows = []
     for n in seqs:
         row: dict = {"n": n}
         for c in councils:
+            argv = ["--memory-child", str(n), "--kind", f"hub:{c}", "--malloc", malloc_mode]
             out = subprocess.run(
-                [sys.executable, __file__, "--memory-child", str(n), "--kind", f"hub:{c}"],
+                [sys.executable, __file__, *argv],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -268,9 +275,17 @@ def main() -> None:
         "(auto, split, masked; masked is the dense-mask reference)",
     )
     p.add_argument("--json", help="write all figures here")
+    p.add_argument(
+        "--malloc",
+        choices=("worker", "default"),
+        default="worker",
+        help="glibc settings: the measuring worker's (hubbench.measure.entry.tune_allocator, "
+        "the default, so these figures match the runner's) or glibc's own",
+    )
     p.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--kind", default="hub:auto", help=argparse.SUPPRESS)
     args = p.parse_args()
+    malloc = tune_allocator() if args.malloc == "worker" else {}
     if args.memory_child:
         memory_child(args.memory_child, args.kind)
         return
@@ -281,14 +296,14 @@ def main() -> None:
         p.error(f"--councils: {bad or 'none'} not in {COUNCIL_IMPLS}")
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, d_model {D_MODEL}, "
-        f"heads {HEADS}, hub {HUB}"
+        f"heads {HEADS}, hub {HUB}, malloc {malloc or 'glibc defaults'}"
     )
     check_correctness()
-    out: dict = {"threads": torch.get_num_threads(), "hub": HUB}
+    out: dict = {"threads": torch.get_num_threads(), "hub": HUB, "malloc": malloc}
     if args.part in ("all", "layer"):
         out["layer"] = run_layers(seqs, args.repeats, args.rope, councils)
     if args.part in ("all", "layer", "memory"):
-        out["memory"] = run_memory(seqs, councils)
+        out["memory"] = run_memory(seqs, councils, args.malloc)
     if args.part in ("all", "model"):
         out["model"] = run_models([int(s) for s in args.model_seqs.split(",")], args.model_repeats)
     if args.json:
