@@ -77,7 +77,14 @@ class LanguageModel(nn.Module):
         return self.forward_embeddings(h)
 
     def forward_embeddings(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits (B, n, V) from input embeddings (B, n, d): the map causality checks probe."""
+        """Logits (B, n, V) from input embeddings (B, n, d): the map causality checks probe.
+
+        An empty sequence (n = 0) has nothing to mix: its logits are (B, 0, V), as attention
+        gives them, for every variant (Mamba's convolution and HubRouter's chunking refuse
+        n = 0, and a mixer of no tokens cannot change the empty output)."""
+        if h.shape[1] == 0:
+            with record_function("lm_head"):
+                return self.head(self.norm(h))
         for block in self.blocks:
             h = block(h)
         with record_function("lm_head"):
