@@ -425,6 +425,11 @@ GROUP_TITLES = {
 }
 
 
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell: a `|` in a column's meaning ("a | b") would split it."""
+    return text.replace("|", "\\|")
+
+
 def markdown() -> str:
     """The schema as the tables of docs/measurement.md (`python -m hubbench.schema` prints it)."""
     out = []
@@ -432,7 +437,7 @@ def markdown() -> str:
         out += [f"**{GROUP_TITLES[group]}**", "", "| column | type | role | meaning |"]
         out.append("|---|---|---|---|")
         out += [
-            f"| `{c.name}` | {c.type} | {c.role or ''} | {c.doc} |"
+            f"| `{c.name}` | {c.type} | {c.role or ''} | {_cell(c.doc)} |"
             for c in COLUMNS
             if c.group == group
         ]

@@ -77,6 +77,7 @@ def _hubrouter(config: BaseConfig, rope: bool) -> nn.Module:
         causal=config.causal,
         ortho_weight=config.ortho,
         rope=rope,
+        council=config.council,
     )
 
 

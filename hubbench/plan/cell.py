@@ -24,6 +24,7 @@ from hubbench.plan.runfields import (
     inert_run_fields,
 )
 from hubbench.plan.variants import (
+    ELIDED_CONFIG_DEFAULTS,
     BaseConfig,
     config_dict,
     config_from_dict,
@@ -86,7 +87,12 @@ class Cell:
             if (k not in OPTIONAL_RUN_FIELDS or v is not None)
             and not (k in ELIDED_DEFAULTS and v == ELIDED_DEFAULTS[k])
         }
-        return {**run, **self.model_config}
+        config = {
+            k: v
+            for k, v in self.model_config.items()
+            if not (k in ELIDED_CONFIG_DEFAULTS and v == ELIDED_CONFIG_DEFAULTS[k])
+        }
+        return {**run, **config}
 
     @property
     def explicit_identity(self) -> dict[str, Any]:
@@ -131,7 +137,11 @@ class Cell:
             for k in ("index", *RUN_FIELDS)
             if not (k in ELIDED_DEFAULTS and getattr(self, k) == ELIDED_DEFAULTS[k])
         }
-        out["config"] = config_dict(self.config)
+        out["config"] = {
+            k: v
+            for k, v in config_dict(self.config).items()
+            if not (k in ELIDED_CONFIG_DEFAULTS and v == ELIDED_CONFIG_DEFAULTS[k])
+        }
         out["measure"] = dataclasses.asdict(self.measure)
         return out
 

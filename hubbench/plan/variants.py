@@ -128,13 +128,29 @@ class HubFields:
     chunk: int = _f(64, CHUNK_DOC, "mixer")
     ortho: float = _f(0.0, "weight of the orthogonal hub regulariser", "mixer")
     causal: bool = _f(True, CAUSAL_DOC, "mixer")
+    council: str = _f(
+        "auto",
+        "HubRouter council: auto (flex on CUDA, split on CPU) | split | masked | flex "
+        "(docs/hubrouter.md); the one that ran is in backend_hub",
+        "mixer",
+    )
 
     def validate_hub(self) -> None:
         _positive(self, "hubs", "topk", "chunk")
+        _choice(self, "council", COUNCILS)
         if self.neighbours < 0:
             raise ConfigError(f"neighbours must be >= 0 (got {self.neighbours})", ("neighbours",))
         if self.ortho < 0:
             raise ConfigError(f"ortho must be >= 0 (got {self.ortho})", ("ortho",))
+
+
+# hubbench.mixers.hubrouter.COUNCIL_IMPLS, spelled here so planning imports no torch (a test
+# holds them equal)
+COUNCILS = ("auto", "split", "masked", "flex")
+# config fields added after cells were recorded: left out of a cell's identity (and of what a
+# worker is sent) at these values, so older cells keep their ids and an older commit's worker
+# (`run --against`) reads the cells
+ELIDED_CONFIG_DEFAULTS: dict[str, Any] = {"council": "auto"}
 
 
 @dataclass
