@@ -17,7 +17,7 @@ the band: a band as wide as the noisier run's p10-p90 spread would let a loaded 
 its own load. FLOOR is the gate's noise floor (MIN_EFFECT in report.compare): a smaller shift
 cannot by itself carry a check past the gate's threshold. Thread counts that differ are a
 change too. A host name that differs alone is not (CI runners of one kind), only said beside a
-change. Rows do not record the load average, so it is not read.
+change; so is the load average the rows record (schema 11), as evidence, never as a reason.
 
 A changed machine decides nothing about the code: a check the machine could explain is
 inconclusive, never a failure, and never a pass either: a slower machine explains a check that
@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hubbench.report.load import norm_value
+from hubbench.report.noise import load_average
 from hubbench.stats import CONFIDENCE, RESAMPLES, SEED, RatioCI, ratio_ci
 
 if TYPE_CHECKING:
@@ -143,6 +144,14 @@ def machine_change(
     hosts = (_values(baseline, "host"), _values(candidate, "host"))
     if reasons and all(hosts) and hosts[0] != hosts[1]:
         reasons.append(f"host: {', '.join(sorted(hosts[0]))} → {', '.join(sorted(hosts[1]))}")
+    # evidence beside a change, never a reason of its own: the load counts our own worker and
+    # is updated every 5 s, and no measurement says it predicts a wrong verdict
+    loads = (load_average(rows_b), load_average(rows_c))
+    if reasons and loads[0] is not None and loads[1] is not None:
+        reasons.append(
+            f"load average (1 min): median {loads[0].median:.1f} in the baseline run, "
+            f"{loads[1].median:.1f} in the candidate's"
+        )
     return Machine(None if ci is None else ci.point, ci, floor, tuple(reasons))
 
 

@@ -149,3 +149,16 @@ def test_a_machine_loaded_in_most_passes_is_seen_changed():
     assert machine.factor == pytest.approx(0.0165 / 0.012, rel=0.02)
     by_pass = ratio_ci(np.median(loaded), np.median(quiet), list(loaded), list(quiet), 1)
     assert by_pass.low <= 1 + FLOOR  # what the rule would have said with passes as rounds
+
+
+def test_the_load_average_is_said_beside_a_change_never_as_one():
+    base, slow = _run(), _run("b", seed=62, machine=1.5)
+    for df, load in ((base, 0.4), (slow, 6.8)):
+        df["round_load_1m_start"] = [[load] * 5 for _ in range(len(df))]
+    machine = machine_change(base, slow)
+    assert machine.reasons[-1] == (
+        "load average (1 min): median 0.4 in the baseline run, 6.8 in the candidate's"
+    )
+    quiet = _run("c", seed=63)
+    quiet["round_load_1m_start"] = [[6.8] * 5 for _ in range(len(quiet))]
+    assert not machine_change(base, quiet).changed  # a load alone changes nothing
