@@ -41,11 +41,11 @@ def test_dry_run_names_every_part_and_its_command(capsys: pytest.CaptureFixture)
     assert "-m hubbench run decode --device cuda" in text and "cuda_graphs=on,off" in text
     assert not Path("/nonexistent/dc").exists()  # a dry run writes nothing
     total = sum(p.budget_s for p in dc.PARTS)
-    assert total + dc.RESERVE_S <= 540 + 1e-9  # the parts fit the default budget, reserve included
+    assert total + dc.RESERVE_S <= dc.DEFAULT_BUDGET_S  # the parts fit, the reserve included
 
 
 @pytest.mark.parametrize(
-    ("part", "cells"), [("throughput", 6), ("long", 6), ("decode", 8), ("jamba", 2), ("aa", 4)]
+    ("part", "cells"), [("throughput", 6), ("long", 3), ("decode", 8), ("jamba", 2), ("aa", 4)]
 )
 def test_the_gpu_commands_plan_the_cells_they_mean(part: str, cells: int) -> None:
     """Each run part's exact GPU arguments, planned here (a dry run plans CUDA cells without a
@@ -126,23 +126,27 @@ def _cuda() -> bool:
 
 
 @pytest.mark.slow
-def test_the_smoke_run_goes_through_every_part(tmp_path: Path) -> None:
-    """The whole script on CPU at tiny sizes (3-5 minutes on a busy 2-core box): every part
-    runs, its files land in one folder and the summary holds each part's figures."""
+def test_the_smoke_run_goes_through_its_parts(tmp_path: Path) -> None:
+    """The script on CPU at tiny sizes, three of its parts (a python part, a run part and the
+    summaries; the other run parts differ only in arguments, planned above): about 1 minute
+    on a quiet 2-core box. Its files land in one folder and the summary holds the figures."""
     out = tmp_path / "dc"
     env = {**os.environ, "HUBBENCH_PYTHON": sys.executable}
     env.pop("OUT", None)
-    done = subprocess.run(["bash", str(SCRIPT), "--smoke", "--out", str(out), "--budget", "1500"],
-                          cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    cmd = ["bash", str(SCRIPT), "--smoke", "--only", "env,council,decode", "--out", str(out),
+           "--budget", "900"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads((out / "summary.json").read_text())
     parts = {p["name"]: p for p in summary["parts"]}
-    assert list(parts) == [p.name for p in dc.PARTS]
+    assert list(parts) == ["env", "council", "decode"]
     assert all(p["status"] == "ok" for p in parts.values()), parts
     assert parts["env"]["figures"]["versions"]["torch"]
-    assert parts["causal"]["figures"]["passed"] and parts["council"]["figures"]["passed"]
+    council = parts["council"]["figures"]
+    assert council["passed"] and {r["inputs"] for r in council["rows"]} == {"random", "tied"}
     decode = parts["decode"]["figures"]["points"]
-    assert len(decode) == 4
-    assert all(p["cuda_graphs=auto"]["ran"].startswith("off: cpu") for p in decode)
-    assert parts["aa"]["figures"]["cells"] == 4
-    assert (out / "summary.md").exists() and (out / "work" / "throughput.log").exists()
+    assert len(decode) == 4  # transformer and hub-gpt after two prompts
+    for point in decode:
+        assert point["cuda_graphs=auto"]["ran"].startswith("off: cpu")
+        assert point["cuda_graphs=off"]["ran"] == "off"
+    assert (out / "summary.md").exists() and (out / "work" / "decode.log").exists()
