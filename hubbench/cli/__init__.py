@@ -69,11 +69,11 @@ ASK_LESS = (
 
 
 def _out_of_memory(exc: BaseException) -> bool:
-    """An allocation that failed: what the user asked for is too big for the machine (a
-    MemoryError, torch's OutOfMemoryError or its CPU allocator's refusal), not a bug."""
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
-        return True
-    return "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()
+    """An allocation that failed: what the user asked for is too big for the machine, not a
+    bug. The same test that makes a cell's row `oom` (hubbench.measure.outcome.classify)."""
+    from hubbench.measure.outcome import classify
+
+    return classify(exc)[0] == "oom"
 
 
 def _say(what: str, text: str) -> None:
