@@ -28,10 +28,10 @@ Three parts (d_model 256, 4 heads, batch 1; HubRouter M=8, k=64, C=64, r=1):
   ru_maxrss. The fitted exponent of that against n has target <= 1.1. One child per council,
   so the split council's saving over the masked one is read off the same run.
 
-Allocator: the script sets glibc the way the measuring worker does
-(`hubbench.measure.entry.tune_allocator`: big blocks from the heap, not from fresh mmaps that
-fault in again every step), so its figures are the runner's; `--malloc default` leaves glibc's
-own settings, for a before/after in the same script.
+Allocator: the script runs under the glibc tunables the measuring worker gets
+(`hubbench.run.worker.MALLOC_TUNABLES`: big blocks from the heap, kept between steps, so a
+step's activations are not mapped and faulted in anew), re-executing itself with them if need
+be, so its figures are the runner's; `--malloc default` leaves glibc's own settings.
 
 Correctness first: before timing, the script runs `hubbench.verify.causality.check_mixer` on a small
 HubRouter with the same options and refuses to report speed if it leaks.
@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -50,9 +51,9 @@ import time
 import torch
 from torch import nn
 
-from hubbench.measure.entry import tune_allocator
 from hubbench.measure.memory import extra_peak_rss
 from hubbench.mixers.hubrouter import COUNCIL_IMPLS, HubRouter
+from hubbench.run.worker import malloc_env
 
 D_MODEL, HEADS, LAYERS = 256, 4, 4
 HUB = {"hubs": 8, "topk": 64, "neighbours": 1, "chunk": 64}
@@ -279,13 +280,16 @@ def main() -> None:
         "--malloc",
         choices=("worker", "default"),
         default="worker",
-        help="glibc settings: the measuring worker's (hubbench.measure.entry.tune_allocator, "
+        help="glibc settings: the measuring worker's (hubbench.run.worker.MALLOC_TUNABLES, "
         "the default, so these figures match the runner's) or glibc's own",
     )
     p.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--kind", default="hub:auto", help=argparse.SUPPRESS)
     args = p.parse_args()
-    malloc = tune_allocator() if args.malloc == "worker" else {}
+    if args.malloc == "worker" and malloc_env(dict(os.environ)) != dict(os.environ):
+        # glibc reads its tunables at start: run again with the worker's
+        os.execve(sys.executable, [sys.executable, *sys.argv], malloc_env(dict(os.environ)))
+    malloc = os.environ.get("GLIBC_TUNABLES", "glibc defaults")
     if args.memory_child:
         memory_child(args.memory_child, args.kind)
         return
@@ -296,7 +300,7 @@ def main() -> None:
         p.error(f"--councils: {bad or 'none'} not in {COUNCIL_IMPLS}")
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, d_model {D_MODEL}, "
-        f"heads {HEADS}, hub {HUB}, malloc {malloc or 'glibc defaults'}"
+        f"heads {HEADS}, hub {HUB}, malloc {malloc}"
     )
     check_correctness()
     out: dict = {"threads": torch.get_num_threads(), "hub": HUB, "malloc": malloc}

@@ -28,41 +28,9 @@ from hubbench.plan.cell import Cell
 
 PROTOCOL = 1
 
-# glibc's mallopt parameters (malloc.h) and the values the worker sets: no mmap for big blocks,
-# and freed memory below 1 GiB at the heap's top stays with the process
-M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-ALLOCATOR = {"M_MMAP_MAX": (M_MMAP_MAX, 0), "M_TRIM_THRESHOLD": (M_TRIM_THRESHOLD, 1 << 30)}
-
-
-def tune_allocator() -> dict[str, int]:
-    """Keep a step's big buffers in the heap between steps; returns the settings that took.
-
-    glibc serves blocks over its mmap threshold (at most 32 MiB) with fresh mappings, unmapped
-    on free: at n = 16k every step maps and faults in its (n, 4d) activations again (HubRouter
-    layer, 1 thread: 41-66k page faults a step and 15% of its time). The worker sets this once,
-    before torch is imported; `hubbench.measure.memory.trim_heap` still hands the heap back
-    between rounds. The price: the heap's holes count in the resident set, so a CPU cell's peak
-    memory is higher (a HubRouter layer's step at 16k: +50%; docs/hubrouter.md). Not glibc:
-    nothing is set.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return {}
-    return {
-        name: value
-        for name, (param, value) in ALLOCATOR.items()
-        if mallopt(ctypes.c_int(param), ctypes.c_int(value)) == 1
-    }
-
 
 def worker_main(builder: str) -> None:
     die_with_parent()
-    tune_allocator()
     # Protocol on a private copy of stdout; anything else printed lands in the stderr log.
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
