@@ -62,7 +62,8 @@ def test_time_calls_counts_and_min_time() -> None:
         time.sleep(0.002)
 
     longer = time_calls(sleepy, repeats=2, min_time_s=0.02)
-    assert len(longer) > 2 and sum(longer) >= 0.02
+    assert sum(longer) >= 0.02  # kept timing until min_time_s was reached ...
+    assert len(longer) == 2 or sum(longer[:-1]) < 0.02  # ... and not a call longer
 
 
 # ----------------------------------------------------------------------------- measure_step
