@@ -302,6 +302,9 @@ COLUMNS: tuple[Column, ...] = (
     _c("nvidia_driver_version", "string", "env", "NVIDIA driver version (null without one)"),
     *_package_columns(),
     _c("cpu_model", "string", "env", "CPU model of the host"),
+    _c("glibc_tunables", "string", "env",
+       "GLIBC_TUNABLES the measuring worker started with: the allocator settings hubbench sets "
+       "(big blocks from the heap; CPU peak memory reads higher, docs/measurement.md)"),
     _c("host", "string", "env", "host name"),
     _c("utc_time", "string", "env", "when the row was written (UTC)"),
 )  # fmt: skip

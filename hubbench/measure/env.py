@@ -137,8 +137,17 @@ def host_env() -> dict[str, Any]:
         "os": os_name(),
         "python_platform": platform.platform(),
         "nvidia_driver_version": nvidia_driver_version(),
+        "glibc_tunables": worker_tunables(),
         **package_versions(),
     }
+
+
+def worker_tunables() -> str | None:
+    """GLIBC_TUNABLES as the runner starts a worker with it (hubbench.run.worker.malloc_env:
+    the allocator settings that move CPU time and peak memory; docs/measurement.md)."""
+    from hubbench.run.worker import malloc_env
+
+    return malloc_env(dict(os.environ)).get("GLIBC_TUNABLES") or None
 
 
 TORCH_ENV_KEYS = ("torch_version", "cuda_version", "cudnn_version")

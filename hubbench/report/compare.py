@@ -39,7 +39,7 @@ MIN_EFFECT = 0.05  # a call needs its CI beyond 1 +/- 5% (A/A data: docs/measure
 # Compared rows should share these. A different device, torch, CUDA or thread count changes
 # what is measured (gate refuses it); a different host name alone (CI runners) does not.
 ENV_REFUSE = ("device_name", "torch_version", "cuda_version", "threads")
-ENV_WARN = ("host",)
+ENV_WARN = ("host", "glibc_tunables")
 VERDICT = {1: "better", -1: "worse", 0: "same"}
 
 
