@@ -357,7 +357,21 @@ def _upgrade(row: Mapping[str, Any]) -> dict[str, Any]:
         for key, value in config.items() if isinstance(config, dict) else ():
             if key in out and key not in row:
                 out[key] = value
+    _upgrade_elided(row, out)
     return out
+
+
+def _upgrade_elided(row: Mapping[str, Any], out: dict[str, Any]) -> None:
+    """Fields added at a value every older row had (they are elided from cell ids there):
+    filled where they apply, so an older row and a newer one of one cell pool as one."""
+    from hubbench.plan.runfields import ELIDED_DEFAULTS, GRAPH_MODES
+
+    if "council" not in row and out.get("hubs") is not None and out.get("council") is None:
+        out["council"] = "auto"
+    if "cuda_graphs" not in row and out.get("mode") in GRAPH_MODES:
+        out["cuda_graphs"] = ELIDED_DEFAULTS["cuda_graphs"]
+    if "l2_flush" not in row and out.get("mode") not in (None, "quality"):
+        out["l2_flush"] = ELIDED_DEFAULTS["l2_flush"]
 
 
 def _check_version(values: Iterable[Any], path: Path) -> None:

@@ -55,7 +55,7 @@ class Cell:
     lr: float = RUN_DEFAULTS["lr"]
     nproc: int = RUN_DEFAULTS["nproc"]  # > 1: the cell runs under torchrun (measure.ranks)
     nnodes: int = RUN_DEFAULTS["nnodes"]  # > 1: torchrun on that many nodes, one job task each
-    cuda_graphs: str = RUN_DEFAULTS["cuda_graphs"]  # prefill / decode on CUDA: auto | on | off
+    cuda_graphs: str = RUN_DEFAULTS["cuda_graphs"]  # prefill / decode on CUDA: off | auto | on
     l2_flush: bool = RUN_DEFAULTS["l2_flush"]  # CUDA: each timed call starts with a cold L2
 
     @property
@@ -98,8 +98,12 @@ class Cell:
     def explicit_identity(self) -> dict[str, Any]:
         """The identity with the elided run fields at their values, null where inert (for tables
         and labels)."""
-        run = self.run_fields
-        return {**self.identity, **{k: run[k] for k in ELIDED_DEFAULTS}}
+        run, config = self.run_fields, self.model_config
+        return {
+            **self.identity,
+            **{k: run[k] for k in ELIDED_DEFAULTS},
+            **{k: config[k] for k in ELIDED_CONFIG_DEFAULTS if k in config},
+        }
 
     @property
     def cell_id(self) -> str:

@@ -51,8 +51,9 @@ RUN_FIELDS: dict[str, RunField] = {
     "cuda_graphs": RunField(
         str,
         "series",
-        "prefill, decode: auto | on | off, a timed call replayed as one CUDA graph "
-        "(auto: where capture works, CUDA only; cuda_graphs_ran says what ran; else null)",
+        "prefill, decode: off (default, as before the field) | auto | on, a timed call replayed "
+        "as one CUDA graph (auto: where capture works, CUDA only; cuda_graphs_ran says what "
+        "ran; else null)",
     ),
     "l2_flush": RunField(
         bool, "series", "CUDA: a buffer larger than L2 written before each timed call (cold cache)"
@@ -61,7 +62,7 @@ RUN_FIELDS: dict[str, RunField] = {
 RUN_DEFAULTS: dict[str, Any] = {"mode": "fwd_bwd", "device": "auto", "batch": 1, "compile": False,
                                 "decode_tokens": 64, "task": "mqar", "kv_pairs": 4,
                                 "data": "pydoc", "train_updates": 1500,
-                                "lr": 1e-3, "nproc": 1, "nnodes": 1, "cuda_graphs": "auto",
+                                "lr": 1e-3, "nproc": 1, "nnodes": 1, "cuda_graphs": "off",
                                 "l2_flush": False}  # fmt: skip
 # the data's seed is the model config's `seed` (the weights'): seeds are replicates of a cell
 QUALITY_FIELDS = ("task", "kv_pairs", "data", "train_updates", "lr")
@@ -71,7 +72,7 @@ GRAPH_MODES = ("prefill", "decode")  # the modes whose timed call can be one CUD
 # added later: absent when null
 OPTIONAL_RUN_FIELDS = ("decode_tokens", *QUALITY_FIELDS, *GPU_TIMING_FIELDS)
 # added later: absent from the identity at this value, so older cells keep their ids
-ELIDED_DEFAULTS: dict[str, Any] = {"nproc": 1, "nnodes": 1, "cuda_graphs": "auto",
+ELIDED_DEFAULTS: dict[str, Any] = {"nproc": 1, "nnodes": 1, "cuda_graphs": "off",
                                    "l2_flush": False}  # fmt: skip
 
 

@@ -709,7 +709,9 @@ def inert_fields(config: BaseConfig) -> set[str]:
     ):
         inert |= {"attention", "sdpa_kernel"}
     if isinstance(config, HubGPTConfig) and not replaced_layers(config.n_layers, config.replace):
-        inert |= {"hubs", "topk", "neighbours", "chunk", "ortho", "causal"}
+        inert |= {"hubs", "topk", "neighbours", "chunk", "ortho", "causal", "council"}
+    if isinstance(config, HubFields) and not config.causal:
+        inert.add("council")  # the non-causal council has one path (masked)
     if config.attention != "sdpa":
         inert.add("sdpa_kernel")
     if isinstance(config, recurrent):

@@ -92,6 +92,16 @@ def test_auto_on_a_cpu_is_off_and_on_for_a_mode_without_graphs_is_inert(tmp_path
     assert on.cells[0].run_fields["cuda_graphs"] is None
 
 
+def test_the_default_is_eager_as_before_the_field(tmp_path: Path) -> None:
+    """off is what every recorded cell timed: a default of auto would have kept their ids while
+    timing replays (a baseline or an older --against worker eager, the candidate graphed)."""
+    body = '[sweep]\ndevice = ["cuda"]\nmode = ["decode"]\nseq = [16]\n'
+    default = _plan(tmp_path, body, cuda=True).cells[0]
+    assert default.cuda_graphs == "off" and "cuda_graphs" not in default.identity
+    auto = _plan(tmp_path, body, cuda=True, cuda_graphs="auto").cells[0]
+    assert auto.identity["cuda_graphs"] == "auto" and auto.cell_id != default.cell_id
+
+
 def test_defaults_leave_identity_and_worker_json_as_before(tmp_path: Path) -> None:
     """Cells that do not set the new fields keep their ids; the JSON a worker of an older commit
     reads (run --against) does not name them; a cell that sets them carries them both ways."""
@@ -235,7 +245,7 @@ def test_l2_flush_is_cuda_only_and_sized_from_the_device(monkeypatch: pytest.Mon
 def test_a_decode_row_records_what_ran(tmp_path: Path) -> None:
     """Through the worker's round and the row's measurement columns, on CPU: auto is off."""
     body = '[sweep]\ndevice = ["cpu"]\nmode = ["decode", "fwd"]\nseq = [8]\n'
-    plan = _plan(tmp_path, body)
+    plan = _plan(tmp_path, body, cuda_graphs="auto")
     ran = {}
     for cell in plan.cells:
         result = measure_round(cell, build, torch.device("cpu"), "cpu", count_flops=False)

@@ -64,3 +64,33 @@ def test_the_default_council_keeps_the_ids_recorded_before_it_existed(tmp_path: 
     # the ci suite's hub-gpt cells keep the ids pinned before the field existed
     ci = {c.cell_id for c in expand(load_suite("ci"), cuda_available=False).cells}
     assert {"db953a10d6da", "bf1eba24e12e", "162b5348506b"} <= ci
+
+
+def test_a_swept_default_still_tells_the_cells_apart(tmp_path: Path) -> None:
+    suite = load_suite(write(tmp_path, BODY))
+    plan = expand(suite, parse_overrides(["council=auto,flex"]), cuda_available=False)
+    assert "council" in plan.varying
+    assert len({c.label(plan.varying) for c in plan.cells}) == len(plan.cells) == 4
+
+
+def test_council_is_inert_where_no_causal_council_runs(tmp_path: Path) -> None:
+    body = '[sweep]\nseq = [64]\nvariant = ["hub-gpt"]\n'
+    suite = load_suite(write(tmp_path, body))
+    for fixed in ("replace=0", "causal=false"):
+        plan = expand(suite, parse_overrides([fixed, "council=masked,flex"]), cuda_available=False)
+        assert len(plan.cells) == 1 and plan.cells[0].model_config["council"] is None, fixed
+
+
+def test_older_rows_read_with_the_default_council(tmp_path: Path) -> None:
+    """A schema-10 row has no council column: read back, a hub row says auto (what it ran), so
+    it pools with a newer row of the same cell; a transformer row stays null."""
+    import json
+
+    from hubbench.store import _upgrade
+
+    hub = {"variant": "hub-gpt", "mode": "decode", "config_json": json.dumps({"hubs": 8})}
+    dense = {"variant": "transformer", "mode": "train", "config_json": json.dumps({})}
+    assert _upgrade(hub)["council"] == "auto" and _upgrade(dense)["council"] is None
+    assert _upgrade(hub)["cuda_graphs"] == "off" and _upgrade(dense)["cuda_graphs"] is None
+    assert _upgrade(dense)["l2_flush"] is False
+    assert _upgrade({**hub, "council": "flex"})["council"] == "flex"
