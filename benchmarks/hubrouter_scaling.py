@@ -29,7 +29,7 @@ Three parts (d_model 256, 4 heads, batch 1; HubRouter M=8, k=64, C=64, r=1):
   so the split council's saving over the masked one is read off the same run.
 
 Allocator: the script runs under the glibc tunables the measuring worker gets
-(`hubbench.run.worker.MALLOC_TUNABLES`: big blocks from the heap, kept between steps, so a
+(`hubbench.measure.env.MALLOC_TUNABLES`: big blocks from the heap, kept between steps, so a
 step's activations are not mapped and faulted in anew), re-executing itself with them if need
 be, so its figures are the runner's; `--malloc default` leaves glibc's own settings.
 
@@ -51,9 +51,9 @@ import time
 import torch
 from torch import nn
 
+from hubbench.measure.env import malloc_env
 from hubbench.measure.memory import extra_peak_rss
 from hubbench.mixers.hubrouter import COUNCIL_IMPLS, HubRouter
-from hubbench.run.worker import malloc_env
 
 D_MODEL, HEADS, LAYERS = 256, 4, 4
 HUB = {"hubs": 8, "topk": 64, "neighbours": 1, "chunk": 64}
@@ -280,7 +280,7 @@ def main() -> None:
         "--malloc",
         choices=("worker", "default"),
         default="worker",
-        help="glibc settings: the measuring worker's (hubbench.run.worker.MALLOC_TUNABLES, "
+        help="glibc settings: the measuring worker's (hubbench.measure.env.MALLOC_TUNABLES, "
         "the default, so these figures match the runner's) or glibc's own",
     )
     p.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)

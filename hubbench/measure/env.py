@@ -143,11 +143,26 @@ def host_env() -> dict[str, Any]:
 
 
 def worker_tunables() -> str | None:
-    """GLIBC_TUNABLES as the runner starts a worker with it (hubbench.run.worker.malloc_env:
-    the allocator settings that move CPU time and peak memory; docs/measurement.md)."""
-    from hubbench.run.worker import malloc_env
-
+    """GLIBC_TUNABLES as the runner starts a worker with it (malloc_env: the allocator settings
+    that move CPU time and peak memory; docs/measurement.md)."""
     return malloc_env(dict(os.environ)).get("GLIBC_TUNABLES") or None
+
+
+# glibc tunables the worker starts with: big blocks come from the heap, not from mappings that
+# free() unmaps, and freed memory at the heap's top stays with the process. Without them a step
+# at n = 16k maps its (n, 4d) activations anew and faults every 4 KiB page in again: hub-gpt's
+# train step 5-8% slower, a HubRouter layer's 10-15% (docs/hubrouter.md). The price: the heap's
+# holes count in the resident set, so CPU peak memory reads higher (a HubRouter layer's step at
+# 16k: +50%). Read at process start, so the parent sets them, for both sides of an A/B alike.
+MALLOC_TUNABLES = ("glibc.malloc.mmap_max=0", "glibc.malloc.trim_threshold=1073741824")
+
+
+def malloc_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` with MALLOC_TUNABLES added to GLIBC_TUNABLES, except those it names already."""
+    mine = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
+    named = {t.partition("=")[0] for t in mine}
+    extra = [t for t in MALLOC_TUNABLES if t.partition("=")[0] not in named]
+    return {**env, "GLIBC_TUNABLES": ":".join(mine + extra)} if extra else dict(env)
 
 
 TORCH_ENV_KEYS = ("torch_version", "cuda_version", "cudnn_version")

@@ -259,6 +259,14 @@ def measure_step(
     peak, reserved = (
         None if v is None else v - flush_bytes for v in (memory.peak, memory.reserved)
     )
+    eager = getattr(step, "eager", None)
+    if eager is not None:  # a replayed graph allocates nothing: its temporaries live in the
+        # graph's pool, outside the allocated count; the call's memory is the eager call's
+        once = PeakMemory(step.device, mem_baseline)
+        with once:
+            eager()
+            step.sync()
+        peak, reserved = once.peak, once.reserved
     every = group.gather((samples, peak, reserved))
     samples = [max(times) for times in zip(*(e[0] for e in every), strict=True)]
     return Measurement(

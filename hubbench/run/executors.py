@@ -188,7 +188,9 @@ class Submitter:
                     made = [executor.submit(run_job, self.payload(j)) for j in mine]
                 handles.update({j.index: h for j, h in zip(mine, made, strict=True)})
         except Exception as exc:  # sbatch refused (no such partition, no Slurm, ...)
-            if not any(j.handle is not None for j in self.jobs):
+            # jobs an earlier group submitted are live: their folder holds their pickles,
+            # logs and parts, so it is kept (their ids are in it for scancel)
+            if not handles and not any(j.handle is not None for j in self.jobs):
                 self.abandon()
             raise HubbenchError(
                 f"--executor {self.spec.kind}: submitting failed: {' '.join(str(exc).split())}"

@@ -1,4 +1,4 @@
-"""The glibc tunables the measuring worker starts with (hubbench.run.worker.MALLOC_TUNABLES): a
+"""The glibc tunables the measuring worker starts with (hubbench.measure.env.MALLOC_TUNABLES): a
 big block freed at the end of one step is reused by the next without faulting in again."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
+from hubbench.measure.env import MALLOC_TUNABLES, malloc_env
 from hubbench.run import worker as worker_module
-from hubbench.run.worker import MALLOC_TUNABLES, Worker, malloc_env
+from hubbench.run.worker import Worker
 
 # malloc, touch and free a 64 MiB block (over glibc's largest mmap threshold, 32 MiB, so every
 # round maps fresh pages) twice; print the minor page faults of each round
