@@ -396,6 +396,11 @@ def register(app: typer.Typer) -> None:
             )
         elif resume:
             notes.append("--resume: no earlier run of this suite; started a new one")
+        for data in outcome.edited_data:
+            notes.append(
+                f"--resume: {data} changed since this run trained on it: its cells are new cells "
+                "(data_digest), not pooled with the seeds of its old content"
+            )
         title = f"{plan.suite.name} run {outcome.run_id} ({len(outcome.new_rows)} new rows)"
         if outcome.new_rows:
             print_rows(out, outcome.new_rows, escape(title), wide)

@@ -51,6 +51,7 @@ class Cell:
     task: str = RUN_DEFAULTS["task"]
     kv_pairs: int = RUN_DEFAULTS["kv_pairs"]
     data: str = RUN_DEFAULTS["data"]
+    data_digest: str | None = RUN_DEFAULTS["data_digest"]  # a file's content: edited, a new cell
     train_updates: int = RUN_DEFAULTS["train_updates"]
     lr: float = RUN_DEFAULTS["lr"]
     nproc: int = RUN_DEFAULTS["nproc"]  # > 1: the cell runs under torchrun (measure.ranks)

@@ -11,6 +11,7 @@ once, here, before anything runs; the cell carries it. Nothing here imports torc
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -28,7 +29,7 @@ from hubbench.plan.plugins import (
     parse_spec,
     source_digest,
 )
-from hubbench.plan.quality import check_quality
+from hubbench.plan.quality import CORPORA, check_quality
 from hubbench.plan.runfields import (
     DEVICE_MEASURE,
     RUN_FIELDS,
@@ -158,9 +159,25 @@ def _make_cell(
     _check_run(run, fail)
     config = _config(run, fields, fail)
     _check_mode(run, config, fail)
+    run["data_digest"] = _data_digest(run)
     if run["mode"] == "quality":
         settings = dataclasses.replace(settings, rounds=1)  # one training run is the cell
     return Cell(index=index, config=config, measure=settings, **{k: run[k] for k in RUN_FIELDS})
+
+
+def _data_digest(run: Mapping[str, Any]) -> str | None:
+    """12 hex digits of sha256 over a bytes cell's data file (checked readable by now), as
+    plug-in code is digested: seeds trained on an edited file are another cell, never pooled
+    with the old ones by --resume. None for a named corpus and where `data` is inert."""
+    if run["mode"] != "quality" or str(run["task"]).startswith("mqar"):
+        return None
+    if run["data"] in CORPORA:
+        return None
+    digest = hashlib.sha256()
+    with open(run["data"], "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
 
 
 def _check_run(run: Mapping[str, Any], fail: Fail) -> None:

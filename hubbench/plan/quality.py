@@ -89,18 +89,27 @@ def mqar_problem(seq: int, kv_pairs: int, vocab: int, layout: str = "zoology") -
     Zoology's layout also needs vocab > seq, as Zoology asserts: a vocabulary smaller than the
     sequence makes repeats, and the task easier to shortcut, by construction.
     """
+    found = _mqar_fault(seq, kv_pairs, vocab, layout)
+    return found[0] if found else None
+
+
+def _mqar_fault(seq: int, kv_pairs: int, vocab: int, layout: str) -> tuple[str, list[str]] | None:
+    """mqar_problem's reason with the fields it is about (a suite names the lines that set
+    them: not `sweep.vocab` for seq < 4 kv_pairs)."""
     if seq < 4 * kv_pairs:
-        return f"mqar needs seq >= 4 * kv_pairs (seq={seq}, kv_pairs={kv_pairs})"
+        return f"mqar needs seq >= 4 * kv_pairs (seq={seq}, kv_pairs={kv_pairs})", [
+            "seq", "kv_pairs"
+        ]  # fmt: skip
     if (vocab - 1) // 2 < kv_pairs:
         return (
             f"mqar needs vocab >= 2 * kv_pairs + 1 for distinct keys and disjoint values "
             f"(vocab={vocab}, kv_pairs={kv_pairs})"
-        )
+        ), ["vocab", "kv_pairs"]
     if layout == "zoology" and vocab <= seq:
         return (
             f"mqar needs vocab > seq as Zoology does (vocab={vocab}, seq={seq}); "
             "task mqar-legacy keeps the old layout"
-        )
+        ), ["vocab", "seq"]
     return None
 
 
@@ -117,9 +126,9 @@ def check_quality(run: Mapping[str, Any], config: Any) -> None:
     if task in MQAR_TASKS:
         if run["kv_pairs"] < 1:  # plan.expand checks it for `mqar` only
             raise ConfigError(f"kv_pairs must be >= 1 (got {run['kv_pairs']})", fields=["kv_pairs"])
-        problem = mqar_problem(run["seq"], run["kv_pairs"], vocab, mqar_layout(task))
-        if problem:
-            raise ConfigError(problem, fields=["seq", "kv_pairs", "vocab"])
+        fault = _mqar_fault(run["seq"], run["kv_pairs"], vocab, mqar_layout(task))
+        if fault:
+            raise ConfigError(fault[0], fields=fault[1])
         return
     if vocab < BYTE_VOCAB:
         raise ConfigError(

@@ -40,6 +40,9 @@ RUN_FIELDS: dict[str, RunField] = {
     "task": RunField(str, "figure", "quality: mqar | mqar-legacy | bytes (else null)"),
     "kv_pairs": RunField(int, "figure", "quality, mqar: key-value pairs per sequence (else null)"),
     "data": RunField(str, "figure", "quality, bytes: pydoc | shakespeare | a file (else null)"),
+    "data_digest": RunField(
+        str, "figure", "quality, bytes from a file: its content's sha256, 12 hex digits (else null)"
+    ),
     "train_updates": RunField(int, "figure", "quality: optimizer updates, the training budget"),
     "lr": RunField(float, "figure", "quality: peak learning rate (AdamW, warm-up, cosine)"),
     "nproc": RunField(
@@ -61,11 +64,11 @@ RUN_FIELDS: dict[str, RunField] = {
 }
 RUN_DEFAULTS: dict[str, Any] = {"mode": "fwd_bwd", "device": "auto", "batch": 1, "compile": False,
                                 "decode_tokens": 64, "task": "mqar", "kv_pairs": 4,
-                                "data": "pydoc", "train_updates": 1500,
+                                "data": "pydoc", "data_digest": None, "train_updates": 1500,
                                 "lr": 1e-3, "nproc": 1, "nnodes": 1, "cuda_graphs": "off",
                                 "l2_flush": False}  # fmt: skip
 # the data's seed is the model config's `seed` (the weights'): seeds are replicates of a cell
-QUALITY_FIELDS = ("task", "kv_pairs", "data", "train_updates", "lr")
+QUALITY_FIELDS = ("task", "kv_pairs", "data", "data_digest", "train_updates", "lr")
 GPU_TIMING_FIELDS = ("cuda_graphs", "l2_flush")
 CUDA_GRAPHS = ("auto", "on", "off")
 GRAPH_MODES = ("prefill", "decode")  # the modes whose timed call can be one CUDA graph
@@ -85,7 +88,7 @@ def inert_run_fields(mode: str, task: str | None) -> set[str]:
         inert.add("l2_flush")  # a training run's updates are not kernel-level calls
     if mode != "quality":
         return inert | set(QUALITY_FIELDS)
-    return inert | ({"data"} if str(task).startswith("mqar") else {"kv_pairs"})
+    return inert | ({"data", "data_digest"} if str(task).startswith("mqar") else {"kv_pairs"})
 
 
 def gpu_timing_problem(run: Mapping[str, Any]) -> tuple[str, list[str]] | None:

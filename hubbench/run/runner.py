@@ -43,6 +43,16 @@ class RunResult:
     resumed_from: Path | None = None
     skipped_done: int = 0  # cells not run because --resume found them complete
     interrupted: bool = False
+    edited_data: list[str] = field(default_factory=list)  # --resume: data files since edited
+
+
+def edited_data(plan: Plan, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The data files of the plan whose rows in a resumed run were trained on other content:
+    their cells are new (data_digest is in the identity), the old seeds are not pooled in."""
+    now = {(c.data, c.data_digest) for c in plan.cells if c.data_digest}
+    files = {data for data, _ in now}
+    had = {(r.get("data"), r.get("data_digest")) for r in rows if r.get("data") in files}
+    return sorted({data for data, digest in had if digest and (data, digest) not in now})
 
 
 def prepare_run(
@@ -117,8 +127,9 @@ def run_plan(
     writer, run_id, states, previous = prepare_run(plan, results_dir, resume, sides)
     skipped = sum(not s.pending for s in states)
     result = RunResult(
-        writer.path, run_id, writer.rows, resumed_from=previous, skipped_done=skipped
-    )
+        writer.path, run_id, writer.rows, resumed_from=previous, skipped_done=skipped,
+        edited_data=edited_data(plan, writer.rows) if previous is not None else [],
+    )  # fmt: skip
     touched: set[str] = set()
 
     def put(row: dict[str, Any]) -> None:
