@@ -22,7 +22,7 @@ BUILDER = f"{Path(__file__).parents[1] / 'builders.py'}:build_tiny"
 ENV = {"hubbench_version": "0", "git_commit": None, "git_dirty": None, "host": "h",
        "cpu_model": "c", "torch_version": "t", "cuda_version": None,
        "cudnn_version": None, "python_version": "3.11.0", "os": "Linux",
-       "python_platform": "linux", "nvidia_driver_version": None,
+       "python_platform": "linux", "nvidia_driver_version": None, "glibc_tunables": None,
        **{f"{pkg}_version": "not installed" for pkg in ("numpy", "triton", "flash_attn",
           "mamba_ssm", "causal_conv1d", "torch_tb_profiler")}}  # fmt: skip
 
