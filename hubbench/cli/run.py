@@ -274,6 +274,12 @@ def register(app: typer.Typer) -> None:
             "--nnodes",
             help=f"Nodes per cell, nproc processes each (--executor slurm; {LIST_HELP}).",
         ),
+        cuda_graphs: list[str] = typer.Option(
+            None,
+            "--cuda-graphs",
+            help="Prefill and decode on CUDA: off (default) | auto | on, each timed call "
+            f"replayed as one CUDA graph; on,off puts both side by side ({LIST_HELP}).",
+        ),
         executor: str = typer.Option(
             None,
             "--executor",
@@ -342,7 +348,7 @@ def register(app: typer.Typer) -> None:
             axes={"seq": seq, "variant": variant, "device": device, "dtype": dtype, "mode": mode,
                   "batch": batch, "threads": threads, "decode_tokens": decode_tokens,
                   "task": task, "data": data, "mixer": mixer, "nproc": nproc,
-                  "nnodes": nnodes},
+                  "nnodes": nnodes, "cuda_graphs": cuda_graphs},
             sets=sets,
             measure={"rounds": rounds, "repeats": repeats, "warmup": warmup,
                      "min_time_s": min_time, "timeout_s": timeout},

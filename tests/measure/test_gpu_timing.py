@@ -320,3 +320,22 @@ def test_l2_flush_times_on_cuda_and_leaves_peak_memory_alone() -> None:
     cold = measure_step(step, warmup=2, repeats=5, count=False, l2_flush=True)
     assert cold.stats.count == 5
     assert abs(cold.peak_mem_bytes - warm.peak_mem_bytes) < 2**20
+
+
+def test_the_cuda_graphs_option_as_the_issue_names_it(tmp_path: Path) -> None:
+    """`hubbench run SUITE --cuda-graphs ...` (issue 34) is the run field, refused where it
+    cannot run as `--set cuda_graphs=` is."""
+    from typer.testing import CliRunner
+
+    from hubbench.cli import app
+
+    runner = CliRunner()
+    base = ["run", "decode", "--dry-run", "--device", "cpu", "--seq", "256",
+            "--variant", "transformer", "--results-dir", str(tmp_path)]  # fmt: skip
+    swept = runner.invoke(app, [*base, "--cuda-graphs", "auto,off"])
+    assert swept.exit_code == 0, swept.output
+    assert "cuda_graphs" in " ".join(swept.output.split())
+    refused = runner.invoke(app, [*base, "--cuda-graphs", "on"])
+    assert refused.exit_code == 2 and "needs a CUDA device" in " ".join(refused.output.split())
+    twice = runner.invoke(app, [*base, "--cuda-graphs", "off", "--set", "cuda_graphs=auto"])
+    assert twice.exit_code == 2, twice.output
