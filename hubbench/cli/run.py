@@ -287,7 +287,10 @@ def register(app: typer.Typer) -> None:
         ),
         cells_per_job: int = typer.Option(None, "--cells-per-job", help="Cells per job."),
         parallelism: int = typer.Option(
-            None, "--parallelism", help="Jobs at once (slurm: the array's limit; local: 1)."
+            None,
+            "--parallelism",
+            help="Jobs at once (submitit-local: processes on this host, default 1; slurm: the "
+            "array's limit, default 16; the local executor runs one).",
         ),
         partition: str = typer.Option(None, "--partition", help="Slurm partition."),
         job_time: int = typer.Option(None, "--job-time", help="Time limit per job, minutes."),
@@ -367,6 +370,8 @@ def register(app: typer.Typer) -> None:
                          parallelism=parallelism, partition=partition, time_min=job_time,
                          gpus_per_job=gpus_per_job)  # fmt: skip
         check_cells(spec, plan.cells, ab=against is not None)  # the run's checks, dry or not
+        if dry_run or spec.kind != "local":
+            notes.append(spec.describe())
         if dry_run:
             from hubbench.cli.tables import print_plan
 

@@ -50,11 +50,25 @@ class ExecutorSpec:
             raise ConfigError(f"{where}: poll_s must be > 0 (got {self.poll_s})", ("poll_s",))
         if self.partition is not None and self.kind != "slurm":
             raise ConfigError(f"{where}: partition applies to --executor slurm only")
+        if self.kind == "local" and (self.parallelism or 1) > 1:
+            raise ConfigError(
+                f"{where}: parallelism {self.parallelism} needs --executor submitit-local (jobs "
+                "as processes on this host) or slurm: the local executor measures one cell at "
+                "a time",
+                ("parallelism",),
+            )
         return self
 
     @property
     def jobs_at_once(self) -> int:
         return self.parallelism or (1 if self.kind == "submitit-local" else 16)
+
+    def describe(self) -> str:
+        """One line for a plan: where its cells run and how many jobs at once."""
+        if self.kind == "local":
+            return "executor local: one cell at a time in this process' worker"
+        per = f"{self.cells_per_job} cell{'s' if self.cells_per_job != 1 else ''} per job"
+        return f"executor {self.kind}: {per}, at most {self.jobs_at_once} job(s) at once"
 
 
 def accepted_types(annotation: Any) -> tuple[type, ...]:
@@ -105,8 +119,7 @@ def check_cells(spec: ExecutorSpec, cells: Iterable[Any], ab: bool = False) -> N
         )
     if spec.kind != "local" and ab:
         raise ConfigError(
-            "--against measures both code versions in this process' workers: use the local "
-            "executor",
+            "--against measures both code versions in this process' workers: use --executor local",
             ("executor",),
         )
     if spec.kind == "slurm":

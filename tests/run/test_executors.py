@@ -45,6 +45,32 @@ def test_executor_spec_checks_every_key() -> None:
         spec_from({"time_min": "1h"}, "s.toml: executor")
 
 
+def test_parallelism_is_never_silently_ignored() -> None:
+    # the local executor measures one cell at a time: asking it for two is an error, not a
+    # run that takes twice as long as the user planned for
+    with pytest.raises(ConfigError, match="parallelism 2 needs --executor submitit-local"):
+        make_spec({}, kind=None, parallelism=2)
+    with pytest.raises(ConfigError, match="parallelism 3 needs"):
+        make_spec({"parallelism": 3}, kind="local")
+    assert make_spec({}, kind="local", parallelism=1).jobs_at_once == 1
+    spec = make_spec({"kind": "submitit-local", "cells_per_job": 1}, kind=None, parallelism=2)
+    assert (spec.kind, spec.jobs_at_once) == ("submitit-local", 2)
+    assert spec.describe() == "executor submitit-local: 1 cell per job, at most 2 job(s) at once"
+    assert "one cell at a time" in make_spec({}, kind=None).describe()
+
+
+@pytest.mark.parametrize(
+    "suite", ["quality", "quality-capacity", "quality-hubs", "quality-bytes", "quality-replace"]
+)
+def test_quality_suites_run_cells_as_jobs(suite: str) -> None:
+    # `hubbench run quality --parallelism 2` (issue 30's command) trains two cells at once
+    from hubbench.plan import find_suite, load_suite
+
+    table = load_suite(find_suite(suite)).executor
+    spec = make_spec(table, kind=None, parallelism=2)
+    assert (spec.kind, spec.cells_per_job, spec.jobs_at_once) == ("submitit-local", 1, 2)
+
+
 def test_suite_executor_table(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
     path.write_text('[defaults]\nvariant = "transformer"\n[executor]\ncells_per_job = 2\n'
