@@ -29,6 +29,7 @@ FORBIDDEN = {
     "hubbench.schema": ("hubbench.run", "hubbench.measure", "hubbench.report", "hubbench.cli"),
     "hubbench.store": ("hubbench.run", "hubbench.measure", "hubbench.report", "hubbench.cli"),
     "hubbench.stats": ("hubbench.run", "hubbench.measure", "hubbench.report", "hubbench.cli"),
+    "hubbench.git": ("hubbench.run", "hubbench.measure", "hubbench.report", "hubbench.cli"),
 }  # fmt: skip
 
 

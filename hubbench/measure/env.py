@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import hubbench
+from hubbench.git import git
 from hubbench.schema import OPTIONAL_PACKAGES
 
 
@@ -42,23 +43,11 @@ def git_info() -> tuple[str | None, bool | None]:
     """(commit, dirty) of the source tree hubbench runs from; (None, None) outside git."""
     root = Path(hubbench.__file__).resolve().parent.parent
 
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", "--no-optional-locks", "-C", str(root), *args],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return out.stdout if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
+    commit = git(root, "rev-parse", "HEAD", timeout=10)
     if commit is None:
         return None, None
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return commit.strip(), (bool(status.strip()) if status is not None else None)
+    status = git(root, "status", "--porcelain", "--untracked-files=no", timeout=10)
+    return commit, (bool(status) if status is not None else None)
 
 
 NOT_INSTALLED = "not installed"

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import hubbench
 from hubbench.errors import ConfigError
+from hubbench.git import git
 from hubbench.measure.entry import PROTOCOL
 from hubbench.run import worktrees
 from hubbench.run.worktrees import CACHE_ENV as CACHE_ENV  # where the cache is: named here too
-from hubbench.run.worktrees import ENTRY, cache_dir, git, locked, usable
+from hubbench.run.worktrees import ENTRY, cache_dir, locked, usable
 
 CANDIDATE, BASELINE = "candidate", "baseline"
 SCOPE = "installing the baseline's own dependencies is out of scope for --against"

@@ -22,13 +22,14 @@ import fcntl
 import os
 import re
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from hubbench.git import git
 
 CACHE_ENV = "HUBBENCH_CACHE"
 ENTRY = "hubbench/measure/entry.py"
@@ -37,20 +38,6 @@ _SHA = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")  # sha-1, or sha-256 repositor
 
 _held: dict[Path, IO[str]] = {}  # this process's `.use` locks, held until it exits
 _held_guard = threading.Lock()
-
-
-def git(root: Path, *args: str) -> str | None:
-    """git's stdout in `root` (stripped), None when git fails or is missing."""
-    try:
-        out = subprocess.run(
-            ["git", "--no-optional-locks", "-C", str(root), *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def cache_dir() -> Path:
