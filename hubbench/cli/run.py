@@ -58,7 +58,7 @@ def plugin_specs(suite_name: str, mixers: list[str] | None, sets: list[str] | No
 
     from hubbench.plan.fields import parse_assignments, split_list
     from hubbench.plan.find import find_suite
-    from hubbench.plan.suite import _suite_mixers as suite_mixers
+    from hubbench.plan.suite import suite_mixers
 
     specs: list[str] = []
     with contextlib.suppress(HubbenchError, OSError, ValueError):

@@ -90,7 +90,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
 
 
 def parse_suite(data: Mapping[str, Any], path: Path) -> Suite:
-    types = field_types(plugin_option_types(_suite_mixers(data), f"{path}: mixer"))
+    types = field_types(plugin_option_types(suite_mixers(data), f"{path}: mixer"))
     check_keys(data, TOP_KEYS, f"{path}: top-level key")
     name = typed(data.get("name", path.stem), str, f"{path}: name")
     if name != path.stem:
@@ -210,7 +210,7 @@ def check_measure(values: Mapping[str, Any], where: Callable[[str], str]) -> Non
             raise SuiteError(f"{where(key)} must be at most {MAX_COUNT} (got {values[key]})")
 
 
-def _suite_mixers(data: Mapping[str, Any]) -> list[str]:
+def suite_mixers(data: Mapping[str, Any]) -> list[str]:
     """The plug-in specs a suite file names under [defaults] / [sweep] (and device overlays)."""
     found: list[str] = []
     for section in ("defaults", "sweep"):
