@@ -67,6 +67,19 @@ def test_a_closed_pipe_stops_quietly(monkeypatch) -> None:
     assert result.exit_code == 141 and "internal error" not in result.output
 
 
+def test_list_names_the_quality_tasks() -> None:
+    from hubbench.plan.fields import TASK_INFO, TASKS
+
+    assert tuple(TASK_INFO) == TASKS  # one description per task, in the one list's order
+    result = runner.invoke(app, ["list"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    lines = {line.split("│")[1].strip(): line for line in result.output.splitlines()
+             if line.count("│") == 5 and line.split("│")[1].strip() in TASKS}  # fmt: skip
+    assert set(lines) == set(TASKS)
+    assert "quality-capacity" in lines["mqar"] and "quality-bytes" in lines["bytes"]
+    assert "throughput" not in lines["mqar"]  # a timing suite's inert default task is no use
+
+
 def test_every_command_summary_is_one_line() -> None:
     """Typer keeps a docstring's line breaks: a two-line summary broke mid-sentence in the
     `hubbench --help` command list ('heatmaps, memory, and' / 'the decode state ...')."""

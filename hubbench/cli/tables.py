@@ -76,6 +76,32 @@ def suites_table() -> Table:
     return table
 
 
+def tasks_table() -> Table:
+    """The quality mode's tasks: what each measures, the fields it reads, the suites using it."""
+    from hubbench import plan as suites
+    from hubbench.errors import HubbenchError
+    from hubbench.plan.fields import TASK_INFO, TASKS
+
+    used: dict[str, list[str]] = {t: [] for t in TASKS}
+    for name, path in suites.available_suites().items():
+        try:
+            cells = suites.expand(suites.load_suite(path)).cells
+            tasks = {c.task for c in cells if c.mode == "quality"}
+        except HubbenchError:
+            continue  # the suites table says why
+        for task in sorted(t for t in tasks if t in used):
+            used[task].append(name)
+    table = Table(title="quality tasks (mode = quality, --set task=TASK)", show_lines=True)
+    table.add_column("task", style="bold cyan")
+    table.add_column("measures")
+    table.add_column("reads")
+    table.add_column("suites")
+    for task in TASKS:
+        what, reads = TASK_INFO[task]
+        table.add_row(task, escape(what), escape(reads), escape(", ".join(used[task]) or "-"))
+    return table
+
+
 def print_plan(printer: Console, plan: Plan, wide: bool = False) -> None:
     """The plan fitted to the console: every swept field stays, the cell ids go first."""
     from hubbench.cli.fit import print_fitted

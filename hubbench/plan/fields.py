@@ -28,6 +28,24 @@ INFERENCE_MODES = ("prefill", "decode")
 # quality mode: multi-query associative recall (Zoology's layout; `mqar-legacy`, hubbench's
 # first layout, by name only), byte-level LM. The one list: planning, errors and docs read it
 TASKS = ("mqar", "mqar-legacy", "bytes")
+# what each task measures and the run fields it reads, for `hubbench list` (a test keeps the
+# keys equal to TASKS)
+TASK_INFO: dict[str, tuple[str, str]] = {
+    "mqar": (
+        "multi-query associative recall, Zoology's layout: held-out accuracy at the queried "
+        "keys, read against the recall-free ceiling (docs/quality.md)",
+        "kv_pairs, vocab (> seq), train_updates, lr",
+    ),
+    "mqar-legacy": (
+        "hubbench's first MQAR layout, for reproducing old runs only: a guesser that recalls "
+        "nothing scores 0.38-0.57 on it",
+        "kv_pairs, vocab, train_updates, lr",
+    ),
+    "bytes": (
+        "byte-level language modelling: held-out bits per byte against the unigram baseline",
+        "data (pydoc, shakespeare or a file), train_updates, lr",
+    ),
+}
 DTYPES = ("fp32", "bf16", "fp16")  # autocast compute dtypes; parameters stay fp32
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?")
 INT64_MAX = 2**63 - 1  # what the results store can hold
