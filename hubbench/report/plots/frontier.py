@@ -30,7 +30,14 @@ from hubbench.report.plots.quality import (
 )
 from hubbench.report.plots.registry import Kind, register
 from hubbench.report.plots.ticks import log_axis
-from hubbench.report.seeds import MQAR_TASKS, SOLVED, is_reference, recipe_verdicts, select_lr
+from hubbench.report.seeds import (
+    MQAR_TASKS,
+    SOLVED,
+    is_reference,
+    latest_reruns,
+    recipe_verdicts,
+    select_lr,
+)
 from hubbench.report.series import Facet
 
 if TYPE_CHECKING:
@@ -61,12 +68,37 @@ def chosen_facets(df: pd.DataFrame) -> list[Facet]:
     MQAR point (n and kv pairs: configs at another n are another task)."""
     import pandas as pd
 
-    rows = select_lr(_mqar(quality_rows(df)))
+    given = _mqar(quality_rows(df))
+    rows = select_lr(given)
     if not rows:
         return []
+    runs = _runs_at_points(given)
     picked = [{**r, "lr": None, "lr_grid": _grid(r["lr_grid"])} for r in rows if "lr_grid" in r]
-    chosen = pd.DataFrame(picked + [r for r in rows if "lr_grid" not in r])
+    chosen = pd.DataFrame([{**r, **runs[_mqar_point(r)]} for r in
+                           picked + [r for r in rows if "lr_grid" not in r]])  # fmt: skip
     return seq_facets(chosen)
+
+
+def _mqar_point(row: dict[str, Any]) -> tuple:
+    return row.get("task"), row.get("seq"), row.get("kv_pairs")
+
+
+def _runs_at_points(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, str]]:
+    """Per MQAR point, the runs given (`runs_read`: those with a row that counts) and the runs
+    all of whose rows there were measured again in a later run given (`runs_superseded`)."""
+
+    def ids(group: list[dict[str, Any]]) -> set[str]:
+        return {str(r.get("run_id")) for r in group}
+
+    given: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        given.setdefault(_mqar_point(r), []).append(r)
+    out = {}
+    for point, group in given.items():
+        kept = ids(latest_reruns(group))
+        out[point] = {"runs_read": ", ".join(sorted(kept)),
+                      "runs_superseded": ", ".join(sorted(ids(group) - kept))}  # fmt: skip
+    return out
 
 
 def _grid(rates: list[float]) -> str:
@@ -162,6 +194,27 @@ def frontier(facet: Facet) -> Figured:
     return Figured(fig, "", notes, caption)
 
 
+def _run_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What happened to the runs given that the title's run list does not name: runs read only
+    for the learning-rate choice, and runs whose every cell here a later run measured again."""
+
+    def listed(column: str) -> list[str]:
+        return sorted({x for r in rows for x in str(r.get(column) or "").split(", ") if x})
+
+    drawn = {str(r.get("run_id")) for r in rows}
+    unchosen = [x for x in listed("runs_read") if x not in drawn]
+    superseded = listed("runs_superseded")
+    notes = []
+    if unchosen:
+        notes.append(f"Run{'s' if len(unchosen) > 1 else ''} {', '.join(unchosen)}: read for "
+                     "the learning-rate choice, no seed chose its rate.")  # fmt: skip
+    if superseded:
+        notes.append(f"Not drawn: run{'s' if len(superseded) > 1 else ''} "
+                     f"{', '.join(superseded)}, every cell of which at this point a later run "
+                     "given measured again (a cell counts once, its latest run).")  # fmt: skip
+    return notes
+
+
 def _words(
     rows: list[dict[str, Any]], found: list[Line], pooled: list[Pooled]
 ) -> tuple[list[str], str]:
@@ -181,6 +234,7 @@ def _words(
         + (f" (here {RULE_WORDS.get(str(rule), rule)})" if rule else "")
         + f"; dotted: solved ({SOLVED:.0%}).",
     ]
+    notes += _run_notes(rows)
     failed = [v.notice() for v in recipe_verdicts(rows) if not v.holds]
     notes += failed
     if any(line.leaks for line in found):

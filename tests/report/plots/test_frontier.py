@@ -150,3 +150,21 @@ def test_a_rerun_replaces_the_earlier_run_instead_of_being_picked_from() -> None
     [facet] = chosen_facets(pd.concat([early, late], ignore_index=True))
     assert set(facet.df["run_id"]) == {"cccc0003"} and len(facet.df) == 3
     assert sorted(facet.df["eval_accuracy"].round(2)) == [0.68, 0.69, 0.7]
+    notes = " ".join(KINDS["frontier"].draw(facet).notes)
+    assert "Not drawn: run aaaa0001" in notes and "cccc0003" not in notes
+
+
+def test_a_run_read_only_for_the_rate_choice_is_named() -> None:
+    """The reference's rates in two runs (as 1d0942ed and d2e22edd): where no seed chose one
+    run's rate, the title names the other run only; the notes say the first was read."""
+    import pandas as pd
+
+    df = _only({"transformer"}, "aaaa0001", "2026-12-06T10:00:00Z")
+    low = df[df["lr"] == 1e-3].copy()  # lr 1e-3 wins every transformer seed (CONFIGS)
+    high = df[df["lr"] == 3e-3].copy()
+    high["run_id"] = "dddd0004"
+    [facet] = chosen_facets(pd.concat([low, high], ignore_index=True))
+    assert set(facet.df["run_id"]) == {"aaaa0001"}
+    notes = " ".join(KINDS["frontier"].draw(facet).notes)
+    assert "Run dddd0004: read for the learning-rate choice, no seed chose its rate" in notes
+    assert "Not drawn" not in notes
