@@ -51,6 +51,17 @@ def load1() -> float:
     return os.getloadavg()[0]
 
 
+def autogroup() -> str:
+    """Whether the kernel groups processes by session (then `nice` does not protect a
+    measurement from another terminal's work: docs/measurement.md)."""
+    try:
+        return {"0": "off", "1": "on"}.get(
+            Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip(), "?"
+        )
+    except OSError:
+        return "not in this kernel"
+
+
 class Busy:
     """`count` busy Python processes for the length of a with-block; killed on the way out."""
 
@@ -87,7 +98,8 @@ def record(kind: str, results: Path, load: int) -> dict[str, Any]:
     path = store.latest_run(results, "ci")
     seconds = round(time.perf_counter() - started)
     return {"kind": kind, "run": path.stem.rpartition("-")[2], "load_before": round(before, 2),
-            "load_after": round(load1(), 2), "seconds": seconds}  # fmt: skip
+            "load_after": round(load1(), 2), "seconds": seconds,
+            "autogroup": autogroup()}  # fmt: skip
 
 
 def sentinel(df: Any) -> tuple[float, dict[str, float]]:
