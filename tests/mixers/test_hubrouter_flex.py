@@ -189,6 +189,27 @@ def test_our_eager_call_is_the_public_flex_attention() -> None:
     assert torch.equal(hub_flex._attend(q, k, v, bm), fa.flex_attention(q, k, v, block_mask=bm))
 
 
+def test_the_compiled_kernel_never_falls_back_to_eager_under_its_name(monkeypatch) -> None:
+    """Past dynamo's recompile limit torch.compile runs the function eagerly (a warning only):
+    on CUDA that is FlexAttention's whole score matrix timed as flex-council. The compiled call
+    runs with a raised limit and an error past it, which names the way out."""
+    import torch._dynamo
+
+    seen = {}
+
+    def fake_compiled(*args, **kwargs):
+        cfg = torch._dynamo.config
+        seen["limit"], seen["fail"] = cfg.recompile_limit, cfg.fail_on_recompile_limit_hit
+        raise torch._dynamo.exc.FailOnRecompileLimitHit("recompile_limit reached")
+
+    monkeypatch.setattr(hub_flex, "_compiled", lambda: fake_compiled)
+    q = torch.zeros(1, 1, 4, 8)
+    with pytest.raises(RuntimeError, match=r"refusing to run it eagerly.*council=masked"):
+        hub_flex._run_compiled(q, q, q, block_mask=None)
+    assert seen == {"limit": hub_flex.RECOMPILE_LIMIT, "fail": True}
+    assert torch._dynamo.config.fail_on_recompile_limit_hit is False  # restored afterwards
+
+
 def test_flex_keeps_no_dense_mask_for_backward() -> None:
     """Autograd saves no tensor of the masked path's (B nc, 1, C, k' + C) mask shape, nor a
     per-head one."""

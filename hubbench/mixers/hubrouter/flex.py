@@ -47,6 +47,7 @@ CUDA_BLOCK = 128
 CPU_BLOCK = 16
 
 _compiled_flex: Callable[..., Tensor] | None = None
+RECOMPILE_LIMIT = 64  # compiled flex graphs per process (dynamo's default is 8)
 
 
 def flex_council_available(q: Tensor) -> bool:
@@ -148,13 +149,32 @@ def _attend(qh: Tensor, kh: Tensor, vh: Tensor, block_mask: _fa.BlockMask) -> Te
     """FlexAttention with the council's block mask: compiled on CUDA, the eager reference
     (called below the public entry, which refuses CPU gradients) elsewhere and for float64."""
     if qh.device.type == "cuda" and qh.dtype != torch.float64:
-        return _compiled()(qh, kh, vh, block_mask=block_mask)
+        return _run_compiled(qh, kh, vh, block_mask)
     kernel_options = _fa._apply_kernel_options(qh, kh, vh, False, None, None)
     scale = 1.0 / math.sqrt(qh.shape[-1])
     out, _, _ = _fa.flex_attention_hop(
         qh, kh, vh, _identity_score, block_mask.as_tuple(), scale, kernel_options
     )
     return out
+
+
+def _run_compiled(qh: Tensor, kh: Tensor, vh: Tensor, block_mask: _fa.BlockMask) -> Tensor:
+    """The compiled kernel. One compiled function serves every shape a worker meets: past
+    dynamo's recompile limit it would fall back to eager FlexAttention (the whole score matrix)
+    while the row still said flex-council; a higher limit here, and an error past it."""
+    import torch._dynamo
+
+    try:
+        with torch._dynamo.config.patch(
+            recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True
+        ):
+            return _compiled()(qh, kh, vh, block_mask=block_mask)
+    except torch._dynamo.exc.FailOnRecompileLimitHit as exc:
+        raise RuntimeError(
+            f"flex council: torch.compile(flex_attention) recompiled {RECOMPILE_LIMIT} times "
+            "in this process (one per new shape or chunk); refusing to run it eagerly under "
+            "the flex council's name: measure fewer shapes per worker or --set council=masked"
+        ) from exc
 
 
 def _identity_score(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
