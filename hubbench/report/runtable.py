@@ -169,7 +169,8 @@ def quality_cells(r: Mapping[str, Any]) -> list[str]:
 
 def seed_table(rows: Sequence[Mapping[str, Any]]) -> RunTable | None:
     """The quality rows pooled over seeds, one line per config (rows that differ only in
-    `seed`): the score's mean and its 95% t-interval (min-max from two seeds), the seeds that
+    `seed`): the score's mean and its 95% t-interval (min-max from two seeds) beside the trivial
+    model's mean (MQAR: the recall-free ceiling), the seeds that
     converged, the router's mean precision beside a random selection's, the mean training tok/s
     and the causal checks. None unless some config has two or more seeds."""
     from hubbench.report.seeds import point_of, pool_seeds, quality_metric, recipe_verdicts
@@ -188,7 +189,8 @@ def seed_table(rows: Sequence[Mapping[str, Any]]) -> RunTable | None:
     verdicts = {v.point: v for v in recipe_verdicts(rows)}
     recipe = any(not v.holds for v in verdicts.values())  # the column only where one failed
     columns = (TableColumn("config"), TableColumn("task"), TableColumn("seeds", True),
-               TableColumn("quality", True), *([TableColumn("recipe", True)] if recipe else []),
+               TableColumn("quality", True), TableColumn("trivial", True),
+               *([TableColumn("recipe", True)] if recipe else []),
                TableColumn("conv", True), TableColumn("routing P", True),
                TableColumn("random P", True), TableColumn("tok/s", True),
                TableColumn("causal"))  # fmt: skip
@@ -206,6 +208,7 @@ def seed_table(rows: Sequence[Mapping[str, Any]]) -> RunTable | None:
             task,
             str(seeds) if not c.failed else f"{len(c.rows)} ok of {seeds}",
             _pooled(show, [r.get(column) for r in c.rows], mean_interval),
+            _mean(show, [r.get("baseline_quality") for r in c.rows]),
             *([_recipe_cell(verdict)] if recipe else []),
             f"{sum(map(bool, converged))}/{seeds}" if converged else "-",
             _mean(fmt.fraction, [r.get("routing_precision") for r in c.rows]),
@@ -216,7 +219,9 @@ def seed_table(rows: Sequence[Mapping[str, Any]]) -> RunTable | None:
         out.append(TableRow(cells, "ok" if c.rows and not c.failed else "error"))
     notes = (
         "one line per config, its seeds pooled; quality: the mean over the ok seeds ± the "
-        "half-width of a 95% t-interval (3+ seeds) or [min, max] (2 seeds)",
+        "half-width of a 95% t-interval (3+ seeds) or [min, max] (2 seeds); trivial: the "
+        "same mean for a model that learned nothing the task rewards (MQAR: the recall-free "
+        "ceiling, the best guesser that binds no key to its value; bytes: the unigram model)",
         "conv: seeds that converged of all the config's seeds; routing P, tok/s: means",
         *([RECIPE_NOTE] if recipe else []),
     )
