@@ -280,3 +280,13 @@ def test_a_quality_table_too_wide_for_80_columns_splits_and_keeps_every_score() 
     print_rows(wide, rows, "quality-hubs")
     text = wide.export_text()
     assert "quality-hubs: quality" not in text and "11.7%/60.2%" in text
+
+
+def test_the_dry_run_names_the_mqar_point_when_it_is_not_swept() -> None:
+    """`--set kv_pairs=64` on the capacity suite: one value, so no column; the line under the
+    plan says it (it listed task and budget but not the pairs, the other half of the point)."""
+    args = ["run", "quality-capacity", "--variant", "transformer", "--set", "kv_pairs=64",
+            "--set", "seed=0", "--dry-run"]  # fmt: skip
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "task=mqar kv_pairs=64" in result.output

@@ -118,8 +118,8 @@ def plan_table(plan: Plan) -> Table:
               for c in plan.cells]  # fmt: skip
     fields = schema.varying(idents, ("attention", *DETAIL_FIELDS, *settings), nulls=False)
     first = idents[0]
-    shown = ("mode", "device", "dtype", "batch", "threads", "decode_tokens", "task", "data",
-             "train_updates", "lr", *settings)  # fmt: skip
+    shown = ("mode", "device", "dtype", "batch", "threads", "decode_tokens", "task", "kv_pairs",
+             "data", "train_updates", "lr", *settings)  # fmt: skip
     same = [f"{f}={first.get(f)}" for f in shown if f not in fields and first.get(f) is not None]
     table = Table(
         title=f"{plan.suite.name}: {len(plan.cells)} cells",
