@@ -19,9 +19,11 @@ stderr per job) stay in `<run>.jobs/`.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,28 @@ from hubbench.run.rows import CellState, state_from_row
 Put = Callable[[dict[str, Any]], None]
 OnDone = Callable[[dict[str, Any], CellState, Progress], None]
 STARTED = ("RUNNING", "COMPLETING")  # submitit states of a job that runs
+
+
+CONTROLLER_LOG = "controllers.err"  # submitit-local's job controllers' stderr, in the jobs folder
+
+
+@contextlib.contextmanager
+def stderr_to(path: Path) -> Iterator[None]:
+    """File descriptor 2 sent to `path` while the block runs, for processes started in it.
+    submitit-local starts each job's controller with this process' stderr; a controller that
+    Ctrl-C (or a cancel, which is SIGINT) stops prints a KeyboardInterrupt traceback from
+    submitit's own code, which belongs in the jobs folder, not under the run's last line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @dataclass
@@ -184,7 +208,11 @@ class Submitter:
                 mine = [j for j in batch if nnodes_of(j.states) == n]
                 if not mine:
                     continue
-                with executor.batch() if self.spec.kind == "slurm" else contextlib.nullcontext():
+                if self.spec.kind == "slurm":
+                    batched: Any = executor.batch()
+                else:  # submitit-local's job controllers inherit fd 2: theirs is a log file
+                    batched = stderr_to(self.folder / CONTROLLER_LOG)
+                with batched:
                     made = [executor.submit(run_job, self.payload(j)) for j in mine]
                 handles.update({j.index: h for j, h in zip(mine, made, strict=True)})
         except Exception as exc:  # sbatch refused (no such partition, no Slurm, ...)

@@ -51,7 +51,11 @@ def test_parallelism_is_never_silently_ignored() -> None:
     with pytest.raises(ConfigError, match="parallelism 2 needs --executor submitit-local"):
         make_spec({}, kind=None, parallelism=2)
     with pytest.raises(ConfigError, match="parallelism 3 needs"):
-        make_spec({"parallelism": 3}, kind="local")
+        make_spec({}, kind="local", parallelism=3)
+    # a suite's table sets it for its jobs (`--executor submitit-local | slurm`): a local run
+    # of that suite goes on, one cell at a time
+    assert make_spec({"parallelism": 8}, kind=None).jobs_at_once == 1
+    assert make_spec({"parallelism": 8}, kind="slurm").jobs_at_once == 8
     assert make_spec({}, kind="local", parallelism=1).jobs_at_once == 1
     spec = make_spec({"kind": "submitit-local", "cells_per_job": 1}, kind=None, parallelism=2)
     assert (spec.kind, spec.jobs_at_once) == ("submitit-local", 2)
@@ -64,11 +68,19 @@ def test_parallelism_is_never_silently_ignored() -> None:
 )
 def test_quality_suites_run_cells_as_jobs(suite: str) -> None:
     # `hubbench run quality --parallelism 2` (issue 30's command) trains two cells at once
-    from hubbench.plan import find_suite, load_suite
+    from hubbench.plan import expand, find_suite, load_suite
+    from hubbench.plan.executor import check_cells
 
-    table = load_suite(find_suite(suite)).executor
-    spec = make_spec(table, kind=None, parallelism=2)
+    loaded = load_suite(find_suite(suite))
+    spec = make_spec(loaded.executor, kind=None, parallelism=2)
     assert (spec.kind, spec.cells_per_job, spec.jobs_at_once) == ("submitit-local", 1, 2)
+    cells = expand(loaded).cells
+    check_cells(spec, cells)  # each job's time limit is above its cell's timeout
+    # submitit kills a job at its time limit: a limit under a cell's timeout loses the cell
+    longest = max(c.measure.timeout_s for c in cells)
+    short = dataclasses.replace(spec, time_min=int(longest) // 60 - 1)
+    with pytest.raises(ConfigError, match=r"job time \d+ min is shorter than a cell's timeout"):
+        check_cells(short, cells)
 
 
 def test_suite_executor_table(tmp_path: Path) -> None:
@@ -311,3 +323,48 @@ def test_a_refused_submission_leaves_no_jobs_folder(
         Submitter(ExecutorSpec(kind="slurm"), [CellState(cell(0))], print, run, [],
                   {"suite": "t", "run_id": "feed0001", "builder": BUILDER}).poll()  # fmt: skip
     assert sorted(p.name for p in jobs_folder(run).iterdir()) == ["attempt-1"]
+
+
+def test_started_processes_write_their_stderr_to_the_jobs_folder(tmp_path: Path, capfd) -> None:
+    """submitit-local's controllers inherit fd 2: started under stderr_to, a traceback of
+    theirs (Ctrl-C stops them with SIGINT) lands in the log, not under the run's table."""
+    import subprocess
+    import sys
+
+    from hubbench.run.executors import stderr_to
+
+    log = tmp_path / "jobs" / "controllers.err"
+    with stderr_to(log):
+        child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stderr.write('boom')"])
+    child.wait()
+    print("after", file=sys.stderr)
+    assert log.read_text() == "boom"
+    assert capfd.readouterr().err == "after\n"
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_submitit_local_run_prints_no_traceback(tmp_path: Path) -> None:
+    """Ctrl-C at a terminal signals the whole process group, the job controllers included:
+    the quality suites run as submitit-local jobs, and each controller printed submitit's
+    KeyboardInterrupt traceback above hubbench's 'interrupted' line."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    results = tmp_path / "results"
+    args = [sys.executable, "-m", "hubbench", "run", "ci", "--executor", "submitit-local",
+            "--cells-per-job", "1", "--parallelism", "2",
+            "--results-dir", str(results)]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(results.glob("ci/*.jobs/*_submitted.pkl")):
+        time.sleep(0.2)
+    time.sleep(1.0)  # the controllers are running
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err and "KeyboardInterrupt" not in err
+    [log] = results.glob("ci/*.jobs/controllers.err")
+    assert log.exists()
