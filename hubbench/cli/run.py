@@ -391,7 +391,9 @@ def register(app: typer.Typer) -> None:
         store.check_writable(results)
         err = console(stderr=True)
         sides = _sides(against, resume, results, plan.suite.name, builder)  # refused first
-        busy = oversubscribed(max(c.threads * c.nproc for c in plan.cells))
+        # submitit-local jobs run side by side on this host: their threads add up
+        at_once = min(spec.jobs_at_once, len(plan.cells)) if spec.kind == "submitit-local" else 1
+        busy = oversubscribed(max(c.threads * c.nproc for c in plan.cells) * at_once)
         if busy:
             err.print(f"[yellow]warning:[/] {escape(busy)}", highlight=False, soft_wrap=True)
         if sides:

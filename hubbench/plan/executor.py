@@ -7,6 +7,7 @@ the suite is loaded, so a typo fails before anything runs (docs/cluster.md).
 
 from __future__ import annotations
 
+import math
 import os
 import typing
 from collections.abc import Iterable, Mapping
@@ -61,7 +62,7 @@ class ExecutorSpec:
 
     @property
     def jobs_at_once(self) -> int:
-        return self.parallelism or (1 if self.kind == "submitit-local" else 16)
+        return self.parallelism or (16 if self.kind == "slurm" else 1)
 
     def describe(self) -> str:
         """One line for a plan: where its cells run and how many jobs at once."""
@@ -102,7 +103,10 @@ def spec_from(table: Mapping[str, Any], where: str) -> dict[str, Any]:
 def make_spec(table: Mapping[str, Any], **options: Any) -> ExecutorSpec:
     """The suite's table with the command line's options (None: not given) on top."""
     given = {k: v for k, v in options.items() if v is not None}
-    return ExecutorSpec(**{**table, **given}).check()
+    merged = {**table, **given}
+    if merged.get("kind", "local") == "local" and "parallelism" not in given:
+        merged.pop("parallelism", None)  # a suite's setting for its jobs, not for a local run
+    return ExecutorSpec(**merged).check()
 
 
 def check_cells(spec: ExecutorSpec, cells: Iterable[Any], ab: bool = False) -> None:
@@ -122,6 +126,15 @@ def check_cells(spec: ExecutorSpec, cells: Iterable[Any], ab: bool = False) -> N
             "--against measures both code versions in this process' workers: use --executor local",
             ("executor",),
         )
+    if spec.kind != "local":
+        longest = max((c.measure.timeout_s for c in cells), default=0.0)
+        if spec.time_min * 60 < longest:  # submitit kills the job at time_min, cell or not
+            raise ConfigError(
+                f"job time {spec.time_min} min is shorter than a cell's timeout ({longest:g} s, "
+                "measure.timeout_s): its job would be killed first and the cell lost; ask for "
+                f"--job-time {math.ceil(longest / 60) + 5} or more",
+                ("time_min",),
+            )
     if spec.kind == "slurm":
         return  # the nodes' cores are the cluster's to know (sbatch refuses what none has)
     cores = host_cores()
