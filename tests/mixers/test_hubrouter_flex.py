@@ -208,6 +208,12 @@ def test_the_compiled_kernel_never_falls_back_to_eager_under_its_name(monkeypatc
         hub_flex._run_compiled(q, q, q, block_mask=None)
     assert seen == {"limit": hub_flex.RECOMPILE_LIMIT, "fail": True}
     assert torch._dynamo.config.fail_on_recompile_limit_hit is False  # restored afterwards
+    # inside an outer torch.compile the call is traced as it is: a config patch there would
+    # break the outer graph at every council
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    seen.clear()
+    monkeypatch.setattr(hub_flex, "_compiled", lambda: lambda *a, **k: seen.setdefault("plain", 1))
+    assert hub_flex._run_compiled(q, q, q, block_mask=None) == 1 and "limit" not in seen
 
 
 def test_flex_keeps_no_dense_mask_for_backward() -> None:

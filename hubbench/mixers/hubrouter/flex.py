@@ -158,18 +158,35 @@ def _attend(qh: Tensor, kh: Tensor, vh: Tensor, block_mask: _fa.BlockMask) -> Te
     return out
 
 
+class _NeverRaised(Exception):
+    """Caught where a torch without either limit exception would raise nothing to catch."""
+
+
 def _run_compiled(qh: Tensor, kh: Tensor, vh: Tensor, block_mask: _fa.BlockMask) -> Tensor:
     """The compiled kernel. One compiled function serves every shape a worker meets: past
     dynamo's recompile limit it would fall back to eager FlexAttention (the whole score matrix)
-    while the row still said flex-council; a higher limit here, and an error past it."""
+    while the row still said flex-council; a higher limit here, and an error past it. Inside an
+    outer torch.compile (a `compile=true` cell) the call is traced into the outer graph as it is
+    (dynamo cannot trace a config patch: it would break the graph at every council)."""
     import torch._dynamo
 
+    if torch.compiler.is_compiling():
+        return _compiled()(qh, kh, vh, block_mask=block_mask)
+    config = torch._dynamo.config
+    # torch >= 2.6 names them recompile_limit / FailOnRecompileLimitHit, earlier cache_size_*
+    new = hasattr(config, "fail_on_recompile_limit_hit")
+    limits = (
+        {"recompile_limit": RECOMPILE_LIMIT, "fail_on_recompile_limit_hit": True}
+        if new
+        else {"cache_size_limit": RECOMPILE_LIMIT, "fail_on_cache_limit_hit": True}
+    )
+    hit = getattr(torch._dynamo.exc, "FailOnRecompileLimitHit", None) or getattr(
+        torch._dynamo.exc, "FailOnCacheLimitHit", _NeverRaised
+    )
     try:
-        with torch._dynamo.config.patch(
-            recompile_limit=RECOMPILE_LIMIT, fail_on_recompile_limit_hit=True
-        ):
+        with config.patch(**limits):
             return _compiled()(qh, kh, vh, block_mask=block_mask)
-    except torch._dynamo.exc.FailOnRecompileLimitHit as exc:
+    except hit as exc:
         raise RuntimeError(
             f"flex council: torch.compile(flex_attention) recompiled {RECOMPILE_LIMIT} times "
             "in this process (one per new shape or chunk); refusing to run it eagerly under "
