@@ -197,7 +197,7 @@ def print_rows(
         print_fitted(printer, table, [*keys, "quality"], QUALITY_DROP, see=SEE)
     pooled = seeds_table(rows)
     if pooled is not None:
-        print_fitted(printer, pooled, ("config", "task", "seeds", "quality"),
+        print_fitted(printer, pooled, ("config", "task", "seeds", "quality", "trivial"),
                      ("random P", "routing P", "tok/s", "conv"), wide=wide, see=SEE)  # fmt: skip
 
 

@@ -13,6 +13,7 @@ is not a valid result.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from typing import TYPE_CHECKING, Any
 
@@ -72,33 +73,27 @@ def chosen_facets(df: pd.DataFrame) -> list[Facet]:
     rows = select_lr(given)
     if not rows:
         return []
-    runs = _runs_at_points(given)
     picked = [{**r, "lr": None, "lr_grid": _grid(r["lr_grid"])} for r in rows if "lr_grid" in r]
-    chosen = pd.DataFrame([{**r, **runs[_mqar_point(r)]} for r in
-                           picked + [r for r in rows if "lr_grid" not in r]])  # fmt: skip
-    return seq_facets(chosen)
-
-
-def _mqar_point(row: dict[str, Any]) -> tuple:
-    return row.get("task"), row.get("seq"), row.get("kv_pairs")
-
-
-def _runs_at_points(rows: list[dict[str, Any]]) -> dict[tuple, dict[str, str]]:
-    """Per MQAR point, the runs given (`runs_read`: those with a row that counts) and the runs
-    all of whose rows there were measured again in a later run given (`runs_superseded`)."""
-
-    def ids(group: list[dict[str, Any]]) -> set[str]:
-        return {str(r.get("run_id")) for r in group}
-
-    given: dict[tuple, list[dict[str, Any]]] = {}
-    for r in rows:
-        given.setdefault(_mqar_point(r), []).append(r)
-    out = {}
-    for point, group in given.items():
-        kept = ids(latest_reruns(group))
-        out[point] = {"runs_read": ", ".join(sorted(kept)),
-                      "runs_superseded": ", ".join(sorted(ids(group) - kept))}  # fmt: skip
+    chosen = pd.DataFrame(picked + [r for r in rows if "lr_grid" not in r])
+    out = []
+    for facet in seq_facets(chosen):
+        # the runs given at this facet's point and shape: the notes name what the title omits
+        mine = [r for r in given if all(_same(r.get(k), v) for k, v in facet.fixed.items()
+                                        if k not in ("lr", "lr_grid"))]  # fmt: skip
+        ids = {str(r.get("run_id")) for r in mine}
+        kept = {str(r.get("run_id")) for r in latest_reruns(mine)}
+        runs = {"runs_read": ", ".join(sorted(kept)),
+                "runs_superseded": ", ".join(sorted(ids - kept))}  # fmt: skip
+        out.append(dataclasses.replace(facet, df=facet.df.assign(**runs)))
     return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """A row's value against a facet's fixed one (either may be a null or a numpy scalar)."""
+    null_a, null_b = a is None or a != a, b is None or b != b  # NaN is not equal to itself
+    if null_a or null_b:
+        return null_a and null_b
+    return a == b or str(a) == str(b)
 
 
 def _grid(rates: list[float]) -> str:

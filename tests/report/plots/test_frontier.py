@@ -168,3 +168,19 @@ def test_a_run_read_only_for_the_rate_choice_is_named() -> None:
     notes = " ".join(KINDS["frontier"].draw(facet).notes)
     assert "Run dddd0004: read for the learning-rate choice, no seed chose its rate" in notes
     assert "Not drawn" not in notes
+
+
+def test_the_run_notes_stay_within_their_facet() -> None:
+    """Two runs at one MQAR point but another budget are two facets (the review's case: docs'
+    run beside a 1500-update one): neither facet's notes name the other's run."""
+    import pandas as pd
+
+    a = _only({"transformer"}, "aaaa0001", "2026-12-06T10:00:00Z")
+    b = _only({"transformer"}, "bbbb0002", "2026-12-06T12:00:00Z")
+    b["train_updates"] = 1500
+    facets = chosen_facets(pd.concat([a, b], ignore_index=True))
+    assert len(facets) == 2
+    for facet in facets:
+        [own] = set(facet.df["run_id"])
+        other = ({"aaaa0001", "bbbb0002"} - {own}).pop()
+        assert other not in " ".join(KINDS["frontier"].draw(facet).notes)
