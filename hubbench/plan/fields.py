@@ -209,7 +209,9 @@ def oversubscribed(threads: int) -> str | None:
     except OSError:
         return None
     cpus = usable_cpus()
-    if load + threads <= cpus:
+    # the load average counts runnable processes, smoothed: 0.3 is an idle box with a blip, and
+    # cells whose threads fill every CPU (two one-thread jobs on two cores) must not hear "busy"
+    if round(load) + threads <= cpus:
         return None
     return (
         f"the machine is busy: load average {load:.1f} on {cpus} CPU(s), and cells use {threads} "

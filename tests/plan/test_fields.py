@@ -126,3 +126,16 @@ def test_the_cli_refuses_an_unknown_task_before_running() -> None:
     assert result.exit_code != 0
     out = " ".join((result.stdout + (result.stderr or "")).split())
     assert "unknown task 'mqar2'; valid: mqar, mqar-legacy, bytes" in out
+
+
+def test_the_busy_warning_counts_busy_processes_not_a_blip(monkeypatch) -> None:
+    """Two one-thread quality jobs on two cores at load 0.3 are no busy machine; at 1.4 one core
+    is taken and the cells will contend."""
+    from hubbench.plan import fields
+
+    monkeypatch.setattr(fields, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(fields.os, "getloadavg", lambda: (0.3, 0.0, 0.0))
+    assert fields.oversubscribed(2) is None
+    monkeypatch.setattr(fields.os, "getloadavg", lambda: (1.4, 0.0, 0.0))
+    assert "load average 1.4 on 2 CPU(s)" in (fields.oversubscribed(2) or "")
+    assert fields.oversubscribed(1) is None  # one thread beside one busy process: room
