@@ -19,7 +19,8 @@ Three parts (d_model 256, 4 heads, batch 1; HubRouter M=8, k=64, C=64, r=1):
   GEMM of width 4d + 1 + hM and the output projection, gate included) and no token mixing.
   The floor and HubRouter are interleaved; target: HubRouter <= 1.5x floor at n >= 4096.
   `--councils auto,masked` (the default) runs HubRouter once per council implementation, all
-  interleaved with the floor: auto (the split council on CPU) against the dense-mask reference.
+  interleaved with the floor: auto (the packed council on CPU in fp32) against the dense-mask
+  reference. `--model-councils auto,split` runs hub-gpt once per council in the model part.
 - memory: each n runs in its own child process. The child builds the layer and its input, runs
   a warm-up step at a small n (so library initialisation is not counted), resets the kernel's
   peak-RSS mark (writes "5" to /proc/self/clear_refs, which sets VmHWM to the current RSS),
@@ -191,21 +192,24 @@ def run_memory(seqs: list[int], councils: list[str], malloc_mode: str) -> dict:
     return out
 
 
-def run_models(seqs: list[int], repeats: int) -> dict:
+def run_models(seqs: list[int], repeats: int, councils: list[str]) -> dict:
+    """hub-gpt (once per council implementation; the first is the headline) against the
+    transformer, all interleaved."""
     from hubbench.measure.step import build_step
     from hubbench.models import build_model
 
     rows = []
+    hub_names = ["hub-gpt"] + [f"hub-gpt:{c}" for c in councils[1:]]
     for n in seqs:
         common = {"d_model": D_MODEL, "n_layers": LAYERS, "n_heads": HEADS}
+        hub = {"hubs": 8, "topk": 64, "chunk": 64}
         steps = {
-            "hub-gpt": build_step(
-                build_model("hub-gpt", **common, hubs=8, topk=64, chunk=64), "train", 1, n
-            ),
-            "transformer": build_step(
-                build_model("transformer", **common, attention="sdpa"), "train", 1, n
-            ),
+            name: build_step(build_model("hub-gpt", **common, **hub, council=c), "train", 1, n)
+            for name, c in zip(hub_names, councils, strict=True)
         }
+        steps["transformer"] = build_step(
+            build_model("transformer", **common, attention="sdpa"), "train", 1, n
+        )
         for s in steps.values():
             s.fn()  # warm-up
         times: dict[str, list[float]] = {k: [] for k in steps}
@@ -233,6 +237,16 @@ def run_models(seqs: list[int], repeats: int) -> dict:
                 "samples_s": times,
             }
         )
+        for name in hub_names[1:]:  # the other councils, same run
+            others = [t / h for h, t in zip(times[name], times["transformer"], strict=True)]
+            rows[-1][f"ratio_{name}"] = tps[name] / tps["transformer"]
+            rows[-1][f"ratio_per_repeat_{name}"] = others
+            print(
+                f"model n={n:6d}  {name} {tps[name]:8.0f} tok/s ({med[name]:.2f} s)   ratio "
+                f"{tps[name] / tps['transformer']:.2f}x (per repeat {min(others):.2f}-"
+                f"{max(others):.2f})",
+                flush=True,
+            )
         ideal_text = "-" if ideal is None else f"{ideal:.2f}x"
         print(
             f"model n={n:6d}  hub-gpt {tps['hub-gpt']:8.0f} tok/s ({med['hub-gpt']:.2f} s)   "
@@ -273,7 +287,13 @@ def main() -> None:
         "--councils",
         default="auto,masked",
         help="layer and memory parts: HubRouter council implementations to run side by side "
-        "(auto, split, masked; masked is the dense-mask reference)",
+        "(auto, packed, split, masked; masked is the dense-mask reference)",
+    )
+    p.add_argument(
+        "--model-councils",
+        default="auto",
+        help="model part: hub-gpt once per council implementation, interleaved with the "
+        "transformer (the first is the headline ratio), e.g. auto,split",
     )
     p.add_argument("--json", help="write all figures here")
     p.add_argument(
@@ -298,6 +318,10 @@ def main() -> None:
     bad = [c for c in councils if c not in COUNCIL_IMPLS]
     if bad or not councils:
         p.error(f"--councils: {bad or 'none'} not in {COUNCIL_IMPLS}")
+    model_councils = [c for c in args.model_councils.split(",") if c]
+    bad = [c for c in model_councils if c not in COUNCIL_IMPLS]
+    if bad or not model_councils or len(set(model_councils)) != len(model_councils):
+        p.error(f"--model-councils: {bad or 'none or repeated'}: each one of {COUNCIL_IMPLS}")
     print(
         f"torch {torch.__version__}, threads {torch.get_num_threads()}, d_model {D_MODEL}, "
         f"heads {HEADS}, hub {HUB}, malloc {malloc}"
@@ -309,7 +333,8 @@ def main() -> None:
     if args.part in ("all", "layer", "memory"):
         out["memory"] = run_memory(seqs, councils, args.malloc)
     if args.part in ("all", "model"):
-        out["model"] = run_models([int(s) for s in args.model_seqs.split(",")], args.model_repeats)
+        model_seqs = [int(s) for s in args.model_seqs.split(",")]
+        out["model"] = run_models(model_seqs, args.model_repeats, model_councils)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

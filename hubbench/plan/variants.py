@@ -130,8 +130,9 @@ class HubFields:
     causal: bool = _f(True, CAUSAL_DOC, "mixer")
     council: str = _f(
         "auto",
-        "HubRouter council: auto (flex on CUDA, split on CPU) | split | masked | flex "
-        "(docs/hubrouter.md); the one that ran is in backend_hub",
+        "HubRouter council: auto (flex on CUDA; on CPU packed in fp32/fp64, split in half "
+        "precision) | packed | split | masked | flex (docs/hubrouter.md); the one that ran is "
+        "in backend_hub",
         "mixer",
     )
 
@@ -146,7 +147,7 @@ class HubFields:
 
 # hubbench.mixers.hubrouter.COUNCIL_IMPLS, spelled here so planning imports no torch (a test
 # holds them equal)
-COUNCILS = ("auto", "split", "masked", "flex")
+COUNCILS = ("auto", "packed", "split", "masked", "flex")
 # config fields added after cells were recorded: left out of a cell's identity (and of what a
 # worker is sent) at these values, so older cells keep their ids and an older commit's worker
 # (`run --against`) reads the cells

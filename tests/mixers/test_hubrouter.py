@@ -43,7 +43,7 @@ def _make(seed: int = 0, **kw) -> HubRouter:
         {"rope": True, "causal": False},
     ],
 )
-@pytest.mark.parametrize("council", ["split", "masked"])
+@pytest.mark.parametrize("council", ["packed", "split", "masked"])
 def test_matches_loop_reference(kw: dict, council: str) -> None:
     m = _make(**kw, council=council).eval()
     x = torch.randn(2, 19, 16, dtype=torch.float64)
@@ -57,54 +57,63 @@ def test_matches_loop_reference(kw: dict, council: str) -> None:
     "kw, n",
     [
         ({}, 19),  # chunk 0 has no member: its rows take the local window alone
-        ({"topk": 50}, 27),  # more member slots than tokens: most slots invalid
+        ({"topk": 50}, 27),  # more member slots than tokens (k' above the past): most invalid
         ({"rope": True}, 24),
         ({"chunk": 32}, 19),  # n <= C: no member slots at all
         ({"neighbours": 0, "hubs": 1}, 33),
+        ({"ties": True}, 37),  # every token repeated: member scores tie exactly
     ],
 )
-@pytest.mark.parametrize("slice_elements", [1 << 20, 1])  # all chunks at once; one at a time
-def test_split_council_gradients_equal_the_masked_council(
-    kw: dict, n: int, slice_elements: int, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("slices", ["all", "one"])  # all chunks at once; one chunk at a time
+@pytest.mark.parametrize("council", ["packed", "split"])
+def test_fast_councils_gradients_equal_the_masked_council(
+    kw: dict, n: int, slices: str, council: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The log-sum-exp split and the dense-mask council: same outputs and every gradient,
-    whether the members are gathered for all chunks at once or slice by slice."""
-    monkeypatch.setattr(hub_council, "SLICE_ELEMENTS", slice_elements)
+    """The packed council (batched GEMMs, probabilities kept) and the log-sum-exp split against
+    the dense-mask council: same outputs and every gradient, whether the members are gathered
+    for all chunks at once or slice by slice."""
+    monkeypatch.setattr(hub_council, "SLICE_ELEMENTS", 1 << 20 if slices == "all" else 1)
+    monkeypatch.setattr(hub_council, "PACKED_ROWS", 1 << 20 if slices == "all" else 1)
+    kw = dict(kw)
     x = torch.randn(2, n, 16, dtype=torch.float64)
+    if kw.pop("ties", False):
+        x = x[:, :4].repeat(1, -(-n // 4), 1)[:, :n].contiguous()  # tokens 0-3, over and over
     grads = {}
-    for council in ("split", "masked"):
-        m = _make(**kw, council=council)
+    for impl in (council, "masked"):
+        m = _make(**kw, council=impl)
         xi = x.clone().requires_grad_(True)
         y = m(xi)
         y.backward(torch.cos(torch.arange(y.numel(), dtype=y.dtype)).view_as(y))
-        grads[council] = [y.detach(), xi.grad] + [p.grad for p in m.parameters()]
-    assert m.last_backend == "hubrouter:causal:masked-council"
-    for a, b in zip(grads["split"], grads["masked"], strict=True):
+        grads[impl] = [y.detach(), xi.grad] + [p.grad for p in m.parameters()]
+        assert m.last_backend == f"hubrouter:causal:{impl}-council"
+    for a, b in zip(grads[council], grads["masked"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_split_council_in_float32_and_bfloat16_autocast() -> None:
+def test_fast_councils_in_float32_and_bfloat16_autocast() -> None:
     x = torch.randn(2, 70, 16)
     outs = {}
-    for council in ("split", "masked"):
+    for council in ("packed", "split", "masked"):
         torch.manual_seed(0)
         m = HubRouter(16, 2, hubs=4, topk=3, chunk=8, council=council)
         outs[council] = m(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outs[council + "-bf16"] = m(x).float()
-    torch.testing.assert_close(outs["split"], outs["masked"], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(outs["split-bf16"], outs["masked"], rtol=0.05, atol=0.05)
+    for council in ("packed", "split"):
+        torch.testing.assert_close(outs[council], outs["masked"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(outs[council + "-bf16"], outs["masked"], rtol=0.05, atol=0.05)
 
 
-def test_split_council_saves_no_dense_mask() -> None:
+def test_fast_councils_save_no_dense_mask() -> None:
     """What autograd keeps for backward: no tensor of the masked path's (B nc, 1, C, k' + C)
-    mask shape, and fewer bytes in all."""
+    mask shape for either fast council; the split one keeps fewer bytes than the masked one,
+    the packed one keeps its (B, h, nc, C, k' + C) probabilities (its speed's price)."""
     saved_bytes: dict[str, int] = {}
     shapes: dict[str, set] = {}
-    B, n, C, k = 2, 256, 16, 8
-    for council in ("split", "masked"):
+    B, n, C, k, h = 2, 256, 16, 8, 4
+    for council in ("packed", "split", "masked"):
         torch.manual_seed(0)
-        m = HubRouter(32, 4, hubs=4, topk=k, chunk=C, council=council)
+        m = HubRouter(32, h, hubs=4, topk=k, chunk=C, council=council)
         seen: dict[int, int] = {}
         got: set = set()
 
@@ -118,7 +127,8 @@ def test_split_council_saves_no_dense_mask() -> None:
         saved_bytes[council], shapes[council] = sum(seen.values()), got
     mask_shape = (B * n // C, 1, C, 2 * k + C)
     assert mask_shape in shapes["masked"]
-    assert mask_shape not in shapes["split"]
+    assert mask_shape not in shapes["split"] and mask_shape not in shapes["packed"]
+    assert (B, h, n // C, C, 2 * k + C) in shapes["packed"]
     assert saved_bytes["split"] < saved_bytes["masked"]
 
 
@@ -133,7 +143,7 @@ def test_shapes_backend_and_profiler_stages() -> None:
     with torch.profiler.profile() as prof:
         y = m(x)
     assert y.shape == x.shape
-    assert m.last_backend == "hubrouter:causal:split-council"  # auto on CPU
+    assert m.last_backend == "hubrouter:causal:packed-council"  # auto on CPU, fp32
     names = {e.key for e in prof.key_averages()}
     assert {"hub.encode", "hub.decode", "hub.select", "hub.council"} <= names
     nc = HubRouter(32, 4, causal=False)

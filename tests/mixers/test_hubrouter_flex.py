@@ -255,9 +255,12 @@ def test_flex_hubrouter_passes_the_causality_checks(kw: dict) -> None:
     assert {7, 8, 9, 15, 16, 17} <= set(report.times)
 
 
-def test_auto_stays_split_on_cpu_and_flex_is_not_fused_here() -> None:
+def test_auto_stays_packed_on_cpu_and_flex_is_not_fused_here() -> None:
     m = _make()
     m(torch.randn(1, 20, 16, dtype=torch.float64))
+    assert m.last_backend == "hubrouter:causal:packed-council"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # half precision: the split council
+        m.float()(torch.randn(1, 20, 16))
     assert m.last_backend == "hubrouter:causal:split-council"
     assert not hub_flex.flex_council_available(torch.zeros(1))
 

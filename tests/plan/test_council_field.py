@@ -44,7 +44,8 @@ def test_an_unknown_council_is_refused_at_planning(tmp_path: Path) -> None:
     suite = load_suite(write(tmp_path, BODY))
     with pytest.raises(
         SuiteError,
-        match=r"--set council: cell hub-gpt n=64: council=.dense. is not valid; valid: auto, split",
+        match=r"--set council: cell hub-gpt n=64: council=.dense. is not valid; "
+        r"valid: auto, packed, split",
     ):
         expand(suite, parse_overrides(["council=dense"]), cuda_available=False)
 

@@ -6,7 +6,8 @@ implementation. One module per job:
 - layer.py: HubRouter, the parameters and the parallel forward;
 - scans.py: the two log-depth scans over chunks (encode statistics, prefix top-k) and the
   ranking every path shares;
-- council.py: the council, masked (the reference) and split, with their autograd Functions;
+- council.py: the council, masked (the reference), split and packed, with their autograd
+  Functions;
 - decode.py: HubState and the recurrent decoding (empty_state, prefill, step);
 - naive.py: `hubrouter_ref`, the slow per-token reference the tests hold the forward to.
 

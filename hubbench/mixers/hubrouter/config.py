@@ -6,11 +6,12 @@ from dataclasses import dataclass
 
 from hubbench.errors import ConfigError
 
-# "split": two attentions merged by their log-sum-exp (needs the CPU flash kernel); "masked":
-# one attention under a dense mask, on any device; "flex": one block-sparse FlexAttention, no
-# dense mask (compiled on CUDA, the dense eager reference on CPU); "auto": flex on CUDA, split
-# where it can run, else masked
-COUNCIL_IMPLS = ("auto", "split", "masked", "flex")
+# "packed": one softmax per slice of chunks as batched GEMMs, the probabilities kept for the
+# backward (CPU); "split": two attentions merged by their log-sum-exp (needs the CPU flash
+# kernel); "masked": one attention under a dense mask, on any device; "flex": one block-sparse
+# FlexAttention, no dense mask (compiled on CUDA, the dense eager reference on CPU); "auto":
+# flex on CUDA, packed on CPU in fp32/fp64, split where it can run, else masked
+COUNCIL_IMPLS = ("auto", "packed", "split", "masked", "flex")
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,18 @@ Two implementations of the same softmax over the same keys:
 - `split_council`, causal only, the default where the CPU flash kernel exists: two attentions
   (the gathered members under a per-key validity bias, the chunk's own keys in place under plain
   causal attention) merged by their log-sum-exp; no dense mask, no copy of the local keys.
+- `packed_council`, causal only, fp32/fp64 on CPU: one softmax over the union per slice of
+  chunks and per head, written as batched GEMMs over the gathered [members, local window]
+  keys (mask built per slice), keeping the probabilities for the backward instead of
+  recomputing them (the CPU flash kernel runs these 64-query blocks well below GEMM speed).
 Each is served by a hand-written autograd Function (`_GatherCouncil`, `_SplitCouncil`) that keeps
 the gathered copies and their gradients small. Members are given as (positions, validity), each
 (B, nc, k'); q, k, v are (B, n_pad, d) with n_pad = nc C; s the scores (B, n_pad).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +26,9 @@ from torch import Tensor
 # members gathered per slice of chunks: about this many elements of keys (and of values), so
 # the gathered copies and their gradients stay a few MiB instead of (B nc, k', d) at once
 SLICE_ELEMENTS = 1 << 18
+# query rows per slice of the packed council: a head's (rows, k' + C) score block then stays
+# within a core's L2 through the softmax and the products that read it
+PACKED_ROWS = 1 << 10
 
 
 def split_council_available(q: Tensor) -> bool:
@@ -28,6 +37,12 @@ def split_council_available(q: Tensor) -> bool:
     return q.device.type == "cpu" and hasattr(
         torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward"
     )
+
+
+def packed_council_available(q: Tensor) -> bool:
+    """Whether `packed_council` runs here: CPU, fp32 or fp64 (its scores follow the input's
+    dtype, which in half precision would round the softmax)."""
+    return q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64)
 
 
 def masked_council(
@@ -223,3 +238,120 @@ def _gather_members(k: Tensor, v: Tensor, flat: Tensor, sig: Tensor, h: int):
     km = k.index_select(0, rows).view(G, K, h, d // h).transpose(1, 2)
     vm = v.index_select(0, rows).view(G, K, d).mul_(sig.unsqueeze(-1))
     return km, vm.view(G, K, h, d // h).transpose(1, 2)
+
+
+def packed_council(
+    q: Tensor, k: Tensor, v: Tensor, s: Tensor, members: tuple[Tensor, Tensor], n_heads: int
+) -> Tensor:
+    """The causal council as one softmax per chunk over [members, local window], computed
+    slice by slice with batched GEMMs: (B, n_pad, d). q, k, v may be strided views. Half
+    precision (or autocast) runs in fp32 and returns the input's dtype: the scores follow the
+    working dtype, and a bf16 softmax would round them."""
+    mpos, mvalid = members
+    B, n_pad, _ = q.shape
+    nc, km = mpos.shape[1], mpos.shape[-1]
+    C = n_pad // nc
+    local = torch.arange(n_pad, device=q.device).view(1, nc, C).expand(B, nc, C)
+    idx = torch.cat((mpos, local), -1)  # (B, nc, k' + C): members first, then the chunk
+    work = torch.promote_types(q.dtype, torch.float32)
+    sig = torch.sigmoid(s.gather(1, mpos.reshape(B, -1))).view(B, nc, km).to(work)
+    with torch.autocast(q.device.type, enabled=False):
+        q2, k2, v2 = (t.to(work) for t in (q, k, v))  # no copy when already `work`
+        out = _PackedCouncil.apply(q2, k2, v2, idx, sig, mvalid, n_heads)
+    return out.to(q.dtype)
+
+
+class _PackedCouncil(torch.autograd.Function):
+    """One softmax over each chunk's members and its causal local window, as batched GEMMs.
+
+    q, k, v (B, T, d), T = nc C (strided views are fine); idx (B, nc, L) key positions, the
+    first K = L - C members, then the chunk's own C tokens; sig (B, nc, K) sigmoid of the
+    members' scores (their values are scaled by it); valid (B, nc, K). Per slice of chunks,
+    keys and values are gathered once (whole d-wide rows); per head (strided views of them):
+    p = softmax(q k^T / sqrt(d_h) + bias), bias built for the slice (-inf at invalid members
+    and above the local diagonal), out = p v. Saved: the inputs and p itself, (B, h, T, L), so
+    backward is four GEMMs and a softmax backward per block, with no recomputation; it
+    regathers the slice's keys and values and scatters their gradients with one index_add
+    each. Every row sees its own position, so no row is empty.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, idx, sig, valid, n_heads):  # type: ignore[override]
+        B, T, d = q.shape
+        nc, L = idx.shape[1:]
+        C, K, d_h = T // nc, sig.shape[-1], d // n_heads
+        scale = 1.0 / math.sqrt(d_h)
+        out = q.new_empty(B, T, d)
+        probs = q.new_empty(B, n_heads, nc, C, L)
+        for b, g0, g1 in _packed_slices(B, nc, C):
+            rows, g, t = idx[b, g0:g1].reshape(-1), g1 - g0, slice(g0 * C, g1 * C)
+            kc = k[b].index_select(0, rows).view(g, L, d)
+            vc = v[b].index_select(0, rows).view(g, L, d)
+            vc[:, :K].mul_(sig[b, g0:g1].unsqueeze(-1))
+            bias = _packed_bias(valid[b, g0:g1], C, q.dtype)
+            qs, os = q[b, t].unflatten(0, (g, C)), out[b, t].unflatten(0, (g, C))
+            for hd in range(n_heads):
+                c = slice(hd * d_h, (hd + 1) * d_h)
+                score = torch.baddbmm(bias, qs[..., c], kc[..., c].transpose(1, 2), alpha=scale)
+                p = probs[b, hd, g0:g1]
+                torch.ops.aten._softmax.out(score, -1, False, out=p)
+                os[..., c] = torch.bmm(p, vc[..., c])
+        ctx.save_for_backward(q, k, v, idx, sig, probs)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out):  # type: ignore[override]
+        q, k, v, idx, sig, probs = ctx.saved_tensors
+        B, T, d = q.shape
+        n_heads = probs.shape[1]
+        nc, L = idx.shape[1:]
+        C, K, d_h = T // nc, sig.shape[-1], d // n_heads
+        scale = 1.0 / math.sqrt(d_h)
+        # every token row is its slice's local window, assigned before any member gradient
+        # lands on it (members lie in earlier chunks, so in this slice or an earlier one): no
+        # zero-filled buffers
+        d_q, d_k, d_v = (torch.empty_like(d_out) for _ in range(3))
+        d_sig = torch.empty_like(sig)
+        for b, g0, g1 in _packed_slices(B, nc, C):
+            rows, g, t = idx[b, g0:g1].reshape(-1), g1 - g0, slice(g0 * C, g1 * C)
+            kc = k[b].index_select(0, rows).view(g, L, d)
+            v_raw = v[b].index_select(0, rows).view(g, L, d)
+            vc = v_raw.clone()
+            vc[:, :K].mul_(sig[b, g0:g1].unsqueeze(-1))
+            qs, dos = q[b, t].unflatten(0, (g, C)), d_out[b, t].unflatten(0, (g, C))
+            dqs = d_q[b, t].unflatten(0, (g, C))
+            dkc, dvc = torch.empty_like(kc), torch.empty_like(vc)
+            for hd in range(n_heads):
+                c = slice(hd * d_h, (hd + 1) * d_h)
+                p = probs[b, hd, g0:g1]
+                dvc[..., c] = torch.bmm(p.transpose(1, 2), dos[..., c])
+                dp = torch.bmm(dos[..., c], vc[..., c].transpose(1, 2))
+                ds = torch._softmax_backward_data(dp, p, -1, p.dtype).mul_(scale)
+                dqs[..., c] = torch.bmm(ds, kc[..., c])
+                dkc[..., c] = torch.bmm(ds.transpose(1, 2), qs[..., c])
+            # the values were scaled by sig: d sig = <dV, v>, d v = sig dV (members only)
+            d_sig[b, g0:g1] = (dvc[:, :K] * v_raw[:, :K]).sum(-1)
+            dvc[:, :K].mul_(sig[b, g0:g1].unsqueeze(-1))
+            d_k[b, t] = dkc[:, K:].reshape(g * C, d)  # the local rows first, then the members
+            d_v[b, t] = dvc[:, K:].reshape(g * C, d)
+            members = idx[b, g0:g1, :K].reshape(-1)
+            d_k[b].index_add_(0, members, dkc[:, :K].reshape(-1, d))
+            d_v[b].index_add_(0, members, dvc[:, :K].reshape(-1, d))
+        return d_q, d_k, d_v, None, d_sig, None, None
+
+
+def _packed_slices(B: int, nc: int, C: int) -> list[tuple[int, int, int]]:
+    """(batch row, first chunk, end chunk) slices of about PACKED_ROWS query rows."""
+    step = max(1, PACKED_ROWS // C)
+    return [(b, g, min(g + step, nc)) for b in range(B) for g in range(0, nc, step)]
+
+
+def _packed_bias(valid: Tensor, C: int, dtype: torch.dtype) -> Tensor:
+    """(g, C, K + C) additive mask: -inf at invalid members and above the local diagonal."""
+    g, K = valid.shape
+    bias = torch.zeros(g, C, K + C, dtype=dtype, device=valid.device)
+    bias[:, :, :K].masked_fill_(~valid.unsqueeze(1), float("-inf"))
+    upper = torch.ones(C, C, dtype=torch.bool, device=valid.device).triu(1)
+    bias[:, :, K:].masked_fill_(upper, float("-inf"))
+    return bias

@@ -277,6 +277,8 @@ class HubRouter(HubDecoding, nn.Module):
         if self.rope:
             q, k = self._rotate(q, k)
         self._last_council = self._council_impl(q) if self.causal else "masked"
+        if self._last_council == "packed":
+            return councils.packed_council(q, k, v, s, members, self.n_heads)
         if self._last_council == "split":
             return councils.split_council(q, k, v, s, members, self.n_heads)
         if self._last_council == "flex":
@@ -286,10 +288,11 @@ class HubRouter(HubDecoding, nn.Module):
         return councils.masked_council(q, k, v, s, members, self.n_heads, self.causal)
 
     def _council_impl(self, q: Tensor) -> str:
-        """Which council runs: flex (one block-sparse FlexAttention, compiled on CUDA), split
-        (two attentions merged by log-sum-exp, CPU) or masked (one attention under a dense
-        mask). auto: flex on CUDA, split on CPU (flex's CPU path is the dense eager reference,
-        slower than split; docs/hubrouter.md has the figures)."""
+        """Which council runs: flex (one block-sparse FlexAttention, compiled on CUDA), packed
+        (one softmax per slice of chunks as batched GEMMs, probabilities kept), split (two
+        CPU flash attentions merged by log-sum-exp) or masked (one attention under a dense
+        mask). auto: flex on CUDA; on CPU packed in fp32/fp64, split in half precision (flex's
+        CPU path is the dense eager reference; docs/hubrouter.md has the figures)."""
         if self.council != "auto":
             return self.council
         if q.device.type == "cuda":
@@ -297,6 +300,8 @@ class HubRouter(HubDecoding, nn.Module):
 
             if flex_council_available(q):
                 return "flex"
+        if councils.packed_council_available(q):
+            return "packed"
         return "split" if councils.split_council_available(q) else "masked"
 
     def _rotate(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
