@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from hubbench.cli.common import LIST_HELP, RESULTS_HELP, console
-from hubbench.errors import HubbenchError
+from hubbench.errors import ConfigError, HubbenchError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -205,15 +205,22 @@ def _run_with_progress(
         )
 
 
-def _sides(against: str | None, resume: bool, results: Path, suite: str, builder: str) -> list:
-    """The code versions of a same-run A/B: --against REF's, or with --resume alone the latest
-    run's baseline commit when that run is an A/B; none for an ordinary run."""
-    from hubbench.run.against import sides
+def _ab_ref(against: str | None, resume: bool, results_dir: Path | None, suite: str) -> str | None:
+    """The baseline of a same-run A/B: --against REF, or with --resume alone the latest run's
+    baseline commit when that run is an A/B; None for an ordinary run. Read before anything is
+    built, so that what an A/B cannot do is refused first."""
+    if against is not None or not resume:
+        return against
+    from hubbench import store
     from hubbench.run.runner import resumed_baseline
 
-    ref = against
-    if ref is None and resume:
-        ref = resumed_baseline(results, suite)
+    return resumed_baseline(store.results_dir(results_dir), suite)
+
+
+def _sides(ref: str | None, builder: str) -> list:
+    """The code versions of a same-run A/B against ref (its worktree built); none for None."""
+    from hubbench.run.against import sides
+
     return sides(ref, builder) if ref else []
 
 
@@ -369,7 +376,15 @@ def register(app: typer.Typer) -> None:
         spec = make_spec(plan.suite.executor, kind=executor, cells_per_job=cells_per_job,
                          parallelism=parallelism, partition=partition, time_min=job_time,
                          gpus_per_job=gpus_per_job)  # fmt: skip
-        check_cells(spec, plan.cells, ab=against is not None)  # the run's checks, dry or not
+        ab_ref = _ab_ref(against, resume, results_dir, plan.suite.name)
+        if ab_ref is not None and against is None and spec.kind != "local":
+            raise ConfigError(
+                f"--resume continues {plan.suite.name}'s latest run, a same-run A/B against "
+                f"{ab_ref[:12]}, which measures both code versions in this process' workers: "
+                "add --executor local",
+                ("executor",),
+            )
+        check_cells(spec, plan.cells, ab=ab_ref is not None)  # the run's checks, dry or not
         if dry_run or spec.kind != "local":
             notes.append(spec.describe())
         if dry_run:
@@ -390,7 +405,7 @@ def register(app: typer.Typer) -> None:
         results = store.results_dir(results_dir)
         store.check_writable(results)
         err = console(stderr=True)
-        sides = _sides(against, resume, results, plan.suite.name, builder)  # refused first
+        sides = _sides(ab_ref, builder)  # refused first
         # submitit-local jobs run side by side on this host: their threads add up
         at_once = min(spec.jobs_at_once, len(plan.cells)) if spec.kind == "submitit-local" else 1
         busy = oversubscribed(max(c.threads * c.nproc for c in plan.cells) * at_once)

@@ -79,3 +79,24 @@ def test_results_table_names_the_sides_and_commits(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     assert "candidate" in out.output and "baseline" in out.output
     assert f"candidate {'c' * 12}, baseline {'b' * 12}" in " ".join(out.output.split())
+
+
+def test_resume_of_an_ab_run_is_refused_off_local_before_building_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--resume alone continues the latest run's A/B; under another executor that is refused in
+    one line naming --resume and the fix, before REF's worktree is built."""
+    write_run(ab_run(), tmp_path)  # suite ci, baseline bbbb...
+
+    def built(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the baseline's worktree was built before the refusal")
+
+    monkeypatch.setattr(against, "sides", built)
+    out = CliRunner().invoke(app, ["run", "ci", "--seq", "512", "--resume", "--executor",
+                                   "submitit-local", "--results-dir", str(tmp_path)])  # fmt: skip
+    assert out.exit_code == 2, out.output
+    lines = [line for line in out.output.splitlines() if line.strip()]
+    assert len(lines) == 1, out.output
+    assert "--resume continues ci's latest run, a same-run A/B against bbbbbbbbbbbb" in lines[0]
+    assert "add --executor local" in lines[0]
+    assert len(list(tmp_path.rglob("*.parquet"))) == 1  # nothing new written
