@@ -27,7 +27,7 @@ Three parts (d_model 256, 4 heads, batch 1; HubRouter M=8, k=64, C=64, r=1):
   runs one forward + backward at n and reports VmHWM minus the RSS before that step: the extra
   resident memory a step needs. Where clear_refs is not writable it falls back to getrusage
   ru_maxrss. The fitted exponent of that against n has target <= 1.1. One child per council,
-  so the split council's saving over the masked one is read off the same run.
+  so each council's memory against the masked one is read off the same run.
 
 Allocator: the script runs under the glibc tunables the measuring worker gets
 (`hubbench.measure.env.MALLOC_TUNABLES`: big blocks from the heap, kept between steps, so a

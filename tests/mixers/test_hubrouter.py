@@ -64,7 +64,8 @@ def test_matches_loop_reference(kw: dict, council: str) -> None:
         ({"ties": True}, 37),  # every token repeated: member scores tie exactly
     ],
 )
-@pytest.mark.parametrize("slices", ["all", "one"])  # all chunks at once; one chunk at a time
+# all chunks at once; one chunk at a time; three (packed; the last slice shorter)
+@pytest.mark.parametrize("slices", ["all", "one", "three"])
 @pytest.mark.parametrize("council", ["packed", "split"])
 def test_fast_councils_gradients_equal_the_masked_council(
     kw: dict, n: int, slices: str, council: str, monkeypatch: pytest.MonkeyPatch
@@ -72,8 +73,9 @@ def test_fast_councils_gradients_equal_the_masked_council(
     """The packed council (batched GEMMs, probabilities kept) and the log-sum-exp split against
     the dense-mask council: same outputs and every gradient, whether the members are gathered
     for all chunks at once or slice by slice."""
-    monkeypatch.setattr(hub_council, "SLICE_ELEMENTS", 1 << 20 if slices == "all" else 1)
-    monkeypatch.setattr(hub_council, "PACKED_ROWS", 1 << 20 if slices == "all" else 1)
+    monkeypatch.setattr(hub_council, "SLICE_ELEMENTS", 1 if slices == "one" else 1 << 20)
+    rows = {"all": 1 << 20, "one": 1, "three": 3 * kw.get("chunk", 8)}[slices]
+    monkeypatch.setattr(hub_council, "PACKED_ROWS", rows)
     kw = dict(kw)
     x = torch.randn(2, n, 16, dtype=torch.float64)
     if kw.pop("ties", False):
@@ -91,17 +93,25 @@ def test_fast_councils_gradients_equal_the_masked_council(
 
 
 def test_fast_councils_in_float32_and_bfloat16_autocast() -> None:
+    """Outputs and input gradients against the masked council, in fp32 and under bf16
+    autocast; without autograd (a fwd cell) the packed council gives the same output."""
     x = torch.randn(2, 70, 16)
-    outs = {}
+    outs, grads = {}, {}
     for council in ("packed", "split", "masked"):
         torch.manual_seed(0)
         m = HubRouter(16, 2, hubs=4, topk=3, chunk=8, council=council)
-        outs[council] = m(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            outs[council + "-bf16"] = m(x).float()
+        for label, dtype in (("", None), ("-bf16", torch.bfloat16)):
+            xi = x.clone().requires_grad_(True)
+            with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                y = m(xi)
+            y.float().backward(torch.cos(torch.arange(y.numel())).view(y.shape))
+            outs[council + label], grads[council + label] = y.detach().float(), xi.grad
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), outs[council], rtol=0, atol=0)
     for council in ("packed", "split"):
-        torch.testing.assert_close(outs[council], outs["masked"], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(outs[council + "-bf16"], outs["masked"], rtol=0.05, atol=0.05)
+        for got in (outs, grads):
+            torch.testing.assert_close(got[council], got["masked"], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got[council + "-bf16"], got["masked"], rtol=0.05, atol=0.05)
 
 
 def test_fast_councils_save_no_dense_mask() -> None:
@@ -266,8 +276,10 @@ def test_bf16_autocast_close_to_fp32() -> None:
         {"topk": 40},  # k >= available tokens
         {"hubs": 1},
         {"rope": True},
-        {"council": "masked"},  # the default runs the split council on CPU
+        {"council": "masked"},  # the default runs the packed council on CPU
         {"council": "masked", "rope": True, "neighbours": 2},
+        {"council": "split"},
+        {"council": "split", "rope": True, "neighbours": 2},
     ],
 )
 def test_causal_hubrouter_passes_all_checks(kw: dict) -> None:

@@ -38,14 +38,19 @@ layer must match it):
   paths break the same way; the council still scales by sigmoid of the raw score. The set for
   chunk c is computed from chunks < c only, so a tie never lets a later token decide it.
 - Half precision: the softmax statistics of the encode and the prefix combine run in fp32 (fp64
-  for fp64 input) with autocast off; projections and the council follow autocast / the input.
+  for fp64 input) with autocast off; projections and the split, masked and flex councils
+  follow autocast / the input; the packed council computes in fp32 (fp64 for fp64 input) and
+  returns the input's dtype.
 - `neighbours` r adds positions p+1 .. p+r of every member p; neighbours past n (non-causal) or at
   or after the start of the reading chunk (causal) are dropped; duplicates are masked, so the
   fixed width is k' = min(k, available) * (1 + r) slots with a validity mask.
 """
 
 from hubbench.mixers.hubrouter.config import COUNCIL_IMPLS, HubRouterConfig
-from hubbench.mixers.hubrouter.council import split_council_available
+from hubbench.mixers.hubrouter.council import (
+    packed_council_available,
+    split_council_available,
+)
 from hubbench.mixers.hubrouter.decode import HubState
 from hubbench.mixers.hubrouter.layer import HubRouter, ortho_loss
 from hubbench.mixers.hubrouter.naive import hubrouter_ref
@@ -68,6 +73,7 @@ __all__ = [
     "expand_members",
     "hubrouter_ref",
     "ortho_loss",
+    "packed_council_available",
     "prefix_combine",
     "prefix_combine_blocked",
     "prefix_topk",

@@ -1,19 +1,20 @@
 """HubRouter's council: each chunk's queries attend to its members (+ the causal local window).
 
-Two implementations of the same softmax over the same keys:
+Three implementations of the same softmax over the same keys (flex.py has a fourth):
 - `masked_council`, the reference: members and (causal) the chunk's own tokens gathered into
   one key list, one attention under a mask (dense causally: (B nc, 1, C, k' + C));
-- `split_council`, causal only, the default where the CPU flash kernel exists: two attentions
-  (the gathered members under a per-key validity bias, the chunk's own keys in place under plain
-  causal attention) merged by their log-sum-exp; no dense mask, no copy of the local keys.
-- `packed_council`, causal only, fp32/fp64 on CPU: one softmax over the union per slice of
-  chunks and per head, written as batched GEMMs over the gathered [members, local window]
-  keys (mask built per slice), keeping the probabilities for the backward instead of
+- `split_council`, causal only, where the CPU flash kernel exists (auto's CPU choice in half
+  precision): two attentions (the gathered members under a per-key validity bias, the chunk's
+  own keys in place under plain causal attention) merged by their log-sum-exp; no dense mask,
+  no copy of the local keys;
+- `packed_council`, causal only, auto's CPU choice in fp32/fp64: one softmax over the union
+  per slice of chunks and per head, written as batched GEMMs over the gathered [members, local
+  window] keys (mask built per slice), keeping the probabilities for the backward instead of
   recomputing them (the CPU flash kernel runs these 64-query blocks well below GEMM speed).
-Each is served by a hand-written autograd Function (`_GatherCouncil`, `_SplitCouncil`) that keeps
-the gathered copies and their gradients small. Members are given as (positions, validity), each
-(B, nc, k'); q, k, v are (B, n_pad, d) with n_pad = nc C; s the scores (B, n_pad).
-"""
+Each is served by a hand-written autograd Function (`_GatherCouncil`, `_SplitCouncil`,
+`_PackedCouncil`) that keeps the gathered copies and their gradients small. Members are given
+as (positions, validity), each (B, nc, k'); q, k, v are (B, n_pad, d) with n_pad = nc C; s the
+scores (B, n_pad)."""
 
 from __future__ import annotations
 
@@ -255,9 +256,12 @@ def packed_council(
     idx = torch.cat((mpos, local), -1)  # (B, nc, k' + C): members first, then the chunk
     work = torch.promote_types(q.dtype, torch.float32)
     sig = torch.sigmoid(s.gather(1, mpos.reshape(B, -1))).view(B, nc, km).to(work)
+    # without autograd (fwd and prefill cells) the probabilities are not kept: a slice-sized
+    # scratch block serves instead of the (B, h, n, k' + C) buffer
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, s))
     with torch.autocast(q.device.type, enabled=False):
         q2, k2, v2 = (t.to(work) for t in (q, k, v))  # no copy when already `work`
-        out = _PackedCouncil.apply(q2, k2, v2, idx, sig, mvalid, n_heads)
+        out = _PackedCouncil.apply(q2, k2, v2, idx, sig, mvalid, n_heads, keep)
     return out.to(q.dtype)
 
 
@@ -266,24 +270,32 @@ class _PackedCouncil(torch.autograd.Function):
 
     q, k, v (B, T, d), T = nc C (strided views are fine); idx (B, nc, L) key positions, the
     first K = L - C members, then the chunk's own C tokens; sig (B, nc, K) sigmoid of the
-    members' scores (their values are scaled by it); valid (B, nc, K). Per slice of chunks,
+    members' scores (their values are scaled by it); valid (B, nc, K); every valid member lies
+    in a chunk before its reader (the causal selection guarantees it; the backward's order of
+    writes relies on it, and an invalid slot adds exactly 0 wherever it points). Per slice of
+    chunks,
     keys and values are gathered once (whole d-wide rows); per head (strided views of them):
     p = softmax(q k^T / sqrt(d_h) + bias), bias built for the slice (-inf at invalid members
-    and above the local diagonal), out = p v. Saved: the inputs and p itself, (B, h, T, L), so
+    and above the local diagonal), out = p v. Saved (`keep`, i.e. when autograd records
+    it): the inputs and p itself, (B, h, T, L), so
     backward is four GEMMs and a softmax backward per block, with no recomputation; it
     regathers the slice's keys and values and scatters their gradients with one index_add
     each. Every row sees its own position, so no row is empty.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, idx, sig, valid, n_heads):  # type: ignore[override]
+    def forward(ctx, q, k, v, idx, sig, valid, n_heads, keep):  # type: ignore[override]
         B, T, d = q.shape
         nc, L = idx.shape[1:]
         C, K, d_h = T // nc, sig.shape[-1], d // n_heads
         scale = 1.0 / math.sqrt(d_h)
         out = q.new_empty(B, T, d)
-        probs = q.new_empty(B, n_heads, nc, C, L)
-        for b, g0, g1 in _packed_slices(B, nc, C):
+        slices = _packed_slices(B, nc, C)
+        if keep:
+            probs = q.new_empty(B, n_heads, nc, C, L)
+        else:  # one slice's block, reused: nothing is kept for a backward
+            probs = q.new_empty(1, 1, max(g1 - g0 for _, g0, g1 in slices), C, L)
+        for b, g0, g1 in slices:
             rows, g, t = idx[b, g0:g1].reshape(-1), g1 - g0, slice(g0 * C, g1 * C)
             kc = k[b].index_select(0, rows).view(g, L, d)
             vc = v[b].index_select(0, rows).view(g, L, d)
@@ -293,10 +305,11 @@ class _PackedCouncil(torch.autograd.Function):
             for hd in range(n_heads):
                 c = slice(hd * d_h, (hd + 1) * d_h)
                 score = torch.baddbmm(bias, qs[..., c], kc[..., c].transpose(1, 2), alpha=scale)
-                p = probs[b, hd, g0:g1]
+                p = probs[b, hd, g0:g1] if keep else probs[0, 0, : g1 - g0]
                 torch.ops.aten._softmax.out(score, -1, False, out=p)
                 os[..., c] = torch.bmm(p, vc[..., c])
-        ctx.save_for_backward(q, k, v, idx, sig, probs)
+        if keep:
+            ctx.save_for_backward(q, k, v, idx, sig, probs)
         return out
 
     @staticmethod
@@ -338,7 +351,7 @@ class _PackedCouncil(torch.autograd.Function):
             members = idx[b, g0:g1, :K].reshape(-1)
             d_k[b].index_add_(0, members, dkc[:, :K].reshape(-1, d))
             d_v[b].index_add_(0, members, dvc[:, :K].reshape(-1, d))
-        return d_q, d_k, d_v, None, d_sig, None, None
+        return d_q, d_k, d_v, None, d_sig, None, None, None
 
 
 def _packed_slices(B: int, nc: int, C: int) -> list[tuple[int, int, int]]:
