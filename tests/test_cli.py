@@ -96,9 +96,18 @@ def test_every_command_summary_is_one_line() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["list"], ["run", "throughput", "--dry-run"], ["run", "--help"]],
+    [
+        ["--help"],
+        ["list"],
+        ["run", "throughput", "--dry-run"],
+        ["run", "--help"],
+        ["run", "throughput", "--dry-run", "--resume", "--results-dir", "{tmp}"],
+    ],
 )
-def test_planning_and_listing_import_neither_torch_nor_pandas(argv: list[str]) -> None:
+def test_planning_and_listing_import_neither_torch_nor_pandas(
+    argv: list[str], tmp_path: Path
+) -> None:
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]  # --resume: no earlier run there
     code = (
         "import sys; from hubbench.cli import app\n"
         "try:\n"

@@ -212,7 +212,7 @@ def _ab_ref(against: str | None, resume: bool, results_dir: Path | None, suite: 
     if against is not None or not resume:
         return against
     from hubbench import store
-    from hubbench.run.runner import resumed_baseline
+    from hubbench.run.against import resumed_baseline
 
     return resumed_baseline(store.results_dir(results_dir), suite)
 

@@ -201,3 +201,16 @@ def candidate_commit() -> str | None:
     says too (REF was then resolved in the current directory's repository)."""
     installed = Path(hubbench.__file__).resolve().parent.parent
     return git(installed, "rev-parse", "HEAD")
+
+
+def resumed_baseline(results_dir: Path, suite: str) -> str | None:
+    """The baseline commit of the suite's latest run if it is a same-run A/B (what --resume
+    continues without --against), else None. Here, not in run.runner, so that `run --dry-run
+    --resume` can ask without importing torch."""
+    from hubbench import store
+
+    previous = store.latest_run(results_dir, suite)
+    if previous is None:
+        return None
+    rows = store.read_resumable(previous, suite)
+    return next((r["side_commit"] for r in rows if r.get("side") == BASELINE), None)

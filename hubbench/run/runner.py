@@ -27,6 +27,7 @@ from hubbench.measure.process import DEFAULT_BUILDER
 from hubbench.plan.executor import ExecutorSpec, check_cells
 from hubbench.plan.suite import Plan
 from hubbench.run.against import BASELINE, Side
+from hubbench.run.against import resumed_baseline as resumed_baseline  # its old home
 from hubbench.run.eta import Progress
 from hubbench.run.executors import JobCounts, run_jobs
 from hubbench.run.parts import leftover_rows
@@ -93,16 +94,6 @@ def check_resumed_sides(path: Path, rows: list[dict[str, Any]], sides: Sequence[
         f"--resume: {path.name} is a same-run A/B against {', '.join(sorted(had))}; continue it "
         f"with --against {sorted(had)[0]}" + (f", not {sorted(now)[0]}" if now else "")
     )
-
-
-def resumed_baseline(results_dir: Path, suite: str) -> str | None:
-    """The baseline commit of the suite's latest run if it is a same-run A/B (what --resume
-    continues without --against), else None."""
-    previous = store.latest_run(results_dir, suite)
-    if previous is None:
-        return None
-    rows = store.read_resumable(previous, suite)
-    return next((r["side_commit"] for r in rows if r.get("side") == BASELINE), None)
 
 
 def run_plan(
