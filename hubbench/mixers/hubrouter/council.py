@@ -41,8 +41,9 @@ def split_council_available(q: Tensor) -> bool:
 
 
 def packed_council_available(q: Tensor) -> bool:
-    """Whether `packed_council` runs here: CPU, fp32 or fp64 (its scores follow the input's
-    dtype, which in half precision would round the softmax)."""
+    """Whether auto takes `packed_council` here: CPU, fp32 or fp64. In half precision it would
+    compute in fp32 (a bf16 softmax would round the scores), where the split council runs the
+    CPU flash kernel in the input's dtype."""
     return q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64)
 
 
@@ -270,17 +271,16 @@ class _PackedCouncil(torch.autograd.Function):
 
     q, k, v (B, T, d), T = nc C (strided views are fine); idx (B, nc, L) key positions, the
     first K = L - C members, then the chunk's own C tokens; sig (B, nc, K) sigmoid of the
-    members' scores (their values are scaled by it); valid (B, nc, K); every valid member lies
+    members' scores (their values are scaled by it); valid (B, nc, K). Every valid member lies
     in a chunk before its reader (the causal selection guarantees it; the backward's order of
     writes relies on it, and an invalid slot adds exactly 0 wherever it points). Per slice of
-    chunks,
-    keys and values are gathered once (whole d-wide rows); per head (strided views of them):
-    p = softmax(q k^T / sqrt(d_h) + bias), bias built for the slice (-inf at invalid members
-    and above the local diagonal), out = p v. Saved (`keep`, i.e. when autograd records
-    it): the inputs and p itself, (B, h, T, L), so
-    backward is four GEMMs and a softmax backward per block, with no recomputation; it
-    regathers the slice's keys and values and scatters their gradients with one index_add
-    each. Every row sees its own position, so no row is empty.
+    chunks, keys and values are gathered once (whole d-wide rows); per head (strided views of
+    them): p = softmax(q k^T / sqrt(d_h) + bias), the bias built for the slice (-inf at
+    invalid members and above the local diagonal), out = p v. Saved when autograd records
+    (`keep`): the inputs and p itself, (B, h, T, L), so backward is four GEMMs and a softmax
+    backward per block, with no recomputation; it regathers the slice's keys and values and
+    scatters their gradients with one index_add each. Every row sees its own position, so no
+    row is empty.
     """
 
     @staticmethod
